@@ -1,0 +1,39 @@
+"""Typed errors shared across modules; each edge (CLI, API) renders them once."""
+
+from __future__ import annotations
+
+
+class TunnelacctError(Exception):
+    """Base class of every error tunnelacct reports to a person."""
+
+
+class ConfigError(TunnelacctError):
+    """A configuration value is missing or invalid: names file, line, key, value and why."""
+
+    def __init__(
+        self,
+        key: str,
+        why: str,
+        *,
+        value: object = None,
+        path: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.key, self.why, self.value, self.path, self.line = key, why, value, path, line
+        where = path or "config"
+        if line is not None:
+            where += f" line {line}"
+        shown = f" = {value!r}" if value is not None else ""
+        super().__init__(f"config error: {where}: {key}{shown}: {why}")
+
+
+class CaptureFormatError(TunnelacctError):
+    """A capture file is not a pcap/pcapng file or is broken beyond its last good record."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path, self.why = path, why
+        super().__init__(f"{path}: {why}")
+
+
+class StoreError(TunnelacctError):
+    """The store cannot be reached, migrated or written."""

@@ -1,0 +1,57 @@
+"""Session events: what the flow engine hands to the writer (opened, checkpoint, closed)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who and what a session belongs to, fixed when it opens (names as they were then)."""
+
+    org_id: str
+    client_id: str | None = None
+    client_name: str | None = None
+    user_id: str | None = None
+    resource_id: str | None = None
+    resource_name: str | None = None
+
+    @property
+    def attributed(self) -> bool:
+        """True when a client or a resource matched."""
+        return self.client_id is not None or self.resource_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A snapshot of one session's state; the writer upserts it by `session_id`.
+
+    Times are float epoch seconds (packet time). `ended_ts` and `close_reason` are set only on
+    CLOSED events. tx = initiator (src) to responder (dst), rx = the reverse.
+    """
+
+    kind: EventKind
+    session_id: uuid.UUID
+    proto: IpProto
+    family: int  # 4 or 6
+    src_addr: str
+    src_port: int
+    dst_addr: str
+    dst_port: int
+    started_ts: float
+    last_ts: float
+    ended_ts: float | None
+    bytes_tx: int
+    bytes_rx: int
+    packets_tx: int
+    packets_rx: int
+    payload_bytes_tx: int
+    payload_bytes_rx: int
+    close_reason: CloseReason | None
+    midstream: bool  # first packet seen was not the opening one (e.g. TCP without a SYN)
+    community_id: str
+    attribution: Attribution
+    interface: str
