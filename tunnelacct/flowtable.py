@@ -1,0 +1,414 @@
+"""Sessionizer: DecodedBatch -> session events, one session per 5-tuple and both directions.
+
+Per batch, packets are grouped by flow with one vectorised sort. Only "special" packets run
+Python code: the first packet of a flow in the batch, TCP packets carrying SYN/FIN/RST, first
+fragments, and packets after an idle gap. The plain packets between two special ones are added
+in one step from prefix sums, so bulk traffic costs a few array operations per batch.
+
+Rules (issue 2): the initiator is the TCP SYN sender, else the first packet's sender, preferring
+the side inside a client's tunnel addresses; tx = initiator->responder. TCP closes on FIN from
+both sides or RST, after a linger that still counts late ACKs and retransmits; a SYN on a closed
+5-tuple opens a new session (port reuse); idle timeouts run on packet time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tunnelacct.community_id import community_id
+from tunnelacct.config import Timeouts
+from tunnelacct.decode import FRAG_FIRST, FRAG_LATER, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from tunnelacct.decode import DecodedBatch
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.events import Attribution, SessionEvent
+
+AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
+IsClientFn = Callable[[int, int], bool]
+FlowKey = tuple[int, int, int, int, int, int, int, int]  # family, proto, A hi/lo/port, B hi/lo/port
+
+SWEEP_INTERVAL_S = 1.0  # packet time between expiry sweeps
+FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later ones
+_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_SYN_MASK = TCP_SYN | TCP_ACK
+
+
+def _addr(family: int, hi: int, lo: int) -> int:
+    return (hi << 64) | lo if family == 6 else lo
+
+
+def addr_text(family: int, value: int) -> str:
+    """Printable form of an address held as an unsigned int."""
+    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
+
+
+class Flow:
+    """Live state of one session; counters are per endpoint (0 = A, the lower endpoint)."""
+
+    __slots__ = (
+        "key", "sid", "init_a", "started_ts", "last_ts", "checkpoint_ts",
+        "pk0", "pk1", "by0", "by1", "pl0", "pl1", "fins", "closed", "close_ts",
+        "close_reason", "midstream", "attribution", "interface", "cid", "finished",
+    )  # fmt: skip
+
+    def __init__(
+        self, key: FlowKey, sid: uuid.UUID, init_a: bool, ts: float, midstream: bool,
+        attribution: Attribution, interface: str,
+    ) -> None:  # fmt: skip
+        self.key = key
+        self.sid = sid
+        self.init_a = init_a
+        self.started_ts = self.last_ts = ts
+        self.checkpoint_ts = -1.0
+        self.pk0 = self.pk1 = self.by0 = self.by1 = self.pl0 = self.pl1 = 0
+        self.fins = 0
+        self.closed = False
+        self.close_ts = 0.0
+        self.close_reason: CloseReason | None = None
+        self.midstream = midstream
+        self.attribution = attribution
+        self.interface = interface
+        self.cid: str | None = None
+        self.finished = False
+
+
+@dataclass(slots=True)
+class FlowStats:
+    """Counters of the flow engine since it started."""
+
+    packets: int = 0
+    bytes: int = 0
+    sessions_opened: int = 0
+    unattributed_sessions: int = 0
+    closed: Counter[str] = field(default_factory=Counter)
+    fragments_unattributed: int = 0
+    fragment_bytes_unattributed: int = 0
+
+
+class FlowTable:
+    """In-memory sessions keyed by 5-tuple; turns decoded packets into session events."""
+
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        *,
+        attribute: AttributeFn,
+        is_client: IsClientFn,
+        id_namespace: uuid.UUID,
+        emit_opened: bool = False,
+    ) -> None:
+        self.timeouts = timeouts
+        self._attribute = attribute
+        self._is_client = is_client
+        self._ns = id_namespace
+        self._emit_opened = emit_opened
+        self._flows: dict[FlowKey, Flow] = {}
+        self._frags: dict[tuple[int, ...], tuple[Flow, int, float]] = {}
+        self._finished: list[Flow] = []
+        self._opened: list[Flow] = []
+        self._now = float("-inf")
+        self._last_sweep = float("-inf")
+        self.stats = FlowStats()
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    @property
+    def now_ts(self) -> float:
+        """Latest packet (or ticker) time seen, epoch seconds."""
+        return self._now
+
+    def process(self, b: DecodedBatch) -> list[SessionEvent]:
+        """Account one batch of packets; returns events for sessions opened or closed by it."""
+        m = len(b)
+        if m:
+            later = b.frag == FRAG_LATER
+            if later.any():
+                keyed = np.flatnonzero(~later)
+                self._process_keyed(b, keyed)
+                self._process_later_fragments(b, np.flatnonzero(later))
+            else:
+                self._process_keyed(b, None)
+            self.stats.packets += m
+            self.stats.bytes += int(b.ip_bytes.sum())
+            self._now = max(self._now, float(b.ts.max()))
+        return self.advance(self._now)
+
+    def advance(self, now_ts: float) -> list[SessionEvent]:
+        """Expire sessions idle (or lingering after close) as of packet time `now_ts`."""
+        self._now = max(self._now, now_ts)
+        now = self._now
+        if now - self._last_sweep >= SWEEP_INTERVAL_S:
+            self._last_sweep = now
+            t = self.timeouts
+            for flow in list(self._flows.values()):
+                if flow.closed:
+                    if now > flow.close_ts + t.tcp_linger_s:
+                        self._finish(flow, flow.close_reason or CloseReason.FIN)
+                elif now - flow.last_ts > (t.tcp_idle_s if flow.key[1] == 6 else t.udp_idle_s):
+                    self._finish(flow, CloseReason.IDLE)
+            stale = [k for k, (_f, _d, ts) in self._frags.items() if now - ts > FRAGMENT_TIMEOUT_S]
+            for k in stale:
+                del self._frags[k]
+        return self._drain()
+
+    def checkpoint(self) -> list[SessionEvent]:
+        """Snapshots of the open sessions that changed since their last checkpoint."""
+        out = []
+        for flow in self._flows.values():
+            if flow.last_ts != flow.checkpoint_ts:
+                flow.checkpoint_ts = flow.last_ts
+                out.append(self._event(flow, EventKind.CHECKPOINT))
+        return out
+
+    def close_all(self, reason: CloseReason) -> list[SessionEvent]:
+        """End every session now (end of capture, shutdown); closed ones keep their reason."""
+        for flow in list(self._flows.values()):
+            self._finish(flow, flow.close_reason if flow.closed and flow.close_reason else reason)
+        return self._drain()
+
+    # -- per batch -----------------------------------------------------------------------------
+
+    def _process_keyed(self, b: DecodedBatch, idx: np.ndarray | None) -> None:
+        def pick(a: np.ndarray) -> np.ndarray:
+            return a if idx is None else a[idx]
+
+        ts, proto, fam = pick(b.ts), pick(b.proto), pick(b.family)
+        s_hi, s_lo, d_hi, d_lo = pick(b.src_hi), pick(b.src_lo), pick(b.dst_hi), pick(b.dst_lo)
+        sport, dport = pick(b.sport), pick(b.dport)
+        m = len(ts)
+        # A = the lower (address, port) endpoint, so both directions share one key
+        a_src = (s_hi < d_hi) | (
+            (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport)))
+        )
+        a_hi, a_lo = np.where(a_src, s_hi, d_hi), np.where(a_src, s_lo, d_lo)
+        b_hi, b_lo = np.where(a_src, d_hi, s_hi), np.where(a_src, d_lo, s_lo)
+        a_p, b_p = np.where(a_src, sport, dport), np.where(a_src, dport, sport)
+        cols = (fam, proto, a_hi, a_lo, a_p, b_hi, b_lo, b_p)
+        h = (a_lo * _M1) ^ (b_lo * _M2) ^ (a_hi * _M3) ^ (b_hi * _M1 * _M2)
+        h ^= ((a_p << 24) | (b_p << 8) | proto | (fam << 48)).astype(np.uint64) * _M3
+        h ^= h >> np.uint64(31)
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        start = np.empty(m, dtype=bool)
+        start[0] = True
+        np.not_equal(hs[1:], hs[:-1], out=start[1:])
+        rep = np.flatnonzero(start)[np.cumsum(start) - 1]
+        if any(np.any(c[order] != c[order][rep]) for c in cols):  # a 64-bit hash collision
+            order = np.lexsort((np.arange(m), *reversed(cols)))
+            start[1:] = np.any([c[order][1:] != c[order][:-1] for c in cols], axis=0)
+        s_cols = [c[order] for c in cols]
+        ts_s = ts[order]
+        d_s = (~a_src[order]).astype(np.int64)  # 0 = sent by A
+        ipb_s, pay_s = pick(b.ip_bytes)[order], pick(b.payload_bytes)[order]
+        fl_s, frag_s = pick(b.flags)[order], pick(b.frag)[order]
+        t = self.timeouts
+        tcp_s = s_cols[1] == 6
+        special = start.copy()
+        special |= tcp_s & ((fl_s & (TCP_SYN | TCP_FIN | TCP_RST)) != 0)
+        special |= frag_s == FRAG_FIRST
+        thr = np.where(tcp_s[1:], t.tcp_idle_s, t.udp_idle_s)
+        special[1:] |= (ts_s[1:] - ts_s[:-1]) > thr
+        sp = np.flatnonzero(special)
+        run_end = np.append(sp[1:], m)
+        run_start = sp + 1
+
+        def sums(w: np.ndarray) -> tuple[list[int], ...]:
+            out = []
+            for vals in (w, np.where(w, ipb_s, 0), np.where(w, pay_s, 0)):
+                c = np.zeros(m + 1, dtype=np.int64)
+                np.cumsum(vals, out=c[1:])
+                out.append((c[run_end] - c[run_start]).tolist())
+            return tuple(out)
+
+        rpk0, rby0, rpl0 = sums(d_s == 0)
+        rpk1, rby1, rpl1 = sums(d_s == 1)
+        rlen = (run_end - run_start).tolist()
+        rlast = ts_s[run_end - 1].tolist()
+        sp_l = sp.tolist()
+        key_lists = [c[sp].tolist() for c in s_cols]
+        keys = list(zip(*key_lists, strict=True))
+        st = start[sp].tolist()
+        p_ts, p_d = ts_s[sp].tolist(), d_s[sp].tolist()
+        p_ipb, p_pay, p_fl = ipb_s[sp].tolist(), pay_s[sp].tolist(), fl_s[sp].tolist()
+        p_frag = frag_s[sp].tolist()
+        frag_src = None
+        if FRAG_FIRST in p_frag:
+            fid = pick(b.frag_id)[order]
+            src_hi_s, src_lo_s = s_hi[order], s_lo[order]
+            dst_hi_s, dst_lo_s = d_hi[order], d_lo[order]
+            frag_src = (fid, src_hi_s, src_lo_s, dst_hi_s, dst_lo_s)
+
+        flows = self._flows
+        packet = self._packet
+        iface = b.interface
+        flow: Flow | None = None
+        key: FlowKey = keys[0]
+        for j in range(len(sp_l)):
+            if st[j]:
+                key = keys[j]
+                flow = flows.get(key)
+            flow = packet(flow, key, p_ts[j], p_d[j], p_ipb[j], p_pay[j], p_fl[j], iface)
+            if p_frag[j] == FRAG_FIRST and frag_src is not None:
+                i = sp_l[j]
+                fk = (key[0], key[1], *(int(a[i]) for a in frag_src))
+                self._frags[fk] = (flow, p_d[j], p_ts[j])
+            n = rlen[j]
+            if not n:
+                continue
+            if flow.closed:  # lingering after FIN/RST: each packet may end it
+                for i in range(sp_l[j] + 1, sp_l[j] + 1 + n):
+                    flow = packet(
+                        flow, key, float(ts_s[i]), int(d_s[i]), int(ipb_s[i]), int(pay_s[i]),
+                        int(fl_s[i]), iface,
+                    )  # fmt: skip
+            else:
+                flow.pk0 += rpk0[j]
+                flow.by0 += rby0[j]
+                flow.pl0 += rpl0[j]
+                flow.pk1 += rpk1[j]
+                flow.by1 += rby1[j]
+                flow.pl1 += rpl1[j]
+                flow.last_ts = rlast[j]
+
+    def _packet(
+        self, flow: Flow | None, key: FlowKey, ts: float, d: int, ipb: int, pay: int, fl: int,
+        iface: str,
+    ) -> Flow:  # fmt: skip
+        """Account one packet that may open or close a session; returns its session."""
+        t = self.timeouts
+        if flow is not None:
+            if flow.closed:
+                # RFC 793: a SYN on a closed 5-tuple opens a new session (port reuse)
+                if ts > flow.close_ts + t.tcp_linger_s or (fl & _SYN_MASK) == TCP_SYN:
+                    self._finish(flow, flow.close_reason or CloseReason.FIN)
+                    flow = None
+            elif ts - flow.last_ts > (t.tcp_idle_s if key[1] == 6 else t.udp_idle_s):
+                self._finish(flow, CloseReason.IDLE)
+                flow = None
+        if flow is None:
+            flow = self._open(key, ts, d, fl, iface)
+        if d:
+            flow.pk1 += 1
+            flow.by1 += ipb
+            flow.pl1 += pay
+        else:
+            flow.pk0 += 1
+            flow.by0 += ipb
+            flow.pl0 += pay
+        if ts > flow.last_ts:
+            flow.last_ts = ts
+        if fl & (TCP_FIN | TCP_RST):
+            if fl & TCP_FIN:
+                flow.fins |= 1 << d
+            if not flow.closed and (fl & TCP_RST or flow.fins == 3):
+                flow.closed = True
+                flow.close_ts = ts
+                flow.close_reason = CloseReason.RST if fl & TCP_RST else CloseReason.FIN
+        return flow
+
+    def _open(self, key: FlowKey, ts: float, d: int, fl: int, iface: str) -> Flow:
+        family, proto, a_hi, a_lo, a_port, b_hi, b_lo, b_port = key
+        a, bb = _addr(family, a_hi, a_lo), _addr(family, b_hi, b_lo)
+        sender_a = d == 0
+        if proto == 6 and fl & TCP_SYN:
+            init_a = sender_a if not fl & TCP_ACK else not sender_a
+            midstream = bool(fl & TCP_ACK)  # a SYN-ACK first: the SYN was missed
+        else:
+            sender, receiver = (a, bb) if sender_a else (bb, a)
+            flip = self._is_client(family, receiver) and not self._is_client(family, sender)
+            init_a = sender_a != flip
+            midstream = flip or proto == 6
+        ia, ip_, ra, rp = (a, a_port, bb, b_port) if init_a else (bb, b_port, a, a_port)
+        attribution = self._attribute(family, ia, ra, rp, IpProto(proto))
+        sid = uuid.uuid5(self._ns, f"{family}|{proto}|{ia}|{ip_}|{ra}|{rp}|{ts!r}")
+        flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
+        self._flows[key] = flow
+        self.stats.sessions_opened += 1
+        if not attribution.attributed:
+            self.stats.unattributed_sessions += 1
+        if self._emit_opened:
+            self._opened.append(flow)
+        return flow
+
+    def _process_later_fragments(self, b: DecodedBatch, idx: np.ndarray) -> None:
+        """Fragments after the first carry no ports: account them through their first fragment."""
+        cols = [a[idx].tolist() for a in (b.family, b.proto, b.frag_id, b.src_hi, b.src_lo,
+                                          b.dst_hi, b.dst_lo, b.ip_bytes, b.payload_bytes, b.ts)]
+        for fam, proto, fid, sh, sl, dh, dl, ipb, pay, ts in zip(*cols, strict=True):
+            entry = self._frags.get((fam, proto, fid, sh, sl, dh, dl))
+            if entry is None or entry[0].finished:
+                self.stats.fragments_unattributed += 1
+                self.stats.fragment_bytes_unattributed += ipb
+                continue
+            flow, d, _ = entry
+            if d:
+                flow.pk1, flow.by1, flow.pl1 = flow.pk1 + 1, flow.by1 + ipb, flow.pl1 + pay
+            else:
+                flow.pk0, flow.by0, flow.pl0 = flow.pk0 + 1, flow.by0 + ipb, flow.pl0 + pay
+            flow.last_ts = max(flow.last_ts, ts)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _finish(self, flow: Flow, reason: CloseReason) -> None:
+        flow.close_reason = reason
+        if self._flows.get(flow.key) is flow:
+            del self._flows[flow.key]
+        self._finished.append(flow)
+
+    def _drain(self) -> list[SessionEvent]:
+        out = []
+        if self._opened:
+            out = [self._event(f, EventKind.OPENED) for f in self._opened if not f.finished]
+            for f in self._opened:
+                f.checkpoint_ts = f.last_ts
+            self._opened = []
+        if self._finished:
+            for f in self._finished:
+                f.finished = True
+                self.stats.closed[str(f.close_reason)] += 1
+                out.append(self._event(f, EventKind.CLOSED))
+            self._finished = []
+        return out
+
+    def _event(self, f: Flow, kind: EventKind) -> SessionEvent:
+        family, proto, a_hi, a_lo, a_port, b_hi, b_lo, b_port = f.key
+        a, bb = _addr(family, a_hi, a_lo), _addr(family, b_hi, b_lo)
+        if f.init_a:
+            src, sport, dst, dport = a, a_port, bb, b_port
+            tx, rx = (f.pk0, f.by0, f.pl0), (f.pk1, f.by1, f.pl1)
+        else:
+            src, sport, dst, dport = bb, b_port, a, a_port
+            tx, rx = (f.pk1, f.by1, f.pl1), (f.pk0, f.by0, f.pl0)
+        if f.cid is None:
+            f.cid = community_id(family, proto, src, sport, dst, dport)
+        closed = kind is EventKind.CLOSED
+        return SessionEvent(
+            kind=kind,
+            session_id=f.sid,
+            proto=IpProto(proto),
+            family=family,
+            src_addr=addr_text(family, src),
+            src_port=sport,
+            dst_addr=addr_text(family, dst),
+            dst_port=dport,
+            started_ts=f.started_ts,
+            last_ts=f.last_ts,
+            ended_ts=f.last_ts if closed else None,
+            packets_tx=tx[0],
+            bytes_tx=tx[1],
+            payload_bytes_tx=tx[2],
+            packets_rx=rx[0],
+            bytes_rx=rx[1],
+            payload_bytes_rx=rx[2],
+            close_reason=f.close_reason if closed else None,
+            midstream=f.midstream,
+            community_id=f.cid,
+            attribution=f.attribution,
+            interface=f.interface,
+        )
