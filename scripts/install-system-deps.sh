@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install the system tools that tunnelacct's lab, oracle and end-to-end tests use, when missing.
+# Idempotent and non-interactive (Debian/Ubuntu, needs root or password-less sudo). Prints one
+# line per package it installs; exits non-zero, with apt's output, when an install fails.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+# binary:package
+DEPS=(
+  tcpdump:tcpdump
+  tshark:tshark
+  editcap:wireshark-common
+  wireguard-go:wireguard-go
+  wg:wireguard-tools
+  iperf3:iperf3
+  ip:iproute2
+)
+# Wait for a concurrent apt/dpkg run instead of failing on its lock.
+APT_OPTS=(-y --no-install-recommends -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
+
+have() {  # sbin directories are often missing from a non-root PATH
+  command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
+}
+
+if [[ $(id -u) -eq 0 ]]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo -n)  # -n: fail instead of prompting, there is no stdin in CI
+else
+  SUDO=()
+fi
+
+missing=()
+for dep in "${DEPS[@]}"; do
+  have "${dep%%:*}" || missing+=("$dep")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "system deps: all present"
+  exit 0
+fi
+if [[ $(id -u) -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
+  echo "error: missing ${missing[*]} and not root (no sudo) to install them" >&2
+  exit 1
+fi
+
+aptlog=$(mktemp)
+trap 'rm -f "$aptlog"' EXIT
+if ! "${SUDO[@]}" apt-get update -o DPkg::Lock::Timeout=600 >"$aptlog" 2>&1 </dev/null; then
+  cat "$aptlog" >&2
+  echo "error: apt-get update failed" >&2
+  exit 1
+fi
+for dep in "${missing[@]}"; do
+  bin=${dep%%:*}
+  pkg=${dep#*:}
+  if have "$bin"; then  # an earlier package of this run brought it
+    continue
+  fi
+  if ! "${SUDO[@]}" apt-get install "${APT_OPTS[@]}" "$pkg" >"$aptlog" 2>&1 </dev/null; then
+    cat "$aptlog" >&2
+    echo "error: could not install package $pkg (for $bin)" >&2
+    exit 1
+  fi
+  if ! have "$bin"; then
+    echo "error: installed package $pkg but $bin is still missing" >&2
+    exit 1
+  fi
+  echo "installed $pkg (provides $bin)"
+done
