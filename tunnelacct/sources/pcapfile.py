@@ -20,7 +20,7 @@ from tunnelacct.sources import RawBatch
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 MAX_RECORD_BYTES = 1 << 18  # larger records mean a corrupt file, not a packet
 
 PCAP_MAGICS = {

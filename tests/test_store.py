@@ -1,0 +1,359 @@
+"""Store: URLs, migrations vs models, SQLite pragmas, type round-trips, inventory sync."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Integer, MetaData, String, create_engine, inspect, select
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
+from tunnelacct.enums import IpProto
+from tunnelacct.errors import StoreError
+from tunnelacct.models import Client as ClientRow
+from tunnelacct.models import Org as OrgRow
+from tunnelacct.models import Resource as ResourceRow
+from tunnelacct.models import SessionRecord, TableBase
+from tunnelacct.store import (
+    async_url,
+    check_schema,
+    make_engine,
+    migrate,
+    sync_inventory,
+    sync_url,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(f"sqlite:///{db_path}")
+    yield engine
+    await engine.dispose()
+
+
+def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Read with the stdlib sqlite3 module: an oracle independent of SQLAlchemy."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def record(**overrides: Any) -> SessionRecord:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "org_id": "acme",
+        "protocol": "tcp",
+        "ip_version": 4,
+        "src_addr": "10.0.0.2",
+        "dst_addr": "10.1.0.5",
+        "src_port": 40000,
+        "dst_port": 443,
+        "started_at": datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC),
+        "last_seen_at": datetime(2026, 11, 23, 10, 41, 0, 1, tzinfo=UTC),
+        "duration_s": 14.876545,
+        "bytes_tx": 1,
+        "bytes_rx": 2,
+        "packets_tx": 3,
+        "packets_rx": 4,
+        "payload_bytes_tx": 5,
+        "payload_bytes_rx": 6,
+        "status": "ongoing",
+        "midstream": False,
+        "community_id": "1:abc=",
+        "gateway": "gw1",
+        "interface": "wg0",
+    }
+    values.update(overrides)
+    return SessionRecord(**values)
+
+
+async def store_and_reload(engine: AsyncEngine, row: SessionRecord) -> SessionRecord:
+    key = row.id
+    async with AsyncSession(engine) as db:
+        db.add(row)
+        await db.commit()
+    async with AsyncSession(engine) as db:
+        loaded = await db.get(SessionRecord, key)
+    assert loaded is not None
+    return loaded
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+
+
+def test_sync_and_async_urls_map_drivers_both_ways() -> None:
+    assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert async_url("sqlite+aiosqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert sync_url("sqlite+aiosqlite:////var/lib/t.db") == "sqlite:////var/lib/t.db"
+    assert sync_url("sqlite:///x.db") == "sqlite:///x.db"
+    pg = "postgresql://u:p%40ss@db:5432/acct"
+    assert async_url(pg) == "postgresql+asyncpg://u:p%40ss@db:5432/acct"
+    assert sync_url(async_url(pg)) == pg
+    assert sync_url("postgresql+psycopg://h/acct") == "postgresql+psycopg://h/acct"
+    assert async_url("postgresql+psycopg://h/acct") == "postgresql+asyncpg://h/acct"
+
+
+def test_unsupported_url_scheme_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="unsupported database URL scheme 'mysql'"):
+        async_url("mysql://u@h/db")
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+
+def test_migrate_creates_tables_and_parent_dir_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "t.db"
+    migrate(f"sqlite:///{path}")
+    migrate(f"sqlite:///{path}")
+    tables = {
+        name for (name,) in raw_query(path, "SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    assert tables == {"alembic_version", "orgs", "clients", "resources", "sessions"}
+    assert raw_query(path, "SELECT version_num FROM alembic_version") == [("0001",)]
+
+
+def test_sessions_table_has_the_paging_retention_and_resume_indexes(db_path: Path) -> None:
+    indexes = {
+        name: [col for (_seq, _cid, col) in raw_query(db_path, f"PRAGMA index_info('{name}')")]
+        for (name,) in raw_query(
+            db_path,
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='sessions'"
+            " AND sql IS NOT NULL",
+        )
+    }
+    assert sorted(indexes.values()) == sorted(
+        [
+            ["org_id", "started_at", "id"],
+            ["org_id", "ended_at"],
+            ["gateway", "status"],
+            ["org_id", "client_id", "started_at"],
+            ["org_id", "resource_id", "started_at"],
+        ]
+    )
+    assert not raw_query(db_path, "PRAGMA foreign_key_list('sessions')")
+
+
+def _drift(db_path: Path, metadata: MetaData) -> list[object]:
+    engine = create_engine(f"sqlite:///{db_path}")
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def test_models_and_migrations_do_not_drift(db_path: Path) -> None:
+    # `alembic check` semantics: autogenerate would produce no operations.
+    assert _drift(db_path, TableBase.metadata) == []
+
+
+def test_drift_check_notices_a_model_change(db_path: Path) -> None:
+    # The oracle above must be able to fail: an extra model column is reported.
+    changed = MetaData(naming_convention=TableBase.metadata.naming_convention)
+    for table in TableBase.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["sessions"].append_column(Column("extra", Integer, nullable=True))
+    diffs = _drift(db_path, changed)
+    assert [d[0] for d in diffs if isinstance(d, tuple)] == ["add_column"]
+
+
+async def test_check_schema_names_the_upgrade_command_when_not_migrated(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        with pytest.raises(StoreError, match="run `tunnelacct db upgrade`"):
+            await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_check_schema_accepts_a_migrated_database(engine: AsyncEngine) -> None:
+    await check_schema(engine)
+
+
+async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as conn:
+        values = [
+            (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+            for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+        ]
+    assert values == ["wal", 1, 5000, 1]  # synchronous: 1 = NORMAL
+
+
+# --- type round-trips ---------------------------------------------------------------------------
+
+
+async def test_times_round_trip_with_microseconds_as_aware_utc(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    started = datetime(2026, 11, 23, 12, 40, 45, 123456, tzinfo=plus2)
+    loaded = await store_and_reload(engine, record(started_at=started, ended_at=None))
+    assert loaded.started_at == started
+    assert loaded.started_at.tzinfo is UTC
+    assert loaded.started_at.microsecond == 123456
+    assert loaded.last_seen_at == datetime(2026, 11, 23, 10, 41, 0, 1, tzinfo=UTC)
+    assert loaded.ended_at is None
+    # Stored as UTC, so text order is time order whatever the writer's zone.
+    assert raw_query(db_path, "SELECT started_at FROM sessions") == [
+        ("2026-11-23 10:40:45.123456",)
+    ]
+
+
+async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
+    with pytest.raises(StatementError, match="naive datetime"):
+        await store_and_reload(engine, record(started_at=datetime(2026, 1, 1)))
+
+
+async def test_64bit_counters_round_trip(engine: AsyncEngine) -> None:
+    big = 2**40 + 3
+    loaded = await store_and_reload(
+        engine, record(bytes_tx=big, bytes_rx=2**63 - 1, payload_bytes_tx=big - 1)
+    )
+    assert (loaded.bytes_tx, loaded.bytes_rx, loaded.payload_bytes_tx) == (big, 2**63 - 1, big - 1)
+
+
+async def test_longest_ipv6_text_fits_address_columns(engine: AsyncEngine) -> None:
+    longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+    assert len(longest) == 45
+    columns = inspect(SessionRecord).columns
+    for name in ("src_addr", "dst_addr"):
+        column_type = columns[name].type
+        assert isinstance(column_type, String) and column_type.length == 45
+    loaded = await store_and_reload(
+        engine, record(ip_version=6, src_addr=longest, dst_addr="2001:db8::1")
+    )
+    assert (loaded.src_addr, loaded.dst_addr) == (longest, "2001:db8::1")
+
+
+# --- inventory ----------------------------------------------------------------------------------
+
+
+def inventory(
+    *, orgs: int = 2, clients: int = 2, resources: int = 2, renamed: bool = False
+) -> Config:
+    all_orgs = (OrgConfig("acme", "Acme"), OrgConfig("globex", "Globex", retention_days=90))
+    return Config(
+        orgs=all_orgs[:orgs],
+        clients=tuple(
+            ClientConfig(
+                id=f"c{i}",
+                org="acme",
+                name=f"laptop {i}" + (" (new)" if renamed and i == 0 else ""),
+                user=f"user{i}" if i else None,
+                addresses=(f"100.64.0.{i + 2}/32", f"fd00::{i + 2}/128"),
+            )
+            for i in range(clients)
+        ),
+        resources=tuple(
+            ResourceConfig(
+                id=f"r{i}",
+                org="acme",
+                name=f"db {i}",
+                address=f"10.1.{i}.0/24",
+                ports=((5432, 5432), (8000, 8100)) if i == 0 else None,
+                protocols=(IpProto.TCP,) if i == 0 else (IpProto.TCP, IpProto.UDP),
+            )
+            for i in range(resources)
+        ),
+    )
+
+
+async def test_sync_inventory_inserts_orgs_clients_and_resources(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    await sync_inventory(engine, inventory())
+    assert raw_query(db_path, "SELECT id, name, retention_days FROM orgs ORDER BY id") == [
+        ("acme", "Acme", 30),
+        ("globex", "Globex", 90),
+        ("unattributed", "unattributed", 30),  # the default org, not declared
+    ]
+    clients = raw_query(
+        db_path, "SELECT id, org_id, name, user_id, addresses, active FROM clients ORDER BY id"
+    )
+    assert clients[1][:4] == ("c1", "acme", "laptop 1", "user1")
+    assert json.loads(str(clients[1][4])) == ["100.64.0.3/32", "fd00::3/128"]
+    assert clients[0][3] is None
+    assert raw_query(db_path, "SELECT id, ports, protocols, active FROM resources ORDER BY id") == [
+        ("r0", "5432,8000-8100", "tcp", 1),
+        ("r1", None, "tcp,udp", 1),
+    ]
+
+
+async def test_sync_inventory_updates_changed_rows_and_deactivates_removed_ones(
+    engine: AsyncEngine,
+) -> None:
+    t1 = datetime(2026, 1, 1, tzinfo=UTC)
+    t2 = t1 + timedelta(days=1)
+    await sync_inventory(engine, inventory(clients=3, resources=2), now=t1)
+    await sync_inventory(engine, inventory(orgs=1, clients=2, resources=1, renamed=True), now=t2)
+    async with AsyncSession(engine) as db:
+        clients = (await db.scalars(select(ClientRow))).all()
+        c0, c1, c2 = [await db.get(ClientRow, f"c{i}") for i in range(3)]
+        r1 = await db.get(ResourceRow, "r1")
+        globex = await db.get(OrgRow, "globex")
+    assert len(clients) == 3
+    assert c0 is not None and c1 is not None and c2 is not None and r1 is not None
+    assert (c0.name, c0.active, c0.updated_at) == ("laptop 0 (new)", True, t2)
+    assert (c1.active, c1.updated_at) == (True, t1)  # unchanged: updated_at kept
+    assert (c2.active, c2.updated_at) == (False, t2)  # removed from config: kept, inactive
+    assert (r1.active, r1.updated_at) == (False, t2)
+    assert globex is not None  # orgs removed from config are kept
+
+
+async def test_sync_inventory_reactivates_a_returning_client(engine: AsyncEngine) -> None:
+    await sync_inventory(engine, inventory(clients=2))
+    await sync_inventory(engine, inventory(clients=1))
+    await sync_inventory(engine, inventory(clients=2))
+    async with AsyncSession(engine) as db:
+        c1 = await db.get(ClientRow, "c1")
+    assert c1 is not None and c1.active
+
+
+async def test_sync_inventory_never_touches_sessions(engine: AsyncEngine, db_path: Path) -> None:
+    await sync_inventory(engine, inventory())
+    row = record(client_id="c1", client_name="laptop 1", resource_id="r1", resource_name="db 1")
+    await store_and_reload(engine, row)
+    before = raw_query(db_path, "SELECT * FROM sessions")
+    await sync_inventory(engine, Config(orgs=(OrgConfig("acme", "Renamed"),)))
+    assert raw_query(db_path, "SELECT * FROM sessions") == before
+
+
+async def test_sync_inventory_accepts_clients_of_the_undeclared_default_org(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    config = Config(
+        default_org="home",
+        orgs=(OrgConfig("acme", "Acme"),),
+        clients=(ClientConfig(id="c9", org="home", name="c9"),),
+    )
+    await sync_inventory(engine, config)
+    assert raw_query(db_path, "SELECT id FROM orgs ORDER BY id") == [("acme",), ("home",)]
+    assert raw_query(db_path, "SELECT org_id FROM clients") == [("home",)]
+
+
+async def test_sync_inventory_refuses_a_client_of_an_unknown_org(engine: AsyncEngine) -> None:
+    config = Config(clients=(ClientConfig(id="c9", org="nobody", name="c9"),))
+    with pytest.raises(StoreError, match="client 'c9' names unknown org 'nobody'"):
+        await sync_inventory(engine, config)

@@ -1,0 +1,371 @@
+"""SessionWriter: upserts, coalescing, closed-is-final, back-pressure, outages, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tunnelacct.config import WriterConfig
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.errors import StoreError
+from tunnelacct.events import Attribution, SessionEvent
+from tunnelacct.store import make_engine, migrate
+from tunnelacct.writer import SessionWriter, event_row
+
+T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "writer.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(f"sqlite:///{db_path}")
+    yield engine
+    await engine.dispose()
+
+
+def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Read with the stdlib sqlite3 module: an oracle independent of SQLAlchemy."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def row_count(path: Path) -> int:
+    return int(str(raw_query(path, "SELECT count(*) FROM sessions")[0][0]))
+
+
+def event(
+    kind: EventKind = EventKind.OPENED,
+    session_id: uuid.UUID | None = None,
+    *,
+    n: int = 1,
+    last_ts: float = T0,
+) -> SessionEvent:
+    """A TCP session event whose counters are derived from `n` (tx bytes = 100 * n, ...)."""
+    closed = kind is EventKind.CLOSED
+    return SessionEvent(
+        kind=kind,
+        session_id=session_id or uuid.uuid4(),
+        proto=IpProto.TCP,
+        family=4,
+        src_addr="100.64.0.2",
+        src_port=40000,
+        dst_addr="10.1.0.5",
+        dst_port=443,
+        started_ts=T0,
+        last_ts=last_ts,
+        ended_ts=last_ts if closed else None,
+        bytes_tx=100 * n,
+        bytes_rx=1000 * n,
+        packets_tx=n,
+        packets_rx=2 * n,
+        payload_bytes_tx=60 * n,
+        payload_bytes_rx=960 * n,
+        close_reason=CloseReason.FIN if closed else None,
+        midstream=False,
+        community_id="1:hO+sN4H+MG5MY/8hIrXPqc4ZQz0=",
+        attribution=Attribution("acme", "c1", "laptop", "alice", "r1", "web"),
+        interface="wg0",
+    )
+
+
+@asynccontextmanager
+async def running(writer: SessionWriter) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the writer as a task; close it (drain) on the way out."""
+    task = asyncio.create_task(writer.run())
+    try:
+        yield task
+        await writer.close(timeout_s=30)
+        await asyncio.wait_for(task, 5)
+    finally:
+        if not task.done():  # the test failed: stop the writer before the engine goes
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_until(predicate: object, timeout_s: float = 5.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def writer_for(
+    engine: AsyncEngine,
+    *,
+    batch_size: int = 5000,
+    flush_interval_s: float = 1.0,
+    max_pending: int = 100_000,
+) -> SessionWriter:
+    config = WriterConfig(
+        batch_size=batch_size, flush_interval_s=flush_interval_s, max_pending=max_pending
+    )
+    return SessionWriter(engine, config, gateway="gw-test")
+
+
+async def test_open_checkpoint_close_yields_one_completed_row_with_final_counters(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    sid = uuid.uuid4()
+    writer = writer_for(engine, flush_interval_s=0.01)
+    async with running(writer):
+        await writer.submit([event(EventKind.OPENED, sid, n=1, last_ts=T0)])
+        await wait_until(lambda: writer.flushes == 1)
+        assert raw_query(db_path, "SELECT status, ended_at FROM sessions") == [("ongoing", None)]
+        await writer.submit([event(EventKind.CHECKPOINT, sid, n=5, last_ts=T0 + 30)])
+        await wait_until(lambda: writer.flushes == 2)
+        await writer.submit([event(EventKind.CLOSED, sid, n=7, last_ts=T0 + 42.5)])
+    rows = raw_query(
+        db_path,
+        "SELECT id, status, close_reason, bytes_tx, bytes_rx, packets_tx, packets_rx,"
+        " payload_bytes_tx, payload_bytes_rx, started_at, ended_at, last_seen_at, duration_s,"
+        " protocol, ip_version, client_name, gateway, interface FROM sessions",
+    )
+    assert rows == [
+        (
+            sid.hex,
+            "completed",
+            "fin",
+            700,
+            7000,
+            7,
+            14,
+            420,
+            6720,
+            "2026-11-23 10:40:45.123456",
+            "2026-11-23 10:41:27.623456",
+            "2026-11-23 10:41:27.623456",
+            pytest.approx(42.5),
+            "tcp",
+            4,
+            "laptop",
+            "gw-test",
+            "wg0",
+        )
+    ]
+    assert writer.rows_written == 3 and writer.flushes == 3
+    assert writer.last_flush_at is not None and writer.last_flush_at.tzinfo is UTC
+
+
+async def test_events_of_one_session_coalesce_into_one_row_in_one_flush(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    sid = uuid.uuid4()
+    writer = writer_for(engine)
+    events = [event(EventKind.CHECKPOINT, sid, n=i) for i in range(1, 101)]
+    await writer.submit([event(EventKind.OPENED, sid), *events])
+    assert writer.pending == 1
+    await writer.close()
+    assert (writer.flushes, writer.rows_written) == (1, 1)
+    assert raw_query(db_path, "SELECT bytes_tx, packets_rx, status FROM sessions") == [
+        (10_000, 200, "ongoing")
+    ]
+
+
+async def test_late_checkpoint_in_the_store_does_not_reopen_a_closed_session(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    sid = uuid.uuid4()
+    writer = writer_for(engine, flush_interval_s=0.01)
+    async with running(writer):
+        await writer.submit([event(EventKind.CLOSED, sid, n=3, last_ts=T0 + 3)])
+        await wait_until(lambda: writer.flushes == 1)
+        await writer.submit([event(EventKind.CHECKPOINT, sid, n=2, last_ts=T0 + 2)])
+        await wait_until(lambda: writer.flushes == 2)
+    assert raw_query(db_path, "SELECT status, close_reason, bytes_tx FROM sessions") == [
+        ("completed", "fin", 300)
+    ]
+
+
+async def test_late_checkpoint_while_pending_does_not_replace_the_closed_event(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    sid = uuid.uuid4()
+    writer = writer_for(engine)
+    await writer.submit([event(EventKind.CLOSED, sid, n=3), event(EventKind.CHECKPOINT, sid, n=2)])
+    assert writer.stale_events == 1
+    await writer.close()
+    assert raw_query(db_path, "SELECT status, bytes_tx FROM sessions") == [("completed", 300)]
+
+
+async def test_submit_waits_when_max_pending_is_reached_and_loses_nothing(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    writer = writer_for(engine, max_pending=10, batch_size=4, flush_interval_s=60)
+    producer = asyncio.create_task(writer.submit([event() for _ in range(11)]))
+    await asyncio.sleep(0.2)
+    assert not producer.done()  # no run() yet: the 11th session has no room
+    assert writer.pending == 10
+    seen: list[int] = []
+    async with running(writer):
+        await producer
+        for _ in range(20):
+            await writer.submit([event() for _ in range(25)])
+            seen.append(writer.pending)
+    assert max(seen) <= 10
+    assert row_count(db_path) == 11 + 20 * 25 == writer.rows_written
+
+
+async def test_locked_database_delays_writes_but_loses_nothing(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A short busy timeout makes the lock surface as "database is locked" errors, so the
+    # retry path runs rather than SQLite's own busy wait.
+    engine = make_engine(f"sqlite:///{db_path}", busy_timeout_ms=50)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+            async with running(writer):
+                locker.execute("BEGIN EXCLUSIVE")
+                await writer.submit([event() for _ in range(500)])
+                await asyncio.sleep(2.0)
+                assert writer.pending == 500
+                assert writer.failed_flushes >= 2
+                locker.execute("COMMIT")
+                await wait_until(lambda: writer.pending == 0)
+        assert row_count(db_path) == 500
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1  # one line per failure streak
+        assert "database is locked" in warnings[0].getMessage()
+    finally:
+        locker.close()
+        await engine.dispose()
+
+
+async def test_close_times_out_with_a_store_error_naming_unwritten_sessions(
+    db_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{db_path}", busy_timeout_ms=10)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer = writer_for(engine)
+        task = asyncio.create_task(writer.run())
+        locker.execute("BEGIN EXCLUSIVE")
+        await writer.submit([event() for _ in range(3)])
+        with pytest.raises(StoreError, match="could not write 3 pending sessions"):
+            await writer.close(timeout_s=0.5)
+        await asyncio.wait_for(task, 10)  # run() ends instead of retrying forever
+        with pytest.raises(StoreError, match="could not write 3 pending sessions"):
+            await writer.close(timeout_s=0.1)  # closing again never pretends success
+        locker.execute("ROLLBACK")
+    finally:
+        locker.close()
+        await engine.dispose()
+
+
+async def test_event_replacing_one_in_flight_is_written_by_the_next_flush(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    sid = uuid.uuid4()
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        async with running(writer):
+            locker.execute("BEGIN EXCLUSIVE")
+            await writer.submit([event(EventKind.OPENED, sid, n=1)])
+            await asyncio.sleep(0.3)  # the flush is now waiting in SQLite's busy handler
+            assert writer.flushes == 0
+            await writer.submit([event(EventKind.CHECKPOINT, sid, n=2)])
+            locker.execute("COMMIT")
+            await wait_until(lambda: writer.pending == 0)
+        assert writer.flushes == 2
+        assert raw_query(db_path, "SELECT bytes_tx FROM sessions") == [(200,)]
+    finally:
+        locker.close()
+
+
+async def test_close_admits_producers_already_waiting_for_room(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    writer = writer_for(engine, max_pending=5, batch_size=3)
+    producer = asyncio.create_task(writer.submit([event() for _ in range(20)]))
+    await asyncio.sleep(0.05)
+    assert writer.pending == 5 and not producer.done()
+    await writer.close()  # no run() task: close() drains, letting the producer finish
+    await asyncio.wait_for(producer, 5)
+    assert row_count(db_path) == 20
+
+
+async def test_close_drains_is_idempotent_and_refuses_later_events(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    writer = writer_for(engine, flush_interval_s=60)
+    task = asyncio.create_task(writer.run())
+    await writer.submit([event(EventKind.CLOSED) for _ in range(50)])
+    await writer.close()
+    await asyncio.wait_for(task, 5)
+    assert row_count(db_path) == 50
+    await writer.close()
+    with pytest.raises(StoreError, match="closed"):
+        await writer.submit([event()])
+
+
+async def test_close_without_a_run_task_still_drains(engine: AsyncEngine, db_path: Path) -> None:
+    writer = writer_for(engine, batch_size=7)
+    await writer.submit([event() for _ in range(30)])
+    await writer.close()
+    assert row_count(db_path) == 30
+    assert writer.flushes == 5  # ceil(30 / 7)
+
+
+async def test_flush_interval_bounds_how_long_an_event_waits(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    writer = writer_for(engine, flush_interval_s=0.05)
+    async with running(writer):
+        await writer.submit([event()])
+        await wait_until(lambda: row_count(db_path) == 1, timeout_s=2)
+
+
+@pytest.mark.slow
+async def test_ten_thousand_sessions_are_all_present_with_exact_counters(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    ids = [uuid.uuid4() for _ in range(10_000)]
+    writer = writer_for(engine, flush_interval_s=0.05)
+    async with running(writer):
+        await writer.submit([event(EventKind.OPENED, sid) for sid in ids])
+        closes = [event(EventKind.CLOSED, sid, n=i + 1) for i, sid in enumerate(ids)]
+        for start in range(0, len(closes), 1000):
+            await writer.submit(closes[start : start + 1000])
+    assert raw_query(
+        db_path, "SELECT count(*), sum(bytes_tx), sum(packets_tx), min(status) FROM sessions"
+    ) == [(10_000, 100 * sum(range(1, 10_001)), sum(range(1, 10_001)), "completed")]
+    stored = {uuid.UUID(str(h)) for (h,) in raw_query(db_path, "SELECT id FROM sessions")}
+    assert stored == set(ids)
+
+
+async def test_writer_config_must_be_positive(engine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match="invalid writer config"):
+        SessionWriter(engine, replace(WriterConfig(), batch_size=0), gateway="gw")
+
+
+def test_event_times_become_aware_utc_datetimes_with_microseconds() -> None:
+    row = event_row(event(EventKind.CLOSED, n=1, last_ts=T0 + 1.5), "gw")
+    assert row["started_at"] == datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC)
+    assert (
+        row["ended_at"]
+        == row["last_seen_at"]
+        == datetime(2026, 11, 23, 10, 40, 46, 623456, tzinfo=UTC)
+    )
+    assert row["duration_s"] == pytest.approx(1.5)
+    assert (row["protocol"], row["status"], row["gateway"]) == ("tcp", "completed", "gw")

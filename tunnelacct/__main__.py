@@ -1,0 +1,5 @@
+"""`python -m tunnelacct` runs the CLI."""
+
+from tunnelacct.cli import main
+
+main()

@@ -1,0 +1,163 @@
+"""Command line: parse flags, load config, call one library function, render errors once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tunnelacct import __version__
+from tunnelacct.config import Config, load_config
+from tunnelacct.errors import TunnelacctError
+from tunnelacct.log import setup_logging
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TUNNELACCT_CONFIG",
+    help="TOML config file (env TUNNELACCT_CONFIG). Without one, defaults apply.",
+)
+
+
+def _config(path: Path | None) -> Config:
+    return load_config(path, os.environ)
+
+
+def _fmt_counts(c: Counter[str] | dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])) or "none"
+
+
+@click.group()
+@click.version_option(__version__, prog_name="tunnelacct")
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING, ...")
+def cli(log_level: str) -> None:
+    """tunnelacct: exact TCP/UDP session accounting for tunnel gateways."""
+    setup_logging(log_level)
+
+
+@cli.command("import")
+@config_option
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the import's figures as Prometheus text (node_exporter textfile collector).",
+)
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: tuple[Path]) -> None:
+    """Import pcap/pcapng FILES (one continuous capture, ordered by first packet time)."""
+    from tunnelacct.importer import import_captures
+
+    config = _config(config_path)
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    if sys.stderr.isatty():
+        with click.progressbar(
+            length=total, label="importing", file=sys.stderr, show_eta=True
+        ) as bar:
+            summary = import_captures(config, files, progress=bar.update)
+    else:
+        summary = import_captures(config, files)
+    s = summary
+    echo = click.echo
+    echo(f"imported {s.files} file(s): {s.packets:,} packets in {s.seconds:.2f} s "
+         f"({s.packets_per_s:,.0f} packets/s)")
+    echo(f"  accounted: {s.accounted_packets:,} TCP/UDP packets, {s.accounted_bytes:,} IP bytes")
+    echo(f"  sessions: {s.sessions:,} (unattributed: {s.unattributed_sessions:,}); "
+         f"closed by: {_fmt_counts(s.closed)}")
+    echo(f"  decode errors: {_fmt_counts(s.decode_errors)}")
+    echo(f"  skipped (not TCP/UDP): {_fmt_counts(s.skipped)}")
+    echo(f"  rows written: {s.rows_written:,} to {config.database.url}")
+    for w in s.warnings:
+        echo(f"warning: {w}", err=True)
+    if metrics_textfile is not None:
+        from tunnelacct.metrics_textfile import write_import_metrics
+
+        write_import_metrics(summary, metrics_textfile)
+    if s.failed_files:
+        for f in s.failed_files:
+            echo(f"error: {f}", err=True)
+        sys.exit(1)
+
+
+@cli.command("export")
+@config_option
+@click.option("--org", required=True, help="Organisation id whose sessions to export.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV file to write (default: standard output).")
+def export_cmd(config_path: Path | None, org: str, output: Path | None) -> None:
+    """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
+    from tunnelacct.export import export_org
+
+    config = _config(config_path)
+    if output is None:
+        rows = export_org(config, org, sys.stdout)
+    else:
+        with output.open("w", encoding="utf-8", newline="") as f:
+            rows = export_org(config, org, f)
+    click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database maintenance."""
+
+
+@db_group.command("upgrade")
+@config_option
+def db_upgrade(config_path: Path | None) -> None:
+    """Create or migrate the schema to the latest revision."""
+    from tunnelacct.store import migrate
+
+    config = _config(config_path)
+    migrate(config.database.url)
+    click.echo(f"database at {config.database.url} is up to date")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Configuration helpers."""
+
+
+@config_group.command("check")
+@config_option
+def config_check(config_path: Path | None) -> None:
+    """Validate the config file and print what it declares."""
+    c = _config(config_path)
+    click.echo(f"{c.path or '(defaults)'}: ok: {len(c.orgs)} orgs, {len(c.clients)} clients, "
+               f"{len(c.resources)} resources; database {c.database.url}; gateway {c.gateway}")
+
+
+@cli.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--limit", default=20, show_default=True, help="How many packets to show.")
+@click.option("--all-reasons", is_flag=True, help="Also show valid non-TCP/UDP packets.")
+def inspect_cmd(file: Path, limit: int, all_reasons: bool) -> None:
+    """Show the packets of FILE that were not decoded, why, and what scapy makes of them."""
+    from tunnelacct.inspect import failed_packets
+
+    n = 0
+    for number, ts, reason, text in failed_packets(file, limit=limit,
+                                                   include_skipped=all_reasons):
+        click.echo(f"#{number} t={ts:.6f} {reason}: {text}")
+        n += 1
+    if not n:
+        click.echo("every packet decoded")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: runs the CLI; a TunnelacctError prints `error: ...` and exits 2."""
+    try:
+        return cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except TunnelacctError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)

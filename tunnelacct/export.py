@@ -1,0 +1,119 @@
+"""CSV export of session records: column order, cell formatting and the formula guard.
+
+Format: RFC 4180 (comma-separated, `"`-quoted when needed, CRLF line ends), one header row
+with CSV_COLUMNS, then one row per session ordered by (started_at, id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from datetime import UTC, datetime
+from typing import TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tunnelacct.config import Config
+from tunnelacct.models import SessionRecord
+from tunnelacct.store import check_schema, iter_org_sessions, make_engine
+
+# The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
+# initiator -> responder, rx the reverse; empty cells are NULLs (e.g. ended_at of an ongoing
+# session); midstream is true/false.
+CSV_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "org_id",
+    "client_id",
+    "client_name",
+    "user_id",
+    "resource_id",
+    "resource_name",
+    "protocol",
+    "ip_version",
+    "src_addr",
+    "src_port",
+    "dst_addr",
+    "dst_port",
+    "started_at",
+    "ended_at",
+    "last_seen_at",
+    "duration_s",
+    "bytes_tx",
+    "bytes_rx",
+    "packets_tx",
+    "packets_rx",
+    "payload_bytes_tx",
+    "payload_bytes_rx",
+    "status",
+    "close_reason",
+    "midstream",
+    "community_id",
+    "gateway",
+    "interface",
+)
+
+# Model attribute behind each column (only session_id differs).
+_ATTRS = tuple("id" if name == "session_id" else name for name in CSV_COLUMNS)
+
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP); a
+# leading single quote makes them show it as text. No numeric cell is ever negative, so a
+# leading "-" only ever comes from text such as a client name.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+PAGE_SIZE = 5000
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with microseconds: 2026-11-23T10:40:45.123456Z."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_cell(value: object) -> str:
+    """One cell: "" for None, true/false, RFC 3339 times, text with the formula guard."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, float):
+        return f"{value:.6f}"  # times have microsecond resolution; never 1e-05 notation
+    text = str(value)
+    if text.startswith(FORMULA_PREFIXES):
+        return "'" + text
+    return text
+
+
+def format_row(record: SessionRecord) -> list[str]:
+    """The CSV cells of one session record, in CSV_COLUMNS order."""
+    return [format_cell(getattr(record, attr)) for attr in _ATTRS]
+
+
+async def export_org_csv(
+    engine: AsyncEngine, org_id: str, out: TextIO, *, page_size: int = PAGE_SIZE
+) -> int:
+    """Write the header and every session of `org_id` as CSV to `out`; return the row count.
+
+    Reads keyset pages of `page_size` rows, so memory stays constant however large the org.
+    """
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    async for page in iter_org_sessions(engine, org_id, page_size=page_size):
+        writer.writerows(format_row(record) for record in page)
+        count += len(page)
+    return count
+
+
+def export_org(config: Config, org_id: str, out: TextIO) -> int:
+    """Blocking `export_org_csv` against the configured store (for the CLI); returns rows."""
+
+    async def export() -> int:
+        engine = make_engine(config.database.url)
+        try:
+            await check_schema(engine)
+            return await export_org_csv(engine, org_id, out)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(export())

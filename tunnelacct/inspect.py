@@ -1,0 +1,42 @@
+"""`tunnelacct inspect`: explain packets that failed to decode, dissected by scapy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from tunnelacct.decode import REASONS, SKIPPED_REASONS, decode
+from tunnelacct.sources.pcapfile import open_capture
+
+
+def _dissect(linktype: int, data: bytes) -> str:
+    """One-line scapy dissection of a link-layer frame (scapy is slow: tools only)."""
+    from scapy.config import conf  # imported lazily: scapy takes a second to load
+
+    cls = conf.l2types.get(linktype)
+    if cls is None:
+        return f"linktype {linktype}: {data[:32].hex()}"
+    try:
+        return str(cls(data).summary())
+    except Exception as e:  # noqa: BLE001 - scapy raises anything on garbage; show it instead
+        return f"scapy could not dissect it ({e.__class__.__name__}): {data[:32].hex()}"
+
+
+def failed_packets(
+    path: str | Path, *, limit: int, include_skipped: bool = False
+) -> Iterator[tuple[int, float, str, str]]:
+    """Yield (record number from 1, time, reason, dissection) for packets that decode rejected."""
+    seen = shown = 0
+    for raw in open_capture(path).batches():
+        d = decode(raw)
+        for i, code in zip(d.failed_index.tolist(), d.failed_reason.tolist(), strict=True):
+            reason = REASONS[code]
+            if reason in SKIPPED_REASONS and not include_skipped:
+                continue
+            o, c = int(raw.offsets[i]), int(raw.caplens[i])
+            data = raw.buf[o : o + c].tobytes()
+            yield seen + i + 1, float(raw.ts[i]), reason, _dissect(int(raw.linktypes[i]), data)
+            shown += 1
+            if shown >= limit:
+                return
+        seen += len(raw)

@@ -1,0 +1,165 @@
+"""SQLModel tables: inventory (orgs, clients, resources) and session records.
+
+These classes mirror the Alembic migrations in `migrations/`, which are the only source of the
+schema; `tests/test_store.py` fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlmodel import Field, SQLModel
+
+# Constraint and index names follow this convention so that migrations (SQLite batch mode
+# included) can address them by name on every dialect.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ADDR_LEN = 45  # longest IPv6 text form (IPv4-mapped with full groups)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamp with microseconds, stored in UTC and always read back as an aware UTC datetime.
+
+    SQLite has no time zone type, so values are stored there as naive UTC text
+    ("2026-11-23 10:40:45.123456", fixed width, so text order is time order).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Reject naive datetimes; convert aware ones to UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: tunnelacct stores aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to naive values (SQLite) and normalise aware ones to UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class TableBase(SQLModel):
+    """Base of every tunnelacct table: its own metadata with the naming convention."""
+
+    metadata: ClassVar[MetaData] = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Org(TableBase, table=True):
+    """An organisation: the unit of scoping and retention."""
+
+    __tablename__: ClassVar[Any] = "orgs"
+
+    id: str = Field(sa_type=String, primary_key=True)
+    name: str = Field(sa_type=String)
+    retention_days: int = Field(sa_type=Integer)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class Client(TableBase, table=True):
+    """A tunnel client/peer; `addresses` is a JSON list of CIDR strings."""
+
+    __tablename__: ClassVar[Any] = "clients"
+
+    id: str = Field(sa_type=String, primary_key=True)
+    org_id: str = Field(sa_type=String, foreign_key="orgs.id")
+    name: str = Field(sa_type=String)
+    user_id: str | None = Field(default=None, sa_type=String, nullable=True)
+    addresses: str = Field(sa_type=Text)
+    public_key: str | None = Field(default=None, sa_type=String, nullable=True)
+    active: bool = Field(default=True, sa_type=Boolean)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class Resource(TableBase, table=True):
+    """A private resource: CIDR, ports ("22,8000-8100"; NULL = all) and protocols ("tcp,udp")."""
+
+    __tablename__: ClassVar[Any] = "resources"
+
+    id: str = Field(sa_type=String, primary_key=True)
+    org_id: str = Field(sa_type=String, foreign_key="orgs.id")
+    name: str = Field(sa_type=String)
+    address: str = Field(sa_type=String)
+    ports: str | None = Field(default=None, sa_type=Text, nullable=True)
+    protocols: str = Field(sa_type=Text)
+    active: bool = Field(default=True, sa_type=Boolean)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class SessionRecord(TableBase, table=True):
+    """One TCP/UDP session as a row; tx = initiator to responder, rx = the reverse.
+
+    Attribution columns are snapshots taken when the session opened, and there are no foreign
+    keys to the inventory: changing or deleting config never rewrites or deletes history.
+    """
+
+    __tablename__: ClassVar[Any] = "sessions"
+    __table_args__: ClassVar[Any] = (
+        # Listing and exporting by org and time, keyset-paged on (started_at, id).
+        Index(None, "org_id", "started_at", "id"),
+        # Retention purges completed sessions of an org by end time.
+        Index(None, "org_id", "ended_at"),
+        # A restarted gateway resumes its ongoing sessions.
+        Index(None, "gateway", "status"),
+        Index(None, "org_id", "client_id", "started_at"),
+        Index(None, "org_id", "resource_id", "started_at"),
+    )
+
+    id: uuid.UUID = Field(sa_type=Uuid, primary_key=True)
+    org_id: str = Field(sa_type=String)
+    client_id: str | None = Field(default=None, sa_type=String, nullable=True)
+    client_name: str | None = Field(default=None, sa_type=String, nullable=True)
+    user_id: str | None = Field(default=None, sa_type=String, nullable=True)
+    resource_id: str | None = Field(default=None, sa_type=String, nullable=True)
+    resource_name: str | None = Field(default=None, sa_type=String, nullable=True)
+    protocol: str = Field(sa_type=String(8))  # IpProto.label: "tcp" or "udp"
+    ip_version: int = Field(sa_type=SmallInteger)  # 4 or 6
+    src_addr: str = Field(sa_type=String(ADDR_LEN))
+    dst_addr: str = Field(sa_type=String(ADDR_LEN))
+    src_port: int = Field(sa_type=Integer)
+    dst_port: int = Field(sa_type=Integer)
+    started_at: datetime = Field(sa_type=UtcDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    last_seen_at: datetime = Field(sa_type=UtcDateTime)
+    duration_s: float = Field(sa_type=Float)
+    bytes_tx: int = Field(sa_type=BigInteger)
+    bytes_rx: int = Field(sa_type=BigInteger)
+    packets_tx: int = Field(sa_type=BigInteger)
+    packets_rx: int = Field(sa_type=BigInteger)
+    payload_bytes_tx: int = Field(sa_type=BigInteger)
+    payload_bytes_rx: int = Field(sa_type=BigInteger)
+    status: str = Field(sa_type=String(16))  # SessionStatus: "ongoing" or "completed"
+    close_reason: str | None = Field(default=None, sa_type=String(32), nullable=True)
+    midstream: bool = Field(sa_type=Boolean)
+    community_id: str = Field(sa_type=String)
+    gateway: str = Field(sa_type=String)
+    interface: str = Field(sa_type=String)

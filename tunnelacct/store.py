@@ -1,0 +1,357 @@
+"""The store: database URLs, the async engine, Alembic migrations, dialect upserts, inventory sync.
+
+Migrations live in `migrations/` at the repository root (Alembic `env.py`, `versions/`). They are
+found next to the `tunnelacct` package, which holds for a checkout and an editable install
+(`pip install -e .`); other layouts pass `script_location=` or get a StoreError naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Table, create_engine, event, or_, pool, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlmodel import SQLModel
+
+import tunnelacct
+from tunnelacct.config import Config, OrgConfig, ResourceConfig
+from tunnelacct.errors import StoreError
+from tunnelacct.models import Client, Org, Resource, SessionRecord
+
+log = logging.getLogger(__name__)
+
+# Drivers used for each backend: async for the service, sync for Alembic.
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql"}
+
+NOT_MIGRATED = "database is not migrated: run `tunnelacct db upgrade`"
+
+T = TypeVar("T")
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid database URL: {exc}") from None
+
+
+def _render(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise StoreError(
+            f"unsupported database URL scheme {url.drivername!r}: use sqlite:// or postgresql://"
+        )
+    return backend
+
+
+def sync_url(url: str) -> str:
+    """Return the sync-driver form of `url`: `sqlite+aiosqlite:///x.db` -> `sqlite:///x.db`.
+
+    An explicit sync driver (`postgresql+psycopg://`) is kept.
+    """
+    parsed = _parse(url)
+    backend = _backend(parsed)
+    if parsed.drivername == _ASYNC_DRIVERS[backend]:
+        parsed = parsed.set(drivername=_SYNC_DRIVERS[backend])
+    return _render(parsed)
+
+
+def async_url(url: str) -> str:
+    """Return the async-driver form of `url`: `sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`."""
+    parsed = _parse(url)
+    return _render(parsed.set(drivername=_ASYNC_DRIVERS[_backend(parsed)]))
+
+
+def _ensure_sqlite_dir(url: URL) -> None:
+    """Create the parent directory of a SQLite database file (not for :memory: or file: URIs)."""
+    if url.get_backend_name() != "sqlite":
+        return
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def migrations_dir() -> Path:
+    """Locate the Alembic scripts: `migrations/` next to the `tunnelacct` package."""
+    path = Path(tunnelacct.__file__).resolve().parent.parent / "migrations"
+    if not (path / "env.py").is_file():
+        raise StoreError(
+            f"Alembic migrations not found at {path}: run tunnelacct from a checkout or an "
+            "editable install (pip install -e .)"
+        )
+    return path
+
+
+def alembic_config(script_location: Path | None = None) -> AlembicConfig:
+    """Build the Alembic config in code (no alembic.ini)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(script_location or migrations_dir()))
+    return cfg
+
+
+def migrate(url: str, *, script_location: Path | None = None) -> None:
+    """Upgrade the database at `url` to the newest schema (Alembic `upgrade head`), blocking.
+
+    Run it before the event loop starts or through `asyncio.to_thread`.
+    """
+    cfg = alembic_config(script_location)
+    parsed = make_url(sync_url(url))
+    _ensure_sqlite_dir(parsed)
+    try:
+        engine = create_engine(parsed, poolclass=pool.NullPool)
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"database driver {exc.name!r} is not installed") from exc
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            # WAL is persistent: switch now, so the service's first connection need not wait
+            # for exclusive access to do it.
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SQLAlchemyError as exc:
+        raise StoreError(f"migration failed: {exc}") from exc
+    finally:
+        engine.dispose()
+    log.info("database schema at %s", heads(cfg))
+
+
+def heads(cfg: AlembicConfig) -> str:
+    """The head revision(s) of the migration scripts, comma-separated."""
+    return ",".join(ScriptDirectory.from_config(cfg).get_heads())
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> AsyncEngine:
+    """Create the async engine for `url`; SQLite connections get WAL and a busy timeout."""
+    parsed = make_url(async_url(url))
+    _ensure_sqlite_dir(parsed)
+    engine = create_async_engine(parsed)
+    if parsed.get_backend_name() == "sqlite":
+
+        def set_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets readers (API, export) run beside the writer; NORMAL is durable in WAL
+            # mode except for the last transactions before a power loss.
+            for pragma in (
+                f"busy_timeout={int(busy_timeout_ms)}",  # first: the others may wait for locks
+                "journal_mode=WAL",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        event.listen(engine.sync_engine, "connect", set_pragmas)
+    return engine
+
+
+async def check_schema(engine: AsyncEngine, *, script_location: Path | None = None) -> None:
+    """Raise StoreError unless the database is migrated to this version's head revision."""
+
+    def current(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    try:
+        async with engine.connect() as conn:
+            revision = await conn.run_sync(current)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the database: {exc}") from exc
+    if revision is None:
+        raise StoreError(NOT_MIGRATED)
+    cfg = alembic_config(script_location)
+    expected = heads(cfg)
+    if revision == expected:
+        return
+    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if revision in known:
+        raise StoreError(
+            f"database schema is at revision {revision}, this tunnelacct needs {expected}: "
+            "run `tunnelacct db upgrade`"
+        )
+    raise StoreError(
+        f"database schema revision {revision} is unknown to this tunnelacct "
+        f"(it expects {expected}): was it migrated by a newer version?"
+    )
+
+
+def insert_for(dialect_name: str, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """An INSERT that supports ON CONFLICT for the dialect (`sqlite` or `postgresql`)."""
+    if dialect_name == "sqlite":
+        return sqlite.insert(table)
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    raise StoreError(f"unsupported database dialect {dialect_name!r}")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most `size` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind a SQLModel table class."""
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table
+
+
+def _ports_text(resource: ResourceConfig) -> str | None:
+    if resource.ports is None:
+        return None
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in resource.ports)
+
+
+def configured_orgs(config: Config) -> tuple[OrgConfig, ...]:
+    """The declared orgs plus the default org (named after its id) when it is not declared."""
+    if any(o.id == config.default_org for o in config.orgs):
+        return config.orgs
+    return (*config.orgs, OrgConfig(id=config.default_org, name=config.default_org))
+
+
+def inventory_rows(config: Config, now: datetime) -> dict[Table, list[dict[str, Any]]]:
+    """Rows for orgs, clients and resources as the config describes them (all active)."""
+    orgs = [
+        {"id": o.id, "name": o.name, "retention_days": o.retention_days, "updated_at": now}
+        for o in configured_orgs(config)
+    ]
+    clients = [
+        {
+            "id": c.id,
+            "org_id": c.org,
+            "name": c.name,
+            "user_id": c.user,
+            "addresses": json.dumps(list(c.addresses)),
+            "public_key": c.public_key,
+            "active": True,
+            "updated_at": now,
+        }
+        for c in config.clients
+    ]
+    resources = [
+        {
+            "id": r.id,
+            "org_id": r.org,
+            "name": r.name,
+            "address": r.address,
+            "ports": _ports_text(r),
+            "protocols": ",".join(p.label for p in r.protocols),
+            "active": True,
+            "updated_at": now,
+        }
+        for r in config.resources
+    ]
+    return {table_of(Org): orgs, table_of(Client): clients, table_of(Resource): resources}
+
+
+async def _upsert_changed(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows, or update them by id when a value differs (then `updated_at` moves too)."""
+    if not rows:
+        return
+    compared = [c for c in table.columns if c.name not in ("id", "updated_at")]
+    stmt = insert_for(conn.dialect.name, table)
+    excluded = stmt.excluded
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[table.c.id],
+        set_={c.name: excluded[c.name] for c in [*compared, table.c.updated_at]},
+        where=or_(*(c.is_distinct_from(excluded[c.name]) for c in compared)),
+    )
+    await conn.execute(upsert, rows)  # executemany: compiled once, no bound-parameter limit
+
+
+async def _deactivate_missing(
+    conn: AsyncConnection, table: Table, keep: set[str], now: datetime
+) -> int:
+    """Mark active rows whose id is not in `keep` inactive; return how many."""
+    active = set((await conn.scalars(select(table.c.id).where(table.c.active))).all())
+    stale = sorted(active - keep)
+    for chunk in _chunks(stale, 500):
+        await conn.execute(
+            update(table).where(table.c.id.in_(chunk)).values(active=False, updated_at=now)
+        )
+    return len(stale)
+
+
+async def sync_inventory(
+    engine: AsyncEngine, config: Config, *, now: datetime | None = None
+) -> None:
+    """Upsert orgs, clients and resources from `config` in one transaction.
+
+    The default org gets a row too (clients may name it without declaring it). Clients and
+    resources missing from the config are kept but marked inactive; orgs are kept as they are.
+    Session records are never touched.
+    """
+    now = now or datetime.now(UTC)
+    rows = inventory_rows(config, now)
+    org_table, client_table, resource_table = table_of(Org), table_of(Client), table_of(Resource)
+    try:
+        async with engine.begin() as conn:
+            known = set((await conn.scalars(select(org_table.c.id))).all())
+            known |= {o.id for o in configured_orgs(config)}
+            for kind, items in (("client", config.clients), ("resource", config.resources)):
+                for item in items:
+                    if item.org not in known:
+                        raise StoreError(f"{kind} {item.id!r} names unknown org {item.org!r}")
+            for table, table_rows in rows.items():
+                await _upsert_changed(conn, table, table_rows)
+            gone_clients = await _deactivate_missing(
+                conn, client_table, {c.id for c in config.clients}, now
+            )
+            gone_resources = await _deactivate_missing(
+                conn, resource_table, {r.id for r in config.resources}, now
+            )
+    except SQLAlchemyError as exc:
+        raise StoreError(f"inventory sync failed: {exc}") from exc
+    log.info(
+        "inventory synced: %d orgs, %d clients, %d resources; deactivated %d clients, %d resources",
+        len(rows[org_table]),
+        len(config.clients),
+        len(config.resources),
+        gone_clients,
+        gone_resources,
+    )
+
+
+async def iter_org_sessions(
+    engine: AsyncEngine, org_id: str, *, page_size: int = 5000
+) -> AsyncIterator[Sequence[SessionRecord]]:
+    """Yield every session record of `org_id` in (started_at, id) order, a keyset page at a time.
+
+    Each page is its own short read transaction, so memory stays constant and a long export
+    never pins old database versions.
+    """
+    table = table_of(SessionRecord)
+    after: tuple[datetime, Any] | None = None
+    while True:
+        stmt = select(SessionRecord).where(table.c.org_id == org_id)
+        if after is not None:
+            stmt = stmt.where(tuple_(table.c.started_at, table.c.id) > after)
+        stmt = stmt.order_by(table.c.started_at, table.c.id).limit(page_size)
+        async with AsyncSession(engine, expire_on_commit=False) as db:
+            page = (await db.scalars(stmt)).all()
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = (page[-1].started_at, page[-1].id)
