@@ -63,11 +63,15 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
         summary = import_captures(config, files)
     s = summary
     echo = click.echo
-    echo(f"imported {s.files} file(s): {s.packets:,} packets in {s.seconds:.2f} s "
-         f"({s.packets_per_s:,.0f} packets/s)")
+    echo(
+        f"imported {s.files} file(s): {s.packets:,} packets in {s.seconds:.2f} s "
+        f"({s.packets_per_s:,.0f} packets/s)"
+    )
     echo(f"  accounted: {s.accounted_packets:,} TCP/UDP packets, {s.accounted_bytes:,} IP bytes")
-    echo(f"  sessions: {s.sessions:,} (unattributed: {s.unattributed_sessions:,}); "
-         f"closed by: {_fmt_counts(s.closed)}")
+    echo(
+        f"  sessions: {s.sessions:,} (unattributed: {s.unattributed_sessions:,}); "
+        f"closed by: {_fmt_counts(s.closed)}"
+    )
     echo(f"  decode errors: {_fmt_counts(s.decode_errors)}")
     echo(f"  skipped (not TCP/UDP): {_fmt_counts(s.skipped)}")
     echo(f"  rows written: {s.rows_written:,} to {config.database.url}")
@@ -86,8 +90,12 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
 @cli.command("export")
 @config_option
 @click.option("--org", required=True, help="Organisation id whose sessions to export.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV file to write (default: standard output).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV file to write (default: standard output).",
+)
 def export_cmd(config_path: Path | None, org: str, output: Path | None) -> None:
     """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
     from tunnelacct.export import export_org
@@ -127,8 +135,10 @@ def config_group() -> None:
 def config_check(config_path: Path | None) -> None:
     """Validate the config file and print what it declares."""
     c = _config(config_path)
-    click.echo(f"{c.path or '(defaults)'}: ok: {len(c.orgs)} orgs, {len(c.clients)} clients, "
-               f"{len(c.resources)} resources; database {c.database.url}; gateway {c.gateway}")
+    click.echo(
+        f"{c.path or '(defaults)'}: ok: {len(c.orgs)} orgs, {len(c.clients)} clients, "
+        f"{len(c.resources)} resources; database {c.database.url}; gateway {c.gateway}"
+    )
 
 
 @cli.command("inspect")
@@ -140,8 +150,7 @@ def inspect_cmd(file: Path, limit: int, all_reasons: bool) -> None:
     from tunnelacct.inspect import failed_packets
 
     n = 0
-    for number, ts, reason, text in failed_packets(file, limit=limit,
-                                                   include_skipped=all_reasons):
+    for number, ts, reason, text in failed_packets(file, limit=limit, include_skipped=all_reasons):
         click.echo(f"#{number} t={ts:.6f} {reason}: {text}")
         n += 1
     if not n:

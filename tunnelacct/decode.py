@@ -51,7 +51,14 @@ REASONS = (
 REASON = {name: code for code, name in enumerate(REASONS)}
 SKIPPED_REASONS = frozenset({"not_ip", "other_protocol"})
 
-IPV6_EXT_GENERIC = (0, 43, 60, 135, 139, 140)  # hop-by-hop, routing, dest opts, mobility, HIP, shim6
+IPV6_EXT_GENERIC = (
+    0,
+    43,
+    60,
+    135,
+    139,
+    140,
+)  # hop-by-hop, routing, dest opts, mobility, HIP, shim6
 IPV6_EXT_FRAGMENT, IPV6_EXT_AH = 44, 51
 MAX_IPV6_EXTENSIONS = 8
 
@@ -172,8 +179,9 @@ def decode(raw: RawBatch) -> DecodedBatch:
             break
         fail(ext & (l4 + 8 > end), "truncated_ipv6_extension")
         ext &= reason == OK
-        hlen = np.where(frag6, 8, np.where(ah, (v.get(v.u8, l4 + 1) + 2) * 4,
-                                           (v.get(v.u8, l4 + 1) + 1) * 8))
+        hlen = np.where(
+            frag6, 8, np.where(ah, (v.get(v.u8, l4 + 1) + 2) * 4, (v.get(v.u8, l4 + 1) + 1) * 8)
+        )
         fo = v.get(v.u16, l4 + 2)
         fr = frag6 & ext
         frag_off = np.where(fr, fo & 0xFFF8, frag_off)
@@ -183,8 +191,10 @@ def decode(raw: RawBatch) -> DecodedBatch:
         nh = np.where(ext, v.get(v.u8, l4), nh)
         l4 = np.where(ext, l4 + hlen, l4)
         walking = ext
-    fail(walking & np.isin(nh, (*IPV6_EXT_GENERIC, IPV6_EXT_FRAGMENT, IPV6_EXT_AH)),
-         "too_many_ipv6_extensions")
+    fail(
+        walking & np.isin(nh, (*IPV6_EXT_GENERIC, IPV6_EXT_FRAGMENT, IPV6_EXT_AH)),
+        "too_many_ipv6_extensions",
+    )
     fail(is6 & (l4 - l3 > ip_bytes), "bad_ip_total_length")
     proto = np.where(is6, nh, proto)
 
@@ -252,9 +262,19 @@ def _link_layer(
     l3 = off.copy()
     hint = np.zeros(len(off), dtype=np.int64)
     end = off + cap
-    known = np.isin(lt, (*LINKTYPES_RAW, LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL,
-                         LINKTYPE_LINUX_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL,
-                         LINKTYPE_LOOP))
+    known = np.isin(
+        lt,
+        (
+            *LINKTYPES_RAW,
+            LINKTYPE_ETHERNET,
+            LINKTYPE_LINUX_SLL,
+            LINKTYPE_LINUX_SLL2,
+            LINKTYPE_IPV4,
+            LINKTYPE_IPV6,
+            LINKTYPE_NULL,
+            LINKTYPE_LOOP,
+        ),
+    )
     fail(~known, "unsupported_linktype")
     hint[lt == LINKTYPE_IPV4] = 4
     hint[lt == LINKTYPE_IPV6] = 6

@@ -23,8 +23,15 @@ import numpy as np
 
 from tunnelacct.community_id import community_id
 from tunnelacct.config import Timeouts
-from tunnelacct.decode import FRAG_FIRST, FRAG_LATER, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
-from tunnelacct.decode import DecodedBatch
+from tunnelacct.decode import (
+    FRAG_FIRST,
+    FRAG_LATER,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    DecodedBatch,
+)
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
 
@@ -34,7 +41,11 @@ FlowKey = tuple[int, int, int, int, int, int, int, int]  # family, proto, A hi/l
 
 SWEEP_INTERVAL_S = 1.0  # packet time between expiry sweeps
 FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later ones
-_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_M1, _M2, _M3 = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+)
 _SYN_MASK = TCP_SYN | TCP_ACK
 
 
@@ -338,8 +349,21 @@ class FlowTable:
 
     def _process_later_fragments(self, b: DecodedBatch, idx: np.ndarray) -> None:
         """Fragments after the first carry no ports: account them through their first fragment."""
-        cols = [a[idx].tolist() for a in (b.family, b.proto, b.frag_id, b.src_hi, b.src_lo,
-                                          b.dst_hi, b.dst_lo, b.ip_bytes, b.payload_bytes, b.ts)]
+        cols = [
+            a[idx].tolist()
+            for a in (
+                b.family,
+                b.proto,
+                b.frag_id,
+                b.src_hi,
+                b.src_lo,
+                b.dst_hi,
+                b.dst_lo,
+                b.ip_bytes,
+                b.payload_bytes,
+                b.ts,
+            )
+        ]
         for fam, proto, fid, sh, sl, dh, dl, ipb, pay, ts in zip(*cols, strict=True):
             entry = self._frags.get((fam, proto, fid, sh, sl, dh, dl))
             if entry is None or entry[0].finished:

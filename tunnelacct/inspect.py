@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tunnelacct.decode import REASONS, SKIPPED_REASONS, decode
 from tunnelacct.sources.pcapfile import open_capture
@@ -13,12 +14,12 @@ def _dissect(linktype: int, data: bytes) -> str:
     """One-line scapy dissection of a link-layer frame (scapy is slow: tools only)."""
     from scapy.config import conf  # imported lazily: scapy takes a second to load
 
-    cls = conf.l2types.get(linktype)
+    cls: Any = conf.l2types.get(linktype)
     if cls is None:
         return f"linktype {linktype}: {data[:32].hex()}"
     try:
         return str(cls(data).summary())
-    except Exception as e:  # noqa: BLE001 - scapy raises anything on garbage; show it instead
+    except Exception as e:  # scapy raises anything on garbage: show it instead
         return f"scapy could not dissect it ({e.__class__.__name__}): {data[:32].hex()}"
 
 

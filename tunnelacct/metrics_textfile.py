@@ -19,7 +19,9 @@ def write_import_metrics(summary: ImportSummary, path: Path) -> None:
         summary.sessions
     )
     errors = Counter(
-        "tunnelacct_import_decode_errors", "Packets not decoded, by reason", ["reason"],
+        "tunnelacct_import_decode_errors",
+        "Packets not decoded, by reason",
+        ["reason"],
         registry=reg,
     )
     for reason, n in summary.decode_errors.items():
@@ -27,6 +29,7 @@ def write_import_metrics(summary: ImportSummary, path: Path) -> None:
     Gauge("tunnelacct_import_duration_seconds", "Wall time of the import", registry=reg).set(
         summary.seconds
     )
-    Gauge("tunnelacct_import_last_run_timestamp_seconds", "When the import finished",
-          registry=reg).set_to_current_time()
+    Gauge(
+        "tunnelacct_import_last_run_timestamp_seconds", "When the import finished", registry=reg
+    ).set_to_current_time()
     write_to_textfile(str(path), reg)

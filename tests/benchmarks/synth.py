@@ -58,8 +58,16 @@ def synth_pcap(path: Path, packets: int, flows: int, seed: int = 1, rate_pps: fl
     hdr[:, 20:22], hdr[:, 22:24] = p1, p2
     hdr[:, 32] = 0x50
     hdr[:, 33] = flags
-    rec = np.zeros(n, dtype=[("sec", "<u4"), ("usec", "<u4"), ("cap", "<u4"), ("len", "<u4"),
-                             ("data", "u1", (40,))])
+    rec = np.zeros(
+        n,
+        dtype=[
+            ("sec", "<u4"),
+            ("usec", "<u4"),
+            ("cap", "<u4"),
+            ("len", "<u4"),
+            ("data", "u1", (40,)),
+        ],
+    )
     rec["sec"] = ts.astype(np.int64)
     rec["usec"] = ((ts % 1) * 1e6).astype(np.int64)
     rec["cap"] = 40

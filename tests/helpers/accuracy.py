@@ -64,7 +64,11 @@ def expected_attribution(config: Path, row: dict[str, Any]) -> dict[str, str | N
     for order, r in enumerate(cfg.get("resources", [])):
         net = ipaddress.ip_network(r["address"], strict=False)
         width = port_width(r.get("ports"), row["dst_port"])
-        if dst in net and width is not None and row["protocol"] in r.get("protocols", ["tcp", "udp"]):
+        if (
+            dst in net
+            and width is not None
+            and row["protocol"] in r.get("protocols", ["tcp", "udp"])
+        ):
             candidates.append((-net.prefixlen, width, order, r))
     resource = min(candidates, key=lambda c: c[:3])[3] if candidates else None
     client = best_client(src) or best_client(dst)

@@ -180,7 +180,9 @@ class PcapngReader(CaptureReader):
                         if off + 12 > n:
                             break
                         bom = buf[off + 8 : off + 12]
-                        order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BYTE_ORDER_MAGIC else ">"
+                        order = (
+                            "<" if struct.unpack("<I", bom)[0] == PCAPNG_BYTE_ORDER_MAGIC else ">"
+                        )
                         if struct.unpack(order + "I", bom)[0] != PCAPNG_BYTE_ORDER_MAGIC:
                             raise CaptureFormatError(
                                 str(self.path), f"bad section byte-order magic at byte {base + off}"
@@ -229,15 +231,13 @@ class PcapngReader(CaptureReader):
             val = buf[opt + 4 : opt + 4 + olen]
             if code == 9 and olen >= 1:  # if_tsresol
                 r = val[0]
-                tick = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+                tick = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
             elif code == 2:  # if_name
                 name = val.decode("utf-8", "replace")
             opt += 4 + ((olen + 3) & ~3)
         return _Interface(linktype, snaplen, tick, name)
 
-    def _batch(
-        self, buf: bytes, epbs: list[int], order: str, ifaces: list[_Interface]
-    ) -> RawBatch:
+    def _batch(self, buf: bytes, epbs: list[int], order: str, ifaces: list[_Interface]) -> RawBatch:
         arr = np.frombuffer(buf, dtype=np.uint8)
         u32 = np.ndarray((len(arr) - 3,), dtype=order + "u4", buffer=arr, strides=(1,))
         offs = np.array(epbs, dtype=np.int64)
@@ -255,7 +255,9 @@ class PcapngReader(CaptureReader):
         caplens = u32[offs + 20].astype(np.int64)
         blens = u32[offs + 4].astype(np.int64)
         if np.any(caplens > blens - 32):
-            raise CaptureFormatError(str(self.path), "packet block shorter than its captured length")
+            raise CaptureFormatError(
+                str(self.path), "packet block shorter than its captured length"
+            )
         self.stats.packets += len(offs)
         names = {i.name for i in ifaces if i.name}
         return RawBatch(
