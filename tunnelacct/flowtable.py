@@ -13,7 +13,8 @@ both sides or RST, after a linger that still counts late ACKs and retransmits; a
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -54,8 +55,18 @@ def _addr(family: int, hi: int, lo: int) -> int:
 
 
 def addr_text(family: int, value: int) -> str:
-    """Printable form of an address held as an unsigned int."""
-    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
+    """Printable form (RFC 5952 for IPv6) of an address held as an unsigned int."""
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+
+
+def session_id(namespace: bytes, text: str) -> uuid.UUID:
+    """A name-based UUID (RFC 9562 version 8 layout) from BLAKE2b: stable and fast."""
+    raw = bytearray(hashlib.blake2b(text.encode(), digest_size=16, key=namespace).digest())
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return uuid.UUID(bytes=bytes(raw))
 
 
 class Flow:
@@ -116,7 +127,7 @@ class FlowTable:
         self.timeouts = timeouts
         self._attribute = attribute
         self._is_client = is_client
-        self._ns = id_namespace
+        self._ns = id_namespace.bytes
         self._emit_opened = emit_opened
         self._flows: dict[FlowKey, Flow] = {}
         self._frags: dict[tuple[int, ...], tuple[Flow, int, float]] = {}
@@ -139,22 +150,32 @@ class FlowTable:
         m = len(b)
         if m:
             later = b.frag == FRAG_LATER
-            if later.any():
-                keyed = np.flatnonzero(~later)
-                self._process_keyed(b, keyed)
-                self._process_later_fragments(b, np.flatnonzero(later))
-            else:
+            if not later.any():
                 self._process_keyed(b, None)
+            else:
+                # capture order matters (fragments refresh idle timers): alternate runs of
+                # ordinary packets and of fragments after the first
+                cuts = (np.flatnonzero(later[1:] != later[:-1]) + 1).tolist()
+                for lo, hi in zip([0, *cuts], [*cuts, m], strict=True):
+                    run = np.arange(lo, hi)
+                    if later[lo]:
+                        self._process_later_fragments(b, run)
+                    else:
+                        self._process_keyed(b, run)
             self.stats.packets += m
             self.stats.bytes += int(b.ip_bytes.sum())
             self._now = max(self._now, float(b.ts.max()))
         return self.advance(self._now)
 
-    def advance(self, now_ts: float) -> list[SessionEvent]:
-        """Expire sessions idle (or lingering after close) as of packet time `now_ts`."""
+    def advance(self, now_ts: float, *, force: bool = False) -> list[SessionEvent]:
+        """Expire sessions idle (or lingering after close) as of packet time `now_ts`.
+
+        Sweeps run at most once per SWEEP_INTERVAL_S of packet time unless `force`: that only
+        delays events, since a later packet on an expired session is checked on arrival.
+        """
         self._now = max(self._now, now_ts)
         now = self._now
-        if now - self._last_sweep >= SWEEP_INTERVAL_S:
+        if force or now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
             t = self.timeouts
             for flow in list(self._flows.values()):
@@ -178,10 +199,15 @@ class FlowTable:
         return out
 
     def close_all(self, reason: CloseReason) -> list[SessionEvent]:
-        """End every session now (end of capture, shutdown); closed ones keep their reason."""
+        """End every session now (end of capture, shutdown).
+
+        Sessions already past their idle timeout or linger close as idle/fin/rst first, so the
+        reason never depends on when the last sweep ran.
+        """
+        out = self.advance(self._now, force=True)
         for flow in list(self._flows.values()):
             self._finish(flow, flow.close_reason if flow.closed and flow.close_reason else reason)
-        return self._drain()
+        return out + self._drain()
 
     # -- per batch -----------------------------------------------------------------------------
 
@@ -224,7 +250,8 @@ class FlowTable:
         special |= tcp_s & ((fl_s & (TCP_SYN | TCP_FIN | TCP_RST)) != 0)
         special |= frag_s == FRAG_FIRST
         thr = np.where(tcp_s[1:], t.tcp_idle_s, t.udp_idle_s)
-        special[1:] |= (ts_s[1:] - ts_s[:-1]) > thr
+        gap = ts_s[1:] - ts_s[:-1]
+        special[1:] |= (gap > thr) | (gap < 0)  # idle gaps, and out-of-order times
         sp = np.flatnonzero(special)
         run_end = np.append(sp[1:], m)
         run_start = sp + 1
@@ -285,7 +312,8 @@ class FlowTable:
                 flow.pk1 += rpk1[j]
                 flow.by1 += rby1[j]
                 flow.pl1 += rpl1[j]
-                flow.last_ts = rlast[j]
+                if rlast[j] > flow.last_ts:  # runs are in time order, but may follow a later one
+                    flow.last_ts = rlast[j]
 
     def _packet(
         self, flow: Flow | None, key: FlowKey, ts: float, d: int, ipb: int, pay: int, fl: int,
@@ -337,7 +365,7 @@ class FlowTable:
             midstream = flip or proto == 6
         ia, ip_, ra, rp = (a, a_port, bb, b_port) if init_a else (bb, b_port, a, a_port)
         attribution = self._attribute(family, ia, ra, rp, IpProto(proto))
-        sid = uuid.uuid5(self._ns, f"{family}|{proto}|{ia}|{ip_}|{ra}|{rp}|{ts!r}")
+        sid = session_id(self._ns, f"{family}|{proto}|{ia}|{ip_}|{ra}|{rp}|{ts!r}")
         flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
         self._flows[key] = flow
         self.stats.sessions_opened += 1

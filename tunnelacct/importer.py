@@ -2,16 +2,14 @@
 
 Files are ordered by their first packet time, so the parts of a rotated capture
 (`tcpdump -C/-G`) join up and a session spanning two files stays one session. Reading and
-decoding run in a thread (numpy releases the GIL for most of it) that feeds a bounded queue;
-the flow table runs on the event loop and hands events to the writer.
+decoding run in a child process (decodeproc) that feeds a bounded queue; the flow table runs
+on the event loop and hands events to the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 import uuid
 from collections import Counter
@@ -20,18 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunnelacct.config import Config
-from tunnelacct.decode import SKIPPED_REASONS, DecodedBatch, decode
+from tunnelacct.decode import SKIPPED_REASONS
+from tunnelacct.decodeproc import Decoded, DecodeProcess, first_timestamp
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
 from tunnelacct.flowtable import FlowTable
 from tunnelacct.identity import Inventory
-from tunnelacct.sources.pcapfile import CaptureReader, open_capture
+from tunnelacct.sources.pcapfile import open_capture
 from tunnelacct.store import make_engine, migrate, sync_inventory
 from tunnelacct.writer import SessionWriter
 
 log = logging.getLogger(__name__)
-
-QUEUE_BATCHES = 4  # decoded batches waiting for the flow table (each up to ~4 MB of capture)
 
 
 @dataclass(slots=True)
@@ -64,51 +61,6 @@ def session_namespace(gateway: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"tunnelacct:gateway:{gateway}")
 
 
-def _first_ts(reader: CaptureReader) -> float:
-    try:
-        for raw in open_capture(reader.path).batches():  # a fresh reader: stats stay untouched
-            if len(raw):
-                return float(raw.ts[0])
-    except CaptureFormatError:
-        pass
-    return float("inf")
-
-
-_Item = tuple[CaptureReader, DecodedBatch | CaptureFormatError | None]
-
-
-class _DecodeThread(threading.Thread):
-    """Reads and decodes every file in order into a bounded queue; None marks the end."""
-
-    def __init__(self, readers: list[CaptureReader]) -> None:
-        super().__init__(name="tunnelacct-decode", daemon=True)
-        self.readers = readers
-        self.out: queue.Queue[_Item | None] = queue.Queue(maxsize=QUEUE_BATCHES)
-        self.cancelled = threading.Event()
-
-    def _put(self, item: _Item | None) -> None:
-        while not self.cancelled.is_set():
-            try:
-                self.out.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def run(self) -> None:
-        try:
-            for reader in self.readers:
-                try:
-                    for raw in reader.batches():
-                        if self.cancelled.is_set():
-                            return
-                        self._put((reader, decode(raw)))
-                except CaptureFormatError as e:
-                    self._put((reader, e))
-                self._put((reader, None))
-        finally:
-            self._put(None)
-
-
 async def import_files(
     paths: Sequence[str | Path],
     config: Config,
@@ -125,40 +77,38 @@ async def import_files(
         is_client=inventory.is_client_address,
         id_namespace=session_namespace(config.gateway),
     )
-    readers: list[CaptureReader] = []
-    for p in paths:
+    files: list[Path] = []
+    for p in map(Path, paths):
         try:
-            readers.append(open_capture(p))
+            open_capture(p)  # fail early on what is not a capture file
+            files.append(p)
         except CaptureFormatError as e:
             summary.failed_files.append(str(e))
             log.error("%s", e)
-    readers.sort(key=_first_ts)
-    summary.files = len(readers)
-    worker = _DecodeThread(readers)
-    worker.start()
-    done_bytes: dict[CaptureReader, int] = Counter()
+    files.sort(key=first_timestamp)
+    summary.files = len(files)
+    done_bytes = [0] * len(files)
+    worker = DecodeProcess(files)
     try:
-        while (item := await asyncio.to_thread(worker.out.get)) is not None:
-            reader, got = item
-            if isinstance(got, DecodedBatch):
-                for reason, n in got.failures.items():
+        while (msg := await asyncio.to_thread(worker.get)) is not None:
+            if isinstance(msg, Decoded):
+                for reason, n in msg.batch.failures.items():
                     bucket = summary.skipped if reason in SKIPPED_REASONS else summary.decode_errors
                     bucket[reason] += n
-                await writer.submit(table.process(got))
-                at = reader.stats.bytes_read
-            elif isinstance(got, CaptureFormatError):
-                summary.failed_files.append(str(got))
-                log.error("%s (packets before it were imported)", got)
-                continue
-            else:  # the file is done
-                summary.packets += reader.stats.packets
-                summary.warnings += [f"{reader.path}: {w}" for w in reader.stats.warnings]
-                at = reader.size_bytes
-            if progress is not None and at > done_bytes[reader]:
-                progress(at - done_bytes[reader])
-                done_bytes[reader] = at
+                await writer.submit(table.process(msg.batch))
+                at = msg.bytes_read
+            else:
+                summary.packets += msg.packets
+                summary.warnings += [f"{files[msg.index]}: {w}" for w in msg.warnings]
+                if msg.error:
+                    summary.failed_files.append(msg.error)
+                    log.error("%s (packets before it were imported)", msg.error)
+                at = msg.size_bytes
+            if progress is not None and at > done_bytes[msg.index]:
+                progress(at - done_bytes[msg.index])
+                done_bytes[msg.index] = at
     finally:
-        worker.cancelled.set()
+        worker.close()
     await writer.submit(table.close_all(CloseReason.END_OF_CAPTURE))
     st = table.stats
     summary.accounted_packets = st.packets - st.fragments_unattributed

@@ -15,3 +15,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every migration step at INFO; our store logs the outcome in one line.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -33,7 +33,12 @@ def synth_pcap(path: Path, packets: int, flows: int, seed: int = 1, rate_pps: fl
     duration = n / rate_pps
     ts = 1_700_000_000.0 + np.sort(when) * duration
     # direction: handshake S (c->s), SA (s->c), then alternate-ish with data mostly c->s
-    to_server = np.where(pos == 1, False, np.where(pos == last - 1, False, rng.random(n) < 0.6))
+    to_server = rng.random(n) < 0.6
+    to_server[pos == 0] = True
+    to_server[pos == 1] = False
+    to_server[pos == last - 2] = True  # FIN from the client, then from the server, last ACK
+    to_server[pos == last - 1] = False
+    to_server[pos == last] = True
     flags = np.full(n, 0x10, dtype=np.uint8)  # ACK
     flags[pos == 0] = 0x02
     flags[pos == 1] = 0x12

@@ -1,0 +1,118 @@
+"""Benchmark: `tunnelacct import` of a headers-only capture, end to end, and flow memory.
+
+Prints packets/s (read, decode, sessionize, write to SQLite), peak RSS of the import process,
+and the memory per active session with 100,000 concurrent flows. Asserts nothing about time.
+
+    .venv/bin/python tests/benchmarks/bench_import.py [--packets 2000000] [--flows 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.synth import synth_pcap  # noqa: E402
+from tunnelacct.config import Timeouts  # noqa: E402
+from tunnelacct.decode import DecodedBatch  # noqa: E402
+from tunnelacct.events import Attribution  # noqa: E402
+from tunnelacct.flowtable import FlowTable  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def bench_import(pcap: Path, workdir: Path, packets: int) -> None:
+    db = workdir / "bench.db"
+    env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", "--log-level", "WARNING", "import", str(pcap)],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(done.stdout.rstrip())
+    print(f"RESULT import: {packets:,} packets, {wall:.2f} s wall including interpreter start, "
+          f"{packets / wall:,.0f} packets/s end to end; peak RSS {peak_mib:,.0f} MiB")  # fmt: skip
+
+
+def bench_flow_memory(flows: int) -> None:
+    """Open `flows` concurrent TCP sessions (one SYN each) and measure what the table holds."""
+    rng = np.random.default_rng(7)
+    n = flows
+    u64 = np.uint64
+    batch = DecodedBatch(
+        ts=1.7e9 + np.arange(n) * 1e-5,
+        family=np.full(n, 4), proto=np.full(n, 6),
+        src_hi=np.zeros(n, u64), src_lo=(0x64400000 + rng.integers(2, 60000, n)).astype(u64),
+        dst_hi=np.zeros(n, u64), dst_lo=np.full(n, 0x0A630005, u64),
+        sport=10000 + np.arange(n) % 50000, dport=np.full(n, 443) + np.arange(n) // 50000,
+        ip_bytes=np.full(n, 60), payload_bytes=np.zeros(n, np.int64),
+        flags=np.full(n, 0x02), frag=np.zeros(n, np.int64), frag_id=np.zeros(n, np.int64),
+        interface="bench", packets_in=n,
+    )  # fmt: skip
+    attribution = Attribution(org_id="acme", client_id="c", resource_id="r")
+    table = FlowTable(
+        Timeouts(), attribute=lambda *a: attribution, is_client=lambda f, a: False,
+        id_namespace=uuid.NAMESPACE_URL,
+    )  # fmt: skip
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table.process(batch)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del batch
+    per = (after - before) / len(table)
+    print(f"RESULT memory: {len(table):,} active sessions hold {(after - before) / 2**20:.1f} MiB: "
+          f"{per:,.0f} bytes per active session")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--packets", type=int, default=2_000_000)
+    ap.add_argument("--flows", type=int, default=20_000, help="sessions in the capture")
+    ap.add_argument("--concurrent", type=int, default=100_000, help="flows for the memory test")
+    ap.add_argument("--pcap", type=Path, help="benchmark this capture instead of a synthetic one")
+    a = ap.parse_args()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if a.pcap:
+            pcap, packets = a.pcap, None
+        else:
+            pcap = work / "synthetic-s96.pcap"
+            packets = synth_pcap(pcap, a.packets, a.flows)
+            print(f"capture: {packets:,} packets, {a.flows:,} TCP sessions, headers only, "
+                  f"{pcap.stat().st_size / 2**20:.0f} MiB")  # fmt: skip
+        bench_import(pcap, work, packets or 0)
+    bench_flow_memory(a.concurrent)
+
+
+if __name__ == "__main__":
+    main()

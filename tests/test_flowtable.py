@@ -1,0 +1,818 @@
+"""FlowTable through real capture bytes: scapy packets -> pcap -> open_capture -> decode -> table.
+
+The oracle is scapy's reading of each packet (IP total length, L4 payload, who sent it) summed
+per direction, never numbers the table produced earlier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.packet import Packet, Raw
+
+from tests.helpers.pcapwrite import DEFAULT_SNAPLEN, LINKTYPE_RAW, write_pcap
+from tunnelacct.community_id import community_id
+from tunnelacct.config import Timeouts
+from tunnelacct.decode import decode
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.events import Attribution, SessionEvent
+from tunnelacct.flowtable import FlowTable
+from tunnelacct.sources import RawBatch
+from tunnelacct.sources.pcapfile import open_capture
+
+T0 = Decimal(1_700_000_000)
+TIMEOUTS = Timeouts(udp_idle_s=30.0, tcp_idle_s=120.0, tcp_linger_s=5.0, checkpoint_s=30.0)
+NAMESPACE = uuid.UUID("6f1c2a9e-0000-4000-8000-00000000a11c")
+
+CLIENT4, CLIENT4_B, CLIENT6 = "100.64.0.2", "100.64.0.3", "fd00:64::2"
+SERVER4, SERVER6 = "10.99.0.5", "fd00:99::5"
+
+
+def ip_int(text: str) -> int:
+    return int(ipaddress.ip_address(text))
+
+
+CLIENT_ADDRS = {(4, ip_int(CLIENT4)), (4, ip_int(CLIENT4_B)), (6, ip_int(CLIENT6))}
+
+
+def is_client(family: int, addr: int) -> bool:
+    """Tunnel addresses of the test's clients."""
+    return (family, addr) in CLIENT_ADDRS
+
+
+def attribute(family: int, src: int, dst: int, dport: int, proto: IpProto) -> Attribution:
+    """A client when the initiator is one, a resource named after protocol and port."""
+    client = "alice" if (family, src) in CLIENT_ADDRS else None
+    return Attribution(org_id="acme", client_id=client, resource_id=f"{proto.label}/{dport}")
+
+
+def new_table(timeouts: Timeouts = TIMEOUTS) -> FlowTable:
+    return FlowTable(timeouts, attribute=attribute, is_client=is_client, id_namespace=NAMESPACE)
+
+
+# -- packets -----------------------------------------------------------------------------------
+
+
+def ip_layer(src: str, dst: str) -> Packet:
+    return IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+
+
+@dataclass
+class Tcp:
+    """One TCP conversation between a client and a server port, with running seq/ack."""
+
+    client: str
+    server: str
+    cport: int
+    sport: int
+    cseq: int = 1000
+    sseq: int = 70000
+
+    def seg(self, from_client: bool, flags: str, data: bytes = b"") -> Packet:
+        src, dst = (self.client, self.server) if from_client else (self.server, self.client)
+        sp, dp = (self.cport, self.sport) if from_client else (self.sport, self.cport)
+        seq, ack = (self.cseq, self.sseq) if from_client else (self.sseq, self.cseq)
+        pkt = ip_layer(src, dst) / TCP(sport=sp, dport=dp, flags=flags, seq=seq, ack=ack)
+        if data:
+            pkt = pkt / Raw(data)
+        used = len(data) + ("S" in flags) + ("F" in flags)
+        if from_client:
+            self.cseq += used
+        else:
+            self.sseq += used
+        return pkt
+
+    def syn(self) -> Packet:
+        return self.seg(True, "S")
+
+    def handshake(self) -> list[Packet]:
+        return [self.syn(), self.seg(False, "SA"), self.seg(True, "A")]
+
+    def request(self, n: int) -> list[Packet]:
+        return [self.seg(True, "PA", b"c" * n), self.seg(False, "A")]
+
+    def response(self, n: int) -> list[Packet]:
+        return [self.seg(False, "PA", b"s" * n), self.seg(True, "A")]
+
+    def close(self, client_first: bool = True) -> list[Packet]:
+        """FIN, ACK, FIN, last ACK."""
+        a = client_first
+        return [self.seg(a, "FA"), self.seg(not a, "A"), self.seg(not a, "FA"), self.seg(a, "A")]
+
+    def simultaneous_close(self) -> list[Packet]:
+        return [self.seg(True, "FA"), self.seg(False, "FA"), self.seg(True, "A"),
+                self.seg(False, "A")]  # fmt: skip
+
+
+def udp(src: str, dst: str, sport: int, dport: int, n: int) -> Packet:
+    return ip_layer(src, dst) / UDP(sport=sport, dport=dport) / Raw(b"u" * n)
+
+
+Timed = tuple[Decimal, Packet]
+
+
+def timed(start: Decimal | float, pkts: Sequence[Packet], gap: str = "0.001") -> list[Timed]:
+    t = Decimal(start)
+    return [(t + i * Decimal(gap), p) for i, p in enumerate(pkts)]
+
+
+# -- oracle ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """scapy's reading of one packet as it lies in the capture."""
+
+    src: str
+    ip_bytes: int
+    payload_bytes: int
+    l4: bool  # a TCP or UDP packet (or a fragment of one)
+
+
+def seen(p: Packet) -> Seen:
+    raw = bytes(p)
+    if raw[0] >> 4 == 4:
+        ip = IP(raw)
+        ip_bytes, l4 = ip.len, ip.proto in (6, 17)
+        later = ip.frag > 0
+    else:
+        ip = IPv6(raw)
+        ip_bytes = ip.plen + 40
+        frag = ip.getlayer(IPv6ExtHdrFragment)
+        later = frag is not None and frag.offset > 0
+        l4 = TCP in ip or UDP in ip or (frag is not None and frag.nh in (6, 17))
+    if later:
+        payload = len(ip.payload) if ip.version == 4 else len(ip[IPv6ExtHdrFragment].payload)
+    elif TCP in ip or UDP in ip:
+        payload = len(ip[TCP].payload) if TCP in ip else len(ip[UDP].payload)
+    else:
+        payload = 0
+    return Seen(ip.src, ip_bytes, payload, l4)
+
+
+def direction_totals(pkts: Sequence[Packet], initiator: str) -> dict[str, int]:
+    """Counters of a session as scapy sees its packets: tx = sent by `initiator`."""
+    out = dict.fromkeys(
+        ("packets_tx", "bytes_tx", "payload_bytes_tx", "packets_rx", "bytes_rx",
+         "payload_bytes_rx"), 0,
+    )  # fmt: skip
+    for p in pkts:
+        s = seen(p)
+        d = "tx" if ipaddress.ip_address(s.src) == ipaddress.ip_address(initiator) else "rx"
+        out[f"packets_{d}"] += 1
+        out[f"bytes_{d}"] += s.ip_bytes
+        out[f"payload_bytes_{d}"] += s.payload_bytes
+    return out
+
+
+def counters(ev: SessionEvent) -> dict[str, int]:
+    return {k: getattr(ev, k) for k in ("packets_tx", "bytes_tx", "payload_bytes_tx",
+                                        "packets_rx", "bytes_rx", "payload_bytes_rx")}  # fmt: skip
+
+
+# -- running captures through the table --------------------------------------------------------
+
+
+@dataclass
+class Run:
+    closed: list[SessionEvent]
+    table: FlowTable
+
+
+def read_raw(path: Path) -> list[RawBatch]:
+    return list(open_capture(path).batches())
+
+
+def split_raw(raw: RawBatch, sizes: Sequence[int]) -> list[RawBatch]:
+    """Cut one RawBatch into consecutive batches of the given sizes (the rest in the last)."""
+    out, i = [], 0
+    for n in [*sizes, len(raw)]:
+        j = min(len(raw), i + n)
+        if j > i:
+            out.append(
+                RawBatch(raw.buf, raw.offsets[i:j], raw.caplens[i:j], raw.wirelens[i:j],
+                         raw.ts[i:j], raw.linktypes[i:j], raw.interface)
+            )  # fmt: skip
+        i = j
+    return out
+
+
+def feed(batches: Sequence[RawBatch], timeouts: Timeouts = TIMEOUTS, end: bool = True) -> Run:
+    table = new_table(timeouts)
+    events: list[SessionEvent] = []
+    for raw in batches:
+        events += table.process(decode(raw))
+    if end:
+        events += table.close_all(CloseReason.END_OF_CAPTURE)
+    return Run([e for e in events if e.kind is EventKind.CLOSED], table)
+
+
+def write(path: Path, pkts: Sequence[Timed], snaplen: int = DEFAULT_SNAPLEN) -> Path:
+    return write_pcap(path, [(t, bytes(p)) for t, p in pkts], LINKTYPE_RAW, snaplen=snaplen)
+
+
+def run_capture(
+    tmp_path: Path, pkts: Sequence[Timed], timeouts: Timeouts = TIMEOUTS, end: bool = True
+) -> Run:
+    return feed(read_raw(write(tmp_path / "cap.pcap", pkts)), timeouts, end)
+
+
+def only(events: list[SessionEvent]) -> SessionEvent:
+    assert len(events) == 1, events
+    return events[0]
+
+
+# -- TCP state machine -------------------------------------------------------------------------
+
+
+def test_handshake_data_and_fin_both_ways_is_one_session_with_ip_lengths_each_way(
+    tmp_path: Path,
+) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40000, 443)
+    pkts = [*c.handshake(), *c.request(517), *c.response(1400), *c.response(90), *c.close()]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.close_reason is CloseReason.FIN
+    assert (ev.src_addr, ev.src_port, ev.dst_addr, ev.dst_port) == (CLIENT4, 40000, SERVER4, 443)
+    assert not ev.midstream
+    assert counters(ev) == direction_totals(pkts, CLIENT4)
+    assert ev.payload_bytes_tx == 517 and ev.payload_bytes_rx == 1490
+    assert ev.started_ts == float(T0)
+    assert ev.ended_ts == pytest.approx(float(T0) + (len(pkts) - 1) * 0.001, abs=1e-6)
+
+
+def test_headers_only_capture_gives_the_same_sessions_as_a_full_one(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40012, 443)
+    tcp = [*c.handshake(), *c.request(1300), *c.response(1400), *c.close()]
+    dns = [udp(CLIENT6, SERVER6, 5300, 53, 900), udp(SERVER6, CLIENT6, 53, 5300, 1200)]
+    pkts = timed(T0, tcp) + timed(T0 + 1, dns)
+    full = feed(read_raw(write(tmp_path / "full.pcap", pkts)))
+    heads = feed(read_raw(write(tmp_path / "heads.pcap", pkts, snaplen=96)))
+    assert [counters(e) for e in heads.closed] == [counters(e) for e in full.closed]
+    by_src = {e.src_addr: e for e in heads.closed}
+    assert counters(by_src[CLIENT4]) == direction_totals(tcp, CLIENT4)
+    assert counters(by_src[CLIENT6]) == direction_totals(dns, CLIENT6)
+
+
+def test_rst_closes_the_session_with_reason_rst(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40001, 443)
+    pkts = [*c.handshake(), *c.request(100), c.seg(False, "R")]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.close_reason is CloseReason.RST
+    assert counters(ev) == direction_totals(pkts, CLIENT4)
+
+
+def test_rst_closed_session_ends_after_the_linger_via_advance(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40001, 443)
+    pkts = timed(T0, [*c.handshake(), c.seg(True, "RA")])
+    run = run_capture(tmp_path, pkts, end=False)
+    assert run.closed == []
+    last = float(pkts[-1][0])
+    assert run.table.advance(last + TIMEOUTS.tcp_linger_s - 1) == []
+    ev = only(run.table.advance(last + TIMEOUTS.tcp_linger_s + 1))
+    assert ev.close_reason is CloseReason.RST
+
+
+def test_simultaneous_close_is_one_session_closed_by_fin(tmp_path: Path) -> None:
+    c = Tcp(CLIENT6, SERVER6, 40002, 22)
+    pkts = [*c.handshake(), *c.request(40), *c.simultaneous_close()]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.close_reason is CloseReason.FIN
+    assert counters(ev) == direction_totals(pkts, CLIENT6)
+
+
+def test_retransmitted_syn_with_the_same_seq_stays_one_session(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40003, 443)
+    syn = c.syn()
+    retransmit = syn.copy()
+    assert retransmit[TCP].seq == syn[TCP].seq
+    pkts = [syn, retransmit, retransmit.copy(), c.seg(False, "SA"), c.seg(True, "A"),
+            *c.request(10), *c.close()]  # fmt: skip
+    # the retransmits follow the 1 s / 2 s backoff of a real stack
+    times = [T0, T0 + 1, T0 + 3] + [T0 + 3 + Decimal("0.01") * i for i in range(1, len(pkts) - 2)]
+    ev = only(run_capture(tmp_path, list(zip(times, pkts, strict=True))).closed)
+    assert ev.close_reason is CloseReason.FIN
+    assert ev.packets_tx == sum(1 for p in pkts if p[IP].src == CLIENT4)
+    assert counters(ev) == direction_totals(pkts, CLIENT4)
+
+
+def test_syn_after_a_completed_close_on_the_same_five_tuple_opens_a_second_session(
+    tmp_path: Path,
+) -> None:
+    first = Tcp(CLIENT4, SERVER4, 40004, 443)
+    s1 = [*first.handshake(), *first.request(200), *first.close()]
+    second = Tcp(CLIENT4, SERVER4, 40004, 443, cseq=9_000_000, sseq=123)  # port reuse
+    s2 = [*second.handshake(), *second.response(700), *second.close(client_first=False)]
+    pkts = timed(T0, s1) + timed(T0 + 1, s2)  # inside the linger of the first
+    closed = run_capture(tmp_path, pkts).closed
+    assert len(closed) == 2
+    a, b = sorted(closed, key=lambda e: e.started_ts)
+    assert (a.close_reason, b.close_reason) == (CloseReason.FIN, CloseReason.FIN)
+    assert not a.midstream and not b.midstream
+    assert a.session_id != b.session_id
+    assert counters(a) == direction_totals(s1, CLIENT4)
+    assert counters(b) == direction_totals(s2, CLIENT4)
+    assert b.started_ts == float(T0 + 1)
+
+
+def test_midstream_start_is_marked_and_the_client_side_is_the_initiator(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40005, 8443)
+    pkts = [*c.response(1200), *c.request(30), *c.response(600)]  # server speaks first
+    assert pkts[0][IP].src == SERVER4
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.midstream
+    assert (ev.src_addr, ev.src_port, ev.dst_addr, ev.dst_port) == (CLIENT4, 40005, SERVER4, 8443)
+    assert ev.close_reason is CloseReason.END_OF_CAPTURE
+    assert counters(ev) == direction_totals(pkts, CLIENT4)
+    assert ev.attribution.client_id == "alice"
+
+
+def test_midstream_start_between_non_clients_makes_the_first_sender_the_initiator(
+    tmp_path: Path,
+) -> None:
+    c = Tcp("10.99.0.7", SERVER4, 5432, 40100)
+    pkts = [c.seg(False, "PA", b"x" * 10), c.seg(True, "A")]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.midstream
+    assert (ev.src_addr, ev.src_port) == (SERVER4, 40100)
+    assert counters(ev) == direction_totals(pkts, SERVER4)
+
+
+def test_syn_ack_first_makes_its_receiver_the_initiator_and_marks_midstream(
+    tmp_path: Path,
+) -> None:
+    c = Tcp(CLIENT6, SERVER6, 40006, 443)
+    c.syn()  # sent but not captured
+    pkts = [c.seg(False, "SA"), c.seg(True, "A"), *c.request(64), *c.close()]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.midstream
+    assert (ev.src_addr, ev.dst_addr, ev.dst_port) == (CLIENT6, SERVER6, 443)
+    assert ev.close_reason is CloseReason.FIN
+    assert counters(ev) == direction_totals(pkts, CLIENT6)
+
+
+def test_last_ack_inside_the_linger_counts_and_a_packet_after_it_opens_a_midstream_session(
+    tmp_path: Path,
+) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40007, 443)
+    body = [*c.handshake(), *c.request(10), c.seg(True, "FA"), c.seg(False, "FA")]
+    last_ack = c.seg(True, "A")
+    late = c.seg(False, "A")  # e.g. a stray ACK well after the close
+    linger = Decimal(str(TIMEOUTS.tcp_linger_s))
+    close_t = T0 + Decimal("0.001") * (len(body) - 1)
+    pkts = timed(T0, body) + [(close_t + linger - 1, last_ack), (close_t + linger + 1, late)]
+    closed = sorted(run_capture(tmp_path, pkts).closed, key=lambda e: e.started_ts)
+    assert len(closed) == 2
+    first, second = closed
+    assert first.close_reason is CloseReason.FIN
+    assert counters(first) == direction_totals([*body, last_ack], CLIENT4)
+    assert first.last_ts == pytest.approx(float(close_t + linger - 1), abs=1e-6)
+    assert second.midstream
+    assert (second.src_addr, second.dst_addr) == (CLIENT4, SERVER4)  # the client side
+    assert counters(second) == direction_totals([late], CLIENT4)
+
+
+def test_tcp_idle_timeout_splits_a_session(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40008, 443)
+    s1 = [*c.handshake(), *c.request(10)]
+    s2 = c.request(20)
+    gap = Decimal(str(TIMEOUTS.tcp_idle_s)) + 1
+    closed = sorted(
+        run_capture(tmp_path, timed(T0, s1) + timed(T0 + gap, s2)).closed,
+        key=lambda e: e.started_ts,
+    )
+    assert [e.close_reason for e in closed] == [CloseReason.IDLE, CloseReason.END_OF_CAPTURE]
+    assert counters(closed[0]) == direction_totals(s1, CLIENT4)
+    assert closed[1].midstream
+    assert counters(closed[1]) == direction_totals(s2, CLIENT4)
+
+
+# -- UDP and idle timeouts ---------------------------------------------------------------------
+
+
+def test_udp_bursts_further_apart_than_the_idle_timeout_are_two_sessions(tmp_path: Path) -> None:
+    burst1 = [udp(CLIENT4, SERVER4, 5353, 53, 40), udp(SERVER4, CLIENT4, 53, 5353, 120)]
+    burst2 = [udp(CLIENT4, SERVER4, 5353, 53, 41), udp(SERVER4, CLIENT4, 53, 5353, 300)]
+    gap = Decimal(str(TIMEOUTS.udp_idle_s)) + 1
+    pkts = timed(T0, burst1) + timed(T0 + gap, burst2)
+    closed = sorted(run_capture(tmp_path, pkts).closed, key=lambda e: e.started_ts)
+    assert [e.close_reason for e in closed] == [CloseReason.IDLE, CloseReason.END_OF_CAPTURE]
+    assert counters(closed[0]) == direction_totals(burst1, CLIENT4)
+    assert counters(closed[1]) == direction_totals(burst2, CLIENT4)
+    assert closed[0].ended_ts == pytest.approx(float(pkts[1][0]), abs=1e-6)
+
+
+def test_udp_packets_closer_than_the_idle_timeout_stay_one_session(tmp_path: Path) -> None:
+    step = Decimal(str(TIMEOUTS.udp_idle_s)) - 1
+    pkts = [(T0 + i * step, udp(CLIENT4, SERVER4, 5353, 53, 10 + i)) for i in range(5)]
+    ev = only(run_capture(tmp_path, pkts).closed)
+    assert ev.close_reason is CloseReason.END_OF_CAPTURE
+    assert counters(ev) == direction_totals([p for _, p in pkts], CLIENT4)
+
+
+def test_udp_first_packet_from_the_server_makes_the_client_the_initiator(tmp_path: Path) -> None:
+    pkts = [udp(SERVER6, CLIENT6, 53, 6000, 80), udp(CLIENT6, SERVER6, 6000, 53, 20)]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert (ev.src_addr, ev.src_port, ev.dst_addr, ev.dst_port) == (CLIENT6, 6000, SERVER6, 53)
+    assert counters(ev) == direction_totals(pkts, CLIENT6)
+
+
+def test_advance_fires_the_idle_timeout_without_a_further_packet(tmp_path: Path) -> None:
+    pkts = timed(T0, [udp(CLIENT4, SERVER4, 5353, 53, 40), udp(SERVER4, CLIENT4, 53, 5353, 90)])
+    run = run_capture(tmp_path, pkts, end=False)
+    assert run.closed == []
+    last = float(pkts[-1][0])
+    assert run.table.advance(last + TIMEOUTS.udp_idle_s - 1) == []
+    ev = only(run.table.advance(last + TIMEOUTS.udp_idle_s + 1))
+    assert ev.kind is EventKind.CLOSED
+    assert ev.close_reason is CloseReason.IDLE
+    assert ev.ended_ts == pytest.approx(last, abs=1e-6)
+    assert counters(ev) == direction_totals([p for _, p in pkts], CLIENT4)
+    assert len(run.table) == 0
+
+
+def test_advance_fires_the_tcp_idle_timeout_without_a_further_packet(tmp_path: Path) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40009, 443)
+    pkts = timed(T0, [*c.handshake(), *c.request(5)])
+    run = run_capture(tmp_path, pkts, end=False)
+    last = float(pkts[-1][0])
+    assert run.table.advance(last + TIMEOUTS.tcp_idle_s - 1) == []
+    ev = only(run.table.advance(last + TIMEOUTS.tcp_idle_s + 1))
+    assert ev.close_reason is CloseReason.IDLE
+
+
+# -- fragments ---------------------------------------------------------------------------------
+
+
+def _udp_fragments(src: str, dst: str, ident: int, size: int = 4000) -> list[Packet]:
+    if ":" in src:
+        whole = IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(id=ident) / UDP(sport=7000, dport=53)
+        return list(fragment6(whole / Raw(b"F" * size), 1280))
+    whole = IP(src=src, dst=dst, id=ident) / UDP(sport=7000, dport=53) / Raw(b"F" * size)
+    return list(fragment(whole, fragsize=1000))
+
+
+@pytest.mark.parametrize("client", [CLIENT4, CLIENT6], ids=["ipv4", "ipv6"])
+def test_fragments_of_one_udp_datagram_count_into_its_session(tmp_path: Path, client: str) -> None:
+    server = SERVER6 if ":" in client else SERVER4
+    frags = _udp_fragments(client, server, 0x4242)
+    assert len(frags) >= 3
+    reply = udp(server, client, 53, 7000, 100)
+    pkts = [*frags, reply]
+    run = run_capture(tmp_path, timed(T0, pkts))
+    ev = only(run.closed)
+    assert (ev.src_addr, ev.src_port, ev.dst_port) == (client, 7000, 53)
+    assert ev.packets_tx == len(frags)
+    assert ev.bytes_tx == sum(seen(f).ip_bytes for f in frags)
+    assert ev.payload_bytes_tx == 4000  # the UDP payload, whatever the fragmentation
+    assert counters(ev) == direction_totals(pkts, client)
+    assert run.table.stats.fragments_unattributed == 0
+
+
+def test_later_fragment_without_its_first_fragment_is_counted_unattributed(
+    tmp_path: Path,
+) -> None:
+    frags = _udp_fragments(CLIENT4, SERVER4, 0x5151)
+    other = udp(CLIENT4, SERVER4, 7001, 53, 10)
+    pkts = [other, *frags[1:]]  # the first fragment was lost before the capture point
+    run = run_capture(tmp_path, timed(T0, pkts))
+    ev = only(run.closed)
+    assert counters(ev) == direction_totals([other], CLIENT4)
+    assert run.table.stats.fragments_unattributed == len(frags) - 1
+    assert run.table.stats.fragment_bytes_unattributed == sum(seen(f).ip_bytes for f in frags[1:])
+
+
+def test_batch_holding_only_later_fragments_does_not_raise(tmp_path: Path) -> None:
+    frags = _udp_fragments(CLIENT4, SERVER4, 0x6161)
+    (raw,) = read_raw(write(tmp_path / "f.pcap", timed(T0, frags)))
+    # the first fragment ends one batch, its later fragments make up the next one
+    run = feed(split_raw(raw, [1]))
+    ev = only(run.closed)
+    assert ev.packets_tx == len(frags)
+    assert ev.bytes_tx == sum(seen(f).ip_bytes for f in frags)
+
+
+def test_later_fragments_refresh_the_idle_timer_whatever_the_batches(tmp_path: Path) -> None:
+    frags = _udp_fragments(CLIENT4, SERVER4, 0x7171)
+    idle = Decimal(str(TIMEOUTS.udp_idle_s))
+    # the last fragment arrives 10 ms after the first; the next datagram comes udp_idle_s + 5 ms
+    # after the first fragment but only udp_idle_s - 5 ms after the last one: not idle
+    pkts = [(T0, frags[0])] + [(T0 + Decimal("0.01"), f) for f in frags[1:]]
+    pkts.append((T0 + idle + Decimal("0.005"), udp(CLIENT4, SERVER4, 7000, 53, 10)))
+    (raw,) = read_raw(write(tmp_path / "g.pcap", pkts))
+    for sizes in ([len(raw)], [len(frags)], [1] * len(raw)):
+        run = feed(split_raw(raw, sizes))
+        ev = only(run.closed)
+        assert ev.packets_tx == len(pkts), sizes
+        assert ev.close_reason is CloseReason.END_OF_CAPTURE, sizes
+
+
+# -- IPv6 and community id ---------------------------------------------------------------------
+
+
+def test_ipv6_tcp_and_udp_sessions_with_counts_each_way(tmp_path: Path) -> None:
+    c = Tcp(CLIENT6, SERVER6, 40010, 443)
+    tcp = [*c.handshake(), *c.request(300), *c.response(1000), *c.close()]
+    dns = [udp(CLIENT6, SERVER6, 5300, 53, 33), udp(SERVER6, CLIENT6, 53, 5300, 250)]
+    pkts = timed(T0, tcp) + timed(T0 + Decimal("0.0005"), dns)
+    closed = {e.proto: e for e in run_capture(tmp_path, sorted(pkts, key=lambda x: x[0])).closed}
+    assert set(closed) == {IpProto.TCP, IpProto.UDP}
+    assert closed[IpProto.TCP].family == closed[IpProto.UDP].family == 6
+    assert counters(closed[IpProto.TCP]) == direction_totals(tcp, CLIENT6)
+    assert counters(closed[IpProto.UDP]) == direction_totals(dns, CLIENT6)
+    assert closed[IpProto.TCP].close_reason is CloseReason.FIN
+
+
+# corelight/community-id-spec baseline/baseline_deflt.json (seed 0)
+COMMUNITY_ID_VECTORS = [
+    ("128.232.110.120", 34855, "66.35.250.204", 80, 6, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
+    ("192.168.1.52", 54585, "8.8.8.8", 53, 17, "1:d/FP5EW3wiY1vCndhwleRRKHowQ="),
+    ("2001:470:e5bf:dead:4957:2174:e82c:4887", 63943, "2607:f8b0:400c:c03::1a", 25, 6,
+     "1:/qFaeAR+gFe1KYjMzVDsMv+wgU4="),
+]  # fmt: skip
+# baseline_seed1.json (seed 1)
+COMMUNITY_ID_SEED1 = [
+    ("128.232.110.120", 34855, "66.35.250.204", 80, 6, "1:3V71V58M3Ksw/yuFALMcW0LAHvc="),
+    ("192.168.1.52", 54585, "8.8.8.8", 53, 17, "1:Q9We8WO3piVF8yEQBNJF4uiSVrI="),
+    ("2001:470:e5bf:dead:4957:2174:e82c:4887", 63943, "2607:f8b0:400c:c03::1a", 25, 6,
+     "1:eJYTW6AOzFLlSUoESovMjnu7rMw="),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("src", "sport", "dst", "dport", "proto", "want"), COMMUNITY_ID_VECTORS)
+def test_session_community_id_matches_the_spec_vector(
+    tmp_path: Path, src: str, sport: int, dst: str, dport: int, proto: int, want: str
+) -> None:
+    if proto == 6:
+        pkts = Tcp(src, dst, sport, dport).handshake()
+    else:
+        pkts = [udp(src, dst, sport, dport, 30), udp(dst, src, dport, sport, 90)]
+    ev = only(run_capture(tmp_path, timed(T0, pkts)).closed)
+    assert ev.community_id == want
+    # the reverse direction hashes alike
+    fam = 6 if ":" in src else 4
+    assert community_id(fam, proto, ip_int(dst), dport, ip_int(src), sport) == want
+
+
+@pytest.mark.parametrize(("src", "sport", "dst", "dport", "proto", "want"), COMMUNITY_ID_SEED1)
+def test_community_id_with_seed_1_matches_the_spec_vector(
+    src: str, sport: int, dst: str, dport: int, proto: int, want: str
+) -> None:
+    fam = 6 if ":" in src else 4
+    assert community_id(fam, proto, ip_int(src), sport, ip_int(dst), dport, seed=1) == want
+    assert community_id(fam, proto, ip_int(dst), dport, ip_int(src), sport, seed=1) == want
+
+
+# -- batch boundaries never change results -----------------------------------------------------
+
+
+def closed_view(run: Run) -> list[SessionEvent]:
+    """Closed events in a canonical order (emission order may follow sweep timing)."""
+    return sorted(run.closed, key=lambda e: (e.started_ts, str(e.session_id)))
+
+
+def stats_view(table: FlowTable) -> dict[str, object]:
+    st_ = dataclasses.asdict(table.stats)
+    st_["closed"] = dict(Counter(table.stats.closed))
+    return st_
+
+
+# 5-tuples the scenarios draw from: few, so that ports are reused and sessions interleave
+TCP_TUPLES = [
+    (CLIENT4, SERVER4, 40000, 443),
+    (CLIENT4_B, SERVER4, 40000, 443),
+    (CLIENT6, SERVER6, 40001, 22),
+]
+UDP_TUPLES = [
+    (CLIENT4, SERVER4, 5353, 53),
+    (CLIENT6, SERVER6, 6000, 53),
+    (CLIENT4_B, SERVER4, 6000, 53),
+]
+TCP_ACTIONS = [
+    "handshake",
+    "request",
+    "response",
+    "close",
+    "close_server_first",
+    "simultaneous_close",
+    "rst_client",
+    "rst_server",
+    "syn",
+    "syn_ack",
+    "ack",
+]
+UDP_ACTIONS = ["client", "server", "fragmented"]
+# Timeouts the scenarios pause around, microseconds: results must not depend on which batch
+# (and so which expiry sweep) the packets that cross them fall into.
+THRESHOLDS_US = [
+    int(TIMEOUTS.tcp_linger_s * 1e6),
+    int(TIMEOUTS.udp_idle_s * 1e6),
+    int(TIMEOUTS.tcp_idle_s * 1e6),
+]
+PAUSES_US = st.one_of(
+    st.integers(0, 1_200_000),  # back-to-back up to just past one expiry-sweep interval
+    st.sampled_from(THRESHOLDS_US).flatmap(lambda t: st.integers(t - 1_000_000, t + 1_000_000)),
+)
+
+
+def _tcp_step(c: Tcp, action: str, n: int) -> list[Packet]:
+    match action:
+        case "handshake":
+            return c.handshake()
+        case "request":
+            return c.request(n)
+        case "response":
+            return c.response(n)
+        case "close":
+            return c.close()
+        case "close_server_first":
+            return c.close(client_first=False)
+        case "simultaneous_close":
+            return c.simultaneous_close()
+        case "rst_client":
+            return [c.seg(True, "R")]
+        case "rst_server":
+            return [c.seg(False, "RA")]
+        case "syn":
+            return [c.syn()]
+        case "syn_ack":
+            return [c.seg(False, "SA")]
+        case _:
+            return [c.seg(True, "A")]
+
+
+def _udp_step(t: tuple[str, str, int, int], action: str, n: int, ident: int) -> list[Packet]:
+    cl, sv, cp, sp = t
+    if action == "client":
+        return [udp(cl, sv, cp, sp, n)]
+    if action == "server":
+        return [udp(sv, cl, sp, cp, n)]
+    if ":" in cl:
+        whole = IPv6(src=cl, dst=sv) / IPv6ExtHdrFragment(id=ident) / UDP(sport=cp, dport=sp)
+        return list(fragment6(whole / Raw(b"F" * (1500 + n)), 1280))
+    whole = IP(src=cl, dst=sv, id=ident) / UDP(sport=cp, dport=sp) / Raw(b"F" * (1500 + n))
+    return list(fragment(whole, fragsize=1024))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a scenario: what happens on which 5-tuple, and the pauses around it."""
+
+    pause_us: int
+    kind: str  # "tcp", "udp" or "icmp"
+    index: int
+    action: str
+    size: int
+    new_isn: int | None  # a fresh sequence space on the same 5-tuple (port reuse)
+    spacing_us: tuple[int, ...]  # between the step's own packets
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, noise: bool = False) -> list[Step]:
+    """Interleaved TCP and UDP sessions: handshakes, data, closes, resets, port reuse, pauses."""
+    steps = []
+    for _ in range(draw(st.integers(1, 16))):
+        pause = draw(PAUSES_US)
+        size = draw(st.integers(1, 1400))
+        spacing = tuple(draw(st.lists(st.sampled_from([0, 1, 1000, 20_000]), min_size=6,
+                                      max_size=6)))  # fmt: skip
+        kind = draw(st.sampled_from(["tcp", "udp", "icmp"] if noise else ["tcp", "udp"]))
+        if kind == "tcp":
+            index = draw(st.integers(0, len(TCP_TUPLES) - 1))
+            action = draw(st.sampled_from(TCP_ACTIONS))
+            isn = draw(st.integers(0, 2**31)) if action == "handshake" and draw(
+                st.booleans()) else None  # fmt: skip
+        else:
+            index = draw(st.integers(0, len(UDP_TUPLES) - 1))
+            action = draw(st.sampled_from(UDP_ACTIONS))
+            isn = None
+        steps.append(Step(pause, kind, index, action, size, isn, spacing))
+    return steps
+
+
+def build(steps: Sequence[Step]) -> list[Timed]:
+    """The packets of a scenario with their capture times."""
+    convs = [Tcp(*t) for t in TCP_TUPLES]
+    t_us = 0
+    out: list[Timed] = []
+    for k, step in enumerate(steps):
+        t_us += step.pause_us
+        if step.kind == "tcp":
+            if step.new_isn is not None:
+                convs[step.index] = Tcp(*TCP_TUPLES[step.index], cseq=step.new_isn)
+            pkts = _tcp_step(convs[step.index], step.action, step.size)
+        elif step.kind == "udp":
+            pkts = _udp_step(UDP_TUPLES[step.index], step.action, step.size, ident=k + 1)
+        else:
+            cl, sv = UDP_TUPLES[step.index][:2]
+            pkts = [IPv6(src=cl, dst=sv) / ICMPv6EchoRequest() if ":" in cl
+                    else IP(src=cl, dst=sv) / ICMP()]  # fmt: skip
+        for i, p in enumerate(pkts):
+            out.append((T0 + Decimal(t_us) / 10**6, p))
+            t_us += step.spacing_us[i % len(step.spacing_us)]
+    return out
+
+
+def _scenario_raw(pkts: list[Timed]) -> RawBatch:
+    with tempfile.TemporaryDirectory() as tmp:
+        (raw,) = read_raw(write(Path(tmp) / "s.pcap", pkts))
+    return raw
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.lists(st.integers(1, 12), max_size=40))
+def test_batch_boundaries_never_change_closed_sessions(steps: list[Step], sizes: list[int]) -> None:
+    raw = _scenario_raw(build(steps))
+    whole = feed([raw])
+    for split in (sizes, [1] * len(raw)):
+        run = feed(split_raw(raw, split))
+        assert closed_view(run) == closed_view(whole), split
+        assert stats_view(run.table) == stats_view(whole.table), split
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(noise=True))
+def test_session_totals_equal_the_ip_lengths_of_all_tcp_and_udp_packets(
+    steps: list[Step],
+) -> None:
+    pkts = build(steps)
+    run = feed([_scenario_raw(pkts)])
+    looked = [seen(p) for _, p in pkts]
+    l4 = [s for s in looked if s.l4]
+    assert sum(e.bytes_tx + e.bytes_rx for e in run.closed) == sum(s.ip_bytes for s in l4)
+    assert sum(e.packets_tx + e.packets_rx for e in run.closed) == len(l4)
+    assert sum(e.payload_bytes_tx + e.payload_bytes_rx for e in run.closed) == sum(
+        s.payload_bytes for s in l4
+    )
+    assert run.table.stats.fragments_unattributed == 0
+    assert len(run.table) == 0
+
+
+def test_idle_session_at_the_end_of_the_capture_closes_as_idle_whatever_the_batches(
+    tmp_path: Path,
+) -> None:
+    idle = Decimal(str(TIMEOUTS.udp_idle_s))
+    quiet = udp(CLIENT4, SERVER4, 5353, 53, 10)  # then nothing for longer than udp_idle_s
+    busy = [udp(CLIENT4_B, SERVER4, 6000, 53, 10 + i) for i in range(2)]
+    pkts = [(T0, quiet), (T0 + idle - Decimal("0.2"), busy[0]),
+            (T0 + idle + Decimal("0.5"), busy[1])]  # fmt: skip
+    (raw,) = read_raw(write(tmp_path / "q.pcap", pkts))
+    for sizes in ([3], [2, 1], [1, 1, 1]):
+        run = feed(split_raw(raw, sizes))
+        ev = next(e for e in run.closed if e.src_addr == CLIENT4)
+        # by packet time the session had been idle for more than udp_idle_s when the capture ended
+        assert ev.close_reason is CloseReason.IDLE, sizes
+
+
+def test_out_of_order_timestamps_give_the_same_sessions_whatever_the_batches(
+    tmp_path: Path,
+) -> None:
+    # two capture rings can hand packets over slightly out of order: 10 s, then 5 s, then 38 s
+    pkts = [(T0 + 10, udp(CLIENT4, SERVER4, 5353, 53, 10)),
+            (T0 + 5, udp(SERVER4, CLIENT4, 53, 5353, 20)),
+            (T0 + 38, udp(CLIENT4, SERVER4, 5353, 53, 30))]  # fmt: skip
+    (raw,) = read_raw(write(tmp_path / "o.pcap", pkts))
+    runs = [feed(split_raw(raw, sizes)) for sizes in ([3], [1, 2], [1, 1, 1])]
+    for run in runs:
+        for ev in run.closed:
+            assert ev.last_ts >= ev.started_ts, ev
+    assert closed_view(runs[1]) == closed_view(runs[0])
+    assert closed_view(runs[2]) == closed_view(runs[0])
+
+
+def test_sessions_split_across_batches_count_every_packet_once(
+    tmp_path: Path,
+) -> None:
+    c = Tcp(CLIENT4, SERVER4, 40011, 443)
+    s1 = [*c.handshake(), *c.request(100), *c.close()]
+    c2 = Tcp(CLIENT4, SERVER4, 40011, 443, cseq=5_000_000)
+    s2 = [*c2.handshake(), *c2.response(2000), c2.seg(False, "RA")]
+    dns = [udp(CLIENT4, SERVER4, 5353, 53, 50), udp(SERVER4, CLIENT4, 53, 5353, 500)]
+    pkts = sorted(
+        timed(T0, s1) + timed(T0 + 2, s2) + timed(T0 + Decimal("0.0005"), dns, gap="0.01"),
+        key=lambda x: x[0],
+    )
+    (raw,) = read_raw(write(tmp_path / "m.pcap", pkts))
+    run = feed(split_raw(raw, [3, 4, 1, 7]))
+    ids = [e.session_id for e in run.closed]
+    assert len(ids) == len(set(ids)) == 3
+    by_reason = Counter(e.close_reason for e in run.closed)
+    assert by_reason == Counter({CloseReason.FIN: 1, CloseReason.RST: 1,
+                                 CloseReason.END_OF_CAPTURE: 1})  # fmt: skip
+    total = sum(seen(p).ip_bytes for _, p in pkts)
+    assert sum(e.bytes_tx + e.bytes_rx for e in run.closed) == total
+    assert run.table.stats.bytes == total
+    assert np.isclose(min(e.started_ts for e in run.closed), float(T0))

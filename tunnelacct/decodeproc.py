@@ -1,0 +1,103 @@
+"""Read and decode capture files in a child process, so decoding overlaps sessionizing.
+
+The parent's event loop runs the flow table and the writer; the child walks the files and
+decodes batches (the pcap record walk is Python and would otherwise share the parent's GIL).
+Messages flow one way through a bounded queue, so a slow parent stops the child reading.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunnelacct.decode import DecodedBatch, decode
+from tunnelacct.errors import CaptureFormatError, TunnelacctError
+from tunnelacct.sources.pcapfile import open_capture
+
+QUEUE_BATCHES = 4  # decoded batches in flight (each from ~4 MB of capture)
+POLL_S = 0.5
+
+
+@dataclass(slots=True)
+class FileDone:
+    """A file was read to its end (or to the first corrupt record: see `error`)."""
+
+    index: int
+    packets: int
+    size_bytes: int
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One decoded batch of file `index`, and how far into that file reading has got."""
+
+    index: int
+    batch: DecodedBatch
+    bytes_read: int
+
+
+def first_timestamp(path: Path) -> float:
+    """Time of the first packet of a capture file (inf if it has none or is unreadable)."""
+    try:
+        for raw in open_capture(path).batches():
+            if len(raw):
+                return float(raw.ts[0])
+    except CaptureFormatError:
+        pass
+    return float("inf")
+
+
+def _child(paths: list[Path], out: Any) -> None:
+    for index, path in enumerate(paths):
+        reader = open_capture(path)
+        error = None
+        try:
+            for raw in reader.batches():
+                out.put(Decoded(index, decode(raw), reader.stats.bytes_read))
+        except CaptureFormatError as e:
+            error = str(e)
+        out.put(FileDone(index, reader.stats.packets, reader.size_bytes, reader.stats.warnings,
+                         error))  # fmt: skip
+    out.put(None)
+
+
+class DecodeProcess:
+    """Iterate Decoded and FileDone messages for `paths`, decoded in a child process."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that runs threads and an event loop
+        self._queue: Any = ctx.Queue(maxsize=QUEUE_BATCHES)
+        self._proc = ctx.Process(
+            target=_child, args=(list(paths), self._queue), name="tunnelacct-decode", daemon=True
+        )
+        self._proc.start()
+
+    def get(self) -> Decoded | FileDone | None:
+        """The next message, None at the end; raises if the child died without finishing."""
+        while True:
+            try:
+                msg: Decoded | FileDone | None = self._queue.get(timeout=POLL_S)
+                return msg
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise TunnelacctError(
+                        f"decoder process ended unexpectedly (exit code {self._proc.exitcode})"
+                    ) from None
+
+    def __iter__(self) -> Iterator[Decoded | FileDone]:
+        while (msg := self.get()) is not None:
+            yield msg
+
+    def close(self) -> None:
+        """Stop the child (if still running) and release the queue; idempotent."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join(timeout=5)
+        self._queue.close()
+        self._queue.join_thread()
