@@ -26,7 +26,7 @@ from tunnelacct.config import (
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOCS = Path(__file__).resolve().parents[1] / "README.md"
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(1, 33))).decode()
 MARK = "#<"  # marks the line an error must point at
@@ -446,6 +446,6 @@ def test_resource_defaults(tmp_path: Path) -> None:
 
 def test_docs_example_loads(tmp_path: Path) -> None:
     blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
-    assert blocks, "docs/configuration.md has a full ```toml example"
+    assert blocks, "README.md has a full ```toml example"
     config = load_config(write(tmp_path, max(blocks, key=len)), environ={})
     assert config.orgs and config.clients and config.resources
