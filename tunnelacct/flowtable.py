@@ -38,7 +38,8 @@ from tunnelacct.events import Attribution, SessionEvent
 
 AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
-FlowKey = tuple[int, int, int, int, int, int, int, int]  # family, proto, A hi/lo/port, B hi/lo/port
+# (meta, A hi, A lo, B hi, B lo); meta = family << 40 | proto << 32 | A port << 16 | B port
+FlowKey = tuple[int, int, int, int, int]
 
 SWEEP_INTERVAL_S = 1.0  # packet time between expiry sweeps
 FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later ones
@@ -48,10 +49,23 @@ _M1, _M2, _M3 = (
     np.uint64(0x94D049BB133111EB),
 )
 _SYN_MASK = TCP_SYN | TCP_ACK
+_PROTOS = {int(p): p for p in IpProto}
 
 
 def _addr(family: int, hi: int, lo: int) -> int:
     return (hi << 64) | lo if family == 6 else lo
+
+
+def _unpack(key: FlowKey) -> tuple[int, int, int, int, int, int]:
+    """(family, proto, A address, A port, B address, B port) of a flow key."""
+    meta, a_hi, a_lo, b_hi, b_lo = key
+    family = meta >> 40
+    return (family, (meta >> 32) & 0xFF, _addr(family, a_hi, a_lo), (meta >> 16) & 0xFFFF,
+            _addr(family, b_hi, b_lo), meta & 0xFFFF)  # fmt: skip
+
+
+def _is_tcp(key: FlowKey) -> bool:
+    return (key[0] >> 32) & 0xFF == 6
 
 
 def addr_text(family: int, value: int) -> str:
@@ -182,7 +196,7 @@ class FlowTable:
                 if flow.closed:
                     if now > flow.close_ts + t.tcp_linger_s:
                         self._finish(flow, flow.close_reason or CloseReason.FIN)
-                elif now - flow.last_ts > (t.tcp_idle_s if flow.key[1] == 6 else t.udp_idle_s):
+                elif now - flow.last_ts > (t.tcp_idle_s if _is_tcp(flow.key) else t.udp_idle_s):
                     self._finish(flow, CloseReason.IDLE)
             stale = [k for k, (_f, _d, ts) in self._frags.items() if now - ts > FRAGMENT_TIMEOUT_S]
             for k in stale:
@@ -226,9 +240,10 @@ class FlowTable:
         a_hi, a_lo = np.where(a_src, s_hi, d_hi), np.where(a_src, s_lo, d_lo)
         b_hi, b_lo = np.where(a_src, d_hi, s_hi), np.where(a_src, d_lo, s_lo)
         a_p, b_p = np.where(a_src, sport, dport), np.where(a_src, dport, sport)
-        cols = (fam, proto, a_hi, a_lo, a_p, b_hi, b_lo, b_p)
+        meta = (fam << 40) | (proto << 32) | (a_p << 16) | b_p
+        cols = (meta, a_hi, a_lo, b_hi, b_lo)
         h = (a_lo * _M1) ^ (b_lo * _M2) ^ (a_hi * _M3) ^ (b_hi * _M1 * _M2)
-        h ^= ((a_p << 24) | (b_p << 8) | proto | (fam << 48)).astype(np.uint64) * _M3
+        h ^= meta.astype(np.uint64) * _M3
         h ^= h >> np.uint64(31)
         order = np.argsort(h, kind="stable")
         hs = h[order]
@@ -236,16 +251,17 @@ class FlowTable:
         start[0] = True
         np.not_equal(hs[1:], hs[:-1], out=start[1:])
         rep = np.flatnonzero(start)[np.cumsum(start) - 1]
-        if any(np.any(c[order] != c[order][rep]) for c in cols):  # a 64-bit hash collision
-            order = np.lexsort((np.arange(m), *reversed(cols)))
-            start[1:] = np.any([c[order][1:] != c[order][:-1] for c in cols], axis=0)
         s_cols = [c[order] for c in cols]
+        if any(np.any(c != c[rep]) for c in s_cols):  # a 64-bit hash collision: sort exactly
+            order = np.lexsort((np.arange(m), *reversed(cols)))
+            s_cols = [c[order] for c in cols]
+            start[1:] = np.any([c[1:] != c[:-1] for c in s_cols], axis=0)
         ts_s = ts[order]
         d_s = (~a_src[order]).astype(np.int64)  # 0 = sent by A
         ipb_s, pay_s = pick(b.ip_bytes)[order], pick(b.payload_bytes)[order]
         fl_s, frag_s = pick(b.flags)[order], pick(b.frag)[order]
         t = self.timeouts
-        tcp_s = s_cols[1] == 6
+        tcp_s = ((s_cols[0] >> 32) & 0xFF) == 6
         special = start.copy()
         special |= tcp_s & ((fl_s & (TCP_SYN | TCP_FIN | TCP_RST)) != 0)
         special |= frag_s == FRAG_FIRST
@@ -269,9 +285,9 @@ class FlowTable:
         rlen = (run_end - run_start).tolist()
         rlast = ts_s[run_end - 1].tolist()
         sp_l = sp.tolist()
-        key_lists = [c[sp].tolist() for c in s_cols]
-        keys = list(zip(*key_lists, strict=True))
         st = start[sp].tolist()
+        at_start = sp[start[sp]]
+        keys = iter(list(zip(*(c[at_start].tolist() for c in s_cols), strict=True)))
         p_ts, p_d = ts_s[sp].tolist(), d_s[sp].tolist()
         p_ipb, p_pay, p_fl = ipb_s[sp].tolist(), pay_s[sp].tolist(), fl_s[sp].tolist()
         p_frag = frag_s[sp].tolist()
@@ -286,15 +302,15 @@ class FlowTable:
         packet = self._packet
         iface = b.interface
         flow: Flow | None = None
-        key: FlowKey = keys[0]
+        key: FlowKey = (0, 0, 0, 0, 0)
         for j in range(len(sp_l)):
             if st[j]:
-                key = keys[j]
+                key = next(keys)
                 flow = flows.get(key)
             flow = packet(flow, key, p_ts[j], p_d[j], p_ipb[j], p_pay[j], p_fl[j], iface)
             if p_frag[j] == FRAG_FIRST and frag_src is not None:
                 i = sp_l[j]
-                fk = (key[0], key[1], *(int(a[i]) for a in frag_src))
+                fk = (key[0] >> 40, (key[0] >> 32) & 0xFF, *(int(a[i]) for a in frag_src))
                 self._frags[fk] = (flow, p_d[j], p_ts[j])
             n = rlen[j]
             if not n:
@@ -327,7 +343,7 @@ class FlowTable:
                 if ts > flow.close_ts + t.tcp_linger_s or (fl & _SYN_MASK) == TCP_SYN:
                     self._finish(flow, flow.close_reason or CloseReason.FIN)
                     flow = None
-            elif ts - flow.last_ts > (t.tcp_idle_s if key[1] == 6 else t.udp_idle_s):
+            elif ts - flow.last_ts > (t.tcp_idle_s if _is_tcp(key) else t.udp_idle_s):
                 self._finish(flow, CloseReason.IDLE)
                 flow = None
         if flow is None:
@@ -352,8 +368,7 @@ class FlowTable:
         return flow
 
     def _open(self, key: FlowKey, ts: float, d: int, fl: int, iface: str) -> Flow:
-        family, proto, a_hi, a_lo, a_port, b_hi, b_lo, b_port = key
-        a, bb = _addr(family, a_hi, a_lo), _addr(family, b_hi, b_lo)
+        family, proto, a, a_port, bb, b_port = _unpack(key)
         sender_a = d == 0
         if proto == 6 and fl & TCP_SYN:
             init_a = sender_a if not fl & TCP_ACK else not sender_a
@@ -364,7 +379,7 @@ class FlowTable:
             init_a = sender_a != flip
             midstream = flip or proto == 6
         ia, ip_, ra, rp = (a, a_port, bb, b_port) if init_a else (bb, b_port, a, a_port)
-        attribution = self._attribute(family, ia, ra, rp, IpProto(proto))
+        attribution = self._attribute(family, ia, ra, rp, _PROTOS[proto])
         sid = session_id(self._ns, f"{family}|{proto}|{ia}|{ip_}|{ra}|{rp}|{ts!r}")
         flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
         self._flows[key] = flow
@@ -429,8 +444,7 @@ class FlowTable:
         return out
 
     def _event(self, f: Flow, kind: EventKind) -> SessionEvent:
-        family, proto, a_hi, a_lo, a_port, b_hi, b_lo, b_port = f.key
-        a, bb = _addr(family, a_hi, a_lo), _addr(family, b_hi, b_lo)
+        family, proto, a, a_port, bb, b_port = _unpack(f.key)
         if f.init_a:
             src, sport, dst, dport = a, a_port, bb, b_port
             tx, rx = (f.pk0, f.by0, f.pl0), (f.pk1, f.by1, f.pl1)
@@ -443,7 +457,7 @@ class FlowTable:
         return SessionEvent(
             kind=kind,
             session_id=f.sid,
-            proto=IpProto(proto),
+            proto=_PROTOS[proto],
             family=family,
             src_addr=addr_text(family, src),
             src_port=sport,
