@@ -1,0 +1,98 @@
+"""The CLI edges: errors rendered once with exit codes, inspect, metrics textfile, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet import IP, TCP
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.pcapwrite import write_pcap
+
+DATA = Path(__file__).parent / "data"
+CONFIG = DATA / "wg-small.toml"
+
+
+def _run(*args: str, **env: str) -> tuple[int, str, str]:
+    """Run the CLI without asserting success: (exit code, stdout, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", *args], capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, env={**os.environ, **env}, timeout=120,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_bad_config_exits_2_naming_file_line_key_and_value(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[orgs]]\nid = "acme"\n\n[timeouts]\nudp_idle = -5\n')
+    code, _, err = _run("config", "check", "--config", str(cfg))
+    assert code == 2
+    assert "bad.toml line 5" in err and "udp_idle" in err and "-5" in err
+    assert "Traceback" not in err
+
+
+def test_import_of_a_non_capture_file_fails_clearly_and_imports_the_rest(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a capture\n")
+    db = tmp_path / "s.db"
+    code, out, err = _run("import", "--config", str(CONFIG), str(junk), str(DATA / "wg-small.pcap"),
+                          TUNNELACCT_DATABASE_URL=f"sqlite:///{db}")  # fmt: skip
+    assert code == 1
+    assert "notes.txt: not a pcap or pcapng file" in err
+    assert "imported 1 file(s): 1,294 packets" in out
+
+
+def test_inspect_names_the_reason_of_each_rejected_packet(tmp_path: Path) -> None:
+    good = bytes(IP(src="100.64.0.2", dst="10.99.0.5") / TCP(sport=1, dport=2))
+    bad_ihl = bytearray(good)
+    bad_ihl[0] = 0x43  # IHL 3 words < 20 bytes
+    pcap = tmp_path / "mixed.pcap"
+    write_pcap(pcap, [(1.0, good), (2.0, bytes(bad_ihl)), (3.0, good[:10])], linktype=101)
+    out = run_cli("inspect", str(pcap)).stdout.splitlines()
+    assert [line.split()[0] for line in out] == ["#2", "#3"]
+    assert "bad_ip_header_length" in out[0] and "truncated_ip_header" in out[1]
+
+
+def test_metrics_textfile_holds_the_import_figures(tmp_path: Path) -> None:
+    prom = tmp_path / "import.prom"
+    pcap = DATA / "wg-small.pcap"
+    run_cli("import", "--config", str(CONFIG), "--metrics-textfile", str(prom), str(pcap),
+            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"})  # fmt: skip
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+    data = pcap.read_bytes()
+    records, off = 0, 24
+    while off + 16 <= len(data):
+        off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+        records += 1
+    assert samples["tunnelacct_import_packets_total"] == records
+    assert samples["tunnelacct_import_sessions_total"] > 0
+
+
+def test_export_to_stdout_is_csv_of_only_that_org(tmp_path: Path) -> None:
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"), env=env)
+    out = run_cli("export", "--config", str(CONFIG), "--org", "globex", env=env).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows and {r["org_id"] for r in rows} == {"globex"}
+    assert all(r["started_at"].endswith("Z") for r in rows)
+
+
+def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
+    db = tmp_path / "new" / "t.db"
+    run_cli("db", "upgrade", env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    conn.close()
+    assert {"sessions", "orgs", "clients", "resources"} <= tables
