@@ -96,3 +96,11 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
     conn.close()
     assert {"sessions", "orgs", "clients", "resources"} <= tables
+
+
+def test_export_of_an_unknown_org_is_an_error_listing_the_known_ones(tmp_path: Path) -> None:
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"), env=env)
+    code, out, err = _run("export", "--config", str(CONFIG), "--org", "acm", **env)
+    assert code == 2 and out == ""
+    assert "unknown org 'acm'" in err and "acme" in err and "globex" in err

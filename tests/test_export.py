@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tunnelacct.config import Config, DatabaseConfig
+from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.export import CSV_COLUMNS, export_org, export_org_csv, format_row
 from tunnelacct.models import SessionRecord
@@ -182,7 +182,8 @@ def test_blocking_export_org_reads_the_configured_store(db_url: str) -> None:
 
     asyncio.run(seed())
     out = io.StringIO(newline="")
-    assert export_org(Config(database=DatabaseConfig(db_url)), "acme", out) == 3
+    config = Config(database=DatabaseConfig(db_url), orgs=(OrgConfig("acme", "Acme"),))
+    assert export_org(config, "acme", out) == 3
     assert len(parse(out.getvalue())) == 3
 
 

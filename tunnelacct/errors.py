@@ -37,3 +37,11 @@ class CaptureFormatError(TunnelacctError):
 
 class StoreError(TunnelacctError):
     """The store cannot be reached, migrated or written."""
+
+
+class UnknownOrgError(TunnelacctError):
+    """An org id that neither the config nor the store knows (a typo, usually)."""
+
+    def __init__(self, org_id: str, known: list[str]) -> None:
+        self.org_id, self.known = org_id, known
+        super().__init__(f"unknown org {org_id!r}; known orgs: {', '.join(known) or 'none'}")

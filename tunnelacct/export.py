@@ -14,8 +14,9 @@ from typing import TextIO
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config import Config
+from tunnelacct.errors import UnknownOrgError
 from tunnelacct.models import SessionRecord
-from tunnelacct.store import check_schema, iter_org_sessions, make_engine
+from tunnelacct.store import check_schema, iter_org_sessions, make_engine, stored_org_ids
 
 # The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
 # initiator -> responder, rx the reverse; empty cells are NULLs (e.g. ended_at of an ongoing
@@ -112,6 +113,10 @@ def export_org(config: Config, org_id: str, out: TextIO) -> int:
         engine = make_engine(config.database.url)
         try:
             await check_schema(engine)
+            known = {o.id for o in config.orgs} | {config.default_org}
+            known |= await stored_org_ids(engine)
+            if org_id not in known:
+                raise UnknownOrgError(org_id, sorted(known))
             return await export_org_csv(engine, org_id, out)
         finally:
             await engine.dispose()

@@ -332,6 +332,12 @@ async def sync_inventory(
     )
 
 
+async def stored_org_ids(engine: AsyncEngine) -> set[str]:
+    """Ids of every org the store knows (configured now or before)."""
+    async with engine.connect() as db:
+        return set((await db.execute(select(table_of(Org).c.id))).scalars())
+
+
 async def iter_org_sessions(
     engine: AsyncEngine, org_id: str, *, page_size: int = 5000
 ) -> AsyncIterator[Sequence[SessionRecord]]:
