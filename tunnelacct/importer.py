@@ -107,6 +107,11 @@ async def import_files(
             if progress is not None and at > done_bytes[msg.index]:
                 progress(at - done_bytes[msg.index])
                 done_bytes[msg.index] = at
+    except asyncio.CancelledError:
+        # interrupted (Ctrl-C): what was read so far is still written, open sessions as shutdown
+        worker.close()
+        await writer.submit(table.close_all(CloseReason.SHUTDOWN))
+        raise
     finally:
         worker.close()
     await writer.submit(table.close_all(CloseReason.END_OF_CAPTURE))
