@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from tunnelacct.sources import RawBatch
+from tunnelacct.sources import BUF_PAD, RawBatch
 
 # LINKTYPE_* values (tcpdump.org/linktypes.html); DLT_RAW is 12 or 14 depending on the OS.
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP = 0, 1, 108
@@ -101,24 +101,36 @@ class DecodedBatch:
         return len(self.ts)
 
 
+# Zero bytes after the buffer: a read at (a position clamped to the buffer) + up to PAD - 8
+# bytes stays inside, so the many field reads need no bounds checks of their own.
+PAD = BUF_PAD
+
+
 class _Views:
     """Unaligned big-endian reads of the batch buffer at arbitrary byte offsets."""
 
     def __init__(self, buf: U8) -> None:
-        n = len(buf)
-        self.n = n
-        pad = buf if n >= 8 else np.concatenate([buf, np.zeros(8 - n, dtype=np.uint8)])
+        if len(buf) >= PAD and not buf[-PAD:].any():
+            self.n = len(buf) - PAD
+            pad = buf
+        else:
+            self.n = len(buf)
+            pad = np.concatenate([buf, np.zeros(PAD, dtype=np.uint8)])
         self.u8 = pad
-        self.u16 = np.ndarray((max(len(pad) - 1, 0),), dtype=">u2", buffer=pad, strides=(1,))
-        self.u32 = np.ndarray((max(len(pad) - 3, 0),), dtype=">u4", buffer=pad, strides=(1,))
-        self.u64 = np.ndarray((max(len(pad) - 7, 0),), dtype=">u8", buffer=pad, strides=(1,))
+        self.u16 = np.ndarray((len(pad) - 1,), dtype=">u2", buffer=pad, strides=(1,))
+        self.u32 = np.ndarray((len(pad) - 3,), dtype=">u4", buffer=pad, strides=(1,))
+        self.u64 = np.ndarray((len(pad) - 7,), dtype=">u8", buffer=pad, strides=(1,))
 
     def get(self, view: npt.NDArray[np.generic], pos: I64) -> I64:
-        """view[pos] with positions clipped into the buffer (callers mask invalid ones)."""
-        return view[np.clip(pos, 0, len(view) - 1)].astype(np.int64)
+        """view[pos]; pos must be a clamped base (<= n) plus less than PAD - 8."""
+        return view[pos].astype(np.int64)
 
     def get_u64(self, pos: I64) -> U64:
-        return self.u64[np.clip(pos, 0, len(self.u64) - 1)].astype(np.uint64)
+        return self.u64[pos].astype(np.uint64)
+
+    def clamp(self, pos: I64) -> I64:
+        """Positions forced into [0, n]: for offsets computed from packet contents."""
+        return np.clip(pos, 0, self.n)
 
 
 def decode(raw: RawBatch) -> DecodedBatch:
@@ -130,7 +142,8 @@ def decode(raw: RawBatch) -> DecodedBatch:
     end = off + cap  # first byte after the captured data
 
     def fail(mask: B, name: str) -> None:
-        reason[mask & (reason == OK)] = REASON[name]
+        if mask.any():  # usually not: skip the masked write
+            reason[mask & (reason == OK)] = REASON[name]
 
     l3, ver_hint = _link_layer(v, off, cap, lt, fail)
     wire_l3 = raw.wirelens - (l3 - off)  # bytes of the L3 packet that were on the wire
@@ -158,45 +171,49 @@ def decode(raw: RawBatch) -> DecodedBatch:
     proto = np.where(is4, v.get(v.u8, l3 + 9), 0)
     frag_id = np.where(is4, v.get(v.u16, l3 + 4), 0)
 
-    # IPv6 with its extension-header chain
-    fail(is6 & (l3 + 40 > end), "truncated_ip_header")
-    plen6 = v.get(v.u16, l3 + 4)
-    fail(is6 & (plen6 == 0), "bad_ip_total_length")  # jumbograms are not supported
-    ip_bytes = np.where(is4, tot4, plen6 + 40)
-    fail(ip_bytes > wire_l3, "ip_length_exceeds_frame")
-    l4 = np.where(is4, l3 + ihl, l3 + 40)
     frag_off = np.where(is4, frag_off4, 0)
     more = np.where(is4, more4, False)
     is_frag = is4 & (more | (frag_off > 0))
-    nh = np.where(is6, v.get(v.u8, l3 + 6), proto)
-    walking = is6 & (reason == OK)
-    for _ in range(MAX_IPV6_EXTENSIONS):
-        generic = walking & np.isin(nh, IPV6_EXT_GENERIC)
-        frag6 = walking & (nh == IPV6_EXT_FRAGMENT)
-        ah = walking & (nh == IPV6_EXT_AH)
-        ext = generic | frag6 | ah
-        if not ext.any():
-            break
-        fail(ext & (l4 + 8 > end), "truncated_ipv6_extension")
-        ext &= reason == OK
-        hlen = np.where(
-            frag6, 8, np.where(ah, (v.get(v.u8, l4 + 1) + 2) * 4, (v.get(v.u8, l4 + 1) + 1) * 8)
+    if not is6.any():
+        ip_bytes = tot4
+        fail(is4 & (ip_bytes > wire_l3), "ip_length_exceeds_frame")
+        l4 = v.clamp(l3 + ihl)
+    else:
+        # IPv6 with its extension-header chain
+        fail(is6 & (l3 + 40 > end), "truncated_ip_header")
+        plen6 = v.get(v.u16, l3 + 4)
+        fail(is6 & (plen6 == 0), "bad_ip_total_length")  # jumbograms are not supported
+        ip_bytes = np.where(is4, tot4, plen6 + 40)
+        fail(ip_bytes > wire_l3, "ip_length_exceeds_frame")
+        l4 = v.clamp(np.where(is4, l3 + ihl, l3 + 40))
+        nh = np.where(is6, v.get(v.u8, l3 + 6), proto)
+        walking = is6 & (reason == OK)
+        for _ in range(MAX_IPV6_EXTENSIONS):
+            generic = walking & np.isin(nh, IPV6_EXT_GENERIC)
+            frag6 = walking & (nh == IPV6_EXT_FRAGMENT)
+            ah = walking & (nh == IPV6_EXT_AH)
+            ext = generic | frag6 | ah
+            if not ext.any():
+                break
+            fail(ext & (l4 + 8 > end), "truncated_ipv6_extension")
+            ext &= reason == OK
+            next_len = v.get(v.u8, l4 + 1)
+            hlen = np.where(frag6, 8, np.where(ah, (next_len + 2) * 4, (next_len + 1) * 8))
+            fo = v.get(v.u16, l4 + 2)
+            fr = frag6 & ext
+            frag_off = np.where(fr, fo & 0xFFF8, frag_off)
+            more = np.where(fr, (fo & 1) != 0, more)
+            is_frag = is_frag | (fr & (((fo & 1) != 0) | ((fo & 0xFFF8) > 0)))
+            frag_id = np.where(fr, v.get(v.u32, l4 + 4), frag_id)
+            nh = np.where(ext, v.get(v.u8, l4), nh)
+            l4 = v.clamp(np.where(ext, l4 + hlen, l4))
+            walking = ext
+        fail(
+            walking & np.isin(nh, (*IPV6_EXT_GENERIC, IPV6_EXT_FRAGMENT, IPV6_EXT_AH)),
+            "too_many_ipv6_extensions",
         )
-        fo = v.get(v.u16, l4 + 2)
-        fr = frag6 & ext
-        frag_off = np.where(fr, fo & 0xFFF8, frag_off)
-        more = np.where(fr, (fo & 1) != 0, more)
-        is_frag = is_frag | (fr & (((fo & 1) != 0) | ((fo & 0xFFF8) > 0)))
-        frag_id = np.where(fr, v.get(v.u32, l4 + 4), frag_id)
-        nh = np.where(ext, v.get(v.u8, l4), nh)
-        l4 = np.where(ext, l4 + hlen, l4)
-        walking = ext
-    fail(
-        walking & np.isin(nh, (*IPV6_EXT_GENERIC, IPV6_EXT_FRAGMENT, IPV6_EXT_AH)),
-        "too_many_ipv6_extensions",
-    )
-    fail(is6 & (l4 - l3 > ip_bytes), "bad_ip_total_length")
-    proto = np.where(is6, nh, proto)
+        fail(is6 & (l4 - l3 > ip_bytes), "bad_ip_total_length")
+        proto = np.where(is6, nh, proto)
 
     fail((proto != 6) & (proto != 17), "other_protocol")
     later = is_frag & (frag_off > 0)
@@ -225,10 +242,15 @@ def decode(raw: RawBatch) -> DecodedBatch:
     sport = np.where(g_later, 0, v.get(v.u16, g_l4))
     dport = np.where(g_later, 0, v.get(v.u16, g_l4 + 2))
     zero = np.zeros(len(good), dtype=np.uint64)
-    src_hi = np.where(g_is4, zero, v.get_u64(g_l3 + 8))
-    src_lo = np.where(g_is4, v.get(v.u32, g_l3 + 12).astype(np.uint64), v.get_u64(g_l3 + 16))
-    dst_hi = np.where(g_is4, zero, v.get_u64(g_l3 + 24))
-    dst_lo = np.where(g_is4, v.get(v.u32, g_l3 + 16).astype(np.uint64), v.get_u64(g_l3 + 32))
+    src_lo = v.get(v.u32, g_l3 + 12).astype(np.uint64)
+    dst_lo = v.get(v.u32, g_l3 + 16).astype(np.uint64)
+    if g_is4.all():
+        src_hi, dst_hi = zero, zero.copy()
+    else:
+        src_hi = np.where(g_is4, zero, v.get_u64(g_l3 + 8))
+        src_lo = np.where(g_is4, src_lo, v.get_u64(g_l3 + 16))
+        dst_hi = np.where(g_is4, zero, v.get_u64(g_l3 + 24))
+        dst_lo = np.where(g_is4, dst_lo, v.get_u64(g_l3 + 32))
     flags = np.where(g_tcp & ~g_later, v.get(v.u8, g_l4 + 13), 0)
     frag = np.where(is_frag[good], np.where(g_later, FRAG_LATER, FRAG_FIRST), FRAG_NONE)
     return DecodedBatch(

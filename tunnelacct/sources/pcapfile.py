@@ -11,12 +11,13 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from io import BufferedReader
 from pathlib import Path
 
 import numpy as np
 
 from tunnelacct.errors import CaptureFormatError
-from tunnelacct.sources import RawBatch
+from tunnelacct.sources import BUF_PAD, RawBatch
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,17 @@ class FileStats:
     bytes_read: int = 0
     truncated_tail: bool = False  # the file ended inside a record (e.g. tcpdump was killed)
     warnings: list[str] = field(default_factory=list)
+
+
+def _fill(f: BufferedReader, rest: bytes) -> tuple[bytearray, int] | None:
+    """`rest` plus up to CHUNK_BYTES more of `f` in a fresh buffer that ends with BUF_PAD zero
+    bytes; returns (buffer, valid length), or None at the end of the file."""
+    buf = bytearray(len(rest) + CHUNK_BYTES + BUF_PAD)
+    buf[: len(rest)] = rest
+    got = f.readinto(memoryview(buf)[len(rest) : len(rest) + CHUNK_BYTES])
+    if not got:
+        return None
+    return buf, len(rest) + got
 
 
 def open_capture(path: str | os.PathLike[str]) -> CaptureReader:
@@ -90,12 +102,8 @@ class PcapReader(CaptureReader):
             u32 = struct.Struct(order + "I").unpack_from
             rest = b""
             self.stats.bytes_read = 24
-            while True:
-                data = f.read(CHUNK_BYTES)
-                if not data:
-                    break
-                buf = rest + data if rest else data
-                n = len(buf)
+            while (chunk := _fill(f, rest)) is not None:
+                buf, n = chunk
                 offs: list[int] = []
                 append = offs.append
                 off = 0
@@ -111,7 +119,7 @@ class PcapReader(CaptureReader):
                         break
                     append(off)
                     off += 16 + caplen
-                rest = buf[off:]
+                rest = bytes(buf[off:n])
                 self.stats.bytes_read += off
                 if offs:
                     yield self._batch(buf, np.array(offs, dtype=np.int64), order, tick, linktype)
@@ -122,7 +130,7 @@ class PcapReader(CaptureReader):
                 )
 
     def _batch(
-        self, buf: bytes, offs: np.ndarray, order: str, tick: float, linktype: int
+        self, buf: bytearray, offs: np.ndarray, order: str, tick: float, linktype: int
     ) -> RawBatch:
         arr = np.frombuffer(buf, dtype=np.uint8)
         u32 = np.ndarray((len(arr) - 3,), dtype=order + "u4", buffer=arr, strides=(1,))
@@ -159,12 +167,8 @@ class PcapngReader(CaptureReader):
         with self.path.open("rb") as f:
             rest = b""
             base = 0  # file offset of buf[0]
-            while True:
-                data = f.read(CHUNK_BYTES)
-                if not data:
-                    break
-                buf = rest + data if rest else data
-                n = len(buf)
+            while (chunk := _fill(f, rest)) is not None:
+                buf, n = chunk
                 epbs: list[int] = []
                 append = epbs.append
                 off = 0
@@ -211,7 +215,7 @@ class PcapngReader(CaptureReader):
                     off += blen
                 if epbs:
                     yield self._batch(buf, epbs, order, ifaces)
-                rest = buf[off:]
+                rest = bytes(buf[off:n])
                 base += off
                 self.stats.bytes_read = base
             if rest:
@@ -220,7 +224,7 @@ class PcapngReader(CaptureReader):
                     f"file ends inside a block ({len(rest)} bytes ignored at the end)"
                 )
 
-    def _parse_idb(self, buf: bytes, off: int, blen: int, order: str) -> _Interface:
+    def _parse_idb(self, buf: bytearray, off: int, blen: int, order: str) -> _Interface:
         linktype, _res, snaplen = struct.unpack_from(order + "HHI", buf, off + 8)
         tick, name = 1e-6, None
         opt, end = off + 16, off + blen - 4
@@ -237,7 +241,9 @@ class PcapngReader(CaptureReader):
             opt += 4 + ((olen + 3) & ~3)
         return _Interface(linktype, snaplen, tick, name)
 
-    def _batch(self, buf: bytes, epbs: list[int], order: str, ifaces: list[_Interface]) -> RawBatch:
+    def _batch(
+        self, buf: bytearray, epbs: list[int], order: str, ifaces: list[_Interface]
+    ) -> RawBatch:
         arr = np.frombuffer(buf, dtype=np.uint8)
         u32 = np.ndarray((len(arr) - 3,), dtype=order + "u4", buffer=arr, strides=(1,))
         offs = np.array(epbs, dtype=np.int64)
@@ -271,7 +277,7 @@ class PcapngReader(CaptureReader):
         )
 
     def _legacy_block(
-        self, buf: bytes, off: int, btype: int, order: str, ifaces: list[_Interface]
+        self, buf: bytearray, off: int, btype: int, order: str, ifaces: list[_Interface]
     ) -> RawBatch:
         """Simple (SPB) and obsolete (OPB) packet blocks: rare, decoded one at a time."""
         if not ifaces:
