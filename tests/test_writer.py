@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.store import make_engine, migrate
-from tunnelacct.writer import SessionWriter, event_row
+from tunnelacct.models import SessionRecord, UtcDateTime
+from tunnelacct.store import make_engine, migrate, table_of
+from tunnelacct.writer import ROW_COLUMNS, SessionWriter, event_row, sqlite_time_text, upsert_sql
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 
@@ -369,3 +375,165 @@ def test_event_times_become_aware_utc_datetimes_with_microseconds() -> None:
     )
     assert row["duration_s"] == pytest.approx(1.5)
     assert (row["protocol"], row["status"], row["gateway"]) == ("tcp", "completed", "gw")
+
+
+# Session events covering every kind of value a row holds: IPv6 and IPv4, UDP and TCP, counters
+# beyond 32 bits, closed at the last packet and later, unattributed, a time on a whole second and
+# one whose microseconds round up into the next second.
+V6_ID = uuid.UUID("8f14e45f-ceea-467f-a9c1-5e0d6d3c1a2b")
+V4_ID = uuid.UUID("00000000-0000-5000-8000-00000000000a")
+IDLE_ID = uuid.UUID("ffffffff-ffff-5fff-bfff-ffffffffffff")
+BIG = 2**40 + 3
+
+
+def varied_events() -> list[SessionEvent]:
+    closed_v6 = replace(
+        event(EventKind.CLOSED, V6_ID, last_ts=T0 + 42.5),
+        proto=IpProto.UDP,
+        family=6,
+        src_addr="fd7a:115c:a1e0:ab12:4843:cd96:6258:b240",
+        src_port=51820,
+        dst_addr="2001:db8::5",
+        dst_port=53,
+        bytes_tx=BIG,
+        bytes_rx=BIG + 1,
+        packets_tx=BIG + 2,
+        packets_rx=BIG + 3,
+        payload_bytes_tx=BIG + 4,
+        payload_bytes_rx=BIG + 5,
+        close_reason=CloseReason.RST,
+        midstream=True,
+        interface="wg1",
+    )
+    checkpoint_v4 = replace(
+        event(EventKind.CHECKPOINT, V4_ID, n=3),
+        started_ts=1_795_430_400.0,  # 2026-11-23T10:40:00Z exactly
+        last_ts=1_795_430_459.9999996,  # .9999996 s rounds up to 10:41:00.000000
+        attribution=Attribution("globex"),
+    )
+    idle_closed = replace(
+        event(EventKind.CLOSED, IDLE_ID, n=2, last_ts=T0 + 10),
+        ended_ts=T0 + 130,  # idle close: ended after the idle timeout, not at the last packet
+        close_reason=CloseReason.IDLE,
+    )
+    return [closed_v6, checkpoint_v4, idle_closed]
+
+
+def at_utc(
+    year: int, month: int, day: int, hour: int, minute: int, second: int, us: int
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
+
+
+async def test_fast_path_rows_read_back_through_the_model_equal_the_events(
+    engine: AsyncEngine,
+) -> None:
+    writer = writer_for(engine)
+    await writer.submit(varied_events())
+    await writer.close()
+    async with AsyncSession(engine) as db:
+        records = {r.id: r for r in (await db.scalars(select(SessionRecord))).all()}
+    assert set(records) == {V6_ID, V4_ID, IDLE_ID}
+
+    v6 = records[V6_ID]
+    assert (v6.org_id, v6.client_id, v6.client_name, v6.user_id, v6.resource_id) == (
+        "acme", "c1", "laptop", "alice", "r1"
+    )  # fmt: skip
+    assert (v6.resource_name, v6.protocol, v6.ip_version) == ("web", "udp", 6)
+    assert (v6.src_addr, v6.src_port) == ("fd7a:115c:a1e0:ab12:4843:cd96:6258:b240", 51820)
+    assert (v6.dst_addr, v6.dst_port) == ("2001:db8::5", 53)
+    assert v6.started_at == at_utc(2026, 11, 23, 10, 40, 45, 123456)
+    assert v6.started_at.tzinfo is UTC
+    assert v6.ended_at == v6.last_seen_at == at_utc(2026, 11, 23, 10, 41, 27, 623456)
+    assert v6.duration_s == pytest.approx(42.5)
+    assert (v6.bytes_tx, v6.bytes_rx, v6.packets_tx, v6.packets_rx) == (
+        BIG, BIG + 1, BIG + 2, BIG + 3
+    )  # fmt: skip
+    assert (v6.payload_bytes_tx, v6.payload_bytes_rx) == (BIG + 4, BIG + 5)
+    assert (v6.status, v6.close_reason, v6.midstream) == ("completed", "rst", True)
+    assert (v6.community_id, v6.gateway, v6.interface) == (
+        "1:hO+sN4H+MG5MY/8hIrXPqc4ZQz0=", "gw-test", "wg1"
+    )  # fmt: skip
+
+    v4 = records[V4_ID]
+    assert (v4.org_id, v4.client_id, v4.client_name, v4.user_id) == ("globex", None, None, None)
+    assert (v4.resource_id, v4.resource_name) == (None, None)
+    assert (v4.protocol, v4.ip_version, v4.src_addr, v4.dst_addr) == (
+        "tcp", 4, "100.64.0.2", "10.1.0.5"
+    )  # fmt: skip
+    assert v4.started_at == at_utc(2026, 11, 23, 10, 40, 0, 0)
+    assert v4.last_seen_at == at_utc(2026, 11, 23, 10, 41, 0, 0)
+    assert v4.last_seen_at.tzinfo is UTC
+    assert (v4.ended_at, v4.status, v4.close_reason, v4.midstream) == (
+        None, "ongoing", None, False
+    )  # fmt: skip
+    assert (v4.bytes_tx, v4.bytes_rx, v4.packets_tx, v4.packets_rx) == (300, 3000, 3, 6)
+    assert (v4.payload_bytes_tx, v4.payload_bytes_rx, v4.interface) == (180, 2880, "wg0")
+
+    idle = records[IDLE_ID]
+    assert idle.last_seen_at == at_utc(2026, 11, 23, 10, 40, 55, 123456)
+    assert idle.ended_at == at_utc(2026, 11, 23, 10, 42, 55, 123456)
+    assert (idle.status, idle.close_reason) == ("completed", "idle")
+
+
+def select_all_with_types(path: Path) -> list[tuple[object, ...]]:
+    types = ", ".join(f"typeof({c})" for c in ROW_COLUMNS)
+    return raw_query(path, f"SELECT *, {types} FROM sessions ORDER BY id")
+
+
+async def test_fast_path_stores_exactly_what_a_sqlalchemy_insert_stores(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    events = varied_events()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(table_of(SessionRecord)), [event_row(e, "gw-test") for e in events]
+        )
+    by_sqlalchemy = select_all_with_types(db_path)
+    async with engine.begin() as conn:
+        await conn.execute(delete(table_of(SessionRecord)))
+    assert row_count(db_path) == 0
+    writer = writer_for(engine)
+    await writer.submit(events)
+    await writer.close()
+    by_writer = select_all_with_types(db_path)
+    assert len(by_writer) == 3
+    assert by_writer == by_sqlalchemy
+
+
+def sqlalchemy_sqlite_text() -> Callable[[float], object]:
+    """What SQLAlchemy stores on SQLite for the aware datetime of `ts` (the old write path)."""
+    dialect = sqlite.dialect()
+    process = UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    return lambda ts: process(datetime.fromtimestamp(ts, UTC))
+
+
+def test_sqlite_time_text_matches_sqlalchemy_for_random_and_rounding_edge_times() -> None:
+    rng = random.Random(20261123)
+    seconds = [rng.randrange(-(10**8), 4 * 10**9) for _ in range(2000)]
+    times = [rng.uniform(0, 4e9) for _ in range(50_000)]
+    times += [rng.uniform(-1e8, 0) for _ in range(2000)]  # negative fractions round the other way
+    for s in seconds:
+        # .9999995 and its neighbours round up into the next second or stay; fractions near
+        # half a microsecond; whole seconds keep ".000000".
+        edge = s + 0.9999995
+        times += [edge, math.nextafter(edge, -math.inf), math.nextafter(edge, math.inf)]
+        times += [s + (rng.randrange(10**6) + 0.5) / 1e6, float(s), s + 1e-7, s + 5e-7]
+    expected = list(map(sqlalchemy_sqlite_text(), times))
+    for text in (sqlite_time_text(), sqlite_time_text(cache_size=3)):  # and cache eviction
+        wrong = [
+            (ts, got, want)
+            for ts, want in zip(times, expected, strict=True)
+            if (got := text(ts)) != want
+        ]
+        assert wrong == []
+    assert sqlite_time_text()(1_795_430_459.9999996) == "2026-11-23 10:41:00.000000"
+    assert sqlite_time_text()(T0) == "2026-11-23 10:40:45.123456"
+
+
+def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
+    sql = upsert_sql(PGDialect_asyncpg())  # type: ignore[no-untyped-call]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(ROW_COLUMNS) + 1))
+    assert f"VALUES ({placeholders}) ON CONFLICT (id) DO UPDATE" in sql
+    assert "?" not in sql

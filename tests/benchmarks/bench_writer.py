@@ -5,7 +5,9 @@ some CHECKPOINT; TCP and UDP; IPv4 and IPv6; attributed and unattributed), submi
 import-sized chunks to a running SessionWriter and waits for the drain. A second pass closes the
 checkpointed sessions, which exercises the ON CONFLICT update path. For each pass it prints rows/s
 and the CPU time of the event-loop thread (submit, row building, SQLAlchemy) beside the wall time;
-SQLite itself runs in aiosqlite's thread. Asserts nothing about time.
+SQLite itself runs in aiosqlite's thread. Last, the "sqlite floor": the same upsert and rows
+through the stdlib sqlite3 module alone (no asyncio, no SQLAlchemy, rows prebuilt) into another
+fresh file, the ceiling for any writer on this schema and machine. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_writer.py [--events 200000] [--batch-size 5000]
 """
@@ -14,17 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import random
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+
+from sqlalchemy.dialects import sqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -32,7 +38,12 @@ from tunnelacct.config import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.events import Attribution, SessionEvent  # noqa: E402
 from tunnelacct.store import make_engine, migrate  # noqa: E402
-from tunnelacct.writer import SessionWriter  # noqa: E402
+from tunnelacct.writer import (  # noqa: E402
+    SessionWriter,
+    driver_values,
+    session_values,
+    upsert_sql,
+)
 
 T0 = 1_700_000_000.0
 CLOSE_REASONS = (CloseReason.FIN, CloseReason.FIN, CloseReason.RST, CloseReason.IDLE)
@@ -103,37 +114,86 @@ def make_events(n: int, closed_share: float, seed: int = 7) -> list[SessionEvent
     return events
 
 
+class GcClock:
+    """Wall time the cyclic garbage collector runs on this thread, and how often (full ones)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.runs = 0
+        self.full_runs = 0
+        self._thread = threading.get_ident()
+        self._started = 0.0
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.runs += 1
+            self.full_runs += info["generation"] == 2
+
+
 async def write_pass(
     url: str, events: Sequence[SessionEvent], config: WriterConfig, chunk: int
-) -> tuple[float, float, int]:
+) -> tuple[float, float, GcClock, int]:
     """Submit `events` in chunks to a running writer and drain it.
 
-    Returns (wall s, event-loop thread CPU s, rows written).
+    Returns (wall s, event-loop thread CPU s, its garbage collections, rows written).
     """
     engine = make_engine(url)
     try:
         writer = SessionWriter(engine, config, gateway="gw-bench")
         async with engine.connect():
             pass  # open the pooled connection (pragmas) before the clock starts
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
-        task = asyncio.create_task(writer.run())
-        for start in range(0, len(events), chunk):
-            await writer.submit(events[start : start + chunk])
-            await asyncio.sleep(0)  # an import yields between decoded batches
-        await writer.close(timeout_s=600)
-        await task
-        wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-        return wall, cpu, writer.rows_written
+        with GcClock() as gc_clock:
+            wall0, cpu0 = time.perf_counter(), time.thread_time()
+            task = asyncio.create_task(writer.run())
+            for start in range(0, len(events), chunk):
+                await writer.submit(events[start : start + chunk])
+                await asyncio.sleep(0)  # an import yields between decoded batches
+            await writer.close(timeout_s=600)
+            await task
+            wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+        return wall, cpu, gc_clock, writer.rows_written
     finally:
         await engine.dispose()
 
 
-def report(name: str, wall: float, loop_cpu: float, rows: int) -> None:
+def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) -> float:
+    """Seconds to upsert `events` with sqlite3 executemany alone, `batch_size` rows a commit."""
+    driver = driver_values("sqlite")
+    rows = [session_values(e, "gw-bench", driver) for e in events]
+    sql = upsert_sql(sqlite.dialect())
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in ("busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL"):
+            conn.execute(f"PRAGMA {pragma}")  # as store.make_engine sets them
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch_size):
+            conn.execute("BEGIN")
+            conn.executemany(sql, rows[start : start + batch_size])
+            conn.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def report(name: str, wall: float, loop_cpu: float, gc_clock: GcClock, rows: int) -> None:
     """One RESULT line: rows/s, and where the time went."""
     print(
         f"RESULT {name}: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s; "
         f"event-loop thread {loop_cpu:.2f} s CPU ({loop_cpu / wall:.0%} of wall, "
-        f"{loop_cpu / rows * 1e6:.1f} µs/row)"
+        f"{loop_cpu / rows * 1e6:.1f} µs/row), of which garbage collection "
+        f"{gc_clock.seconds:.2f} s ({gc_clock.runs} runs, {gc_clock.full_runs} full)"
     )
 
 
@@ -175,6 +235,13 @@ def main() -> None:
         finally:
             conn.close()
         print(f"check: {count:,} rows, {completed:,} completed")
+        floor_db = Path(tmp) / "floor.db"
+        migrate(f"sqlite:///{floor_db}")
+        wall = sqlite_floor(floor_db, events, config.batch_size)
+        print(
+            f"RESULT sqlite floor: {len(events):,} rows in {wall:.2f} s = "
+            f"{len(events) / wall:,.0f} rows/s (stdlib sqlite3 alone, same upsert and rows)"
+        )
 
 
 if __name__ == "__main__":
