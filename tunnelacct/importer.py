@@ -61,22 +61,8 @@ def session_namespace(gateway: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"tunnelacct:gateway:{gateway}")
 
 
-async def import_files(
-    paths: Sequence[str | Path],
-    config: Config,
-    writer: SessionWriter,
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> ImportSummary:
-    """Import capture files into the store through `writer`; `progress` gets bytes read."""
-    summary = ImportSummary()
-    inventory = Inventory.from_config(config)
-    table = FlowTable(
-        config.timeouts,
-        attribute=inventory.attribute,
-        is_client=inventory.is_client_address,
-        id_namespace=session_namespace(config.gateway),
-    )
+def order_files(paths: Sequence[str | Path], summary: ImportSummary) -> list[Path]:
+    """The capture files among `paths` by first packet time; others are reported in summary."""
     files: list[Path] = []
     for p in map(Path, paths):
         try:
@@ -87,15 +73,35 @@ async def import_files(
             log.error("%s", e)
     files.sort(key=first_timestamp)
     summary.files = len(files)
+    return files
+
+
+async def import_files(
+    files: list[Path],
+    worker: DecodeProcess,
+    config: Config,
+    writer: SessionWriter,
+    summary: ImportSummary,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Sessionize what `worker` decodes from `files` and hand it to `writer`; fills summary."""
+    inventory = Inventory.from_config(config)
+    table = FlowTable(
+        config.timeouts,
+        attribute=inventory.attribute,
+        is_client=inventory.is_client_address,
+        id_namespace=session_namespace(config.gateway),
+    )
     done_bytes = [0] * len(files)
-    worker = DecodeProcess(files)
     try:
         while (msg := await asyncio.to_thread(worker.get)) is not None:
             if isinstance(msg, Decoded):
                 for reason, n in msg.batch.failures.items():
                     bucket = summary.skipped if reason in SKIPPED_REASONS else summary.decode_errors
                     bucket[reason] += n
-                await writer.submit(table.process(msg.batch))
+                # in a thread, so the loop stays free to drive the writer's round trips meanwhile
+                await writer.submit(await asyncio.to_thread(table.process, msg.batch))
                 at = msg.bytes_read
             else:
                 summary.packets += msg.packets
@@ -112,8 +118,6 @@ async def import_files(
         worker.close()
         await writer.submit(table.close_all(CloseReason.SHUTDOWN))
         raise
-    finally:
-        worker.close()
     await writer.submit(table.close_all(CloseReason.END_OF_CAPTURE))
     st = table.stats
     summary.accounted_packets = st.packets - st.fragments_unattributed
@@ -123,13 +127,15 @@ async def import_files(
     summary.closed = Counter(st.closed)
     if st.fragments_unattributed:
         summary.decode_errors["fragment_unattributed"] += st.fragments_unattributed
-    return summary
 
 
 async def _run(
-    config: Config, paths: Sequence[str | Path], progress: Callable[[int], None] | None
-) -> ImportSummary:
-    started = time.perf_counter()
+    config: Config,
+    files: list[Path],
+    worker: DecodeProcess,
+    summary: ImportSummary,
+    progress: Callable[[int], None] | None,
+) -> None:
     engine = make_engine(config.database.url)
     try:
         await sync_inventory(engine, config)
@@ -137,12 +143,10 @@ async def _run(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
             try:
-                summary = await import_files(paths, config, writer, progress=progress)
+                await import_files(files, worker, config, writer, summary, progress=progress)
             finally:
                 await writer.close()
         summary.rows_written = writer.rows_written
-        summary.seconds = time.perf_counter() - started
-        return summary
     finally:
         await engine.dispose()
 
@@ -153,6 +157,18 @@ def import_captures(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> ImportSummary:
-    """Migrate the store, then import `paths` and wait until every row is written."""
-    migrate(config.database.url)
-    return asyncio.run(_run(config, paths, progress))
+    """Migrate the store, import `paths` and wait until every row is written.
+
+    The decoder process starts first, so it reads while the store is being migrated.
+    """
+    started = time.perf_counter()
+    summary = ImportSummary()
+    files = order_files(paths, summary)
+    worker = DecodeProcess(files)
+    try:
+        migrate(config.database.url)
+        asyncio.run(_run(config, files, worker, summary, progress))
+    finally:
+        worker.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -15,7 +15,12 @@ import numpy as np
 SNAPLEN = 96
 
 
-def synth_pcap(path: Path, packets: int, flows: int, seed: int = 1, rate_pps: float = 5e5) -> int:
+RATE_PPS = 50_000.0  # a busy gateway: 2M packets span 40 s, so sessions close as it runs
+
+
+def synth_pcap(
+    path: Path, packets: int, flows: int, seed: int = 1, rate_pps: float = RATE_PPS
+) -> int:
     """Write about `packets` TCP packets in `flows` sessions; returns packets written."""
     rng = np.random.default_rng(seed)
     sizes = np.maximum(6, (rng.pareto(1.2, flows) * 8).astype(np.int64))
@@ -89,8 +94,9 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--packets", type=int, default=2_000_000)
     ap.add_argument("--flows", type=int, default=20_000)
+    ap.add_argument("--rate", type=float, default=RATE_PPS, help="packets per second of capture")
     a = ap.parse_args()
-    n = synth_pcap(a.out, a.packets, a.flows)
+    n = synth_pcap(a.out, a.packets, a.flows, rate_pps=a.rate)
     print(f"wrote {n} packets to {a.out}")
 
 
