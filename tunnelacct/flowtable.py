@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import struct
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -64,10 +65,6 @@ def _unpack(key: FlowKey) -> tuple[int, int, int, int, int, int]:
             _addr(family, b_hi, b_lo), meta & 0xFFFF)  # fmt: skip
 
 
-def _is_tcp(key: FlowKey) -> bool:
-    return (key[0] >> 32) & 0xFF == 6
-
-
 def addr_text(family: int, value: int) -> str:
     """Printable form (RFC 5952 for IPv6) of an address held as an unsigned int."""
     if family == 4:
@@ -75,9 +72,19 @@ def addr_text(family: int, value: int) -> str:
     return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
-def session_id(namespace: bytes, text: str) -> uuid.UUID:
-    """A name-based UUID (RFC 9562 version 8 layout) from BLAKE2b: stable and fast."""
-    raw = bytearray(hashlib.blake2b(text.encode(), digest_size=16, key=namespace).digest())
+_ID_FIELDS = struct.Struct(">BB16sH16sHd")
+
+
+def session_id(
+    namespace: bytes, family: int, proto: int, src: int, sport: int, dst: int, dport: int,
+    started_ts: float,
+) -> uuid.UUID:  # fmt: skip
+    """A name-based UUID (RFC 9562 version 8 layout): BLAKE2b of the initiator-first 5-tuple and
+    start time, keyed by the gateway's namespace. Stable: the same packets give the same id."""
+    name = _ID_FIELDS.pack(
+        family, proto, src.to_bytes(16, "big"), sport, dst.to_bytes(16, "big"), dport, started_ts
+    )
+    raw = bytearray(hashlib.blake2b(name, digest_size=16, key=namespace).digest())
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
     return uuid.UUID(bytes=bytes(raw))
@@ -89,7 +96,7 @@ class Flow:
     __slots__ = (
         "key", "sid", "init_a", "started_ts", "last_ts", "checkpoint_ts",
         "pk0", "pk1", "by0", "by1", "pl0", "pl1", "fins", "closed", "close_ts",
-        "close_reason", "midstream", "attribution", "interface", "cid", "finished",
+        "close_reason", "midstream", "attribution", "interface", "cid", "finished", "idle_s",
     )  # fmt: skip
 
     def __init__(
@@ -111,6 +118,7 @@ class Flow:
         self.interface = interface
         self.cid: str | None = None
         self.finished = False
+        self.idle_s = 0.0  # the protocol's idle timeout, set by the table
 
 
 @dataclass(slots=True)
@@ -139,6 +147,7 @@ class FlowTable:
         emit_opened: bool = False,
     ) -> None:
         self.timeouts = timeouts
+        self._linger_s = timeouts.tcp_linger_s
         self._attribute = attribute
         self._is_client = is_client
         self._ns = id_namespace.bytes
@@ -196,7 +205,7 @@ class FlowTable:
                 if flow.closed:
                     if now > flow.close_ts + t.tcp_linger_s:
                         self._finish(flow, flow.close_reason or CloseReason.FIN)
-                elif now - flow.last_ts > (t.tcp_idle_s if _is_tcp(flow.key) else t.udp_idle_s):
+                elif now - flow.last_ts > flow.idle_s:
                     self._finish(flow, CloseReason.IDLE)
             stale = [k for k, (_f, _d, ts) in self._frags.items() if now - ts > FRAGMENT_TIMEOUT_S]
             for k in stale:
@@ -336,14 +345,13 @@ class FlowTable:
         iface: str,
     ) -> Flow:  # fmt: skip
         """Account one packet that may open or close a session; returns its session."""
-        t = self.timeouts
         if flow is not None:
             if flow.closed:
                 # RFC 793: a SYN on a closed 5-tuple opens a new session (port reuse)
-                if ts > flow.close_ts + t.tcp_linger_s or (fl & _SYN_MASK) == TCP_SYN:
+                if ts > flow.close_ts + self._linger_s or (fl & _SYN_MASK) == TCP_SYN:
                     self._finish(flow, flow.close_reason or CloseReason.FIN)
                     flow = None
-            elif ts - flow.last_ts > (t.tcp_idle_s if _is_tcp(key) else t.udp_idle_s):
+            elif ts - flow.last_ts > flow.idle_s:
                 self._finish(flow, CloseReason.IDLE)
                 flow = None
         if flow is None:
@@ -380,8 +388,9 @@ class FlowTable:
             midstream = flip or proto == 6
         ia, ip_, ra, rp = (a, a_port, bb, b_port) if init_a else (bb, b_port, a, a_port)
         attribution = self._attribute(family, ia, ra, rp, _PROTOS[proto])
-        sid = session_id(self._ns, f"{family}|{proto}|{ia}|{ip_}|{ra}|{rp}|{ts!r}")
+        sid = session_id(self._ns, family, proto, ia, ip_, ra, rp, ts)
         flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
+        flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
         self._flows[key] = flow
         self.stats.sessions_opened += 1
         if not attribution.attributed:
