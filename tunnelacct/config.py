@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
+from tunnelacct.tomllines import KeyLines
 
 DEFAULT_DATABASE_URL = "sqlite:///tunnelacct.db"
 DEFAULT_ORG = "unattributed"
@@ -144,7 +145,7 @@ def load_config(
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise _syntax_error(shown, text, exc) from None
-        config = _Loader(shown, _Lines(text)).config(doc)
+        config = _Loader(shown, KeyLines(text)).config(doc)
     url = env.get(DATABASE_URL_ENV)
     if url:
         why = _url_problem(url)
@@ -230,72 +231,6 @@ def _shown(value: object) -> object:
     return value if isinstance(value, str | int | float) else None
 
 
-_SEGMENT = re.compile(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)')
-_KEY = re.compile(r'("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*[.=]')
-
-
-def _segments(dotted: str) -> list[str]:
-    """The parts of a dotted TOML key or table name: 'a."b.c"' -> ["a", "b.c"]."""
-    return [next(g for g in m.groups() if g is not None) for m in _SEGMENT.finditer(dotted)]
-
-
-class _Lines:
-    """Maps (table, index, key) to the 1-based line that key is written on, by scanning the text.
-
-    `table` is "" for the top level, `index` counts [[table]] entries from 0, and key None means
-    the entry's header. Multi-line strings are skipped; keys written as inline tables are not
-    found, and find() falls back to the header line, then to the line naming the table.
-    """
-
-    __slots__ = ("_where",)
-
-    def __init__(self, text: str) -> None:
-        self._where: dict[tuple[str, int, str | None], int] = {}
-        counts: dict[str, int] = {}
-        table, index = "", 0
-        closing: str | None = None  # the delimiter of the multi-line string being skipped
-        for number, raw in enumerate(text.splitlines(), start=1):
-            line = raw.strip()
-            if closing is not None:
-                if line.count(closing) % 2:
-                    closing = None
-                continue
-            if line.startswith("["):
-                array = line.startswith("[[")
-                names = _segments(line[2 if array else 1 : line.find("]")])
-                if not names:
-                    continue
-                head = names[0]
-                self._where.setdefault(("", 0, head), number)
-                if array and len(names) == 1:
-                    index = counts.get(head, 0)
-                    counts[head] = index + 1
-                    table = head
-                elif len(names) == 1:
-                    table, index = head, 0
-                else:  # [database.extra]: report it as key "extra" of [database]
-                    parent = max(counts.get(head, 0) - 1, 0)
-                    self._where.setdefault((head, parent, names[1]), number)
-                    table, index = ".".join(names), 0
-                self._where.setdefault((table, index, None), number)
-                continue
-            match = _KEY.match(line)
-            if match is None:
-                continue
-            self._where.setdefault((table, index, _segments(match[1])[0]), number)
-            for delimiter in ('"""', "'''"):
-                if line.count(delimiter) % 2:
-                    closing = delimiter
-
-    def find(self, table: str, index: int, key: str | None) -> int | None:
-        """The line of `key` in entry `index` of `table`, else of its header, else None."""
-        for probe in ((table, index, key), (table, index, None), ("", 0, table or None)):
-            line = self._where.get(probe)
-            if line is not None:
-                return line
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class _Where:
     """A table being checked: its name, its entry index and how a person writes it."""
@@ -310,7 +245,7 @@ class _Loader:
 
     __slots__ = ("_path", "_lines")
 
-    def __init__(self, path: str, lines: _Lines) -> None:
+    def __init__(self, path: str, lines: KeyLines) -> None:
         self._path, self._lines = path, lines
 
     def fail(self, where: _Where, key: str | None, why: str, value: object = None) -> NoReturn:

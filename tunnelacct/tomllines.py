@@ -1,0 +1,70 @@
+"""Where keys are written in a TOML file: tomllib parses values but reports no positions."""
+
+from __future__ import annotations
+
+import re
+
+_SEGMENT = re.compile(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)')
+_KEY = re.compile(r'("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*[.=]')
+
+
+def segments(dotted: str) -> list[str]:
+    """The parts of a dotted TOML key or table name: 'a."b.c"' -> ["a", "b.c"]."""
+    return [next(g for g in m.groups() if g is not None) for m in _SEGMENT.finditer(dotted)]
+
+
+class KeyLines:
+    """Maps (table, index, key) to the 1-based line that key is written on, by scanning the text.
+
+    `table` is "" for the top level, `index` counts [[table]] entries from 0, and key None means
+    the entry's header. Multi-line strings are skipped; keys written as inline tables are not
+    found, and find() falls back to the header line, then to the line naming the table.
+    """
+
+    __slots__ = ("_where",)
+
+    def __init__(self, text: str) -> None:
+        self._where: dict[tuple[str, int, str | None], int] = {}
+        counts: dict[str, int] = {}
+        table, index = "", 0
+        closing: str | None = None  # the delimiter of the multi-line string being skipped
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if closing is not None:
+                if line.count(closing) % 2:
+                    closing = None
+                continue
+            if line.startswith("["):
+                array = line.startswith("[[")
+                names = segments(line[2 if array else 1 : line.find("]")])
+                if not names:
+                    continue
+                head = names[0]
+                self._where.setdefault(("", 0, head), number)
+                if array and len(names) == 1:
+                    index = counts.get(head, 0)
+                    counts[head] = index + 1
+                    table = head
+                elif len(names) == 1:
+                    table, index = head, 0
+                else:  # [database.extra]: report it as key "extra" of [database]
+                    parent = max(counts.get(head, 0) - 1, 0)
+                    self._where.setdefault((head, parent, names[1]), number)
+                    table, index = ".".join(names), 0
+                self._where.setdefault((table, index, None), number)
+                continue
+            match = _KEY.match(line)
+            if match is None:
+                continue
+            self._where.setdefault((table, index, segments(match[1])[0]), number)
+            for delimiter in ('"""', "'''"):
+                if line.count(delimiter) % 2:
+                    closing = delimiter
+
+    def find(self, table: str, index: int, key: str | None) -> int | None:
+        """The line of `key` in entry `index` of `table`, else of its header, else None."""
+        for probe in ((table, index, key), (table, index, None), ("", 0, table or None)):
+            line = self._where.get(probe)
+            if line is not None:
+                return line
+        return None
