@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from sqlalchemy import Column, Integer, MetaData, String, create_engine, inspect
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from tests.helpers.sqlite import raw_query
 from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
@@ -32,29 +31,6 @@ from tunnelacct.store import (
     sync_inventory,
     sync_url,
 )
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "store.db"
-    migrate(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(f"sqlite:///{db_path}")
-    yield engine
-    await engine.dispose()
-
-
-def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    """Read with the stdlib sqlite3 module: an oracle independent of SQLAlchemy."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def record(**overrides: Any) -> SessionRecord:

@@ -20,38 +20,16 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from tests.helpers.sqlite import raw_query
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.models import SessionRecord, UtcDateTime
-from tunnelacct.store import make_engine, migrate, table_of
+from tunnelacct.store import make_engine, table_of
 from tunnelacct.writer import ROW_COLUMNS, SessionWriter, event_row, sqlite_time_text, upsert_sql
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "writer.db"
-    migrate(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(f"sqlite:///{db_path}")
-    yield engine
-    await engine.dispose()
-
-
-def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    """Read with the stdlib sqlite3 module: an oracle independent of SQLAlchemy."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def row_count(path: Path) -> int:
