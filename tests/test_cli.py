@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import pty
 import sqlite3
 import struct
 import subprocess
@@ -104,3 +105,30 @@ def test_export_of_an_unknown_org_is_an_error_listing_the_known_ones(tmp_path: P
     code, out, err = _run("export", "--config", str(CONFIG), "--org", "acm", **env)
     assert code == 2 and out == ""
     assert "unknown org 'acm'" in err and "acme" in err and "globex" in err
+
+
+def test_import_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    db_url = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    env = {**os.environ, **db_url}
+    argv = [sys.executable, "-m", "tunnelacct", "--log-level", "WARNING", "import",
+            str(DATA / "wg-small.pcap")]  # fmt: skip
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=slave, timeout=120)  # fmt: skip
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"importing" in seen and b"100%" in seen
+    piped = _run("import", str(DATA / "wg-small.pcap"), **db_url)[2]
+    assert "importing" not in piped
