@@ -1,6 +1,6 @@
 """Alembic environment for tunnelacct: sync driver, batch mode for SQLite, no alembic.ini.
 
-`tunnelacct.store.migrate(url)` builds the Alembic config in code and hands over an open
+`tunnelacct.schema.migrate(url)` builds the Alembic config in code and hands over an open
 connection in `config.attributes["connection"]`; a `sqlalchemy.url` main option also works.
 """
 
@@ -48,7 +48,7 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        raise RuntimeError("no database URL: use tunnelacct.store.migrate(url)")
+        raise RuntimeError("no database URL: use tunnelacct.schema.migrate(url)")
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:

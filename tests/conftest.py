@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tunnelacct.store import make_engine, migrate
+from tunnelacct.schema import migrate
+from tunnelacct.store import make_engine
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.export import CSV_COLUMNS, export_org, export_org_csv, format_row
 from tunnelacct.models import SessionRecord
-from tunnelacct.store import make_engine, migrate
+from tunnelacct.schema import migrate
+from tunnelacct.store import make_engine
 
 BASE = datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC)
 

@@ -23,14 +23,8 @@ from tunnelacct.models import Client as ClientRow
 from tunnelacct.models import Org as OrgRow
 from tunnelacct.models import Resource as ResourceRow
 from tunnelacct.models import SessionRecord, TableBase
-from tunnelacct.store import (
-    async_url,
-    check_schema,
-    make_engine,
-    migrate,
-    sync_inventory,
-    sync_url,
-)
+from tunnelacct.schema import check_schema, migrate
+from tunnelacct.store import async_url, make_engine, sync_inventory, sync_url
 
 
 def record(**overrides: Any) -> SessionRecord:

@@ -118,7 +118,7 @@ def db_group() -> None:
 @config_option
 def db_upgrade(config_path: Path | None) -> None:
     """Create or migrate the schema to the latest revision."""
-    from tunnelacct.store import migrate
+    from tunnelacct.schema import migrate
 
     config = _config(config_path)
     migrate(config.database.url)

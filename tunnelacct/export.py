@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.config import Config
 from tunnelacct.errors import UnknownOrgError
 from tunnelacct.models import SessionRecord
-from tunnelacct.store import check_schema, iter_org_sessions, make_engine, stored_org_ids
+from tunnelacct.schema import check_schema
+from tunnelacct.store import iter_org_sessions, make_engine, stored_org_ids
 
 # The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
 # initiator -> responder, rx the reverse; empty cells are NULLs (e.g. ended_at of an ongoing

@@ -1,8 +1,6 @@
-"""The store: database URLs, the async engine, Alembic migrations, dialect upserts, inventory sync.
+"""The store: database URLs, the async engine, dialect upserts, inventory sync, keyset reads.
 
-Migrations live in `migrations/` at the repository root (Alembic `env.py`, `versions/`). They are
-found next to the `tunnelacct` package, which holds for a checkout and an editable install
-(`pip install -e .`); other layouts pass `script_location=` or get a StoreError naming the path.
+Schema migrations are in `schema.py` (Alembic is slow to import and only needed there).
 """
 
 from __future__ import annotations
@@ -14,18 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Table, create_engine, event, or_, pool, select, tuple_, update
+from sqlalchemy import Table, event, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlmodel import SQLModel
 
-import tunnelacct
 from tunnelacct.config import Config, OrgConfig, ResourceConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.models import Client, Org, Resource, SessionRecord
@@ -35,8 +28,6 @@ log = logging.getLogger(__name__)
 # Drivers used for each backend: async for the service, sync for Alembic.
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql"}
-
-NOT_MIGRATED = "database is not migrated: run `tunnelacct db upgrade`"
 
 T = TypeVar("T")
 
@@ -79,7 +70,7 @@ def async_url(url: str) -> str:
     return _render(parsed.set(drivername=_ASYNC_DRIVERS[_backend(parsed)]))
 
 
-def _ensure_sqlite_dir(url: URL) -> None:
+def ensure_sqlite_dir(url: URL) -> None:
     """Create the parent directory of a SQLite database file (not for :memory: or file: URIs)."""
     if url.get_backend_name() != "sqlite":
         return
@@ -89,61 +80,10 @@ def _ensure_sqlite_dir(url: URL) -> None:
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def migrations_dir() -> Path:
-    """Locate the Alembic scripts: `migrations/` next to the `tunnelacct` package."""
-    path = Path(tunnelacct.__file__).resolve().parent.parent / "migrations"
-    if not (path / "env.py").is_file():
-        raise StoreError(
-            f"Alembic migrations not found at {path}: run tunnelacct from a checkout or an "
-            "editable install (pip install -e .)"
-        )
-    return path
-
-
-def alembic_config(script_location: Path | None = None) -> AlembicConfig:
-    """Build the Alembic config in code (no alembic.ini)."""
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(script_location or migrations_dir()))
-    return cfg
-
-
-def migrate(url: str, *, script_location: Path | None = None) -> None:
-    """Upgrade the database at `url` to the newest schema (Alembic `upgrade head`), blocking.
-
-    Run it before the event loop starts or through `asyncio.to_thread`.
-    """
-    cfg = alembic_config(script_location)
-    parsed = make_url(sync_url(url))
-    _ensure_sqlite_dir(parsed)
-    try:
-        engine = create_engine(parsed, poolclass=pool.NullPool)
-    except ModuleNotFoundError as exc:
-        raise StoreError(f"database driver {exc.name!r} is not installed") from exc
-    try:
-        if parsed.get_backend_name() == "sqlite":
-            # WAL is persistent: switch now, so the service's first connection need not wait
-            # for exclusive access to do it.
-            with engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-    except SQLAlchemyError as exc:
-        raise StoreError(f"migration failed: {exc}") from exc
-    finally:
-        engine.dispose()
-    log.info("database schema at %s", heads(cfg))
-
-
-def heads(cfg: AlembicConfig) -> str:
-    """The head revision(s) of the migration scripts, comma-separated."""
-    return ",".join(ScriptDirectory.from_config(cfg).get_heads())
-
-
 def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> AsyncEngine:
     """Create the async engine for `url`; SQLite connections get WAL and a busy timeout."""
     parsed = make_url(async_url(url))
-    _ensure_sqlite_dir(parsed)
+    ensure_sqlite_dir(parsed)
     engine = create_async_engine(parsed)
     if parsed.get_backend_name() == "sqlite":
 
@@ -162,35 +102,6 @@ def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> AsyncEngine:
 
         event.listen(engine.sync_engine, "connect", set_pragmas)
     return engine
-
-
-async def check_schema(engine: AsyncEngine, *, script_location: Path | None = None) -> None:
-    """Raise StoreError unless the database is migrated to this version's head revision."""
-
-    def current(conn: Connection) -> str | None:
-        return MigrationContext.configure(conn).get_current_revision()
-
-    try:
-        async with engine.connect() as conn:
-            revision = await conn.run_sync(current)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the database: {exc}") from exc
-    if revision is None:
-        raise StoreError(NOT_MIGRATED)
-    cfg = alembic_config(script_location)
-    expected = heads(cfg)
-    if revision == expected:
-        return
-    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
-    if revision in known:
-        raise StoreError(
-            f"database schema is at revision {revision}, this tunnelacct needs {expected}: "
-            "run `tunnelacct db upgrade`"
-        )
-    raise StoreError(
-        f"database schema revision {revision} is unknown to this tunnelacct "
-        f"(it expects {expected}): was it migrated by a newer version?"
-    )
 
 
 def insert_for(dialect_name: str, table: Table) -> sqlite.Insert | postgresql.Insert:

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tunnelacct.config import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.events import Attribution, SessionEvent  # noqa: E402
-from tunnelacct.store import make_engine, migrate  # noqa: E402
+from tunnelacct.schema import migrate  # noqa: E402
+from tunnelacct.store import make_engine  # noqa: E402
 from tunnelacct.writer import (  # noqa: E402
     SessionWriter,
     driver_values,

@@ -1,0 +1,108 @@
+"""Schema migrations with Alembic: `migrate()` to head, `check_schema()` before reading.
+
+Migrations live in `migrations/` at the repository root (Alembic `env.py`, `versions/`). They are
+found next to the `tunnelacct` package, which holds for a checkout and an editable install
+(`pip install -e .`); other layouts pass `script_location=` or get a StoreError naming the path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import tunnelacct
+from tunnelacct.errors import StoreError
+from tunnelacct.store import ensure_sqlite_dir, sync_url
+
+log = logging.getLogger(__name__)
+
+NOT_MIGRATED = "database is not migrated: run `tunnelacct db upgrade`"
+
+
+def migrations_dir() -> Path:
+    """Locate the Alembic scripts: `migrations/` next to the `tunnelacct` package."""
+    path = Path(tunnelacct.__file__).resolve().parent.parent / "migrations"
+    if not (path / "env.py").is_file():
+        raise StoreError(
+            f"Alembic migrations not found at {path}: run tunnelacct from a checkout or an "
+            "editable install (pip install -e .)"
+        )
+    return path
+
+
+def alembic_config(script_location: Path | None = None) -> AlembicConfig:
+    """Build the Alembic config in code (no alembic.ini)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(script_location or migrations_dir()))
+    return cfg
+
+
+def migrate(url: str, *, script_location: Path | None = None) -> None:
+    """Upgrade the database at `url` to the newest schema (Alembic `upgrade head`), blocking.
+
+    Run it before the event loop starts or through `asyncio.to_thread`.
+    """
+    cfg = alembic_config(script_location)
+    parsed = make_url(sync_url(url))
+    ensure_sqlite_dir(parsed)
+    try:
+        engine = create_engine(parsed, poolclass=pool.NullPool)
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"database driver {exc.name!r} is not installed") from exc
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            # WAL is persistent: switch now, so the service's first connection need not wait
+            # for exclusive access to do it.
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SQLAlchemyError as exc:
+        raise StoreError(f"migration failed: {exc}") from exc
+    finally:
+        engine.dispose()
+    log.info("database schema at %s", heads(cfg))
+
+
+def heads(cfg: AlembicConfig) -> str:
+    """The head revision(s) of the migration scripts, comma-separated."""
+    return ",".join(ScriptDirectory.from_config(cfg).get_heads())
+
+
+async def check_schema(engine: AsyncEngine, *, script_location: Path | None = None) -> None:
+    """Raise StoreError unless the database is migrated to this version's head revision."""
+
+    def current(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    try:
+        async with engine.connect() as conn:
+            revision = await conn.run_sync(current)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the database: {exc}") from exc
+    if revision is None:
+        raise StoreError(NOT_MIGRATED)
+    cfg = alembic_config(script_location)
+    expected = heads(cfg)
+    if revision == expected:
+        return
+    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if revision in known:
+        raise StoreError(
+            f"database schema is at revision {revision}, this tunnelacct needs {expected}: "
+            "run `tunnelacct db upgrade`"
+        )
+    raise StoreError(
+        f"database schema revision {revision} is unknown to this tunnelacct "
+        f"(it expects {expected}): was it migrated by a newer version?"
+    )
