@@ -35,6 +35,14 @@ class CaptureFormatError(TunnelacctError):
         super().__init__(f"{path}: {why}")
 
 
+class CaptureError(TunnelacctError):
+    """A live capture cannot start or continue: names the interface and why."""
+
+    def __init__(self, interface: str, why: str) -> None:
+        self.interface, self.why = interface, why
+        super().__init__(f"capture on {interface}: {why}")
+
+
 class StoreError(TunnelacctError):
     """The store cannot be reached, migrated or written."""
 
