@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,25 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.benchmarks.machine import machine  # noqa: E402
 from tests.benchmarks.synth import synth_pcap  # noqa: E402
 from tunnelacct.config import Timeouts  # noqa: E402
 from tunnelacct.decode import DecodedBatch  # noqa: E402
 from tunnelacct.events import Attribution  # noqa: E402
 from tunnelacct.flowtable import FlowTable  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
-
 
 # Runs the real CLI and reports its own peak RSS and its decode child's: measuring from here
 # would count the memory this process had when it forked (the synthetic capture's arrays).

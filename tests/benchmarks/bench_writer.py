@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import platform
 import random
 import sqlite3
 import sys
@@ -34,6 +32,7 @@ from sqlalchemy.dialects import sqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.events import Attribution, SessionEvent  # noqa: E402
@@ -54,19 +53,6 @@ ATTRIBUTIONS = (
     Attribution("globex", "c-ci-2", "ci runner", None, "r-git", "git"),
     Attribution("acme"),  # unattributed: default org only
 )
-
-
-def machine() -> str:
-    """CPU, cores and Python version of this machine."""
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
 def make_events(n: int, closed_share: float, seed: int = 7) -> list[SessionEvent]:
