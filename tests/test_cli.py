@@ -17,6 +17,7 @@ from scapy.layers.inet import IP, TCP
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.pcapwrite import write_pcap
+from tests.helpers.sqlite import raw_query
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
@@ -132,3 +133,16 @@ def test_import_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     assert b"importing" in seen and b"100%" in seen
     piped = _run("import", str(DATA / "wg-small.pcap"), **db_url)[2]
     assert "importing" not in piped
+
+
+def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
+    once, twice = tmp_path / "once.db", tmp_path / "twice.db"
+    pcap = DATA / "wg-small.pcap"
+    run_cli("import", "--config", str(CONFIG), str(pcap),
+            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{once}"})  # fmt: skip
+    same_again = pcap.parent / ".." / "data" / pcap.name
+    code, _, err = _run("import", "--config", str(CONFIG), str(pcap), str(same_again),
+                        TUNNELACCT_DATABASE_URL=f"sqlite:///{twice}")  # fmt: skip
+    assert code == 0 and "given more than once; imported once" in err
+    counts = "select count(*), sum(packets_tx + packets_rx) from sessions"
+    assert raw_query(twice, counts) == raw_query(once, counts)

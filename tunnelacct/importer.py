@@ -64,9 +64,15 @@ def session_namespace(gateway: str) -> uuid.UUID:
 def order_files(paths: Sequence[str | Path], summary: ImportSummary) -> list[Path]:
     """The capture files among `paths` by first packet time; others are reported in summary."""
     files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     for p in map(Path, paths):
         try:
             open_capture(p)  # fail early on what is not a capture file
+            st = p.stat()
+            if (st.st_dev, st.st_ino) in seen:  # the same packets twice would count twice
+                summary.warnings.append(f"{p}: given more than once; imported once")
+                continue
+            seen.add((st.st_dev, st.st_ino))
             files.append(p)
         except CaptureFormatError as e:
             summary.failed_files.append(str(e))
