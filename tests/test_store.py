@@ -156,8 +156,9 @@ async def test_check_schema_names_the_upgrade_command_when_not_migrated(tmp_path
         await engine.dispose()
 
 
-async def test_check_schema_accepts_a_migrated_database(engine: AsyncEngine) -> None:
-    await check_schema(engine)
+async def test_check_schema_accepts_a_migrated_database(engine: AsyncEngine, db_path: Path) -> None:
+    await check_schema(engine)  # raises StoreError otherwise
+    assert raw_query(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
 
 
 async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(

@@ -317,7 +317,9 @@ async def test_flush_interval_bounds_how_long_an_event_waits(
     writer = writer_for(engine, flush_interval_s=0.05)
     async with running(writer):
         await writer.submit([event()])
-        await wait_until(lambda: row_count(db_path) == 1, timeout_s=2)
+        await wait_until(lambda: row_count(db_path) == 1, timeout_s=2)  # raises on timeout
+        await wait_until(lambda: writer.pending == 0, timeout_s=2)
+        assert writer.flushes == 1  # one event, far below batch_size: the interval flushed it
 
 
 @pytest.mark.slow
