@@ -816,3 +816,33 @@ def test_sessions_split_across_batches_count_every_packet_once(
     assert sum(e.bytes_tx + e.bytes_rx for e in run.closed) == total
     assert run.table.stats.bytes == total
     assert np.isclose(min(e.started_ts for e in run.closed), float(T0))
+
+
+# -- resume after a restart --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_from_client", [True, False])
+def test_a_resumed_session_continues_with_the_same_id_and_counters(
+    tmp_path: Path, first_from_client: bool
+) -> None:
+    conv = Tcp(CLIENT6, SERVER6, 41000, 443) if first_from_client else Tcp(
+        SERVER4, CLIENT4, 8443, 40100)  # fmt: skip
+    pkts = timed(T0, [*conv.handshake(), *conv.request(300), *conv.response(900),
+                      *conv.request(20), *conv.close()])  # fmt: skip
+    cut = 7
+    whole = only(run_capture(tmp_path, pkts).closed)
+    # first run: the packets before the cut, then the service stops (a checkpoint is saved)
+    first = new_table()
+    for raw in read_raw(write(tmp_path / "a.pcap", pkts[:cut])):
+        first.process(decode(raw))
+    (saved,) = first.checkpoint()
+    # second run: a new table resumes the saved snapshot and sees the rest
+    second = new_table()
+    second.resume(saved)
+    events = []
+    for raw in read_raw(write(tmp_path / "b.pcap", pkts[cut:])):
+        events += second.process(decode(raw))
+    events += second.close_all(CloseReason.END_OF_CAPTURE)
+    resumed = only([e for e in events if e.kind is EventKind.CLOSED])
+    assert resumed == dataclasses.replace(whole, interface="a.pcap")  # where it was first seen
+    assert second.stats.sessions_opened == 0

@@ -14,6 +14,7 @@ both sides or RST, after a linger that still counts late ACKs and retransmits; a
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import socket
 import struct
 import uuid
@@ -63,6 +64,13 @@ def _unpack(key: FlowKey) -> tuple[int, int, int, int, int, int]:
     family = meta >> 40
     return (family, (meta >> 32) & 0xFF, _addr(family, a_hi, a_lo), (meta >> 16) & 0xFFFF,
             _addr(family, b_hi, b_lo), meta & 0xFFFF)  # fmt: skip
+
+
+_LO64 = (1 << 64) - 1
+
+
+def _addr_int(text: str) -> int:
+    return int(ipaddress.ip_address(text))
 
 
 def addr_text(family: int, value: int) -> str:
@@ -211,6 +219,33 @@ class FlowTable:
             for k in stale:
                 del self._frags[k]
         return self._drain()
+
+    def resume(self, e: SessionEvent) -> None:
+        """Continue an ongoing session from its last stored snapshot (after a restart).
+
+        Later packets on its 5-tuple within the idle timeout add to the same session and row.
+        """
+        split = (lambda a: (a >> 64, a & _LO64)) if e.family == 6 else (lambda a: (0, a))
+        src, dst = _addr_int(e.src_addr), _addr_int(e.dst_addr)
+        (s_hi, s_lo), (d_hi, d_lo) = split(src), split(dst)
+        init_a = (s_hi, s_lo, e.src_port) <= (d_hi, d_lo, e.dst_port)
+        a_hi, a_lo, a_port, b_hi, b_lo, b_port = (
+            (s_hi, s_lo, e.src_port, d_hi, d_lo, e.dst_port) if init_a
+            else (d_hi, d_lo, e.dst_port, s_hi, s_lo, e.src_port)
+        )  # fmt: skip
+        meta = (e.family << 40) | (int(e.proto) << 32) | (a_port << 16) | b_port
+        flow = Flow((meta, a_hi, a_lo, b_hi, b_lo), e.session_id, init_a, e.started_ts,
+                    e.midstream, e.attribution, e.interface)  # fmt: skip
+        flow.last_ts = flow.checkpoint_ts = e.last_ts
+        tx, rx = (e.packets_tx, e.bytes_tx, e.payload_bytes_tx), (
+            e.packets_rx, e.bytes_rx, e.payload_bytes_rx)  # fmt: skip
+        (flow.pk0, flow.by0, flow.pl0), (flow.pk1, flow.by1, flow.pl1) = (
+            (tx, rx) if init_a else (rx, tx)
+        )
+        flow.idle_s = (
+            self.timeouts.tcp_idle_s if e.proto == IpProto.TCP else self.timeouts.udp_idle_s
+        )
+        self._flows[flow.key] = flow
 
     def checkpoint(self) -> list[SessionEvent]:
         """Snapshots of the open sessions that changed since their last checkpoint."""
