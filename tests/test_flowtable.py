@@ -821,12 +821,14 @@ def test_sessions_split_across_batches_count_every_packet_once(
 # -- resume after a restart --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("first_from_client", [True, False])
+@pytest.mark.parametrize(
+    "conv",
+    [Tcp(CLIENT6, SERVER6, 41000, 443), Tcp(CLIENT4, SERVER4, 40100, 8443)],
+    ids=["initiator-is-lower-endpoint", "initiator-is-higher-endpoint"],
+)
 def test_a_resumed_session_continues_with_the_same_id_and_counters(
-    tmp_path: Path, first_from_client: bool
+    tmp_path: Path, conv: Tcp
 ) -> None:
-    conv = Tcp(CLIENT6, SERVER6, 41000, 443) if first_from_client else Tcp(
-        SERVER4, CLIENT4, 8443, 40100)  # fmt: skip
     pkts = timed(T0, [*conv.handshake(), *conv.request(300), *conv.response(900),
                       *conv.request(20), *conv.close()])  # fmt: skip
     cut = 7
