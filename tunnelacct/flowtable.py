@@ -13,10 +13,6 @@ both sides or RST, after a linger that still counts late ACKs and retransmits; a
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import socket
-import struct
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -37,12 +33,17 @@ from tunnelacct.decode import (
 )
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
+from tunnelacct.flowkey import (
+    LO64,
+    FlowKey,
+    addr_int,
+    addr_text,
+    session_id,
+    unpack_key,
+)
 
 AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
-# (meta, A hi, A lo, B hi, B lo); meta = family << 40 | proto << 32 | A port << 16 | B port
-FlowKey = tuple[int, int, int, int, int]
-
 SWEEP_INTERVAL_S = 1.0  # packet time between expiry sweeps
 FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later ones
 _M1, _M2, _M3 = (
@@ -52,50 +53,6 @@ _M1, _M2, _M3 = (
 )
 _SYN_MASK = TCP_SYN | TCP_ACK
 _PROTOS = {int(p): p for p in IpProto}
-
-
-def _addr(family: int, hi: int, lo: int) -> int:
-    return (hi << 64) | lo if family == 6 else lo
-
-
-def _unpack(key: FlowKey) -> tuple[int, int, int, int, int, int]:
-    """(family, proto, A address, A port, B address, B port) of a flow key."""
-    meta, a_hi, a_lo, b_hi, b_lo = key
-    family = meta >> 40
-    return (family, (meta >> 32) & 0xFF, _addr(family, a_hi, a_lo), (meta >> 16) & 0xFFFF,
-            _addr(family, b_hi, b_lo), meta & 0xFFFF)  # fmt: skip
-
-
-_LO64 = (1 << 64) - 1
-
-
-def _addr_int(text: str) -> int:
-    return int(ipaddress.ip_address(text))
-
-
-def addr_text(family: int, value: int) -> str:
-    """Printable form (RFC 5952 for IPv6) of an address held as an unsigned int."""
-    if family == 4:
-        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
-    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
-
-
-_ID_FIELDS = struct.Struct(">BB16sH16sHd")
-
-
-def session_id(
-    namespace: bytes, family: int, proto: int, src: int, sport: int, dst: int, dport: int,
-    started_ts: float,
-) -> uuid.UUID:  # fmt: skip
-    """A name-based UUID (RFC 9562 version 8 layout): BLAKE2b of the initiator-first 5-tuple and
-    start time, keyed by the gateway's namespace. Stable: the same packets give the same id."""
-    name = _ID_FIELDS.pack(
-        family, proto, src.to_bytes(16, "big"), sport, dst.to_bytes(16, "big"), dport, started_ts
-    )
-    raw = bytearray(hashlib.blake2b(name, digest_size=16, key=namespace).digest())
-    raw[6] = (raw[6] & 0x0F) | 0x80
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return uuid.UUID(bytes=bytes(raw))
 
 
 class Flow:
@@ -225,8 +182,8 @@ class FlowTable:
 
         Later packets on its 5-tuple within the idle timeout add to the same session and row.
         """
-        split = (lambda a: (a >> 64, a & _LO64)) if e.family == 6 else (lambda a: (0, a))
-        src, dst = _addr_int(e.src_addr), _addr_int(e.dst_addr)
+        split = (lambda a: (a >> 64, a & LO64)) if e.family == 6 else (lambda a: (0, a))
+        src, dst = addr_int(e.src_addr), addr_int(e.dst_addr)
         (s_hi, s_lo), (d_hi, d_lo) = split(src), split(dst)
         init_a = (s_hi, s_lo, e.src_port) <= (d_hi, d_lo, e.dst_port)
         a_hi, a_lo, a_port, b_hi, b_lo, b_port = (
@@ -411,7 +368,7 @@ class FlowTable:
         return flow
 
     def _open(self, key: FlowKey, ts: float, d: int, fl: int, iface: str) -> Flow:
-        family, proto, a, a_port, bb, b_port = _unpack(key)
+        family, proto, a, a_port, bb, b_port = unpack_key(key)
         sender_a = d == 0
         if proto == 6 and fl & TCP_SYN:
             init_a = sender_a if not fl & TCP_ACK else not sender_a
@@ -488,7 +445,7 @@ class FlowTable:
         return out
 
     def _event(self, f: Flow, kind: EventKind) -> SessionEvent:
-        family, proto, a, a_port, bb, b_port = _unpack(f.key)
+        family, proto, a, a_port, bb, b_port = unpack_key(f.key)
         if f.init_a:
             src, sport, dst, dport = a, a_port, bb, b_port
             tx, rx = (f.pk0, f.by0, f.pl0), (f.pk1, f.by1, f.pl1)
