@@ -109,6 +109,23 @@ def export_cmd(config_path: Path | None, org: str, output: Path | None) -> None:
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
 
 
+@cli.command("serve")
+@config_option
+@click.option(
+    "--status-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the service's status (captures, drops, writer) here as JSON, every second.",
+)
+def serve_cmd(config_path: Path | None, status_file: Path | None) -> None:
+    """Capture every [[capture]] and record sessions live until SIGTERM/SIGINT."""
+    from tunnelacct.schema import migrate
+    from tunnelacct.service import serve
+
+    config = _config(config_path)
+    migrate(config.database.url)
+    serve(config, status_path=status_file)
+
+
 @cli.group("db")
 def db_group() -> None:
     """Database maintenance."""
@@ -137,7 +154,8 @@ def config_check(config_path: Path | None) -> None:
     c = _config(config_path)
     click.echo(
         f"{c.path or '(defaults)'}: ok: {len(c.orgs)} orgs, {len(c.clients)} clients, "
-        f"{len(c.resources)} resources; database {c.database.url}; gateway {c.gateway}"
+        f"{len(c.resources)} resources, {len(c.captures)} captures; "
+        f"database {c.database.url}; gateway {c.gateway}"
     )
 
 

@@ -37,8 +37,11 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "orgs": ("id", "name", "retention_days"),
     "clients": ("id", "org", "name", "user", "addresses", "public_key"),
     "resources": ("id", "org", "name", "address", "ports", "protocols"),
+    "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
+    "wireguard": ("interfaces", "refresh"),
+    "service": ("queue_packets", "shutdown_timeout", "status_interval"),
 }
-ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources"})
+ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,40 @@ class ResourceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """[[capture]]: one packet source of `serve`: a live interface or a capture file to replay."""
+
+    interface: str | None = None
+    pcap: str | None = None  # resolved against the config file's directory
+    snaplen: int = 96  # bytes kept per packet (live): headers only
+    ring_mib: int = 64  # TPACKET_V3 ring size (live)
+    speed: float = 0.0  # replay: 0 = as fast as possible, 1 = recorded speed, 2 = twice as fast
+    loop: bool = False  # replay: start again at the end of the file
+
+    @property
+    def name(self) -> str:
+        """The interface name or the capture file path."""
+        return self.interface if self.interface is not None else str(self.pcap)
+
+
+@dataclass(frozen=True, slots=True)
+class WireguardConfig:
+    """[wireguard]: interfaces whose peers (`wg show <iface> dump`) give clients their addresses."""
+
+    interfaces: tuple[str, ...] = ()
+    refresh_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """[service]: limits of `serve`."""
+
+    queue_packets: int = 262_144  # decoded packets waiting for the sessionizer, per capture
+    shutdown_timeout_s: float = 30.0  # longest a SIGTERM waits for the store
+    status_interval_s: float = 60.0  # how often status (and any dropped packets) is logged
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -113,6 +150,9 @@ class Config:
     orgs: tuple[OrgConfig, ...] = ()
     clients: tuple[ClientConfig, ...] = ()
     resources: tuple[ResourceConfig, ...] = ()
+    captures: tuple[CaptureConfig, ...] = ()
+    wireguard: WireguardConfig = field(default_factory=WireguardConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
@@ -124,6 +164,9 @@ _URL_WHY = "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql
 _PROTOCOLS = {p.label: p for p in IpProto}
 _TIMEOUTS, _WRITER = Timeouts(), WriterConfig()
 _RETENTION_DAYS = OrgConfig(id="", name="").retention_days
+_CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConfig()
+_IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
+_IFNAME_WHY = "expected an interface name of 1-15 characters without spaces, '/' or ':'"
 _WG_KEY_CHARS = 44  # base64 of a 32-byte Curve25519 key, with one "=" of padding
 
 
@@ -285,6 +328,27 @@ class _Loader:
         default_org = self._ident(where, t, "default_org", DEFAULT_ORG)
         orgs = tuple(self._orgs(doc))
         known = {org.id for org in orgs} | {default_org}
+        where, t = self._section(doc, "wireguard")
+        interfaces = t.get("interfaces", [])
+        if not isinstance(interfaces, list):
+            self.fail(where, "interfaces", 'expected an array like ["wg0"]', _shown(interfaces))
+        for name in interfaces:
+            if not isinstance(name, str) or _IFNAME.fullmatch(name) is None:
+                self.fail(where, "interfaces", _IFNAME_WHY, _shown(name))
+        wireguard = WireguardConfig(
+            interfaces=tuple(dict.fromkeys(interfaces)),
+            refresh_s=self._seconds(where, t, "refresh", _WIREGUARD.refresh_s),
+        )
+        where, t = self._section(doc, "service")
+        service = ServiceConfig(
+            queue_packets=self._count(where, t, "queue_packets", _SERVICE.queue_packets),
+            shutdown_timeout_s=self._seconds(
+                where, t, "shutdown_timeout", _SERVICE.shutdown_timeout_s
+            ),
+            status_interval_s=self._seconds(
+                where, t, "status_interval", _SERVICE.status_interval_s
+            ),
+        )
         return Config(
             path=self._path,
             database=DatabaseConfig(url),
@@ -295,6 +359,9 @@ class _Loader:
             orgs=orgs,
             clients=tuple(self._clients(doc, known)),
             resources=tuple(self._resources(doc, known)),
+            captures=tuple(self._captures(doc)),
+            wireguard=wireguard,
+            service=service,
         )
 
     def _section(self, doc: Mapping[str, object], name: str) -> tuple[_Where, dict[str, object]]:
@@ -406,6 +473,56 @@ class _Loader:
                 address=self._cidr(where, "address", t["address"]),
                 ports=self._ports(where, t.get("ports")),
                 protocols=self._protocols(where, t.get("protocols")),
+            )
+
+    def _captures(self, doc: Mapping[str, object]) -> Iterator[CaptureConfig]:
+        seen: dict[str, _Where] = {}
+        for where, t in self._entries(doc, "capture"):
+            if ("interface" in t) == ("pcap" in t):
+                self.fail(where, None, "expected exactly one of interface or pcap")
+            if "interface" in t:
+                key, name = "interface", t["interface"]
+                if not isinstance(name, str) or _IFNAME.fullmatch(name) is None:
+                    self.fail(where, key, _IFNAME_WHY, _shown(name))
+                for replay_only in ("speed", "loop"):
+                    if replay_only in t:
+                        why = "only for a pcap replay, not a live interface"
+                        self.fail(where, replay_only, why, _shown(t[replay_only]))
+                path = None
+            else:
+                key = "pcap"
+                name = self._text(where, t, key, "")
+                base = os.path.dirname(os.path.abspath(self._path))
+                path = os.path.normpath(os.path.join(base, os.path.expanduser(name)))
+                if not os.path.isfile(path):
+                    self.fail(where, key, f"no such file: {path}", name)
+                name = path
+            first = seen.setdefault(name, where)
+            if first is not where:
+                line = self._lines.find(first.table, first.index, key)
+                self.fail(where, key, f"captured twice; already at line {line}", name)
+            speed = t.get("speed", _CAPTURE.speed)
+            if (
+                isinstance(speed, bool)
+                or not isinstance(speed, int | float)
+                or not (math.isfinite(speed) and speed >= 0)
+            ):
+                why = "expected a number >= 0 (0 = as fast as possible, 1 = recorded speed)"
+                self.fail(where, "speed", why, _shown(speed))
+            loop = t.get("loop", _CAPTURE.loop)
+            if not isinstance(loop, bool):
+                self.fail(where, "loop", "expected true or false", _shown(loop))
+            snaplen = self._count(where, t, "snaplen", _CAPTURE.snaplen)
+            if not 64 <= snaplen <= 1920:
+                why = "expected 64-1920 bytes (headers only: 96 is enough for IPv6 + TCP)"
+                self.fail(where, "snaplen", why, snaplen)
+            yield CaptureConfig(
+                interface=name if path is None else None,
+                pcap=path,
+                snaplen=snaplen,
+                ring_mib=self._count(where, t, "ring_mib", _CAPTURE.ring_mib),
+                speed=float(speed),
+                loop=loop,
             )
 
     def _ports(self, where: _Where, value: object) -> tuple[tuple[int, int], ...] | None:

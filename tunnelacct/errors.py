@@ -36,10 +36,13 @@ class CaptureFormatError(TunnelacctError):
 
 
 class CaptureError(TunnelacctError):
-    """A live capture cannot start or continue: names the interface and why."""
+    """A live capture cannot start or continue: names the interface and why.
 
-    def __init__(self, interface: str, why: str) -> None:
-        self.interface, self.why = interface, why
+    `transient` is True when retrying may help (the interface is missing or went down).
+    """
+
+    def __init__(self, interface: str, why: str, *, transient: bool = False) -> None:
+        self.interface, self.why, self.transient = interface, why, transient
         super().__init__(f"capture on {interface}: {why}")
 
 

@@ -56,3 +56,9 @@ def session_id(
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
     return uuid.UUID(bytes=bytes(raw))
+
+
+def session_namespace(gateway: str) -> uuid.UUID:
+    """Namespace of session ids: the same packets on the same gateway give the same ids, so
+    importing a file twice (or replaying it) updates its rows instead of duplicating them."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"tunnelacct:gateway:{gateway}")

@@ -128,6 +128,10 @@ class FlowTable:
     def __len__(self) -> int:
         return len(self._flows)
 
+    def set_identity(self, attribute: AttributeFn, is_client: IsClientFn) -> None:
+        """Use a new inventory for sessions opened from now on (open ones keep theirs)."""
+        self._attribute, self._is_client = attribute, is_client
+
     @property
     def now_ts(self) -> float:
         """Latest packet (or ticker) time seen, epoch seconds."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from tunnelacct.decode import SKIPPED_REASONS
 from tunnelacct.decodeproc import Decoded, DecodeProcess, first_timestamp
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
+from tunnelacct.flowkey import session_namespace
 from tunnelacct.flowtable import FlowTable
 from tunnelacct.identity import Inventory
 from tunnelacct.sources.pcapfile import open_capture
@@ -53,12 +53,6 @@ class ImportSummary:
     def packets_per_s(self) -> float:
         """End-to-end import rate."""
         return self.packets / self.seconds if self.seconds > 0 else 0.0
-
-
-def session_namespace(gateway: str) -> uuid.UUID:
-    """Namespace of session ids: the same packets on the same gateway give the same ids, so
-    importing a file twice updates its rows instead of duplicating them."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"tunnelacct:gateway:{gateway}")
 
 
 def order_files(paths: Sequence[str | Path], summary: ImportSummary) -> list[Path]:

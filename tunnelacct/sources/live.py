@@ -140,7 +140,7 @@ class LiveSource:
             self._sock.bind((interface, ETH_P_ALL))
         except OSError as e:
             self.close()
-            raise CaptureError(interface, _why(e)) from e
+            raise CaptureError(interface, _why(e), transient=e.errno in _TRANSIENT) from e
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN | select.POLLERR)
         log.info(
@@ -233,7 +233,7 @@ class LiveSource:
         assert self._sock is not None
         code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code == errno.ENETDOWN:
-            raise CaptureError(self.interface, "interface went down or was deleted")
+            raise CaptureError(self.interface, "interface went down or was deleted", transient=True)
         raise CaptureError(self.interface, _why(OSError(code, errno.errorcode.get(code, "?"))))
 
     def stats(self) -> tuple[int, int]:
@@ -264,6 +264,9 @@ class LiveSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_TRANSIENT = (errno.ENODEV, errno.ENXIO, errno.ENETDOWN)
 
 
 def _why(e: OSError) -> str:

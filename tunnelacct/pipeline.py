@@ -1,0 +1,353 @@
+"""One [[capture]] of `serve`: source -> decode in a reader thread, then the flow table on the loop.
+
+The reader thread owns the source (a LiveSource, or a ReplaySource for a file), decodes each
+batch and hands it to the event loop through a hand-off bounded in packets. The loop side owns
+the FlowTable: it sessionizes batches, and once a second (the ticker) expires idle sessions by
+the wall clock and, every `checkpoint` seconds, emits checkpoints of the sessions that changed.
+
+A full hand-off is a decision: a live capture drops the batch and counts its packets (the
+kernel would drop them otherwise, uncounted by us), a replay waits. It fills only when the
+writer pushes back, i.e. when the store has stalled for longer than `max_pending` allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Protocol
+
+from tunnelacct.config import CaptureConfig, Timeouts
+from tunnelacct.decode import SKIPPED_REASONS, DecodedBatch, decode
+from tunnelacct.enums import CloseReason
+from tunnelacct.errors import CaptureError
+from tunnelacct.events import SessionEvent
+from tunnelacct.flowtable import AttributeFn, FlowTable, IsClientFn
+from tunnelacct.sources import RawBatch
+from tunnelacct.sources.live import LiveSource
+from tunnelacct.sources.replay import ReplaySource
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+# Live packets reach the flow table up to a ring block timeout (0.1 s) plus a hand-off later
+# than their capture time; expiring by the wall clock this far behind never beats them to it.
+EXPIRY_LAG_S = 2.0
+READ_TIMEOUT_S = 0.2
+DRAIN_QUIET_S = 0.5  # after stop(): the ring has been read when it stays empty this long
+RETRY_S = 5.0  # a missing interface is looked for again this often
+STATS_EVERY_S = 1.0
+
+
+class Source(Protocol):
+    """What the reader thread needs of LiveSource and ReplaySource."""
+
+    def read_batch(self, timeout_s: float) -> RawBatch | None: ...
+    def stop(self) -> None: ...
+    def stats(self) -> tuple[int, int]: ...
+    def close(self) -> None: ...
+
+
+class SessionSink(Protocol):
+    """Where session events go (the SessionWriter)."""
+
+    async def submit(self, events: list[SessionEvent]) -> None: ...
+
+
+@dataclass(slots=True)
+class CaptureStatus:
+    """Counters of one capture since the service started (read by status and metrics)."""
+
+    name: str
+    kind: str  # "interface" or "pcap"
+    state: str = "starting"  # starting, waiting (for the interface), capturing, finished, stopped
+    packets: int = 0  # packets read from the source (decoded or not)
+    kernel_packets: int = 0  # live: packets the kernel passed to the ring, incl. drops
+    kernel_drops: int = 0  # live: packets the ring had no room for
+    queue_drops: int = 0  # packets dropped because the hand-off was full
+    decode_errors: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # valid packets that are not TCP/UDP
+    open_sessions: int = 0
+    sessions_opened: int = 0
+    closed: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready copy (dataclasses.asdict would mangle the Counters)."""
+        return {
+            f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v
+            for f in fields(self)
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    finished: bool  # the source ended by itself (a file without loop), not by stop()
+    error: BaseException | None = None
+
+
+class _Handoff:
+    """Reader thread -> event loop, bounded in packets."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_packets: int) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[DecodedBatch | _End] = asyncio.Queue()
+        self._max = max_packets
+        self._queued = 0
+        self._room = threading.Condition()
+
+    def put(self, batch: DecodedBatch, *, wait: bool, stop: threading.Event) -> bool:
+        """Queue `batch` (thread side); False when full and not `wait`ing, or stopping."""
+        n = len(batch)
+        with self._room:
+            # one batch larger than the bound still goes when the queue is empty
+            while self._queued and self._queued + n > self._max:
+                if not wait or stop.is_set():
+                    return False
+                self._room.wait(0.2)
+            self._queued += n
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
+        return True
+
+    def end(self, end: _End) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, end)
+
+    async def get(self, timeout_s: float) -> DecodedBatch | _End | None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+    def done(self, batch: DecodedBatch) -> None:
+        """The loop has sessionized `batch`: its packets no longer count against the bound."""
+        with self._room:
+            self._queued -= len(batch)
+            self._room.notify_all()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+
+class CapturePipeline:
+    """Packets of one [[capture]] -> session events; `start()`, then run `run(sink)` as a task."""
+
+    def __init__(
+        self,
+        capture: CaptureConfig,
+        timeouts: Timeouts,
+        *,
+        attribute: AttributeFn,
+        is_client: IsClientFn,
+        id_namespace: uuid.UUID,
+        queue_packets: int,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capture = capture
+        self.live = capture.interface is not None
+        self.status = CaptureStatus(capture.name, "interface" if self.live else "pcap")
+        self.table = FlowTable(
+            timeouts,
+            attribute=attribute,
+            is_client=is_client,
+            id_namespace=id_namespace,
+            emit_opened=True,
+        )
+        self._timeouts = timeouts
+        self._queue_packets = queue_packets
+        self._clock, self._monotonic = clock, monotonic
+        # a paced source stamps packets with the wall clock, so the ticker may expire by it
+        self.realtime = self.live or capture.speed > 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handoff: _Handoff | None = None
+        self._first: Source | None = None
+
+    def set_identity(self, attribute: AttributeFn, is_client: IsClientFn) -> None:
+        """Attribute sessions opened from now on with a new inventory (wg peers changed)."""
+        self.table.set_identity(attribute, is_client)
+
+    def start(self) -> None:
+        """Open the source and start the reader thread; must run on the event loop.
+
+        A live capture that cannot start for a lasting reason (no privileges, bad settings)
+        raises CaptureError here; a missing interface is logged and retried by the thread.
+        """
+        try:
+            self._first = self._open()
+        except CaptureError as e:
+            if not e.transient:
+                raise
+            self._waiting(e)
+        self._handoff = _Handoff(asyncio.get_running_loop(), self._queue_packets)
+        self._thread = threading.Thread(
+            target=self._read, name=f"capture {self.capture.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the reader to stop: it stops the source, reads what is left and ends `run()`."""
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the reader thread to end (thread side of shutdown); True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    # -- reader thread -------------------------------------------------------------------------
+
+    def _open(self) -> Source:
+        c = self.capture
+        if c.interface is not None:
+            return LiveSource(c.interface, snaplen=c.snaplen, block_count=c.ring_mib)
+        assert c.pcap is not None
+        t = self._timeouts
+        gap_s = max(t.tcp_idle_s, t.udp_idle_s) + t.tcp_linger_s + 1.0
+        return ReplaySource(c.pcap, speed=c.speed, loop=c.loop, loop_gap_s=gap_s)
+
+    def _waiting(self, e: CaptureError) -> None:
+        if self.status.state != "waiting":
+            log.error("%s; retrying every %.0f s", e, RETRY_S)
+        self.status.state = "waiting"
+
+    def _read(self) -> None:
+        assert self._handoff is not None
+        end = _End(finished=False)
+        try:
+            while not self._stop.is_set():
+                source, self._first = self._first, None
+                if source is None:
+                    try:
+                        source = self._open()
+                    except CaptureError as e:
+                        if not e.transient:
+                            raise
+                        self._waiting(e)
+                        self._stop.wait(RETRY_S)
+                        continue
+                    log.info("capture on %s: interface is back", self.capture.name)
+                try:
+                    if self._pump(source):
+                        end = _End(finished=True)
+                        break
+                except CaptureError as e:
+                    if not e.transient:
+                        raise
+                    self._waiting(e)
+                finally:
+                    source.close()
+        except BaseException as e:  # handed to run(), which raises it on the loop
+            end = _End(finished=False, error=e)
+        finally:
+            if self.status.state != "finished":
+                self.status.state = "stopped"
+            self._handoff.end(end)
+
+    def _pump(self, source: Source) -> bool:
+        """Read and hand off until stopped (False) or the file ended (True)."""
+        handoff, status, stop = self._handoff, self.status, self._stop
+        assert handoff is not None
+        status.state = "capturing"
+        kernel_base = (status.kernel_packets, status.kernel_drops)  # earlier sockets' totals
+        next_stats = 0.0
+        stopping = False
+        try:
+            while True:
+                if stop.is_set() and not stopping:
+                    source.stop()  # no new packets; what the kernel counted is in the ring
+                    stopping = True
+                raw = source.read_batch(DRAIN_QUIET_S if stopping else READ_TIMEOUT_S)
+                if raw is None:
+                    if stopping:
+                        return False
+                    if isinstance(source, ReplaySource) and source.finished:
+                        status.state = "finished"
+                        return True
+                else:
+                    status.packets += len(raw)
+                    batch = decode(raw)
+                    if not handoff.put(batch, wait=not self.live, stop=stop):
+                        status.queue_drops += len(raw)
+                if self._monotonic() >= next_stats:
+                    next_stats = self._monotonic() + STATS_EVERY_S
+                    self._read_stats(source, kernel_base)
+        finally:
+            self._read_stats(source, kernel_base)
+
+    def _read_stats(self, source: Source, base: tuple[int, int]) -> None:
+        if self.live:
+            packets, drops = source.stats()
+            self.status.kernel_packets, self.status.kernel_drops = (
+                base[0] + packets,
+                base[1] + drops,
+            )
+
+    # -- event loop ----------------------------------------------------------------------------
+
+    async def run(self, sink: SessionSink) -> None:
+        """Sessionize until the reader ends; then checkpoint (stopped) or close all (file ended).
+
+        Raises what stopped the reader, after the open sessions were checkpointed.
+        """
+        handoff, table, status = self._handoff, self.table, self.status
+        assert handoff is not None, "start() first"
+        checkpoint_s = self._timeouts.checkpoint_s
+        next_tick = self._monotonic() + TICK_S
+        next_checkpoint = self._monotonic() + checkpoint_s
+        while True:
+            item = await handoff.get(max(0.0, next_tick - self._monotonic()))
+            if isinstance(item, DecodedBatch):
+                for reason, n in item.failures.items():
+                    bucket = status.skipped if reason in SKIPPED_REASONS else status.decode_errors
+                    bucket[reason] += n
+                events = await asyncio.to_thread(table.process, item)
+                handoff.done(item)
+                if events:
+                    await sink.submit(events)
+            elif isinstance(item, _End):
+                if item.finished:
+                    events = await asyncio.to_thread(table.close_all, CloseReason.END_OF_CAPTURE)
+                else:
+                    events = await asyncio.to_thread(table.checkpoint)
+                await sink.submit(events)
+                self._publish()
+                if item.error is not None:
+                    status.error = str(item.error)
+                    raise item.error
+                log.info(
+                    "capture on %s %s: %d packets, %d sessions (%d still open, checkpointed)",
+                    self.capture.name,
+                    status.state,
+                    status.packets,
+                    table.stats.sessions_opened,
+                    len(table) if not item.finished else 0,
+                )
+                return
+            if self._monotonic() >= next_tick:
+                next_tick = self._monotonic() + TICK_S
+                # Expire by the wall clock only once caught up: queued packets may be older.
+                if self.realtime and handoff.empty():
+                    now = self._clock() - EXPIRY_LAG_S
+                    events = await asyncio.to_thread(table.advance, now)
+                    if events:
+                        await sink.submit(events)
+                if self._monotonic() >= next_checkpoint:
+                    next_checkpoint = self._monotonic() + checkpoint_s
+                    events = await asyncio.to_thread(table.checkpoint)
+                    if events:
+                        await sink.submit(events)
+                self._publish()
+
+    def _publish(self) -> None:
+        st = self.table.stats
+        self.status.open_sessions = len(self.table)
+        self.status.sessions_opened = st.sessions_opened
+        self.status.closed = Counter(st.closed)

@@ -1,0 +1,297 @@
+"""`tunnelacct serve`: the composition root of the live service.
+
+Builds everything from Config and owns every long-running task in one TaskGroup: one
+CapturePipeline per [[capture]], the SessionWriter, the WireGuard peer refresh and the status
+loop. Start: migrate (done by the caller), sync the inventory, read WireGuard peers, resume the
+sessions this gateway left `ongoing`, start the captures. Stop (SIGTERM/SIGINT set `stop`):
+sources stop and are read to the end, every open session is checkpointed, the writer drains,
+each step bounded by [service] shutdown_timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunnelacct.config import ClientConfig, Config
+from tunnelacct.enums import CloseReason, EventKind
+from tunnelacct.errors import TunnelacctError
+from tunnelacct.flowkey import session_namespace
+from tunnelacct.identity import Inventory
+from tunnelacct.pipeline import CapturePipeline
+from tunnelacct.store import make_engine, ongoing_sessions, sync_inventory
+from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
+from tunnelacct.writer import SessionWriter
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE_EVERY_S = 1.0
+
+
+class Service:
+    """The live service for one Config; `await run(stop)` until `stop` is set."""
+
+    def __init__(self, config: Config, *, status_path: Path | None = None) -> None:
+        self.config = config
+        self.status_path = status_path
+        self.state = "starting"
+        self.started_at = datetime.now(UTC)
+        self.resumed = self.closed_at_start = 0
+        self.pipelines: list[CapturePipeline] = []
+        self.writer: SessionWriter | None = None
+        self._clients = config.clients
+        self._inventory = Inventory.from_config(config)
+        self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # interface -> last good peers
+        self._peer_problems: dict[str, str] = {}
+        self._failure: BaseException | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then shut down in order; raises what made it fail."""
+        config = self.config
+        engine = make_engine(config.database.url)
+        try:
+            await self._refresh_peers(engine, initial=True)
+            writer = self.writer = SessionWriter(engine, config.writer, gateway=config.gateway)
+            namespace = session_namespace(config.gateway)
+            self.pipelines = [
+                CapturePipeline(
+                    capture,
+                    config.timeouts,
+                    attribute=self._attribute,
+                    is_client=self._is_client,
+                    id_namespace=namespace,
+                    queue_packets=config.service.queue_packets,
+                )
+                for capture in config.captures
+            ]
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(writer.run())
+                await self._resume(engine, writer)
+                for p in self.pipelines:
+                    p.start()  # raises CaptureError when a capture cannot ever work
+                tasks = [tg.create_task(self._guard(p, writer, stop)) for p in self.pipelines]
+                helpers = [tg.create_task(self._status_loop())]
+                if config.wireguard.interfaces:
+                    helpers.append(tg.create_task(self._peer_loop(engine)))
+                self.state = "running"
+                log.info(
+                    "serving gateway %r: %d capture(s), store %s",
+                    config.gateway,
+                    len(self.pipelines),
+                    engine.url.render_as_string(hide_password=True),
+                )
+                await stop.wait()
+                await self._shutdown(tasks, writer)
+                for task in helpers:
+                    task.cancel()
+        finally:
+            for p in self.pipelines:
+                p.stop()
+            self.state = "stopped"
+            self._write_status()
+            await engine.dispose()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], writer: SessionWriter) -> None:
+        self.state = "stopping"
+        budget_s = self.config.service.shutdown_timeout_s
+        deadline = time.monotonic() + budget_s
+        log.info("stopping: reading the rest of each capture, then checkpointing open sessions")
+        for p in self.pipelines:
+            p.stop()
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=budget_s)
+            if late:
+                log.error("%d capture(s) did not finish within %.0f s", len(late), budget_s)
+        remaining_s = max(1.0, deadline - time.monotonic())
+        await writer.close(timeout_s=remaining_s)  # StoreError names what stays unwritten
+        for p in self.pipelines:
+            p.join(1.0)
+
+    async def _guard(self, p: CapturePipeline, writer: SessionWriter, stop: asyncio.Event) -> None:
+        """Run one pipeline; its failure stops the whole service in order (never silently)."""
+        try:
+            await p.run(writer)
+        except Exception as e:  # noqa: BLE001 - reported, then raised by run() after shutdown
+            log.error("capture on %s failed: %s", p.capture.name, e)
+            if self._failure is None:
+                self._failure = e
+            stop.set()
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _attribute(self, *args: Any) -> Any:
+        return self._inventory.attribute(*args)
+
+    def _is_client(self, family: int, addr: int) -> bool:
+        return self._inventory.is_client_address(family, addr)
+
+    async def _refresh_peers(self, engine: Any, *, initial: bool = False) -> None:
+        """Read `wg show <iface> dump` of each [wireguard] interface; apply changed addresses."""
+        for iface in self.config.wireguard.interfaces:
+            try:
+                self._peers[iface] = await asyncio.to_thread(read_wg_peers, iface)
+                if self._peer_problems.pop(iface, None) is not None:
+                    log.info("wireguard peers of %s readable again", iface)
+            except WireGuardError as e:
+                if self._peer_problems.get(iface) != str(e):
+                    log.warning("%s; keeping the peers read before (%d)", e, len(self._peers))
+                self._peer_problems[iface] = str(e)
+        merged: dict[str, tuple[str, ...]] = {}
+        for peers in self._peers.values():
+            for key, allowed in peers.items():
+                merged[key] = tuple(dict.fromkeys((*merged.get(key, ()), *allowed)))
+        clients = clients_with_peers(self.config.clients, merged)
+        if clients == self._clients and not initial:
+            return
+        self._apply_clients(clients)
+        await sync_inventory(engine, dataclasses.replace(self.config, clients=clients))
+
+    def _apply_clients(self, clients: tuple[ClientConfig, ...]) -> None:
+        changed = [c.id for c, old in zip(clients, self._clients, strict=True) if c != old]
+        self._clients = clients
+        self._inventory = Inventory.from_config(dataclasses.replace(self.config, clients=clients))
+        if changed:
+            log.info("clients with addresses from wireguard peers: %s", ", ".join(changed))
+
+    async def _peer_loop(self, engine: Any) -> None:
+        while True:
+            await asyncio.sleep(self.config.wireguard.refresh_s)
+            try:
+                await self._refresh_peers(engine)
+            except TunnelacctError as e:
+                log.warning("wireguard peer refresh failed: %s", e)
+
+    # -- resume --------------------------------------------------------------------------------
+
+    async def _resume(self, engine: Any, writer: SessionWriter) -> None:
+        """Continue this gateway's `ongoing` sessions on their live interface; close the rest.
+
+        Sessions past their idle timeout are closed as idle by the first tick, at their last
+        packet; those of an interface no longer captured (or of a file replay) are closed now.
+        """
+        live = {p.capture.interface: p for p in self.pipelines if p.live}
+        stale = []
+        for event in await ongoing_sessions(engine, self.config.gateway):
+            pipeline = live.get(event.interface)
+            if pipeline is None:
+                stale.append(
+                    dataclasses.replace(
+                        event,
+                        kind=EventKind.CLOSED,
+                        ended_ts=event.last_ts,
+                        close_reason=CloseReason.IDLE,
+                    )
+                )
+            else:
+                pipeline.table.resume(event)
+                self.resumed += 1
+        self.closed_at_start = len(stale)
+        await writer.submit(stale)
+        if self.resumed or stale:
+            log.info(
+                "resumed %d ongoing sessions; closed %d of captures no longer configured as idle",
+                self.resumed,
+                len(stale),
+            )
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What the service is doing, as JSON-ready values (also written to the status file)."""
+        w = self.writer
+        return {
+            "state": self.state,
+            "gateway": self.config.gateway,
+            "pid": os.getpid(),
+            "started_at": self.started_at.isoformat(),
+            "resumed_sessions": self.resumed,
+            "closed_at_start": self.closed_at_start,
+            "captures": [p.status.as_dict() for p in self.pipelines],
+            "writer": None
+            if w is None
+            else {
+                "pending": w.pending,
+                "rows_written": w.rows_written,
+                "flushes": w.flushes,
+                "failed_flushes": w.failed_flushes,
+                "last_flush_at": w.last_flush_at.isoformat() if w.last_flush_at else None,
+            },
+        }
+
+    def _write_status(self) -> None:
+        if self.status_path is None:
+            return
+        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, self.status_path)
+
+    async def _status_loop(self) -> None:
+        """Write the status file every second; log status and any drops every status_interval."""
+        interval_s = self.config.service.status_interval_s
+        next_log = time.monotonic() + interval_s
+        seen = {p.capture.name: (0, 0, 0) for p in self.pipelines}
+        while True:
+            await asyncio.sleep(STATUS_FILE_EVERY_S)
+            self._write_status()
+            if time.monotonic() < next_log:
+                continue
+            next_log = time.monotonic() + interval_s
+            for p in self.pipelines:
+                s = p.status
+                packets0, kernel0, queue0 = seen[s.name]
+                seen[s.name] = (s.packets, s.kernel_drops, s.queue_drops)
+                log.info(
+                    "capture on %s %s: %d packets (+%d), %d open sessions, %d opened",
+                    s.name, s.state, s.packets, s.packets - packets0,
+                    s.open_sessions, s.sessions_opened,
+                )  # fmt: skip
+                if s.kernel_drops > kernel0:
+                    log.warning(
+                        "capture on %s: the kernel dropped %d packets in the last %.0f s "
+                        "(ring full: raise [[capture]] ring_mib)",
+                        s.name, s.kernel_drops - kernel0, interval_s,
+                    )  # fmt: skip
+                if s.queue_drops > queue0:
+                    log.warning(
+                        "capture on %s: dropped %d packets in the last %.0f s: the store "
+                        "fell behind and %d sessions are waiting to be written",
+                        s.name, s.queue_drops - queue0, interval_s,
+                        self.writer.pending if self.writer else 0,
+                    )  # fmt: skip
+
+
+def serve(config: Config, *, status_path: Path | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT (a second one exits at once, unclean)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.error("second %s: exiting without draining", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await Service(config, status_path=status_path).run(stop)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+
+    asyncio.run(main())

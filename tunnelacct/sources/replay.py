@@ -1,0 +1,145 @@
+"""Replay of a capture file as a live source: as fast as possible or paced, once or in a loop.
+
+Same interface as LiveSource (read_batch, stop, stats, close), so `serve` runs a file through
+exactly the live pipeline::
+
+    source = ReplaySource("tests/data/wg-small.pcap", speed=1.0, loop=True)
+    batch = source.read_batch(0.5)   # the packets due by now; None when none are (or at the end)
+
+At `speed` 0 the packets keep their recorded times (the rows equal those of `tunnelacct import`)
+and pass n of a loop is shifted n x (span + `loop_gap_s`) later, so every session of one pass
+has ended before the next begins. At `speed` > 0 packets are released as the wall clock reaches
+their paced time and carry that time, as if captured now: recorded gaps / speed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tunnelacct.errors import CaptureError, CaptureFormatError
+from tunnelacct.sources import RawBatch
+from tunnelacct.sources.pcapfile import open_capture
+
+
+def _take(batch: RawBatch, sel: slice) -> RawBatch:
+    """Packets `sel` of a batch, sharing its buffer (which keeps its zero padding)."""
+    return RawBatch(
+        buf=batch.buf,
+        offsets=batch.offsets[sel],
+        caplens=batch.caplens[sel],
+        wirelens=batch.wirelens[sel],
+        ts=batch.ts[sel],
+        linktypes=batch.linktypes[sel],
+        interface=batch.interface,
+    )
+
+
+class ReplaySource:
+    """Packets of one capture file, released at `speed` x recorded pace (0 = at once)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        speed: float = 0.0,
+        loop: bool = False,
+        loop_gap_s: float = 3700.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if speed < 0:
+            raise ValueError(f"speed {speed} < 0")
+        self.path = Path(path)
+        self.interface = str(self.path)
+        self.speed, self.loop, self.loop_gap_s = speed, loop, loop_gap_s
+        self._clock, self._sleep = clock, sleep
+        self._first_ts, self._span_s = self._extent()
+        self.passes = 0  # passes started
+        self.packets = 0  # packets handed out
+        self.finished = False  # the file ended and does not loop
+        self._stopped = self._closed = False
+        self._batches: Iterator[RawBatch] | None = None
+        self._held: RawBatch | None = None  # paced: packets read but not yet due
+        self._pass_start = 0.0  # wall time (paced) or shift (fast) of the current pass
+
+    def _extent(self) -> tuple[float, float]:
+        """(first packet time, last - first) of the file, read once; both 0.0 when it is empty."""
+        lo, hi = float("inf"), float("-inf")
+        for batch in open_capture(self.path).batches():
+            if len(batch):
+                lo, hi = min(lo, float(batch.ts.min())), max(hi, float(batch.ts.max()))
+        return (lo, hi - lo) if lo <= hi else (0.0, 0.0)
+
+    def read_batch(self, timeout_s: float) -> RawBatch | None:
+        """The next packets due, waiting up to `timeout_s`; None if none are, or at the end."""
+        if self._closed:
+            raise CaptureError(self.interface, "source is closed")
+        deadline = self._clock() + timeout_s
+        while not self._stopped and not self.finished:
+            batch = self._held if self._held is not None else self._next_file_batch()
+            self._held = None
+            if batch is None:
+                continue  # a new pass began, or the file ended
+            if self.speed == 0:
+                batch.ts = batch.ts + self._pass_start
+                self.packets += len(batch)
+                return batch
+            due = self._pass_start + (batch.ts - self._first_ts) / self.speed
+            now = self._clock()
+            ready = int(np.searchsorted(due, now, side="right"))  # file order is time order
+            if ready:
+                out = _take(batch, slice(0, ready))
+                out.ts = due[:ready]
+                if ready < len(batch):
+                    self._held = _take(batch, slice(ready, None))
+                self.packets += ready
+                return out
+            self._held = batch
+            wait_s = min(float(due[0]), deadline) - now
+            if now >= deadline:
+                return None
+            self._sleep(max(0.0, wait_s))
+        return None
+
+    def _next_file_batch(self) -> RawBatch | None:
+        """The next non-empty batch of the file, starting (or ending) a pass as needed."""
+        if self._batches is None:
+            if self.passes and not self.loop:
+                self.finished = True
+                return None
+            if self.speed == 0:
+                self._pass_start = self.passes * (self._span_s + self.loop_gap_s)
+            else:
+                self._pass_start = self._clock()
+            self.passes += 1
+            try:
+                self._batches = open_capture(self.path).batches()
+            except CaptureFormatError as e:
+                raise CaptureError(self.interface, e.why) from e
+        try:
+            while len(batch := next(self._batches)) == 0:
+                pass
+        except StopIteration:
+            self._batches = None
+            return None
+        except CaptureFormatError as e:
+            raise CaptureError(self.interface, e.why) from e
+        return batch
+
+    def stop(self) -> None:
+        """Hand out nothing more (what was handed out stays counted)."""
+        self._stopped = True
+
+    def stats(self) -> tuple[int, int]:
+        """(packets, drops): packets handed out so far; a file never drops."""
+        return self.packets, 0
+
+    def close(self) -> None:
+        """Stop and release the file; safe to call twice."""
+        self._stopped = self._closed = True
+        self._batches = None
+        self._held = None
