@@ -17,7 +17,7 @@ import socket
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, TypeGuard
 
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
@@ -166,7 +166,7 @@ _TIMEOUTS, _WRITER = Timeouts(), WriterConfig()
 _RETENTION_DAYS = OrgConfig(id="", name="").retention_days
 _CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConfig()
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
-_IFNAME_WHY = "expected an interface name of 1-15 characters without spaces, '/' or ':'"
+_IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
 _WG_KEY_CHARS = 44  # base64 of a 32-byte Curve25519 key, with one "=" of padding
 
 
@@ -333,7 +333,7 @@ class _Loader:
         if not isinstance(interfaces, list):
             self.fail(where, "interfaces", 'expected an array like ["wg0"]', _shown(interfaces))
         for name in interfaces:
-            if not isinstance(name, str) or _IFNAME.fullmatch(name) is None:
+            if not _is_ifname(name):
                 self.fail(where, "interfaces", _IFNAME_WHY, _shown(name))
         wireguard = WireguardConfig(
             interfaces=tuple(dict.fromkeys(interfaces)),
@@ -482,7 +482,7 @@ class _Loader:
                 self.fail(where, None, "expected exactly one of interface or pcap")
             if "interface" in t:
                 key, name = "interface", t["interface"]
-                if not isinstance(name, str) or _IFNAME.fullmatch(name) is None:
+                if not _is_ifname(name):
                     self.fail(where, key, _IFNAME_WHY, _shown(name))
                 for replay_only in ("speed", "loop"):
                     if replay_only in t:
@@ -512,10 +512,16 @@ class _Loader:
             loop = t.get("loop", _CAPTURE.loop)
             if not isinstance(loop, bool):
                 self.fail(where, "loop", "expected true or false", _shown(loop))
-            snaplen = self._count(where, t, "snaplen", _CAPTURE.snaplen)
-            if not 64 <= snaplen <= 1920:
-                why = "expected 64-1920 bytes (headers only: 96 is enough for IPv6 + TCP)"
-                self.fail(where, "snaplen", why, snaplen)
+            snaplen = t.get("snaplen", _CAPTURE.snaplen)
+            if (
+                isinstance(snaplen, bool)
+                or not isinstance(snaplen, int)
+                or not 64 <= snaplen <= 1920
+            ):
+                why = (
+                    "expected an integer 64-1920 (bytes; headers only: 96 is enough for IPv6 + TCP)"
+                )
+                self.fail(where, "snaplen", why, _shown(snaplen))
             yield CaptureConfig(
                 interface=name if path is None else None,
                 pcap=path,
@@ -598,6 +604,16 @@ class _Loader:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             self.fail(where, key, "expected an integer >= 1", _shown(value))
         return value
+
+
+def _is_ifname(value: object) -> TypeGuard[str]:
+    """True when `value` is a name Linux accepts for an interface (dev_valid_name)."""
+    return (
+        isinstance(value, str)
+        and _IFNAME.fullmatch(value) is not None
+        and value not in (".", "..")
+        and len(value.encode()) <= 15  # IFNAMSIZ counts bytes, not characters
+    )
 
 
 def _is_wireguard_key(value: str) -> bool:

@@ -413,6 +413,7 @@ class WireguardLab:
                 # file. No --immediate-mode: libpcap then uses TPACKET_V2 with one
                 # snaplen-sized ring slot per packet, and a -s 0 capture drops under iperf3.
                 argv = ["tcpdump", "-i", iface, "-s", str(snaplen), "-U", "-n"]
+                argv += ["--time-stamp-precision", "nano"]  # as precise as the live source
                 argv += ["-Z", "root", "-w", str(path)]
                 pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
                 proc = self.popen(role, argv, **pipes)

@@ -60,7 +60,8 @@ class ReplaySource:
         self._first_ts, self._span_s = self._extent()
         self.passes = 0  # passes started
         self.packets = 0  # packets handed out
-        self.finished = False  # the file ended and does not loop
+        self.finished = False  # the file ended and does not loop (or has no packets to loop)
+        self._pass_packets = 0  # packets read in the current pass
         self._stopped = self._closed = False
         self._batches: Iterator[RawBatch] | None = None
         self._held: RawBatch | None = None  # paced: packets read but not yet due
@@ -69,9 +70,12 @@ class ReplaySource:
     def _extent(self) -> tuple[float, float]:
         """(first packet time, last - first) of the file, read once; both 0.0 when it is empty."""
         lo, hi = float("inf"), float("-inf")
-        for batch in open_capture(self.path).batches():
-            if len(batch):
-                lo, hi = min(lo, float(batch.ts.min())), max(hi, float(batch.ts.max()))
+        try:
+            for batch in open_capture(self.path).batches():
+                if len(batch):
+                    lo, hi = min(lo, float(batch.ts.min())), max(hi, float(batch.ts.max()))
+        except CaptureFormatError as e:  # same error as a later pass, and as LiveSource raises
+            raise CaptureError(self.interface, e.why) from e
         return (lo, hi - lo) if lo <= hi else (0.0, 0.0)
 
     def read_batch(self, timeout_s: float) -> RawBatch | None:
@@ -108,9 +112,11 @@ class ReplaySource:
     def _next_file_batch(self) -> RawBatch | None:
         """The next non-empty batch of the file, starting (or ending) a pass as needed."""
         if self._batches is None:
-            if self.passes and not self.loop:
+            # A pass without packets ends a loop too: looping it would spin without end.
+            if self.passes and not (self.loop and self._pass_packets):
                 self.finished = True
                 return None
+            self._pass_packets = 0
             if self.speed == 0:
                 self._pass_start = self.passes * (self._span_s + self.loop_gap_s)
             else:
@@ -128,6 +134,7 @@ class ReplaySource:
             return None
         except CaptureFormatError as e:
             raise CaptureError(self.interface, e.why) from e
+        self._pass_packets += len(batch)
         return batch
 
     def stop(self) -> None:

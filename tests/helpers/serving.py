@@ -1,0 +1,164 @@
+"""Run the real `tunnelacct serve` in a lab namespace and watch its status file (tests only).
+
+config = write_config(BASE, tmp / "serve.toml", {"timeouts": {"udp_idle": 3}},
+                      captures=[{"interface": "wg0"}])
+with Serve(lab, config, tmp / "live.db", tmp) as serve:
+    serve.start()
+    ...traffic...
+    assert serve.stop() == 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.netlab import WITH_UAPI_DIR, WireguardLab
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string is a JSON string for these values
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(doc: Mapping[str, Any]) -> str:
+    """TOML text of a document of tables and arrays of tables holding scalars and lists."""
+    out: list[str] = []
+    for name, section in doc.items():
+        tables = section if isinstance(section, list) else [section]
+        for table in tables:
+            out.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
+            out += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+            out.append("")
+    return "\n".join(out)
+
+
+def write_config(
+    base: Path,
+    path: Path,
+    overrides: Mapping[str, Mapping[str, Any]] = {},
+    *,
+    captures: Sequence[Mapping[str, Any]] = (),
+    client_keys: Mapping[str, str] = {},
+    wireguard: Sequence[str] = (),
+) -> Path:
+    """`base` with sections updated by `overrides`, [[capture]] tables, and clients declared by
+    public key only (client id -> key: their addresses are dropped); written to `path`."""
+    doc: dict[str, Any] = tomllib.loads(base.read_text(encoding="utf-8"))
+    for section, values in overrides.items():
+        doc[section] = {**doc.get(section, {}), **values}
+    for client in doc.get("clients", []):
+        if client["id"] in client_keys:
+            client["public_key"] = client_keys[client["id"]]
+            client.pop("addresses", None)
+    if captures:
+        doc["capture"] = [dict(c) for c in captures]
+    if wireguard:
+        doc["wireguard"] = {**doc.get("wireguard", {}), "interfaces": list(wireguard)}
+    path.write_text(dump_toml(doc), encoding="utf-8")
+    return path
+
+
+class Serve:
+    """One `tunnelacct serve` process in the lab's gw namespace (with gw's wg UAPI socket)."""
+
+    def __init__(
+        self, lab: WireguardLab, config: Path, db: Path, workdir: Path, name: str = "serve"
+    ) -> None:
+        self.lab, self.config, self.db = lab, config, db
+        self.status_path = workdir / f"{name}.status.json"
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[Any] | None = None
+        self.ready_ts = 0.0  # wall time its captures were all running
+
+    def start(self, *, wait_for: str = "capturing", timeout_s: float = 30.0) -> Serve:
+        """Start serve and wait until every capture is in state `wait_for` (or "" = none)."""
+        assert self.lab.workdir is not None
+        self.status_path.unlink(missing_ok=True)
+        uapi = str(self.lab.workdir / "uapi-gw")
+        argv = ["sh", "-c", WITH_UAPI_DIR, uapi, sys.executable, "-m", "tunnelacct"]
+        argv += ["serve", "--config", str(self.config), "--status-file", str(self.status_path)]
+        env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{self.db}"}
+        logf = self.log_path.open("a")
+        try:
+            self.proc = self.lab.popen("gw", argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        finally:
+            logf.close()
+        if wait_for:
+            self.wait(
+                lambda s: (
+                    s["state"] == "running" and all(c["state"] == wait_for for c in s["captures"])
+                ),
+                timeout_s,
+                f"captures {wait_for}",
+            )
+        self.ready_ts = time.time()
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        """The last status the service wrote, or None before the first."""
+        try:
+            return dict(json.loads(self.status_path.read_text(encoding="utf-8")))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def wait(
+        self, ready: Callable[[dict[str, Any]], bool], timeout_s: float, what: str
+    ) -> dict[str, Any]:
+        """Poll the status file until `ready(status)`; fail with the log when serve exits."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status is not None and ready(status):
+                return status
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"serve: no {what} within {timeout_s} s:\n{self.log()}")
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the serve process."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def __enter__(self) -> Serve:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
