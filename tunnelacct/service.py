@@ -73,11 +73,11 @@ class Service:
                 )
                 for capture in config.captures
             ]
+            for p in self.pipelines:
+                p.start()  # raises CaptureError when a capture cannot ever work
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(writer.run())
-                await self._resume(engine, writer)
-                for p in self.pipelines:
-                    p.start()  # raises CaptureError when a capture cannot ever work
+                await self._resume(engine, writer)  # before any packet reaches a flow table
                 tasks = [tg.create_task(self._guard(p, writer, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
                 if config.wireguard.interfaces:
@@ -93,6 +93,8 @@ class Service:
                 await self._shutdown(tasks, writer)
                 for task in helpers:
                     task.cancel()
+        except* TunnelacctError as group:
+            raise group.exceptions[0] from None  # rendered once by the CLI
         finally:
             for p in self.pipelines:
                 p.stop()

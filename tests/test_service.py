@@ -1,0 +1,201 @@
+"""`tunnelacct serve` as a process: replay, query-only, restart, missing interface, privileges."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.serving import write_config
+
+DATA = Path(__file__).parent / "data"
+PCAP = DATA / "wg-small.pcap"
+BASE = DATA / "wg-small.toml"
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(
+    not IS_ROOT, reason=f"network namespaces and AF_PACKET need root (euid={os.geteuid()})"
+)
+
+
+def all_rows(db: Path) -> list[dict[str, Any]]:
+    """Every column of every session row, read with the stdlib sqlite3 module."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM sessions ORDER BY id")]
+
+
+class ServeProc:
+    """`tunnelacct serve` started by a test (optionally inside a namespace), ended by PID."""
+
+    def __init__(self, tmp: Path, config: Path, db: Path, *, netns: str | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.status_path = tmp / f"status-{time.monotonic_ns()}.json"
+        self.log_path = self.status_path.with_suffix(".log")
+        argv = [sys.executable, "-m", "tunnelacct", "serve", "--config", str(config)]
+        argv += ["--status-file", str(self.status_path)]
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=preexec,
+            )  # fmt: skip
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.status_path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def wait(self, ready: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 30.0
+             ) -> dict[str, Any]:  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status is not None and ready(status):
+                return status
+            assert self.proc.poll() is None, f"serve exited {self.proc.returncode}:\n{self.log()}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {what} within {timeout_s} s:\n{self.log()}")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, config: Path, db: Path, **kwargs: Any) -> Iterator[ServeProc]:
+    proc = ServeProc(tmp, config, db, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.end()
+
+
+def replay_config(tmp: Path, **capture: Any) -> Path:
+    return write_config(BASE, tmp / "serve.toml", captures=[{"pcap": str(PCAP), **capture}])
+
+
+def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
+    db, imported = tmp_path / "live.db", tmp_path / "import.db"
+    with serving(tmp_path, replay_config(tmp_path), db) as serve:
+        final = serve.wait(
+            lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
+            and s["writer"]["rows_written"] > 0, "replay finished and written",
+        )  # fmt: skip
+        assert serve.stop() == 0, serve.log()
+    run_cli("import", "--config", str(BASE), str(PCAP),
+            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{imported}"})  # fmt: skip
+    live_rows, import_rows = all_rows(db), all_rows(imported)
+    assert live_rows == import_rows
+    assert len(live_rows) == final["captures"][0]["sessions_opened"] > 10
+
+
+def test_serve_without_captures_runs_as_a_query_only_node(tmp_path: Path) -> None:
+    config = write_config(BASE, tmp_path / "serve.toml")
+    with serving(tmp_path, config, tmp_path / "q.db") as serve:
+        status = serve.wait(lambda s: s["state"] == "running", "running")
+        assert status["captures"] == []
+        started = time.monotonic()
+        assert serve.stop() == 0, serve.log()
+        assert time.monotonic() - started < 10
+    assert serve.status() is not None and serve.status()["state"] == "stopped"  # type: ignore[index]
+    assert all_rows(tmp_path / "q.db") == []
+
+
+def test_restart_closes_sessions_of_a_capture_no_longer_running_as_idle(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    # paced replay (the 0.5 s capture over 10 s), stopped midway: open sessions are checkpointed
+    with serving(tmp_path, replay_config(tmp_path, speed=0.05), db) as first:
+        first.wait(lambda s: s["captures"][0]["open_sessions"] >= 2
+                   and s["writer"]["rows_written"] >= 2, "sessions open")  # fmt: skip
+        assert first.stop() == 0, first.log()
+    before = {r["id"]: r for r in all_rows(db)}
+    ongoing = {i for i, r in before.items() if r["status"] == "ongoing"}
+    assert len(ongoing) >= 2
+    assert all(r["packets_tx"] + r["packets_rx"] > 0 for r in before.values())
+
+    with serving(tmp_path, write_config(BASE, tmp_path / "none.toml"), db) as second:
+        status = second.wait(
+            lambda s: s["state"] == "running" and s["writer"]["pending"] == 0
+            and s["writer"]["rows_written"] >= len(ongoing), "rows closed",
+        )  # fmt: skip
+        assert second.stop() == 0, second.log()
+    assert status["closed_at_start"] == len(ongoing)
+    after = {r["id"]: r for r in all_rows(db)}
+    assert set(after) == set(before)
+    for ident, row in after.items():
+        old = before[ident]
+        if ident in ongoing:
+            assert (row["status"], row["close_reason"]) == ("completed", "idle")
+            assert row["ended_at"] == old["last_seen_at"] == row["last_seen_at"]
+            # recomputed from the stored (microsecond) times
+            assert row["duration_s"] == pytest.approx(old["duration_s"], abs=2e-6)
+            changed = ("status", "close_reason", "ended_at", "duration_s")
+            row = {k: v for k, v in row.items() if k not in changed}
+            old = {k: v for k, v in old.items() if k not in changed}
+        assert row == old  # counters and attribution kept as stored
+
+
+@contextlib.contextmanager
+def namespace(name: str) -> Iterator[str]:
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@needs_root
+def test_a_missing_interface_is_logged_and_captured_once_it_appears(tmp_path: Path) -> None:
+    config = write_config(BASE, tmp_path / "serve.toml", captures=[{"interface": "tad0"}])
+    with namespace(f"tasvc{os.getpid()}") as ns, serving(tmp_path, config, tmp_path / "d.db",
+                                                          netns=ns) as serve:  # fmt: skip
+        serve.wait(lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
+                   "waiting for the interface")  # fmt: skip
+        assert "capture on tad0: no such interface; retrying every 5 s" in serve.log()
+        link = ["ip", "-n", ns, "link"]
+        subprocess.run([*link, "add", "tad0", "type", "veth", "peer", "name", "tad1"], check=True)
+        subprocess.run([*link, "set", "tad0", "up"], check=True)
+        serve.wait(lambda s: s["captures"][0]["state"] == "capturing", "capturing", 15)
+        assert "capture on tad0: interface is back" in serve.log()
+        assert serve.stop() == 0, serve.log()
+
+
+def drop_cap_net_raw() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(24, 13, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_NET_RAW
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_NET_RAW)")
+
+
+@needs_root
+def test_missing_privileges_stop_serve_at_start_with_a_clear_error(tmp_path: Path) -> None:
+    config = write_config(BASE, tmp_path / "serve.toml", captures=[{"interface": "lo"}])
+    serve = ServeProc(tmp_path, config, tmp_path / "p.db", preexec=drop_cap_net_raw)
+    try:
+        assert serve.proc.wait(30) == 2
+    finally:
+        serve.end()
+    assert "error: capture on lo: permission denied (needs root or CAP_NET_RAW)" in serve.log()
