@@ -35,6 +35,7 @@ from tunnelacct.writer import SessionWriter
 log = logging.getLogger(__name__)
 
 STATUS_FILE_EVERY_S = 1.0
+FORCE_AFTER_S = 1.0  # a second stop signal at least this much later exits at once
 
 
 class Service:
@@ -280,11 +281,19 @@ def serve(config: Config, *, status_path: Path | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
+        first_at: list[float] = []
+
         def on_signal(signum: int) -> None:
-            if stop.is_set():
-                log.error("second %s: exiting without draining", signal.Signals(signum).name)
-                os._exit(1)
-            log.info("%s received: shutting down", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if first_at:
+                # One stop request often arrives twice (a terminal's Ctrl-C reaches the whole
+                # process group, `timeout` signals child and group): only a later one forces.
+                if time.monotonic() - first_at[0] >= FORCE_AFTER_S:
+                    log.error("second %s: exiting without draining", name)
+                    os._exit(1)
+                return
+            first_at.append(time.monotonic())
+            log.info("%s received: shutting down (again to force)", name)
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
