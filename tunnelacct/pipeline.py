@@ -239,6 +239,12 @@ class CapturePipeline:
                         end = _End(finished=True)
                         break
                 except CaptureError as e:
+                    if not self.live:
+                        # a damaged file: what came before the damage counts, as in import
+                        log.error("%s (packets before it were accounted)", e)
+                        self.status.error, self.status.state = str(e), "finished"
+                        end = _End(finished=True)
+                        break
                     if not e.transient:
                         raise
                     self._waiting(e)
