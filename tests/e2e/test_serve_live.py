@@ -350,3 +350,49 @@ def test_a_store_stalled_beyond_its_bounds_drops_counted_packets_only(tmp_path: 
     seen_by_tcpdump = sum(o.packets_tx + o.packets_rx for o in tshark_sessions(pcap))
     assert seen_by_tcpdump + not_sessions == capture["packets"]
     assert capture["queue_drops"] > 0 and capture["kernel_drops"] == 0
+
+
+def test_wireguard_peers_are_reread_and_new_allowed_ips_attribute_new_sessions(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "live.db"
+    extra_v4 = "100.64.0.33"  # an address bob's peer gets while serve runs
+    with WireguardLab() as lab:
+        settings = {**FAST, "wireguard": {"refresh": 1}}
+        config = write_config(
+            BASE, tmp_path / "serve.toml", settings, captures=LIVE,
+            client_keys={"bob-desktop": lab.public_keys["bob"]}, wireguard=["wg0"],
+        )  # fmt: skip
+        with Serve(lab, config, db, tmp_path) as serve:
+            serve.start()
+            assert _stored_addresses(db, "bob-desktop") == ["100.64.0.3/32", "fd00:64::3/128"]
+            allowed = f"100.64.0.3/32,fd00:64::3/128,{extra_v4}/32"
+            lab.wg("gw", ["set", "wg0", "peer", lab.public_keys["bob"], "allowed-ips", allowed])
+            deadline = time.monotonic() + 10
+            while extra_v4 + "/32" not in _stored_addresses(db, "bob-desktop"):
+                assert time.monotonic() < deadline, serve.log()
+                time.sleep(0.2)
+            # bob sends from the new address: the session is his
+            lab.run("bob", ["ip", "addr", "add", f"{extra_v4}/32", "dev", "wg0"])
+            lab.run("bob", ["python3", "-c", _UDP_FROM.format(src=extra_v4, dst=RES_V4)])
+            serve.wait(lambda s: s["captures"][0]["sessions_opened"] >= 1, 10, "a session")
+            assert serve.stop() == 0, serve.log()
+    (row,) = [r for r in all_rows(db) if r["src_addr"] == extra_v4]
+    assert (row["client_id"], row["user_id"]) == ("bob-desktop", "bob"), row
+    assert "clients with addresses from wireguard peers: bob-desktop" in serve.log()
+
+
+_UDP_FROM = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("{src}", 0))
+s.sendto(b"hello", ("{dst}", 5353))
+"""
+
+
+def _stored_addresses(db: Path, client_id: str) -> list[str]:
+    import json
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT addresses FROM clients WHERE id = ?", (client_id,)).fetchone()
+    return list(json.loads(row[0])) if row else []
