@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
 from tunnelacct.config import (
     ARRAY_SECTIONS,
     SECTION_KEYS,
+    CaptureConfig,
     ClientConfig,
     Config,
     DatabaseConfig,
     OrgConfig,
     ResourceConfig,
+    ServiceConfig,
     Timeouts,
+    WireguardConfig,
     WriterConfig,
     load_config,
     parse_ports,
@@ -61,6 +65,11 @@ def test_documented_defaults() -> None:
     assert config.timeouts == Timeouts(60.0, 3600.0, 5.0, 30.0)
     assert config.writer == WriterConfig(5000, 1.0, 100_000)
     assert config.default_org == "unattributed"
+    assert config.captures == ()  # no [[capture]]: a query-only node
+    assert config.wireguard == WireguardConfig(interfaces=(), refresh_s=30.0)
+    assert config.service == ServiceConfig(
+        queue_packets=262_144, shutdown_timeout_s=30.0, status_interval_s=60.0
+    )
 
 
 FULL = """\
@@ -239,10 +248,16 @@ RES = ORG + '[[resources]]\nid = "pg"\norg = "acme"\n'
 RES_AT = RES + 'address = "::1"\n'
 OA, C, R = '[[orgs]] "acme"', '[[clients]] "alice"', '[[resources]] "pg"'
 KEY_33 = base64.b64encode(bytes(33)).decode()  # 44 characters, but 33 bytes
+REPLAY = "replay.pcap"  # a real capture file the invalid-value test writes beside the config
+CAP = "[[capture]]\n"
+CI, CP = CAP + 'interface = "wg0"\n', CAP + f'pcap = "{REPLAY}"\n'
+K1, WG, SV = "[[capture]] #1", "[wireguard]\n", "[service]\n"
+LONG_UTF8 = "wg-" + "\u00e4" * 7  # 10 characters but 17 bytes: over IFNAMSIZ - 1
 
 # (id, text with MARK on the offending line, key as shown, value shown, part of why)
 INVALID: list[tuple[str, str, str, object, str]] = [
-    ("unknown-section", "[databse] #<\n", "databse", None, "allowed: attribution, clients"),
+    ("unknown-section", "[databse] #<\n", "databse", None,
+     "allowed: attribution, capture, clients"),
     ("unknown-top-key", 'gatway = "gw" #<\n', "gatway", "gw", "unknown section"),
     ("unknown-key", TO + "udp_idel = 5 #<\n", "[timeouts] udp_idel", 5, "allowed: udp_idle"),
     ("dotted-subtable", DB + "[database.extra] #<\n", "[database] extra", None, "allowed: url"),
@@ -348,6 +363,101 @@ INVALID: list[tuple[str, str, str, object, str]] = [
      '[[resources]] "r3" ports', "80-", "range like 8000-8100"),
     ("key-in-multiline-string", '[gateway]\nname = """\nx = 1\n"""\n' + TO + "udp_idle = 0 #<\n",
      "[timeouts] udp_idle", 0, "> 0"),
+    ("capture-not-array", 'capture = "wg0" #<\n', "capture", "wg0", "write [[capture]]"),
+    ("capture-as-table", '[capture] #<\ninterface = "wg0"\n', "capture", None,
+     "write [[capture]]"),
+    ("capture-neither", "[[capture]] #<\nsnaplen = 96\n", K1, None,
+     "expected exactly one of interface or pcap"),
+    ("capture-both", f'[[capture]] #<\ninterface = "wg0"\npcap = "{REPLAY}"\n', K1, None,
+     "expected exactly one of interface or pcap"),
+    ("capture-typo", CI + "ring_mb = 8 #<\n", f"{K1} ring_mb", 8,
+     "allowed: interface, pcap, snaplen, ring_mib, speed, loop"),
+    ("interface-space", CAP + 'interface = "wg 0" #<\n', f"{K1} interface", "wg 0",
+     "without spaces, '/' or ':'"),
+    ("interface-tab", CAP + 'interface = "wg\\t0" #<\n', f"{K1} interface", "wg\t0",
+     "without spaces"),
+    ("interface-slash", CAP + 'interface = "a/b" #<\n', f"{K1} interface", "a/b", "'/'"),
+    ("interface-colon", CAP + 'interface = "eth0:1" #<\n', f"{K1} interface", "eth0:1", "':'"),
+    ("interface-16-chars", CAP + 'interface = "abcdefghijklmnop" #<\n', f"{K1} interface",
+     "abcdefghijklmnop", "1-15 bytes"),
+    ("interface-17-bytes", CAP + f'interface = "{LONG_UTF8}" #<\n', f"{K1} interface",
+     LONG_UTF8, "1-15 bytes"),
+    ("interface-dot", CAP + 'interface = "." #<\n', f"{K1} interface", ".", "not . or .."),
+    ("interface-dotdot", CAP + 'interface = ".." #<\n', f"{K1} interface", "..", "not . or .."),
+    ("interface-empty", CAP + 'interface = "" #<\n', f"{K1} interface", "", "interface name"),
+    ("interface-int", CAP + "interface = 0 #<\n", f"{K1} interface", 0, "interface name"),
+    ("interface-list", CAP + 'interface = ["wg0"] #<\n', f"{K1} interface", None,
+     "interface name"),
+    ("interface-twice", CI + CAP + 'interface = "wg0" #<\n', "[[capture]] #2 interface", "wg0",
+     "captured twice; already at line 2"),
+    ("speed-on-interface", CI + "speed = 1 #<\n", f"{K1} speed", 1,
+     "only for a pcap replay, not a live interface"),
+    ("loop-on-interface", CI + "loop = false #<\n", f"{K1} loop", False,
+     "only for a pcap replay, not a live interface"),
+    ("pcap-empty", CAP + 'pcap = "" #<\n', f"{K1} pcap", "", "non-empty string"),
+    ("pcap-int", CAP + "pcap = 3 #<\n", f"{K1} pcap", 3, "non-empty string"),
+    ("pcap-missing", CAP + 'pcap = "missing.pcap" #<\n', f"{K1} pcap", "missing.pcap",
+     "no such file: "),
+    ("speed-negative", CP + "speed = -1 #<\n", f"{K1} speed", -1, "expected a number >= 0"),
+    ("speed-negative-float", CP + "speed = -0.5 #<\n", f"{K1} speed", -0.5, "a number >= 0"),
+    ("speed-string", CP + 'speed = "2x" #<\n', f"{K1} speed", "2x", "a number >= 0"),
+    ("speed-bool", CP + "speed = true #<\n", f"{K1} speed", True, "a number >= 0"),
+    ("speed-nan", CP + "speed = nan #<\n", f"{K1} speed", float("nan"), "a number >= 0"),
+    ("speed-inf", CP + "speed = inf #<\n", f"{K1} speed", float("inf"), "a number >= 0"),
+    ("loop-string", CP + 'loop = "yes" #<\n', f"{K1} loop", "yes", "expected true or false"),
+    ("loop-int", CP + "loop = 1 #<\n", f"{K1} loop", 1, "expected true or false"),
+    ("snaplen-63", CI + "snaplen = 63 #<\n", f"{K1} snaplen", 63, "64-1920"),
+    ("snaplen-1921", CI + "snaplen = 1921 #<\n", f"{K1} snaplen", 1921, "64-1920"),
+    ("snaplen-zero", CI + "snaplen = 0 #<\n", f"{K1} snaplen", 0, "64-1920"),
+    ("snaplen-negative", CI + "snaplen = -96 #<\n", f"{K1} snaplen", -96, "64-1920"),
+    ("snaplen-float", CI + "snaplen = 96.5 #<\n", f"{K1} snaplen", 96.5, "integer 64-1920"),
+    ("snaplen-bool", CI + "snaplen = true #<\n", f"{K1} snaplen", True, "integer 64-1920"),
+    ("snaplen-string", CI + 'snaplen = "96" #<\n', f"{K1} snaplen", "96", "integer 64-1920"),
+    ("ring-zero", CI + "ring_mib = 0 #<\n", f"{K1} ring_mib", 0, "integer >= 1"),
+    ("ring-negative", CI + "ring_mib = -4 #<\n", f"{K1} ring_mib", -4, "integer >= 1"),
+    ("ring-float", CI + "ring_mib = 1.5 #<\n", f"{K1} ring_mib", 1.5, "integer >= 1"),
+    ("ring-bool", CI + "ring_mib = true #<\n", f"{K1} ring_mib", True, "integer >= 1"),
+    ("second-capture", CI + CAP + 'interface = "wg1"\nsnaplen = 10 #<\n',
+     "[[capture]] #2 snaplen", 10, "64-1920"),
+    ("wireguard-not-table", 'wireguard = ["wg0"] #<\n', "wireguard", None,
+     "write [wireguard]"),
+    ("wireguard-as-array", '[[wireguard]] #<\ninterfaces = ["wg0"]\n', "wireguard", None,
+     "write [wireguard]"),
+    ("wireguard-typo", WG + 'interface = ["wg0"] #<\n', "[wireguard] interface", None,
+     "allowed: interfaces, refresh"),
+    ("wg-interfaces-string", WG + 'interfaces = "wg0" #<\n', "[wireguard] interfaces", "wg0",
+     'expected an array like ["wg0"]'),
+    ("wg-interfaces-table", WG + "interfaces = {wg0 = true} #<\n", "[wireguard] interfaces",
+     None, "an array"),
+    ("wg-interface-space", WG + 'interfaces = ["wg0", "wg 1"] #<\n', "[wireguard] interfaces",
+     "wg 1", "without spaces"),
+    ("wg-interface-int", WG + "interfaces = [0] #<\n", "[wireguard] interfaces", 0,
+     "interface name"),
+    ("wg-interface-long", WG + 'interfaces = ["wireguard-tunnel"] #<\n',
+     "[wireguard] interfaces", "wireguard-tunnel", "1-15 bytes"),
+    ("wg-interface-dotdot", WG + 'interfaces = [".."] #<\n', "[wireguard] interfaces", "..",
+     "not . or .."),
+    ("wg-interface-multiline", WG + 'interfaces = [ #<\n  "wg0",\n  "wg/1",\n]\n',
+     "[wireguard] interfaces", "wg/1", "'/'"),
+    ("refresh-zero", WG + "refresh = 0 #<\n", "[wireguard] refresh", 0, "seconds > 0"),
+    ("refresh-negative", WG + "refresh = -5 #<\n", "[wireguard] refresh", -5, "seconds > 0"),
+    ("refresh-string", WG + 'refresh = "30s" #<\n', "[wireguard] refresh", "30s", "seconds"),
+    ("refresh-bool", WG + "refresh = true #<\n", "[wireguard] refresh", True, "seconds"),
+    ("service-not-table", "service = 1 #<\n", "service", 1, "write [service]"),
+    ("service-typo", SV + "queue_size = 5 #<\n", "[service] queue_size", 5,
+     "allowed: queue_packets, shutdown_timeout, status_interval"),
+    ("queue-zero", SV + "queue_packets = 0 #<\n", "[service] queue_packets", 0, "integer >= 1"),
+    ("queue-float", SV + "queue_packets = 1.5 #<\n", "[service] queue_packets", 1.5, "integer"),
+    ("queue-bool", SV + "queue_packets = true #<\n", "[service] queue_packets", True,
+     "integer"),
+    ("shutdown-zero", SV + "shutdown_timeout = 0 #<\n", "[service] shutdown_timeout", 0,
+     "seconds > 0"),
+    ("shutdown-string", SV + 'shutdown_timeout = "30" #<\n', "[service] shutdown_timeout",
+     "30", "seconds"),
+    ("status-negative", SV + "status_interval = -1 #<\n", "[service] status_interval", -1,
+     "seconds > 0"),
+    ("status-inf", SV + "status_interval = inf #<\n", "[service] status_interval",
+     float("inf"), "seconds > 0"),
 ]  # fmt: skip
 
 
@@ -357,6 +467,7 @@ INVALID: list[tuple[str, str, str, object, str]] = [
 def test_invalid_value_is_reported_at_its_line(
     tmp_path: Path, text: str, key: str, value: object, why: str
 ) -> None:
+    write_pcap(tmp_path / REPLAY, [], LINKTYPE_RAW)  # so `pcap = "replay.pcap"` exists
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
@@ -444,8 +555,157 @@ def test_resource_defaults(tmp_path: Path) -> None:
     assert resource.protocols == (IpProto.TCP, IpProto.UDP)
 
 
+def test_empty_capture_wireguard_and_service_sections_give_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[wireguard]\n[service]\n"), environ={})
+    assert config.captures == ()
+    assert config.wireguard == WireguardConfig()
+    assert config.service == ServiceConfig()
+    assert (config.wireguard.interfaces, config.wireguard.refresh_s) == ((), 30.0)
+    assert (config.service.queue_packets, config.service.shutdown_timeout_s) == (262_144, 30.0)
+    assert config.service.status_interval_s == 60.0
+
+
+def test_capture_defaults(tmp_path: Path) -> None:
+    write_pcap(tmp_path / "day1.pcap", [], LINKTYPE_RAW)
+    text = '[[capture]]\ninterface = "wg0"\n[[capture]]\npcap = "day1.pcap"\n'
+    live, replay = load_config(write(tmp_path, text), environ={}).captures
+    # headers-only snaplen, a 64 MiB ring; a replay runs once, as fast as possible
+    assert live == CaptureConfig("wg0", None, snaplen=96, ring_mib=64, speed=0.0, loop=False)
+    assert replay == CaptureConfig(None, str(tmp_path / "day1.pcap"), 96, 64, 0.0, False)
+    assert (live.name, replay.name) == ("wg0", str(tmp_path / "day1.pcap"))
+
+
+def test_capture_wireguard_and_service_keys_load(tmp_path: Path) -> None:
+    (tmp_path / "captures").mkdir()
+    write_pcap(tmp_path / "captures" / "day1.pcapng", [], LINKTYPE_RAW)
+    other = write_pcap(tmp_path / "other.pcap", [], LINKTYPE_RAW)
+    text = f"""\
+[[capture]]
+interface = "wg0"
+snaplen = 1920
+ring_mib = 1
+
+[[capture]]
+interface = "eth0.100"
+snaplen = 64
+
+[[capture]]
+pcap = "captures/day1.pcapng"
+speed = 2
+loop = true
+
+[[capture]]
+pcap = "{other}"
+speed = 0.5
+loop = false
+
+[wireguard]
+interfaces = ["wg0", "wg1", "wg0"]
+refresh = 5
+
+[service]
+queue_packets = 1024
+shutdown_timeout = 7.5
+status_interval = 10
+"""
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.captures == (
+        CaptureConfig(interface="wg0", snaplen=1920, ring_mib=1),
+        CaptureConfig(interface="eth0.100", snaplen=64),
+        CaptureConfig(pcap=str(tmp_path / "captures" / "day1.pcapng"), speed=2.0, loop=True),
+        CaptureConfig(pcap=str(other), speed=0.5, loop=False),
+    )
+    assert all(type(c.speed) is float for c in config.captures)
+    # an interface listed twice is read once, in the order first written
+    assert config.wireguard == WireguardConfig(interfaces=("wg0", "wg1"), refresh_s=5.0)
+    assert config.service == ServiceConfig(
+        queue_packets=1024, shutdown_timeout_s=7.5, status_interval_s=10.0
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["wg0", "eth0.100", "br-lan", "veth_a1", "x", "abcdefghijklmno", "wg-\u00e4\u00e4"]
+)
+def test_linux_interface_names_are_accepted(tmp_path: Path, name: str) -> None:
+    text = f'[[capture]]\ninterface = "{name}"\n[wireguard]\ninterfaces = ["{name}"]\n'
+    config = load_config(write(tmp_path, text), environ={})
+    assert (config.captures[0].interface, config.wireguard.interfaces) == (name, (name,))
+
+
+def test_pcap_path_is_resolved_against_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir = tmp_path / "etc" / "acct"
+    (config_dir / "captures").mkdir(parents=True)
+    wanted = write_pcap(config_dir / "captures" / "a.pcap", [], LINKTYPE_RAW)
+    (tmp_path / "captures").mkdir()  # a decoy where a working-directory lookup would look
+    write_pcap(tmp_path / "captures" / "a.pcap", [], LINKTYPE_RAW)
+    monkeypatch.chdir(tmp_path)
+    write(config_dir, '[[capture]]\npcap = "captures/./a.pcap"\n')
+    for config_path in (config_dir / "tunnelacct.toml", Path("etc/acct/tunnelacct.toml")):
+        assert load_config(config_path, environ={}).captures[0].pcap == str(wanted)
+
+
+def test_pcap_path_expands_home_and_keeps_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    in_home = write_pcap(tmp_path / "home" / "a.pcap", [], LINKTYPE_RAW)
+    absolute = write_pcap(tmp_path / "b.pcap", [], LINKTYPE_RAW)
+    (tmp_path / "etc").mkdir()
+    text = f'[[capture]]\npcap = "~/a.pcap"\n[[capture]]\npcap = "{absolute}"\n'
+    captures = load_config(write(tmp_path / "etc", text), environ={}).captures
+    assert [c.pcap for c in captures] == [str(in_home), str(absolute)]
+
+
+def test_missing_pcap_error_names_the_file_it_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc", '[gateway]\nname = "gw"\n[[capture]]\npcap = "../caps/x.pcap"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    looked_for = tmp_path / "caps" / "x.pcap"  # beside the config file, not the working dir
+    assert (info.value.line, info.value.key) == (4, "[[capture]] #1 pcap")
+    assert (info.value.value, info.value.why) == ("../caps/x.pcap", f"no such file: {looked_for}")
+    assert str(info.value) == (
+        f"config error: {path} line 4: [[capture]] #1 pcap = '../caps/x.pcap': "
+        f"no such file: {looked_for}"
+    )
+
+
+@pytest.mark.parametrize("spelling", ["replay.pcap", "./sub/../replay.pcap", "{absolute}"])
+def test_same_capture_file_twice_names_the_line_of_the_first(tmp_path: Path, spelling: str) -> None:
+    replay = write_pcap(tmp_path / "replay.pcap", [], LINKTYPE_RAW)
+    second = spelling.format(absolute=replay)
+    text = f'[[capture]]\npcap = "replay.pcap"\nspeed = 1\n\n[[capture]]\npcap = "{second}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert (info.value.line, info.value.key) == (6, "[[capture]] #2 pcap")
+    assert (info.value.value, info.value.why) == (
+        str(replay),
+        "captured twice; already at line 2",
+    )
+
+
+def test_an_interface_and_a_file_may_share_a_name(tmp_path: Path) -> None:
+    write_pcap(tmp_path / "wg0", [], LINKTYPE_RAW)  # a capture file named like the interface
+    text = '[[capture]]\ninterface = "wg0"\n[[capture]]\npcap = "wg0"\n'
+    captures = load_config(write(tmp_path, text), environ={}).captures
+    assert [(c.interface, c.pcap) for c in captures] == [
+        ("wg0", None),
+        (None, str(tmp_path / "wg0")),
+    ]
+
+
 def test_docs_example_loads(tmp_path: Path) -> None:
     blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
     assert blocks, "README.md has a full ```toml example"
-    config = load_config(write(tmp_path, max(blocks, key=len)), environ={})
+    example = max(blocks, key=len)
+    config = load_config(write(tmp_path, example), environ={})
     assert config.orgs and config.clients and config.resources
+    # the commented [[capture]] is valid too, once uncommented
+    keys = r"\[\[capture\]\]|interface =|snaplen =|ring_mib ="
+    live = re.sub(rf"^# ({keys})", r"\1", example, flags=re.MULTILINE)
+    assert live != example
+    captures = load_config(write(tmp_path, live), environ={}).captures
+    assert captures == (CaptureConfig(interface="wg0", snaplen=96, ring_mib=64),)
