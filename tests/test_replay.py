@@ -341,3 +341,15 @@ def test_file_broken_between_passes_raises_capture_error_naming_it(tmp_path: Pat
 def test_negative_speed_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="speed -1"):
         ReplaySource(write_capture(tmp_path / "c.pcapng", recorded()), speed=-1.0)
+
+
+def test_a_truncated_last_record_is_logged_and_the_packets_before_it_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = recorded()
+    path = write_capture(tmp_path / "cut.pcapng", records)
+    path.write_bytes(path.read_bytes()[:-10])  # tcpdump killed while writing the last block
+    with caplog.at_level("WARNING", logger="tunnelacct.sources.replay"):
+        got = read_all(ReplaySource(path))
+    assert got == records[:-1]
+    assert [r.getMessage().startswith(f"{path}: ") for r in caplog.records] == [True]

@@ -14,6 +14,7 @@ their paced time and carry that time, as if captured now: recorded gaps / speed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,9 @@ import numpy as np
 
 from tunnelacct.errors import CaptureError, CaptureFormatError
 from tunnelacct.sources import RawBatch
-from tunnelacct.sources.pcapfile import open_capture
+from tunnelacct.sources.pcapfile import CaptureReader, open_capture
+
+log = logging.getLogger(__name__)
 
 
 def _take(batch: RawBatch, sel: slice) -> RawBatch:
@@ -64,6 +67,7 @@ class ReplaySource:
         self._pass_packets = 0  # packets read in the current pass
         self._stopped = self._closed = False
         self._batches: Iterator[RawBatch] | None = None
+        self._reader: CaptureReader | None = None
         self._held: RawBatch | None = None  # paced: packets read but not yet due
         self._pass_start = 0.0  # wall time (paced) or shift (fast) of the current pass
 
@@ -123,7 +127,8 @@ class ReplaySource:
                 self._pass_start = self._clock()
             self.passes += 1
             try:
-                self._batches = open_capture(self.path).batches()
+                self._reader = open_capture(self.path)
+                self._batches = self._reader.batches()
             except CaptureFormatError as e:
                 raise CaptureError(self.interface, e.why) from e
         try:
@@ -131,6 +136,9 @@ class ReplaySource:
                 pass
         except StopIteration:
             self._batches = None
+            if self.passes == 1 and self._reader is not None:
+                for warning in self._reader.stats.warnings:  # e.g. a truncated last record
+                    log.warning("%s: %s", self.path, warning)
             return None
         except CaptureFormatError as e:
             raise CaptureError(self.interface, e.why) from e
