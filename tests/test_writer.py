@@ -517,3 +517,29 @@ def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
     placeholders = ", ".join(f"${i}" for i in range(1, len(ROW_COLUMNS) + 1))
     assert f"VALUES ({placeholders}) ON CONFLICT (id) DO UPDATE" in sql
     assert "?" not in sql
+
+
+async def test_ongoing_sessions_reads_back_this_gateways_ongoing_rows_as_written(
+    engine: AsyncEngine,
+) -> None:
+    from tunnelacct.store import ongoing_sessions
+
+    ongoing = [event(EventKind.CHECKPOINT, n=n, last_ts=T0 + n) for n in (1, 2)]
+    closed = event(EventKind.CLOSED, n=3, last_ts=T0 + 3)
+    here, elsewhere = (
+        writer_for(engine),
+        SessionWriter(engine, WriterConfig(), gateway="another-gateway"),
+    )
+    await here.submit([*ongoing, closed])
+    await here.close()
+    await elsewhere.submit([event(EventKind.CHECKPOINT)])
+    await elsewhere.close()
+
+    got = await ongoing_sessions(engine, "gw-test")
+    assert sorted(e.session_id for e in got) == sorted(e.session_id for e in ongoing)
+    for e in got:
+        (want,) = [w for w in ongoing if w.session_id == e.session_id]
+        # times come back at the store's microsecond resolution
+        assert e.last_ts == pytest.approx(want.last_ts, abs=1e-6)
+        assert e.started_ts == pytest.approx(want.started_ts, abs=1e-6)
+        assert replace(e, last_ts=0.0, started_ts=0.0) == replace(want, last_ts=0.0, started_ts=0.0)
