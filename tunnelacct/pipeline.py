@@ -5,14 +5,18 @@ batch and hands it to the event loop through a hand-off bounded in packets. The 
 the FlowTable: it sessionizes batches, and once a second (the ticker) expires idle sessions by
 the wall clock and, every `checkpoint` seconds, emits checkpoints of the sessions that changed.
 
-A full hand-off is a decision: a live capture drops the batch and counts its packets (the
-kernel would drop them otherwise, uncounted by us), a replay waits. It fills only when the
-writer pushes back, i.e. when the store has stalled for longer than `max_pending` allows.
+A full hand-off is a decision: the reader waits, so the kernel ring (`ring_mib`) absorbs the
+burst; what overflows the ring the kernel drops and counts (`kernel_drops`, read even while
+waiting). It fills when the sessionizer falls behind: a burst above its rate, or the writer
+pushing back because the store has stalled longer than `max_pending` allows. Only at shutdown
+does a full hand-off drop a batch (counted as `queue_drops`): when the store stays stalled
+past `shutdown_timeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -69,7 +73,7 @@ class CaptureStatus:
     packets: int = 0  # packets read from the source (decoded or not)
     kernel_packets: int = 0  # live: packets the kernel passed to the ring, incl. drops
     kernel_drops: int = 0  # live: packets the ring had no room for
-    queue_drops: int = 0  # packets dropped because the hand-off was full
+    queue_drops: int = 0  # packets dropped because shutdown ran out of time
     decode_errors: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)  # valid packets that are not TCP/UDP
     open_sessions: int = 0
@@ -101,15 +105,21 @@ class _Handoff:
         self._queued = 0
         self._room = threading.Condition()
 
-    def put(self, batch: DecodedBatch, *, wait: bool, stop: threading.Event) -> bool:
-        """Queue `batch` (thread side); False when full and not `wait`ing, or stopping."""
+    def put(
+        self, batch: DecodedBatch, *, abandon: threading.Event, waiting: Callable[[], None]
+    ) -> bool:
+        """Queue `batch` (thread side), waiting for room; False when `abandon` is set.
+
+        `waiting()` is called every 0.2 s of waiting (to keep reading the kernel's counters).
+        """
         n = len(batch)
         with self._room:
             # one batch larger than the bound still goes when the queue is empty
             while self._queued and self._queued + n > self._max:
-                if not wait or stop.is_set():
+                if abandon.is_set():
                     return False
-                self._room.wait(0.2)
+                if not self._room.wait(0.2):
+                    waiting()
             self._queued += n
         self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
         return True
@@ -165,6 +175,7 @@ class CapturePipeline:
         # a paced source stamps packets with the wall clock, so the ticker may expire by it
         self.realtime = self.live or capture.speed > 0
         self._stop = threading.Event()
+        self._abandon = threading.Event()  # shutdown ran out of time: stop waiting for room
         self._thread: threading.Thread | None = None
         self._handoff: _Handoff | None = None
         self._first: Source | None = None
@@ -194,6 +205,11 @@ class CapturePipeline:
     def stop(self) -> None:
         """Ask the reader to stop: it stops the source, reads what is left and ends `run()`."""
         self._stop.set()
+
+    def abandon(self) -> None:
+        """Shutdown ran out of time: the reader drops (and counts) what it cannot hand off."""
+        self._stop.set()
+        self._abandon.set()
 
     def join(self, timeout_s: float) -> bool:
         """Wait for the reader thread to end (thread side of shutdown); True when it has."""
@@ -280,7 +296,8 @@ class CapturePipeline:
                 else:
                     status.packets += len(raw)
                     batch = decode(raw)
-                    if not handoff.put(batch, wait=not self.live, stop=stop):
+                    read_stats = functools.partial(self._read_stats, source, kernel_base)
+                    if not handoff.put(batch, abandon=self._abandon, waiting=read_stats):
                         status.queue_drops += len(raw)
                 if self._monotonic() >= next_stats:
                     next_stats = self._monotonic() + STATS_EVERY_S

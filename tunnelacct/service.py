@@ -116,6 +116,8 @@ class Service:
             _done, late = await asyncio.wait(tasks, timeout=budget_s)
             if late:
                 log.error("%d capture(s) did not finish within %.0f s", len(late), budget_s)
+                for p in self.pipelines:
+                    p.abandon()
         remaining_s = max(1.0, deadline - time.monotonic())
         await writer.close(timeout_s=remaining_s)  # StoreError names what stays unwritten
         for p in self.pipelines:
