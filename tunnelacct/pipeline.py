@@ -127,12 +127,16 @@ class _Handoff:
     def end(self, end: _End) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, end)
 
-    async def get(self, timeout_s: float) -> DecodedBatch | _End | None:
+    async def get_all(self, timeout_s: float, limit: int = 64) -> list[DecodedBatch | _End]:
+        """What is queued (waiting up to `timeout_s` for something), oldest first; [] if none."""
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._queue.get()
+                items = [await self._queue.get()]
         except TimeoutError:
-            return None
+            return []
+        while len(items) < limit and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
 
     def done(self, batch: DecodedBatch) -> None:
         """The loop has sessionized `batch`: its packets no longer count against the bound."""
@@ -326,16 +330,23 @@ class CapturePipeline:
         next_tick = self._monotonic() + TICK_S
         next_checkpoint = self._monotonic() + checkpoint_s
         while True:
-            item = await handoff.get(max(0.0, next_tick - self._monotonic()))
-            if isinstance(item, DecodedBatch):
-                for reason, n in item.failures.items():
-                    bucket = status.skipped if reason in SKIPPED_REASONS else status.decode_errors
-                    bucket[reason] += n
-                events = await asyncio.to_thread(table.process, item)
-                handoff.done(item)
+            items = await handoff.get_all(max(0.0, next_tick - self._monotonic()))
+            batches = [i for i in items if isinstance(i, DecodedBatch)]
+            if batches:
+                for batch in batches:
+                    for reason, n in batch.failures.items():
+                        bucket = (
+                            status.skipped if reason in SKIPPED_REASONS else status.decode_errors
+                        )
+                        bucket[reason] += n
+                # one thread hop for everything queued: a hop back to the loop costs ms under load
+                events = await asyncio.to_thread(_process_all, table, batches)
+                for batch in batches:
+                    handoff.done(batch)
                 if events:
                     await sink.submit(events)
-            elif isinstance(item, _End):
+            item = items[-1] if items else None
+            if isinstance(item, _End):  # the reader's last word
                 if item.finished:
                     events = await asyncio.to_thread(table.close_all, CloseReason.END_OF_CAPTURE)
                 else:
@@ -374,3 +385,11 @@ class CapturePipeline:
         self.status.open_sessions = len(self.table)
         self.status.sessions_opened = st.sessions_opened
         self.status.closed = Counter(st.closed)
+
+
+def _process_all(table: FlowTable, batches: list[DecodedBatch]) -> list[SessionEvent]:
+    """Sessionize batches in order; their events in order."""
+    events: list[SessionEvent] = []
+    for batch in batches:
+        events += table.process(batch)
+    return events
