@@ -848,3 +848,24 @@ def test_a_resumed_session_continues_with_the_same_id_and_counters(
     resumed = only([e for e in events if e.kind is EventKind.CLOSED])
     assert resumed == dataclasses.replace(whole, interface="a.pcap")  # where it was first seen
     assert second.stats.sessions_opened == 0
+
+
+def test_emit_opened_announces_each_session_once_when_it_opens(tmp_path: Path) -> None:
+    long_lived, short = Tcp(CLIENT4, SERVER4, 40100, 443), Tcp(CLIENT4, SERVER4, 40101, 443)
+    first = [*long_lived.handshake(), *short.handshake(), *short.request(10), *short.close()]
+    later = [*long_lived.request(20)]
+    pkts = timed(T0, first) + timed(T0 + 1, later)
+    raws = split_raw(read_raw(write(tmp_path / "cap.pcap", pkts))[0], [len(first)])
+    table = FlowTable(TIMEOUTS, attribute=attribute, is_client=is_client,
+                      id_namespace=NAMESPACE, emit_opened=True)  # fmt: skip
+    events = sorted(table.process(decode(raws[0])), key=lambda e: e.src_port)
+    assert [(e.kind, e.src_port) for e in events] == [
+        (EventKind.OPENED, 40100), (EventKind.OPENED, 40101)
+    ]  # fmt: skip
+    # counters as of the end of the batch that opened them
+    assert [(e.packets_tx, e.packets_rx) for e in events] == [(2, 1), (5, 4)]
+    # later packets are not announced again; the closed one ends after its linger
+    events = table.process(decode(raws[1])) + table.advance(float(T0) + 30)
+    assert [(e.kind, e.src_port) for e in events] == [(EventKind.CLOSED, 40101)]
+    (last,) = table.close_all(CloseReason.SHUTDOWN)
+    assert (last.src_port, last.packets_tx, last.packets_rx) == (40100, 3, 2)
