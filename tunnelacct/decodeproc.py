@@ -53,11 +53,13 @@ _NARROW = {
 }  # fmt: skip
 
 
-def _narrow(b: DecodedBatch) -> DecodedBatch:
+def narrow(b: DecodedBatch) -> DecodedBatch:
+    """The batch with narrow integer dtypes, for the trip through a pipe."""
     return replace(b, **{k: getattr(b, k).astype(t) for k, t in _NARROW.items()})
 
 
-def _widen(b: DecodedBatch) -> DecodedBatch:
+def widen(b: DecodedBatch) -> DecodedBatch:
+    """The batch back with int64 everywhere, as the flow table expects."""
     return replace(b, **{k: getattr(b, k).astype(np.int64) for k in _NARROW})
 
 
@@ -78,7 +80,7 @@ def _child(paths: list[Path], out: Any) -> None:
         error = None
         try:
             for raw in reader.batches():
-                out.put(Decoded(index, _narrow(decode(raw)), reader.stats.bytes_read))
+                out.put(Decoded(index, narrow(decode(raw)), reader.stats.bytes_read))
         except CaptureFormatError as e:
             error = str(e)
         out.put(FileDone(index, reader.stats.packets, reader.size_bytes, reader.stats.warnings,
@@ -103,7 +105,7 @@ class DecodeProcess:
             try:
                 msg: Decoded | FileDone | None = self._queue.get(timeout=POLL_S)
                 if isinstance(msg, Decoded):
-                    msg.batch = _widen(msg.batch)
+                    msg.batch = widen(msg.batch)
                 return msg
             except queue.Empty:
                 if not self._proc.is_alive():

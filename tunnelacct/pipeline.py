@@ -1,7 +1,8 @@
 """One [[capture]] of `serve`: source -> decode in a reader thread, then the flow table on the loop.
 
-The reader thread owns the source (a LiveSource, or a ReplaySource for a file), decodes each
-batch and hands it to the event loop through a hand-off bounded in packets. The loop side owns
+The reader thread owns the source (a LiveProcessSource, which captures and decodes in a child
+process, or a ReplaySource for a file, decoded here) and hands decoded batches to the event loop
+through a hand-off bounded in packets. The loop side owns
 the FlowTable: it sessionizes batches, and once a second (the ticker) expires idle sessions by
 the wall clock and, every `checkpoint` seconds, emits checkpoints of the sessions that changed.
 
@@ -33,7 +34,7 @@ from tunnelacct.errors import CaptureError
 from tunnelacct.events import SessionEvent
 from tunnelacct.flowtable import AttributeFn, FlowTable, IsClientFn
 from tunnelacct.sources import RawBatch
-from tunnelacct.sources.live import LiveSource
+from tunnelacct.sources.liveproc import LiveProcessSource
 from tunnelacct.sources.replay import ReplaySource
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ STATS_EVERY_S = 1.0
 class Source(Protocol):
     """What the reader thread needs of LiveSource and ReplaySource."""
 
-    def read_batch(self, timeout_s: float) -> RawBatch | None: ...
+    def read_batch(self, timeout_s: float) -> RawBatch | DecodedBatch | None: ...
     def stop(self) -> None: ...
     def stats(self) -> tuple[int, int]: ...
     def close(self) -> None: ...
@@ -227,7 +228,7 @@ class CapturePipeline:
     def _open(self) -> Source:
         c = self.capture
         if c.interface is not None:
-            return LiveSource(c.interface, snaplen=c.snaplen, block_count=c.ring_mib)
+            return LiveProcessSource(c.interface, snaplen=c.snaplen, block_count=c.ring_mib)
         assert c.pcap is not None
         t = self._timeouts
         gap_s = max(t.tcp_idle_s, t.udp_idle_s) + t.tcp_linger_s + 1.0
@@ -298,11 +299,12 @@ class CapturePipeline:
                         status.state = "finished"
                         return True
                 else:
-                    status.packets += len(raw)
-                    batch = decode(raw)
+                    # a live source decodes in its own process; a replay is decoded here
+                    batch = decode(raw) if isinstance(raw, RawBatch) else raw
+                    status.packets += batch.packets_in
                     read_stats = functools.partial(self._read_stats, source, kernel_base)
                     if not handoff.put(batch, abandon=self._abandon, waiting=read_stats):
-                        status.queue_drops += len(raw)
+                        status.queue_drops += batch.packets_in
                 if self._monotonic() >= next_stats:
                     next_stats = self._monotonic() + STATS_EVERY_S
                     self._read_stats(source, kernel_base)
