@@ -206,6 +206,8 @@ def test_kill_9_loses_no_completed_session_and_at_most_one_checkpoint_of_counts(
             lab.udp_echo("bob", RES_V4, 5)
             with background(lab.iperf, "alice", ["-t", "8", "-b", "20M"]):
                 time.sleep(4)  # a long TCP session (and its control connection) mid-way
+                capture_children = _children(first.proc.pid)
+                assert capture_children, "serve captures in a child process"
                 first.kill()
                 killed_ts = time.time()
                 second.start()
@@ -215,6 +217,8 @@ def test_kill_9_loses_no_completed_session_and_at_most_one_checkpoint_of_counts(
             assert second.stop() == 0, second.log()
     assert stats.problems() == [] and stats.drops == {pcap: 0}, stats
     assert resumed is not None and resumed["resumed_sessions"] >= 2, resumed
+    # the capture process died with the service: no orphan keeps the old ring
+    assert not [pid for pid in capture_children if _alive(pid)]
 
     oracle = tshark_sessions(pcap)
     rows = all_rows(db)
@@ -250,6 +254,22 @@ def test_kill_9_loses_no_completed_session_and_at_most_one_checkpoint_of_counts(
             assert got > 0 and row["close_reason"] == expected_reason(o), (o, row)
     assert spanning >= 2, "iperf3's data and control connections span the kill"
     assert len(rows) == len({(_row_key(r), r["started_at"]) for r in rows})
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs of the direct children of `pid`."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _row_key(r: dict[str, Any]) -> tuple[str, str, int, str, int]:
