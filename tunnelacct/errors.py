@@ -56,3 +56,11 @@ class UnknownOrgError(TunnelacctError):
     def __init__(self, org_id: str, known: list[str]) -> None:
         self.org_id, self.known = org_id, known
         super().__init__(f"unknown org {org_id!r}; known orgs: {', '.join(known) or 'none'}")
+
+
+class FilterError(TunnelacctError):
+    """A session filter term cannot be parsed: names the term as written and what was expected."""
+
+    def __init__(self, token: str, expected: str) -> None:
+        self.token, self.expected = token, expected
+        super().__init__(f"bad filter term {token!r}: expected {expected}")

@@ -1,0 +1,479 @@
+"""Filter language: parsing, error messages, and SQL that selects what a brute-force oracle does.
+
+The SQL tests run `select(id).where(filter_clause(...))` on real SQLite files (one filled by
+importing tests/data/wg-small.pcap with the CLI, one with tricky address spellings) and compare
+the ids with a plain-Python predicate evaluated over every row read with stdlib sqlite3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, insert, select
+from sqlalchemy.dialects import postgresql
+
+from tests.helpers.accuracy import import_file
+from tunnelacct.errors import FilterError, TunnelacctError
+from tunnelacct.models import SessionRecord
+from tunnelacct.query import (
+    Compare,
+    Filter,
+    InNetwork,
+    Match,
+    PortIn,
+    StartedAt,
+    filter_clause,
+    parse_bytes,
+    parse_filter,
+)
+from tunnelacct.schema import migrate
+from tunnelacct.store import table_of
+
+DATA = Path(__file__).resolve().parent / "data"
+TABLE = table_of(SessionRecord)
+Row = dict[str, Any]
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "term"),
+    [
+        ("protocol:tcp", Match("protocol", "tcp")),
+        ("protocol:UDP", Match("protocol", "udp")),
+        ("client:alice-laptop", Match("client", "alice-laptop")),
+        ('client:"bob laptop"', Match("client", "bob laptop")),
+        ('"client:bob laptop"', Match("client", "bob laptop")),
+        ('user:"a:b"', Match("user", "a:b")),
+        ("resource:intranet-web", Match("resource", "intranet-web")),
+        ("status:ongoing", Match("status", "ongoing")),
+        ("status:completed", Match("status", "completed")),
+        ("close_reason:end_of_capture", Match("close_reason", "end_of_capture")),
+        ("close_reason:rst", Match("close_reason", "rst")),
+        ("src:100.64.0.2", InNetwork("src", ipaddress.ip_network("100.64.0.2/32"))),
+        ("src:100.64.0.0/10", InNetwork("src", ipaddress.ip_network("100.64.0.0/10"))),
+        ("dst:10.99.0.5/24", InNetwork("dst", ipaddress.ip_network("10.99.0.0/24"))),
+        ("dst:fd00:99::5", InNetwork("dst", ipaddress.ip_network("fd00:99::5/128"))),
+        ("dst:FD00:99::/48", InNetwork("dst", ipaddress.ip_network("fd00:99::/48"))),
+        ("src:::ffff:10.0.0.0/104", InNetwork("src", ipaddress.ip_network("::ffff:a00:0/104"))),
+        ("sport:0", PortIn("sport", 0, 0)),
+        ("dport:65535", PortIn("dport", 65535, 65535)),
+        ("dport:8000-8100", PortIn("dport", 8000, 8100)),
+        ("dport:22-22", PortIn("dport", 22, 22)),
+        (
+            "started_after:2026-11-23",
+            StartedAt("started_after", datetime(2026, 11, 23, tzinfo=UTC)),
+        ),
+        (
+            "started_before:2026-11-23T11:54:14.25+01:00",
+            StartedAt("started_before", datetime(2026, 11, 23, 10, 54, 14, 250000, tzinfo=UTC)),
+        ),
+        (
+            "started_after:2026-11-23t23:30:00-02:30",
+            StartedAt("started_after", datetime(2026, 11, 24, 2, 0, tzinfo=UTC)),
+        ),
+        (
+            "started_after:2026-11-23T10:54:14Z",
+            StartedAt("started_after", datetime(2026, 11, 23, 10, 54, 14, tzinfo=UTC)),
+        ),
+        ("bytes>1500", Compare("bytes", ">", 1500)),
+        ("bytes<10k", Compare("bytes", "<", 10_000)),
+        ("duration>30", Compare("duration", ">", 30.0)),
+        ("duration<0.005", Compare("duration", "<", 0.005)),
+        ("-protocol:udp", Match("protocol", "udp", negated=True)),
+        ("-dst:10.0.0.0/8", InNetwork("dst", ipaddress.ip_network("10.0.0.0/8"), negated=True)),
+        ("-dport:1-1023", PortIn("dport", 1, 1023, negated=True)),
+        ("-bytes>5k", Compare("bytes", ">", 5000, negated=True)),
+        ('-client:"x y"', Match("client", "x y", negated=True)),
+    ],
+)
+def test_each_key_parses_to_its_term(text: str, term: object) -> None:
+    assert parse_filter(text) == Filter((term,))  # type: ignore[arg-type]
+
+
+def test_terms_are_split_on_whitespace_outside_quotes_and_kept_in_order() -> None:
+    flt = parse_filter('  protocol:tcp\tclient:"bob  laptop"\n -dport:53 ')
+    assert flt.terms == (
+        Match("protocol", "tcp"),
+        Match("client", "bob  laptop"),
+        PortIn("dport", 53, 53, negated=True),
+    )
+
+
+def test_empty_filter_has_no_terms() -> None:
+    assert parse_filter("   ") == Filter(())
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0", 0),
+        ("1500", 1500),
+        ("1k", 1000),
+        ("1.5k", 1500),
+        ("2.5M", 2_500_000),
+        ("1G", 1_000_000_000),
+        ("3T", 3 * 10**12),
+        ("1Ki", 1024),
+        ("4Mi", 4 * 1024**2),
+        ("1Gi", 2**30),
+        ("1.5Ki", 1536),
+    ],
+)
+def test_byte_suffixes_are_decimal_and_binary_ones_are_spelled_ki_mi_gi(
+    text: str, value: int
+) -> None:
+    assert parse_bytes(text) == value
+    assert parse_filter(f"bytes>{text}") == Filter((Compare("bytes", ">", value),))
+
+
+BYTES_EXPECTED = "a byte count such as 1500, 10k, 2.5M, 1G or 4Mi"
+DATE_EXPECTED = "an RFC 3339 time with offset or a date YYYY-MM-DD"
+KEYS_EXPECTED = (
+    "one of the keys protocol:, client:, user:, resource:, src:, dst:, sport:, dport:, "
+    "status:, close_reason:, started_after:, started_before:, bytes>, bytes<, duration>, "
+    "duration<"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "token", "expected"),
+    [
+        ("dport:70000", "dport:70000", "a port 0-65535 or a range a-b"),
+        ("protocol:tcp sport:9-", "sport:9-", "a port 0-65535 or a range a-b"),
+        ("sport:20-10", "sport:20-10", "a port 0-65535 or a range a-b"),
+        ("dport:http", "dport:http", "a port 0-65535 or a range a-b"),
+        ("dport:", "dport:", "a port 0-65535 or a range a-b"),
+        ("protocol:icmp", "protocol:icmp", "tcp or udp"),
+        ("status:open", "status:open", "ongoing or completed"),
+        (
+            "close_reason:timeout",
+            "close_reason:timeout",
+            "one of fin, rst, idle, shutdown, end_of_capture",
+        ),
+        ("client:", "client:", "a client id"),
+        ('user:""', 'user:""', "a user id"),
+        ("src:10.0.0.256", "src:10.0.0.256", "an IPv4/IPv6 address or CIDR"),
+        ("dst:10.0.0.0/33", "dst:10.0.0.0/33", "an IPv4/IPv6 address or CIDR"),
+        ("dst:fe80::1%wg0", "dst:fe80::1%wg0", "an IPv4/IPv6 address or CIDR"),
+        ("started_after:2026-11-23T10:00:00", "started_after:2026-11-23T10:00:00", DATE_EXPECTED),
+        ("started_before:2026-02-30", "started_before:2026-02-30", DATE_EXPECTED),
+        ("started_before:yesterday", "started_before:yesterday", DATE_EXPECTED),
+        ("bytes>1K", "bytes>1K", BYTES_EXPECTED),
+        ("bytes>1m", "bytes>1m", BYTES_EXPECTED),
+        ("bytes<1.0005k", "bytes<1.0005k", BYTES_EXPECTED),
+        ("bytes>-5", "bytes>-5", BYTES_EXPECTED),
+        ("bytes>10000000000T", "bytes>10000000000T", BYTES_EXPECTED),
+        ("duration>1h", "duration>1h", "a number of seconds such as 30 or 0.5"),
+        ("bytes:5", "bytes:5", f"bytes>VALUE or bytes<VALUE with {BYTES_EXPECTED}"),
+        ("dport>1024", "dport>1024", "dport:VALUE with a port 0-65535 or a range a-b"),
+        ("port:22", "port:22", KEYS_EXPECTED),
+        ("Protocol:tcp", "Protocol:tcp", KEYS_EXPECTED),
+        ("tcp", "tcp", KEYS_EXPECTED),
+        ('"bob laptop"', '"bob laptop"', KEYS_EXPECTED),
+        ('client:"bob laptop', 'client:"bob laptop', "a closing double quote"),
+        ('dport:22 user:"x', 'user:"x', "a closing double quote"),
+    ],
+)
+def test_bad_term_error_names_the_token_and_what_was_expected(
+    text: str, token: str, expected: str
+) -> None:
+    with pytest.raises(FilterError) as caught:
+        parse_filter(text)
+    assert (caught.value.token, caught.value.expected) == (token, expected)
+    assert str(caught.value) == f"bad filter term {token!r}: expected {expected}"
+    assert isinstance(caught.value, TunnelacctError)
+
+
+def test_port_error_message_matches_the_house_example() -> None:
+    with pytest.raises(FilterError) as caught:
+        parse_filter("dport:70000")
+    assert str(caught.value) == (
+        "bad filter term 'dport:70000': expected a port 0-65535 or a range a-b"
+    )
+
+
+# --- SQL against an imported capture ------------------------------------------------------------
+
+
+def read_rows(db: Path) -> list[Row]:
+    """Every session row, straight from stdlib sqlite3, with ids and times as Python values."""
+    with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as c:
+        c.row_factory = sqlite3.Row
+        rows = [dict(r) for r in c.execute("SELECT * FROM sessions")]
+    for row in rows:
+        row["id"] = uuid.UUID(row["id"])
+        row["started_at"] = datetime.fromisoformat(row["started_at"]).replace(tzinfo=UTC)
+    return rows
+
+
+def selected(engine: Engine, text: str) -> set[uuid.UUID]:
+    """Ids the database returns for the filter `text`."""
+    stmt = select(TABLE.c.id).where(filter_clause(parse_filter(text), TABLE))
+    with engine.connect() as db:
+        return set(db.scalars(stmt))
+
+
+@pytest.fixture(scope="module")
+def capture_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, list[Row]]]:
+    """wg-small.pcap imported by the real CLI into a fresh SQLite file, and its rows."""
+    db = tmp_path_factory.mktemp("query") / "capture.db"
+    import_file(DATA / "wg-small.pcap", DATA / "wg-small.toml", db)
+    engine = create_engine(f"sqlite:///{db}")
+    yield engine, read_rows(db)
+    engine.dispose()
+
+
+def net(text: str) -> Callable[[str], bool]:
+    network = ipaddress.ip_network(text)
+    return lambda addr: ipaddress.ip_address(addr) in network
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+Predicate = Callable[[Row], bool]
+MIB = 1024**2
+
+# (filter, oracle); every case selects a non-empty strict subset of the capture's sessions.
+CAPTURE_CASES: list[tuple[str, Predicate]] = [
+    ("protocol:udp", lambda r: r["protocol"] == "udp"),
+    ("-protocol:udp", lambda r: r["protocol"] != "udp"),
+    ("client:bob-desktop", lambda r: r["client_id"] == "bob-desktop"),
+    ("user:alice", lambda r: r["user_id"] == "alice"),
+    ("resource:bulk-transfer", lambda r: r["resource_id"] == "bulk-transfer"),
+    ("-resource:intranet-web", lambda r: r["resource_id"] != "intranet-web"),  # NULLs kept
+    ("close_reason:end_of_capture", lambda r: r["close_reason"] == "end_of_capture"),
+    ("-close_reason:fin", lambda r: r["close_reason"] != "fin"),
+    ("src:100.64.0.3", lambda r: r["src_addr"] == "100.64.0.3"),
+    ("src:100.64.0.2/31", lambda r: net("100.64.0.2/31")(r["src_addr"])),
+    ("src:100.64.0.0/10", lambda r: net("100.64.0.0/10")(r["src_addr"])),
+    ("dst:10.99.0.0/20", lambda r: net("10.99.0.0/20")(r["dst_addr"])),
+    ("-dst:10.0.0.0/8", lambda r: not net("10.0.0.0/8")(r["dst_addr"])),
+    ("src:fd00:64::3", lambda r: r["src_addr"] == "fd00:64::3"),
+    ("src:fd00:64::/64", lambda r: net("fd00:64::/64")(r["src_addr"])),
+    ("src:fd00:64::2/127", lambda r: net("fd00:64::2/127")(r["src_addr"])),
+    ("dst:fd00:99::/33", lambda r: net("fd00:99::/33")(r["dst_addr"])),
+    ("dst:fd00::/8", lambda r: net("fd00::/8")(r["dst_addr"])),
+    ("dst:fc00::/7", lambda r: net("fc00::/7")(r["dst_addr"])),
+    ("dst:fd00:99::/44", lambda r: net("fd00:99::/44")(r["dst_addr"])),
+    ("dport:5353", lambda r: r["dst_port"] == 5353),
+    ("dport:5000-5999", lambda r: 5000 <= r["dst_port"] <= 5999),
+    ("-dport:8080", lambda r: r["dst_port"] != 8080),
+    ("sport:43000-44000", lambda r: 43000 <= r["src_port"] <= 44000),
+    (
+        "started_after:2026-11-23T10:54:14Z",
+        lambda r: r["started_at"] >= at("2026-11-23T10:54:14+00:00"),
+    ),
+    (
+        "started_before:2026-11-23T11:54:14.2+01:00",
+        lambda r: r["started_at"] < at("2026-11-23T10:54:14.2+00:00"),
+    ),
+    (
+        "-started_after:2026-11-23T10:54:14.143041Z",
+        lambda r: not r["started_at"] >= at("2026-11-23T10:54:14.143041+00:00"),
+    ),
+    ("bytes>5k", lambda r: r["bytes_tx"] + r["bytes_rx"] > 5000),
+    ("bytes<1k", lambda r: r["bytes_tx"] + r["bytes_rx"] < 1000),
+    ("bytes>400Ki", lambda r: r["bytes_tx"] + r["bytes_rx"] > 400 * 1024),
+    ("bytes>0.4M", lambda r: r["bytes_tx"] + r["bytes_rx"] > 400_000),
+    ("-bytes<5.3k", lambda r: not r["bytes_tx"] + r["bytes_rx"] < 5300),
+    ("duration>0.01", lambda r: r["duration_s"] > 0.01),
+    ("duration<0.002", lambda r: r["duration_s"] < 0.002),
+    (
+        "protocol:tcp dst:10.99.0.5 -client:alice-laptop bytes<3k",
+        lambda r: (
+            r["protocol"] == "tcp"
+            and r["dst_addr"] == "10.99.0.5"
+            and r["client_id"] != "alice-laptop"
+            and r["bytes_tx"] + r["bytes_rx"] < 3000
+        ),
+    ),
+    (
+        'user:"bob" -resource:"bulk-transfer" started_after:2026-11-23',
+        lambda r: r["user_id"] == "bob" and r["resource_id"] != "bulk-transfer",
+    ),
+]
+
+# Values that would change the query if they were pasted into SQL: they must select nothing.
+INJECTIONS = [
+    """client:"x' OR 1=1 --\"""",
+    """resource:"'; DROP TABLE sessions; --\"""",
+    """user:"alice' OR 'a'='a\"""",
+    """client:"%\"""",
+    """client:"alice-lapto_\"""",
+]
+
+
+@pytest.mark.parametrize(("text", "oracle"), CAPTURE_CASES, ids=[c[0] for c in CAPTURE_CASES])
+def test_sql_selects_exactly_the_sessions_the_oracle_selects(
+    capture_db: tuple[Engine, list[Row]], text: str, oracle: Predicate
+) -> None:
+    engine, rows = capture_db
+    expected = {r["id"] for r in rows if oracle(r)}
+    assert 0 < len(expected) < len(rows), f"{text!r} does not split the capture's sessions"
+    assert selected(engine, text) == expected
+
+
+def test_status_terms_select_by_status(capture_db: tuple[Engine, list[Row]]) -> None:
+    # An import completes every session, so here the split is all/none (see the synthetic
+    # store below for ongoing sessions).
+    engine, rows = capture_db
+    assert {r["status"] for r in rows} == {"completed"}
+    assert selected(engine, "status:completed") == {r["id"] for r in rows}
+    assert selected(engine, "status:ongoing") == set()
+    assert selected(engine, "-status:ongoing") == {r["id"] for r in rows}
+
+
+def test_empty_filter_selects_every_session(capture_db: tuple[Engine, list[Row]]) -> None:
+    engine, rows = capture_db
+    assert selected(engine, "") == {r["id"] for r in rows}
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_sql_looking_values_are_data(capture_db: tuple[Engine, list[Row]], text: str) -> None:
+    engine, rows = capture_db
+    assert selected(engine, text) == set()
+    assert len(selected(engine, "")) == len(rows)  # the table is still there, untouched
+
+
+def test_postgresql_sql_binds_user_values_as_parameters() -> None:
+    evil = "x' OR 1=1 --"
+    flt = parse_filter(f'client:"{evil}" dst:fd00:64::/60 src:10.0.0.0/20 bytes>1k')
+    compiled = (
+        select(TABLE.c.id)
+        .where(filter_clause(flt, TABLE))
+        .compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
+    )
+    assert evil not in str(compiled) and "10." not in str(compiled)
+    assert evil in compiled.params.values()
+    assert "10.0.15.%" in compiled.params.values()
+
+
+# --- SQL against tricky address spellings -------------------------------------------------------
+
+PREFIXES = [
+    "10.0.0.0/8", "10.99.0.0/20", "10.99.0.0/24", "10.99.0.4/30", "10.99.0.5/32",
+    "10.99.0.128/25", "2.0.0.0/7", "0.0.0.0/0", "100.64.0.0/10", "192.168.1.0/31",
+    "::/0", "::/96", "::/64", "::ffff:0:0/96", "::ffff:10.0.0.0/104", "::ffff:10.99.0.5/128",
+    "::ffff:10.99.0.0/118", "::1:0/112", "::/127", "fd00::/8", "fd00:64::/64", "fd00:64::/63",
+    "fd00:64::/65", "fd00:64::/49", "fd00:64:0:ab00::/56", "fd00:64:0:a000::/52",
+    "fd00:64:0:0:1::/80", "fd00:64::1:0:0:0/81", "2001:db8::/32", "2001:db8:f::/48",
+    "2001:db8::/29", "fe80::/10", "fd00:64::2/128", "fd00:64::8/125",
+    "fd00:64:0:a000::/51", "fd00:64:0:a8::/62", "fd00:64::/79",
+]  # fmt: skip
+
+
+def spelled(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address as inet_ntop writes it (the writer's spelling, ::ffff:a.b.c.d included)."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, address.packed)
+
+
+def tricky_addresses() -> list[str]:
+    """Both ends of every prefix and their outside neighbours, plus spelling corner cases."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for text in PREFIXES:
+        network = ipaddress.ip_network(text)
+        top = 2**network.max_prefixlen - 1
+        for value in (
+            int(network.network_address) - 1,
+            int(network.network_address),
+            int(network.network_address) + 1,
+            int(network.broadcast_address) - 1,
+            int(network.broadcast_address),
+            int(network.broadcast_address) + 1,
+        ):
+            if 0 <= value <= top:
+                kind = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
+                found.add(kind(value))
+    for text in (
+        "::", "::1", "::2", "::1:2", "1::", "::ffff:0.0.0.0", "10.99.0.50", "10.99.0.55",
+        "110.99.0.5", "100.64.0.23", "fd00:64::1:0:0:2", "fd00:64:0:0:1::", "fd0:64::1",
+        "fd00:640::1", "fd00:64:0:abcd::1", "fd00:64:0:ab::1", "fd00:64:0:a::1",
+        "fd00:64:0:fff::1", "1:2:3:4:5:6:7:8", "fd00:64::ab00:0:0:1", "2001:db8:f:0:0:0:0:1",
+    ):  # fmt: skip
+        found.add(ipaddress.ip_address(text))
+    return sorted({spelled(a) for a in found})
+
+
+@pytest.fixture(scope="module")
+def address_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, list[Row]]]:
+    """A migrated SQLite file with one session per tricky address (as src and dst), half ongoing."""
+    db = tmp_path_factory.mktemp("query") / "addresses.db"
+    migrate(f"sqlite:///{db}")
+    start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    rows = []
+    for i, addr in enumerate(tricky_addresses()):
+        ongoing = i % 2 == 0
+        rows.append({
+            "id": uuid.uuid4(), "org_id": "acme", "client_id": None, "client_name": None,
+            "user_id": None, "resource_id": None, "resource_name": None, "protocol": "udp",
+            "ip_version": ipaddress.ip_address(addr).version, "src_addr": addr,
+            "dst_addr": addr, "src_port": 1, "dst_port": 2,
+            "started_at": start + timedelta(seconds=i), "ended_at": None if ongoing else start,
+            "last_seen_at": start, "duration_s": 0.0, "bytes_tx": 0, "bytes_rx": 0,
+            "packets_tx": 0, "packets_rx": 0, "payload_bytes_tx": 0, "payload_bytes_rx": 0,
+            "status": "ongoing" if ongoing else "completed",
+            "close_reason": None if ongoing else "idle", "midstream": False,
+            "community_id": "", "gateway": "gw", "interface": "wg0",
+        })  # fmt: skip
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(insert(TABLE), rows)
+    yield engine, read_rows(db)
+    engine.dispose()
+
+
+def test_tricky_addresses_include_every_spelling_form() -> None:
+    spellings = tricky_addresses()
+    assert {"::", "::1", "::0.1.0.2", "::ffff:10.99.0.5", "1::", "fd00:64::1:0:0:2"} <= set(
+        spellings
+    )
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("key", ["src", "dst"])
+def test_cidr_terms_select_exactly_the_addresses_ipaddress_puts_in_the_network(
+    address_db: tuple[Engine, list[Row]], prefix: str, key: str
+) -> None:
+    engine, rows = address_db
+    network = ipaddress.ip_network(prefix)
+    inside = {r["id"] for r in rows if ipaddress.ip_address(r[f"{key}_addr"]) in network}
+    everything = {r["id"] for r in rows}
+    if prefix not in ("0.0.0.0/0", "::/0"):
+        assert 0 < len(inside) < len(rows)
+    assert selected(engine, f"{key}:{prefix}") == inside
+    assert selected(engine, f"-{key}:{prefix}") == everything - inside
+
+
+@pytest.mark.parametrize(
+    ("text", "oracle"),
+    [
+        ("status:ongoing", lambda r: r["status"] == "ongoing"),
+        ("-status:ongoing", lambda r: r["status"] != "ongoing"),
+        ("status:completed", lambda r: r["status"] == "completed"),
+        ("close_reason:idle", lambda r: r["close_reason"] == "idle"),
+        ("-close_reason:idle", lambda r: r["close_reason"] != "idle"),  # NULLs kept
+        ("-client:x", lambda r: r["client_id"] != "x"),  # every client_id is NULL
+        ("status:ongoing src:::/64",
+         lambda r: r["status"] == "ongoing" and net("::/64")(r["src_addr"])),
+    ],
+)  # fmt: skip
+def test_status_and_nullable_terms_select_what_the_oracle_selects(
+    address_db: tuple[Engine, list[Row]], text: str, oracle: Predicate
+) -> None:
+    engine, rows = address_db
+    expected = {r["id"] for r in rows if oracle(r)}
+    assert 0 < len(expected) <= len(rows)
+    assert selected(engine, text) == expected
