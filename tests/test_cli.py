@@ -91,6 +91,32 @@ def test_export_to_stdout_is_csv_of_only_that_org(tmp_path: Path) -> None:
     assert all(r["started_at"].endswith("Z") for r in rows)
 
 
+def test_export_with_a_filter_writes_exactly_the_matching_sessions(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"), env=env)
+    flt = "protocol:udp dport:5353"
+    out = run_cli("export", "--config", str(CONFIG), "--org", "acme", "-q", flt, env=env).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    with sqlite3.connect(db) as conn:
+        expected = {r[0] for r in conn.execute(
+            "select id from sessions where org_id = 'acme' and protocol = 'udp' and dst_port = 5353"
+        )}  # fmt: skip
+    conn.close()
+    assert rows and {r["session_id"].replace("-", "") for r in rows} == expected
+    assert len(rows) < len(list(csv.DictReader(io.StringIO(run_cli(
+        "export", "--config", str(CONFIG), "--org", "acme", env=env).stdout))))  # fmt: skip
+
+
+def test_export_with_a_bad_filter_names_the_term_and_writes_no_file(tmp_path: Path) -> None:
+    out_file = tmp_path / "out.csv"
+    code, out, err = _run("export", "--org", "acme", "-q", "dport:70000", "-o", str(out_file),
+                          TUNNELACCT_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}")  # fmt: skip
+    assert code == 2
+    assert "error: bad filter term 'dport:70000': expected a port 0-65535 or a range a-b" in err
+    assert not out_file.exists()
+
+
 def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     db = tmp_path / "new" / "t.db"
     run_cli("db", "upgrade", env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})

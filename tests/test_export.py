@@ -95,7 +95,8 @@ def test_header_is_the_documented_column_order() -> None:
     assert CSV_COLUMNS == (
         "session_id", "org_id", "client_id", "client_name", "user_id", "resource_id",
         "resource_name", "protocol", "ip_version", "src_addr", "src_port", "dst_addr",
-        "dst_port", "started_at", "ended_at", "last_seen_at", "duration_s", "bytes_tx",
+        "dst_port", "started_at", "started_at_unix", "ended_at", "last_seen_at", "duration_s",
+        "bytes_tx",
         "bytes_rx", "packets_tx", "packets_rx", "payload_bytes_tx", "payload_bytes_rx",
         "status", "close_reason", "midstream", "community_id", "gateway", "interface",
     )  # fmt: skip
@@ -121,6 +122,8 @@ def test_cells_format_times_as_rfc3339_utc_with_microseconds() -> None:
     )
     assert row["session_id"] == "0b5f7c1e-2f55-4a8e-9d43-6f3b8e0c2a11"
     assert row["started_at"] == "2026-11-23T10:40:45.123456Z"
+    # the same instant as epoch seconds: 2026-11-23T10:40:45Z is 1795430445 (date(1))
+    assert row["started_at_unix"] == "1795430445.123456"
     assert row["ended_at"] == "2026-11-23T10:41:00.000000Z"
     rfc3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
     assert all(rfc3339.match(row[c]) for c in ("started_at", "ended_at", "last_seen_at"))

@@ -96,16 +96,19 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV file to write (default: standard output).",
 )
-def export_cmd(config_path: Path | None, org: str, output: Path | None) -> None:
+@click.option("-q", "--q", "q", help='Only sessions matching this filter, e.g. "protocol:udp".')
+def export_cmd(config_path: Path | None, org: str, output: Path | None, q: str | None) -> None:
     """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
     from tunnelacct.export import export_org
+    from tunnelacct.query import parse_filter
 
+    flt = parse_filter(q) if q else None  # a bad filter fails before any file is created
     config = _config(config_path)
     if output is None:
-        rows = export_org(config, org, sys.stdout)
+        rows = export_org(config, org, sys.stdout, flt=flt)
     else:
         with output.open("w", encoding="utf-8", newline="") as f:
-            rows = export_org(config, org, f)
+            rows = export_org(config, org, f, flt=flt)
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
 
 

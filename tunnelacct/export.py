@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.config import Config
 from tunnelacct.errors import UnknownOrgError
 from tunnelacct.models import SessionRecord
+from tunnelacct.query import Filter, filter_clause
 from tunnelacct.schema import check_schema
-from tunnelacct.store import iter_org_sessions, make_engine, stored_org_ids
+from tunnelacct.store import iter_org_sessions, make_engine, stored_org_ids, table_of
 
 # The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
 # initiator -> responder, rx the reverse; empty cells are NULLs (e.g. ended_at of an ongoing
@@ -37,6 +38,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "dst_addr",
     "dst_port",
     "started_at",
+    "started_at_unix",
     "ended_at",
     "last_seen_at",
     "duration_s",
@@ -54,8 +56,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "interface",
 )
 
-# Model attribute behind each column (only session_id differs).
+# Model attribute behind each column (session_id is the id; started_at_unix is computed).
 _ATTRS = tuple("id" if name == "session_id" else name for name in CSV_COLUMNS)
+_UNIX_AT = CSV_COLUMNS.index("started_at_unix")
 
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP); a
 # leading single quote makes them show it as text. No numeric cell is ever negative, so a
@@ -88,26 +91,42 @@ def format_cell(value: object) -> str:
 
 def format_row(record: SessionRecord) -> list[str]:
     """The CSV cells of one session record, in CSV_COLUMNS order."""
-    return [format_cell(getattr(record, attr)) for attr in _ATTRS]
+    cells = [
+        format_cell(getattr(record, attr)) if i != _UNIX_AT else "" for i, attr in enumerate(_ATTRS)
+    ]
+    # epoch seconds with microseconds, from the integer microseconds (no float rounding)
+    us = round((record.started_at - _EPOCH) / timedelta(microseconds=1))
+    cells[_UNIX_AT] = f"{us // 1_000_000}.{us % 1_000_000:06d}"
+    return cells
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def export_org_csv(
-    engine: AsyncEngine, org_id: str, out: TextIO, *, page_size: int = PAGE_SIZE
+    engine: AsyncEngine,
+    org_id: str,
+    out: TextIO,
+    *,
+    page_size: int = PAGE_SIZE,
+    flt: Filter | None = None,
 ) -> int:
-    """Write the header and every session of `org_id` as CSV to `out`; return the row count.
+    """Write the header and every session of `org_id` (matching `flt`) as CSV; return the rows.
 
     Reads keyset pages of `page_size` rows, so memory stays constant however large the org.
     """
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     count = 0
-    async for page in iter_org_sessions(engine, org_id, page_size=page_size):
+    where = filter_clause(flt, table_of(SessionRecord)) if flt is not None else None
+    pages = iter_org_sessions(engine, org_id, page_size=page_size, where=where)
+    async for page in pages:
         writer.writerows(format_row(record) for record in page)
         count += len(page)
     return count
 
 
-def export_org(config: Config, org_id: str, out: TextIO) -> int:
+def export_org(config: Config, org_id: str, out: TextIO, *, flt: Filter | None = None) -> int:
     """Blocking `export_org_csv` against the configured store (for the CLI); returns rows."""
 
     async def export() -> int:
@@ -118,7 +137,7 @@ def export_org(config: Config, org_id: str, out: TextIO) -> int:
             known |= await stored_org_ids(engine)
             if org_id not in known:
                 raise UnknownOrgError(org_id, sorted(known))
-            return await export_org_csv(engine, org_id, out)
+            return await export_org_csv(engine, org_id, out, flt=flt)
         finally:
             await engine.dispose()
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, event, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, event, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -252,17 +252,23 @@ async def stored_org_ids(engine: AsyncEngine) -> set[str]:
 
 
 async def iter_org_sessions(
-    engine: AsyncEngine, org_id: str, *, page_size: int = 5000
+    engine: AsyncEngine,
+    org_id: str,
+    *,
+    page_size: int = 5000,
+    where: ColumnElement[bool] | None = None,
 ) -> AsyncIterator[Sequence[SessionRecord]]:
     """Yield every session record of `org_id` in (started_at, id) order, a keyset page at a time.
 
-    Each page is its own short read transaction, so memory stays constant and a long export
-    never pins old database versions.
+    `where` narrows the rows further (a query.filter_clause). Each page is its own short read
+    transaction, so memory stays constant and a long export never pins old database versions.
     """
     table = table_of(SessionRecord)
     after: tuple[datetime, Any] | None = None
     while True:
         stmt = select(SessionRecord).where(table.c.org_id == org_id)
+        if where is not None:
+            stmt = stmt.where(where)
         if after is not None:
             stmt = stmt.where(tuple_(table.c.started_at, table.c.id) > after)
         stmt = stmt.order_by(table.c.started_at, table.c.id).limit(page_size)
