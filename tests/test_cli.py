@@ -161,6 +161,37 @@ def test_import_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     assert "importing" not in piped
 
 
+def test_export_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    db_url = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"), env=db_url)
+    out_file = tmp_path / "acme.csv"
+    argv = [sys.executable, "-m", "tunnelacct", "export", "--config", str(CONFIG), "--org",
+            "acme", "-o", str(out_file)]  # fmt: skip
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(argv, env={**os.environ, **db_url}, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=slave, timeout=120)  # fmt: skip
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    with out_file.open(newline="") as f:
+        rows = len(list(csv.DictReader(f)))
+    assert f"exporting: {rows:,} rows".encode() in seen
+    piped = _run("export", "--config", str(CONFIG), "--org", "acme", "-o", str(out_file),
+                 **db_url)[2]  # fmt: skip
+    assert "exporting" not in piped
+
+
 def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
     once, twice = tmp_path / "once.db", tmp_path / "twice.db"
     pcap = DATA / "wg-small.pcap"

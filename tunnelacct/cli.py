@@ -104,11 +104,20 @@ def export_cmd(config_path: Path | None, org: str, output: Path | None, q: str |
 
     flt = parse_filter(q) if q else None  # a bad filter fails before any file is created
     config = _config(config_path)
+    # rows so far on a terminal, unless the CSV itself is going to that terminal
+    show = sys.stderr.isatty() and (output is not None or not sys.stdout.isatty())
+
+    def progress(rows: int) -> None:
+        click.echo(f"\rexporting: {rows:,} rows", nl=False, err=True)
+
+    report = progress if show else None
     if output is None:
-        rows = export_org(config, org, sys.stdout, flt=flt)
+        rows = export_org(config, org, sys.stdout, flt=flt, progress=report)
     else:
         with output.open("w", encoding="utf-8", newline="") as f:
-            rows = export_org(config, org, f, flt=flt)
+            rows = export_org(config, org, f, flt=flt, progress=report)
+    if show:
+        click.echo("", err=True)
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
 
 

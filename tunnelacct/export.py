@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
@@ -110,10 +111,12 @@ async def export_org_csv(
     *,
     page_size: int = PAGE_SIZE,
     flt: Filter | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write the header and every session of `org_id` (matching `flt`) as CSV; return the rows.
 
     Reads keyset pages of `page_size` rows, so memory stays constant however large the org.
+    `progress(rows_so_far)` is called after each page.
     """
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
@@ -123,10 +126,19 @@ async def export_org_csv(
     async for page in pages:
         writer.writerows(format_row(record) for record in page)
         count += len(page)
+        if progress is not None:
+            progress(count)
     return count
 
 
-def export_org(config: Config, org_id: str, out: TextIO, *, flt: Filter | None = None) -> int:
+def export_org(
+    config: Config,
+    org_id: str,
+    out: TextIO,
+    *,
+    flt: Filter | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Blocking `export_org_csv` against the configured store (for the CLI); returns rows."""
 
     async def export() -> int:
@@ -137,7 +149,7 @@ def export_org(config: Config, org_id: str, out: TextIO, *, flt: Filter | None =
             known |= await stored_org_ids(engine)
             if org_id not in known:
                 raise UnknownOrgError(org_id, sorted(known))
-            return await export_org_csv(engine, org_id, out, flt=flt)
+            return await export_org_csv(engine, org_id, out, flt=flt, progress=progress)
         finally:
             await engine.dispose()
 
