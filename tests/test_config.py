@@ -445,7 +445,11 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("refresh-bool", WG + "refresh = true #<\n", "[wireguard] refresh", True, "seconds"),
     ("service-not-table", "service = 1 #<\n", "service", 1, "write [service]"),
     ("service-typo", SV + "queue_size = 5 #<\n", "[service] queue_size", 5,
-     "allowed: queue_packets, shutdown_timeout, status_interval"),
+     "allowed: queue_packets, shutdown_timeout, status_interval, session_events"),
+    ("events-empty", SV + 'session_events = "" #<\n', "[service] session_events", "",
+     "non-empty string"),
+    ("events-no-dir", SV + 'session_events = "no/such/dir/events.jsonl" #<\n',
+     "[service] session_events", "no/such/dir/events.jsonl", "no such directory"),
     ("queue-zero", SV + "queue_packets = 0 #<\n", "[service] queue_packets", 0, "integer >= 1"),
     ("queue-float", SV + "queue_packets = 1.5 #<\n", "[service] queue_packets", 1.5, "integer"),
     ("queue-bool", SV + "queue_packets = true #<\n", "[service] queue_packets", True,
@@ -709,3 +713,15 @@ def test_docs_example_loads(tmp_path: Path) -> None:
     assert live != example
     captures = load_config(write(tmp_path, live), environ={}).captures
     assert captures == (CaptureConfig(interface="wg0", snaplen=96, ring_mib=64),)
+
+
+def test_session_events_is_stdout_or_a_file_beside_the_config(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    path = conf_dir / "c.toml"
+    path.write_text('[service]\nsession_events = "events.jsonl"\n')
+    assert load_config(path, {}).service.session_events == str(conf_dir / "events.jsonl")
+    path.write_text('[service]\nsession_events = "-"\n')
+    assert load_config(path, {}).service.session_events == "-"
+    path.write_text("")
+    assert load_config(path, {}).service.session_events is None

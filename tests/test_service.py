@@ -199,3 +199,43 @@ def test_missing_privileges_stop_serve_at_start_with_a_clear_error(tmp_path: Pat
     finally:
         serve.end()
     assert "error: capture on lo: permission denied (needs root or CAP_NET_RAW)" in serve.log()
+
+
+def test_session_events_are_json_lines_with_the_fields_and_values_of_the_csv(
+    tmp_path: Path,
+) -> None:
+    import csv
+    import io
+
+    db, log = tmp_path / "live.db", tmp_path / "events.jsonl"
+    config = write_config(
+        BASE, tmp_path / "serve.toml", {"service": {"session_events": str(log)}},
+        captures=[{"pcap": str(PCAP)}],
+    )  # fmt: skip
+    with serving(tmp_path, config, db) as serve:
+        serve.wait(lambda s: s["captures"][0]["state"] == "finished"
+                   and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
+                   "replay written")  # fmt: skip
+        assert serve.stop() == 0, serve.log()
+    lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    rows = all_rows(db)
+    closed = {e["session_id"]: e for e in lines if e["event"] == "closed"}
+    opened = [e["session_id"] for e in lines if e["event"] == "opened"]
+    assert sorted(opened) == sorted(closed) and len(closed) == len(rows)
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    exported = []
+    for org in sorted({r["org_id"] for r in rows}):
+        out = run_cli("export", "--config", str(BASE), "--org", org, env=env).stdout
+        exported += list(csv.DictReader(io.StringIO(out)))
+    assert len(exported) == len(rows)
+    for cells in exported:
+        event = closed[cells["session_id"]]
+        assert list(event) == [*cells, "event"]  # the CSV's names, in its order
+        for name, cell in cells.items():
+            value = event[name]
+            if isinstance(value, bool):
+                assert cell == str(value).lower(), name
+            elif isinstance(value, float):
+                assert float(cell) == pytest.approx(value, abs=1e-6), name
+            else:
+                assert cell == ("" if value is None else str(value)), name

@@ -39,7 +39,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "resources": ("id", "org", "name", "address", "ports", "protocols"),
     "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
     "wireguard": ("interfaces", "refresh"),
-    "service": ("queue_packets", "shutdown_timeout", "status_interval"),
+    "service": ("queue_packets", "shutdown_timeout", "status_interval", "session_events"),
 }
 ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
@@ -135,6 +135,7 @@ class ServiceConfig:
     queue_packets: int = 262_144  # decoded packets waiting for the sessionizer, per capture
     shutdown_timeout_s: float = 30.0  # longest a SIGTERM waits for the store
     status_interval_s: float = 60.0  # how often status (and any dropped packets) is logged
+    session_events: str | None = None  # JSON lines of opens and closes: a file, or "-" = stdout
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +349,7 @@ class _Loader:
             status_interval_s=self._seconds(
                 where, t, "status_interval", _SERVICE.status_interval_s
             ),
+            session_events=self._events_path(where, t),
         )
         return Config(
             path=self._path,
@@ -474,6 +476,19 @@ class _Loader:
                 ports=self._ports(where, t.get("ports")),
                 protocols=self._protocols(where, t.get("protocols")),
             )
+
+    def _events_path(self, where: _Where, t: Mapping[str, object]) -> str | None:
+        """[service] session_events: "-" (standard output) or a file in an existing directory."""
+        if "session_events" not in t:
+            return None
+        value = self._text(where, t, "session_events", "-")
+        if value == "-":
+            return value
+        base = os.path.dirname(os.path.abspath(self._path))
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+        if not os.path.isdir(os.path.dirname(path)):
+            self.fail(where, "session_events", f"no such directory: {os.path.dirname(path)}", value)
+        return path
 
     def _captures(self, doc: Mapping[str, object]) -> Iterator[CaptureConfig]:
         seen: dict[str, _Where] = {}

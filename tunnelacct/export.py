@@ -95,10 +95,14 @@ def format_row(record: SessionRecord) -> list[str]:
     cells = [
         format_cell(getattr(record, attr)) if i != _UNIX_AT else "" for i, attr in enumerate(_ATTRS)
     ]
-    # epoch seconds with microseconds, from the integer microseconds (no float rounding)
-    us = round((record.started_at - _EPOCH) / timedelta(microseconds=1))
-    cells[_UNIX_AT] = f"{us // 1_000_000}.{us % 1_000_000:06d}"
+    cells[_UNIX_AT] = unix_time(record.started_at)
     return cells
+
+
+def unix_time(value: datetime) -> str:
+    """Epoch seconds with microseconds, from integer microseconds (no float rounding)."""
+    us = round((value - _EPOCH) / timedelta(microseconds=1))
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -25,9 +25,11 @@ from typing import Any
 from tunnelacct.config import ClientConfig, Config
 from tunnelacct.enums import CloseReason, EventKind
 from tunnelacct.errors import TunnelacctError
+from tunnelacct.events import SessionEvent
 from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
 from tunnelacct.pipeline import CapturePipeline
+from tunnelacct.siem import SessionEventLog
 from tunnelacct.store import make_engine, ongoing_sessions, sync_inventory
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.writer import SessionWriter
@@ -36,6 +38,18 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE_EVERY_S = 1.0
 FORCE_AFTER_S = 1.0  # a second stop signal at least this much later exits at once
+
+
+class _Tee:
+    """The writer, plus the session event log when one is configured."""
+
+    def __init__(self, writer: SessionWriter, events: SessionEventLog | None) -> None:
+        self._writer, self._events = writer, events
+
+    async def submit(self, events: list[SessionEvent]) -> None:
+        if self._events is not None:
+            await self._events.write(events)
+        await self._writer.submit(events)
 
 
 class Service:
@@ -49,6 +63,7 @@ class Service:
         self.resumed = self.closed_at_start = 0
         self.pipelines: list[CapturePipeline] = []
         self.writer: SessionWriter | None = None
+        self.event_log: SessionEventLog | None = None
         self._clients = config.clients
         self._inventory = Inventory.from_config(config)
         self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # interface -> last good peers
@@ -62,6 +77,9 @@ class Service:
         try:
             await self._refresh_peers(engine, initial=True)
             writer = self.writer = SessionWriter(engine, config.writer, gateway=config.gateway)
+            if config.service.session_events is not None:
+                self.event_log = SessionEventLog(config.service.session_events, config.gateway)
+            sink = _Tee(writer, self.event_log)
             namespace = session_namespace(config.gateway)
             self.pipelines = [
                 CapturePipeline(
@@ -78,8 +96,8 @@ class Service:
                 p.start()  # raises CaptureError when a capture cannot ever work
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(writer.run())
-                await self._resume(engine, writer)  # before any packet reaches a flow table
-                tasks = [tg.create_task(self._guard(p, writer, stop)) for p in self.pipelines]
+                await self._resume(engine, sink)  # before any packet reaches a flow table
+                tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
                 if config.wireguard.interfaces:
                     helpers.append(tg.create_task(self._peer_loop(engine)))
@@ -100,6 +118,8 @@ class Service:
             for p in self.pipelines:
                 p.stop()
             self.state = "stopped"
+            if self.event_log is not None:
+                self.event_log.close()
             self._write_status()
             await engine.dispose()
         if self._failure is not None:
@@ -123,10 +143,10 @@ class Service:
         for p in self.pipelines:
             p.join(1.0)
 
-    async def _guard(self, p: CapturePipeline, writer: SessionWriter, stop: asyncio.Event) -> None:
+    async def _guard(self, p: CapturePipeline, sink: _Tee, stop: asyncio.Event) -> None:
         """Run one pipeline; its failure stops the whole service in order (never silently)."""
         try:
-            await p.run(writer)
+            await p.run(sink)
         except Exception as e:  # noqa: BLE001 - reported, then raised by run() after shutdown
             log.error("capture on %s failed: %s", p.capture.name, e)
             if self._failure is None:
@@ -179,7 +199,7 @@ class Service:
 
     # -- resume --------------------------------------------------------------------------------
 
-    async def _resume(self, engine: Any, writer: SessionWriter) -> None:
+    async def _resume(self, engine: Any, sink: _Tee) -> None:
         """Continue this gateway's `ongoing` sessions on their live interface; close the rest.
 
         Sessions past their idle timeout are closed as idle by the first tick, at their last
@@ -202,7 +222,7 @@ class Service:
                 pipeline.table.resume(event)
                 self.resumed += 1
         self.closed_at_start = len(stale)
-        await writer.submit(stale)
+        await sink.submit(stale)
         if self.resumed or stale:
             log.info(
                 "resumed %d ongoing sessions; closed %d of captures no longer configured as idle",
