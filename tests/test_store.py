@@ -97,8 +97,8 @@ def test_migrate_creates_tables_and_parent_dir_and_is_idempotent(tmp_path: Path)
     tables = {
         name for (name,) in raw_query(path, "SELECT name FROM sqlite_master WHERE type='table'")
     }
-    assert tables == {"alembic_version", "orgs", "clients", "resources", "sessions"}
-    assert raw_query(path, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert tables == {"alembic_version", "orgs", "clients", "resources", "sessions", "api_tokens"}
+    assert raw_query(path, "SELECT version_num FROM alembic_version") == [("0002",)]
 
 
 def test_sessions_table_has_the_paging_retention_and_resume_indexes(db_path: Path) -> None:
@@ -158,7 +158,7 @@ async def test_check_schema_names_the_upgrade_command_when_not_migrated(tmp_path
 
 async def test_check_schema_accepts_a_migrated_database(engine: AsyncEngine, db_path: Path) -> None:
     await check_schema(engine)  # raises StoreError otherwise
-    assert raw_query(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert raw_query(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
 
 
 async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(

@@ -138,6 +138,79 @@ def serve_cmd(config_path: Path | None, status_file: Path | None) -> None:
     serve(config, status_path=status_file)
 
 
+@cli.group("token")
+def token_group() -> None:
+    """API bearer tokens: create (shown once), list, revoke."""
+
+
+def _with_engine(config: Config, work: Any) -> Any:
+    """Migrate the store, then run `await work(engine)` and return its result."""
+    import asyncio
+
+    from tunnelacct.schema import migrate
+    from tunnelacct.store import make_engine
+
+    migrate(config.database.url)
+
+    async def run() -> Any:
+        engine = make_engine(config.database.url)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@token_group.command("create")
+@config_option
+@click.option("--role", type=click.Choice(["auditor", "admin"]), default="auditor",
+              show_default=True, help="auditor: one org's data; admin: every org.")  # fmt: skip
+@click.option("--org", help="The org an auditor token may read.")
+@click.option("--name", help="A note saying whose token this is.")
+def token_create(config_path: Path | None, role: str, org: str | None, name: str | None) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from tunnelacct.auth import Role, create_token
+    from tunnelacct.errors import UnknownOrgError
+    from tunnelacct.store import stored_org_ids
+
+    config = _config(config_path)
+
+    async def work(engine: Any) -> str:
+        if org is not None:
+            known = {o.id for o in config.orgs} | await stored_org_ids(engine)
+            if org not in known:
+                raise UnknownOrgError(org, sorted(known))
+        text, _row = await create_token(engine, Role(role), org_id=org, name=name)
+        return text
+
+    click.echo(_with_engine(config, work))
+    click.echo("store it now: it is not shown again", err=True)
+
+
+@token_group.command("list")
+@config_option
+def token_list(config_path: Path | None) -> None:
+    """Every token: id, role, org, name, created, revoked (never the secret)."""
+    from tunnelacct.auth import list_tokens
+
+    for t in _with_engine(_config(config_path), list_tokens):
+        revoked = t.revoked_at.isoformat() if t.revoked_at else "active"
+        click.echo(f"{t.id}\t{t.role}\t{t.org_id or '*'}\t{t.name or ''}\t"
+                   f"{t.created_at.isoformat()}\t{revoked}")  # fmt: skip
+
+
+@token_group.command("revoke")
+@config_option
+@click.argument("token_id")
+def token_revoke(config_path: Path | None, token_id: str) -> None:
+    """Revoke a token by its id (from `token list`); it stops working at once."""
+    from tunnelacct.auth import revoke_token
+
+    _with_engine(_config(config_path), lambda engine: revoke_token(engine, token_id))
+    click.echo(f"revoked {token_id}", err=True)
+
+
 @cli.group("db")
 def db_group() -> None:
     """Database maintenance."""

@@ -163,3 +163,20 @@ class SessionRecord(TableBase, table=True):
     community_id: str = Field(sa_type=String)
     gateway: str = Field(sa_type=String)
     interface: str = Field(sa_type=String)
+
+
+class ApiToken(TableBase, table=True):
+    """A bearer token of the API, stored as a SHA-256 hash of its secret only.
+
+    `role` is "auditor" (one org, `org_id`) or "admin" (every org, `org_id` NULL).
+    """
+
+    __tablename__: ClassVar[Any] = "api_tokens"
+
+    id: str = Field(sa_type=String(16), primary_key=True)
+    secret_sha256: str = Field(sa_type=String(64))
+    role: str = Field(sa_type=String(16))
+    org_id: str | None = Field(default=None, sa_type=String, nullable=True)
+    name: str | None = Field(default=None, sa_type=String, nullable=True)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)

@@ -1,0 +1,100 @@
+"""API tokens on a real migrated SQLite store, and the `tunnelacct token` commands."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.sqlite import raw_query
+from tunnelacct.auth import Role, TokenError, authenticate, create_token, revoke_token
+
+CONFIG = Path(__file__).parent / "data" / "wg-small.toml"
+
+
+async def test_an_auditor_token_speaks_for_its_org_only(engine: AsyncEngine) -> None:
+    text, row = await create_token(engine, Role.AUDITOR, org_id="acme", name="audit")
+    principal = await authenticate(engine, text)
+    assert principal is not None
+    assert (principal.token_id, principal.role, principal.org_id) == (row.id, Role.AUDITOR, "acme")
+    assert principal.may_see("acme") and not principal.may_see("globex")
+
+
+async def test_an_admin_token_sees_every_org(engine: AsyncEngine) -> None:
+    text, _ = await create_token(engine, Role.ADMIN)
+    principal = await authenticate(engine, text)
+    assert principal is not None and principal.org_id is None
+    assert principal.may_see("acme") and principal.may_see("anything")
+
+
+async def test_only_the_secrets_hash_is_stored(engine: AsyncEngine, db_path: Path) -> None:
+    text, row = await create_token(engine, Role.AUDITOR, org_id="acme")
+    secret = text.split("_", 2)[2]  # tat_<id>_<secret>; the secret may hold "_" itself
+    ((stored,),) = raw_query(db_path, "select secret_sha256 from api_tokens where id = ?", row.id)
+    assert stored == hashlib.sha256(secret.encode()).hexdigest()
+    dump = "\n".join(map(str, raw_query(db_path, "select * from api_tokens")))
+    assert secret not in dump
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # wrong secret
+        lambda t: "tat_" + "0" * 16 + t[20:],  # unknown id, right shape
+        lambda t: t[:-3],  # malformed
+        lambda t: "",
+        lambda t: "Bearer " + t,
+        lambda t: t.upper(),
+    ],
+)
+async def test_a_wrong_or_malformed_token_is_refused(engine: AsyncEngine, mangle: object) -> None:
+    text, _ = await create_token(engine, Role.ADMIN)
+    assert callable(mangle)
+    assert await authenticate(engine, mangle(text)) is None
+    assert await authenticate(engine, None) is None
+    assert await authenticate(engine, text) is not None  # the real one still works
+
+
+async def test_a_revoked_token_stops_working_and_cannot_be_revoked_twice(
+    engine: AsyncEngine,
+) -> None:
+    text, row = await create_token(engine, Role.AUDITOR, org_id="acme")
+    await revoke_token(engine, row.id)
+    assert await authenticate(engine, text) is None
+    with pytest.raises(TokenError, match="no active token"):
+        await revoke_token(engine, row.id)
+    with pytest.raises(TokenError, match="no active token"):
+        await revoke_token(engine, "0123456789abcdef")
+
+
+async def test_roles_and_orgs_must_agree(engine: AsyncEngine) -> None:
+    with pytest.raises(TokenError, match="needs --org"):
+        await create_token(engine, Role.AUDITOR)
+    with pytest.raises(TokenError, match="every org"):
+        await create_token(engine, Role.ADMIN, org_id="acme")
+
+
+def test_token_commands_create_list_and_revoke(tmp_path: Path) -> None:
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}"}
+    created = run_cli("token", "create", "--config", str(CONFIG), "--org", "acme", "--name",
+                      "auditor 2026", env=env)  # fmt: skip
+    text = created.stdout.strip()
+    assert text.startswith("tat_") and "not shown again" in created.stderr
+    listed = run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
+    token_id = text.split("_")[1]
+    assert f"{token_id}\tauditor\tacme\tauditor 2026\t" in listed and "\tactive" in listed
+    assert text.split("_", 2)[2] not in listed
+    run_cli("token", "revoke", "--config", str(CONFIG), token_id, env=env)
+    assert "\tactive" not in run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", "token", "create", "--config", str(CONFIG),
+         "--org", "acm"], capture_output=True, text=True, env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2 and "unknown org 'acm'" in done.stderr and done.stdout == ""
