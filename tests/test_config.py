@@ -257,7 +257,7 @@ LONG_UTF8 = "wg-" + "\u00e4" * 7  # 10 characters but 17 bytes: over IFNAMSIZ - 
 # (id, text with MARK on the offending line, key as shown, value shown, part of why)
 INVALID: list[tuple[str, str, str, object, str]] = [
     ("unknown-section", "[databse] #<\n", "databse", None,
-     "allowed: attribution, capture, clients"),
+     "allowed: api, attribution, capture, clients"),
     ("unknown-top-key", 'gatway = "gw" #<\n', "gatway", "gw", "unknown section"),
     ("unknown-key", TO + "udp_idel = 5 #<\n", "[timeouts] udp_idel", 5, "allowed: udp_idle"),
     ("dotted-subtable", DB + "[database.extra] #<\n", "[database] extra", None, "allowed: url"),
@@ -446,6 +446,11 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("service-not-table", "service = 1 #<\n", "service", 1, "write [service]"),
     ("service-typo", SV + "queue_size = 5 #<\n", "[service] queue_size", 5,
      "allowed: queue_packets, shutdown_timeout, status_interval, session_events"),
+    ("api-listen-no-port", "[api]\nlisten = \"127.0.0.1\" #<\n", "[api] listen", "127.0.0.1",
+     'expected "host:port"'),
+    ("api-listen-big-port", "[api]\nlisten = \"127.0.0.1:70000\" #<\n", "[api] listen",
+     "127.0.0.1:70000", 'expected "host:port"'),
+    ("api-listen-int", "[api]\nlisten = 8080 #<\n", "[api] listen", 8080, "host:port"),
     ("events-empty", SV + 'session_events = "" #<\n', "[service] session_events", "",
      "non-empty string"),
     ("events-no-dir", SV + 'session_events = "no/such/dir/events.jsonl" #<\n',

@@ -239,3 +239,43 @@ def test_session_events_are_json_lines_with_the_fields_and_values_of_the_csv(
                 assert float(cell) == pytest.approx(value, abs=1e-6), name
             else:
                 assert cell == ("" if value is None else str(value)), name
+
+
+def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
+    import socket as socketlib
+    import urllib.error
+    import urllib.request
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "live.db"
+    config = write_config(BASE, tmp_path / "serve.toml", {"api": {"listen": f"127.0.0.1:{port}"}},
+                          captures=[{"pcap": str(PCAP)}])  # fmt: skip
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    token = run_cli("token", "create", "--config", str(config), "--org", "acme", env=env).stdout
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, auth: bool = True) -> tuple[int, Any]:
+        req = urllib.request.Request(base + path)
+        if auth:
+            req.add_header("Authorization", f"Bearer {token.strip()}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, json.loads(e.read())
+
+    with serving(tmp_path, config, db) as serve:
+        serve.wait(lambda s: s["captures"][0]["state"] == "finished"
+                   and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
+                   "replay written")  # fmt: skip
+        assert get("/healthz", auth=False) == (200, {"status": "ok"})
+        assert get("/readyz", auth=False) == (200, {"ready": True, "reasons": []})
+        assert get("/api/v1/orgs/acme/sessions", auth=False)[0] == 401
+        code, page = get("/api/v1/orgs/acme/sessions?limit=1000")
+        assert get("/api/v1/orgs/globex/sessions")[0] == 404
+        assert serve.stop() == 0, serve.log()
+    acme = [r for r in all_rows(db) if r["org_id"] == "acme"]
+    assert code == 200 and page["count"] == len(acme) == len(page["sessions"]) > 0

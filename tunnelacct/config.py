@@ -40,6 +40,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
     "wireguard": ("interfaces", "refresh"),
     "service": ("queue_packets", "shutdown_timeout", "status_interval", "session_events"),
+    "api": ("listen",),
 }
 ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
@@ -139,6 +140,14 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """[api]: the REST API of `serve` (absent = no API)."""
+
+    host: str | None = None
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -154,6 +163,7 @@ class Config:
     captures: tuple[CaptureConfig, ...] = ()
     wireguard: WireguardConfig = field(default_factory=WireguardConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
@@ -351,6 +361,18 @@ class _Loader:
             ),
             session_events=self._events_path(where, t),
         )
+        where, t = self._section(doc, "api")
+        api = ApiConfig()
+        if "listen" in t:
+            listen = t["listen"]
+            why = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"'
+            m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", str(listen))
+            if not isinstance(listen, str) or m is None:
+                self.fail(where, "listen", why, _shown(listen))
+            host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+            if not 1 <= int(port) <= 65535:
+                self.fail(where, "listen", why, listen)
+            api = ApiConfig(host=host, port=int(port))
         return Config(
             path=self._path,
             database=DatabaseConfig(url),
@@ -364,6 +386,7 @@ class _Loader:
             captures=tuple(self._captures(doc)),
             wireguard=wireguard,
             service=service,
+            api=api,
         )
 
     def _section(self, doc: Mapping[str, object], name: str) -> tuple[_Where, dict[str, object]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -97,6 +98,25 @@ def format_row(record: SessionRecord) -> list[str]:
     ]
     cells[_UNIX_AT] = unix_time(record.started_at)
     return cells
+
+
+def record_fields(record: SessionRecord) -> dict[str, object]:
+    """One session record as JSON-ready values under the CSV's names, in its order.
+
+    Numbers stay numbers, times are RFC 3339 strings, NULLs None; no formula guard (not CSV).
+    """
+    out: dict[str, object] = {}
+    for name, attr in zip(CSV_COLUMNS, _ATTRS, strict=True):
+        if name == "started_at_unix":
+            out[name] = unix_time(record.started_at)
+            continue
+        value = getattr(record, attr)
+        if isinstance(value, datetime):
+            value = format_time(value)
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        out[name] = value
+    return out
 
 
 def unix_time(value: datetime) -> str:

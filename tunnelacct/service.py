@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ class Service:
                 await self._resume(engine, sink)  # before any packet reaches a flow table
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
+                api_server = self._api_server(engine)
+                api_task = tg.create_task(api_server.serve()) if api_server else None
                 if config.wireguard.interfaces:
                     helpers.append(tg.create_task(self._peer_loop(engine)))
                 self.state = "running"
@@ -110,6 +113,9 @@ class Service:
                 )
                 await stop.wait()
                 await self._shutdown(tasks, writer)
+                if api_server is not None and api_task is not None:  # after the writer drained
+                    api_server.should_exit = True
+                    await asyncio.wait([api_task], timeout=5)
                 for task in helpers:
                     task.cancel()
         except* TunnelacctError as group:
@@ -152,6 +158,36 @@ class Service:
             if self._failure is None:
                 self._failure = e
             stop.set()
+
+    def _api_server(self, engine: Any) -> Any:
+        """The REST API's uvicorn server, or None without [api] listen."""
+        api = self.config.api
+        if api.host is None:
+            return None
+        import uvicorn  # imported only when the API is on
+
+        from tunnelacct.api import ApiContext, create_app
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield  # the service owns SIGTERM/SIGINT, not uvicorn
+
+        app = create_app(ApiContext(engine, not_ready=self._not_ready))
+        config = uvicorn.Config(
+            app, host=api.host, port=api.port, lifespan="off", log_level="warning",
+            access_log=False,
+        )  # fmt: skip
+        log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
+        return Server(config)
+
+    def _not_ready(self) -> list[str]:
+        """Why the service is not ready: its state, and captures not capturing."""
+        reasons = [] if self.state == "running" else [f"service is {self.state}"]
+        for p in self.pipelines:
+            if p.status.state not in ("capturing", "finished"):
+                reasons.append(f"capture on {p.capture.name} is {p.status.state}")
+        return reasons
 
     # -- identity ------------------------------------------------------------------------------
 

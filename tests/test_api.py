@@ -1,0 +1,174 @@
+"""The REST API in-process (httpx ASGI transport) on a real SQLite store filled by importing a
+capture recorded through a real WireGuard tunnel; checked against stdlib sqlite3."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.sqlite import raw_query
+from tunnelacct import api as api_module
+from tunnelacct.api import ApiContext, create_app
+from tunnelacct.auth import Role, create_token, revoke_token
+from tunnelacct.export import export_org_csv
+from tunnelacct.store import make_engine
+
+DATA = Path(__file__).parent / "data"
+CONFIG = DATA / "wg-small.toml"
+
+
+@pytest.fixture
+def imported(tmp_path: Path) -> Path:
+    db = tmp_path / "api.db"
+    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"),
+            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
+    return db
+
+
+@pytest.fixture
+async def client(imported: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    engine = make_engine(f"sqlite:///{imported}")
+    tokens = {
+        "acme": (await create_token(engine, Role.AUDITOR, org_id="acme"))[0],
+        "admin": (await create_token(engine, Role.ADMIN))[0],
+    }
+    revoked, row = await create_token(engine, Role.AUDITOR, org_id="acme")
+    await revoke_token(engine, row.id)
+    tokens["revoked"] = revoked
+    app = create_app(ApiContext(engine))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c, tokens
+    await engine.dispose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ids_of(db: Path, sql: str, *params: object) -> list[str]:
+    """Session ids as the API shows them (dashed UUIDs), from stdlib sqlite3."""
+    return [
+        f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for (h,) in raw_query(db, sql, *params)
+    ]
+
+
+Client = tuple[httpx.AsyncClient, dict[str, str]]
+
+
+async def test_health_needs_no_token_and_reveals_no_data(client: Client) -> None:
+    c, _ = client
+    assert (await c.get("/healthz")).json() == {"status": "ok"}
+    ready = await c.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
+                                     {"Authorization": "Basic dXNlcjpwdw=="}])  # fmt: skip
+async def test_no_or_a_bad_token_is_401(client: Client, headers: dict[str, str]) -> None:
+    c, _ = client
+    for path in ("/api/v1/orgs", "/api/v1/orgs/acme/sessions", "/api/v1/orgs/acme/sessions.csv"):
+        r = await c.get(path, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+
+
+async def test_a_revoked_token_is_401(client: Client) -> None:
+    c, tokens = client
+    assert (await c.get("/api/v1/orgs", headers=bearer(tokens["revoked"]))).status_code == 401
+
+
+async def test_an_auditor_sees_its_org_only_and_others_look_absent(client: Client) -> None:
+    c, tokens = client
+    auditor = bearer(tokens["acme"])
+    assert [o["id"] for o in (await c.get("/api/v1/orgs", headers=auditor)).json()] == ["acme"]
+    for org in ("globex", "no-such-org"):
+        for tail in ("sessions", "sessions.csv", "clients", "resources"):
+            r = await c.get(f"/api/v1/orgs/{org}/{tail}", headers=auditor)
+            assert (r.status_code, r.json()) == (404, {"detail": f"no org {org!r}"}), (org, tail)
+    admin = bearer(tokens["admin"])
+    orgs = {o["id"] for o in (await c.get("/api/v1/orgs", headers=admin)).json()}
+    assert {"acme", "globex"} <= orgs
+    assert (await c.get("/api/v1/orgs/globex/sessions", headers=admin)).status_code == 200
+
+
+async def test_pages_visit_every_session_once_in_start_order(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    expected = ids_of(imported, "select id from sessions where org_id = 'acme' "
+                                "order by started_at, id")  # fmt: skip
+    assert len(expected) > 5
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = (await c.get("/api/v1/orgs/acme/sessions", params=params,
+                            headers=bearer(tokens["acme"]))).json()  # fmt: skip
+        assert page["count"] == len(expected) and page["count_capped"] is False
+        seen += [s["session_id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+
+
+async def test_a_filter_selects_what_sql_selects_and_a_bad_one_is_400(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    r = await c.get("/api/v1/orgs/acme/sessions", params={"q": "protocol:udp", "limit": 1000},
+                    headers=bearer(tokens["acme"]))  # fmt: skip
+    got = sorted(s["session_id"] for s in r.json()["sessions"])
+    want = sorted(
+        ids_of(imported, "select id from sessions where org_id = 'acme' and protocol = 'udp'")
+    )
+    assert got == want and len(want) > 0
+    bad = await c.get("/api/v1/orgs/acme/sessions", params={"q": "dport:70000"},
+                      headers=bearer(tokens["acme"]))  # fmt: skip
+    assert bad.status_code == 400
+    assert bad.json()["token"] == "dport:70000" and "0-65535" in bad.json()["expected"]
+    sneaky = await c.get("/api/v1/orgs/acme/sessions", params={"q": "client:\"x' OR 1=1 --\""},
+                         headers=bearer(tokens["acme"]))  # fmt: skip
+    assert sneaky.status_code == 200 and sneaky.json()["sessions"] == []
+
+
+async def test_the_count_is_capped(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, tokens = client
+    monkeypatch.setattr(api_module, "COUNT_CAP", 4)
+    page = (await c.get("/api/v1/orgs/acme/sessions", headers=bearer(tokens["acme"]))).json()
+    assert (page["count"], page["count_capped"]) == (4, True)
+    assert len(page["sessions"]) > 4  # the page itself is not capped by the count
+
+
+async def test_csv_download_is_the_export_streamed_as_an_attachment(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    r = await c.get("/api/v1/orgs/acme/sessions.csv", headers=bearer(tokens["acme"]))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"] == 'attachment; filename="tunnelacct-acme-sessions.csv"'
+    engine = make_engine(f"sqlite:///{imported}")
+    out = io.StringIO(newline="")
+    try:
+        await export_org_csv(engine, "acme", out)  # the CLI's export, for the same org
+    finally:
+        await engine.dispose()
+    assert r.text == out.getvalue()
+    assert len(list(csv.DictReader(io.StringIO(r.text)))) == len(
+        raw_query(imported, "select 1 from sessions where org_id = 'acme'"))  # fmt: skip
+
+
+async def test_inventory_lists_the_orgs_clients_and_resources(client: Client) -> None:
+    c, tokens = client
+    auditor = bearer(tokens["acme"])
+    clients = (await c.get("/api/v1/orgs/acme/clients", headers=auditor)).json()
+    assert [x["id"] for x in clients] == ["alice-laptop"]
+    assert clients[0]["addresses"] == ["100.64.0.2/32", "fd00:64::2/128"]
+    resources = (await c.get("/api/v1/orgs/acme/resources", headers=auditor)).json()
+    assert resources and all(set(r["protocols"]) <= {"tcp", "udp"} for r in resources)
