@@ -172,3 +172,47 @@ async def test_inventory_lists_the_orgs_clients_and_resources(client: Client) ->
     assert clients[0]["addresses"] == ["100.64.0.2/32", "fd00:64::2/128"]
     resources = (await c.get("/api/v1/orgs/acme/resources", headers=auditor)).json()
     assert resources and all(set(r["protocols"]) <= {"tcp", "udp"} for r in resources)
+
+
+async def test_paging_stays_exact_while_new_sessions_arrive(client: Client, imported: Path) -> None:
+    import sqlite3
+    import uuid
+
+    c, tokens = client
+    original = ids_of(imported, "select id from sessions where org_id = 'acme' "
+                                "order by started_at, id")  # fmt: skip
+    seen: list[str] = []
+    cursor = None
+    added = 0
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await c.get("/api/v1/orgs/acme/sessions", params=params,
+                            headers=bearer(tokens["acme"]))).json()  # fmt: skip
+        seen += [s["session_id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        # a live writer adds a session now: one starting long ago, one starting in the future
+        conn = sqlite3.connect(imported)
+        try:
+            row = conn.execute("select * from sessions where org_id = 'acme' limit 1").fetchone()
+            names = [d[0] for d in conn.execute("select * from sessions limit 0").description]
+            # later arrivals start later (as live sessions do): each is ahead of any cursor
+            for started in ("2000-01-01 00:00:00.000000", f"2099-01-01 00:00:00.{added:06d}"):
+                values = dict(zip(names, row, strict=True)) | {
+                    "id": uuid.uuid4().hex,
+                    "started_at": started,
+                }
+                conn.execute(
+                    f"insert into sessions ({', '.join(values)}) "
+                    f"values ({', '.join('?' * len(values))})", list(values.values()),
+                )  # fmt: skip
+                added += 1
+            conn.commit()
+        finally:
+            conn.close()
+    assert added > 0
+    assert len(seen) == len(set(seen))  # nothing twice
+    assert [s for s in seen if s in original] == original  # every original once, in order
+    future = ids_of(imported, "select id from sessions where started_at like '2099%'")
+    assert set(future) <= set(seen)  # rows arriving ahead of the cursor are reached too

@@ -279,3 +279,20 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
         assert serve.stop() == 0, serve.log()
     acme = [r for r in all_rows(db) if r["org_id"] == "acme"]
     assert code == 200 and page["count"] == len(acme) == len(page["sessions"]) > 0
+
+
+def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    import socket as socketlib
+
+    with socketlib.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(BASE, tmp_path / "serve.toml",
+                              {"api": {"listen": f"127.0.0.1:{port}"}})  # fmt: skip
+        serve = ServeProc(tmp_path, config, tmp_path / "a.db")
+        try:
+            assert serve.proc.wait(30) == 2
+        finally:
+            serve.end()
+    assert f"error: [api] listen 127.0.0.1:{port}: Address already in use" in serve.log()

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -95,13 +96,15 @@ class Service:
             ]
             for p in self.pipelines:
                 p.start()  # raises CaptureError when a capture cannot ever work
+            api_server, api_socket = self._api_server(engine)  # raises if it cannot listen
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(writer.run())
                 await self._resume(engine, sink)  # before any packet reaches a flow table
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
-                api_server = self._api_server(engine)
-                api_task = tg.create_task(api_server.serve()) if api_server else None
+                api_task = None
+                if api_server is not None:
+                    api_task = tg.create_task(api_server.serve(sockets=[api_socket]))
                 if config.wireguard.interfaces:
                     helpers.append(tg.create_task(self._peer_loop(engine)))
                 self.state = "running"
@@ -159,11 +162,14 @@ class Service:
                 self._failure = e
             stop.set()
 
-    def _api_server(self, engine: Any) -> Any:
-        """The REST API's uvicorn server, or None without [api] listen."""
+    def _api_server(self, engine: Any) -> tuple[Any, socket.socket | None]:
+        """The REST API's uvicorn server and its bound socket, or (None, None) without [api].
+
+        The socket is bound here, so an address in use is a clear error at start.
+        """
         api = self.config.api
         if api.host is None:
-            return None
+            return None, None
         import uvicorn  # imported only when the API is on
 
         from tunnelacct.api import ApiContext, create_app
@@ -173,13 +179,17 @@ class Service:
             def capture_signals(self) -> Iterator[None]:
                 yield  # the service owns SIGTERM/SIGINT, not uvicorn
 
+        family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
+        try:
+            sock = socket.create_server((api.host, api.port), family=family)
+        except OSError as e:
+            raise TunnelacctError(
+                f"[api] listen {api.host}:{api.port}: {e.strerror or e}"
+            ) from None
         app = create_app(ApiContext(engine, not_ready=self._not_ready))
-        config = uvicorn.Config(
-            app, host=api.host, port=api.port, lifespan="off", log_level="warning",
-            access_log=False,
-        )  # fmt: skip
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
-        return Server(config)
+        return Server(config), sock
 
     def _not_ready(self) -> list[str]:
         """Why the service is not ready: its state, and captures not capturing."""
