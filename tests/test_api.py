@@ -216,3 +216,16 @@ async def test_paging_stays_exact_while_new_sessions_arrive(client: Client, impo
     assert [s for s in seen if s in original] == original  # every original once, in order
     future = ids_of(imported, "select id from sessions where started_at like '2099%'")
     assert set(future) <= set(seen)  # rows arriving ahead of the cursor are reached too
+
+
+async def test_readyz_says_why_the_service_is_not_ready(imported: Path) -> None:
+    engine = make_engine(f"sqlite:///{imported}")
+    reasons = ["capture on wg0 is waiting"]
+    app = create_app(ApiContext(engine, not_ready=lambda: reasons))
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get("/readyz")
+    finally:
+        await engine.dispose()
+    assert (r.status_code, r.json()) == (503, {"ready": False, "reasons": reasons})
