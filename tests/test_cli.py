@@ -32,6 +32,27 @@ def _run(*args: str, **env: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def stderr_on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """Run argv with stderr on a pseudo-terminal: (exit code, what the terminal received)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=slave, timeout=120)  # fmt: skip
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    return proc.returncode, seen
+
+
 def test_bad_config_exits_2_naming_file_line_key_and_value(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[[orgs]]\nid = "acme"\n\n[timeouts]\nudp_idle = -5\n')
@@ -139,23 +160,8 @@ def test_import_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     env = {**os.environ, **db_url}
     argv = [sys.executable, "-m", "tunnelacct", "--log-level", "WARNING", "import",
             str(DATA / "wg-small.pcap")]  # fmt: skip
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=slave, timeout=120)  # fmt: skip
-        os.close(slave)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed and drained
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(master)
-    assert proc.returncode == 0
+    returncode, seen = stderr_on_a_terminal(argv, env)
+    assert returncode == 0
     assert b"importing" in seen and b"100%" in seen
     piped = _run("import", str(DATA / "wg-small.pcap"), **db_url)[2]
     assert "importing" not in piped
@@ -167,23 +173,8 @@ def test_export_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
     out_file = tmp_path / "acme.csv"
     argv = [sys.executable, "-m", "tunnelacct", "export", "--config", str(CONFIG), "--org",
             "acme", "-o", str(out_file)]  # fmt: skip
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.run(argv, env={**os.environ, **db_url}, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=slave, timeout=120)  # fmt: skip
-        os.close(slave)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed and drained
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(master)
-    assert proc.returncode == 0
+    returncode, seen = stderr_on_a_terminal(argv, {**os.environ, **db_url})
+    assert returncode == 0
     with out_file.open(newline="") as f:
         rows = len(list(csv.DictReader(f)))
     assert f"exporting: {rows:,} rows".encode() in seen

@@ -110,13 +110,17 @@ def record_fields(record: SessionRecord) -> dict[str, object]:
         if name == "started_at_unix":
             out[name] = unix_time(record.started_at)
             continue
-        value = getattr(record, attr)
-        if isinstance(value, datetime):
-            value = format_time(value)
-        elif isinstance(value, uuid.UUID):
-            value = str(value)
-        out[name] = value
+        out[name] = json_value(getattr(record, attr))
     return out
+
+
+def json_value(value: object) -> object:
+    """A column value for JSON: times as RFC 3339 strings, UUIDs as text, the rest as is."""
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
 
 
 def unix_time(value: datetime) -> str:

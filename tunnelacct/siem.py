@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
 from tunnelacct.enums import EventKind
 from tunnelacct.events import SessionEvent
-from tunnelacct.export import CSV_COLUMNS, format_time, unix_time
+from tunnelacct.export import CSV_COLUMNS, json_value, unix_time
 from tunnelacct.writer import event_row
 
 
@@ -28,14 +26,7 @@ def event_line(event: SessionEvent, gateway: str) -> str:
     row = event_row(event, gateway)
     row["session_id"] = row.pop("id")
     row["started_at_unix"] = unix_time(row["started_at"])
-    out: dict[str, Any] = {}
-    for name in CSV_COLUMNS:
-        value = row[name]
-        if isinstance(value, datetime):
-            value = format_time(value)
-        elif isinstance(value, uuid.UUID):
-            value = str(value)
-        out[name] = value
+    out: dict[str, Any] = {name: json_value(row[name]) for name in CSV_COLUMNS}
     out["event"] = event.kind.value
     return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
 
