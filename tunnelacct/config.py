@@ -1,23 +1,19 @@
 """Configuration: one TOML file, validated once, returned as frozen dataclasses.
 
-load_config(path, environ) reads and checks the file; every other module receives the section it
-needs. Every problem is a ConfigError naming the file, the line, the key, the value and why.
+load_config(path, environ) reads the file and applies the environment; tunnelacct.configload
+checks every key. Every other module receives the section it needs. Every problem is a
+ConfigError naming the file, the line, the key, the value and why.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import ipaddress
-import math
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn, TypeGuard
 
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
@@ -166,19 +162,10 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
 
 
-_ID = re.compile(r"[A-Za-z0-9._-]+")
-_ID_WHY = "expected a non-empty id of letters, digits, '.', '_' or '-'"
 _PORT_PART = re.compile(r"([0-9]{1,9})(?:\s*-\s*([0-9]{1,9}))?")
 _PORTS_WHY = "expected a port or a range like 8000-8100"
 _URL = re.compile(r"(sqlite|postgresql)(\+[A-Za-z0-9_]+)?://(.*)", re.DOTALL)
 _URL_WHY = "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://host/dbname"
-_PROTOCOLS = {p.label: p for p in IpProto}
-_TIMEOUTS, _WRITER = Timeouts(), WriterConfig()
-_RETENTION_DAYS = OrgConfig(id="", name="").retention_days
-_CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConfig()
-_IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
-_IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
-_WG_KEY_CHARS = 44  # base64 of a 32-byte Curve25519 key, with one "=" of padding
 
 
 def load_config(
@@ -199,12 +186,14 @@ def load_config(
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise _syntax_error(shown, text, exc) from None
-        config = _Loader(shown, KeyLines(text)).config(doc)
+        from tunnelacct.configload import Loader  # not at the top: configload imports this module
+
+        config = Loader(shown, KeyLines(text)).config(doc)
     url = env.get(DATABASE_URL_ENV)
     if url:
-        why = _url_problem(url)
+        why = database_url_problem(url)
         if why is not None:
-            raise ConfigError(f"${DATABASE_URL_ENV}", why, value=_redact(url))
+            raise ConfigError(f"${DATABASE_URL_ENV}", why, value=redact_url(url))
         config = dataclasses.replace(config, database=DatabaseConfig(url))
     return config
 
@@ -262,7 +251,7 @@ def _syntax_error(path: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigE
     return ConfigError("TOML syntax", why, path=path, line=text.count("\n") + 1)
 
 
-def _url_problem(url: str) -> str | None:
+def database_url_problem(url: str) -> str | None:
     """Why `url` is not a database URL tunnelacct can use, or None when it is."""
     match = _URL.fullmatch(url)
     if match is None:
@@ -275,390 +264,6 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """`url` with its password replaced by ***, for error messages."""
     return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
-
-
-def _shown(value: object) -> object:
-    """`value` when it is a scalar worth echoing in an error, else None (tables, arrays)."""
-    return value if isinstance(value, str | int | float) else None
-
-
-@dataclass(frozen=True, slots=True)
-class _Where:
-    """A table being checked: its name, its entry index and how a person writes it."""
-
-    table: str  # "" for the top level
-    index: int
-    label: str  # "[timeouts]", '[[resources]] "pg-primary"', "[[resources]] #3", or ""
-
-
-class _Loader:
-    """Turns the parsed TOML document into a Config, failing with the first problem found."""
-
-    __slots__ = ("_path", "_lines")
-
-    def __init__(self, path: str, lines: KeyLines) -> None:
-        self._path, self._lines = path, lines
-
-    def fail(self, where: _Where, key: str | None, why: str, value: object = None) -> NoReturn:
-        """Raise the ConfigError for `key` of `where`, at the line the key is written on."""
-        shown = " ".join(part for part in (where.label, key) if part)
-        line = self._lines.find(where.table, where.index, key)
-        raise ConfigError(shown, why, value=value, path=self._path, line=line)
-
-    def config(self, doc: Mapping[str, object]) -> Config:
-        """The validated Config of the whole document."""
-        top = _Where("", 0, "")
-        for name, value in doc.items():
-            if name not in SECTION_KEYS:
-                allowed = ", ".join(sorted(SECTION_KEYS))
-                self.fail(top, name, f"unknown section; allowed: {allowed}", _shown(value))
-        where, t = self._section(doc, "database")
-        url = self._text(where, t, "url", DEFAULT_DATABASE_URL)
-        why = _url_problem(url)
-        if why is not None:
-            self.fail(where, "url", why, _redact(url))
-        where, t = self._section(doc, "timeouts")
-        timeouts = Timeouts(
-            udp_idle_s=self._seconds(where, t, "udp_idle", _TIMEOUTS.udp_idle_s),
-            tcp_idle_s=self._seconds(where, t, "tcp_idle", _TIMEOUTS.tcp_idle_s),
-            tcp_linger_s=self._seconds(where, t, "tcp_linger", _TIMEOUTS.tcp_linger_s),
-            checkpoint_s=self._seconds(where, t, "checkpoint", _TIMEOUTS.checkpoint_s),
-        )
-        where, t = self._section(doc, "writer")
-        writer = WriterConfig(
-            batch_size=self._count(where, t, "batch_size", _WRITER.batch_size),
-            flush_interval_s=self._seconds(where, t, "flush_interval", _WRITER.flush_interval_s),
-            max_pending=self._count(where, t, "max_pending", _WRITER.max_pending),
-        )
-        where, t = self._section(doc, "gateway")
-        gateway = self._text(where, t, "name", socket.gethostname())
-        where, t = self._section(doc, "attribution")
-        default_org = self._ident(where, t, "default_org", DEFAULT_ORG)
-        orgs = tuple(self._orgs(doc))
-        known = {org.id for org in orgs} | {default_org}
-        where, t = self._section(doc, "wireguard")
-        interfaces = t.get("interfaces", [])
-        if not isinstance(interfaces, list):
-            self.fail(where, "interfaces", 'expected an array like ["wg0"]', _shown(interfaces))
-        for name in interfaces:
-            if not _is_ifname(name):
-                self.fail(where, "interfaces", _IFNAME_WHY, _shown(name))
-        wireguard = WireguardConfig(
-            interfaces=tuple(dict.fromkeys(interfaces)),
-            refresh_s=self._seconds(where, t, "refresh", _WIREGUARD.refresh_s),
-        )
-        where, t = self._section(doc, "service")
-        service = ServiceConfig(
-            queue_packets=self._count(where, t, "queue_packets", _SERVICE.queue_packets),
-            shutdown_timeout_s=self._seconds(
-                where, t, "shutdown_timeout", _SERVICE.shutdown_timeout_s
-            ),
-            status_interval_s=self._seconds(
-                where, t, "status_interval", _SERVICE.status_interval_s
-            ),
-            session_events=self._events_path(where, t),
-        )
-        where, t = self._section(doc, "api")
-        api = ApiConfig()
-        if "listen" in t:
-            listen = t["listen"]
-            why = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"'
-            m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", str(listen))
-            if not isinstance(listen, str) or m is None:
-                self.fail(where, "listen", why, _shown(listen))
-            host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-            if not 1 <= int(port) <= 65535:
-                self.fail(where, "listen", why, listen)
-            api = ApiConfig(host=host, port=int(port))
-        return Config(
-            path=self._path,
-            database=DatabaseConfig(url),
-            timeouts=timeouts,
-            writer=writer,
-            gateway=gateway,
-            default_org=default_org,
-            orgs=orgs,
-            clients=tuple(self._clients(doc, known)),
-            resources=tuple(self._resources(doc, known)),
-            captures=tuple(self._captures(doc)),
-            wireguard=wireguard,
-            service=service,
-            api=api,
-        )
-
-    def _section(self, doc: Mapping[str, object], name: str) -> tuple[_Where, dict[str, object]]:
-        """The [name] table (empty when absent), after checking it has only known keys."""
-        t = doc.get(name, {})
-        if not isinstance(t, dict):
-            self.fail(_Where("", 0, ""), name, f"expected a table: write [{name}]", _shown(t))
-        where = _Where(name, 0, f"[{name}]")
-        self._known_keys(where, t, name)
-        return where, t
-
-    def _entries(
-        self, doc: Mapping[str, object], name: str
-    ) -> Iterator[tuple[_Where, dict[str, object]]]:
-        """Each [[name]] entry with a label naming it by id (or by position while the id is bad)."""
-        entries = doc.get(name, [])
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            why = f"expected an array of tables: write [[{name}]]"
-            self.fail(_Where("", 0, ""), name, why, _shown(entries))
-        for index, entry in enumerate(entries):
-            ident = entry.get("id")
-            named = isinstance(ident, str) and _ID.fullmatch(ident) is not None
-            where = _Where(
-                name, index, f'[[{name}]] "{ident}"' if named else f"[[{name}]] #{index + 1}"
-            )
-            self._known_keys(where, entry, name)
-            yield where, entry
-
-    def _known_keys(self, where: _Where, t: Mapping[str, object], section: str) -> None:
-        """Fail on the first key of `t` that `section` does not have (usually a typo)."""
-        allowed = SECTION_KEYS[section]
-        for key, value in t.items():
-            if key not in allowed:
-                self.fail(where, key, f"unknown key; allowed: {', '.join(allowed)}", _shown(value))
-
-    def _unique_id(self, where: _Where, t: Mapping[str, object], seen: dict[str, _Where]) -> str:
-        """The entry's id, checked for syntax and uniqueness within its kind."""
-        ident = self._ident(where, t, "id", None)
-        first = seen.setdefault(ident, where)
-        if first is not where:
-            line = self._lines.find(first.table, first.index, "id")
-            self.fail(where, "id", f"duplicate id; already used at line {line}", ident)
-        return ident
-
-    def _org_ref(self, where: _Where, t: Mapping[str, object], known: set[str]) -> str:
-        """The entry's org, which must be declared in [[orgs]] or be the default org."""
-        org = self._ident(where, t, "org", None)
-        if org not in known:
-            self.fail(where, "org", f"unknown org; declared: {', '.join(sorted(known))}", org)
-        return org
-
-    def _orgs(self, doc: Mapping[str, object]) -> Iterator[OrgConfig]:
-        seen: dict[str, _Where] = {}
-        for where, t in self._entries(doc, "orgs"):
-            ident = self._unique_id(where, t, seen)
-            yield OrgConfig(
-                id=ident,
-                name=self._text(where, t, "name", ident),
-                retention_days=self._count(where, t, "retention_days", _RETENTION_DAYS),
-            )
-
-    def _clients(self, doc: Mapping[str, object], known: set[str]) -> Iterator[ClientConfig]:
-        seen: dict[str, _Where] = {}
-        owners: dict[str, str] = {}  # normalised CIDR -> client id: one owner per tunnel address
-        keys: dict[str, str] = {}  # public key -> client id
-        for where, t in self._entries(doc, "clients"):
-            ident = self._unique_id(where, t, seen)
-            org = self._org_ref(where, t, known)
-            name = self._text(where, t, "name", ident)
-            user = t.get("user")
-            if user is not None and (not isinstance(user, str) or not user.strip()):
-                self.fail(where, "user", "expected a non-empty string", _shown(user))
-            raw = t.get("addresses", [])
-            if not isinstance(raw, list):
-                self.fail(where, "addresses", "expected an array of CIDR strings", _shown(raw))
-            addresses: list[str] = []
-            for item in raw:
-                cidr = self._cidr(where, "addresses", item)
-                owner = owners.setdefault(cidr, ident)
-                if owner != ident:
-                    self.fail(where, "addresses", f'already assigned to client "{owner}"', item)
-                if cidr in addresses:
-                    self.fail(where, "addresses", f"{cidr} is listed twice", item)
-                addresses.append(cidr)
-            public_key = t.get("public_key")
-            if public_key is not None:
-                if not isinstance(public_key, str) or not _is_wireguard_key(public_key):
-                    why = f"expected a {_WG_KEY_CHARS}-character base64 WireGuard key (32 bytes)"
-                    self.fail(where, "public_key", why, _shown(public_key))
-                other = keys.setdefault(public_key, ident)
-                if other != ident:
-                    self.fail(
-                        where, "public_key", f'already the key of client "{other}"', public_key
-                    )
-            yield ClientConfig(ident, org, name, user, tuple(addresses), public_key)
-
-    def _resources(self, doc: Mapping[str, object], known: set[str]) -> Iterator[ResourceConfig]:
-        seen: dict[str, _Where] = {}
-        for where, t in self._entries(doc, "resources"):
-            ident = self._unique_id(where, t, seen)
-            org = self._org_ref(where, t, known)
-            name = self._text(where, t, "name", ident)
-            if "address" not in t:
-                self.fail(where, "address", "required key is missing")
-            yield ResourceConfig(
-                id=ident,
-                org=org,
-                name=name,
-                address=self._cidr(where, "address", t["address"]),
-                ports=self._ports(where, t.get("ports")),
-                protocols=self._protocols(where, t.get("protocols")),
-            )
-
-    def _events_path(self, where: _Where, t: Mapping[str, object]) -> str | None:
-        """[service] session_events: "-" (standard output) or a file in an existing directory."""
-        if "session_events" not in t:
-            return None
-        value = self._text(where, t, "session_events", "-")
-        if value == "-":
-            return value
-        base = os.path.dirname(os.path.abspath(self._path))
-        path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
-        if not os.path.isdir(os.path.dirname(path)):
-            self.fail(where, "session_events", f"no such directory: {os.path.dirname(path)}", value)
-        return path
-
-    def _captures(self, doc: Mapping[str, object]) -> Iterator[CaptureConfig]:
-        seen: dict[str, _Where] = {}
-        for where, t in self._entries(doc, "capture"):
-            if ("interface" in t) == ("pcap" in t):
-                self.fail(where, None, "expected exactly one of interface or pcap")
-            if "interface" in t:
-                key, name = "interface", t["interface"]
-                if not _is_ifname(name):
-                    self.fail(where, key, _IFNAME_WHY, _shown(name))
-                for replay_only in ("speed", "loop"):
-                    if replay_only in t:
-                        why = "only for a pcap replay, not a live interface"
-                        self.fail(where, replay_only, why, _shown(t[replay_only]))
-                path = None
-            else:
-                key = "pcap"
-                name = self._text(where, t, key, "")
-                base = os.path.dirname(os.path.abspath(self._path))
-                path = os.path.normpath(os.path.join(base, os.path.expanduser(name)))
-                if not os.path.isfile(path):
-                    self.fail(where, key, f"no such file: {path}", name)
-                name = path
-            first = seen.setdefault(name, where)
-            if first is not where:
-                line = self._lines.find(first.table, first.index, key)
-                self.fail(where, key, f"captured twice; already at line {line}", name)
-            speed = t.get("speed", _CAPTURE.speed)
-            if (
-                isinstance(speed, bool)
-                or not isinstance(speed, int | float)
-                or not (math.isfinite(speed) and speed >= 0)
-            ):
-                why = "expected a number >= 0 (0 = as fast as possible, 1 = recorded speed)"
-                self.fail(where, "speed", why, _shown(speed))
-            loop = t.get("loop", _CAPTURE.loop)
-            if not isinstance(loop, bool):
-                self.fail(where, "loop", "expected true or false", _shown(loop))
-            snaplen = t.get("snaplen", _CAPTURE.snaplen)
-            if (
-                isinstance(snaplen, bool)
-                or not isinstance(snaplen, int)
-                or not 64 <= snaplen <= 1920
-            ):
-                why = (
-                    "expected an integer 64-1920 (bytes; headers only: 96 is enough for IPv6 + TCP)"
-                )
-                self.fail(where, "snaplen", why, _shown(snaplen))
-            yield CaptureConfig(
-                interface=name if path is None else None,
-                pcap=path,
-                snaplen=snaplen,
-                ring_mib=self._count(where, t, "ring_mib", _CAPTURE.ring_mib),
-                speed=float(speed),
-                loop=loop,
-            )
-
-    def _ports(self, where: _Where, value: object) -> tuple[tuple[int, int], ...] | None:
-        """Resource ports: a string like "80,8000-8100", a bare integer, or absent (all ports)."""
-        if value is None:
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            why = 'expected a string like "80,443" or "8000-8100"'
-            self.fail(where, "ports", why, _shown(value))
-        try:
-            return parse_ports(value)
-        except ValueError as exc:
-            self.fail(where, "ports", str(exc), value)
-
-    def _protocols(self, where: _Where, value: object) -> tuple[IpProto, ...]:
-        """Resource protocols: a non-empty array of "tcp"/"udp" without repeats; absent = both."""
-        if value is None:
-            return (IpProto.TCP, IpProto.UDP)
-        if not isinstance(value, list) or not value:
-            why = 'expected an array like ["tcp"] or ["tcp", "udp"] (omit the key for both)'
-            self.fail(where, "protocols", why, _shown(value))
-        protocols: list[IpProto] = []
-        for item in value:
-            proto = _PROTOCOLS.get(item) if isinstance(item, str) else None
-            if proto is None:
-                self.fail(where, "protocols", 'expected "tcp" or "udp"', _shown(item))
-            if proto in protocols:
-                self.fail(where, "protocols", "listed twice", item)
-            protocols.append(proto)
-        return tuple(protocols)
-
-    def _cidr(self, where: _Where, key: str, value: object) -> str:
-        """A normalised CIDR: a bare address is a host (/32 or /128); host bits are cleared."""
-        why = "expected an IPv4 or IPv6 address or CIDR like 10.99.0.5/32 or fd00::/64"
-        if not isinstance(value, str):
-            self.fail(where, key, why, _shown(value))
-        try:
-            return str(ipaddress.ip_network(value, strict=False))
-        except ValueError:
-            self.fail(where, key, why, value)
-
-    def _text(self, where: _Where, t: Mapping[str, object], key: str, default: str) -> str:
-        """A non-empty string, or `default` when the key is absent."""
-        value = t.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(where, key, "expected a non-empty string", _shown(value))
-        return value
-
-    def _ident(self, where: _Where, t: Mapping[str, object], key: str, default: str | None) -> str:
-        """An id of [A-Za-z0-9._-]; required when `default` is None."""
-        value = t.get(key, default)
-        if value is None:
-            self.fail(where, key, "required key is missing")
-        if not isinstance(value, str) or _ID.fullmatch(value) is None:
-            self.fail(where, key, _ID_WHY, _shown(value))
-        return value
-
-    def _seconds(self, where: _Where, t: Mapping[str, object], key: str, default: float) -> float:
-        """A finite number of seconds > 0 (int or float; a bool is not a number)."""
-        value = t.get(key, default)
-        why = "expected a number of seconds > 0"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(where, key, why, _shown(value))
-        if not math.isfinite(value) or value <= 0:
-            self.fail(where, key, why, value)
-        return float(value)
-
-    def _count(self, where: _Where, t: Mapping[str, object], key: str, default: int) -> int:
-        """An integer >= 1 (a bool or a float is not accepted)."""
-        value = t.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(where, key, "expected an integer >= 1", _shown(value))
-        return value
-
-
-def _is_ifname(value: object) -> TypeGuard[str]:
-    """True when `value` is a name Linux accepts for an interface (dev_valid_name)."""
-    return (
-        isinstance(value, str)
-        and _IFNAME.fullmatch(value) is not None
-        and value not in (".", "..")
-        and len(value.encode()) <= 15  # IFNAMSIZ counts bytes, not characters
-    )
-
-
-def _is_wireguard_key(value: str) -> bool:
-    """True when `value` is the base64 text of a 32-byte WireGuard public key."""
-    if len(value) != _WG_KEY_CHARS:
-        return False
-    try:
-        return len(base64.b64decode(value, validate=True)) == 32
-    except binascii.Error:
-        return False
