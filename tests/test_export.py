@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.export import CSV_COLUMNS, export_org, export_org_csv, format_row
+from tunnelacct.export import CSV_COLUMNS, export_org, export_org_csv
 from tunnelacct.models import SessionRecord
 from tunnelacct.schema import migrate
 from tunnelacct.store import make_engine
@@ -28,6 +31,14 @@ BASE = datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC)
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'export.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def shared_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One migrated store for property tests, emptied by each example."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('export') / 'shared.db'}"
     migrate(url)
     return url
 
@@ -110,16 +121,20 @@ async def test_export_writes_header_then_rows_with_crlf_line_ends(engine: AsyncE
     assert text.count("\r\n") == 2 and text.endswith("\r\n")
 
 
-def test_cells_format_times_as_rfc3339_utc_with_microseconds() -> None:
+async def exported_row(engine: AsyncEngine, rec: SessionRecord) -> dict[str, str]:
+    """The CSV row the real export writes for `rec`, stored alone."""
+    org_id = rec.org_id
+    await store(engine, [rec])
+    text, _ = await export(engine, org_id)
+    (row,) = parse(text)
+    return row
+
+
+async def test_cells_format_times_as_rfc3339_utc_with_microseconds(engine: AsyncEngine) -> None:
     sid = uuid.UUID("0b5f7c1e-2f55-4a8e-9d43-6f3b8e0c2a11")
     ended = datetime(2026, 11, 23, 10, 41, 0, 0, tzinfo=UTC)
-    row = dict(
-        zip(
-            CSV_COLUMNS,
-            format_row(record(id=sid, ended_at=ended, status="completed", close_reason="fin")),
-            strict=True,
-        )
-    )
+    rec = record(id=sid, ended_at=ended, status="completed", close_reason="fin", duration_s=14.5)
+    row = await exported_row(engine, rec)
     assert row["session_id"] == "0b5f7c1e-2f55-4a8e-9d43-6f3b8e0c2a11"
     assert row["started_at"] == "2026-11-23T10:40:45.123456Z"
     # the same instant as epoch seconds: 2026-11-23T10:40:45Z is 1795430445 (date(1))
@@ -127,23 +142,74 @@ def test_cells_format_times_as_rfc3339_utc_with_microseconds() -> None:
     assert row["ended_at"] == "2026-11-23T10:41:00.000000Z"
     rfc3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
     assert all(rfc3339.match(row[c]) for c in ("started_at", "ended_at", "last_seen_at"))
-    assert row["bytes_tx"] == "1099511627779"
+    assert (row["bytes_tx"], row["duration_s"]) == ("1099511627779", "14.500000")
     assert (row["midstream"], row["user_id"], row["close_reason"]) == ("true", "", "fin")
     assert row["src_addr"] == "fd00::2"
 
 
-def test_ongoing_session_has_empty_ended_at_and_false_booleans() -> None:
-    row = dict(zip(CSV_COLUMNS, format_row(record(midstream=False)), strict=True))
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+    ),
+    st.floats(min_value=0, max_value=1e7, allow_nan=False),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_time_and_duration_cells_match_python_formatting(
+    shared_url: str, when: datetime, dur: float
+) -> None:
+    # Oracle: Python's own RFC 3339 formatting, integer epoch microseconds and f"{x:.6f}".
+    async def check() -> dict[str, str]:
+        engine = make_engine(shared_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(delete(SessionRecord))
+            return await exported_row(engine, record(started_at=when, duration_s=dur))
+        finally:
+            await engine.dispose()
+
+    row = asyncio.run(check())
+    us = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert row["started_at"] == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert row["started_at_unix"] == f"{us // 10**6}.{us % 10**6:06d}"
+    assert row["duration_s"] == f"{dur:.6f}"
+
+
+async def test_ongoing_session_has_empty_ended_at_and_false_booleans(engine: AsyncEngine) -> None:
+    row = await exported_row(engine, record(midstream=False))
     assert (row["ended_at"], row["midstream"], row["status"]) == ("", "false", "ongoing")
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"],
-)
-def test_formula_like_text_is_neutralised_with_a_leading_quote(name: str) -> None:
-    row = dict(zip(CSV_COLUMNS, format_row(record(client_name=name)), strict=True))
-    assert row["client_name"] == "'" + name
+GUARDED = ["client_id", "client_name", "user_id", "resource_id", "resource_name", "gateway",
+           "interface", "community_id"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"])
+async def test_formula_like_text_is_neutralised_with_a_leading_quote(
+    engine: AsyncEngine, name: str
+) -> None:
+    row = await exported_row(engine, record(**dict.fromkeys(GUARDED, name)))
+    assert {row[c] for c in GUARDED} == {"'" + name}
+    # an org id is free text too (ids from other gateways are not validated here)
+    row = await exported_row(engine, record(org_id=name))
+    assert row["org_id"] == "'" + name
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_name_reads_back_intact_or_guarded(shared_url: str, name: str) -> None:
+    # Oracle: the csv module's reader, and the guard rule stated in the README.
+    async def check() -> dict[str, str]:
+        engine = make_engine(shared_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(delete(SessionRecord))
+            return await exported_row(engine, record(client_name=name, resource_name=name))
+        finally:
+            await engine.dispose()
+
+    row = asyncio.run(check())
+    expected = "'" + name if name[0] in "=+-@\t\r" else name
+    assert (row["client_name"], row["resource_name"]) == (expected, expected)
 
 
 async def test_names_with_comma_quote_and_newline_read_back_intact(engine: AsyncEngine) -> None:

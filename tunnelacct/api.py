@@ -15,8 +15,6 @@ token may not read answers 404, exactly like an org that does not exist.
 # the dependency aliases (Who, OrgId) are local to create_app.
 import base64
 import binascii
-import csv
-import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -32,10 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tunnelacct import __version__
 from tunnelacct.auth import Principal, authenticate
 from tunnelacct.errors import FilterError, StoreError
-from tunnelacct.export import CSV_COLUMNS, format_row, record_fields
+from tunnelacct.export import csv_pages, record_fields
 from tunnelacct.models import Client, Org, Resource, SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
-from tunnelacct.store import iter_org_sessions, table_of
+from tunnelacct.store import table_of
 
 COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
 MAX_LIMIT = 1000
@@ -189,15 +187,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         where = filter_clause(parse_filter(q), sessions_table) if q.strip() else None
 
         async def body() -> AsyncIterator[bytes]:
-            buf = io.StringIO(newline="")
-            out = csv.writer(buf, lineterminator="\r\n")
-            out.writerow(CSV_COLUMNS)
-            async for page in iter_org_sessions(ctx.engine, org, where=where):
-                out.writerows(format_row(r) for r in page)
-                yield buf.getvalue().encode()
-                buf.seek(0)
-                buf.truncate()
-            yield buf.getvalue().encode()
+            async for chunk, _rows in csv_pages(ctx.engine, org, where=where):
+                yield chunk.encode()
 
         filename = f"tunnelacct-{org}-sessions.csv"
         return StreamingResponse(

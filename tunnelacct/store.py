@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Table, event, or_, select, tuple_, update
+from sqlalchemy import Table, event, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -249,37 +249,6 @@ async def stored_org_ids(engine: AsyncEngine) -> set[str]:
     """Ids of every org the store knows (configured now or before)."""
     async with engine.connect() as db:
         return set((await db.execute(select(table_of(Org).c.id))).scalars())
-
-
-async def iter_org_sessions(
-    engine: AsyncEngine,
-    org_id: str,
-    *,
-    page_size: int = 5000,
-    where: ColumnElement[bool] | None = None,
-) -> AsyncIterator[Sequence[SessionRecord]]:
-    """Yield every session record of `org_id` in (started_at, id) order, a keyset page at a time.
-
-    `where` narrows the rows further (a query.filter_clause). Each page is its own short read
-    transaction, so memory stays constant and a long export never pins old database versions.
-    """
-    table = table_of(SessionRecord)
-    after: tuple[datetime, Any] | None = None
-    while True:
-        stmt = select(SessionRecord).where(table.c.org_id == org_id)
-        if where is not None:
-            stmt = stmt.where(where)
-        if after is not None:
-            stmt = stmt.where(tuple_(table.c.started_at, table.c.id) > after)
-        stmt = stmt.order_by(table.c.started_at, table.c.id).limit(page_size)
-        async with AsyncSession(engine, expire_on_commit=False) as db:
-            page = (await db.scalars(stmt)).all()
-        if not page:
-            return
-        yield page
-        if len(page) < page_size:
-            return
-        after = (page[-1].started_at, page[-1].id)
 
 
 async def ongoing_sessions(engine: AsyncEngine, gateway: str) -> list[SessionEvent]:
