@@ -5,19 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers.accuracy import run_cli
-from tests.helpers.serving import write_config
+from tests.helpers.serving import Serve, write_config
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
@@ -35,61 +33,11 @@ def all_rows(db: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM sessions ORDER BY id")]
 
 
-class ServeProc:
-    """`tunnelacct serve` started by a test (optionally inside a namespace), ended by PID."""
-
-    def __init__(self, tmp: Path, config: Path, db: Path, *, netns: str | None = None,
-                 preexec: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.status_path = tmp / f"status-{time.monotonic_ns()}.json"
-        self.log_path = self.status_path.with_suffix(".log")
-        argv = [sys.executable, "-m", "tunnelacct", "serve", "--config", str(config)]
-        argv += ["--status-file", str(self.status_path)]
-        if netns is not None:
-            argv = ["ip", "netns", "exec", netns, *argv]
-        env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=preexec,
-            )  # fmt: skip
-
-    def status(self) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads(self.status_path.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def wait(self, ready: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 30.0
-             ) -> dict[str, Any]:  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = self.status()
-            if status is not None and ready(status):
-                return status
-            assert self.proc.poll() is None, f"serve exited {self.proc.returncode}:\n{self.log()}"
-            time.sleep(0.05)
-        raise AssertionError(f"no {what} within {timeout_s} s:\n{self.log()}")
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def end(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @contextlib.contextmanager
-def serving(tmp: Path, config: Path, db: Path, **kwargs: Any) -> Iterator[ServeProc]:
-    proc = ServeProc(tmp, config, db, **kwargs)
-    try:
-        yield proc
-    finally:
-        proc.end()
+def serving(tmp: Path, config: Path, db: Path, **kwargs: Any) -> Iterator[Serve]:
+    """A started `tunnelacct serve` (not waiting for captures), killed by PID at the end."""
+    with Serve(None, config, db, tmp, f"serve-{time.monotonic_ns()}", **kwargs) as serve:
+        yield serve.start(wait_for="")
 
 
 def replay_config(tmp: Path, **capture: Any) -> Path:
@@ -101,7 +49,7 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
     with serving(tmp_path, replay_config(tmp_path), db) as serve:
         final = serve.wait(
             lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
-            and s["writer"]["rows_written"] > 0, "replay finished and written",
+            and s["writer"]["rows_written"] > 0, 30, "replay finished and written",
         )  # fmt: skip
         assert serve.stop() == 0, serve.log()
     run_cli("import", "--config", str(BASE), str(PCAP),
@@ -114,7 +62,7 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
 def test_serve_without_captures_runs_as_a_query_only_node(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml")
     with serving(tmp_path, config, tmp_path / "q.db") as serve:
-        status = serve.wait(lambda s: s["state"] == "running", "running")
+        status = serve.wait(lambda s: s["state"] == "running", 30, "running")
         assert status["captures"] == []
         started = time.monotonic()
         assert serve.stop() == 0, serve.log()
@@ -128,7 +76,7 @@ def test_restart_closes_sessions_of_a_capture_no_longer_running_as_idle(tmp_path
     # paced replay (the 0.5 s capture over 10 s), stopped midway: open sessions are checkpointed
     with serving(tmp_path, replay_config(tmp_path, speed=0.05), db) as first:
         first.wait(lambda s: s["captures"][0]["open_sessions"] >= 2
-                   and s["writer"]["rows_written"] >= 2, "sessions open")  # fmt: skip
+                   and s["writer"]["rows_written"] >= 2, 30, "sessions open")  # fmt: skip
         assert first.stop() == 0, first.log()
     before = {r["id"]: r for r in all_rows(db)}
     ongoing = {i for i, r in before.items() if r["status"] == "ongoing"}
@@ -138,7 +86,7 @@ def test_restart_closes_sessions_of_a_capture_no_longer_running_as_idle(tmp_path
     with serving(tmp_path, write_config(BASE, tmp_path / "none.toml"), db) as second:
         status = second.wait(
             lambda s: s["state"] == "running" and s["writer"]["pending"] == 0
-            and s["writer"]["rows_written"] >= len(ongoing), "rows closed",
+            and s["writer"]["rows_written"] >= len(ongoing), 30, "rows closed",
         )  # fmt: skip
         assert second.stop() == 0, second.log()
     assert status["closed_at_start"] == len(ongoing)
@@ -172,12 +120,12 @@ def test_a_missing_interface_is_logged_and_captured_once_it_appears(tmp_path: Pa
     with namespace(f"tasvc{os.getpid()}") as ns, serving(tmp_path, config, tmp_path / "d.db",
                                                           netns=ns) as serve:  # fmt: skip
         serve.wait(lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
-                   "waiting for the interface")  # fmt: skip
+                   30, "waiting for the interface")  # fmt: skip
         assert "capture on tad0: no such interface; retrying every 5 s" in serve.log()
         link = ["ip", "-n", ns, "link"]
         subprocess.run([*link, "add", "tad0", "type", "veth", "peer", "name", "tad1"], check=True)
         subprocess.run([*link, "set", "tad0", "up"], check=True)
-        serve.wait(lambda s: s["captures"][0]["state"] == "capturing", "capturing", 15)
+        serve.wait(lambda s: s["captures"][0]["state"] == "capturing", 15, "capturing")
         assert "capture on tad0: interface is back" in serve.log()
         assert serve.stop() == 0, serve.log()
 
@@ -193,11 +141,8 @@ def drop_cap_net_raw() -> None:
 @needs_root
 def test_missing_privileges_stop_serve_at_start_with_a_clear_error(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml", captures=[{"interface": "lo"}])
-    serve = ServeProc(tmp_path, config, tmp_path / "p.db", preexec=drop_cap_net_raw)
-    try:
-        assert serve.proc.wait(30) == 2
-    finally:
-        serve.end()
+    with serving(tmp_path, config, tmp_path / "p.db", preexec=drop_cap_net_raw) as serve:
+        assert serve.proc is not None and serve.proc.wait(30) == 2
     assert "error: capture on lo: permission denied (needs root or CAP_NET_RAW)" in serve.log()
 
 
@@ -215,7 +160,7 @@ def test_session_events_are_json_lines_with_the_fields_and_values_of_the_csv(
     with serving(tmp_path, config, db) as serve:
         serve.wait(lambda s: s["captures"][0]["state"] == "finished"
                    and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   "replay written")  # fmt: skip
+                   30, "replay written")  # fmt: skip
         assert serve.stop() == 0, serve.log()
     lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     rows = all_rows(db)
@@ -270,7 +215,7 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
     with serving(tmp_path, config, db) as serve:
         serve.wait(lambda s: s["captures"][0]["state"] == "finished"
                    and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   "replay written")  # fmt: skip
+                   30, "replay written")  # fmt: skip
         assert get("/healthz", auth=False) == (200, {"status": "ok"})
         assert get("/readyz", auth=False) == (200, {"ready": True, "reasons": []})
         assert get("/api/v1/orgs/acme/sessions", auth=False)[0] == 401
@@ -290,9 +235,6 @@ def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None
         port = taken.getsockname()[1]
         config = write_config(BASE, tmp_path / "serve.toml",
                               {"api": {"listen": f"127.0.0.1:{port}"}})  # fmt: skip
-        serve = ServeProc(tmp_path, config, tmp_path / "a.db")
-        try:
-            assert serve.proc.wait(30) == 2
-        finally:
-            serve.end()
+        with serving(tmp_path, config, tmp_path / "a.db") as serve:
+            assert serve.proc is not None and serve.proc.wait(30) == 2
     assert f"error: [api] listen 127.0.0.1:{port}: Address already in use" in serve.log()

@@ -75,12 +75,25 @@ def write_config(
 
 
 class Serve:
-    """One `tunnelacct serve` process in the lab's gw namespace (with gw's wg UAPI socket)."""
+    """One `tunnelacct serve` process started by a test and ended by its PID.
+
+    With a lab, it runs in the lab's gw namespace with gw's wg UAPI socket; without, it runs
+    here (or in `netns`), with `preexec` run in the child before exec (e.g. to drop privileges).
+    """
 
     def __init__(
-        self, lab: WireguardLab, config: Path, db: Path, workdir: Path, name: str = "serve"
+        self,
+        lab: WireguardLab | None,
+        config: Path,
+        db: Path,
+        workdir: Path,
+        name: str = "serve",
+        *,
+        netns: str | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.lab, self.config, self.db = lab, config, db
+        self.netns, self.preexec = netns, preexec
         self.status_path = workdir / f"{name}.status.json"
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[Any] | None = None
@@ -88,17 +101,25 @@ class Serve:
 
     def start(self, *, wait_for: str = "capturing", timeout_s: float = 30.0) -> Serve:
         """Start serve and wait until every capture is in state `wait_for` (or "" = none)."""
-        assert self.lab.workdir is not None
         self.status_path.unlink(missing_ok=True)
-        uapi = str(self.lab.workdir / "uapi-gw")
-        argv = ["sh", "-c", WITH_UAPI_DIR, uapi, sys.executable, "-m", "tunnelacct"]
+        argv = [sys.executable, "-m", "tunnelacct"]
         argv += ["serve", "--config", str(self.config), "--status-file", str(self.status_path)]
         env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{self.db}"}
-        logf = self.log_path.open("a")
-        try:
-            self.proc = self.lab.popen("gw", argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
-        finally:
-            logf.close()
+        with self.log_path.open("a") as logf:
+            if self.lab is not None:
+                assert self.lab.workdir is not None
+                uapi = str(self.lab.workdir / "uapi-gw")
+                argv = ["sh", "-c", WITH_UAPI_DIR, uapi, *argv]
+                self.proc = self.lab.popen(
+                    "gw", argv, stdout=logf, stderr=subprocess.STDOUT, env=env
+                )
+            else:
+                if self.netns is not None:
+                    argv = ["ip", "netns", "exec", self.netns, *argv]
+                self.proc = subprocess.Popen(
+                    argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, preexec_fn=self.preexec,
+                )  # fmt: skip
         if wait_for:
             self.wait(
                 lambda s: (
@@ -139,10 +160,11 @@ class Serve:
         return self.proc.wait(timeout_s)
 
     def kill(self) -> None:
-        """SIGKILL (a crash) and reap."""
+        """SIGKILL (a crash, or the end of a test) and reap, unless it already exited."""
         assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def rss_bytes(self) -> int:
         """Resident memory of the serve process."""
@@ -159,6 +181,5 @@ class Serve:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            self.kill()
