@@ -13,3 +13,34 @@ def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def replicate_sessions(path: Path, copies: int, step_s: int, org_id: str | None = None) -> int:
+    """Add `copies` copies of every stored session (of `org_id`, or all): copy k gets a new id,
+    times shifted by k * step_s seconds and src_port shifted by k; returns the rows added.
+
+    For tests and benchmarks that need millions of real-looking rows in seconds.
+    """
+
+    def shifted(col: str) -> str:
+        # whole seconds shifted by SQLite's datetime(), microseconds kept as text (fixed width)
+        return f"datetime({col}, '+' || (k * {step_s}) || ' seconds') || substr({col}, 20)"
+
+    sql = f"""
+        WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ?)
+        INSERT INTO sessions
+        SELECT lower(hex(randomblob(16))), org_id, client_id, client_name, user_id,
+               resource_id, resource_name, protocol, ip_version, src_addr, dst_addr,
+               (src_port + k) % 65536, dst_port, {shifted("started_at")},
+               CASE WHEN ended_at IS NULL THEN NULL ELSE {shifted("ended_at")} END,
+               {shifted("last_seen_at")}, duration_s, bytes_tx, bytes_rx, packets_tx,
+               packets_rx, payload_bytes_tx, payload_bytes_rx, status, close_reason, midstream,
+               community_id, gateway, interface
+        FROM sessions, n WHERE ? IS NULL OR org_id = ?
+    """
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            return conn.execute(sql, (copies, org_id, org_id)).rowcount
+    finally:
+        conn.close()
