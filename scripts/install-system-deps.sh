@@ -15,6 +15,7 @@ DEPS=(
   wg:wireguard-tools
   iperf3:iperf3
   ip:iproute2
+  sqlite3:sqlite3
 )
 # Wait for a concurrent apt/dpkg run instead of failing on its lock.
 APT_OPTS=(-y --no-install-recommends -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)

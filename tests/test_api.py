@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.serving import dump_toml
 from tests.helpers.sqlite import raw_query
 from tunnelacct import api as api_module
 from tunnelacct.api import ApiContext, create_app
@@ -229,3 +231,32 @@ async def test_readyz_says_why_the_service_is_not_ready(imported: Path) -> None:
     finally:
         await engine.dispose()
     assert (r.status_code, r.json()) == (503, {"ready": False, "reasons": reasons})
+
+
+async def test_non_ascii_names_download_as_utf8_intact(tmp_path: Path) -> None:
+    names = {"alice-laptop": "Zoë’s Läptop — 東京", "intranet-web": 'Intranät 🌐, "main"'}
+    doc = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
+    for table in (*doc["clients"], *doc["resources"]):
+        table["name"] = names.get(table["id"], table.get("name", table["id"]))
+    config = tmp_path / "utf8.toml"
+    config.write_text(dump_toml(doc), encoding="utf-8")
+    db = tmp_path / "utf8.db"
+    run_cli("import", "--config", str(config), str(DATA / "wg-small.pcap"),
+            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
+    engine = make_engine(f"sqlite:///{db}")
+    token, _ = await create_token(engine, Role.AUDITOR, org_id="acme")
+    transport = httpx.ASGITransport(app=create_app(ApiContext(engine)))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get("/api/v1/orgs/acme/sessions.csv", headers=bearer(token))
+            page = (await c.get("/api/v1/orgs/acme/sessions", headers=bearer(token))).json()
+    finally:
+        await engine.dispose()
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8"), newline="")))
+    expected = raw_query(db, "SELECT client_name, resource_name FROM sessions"
+                         " WHERE org_id = 'acme' ORDER BY started_at, id")  # fmt: skip
+    as_cells = [tuple("" if n is None else n for n in row) for row in expected]
+    assert [(x["client_name"], x["resource_name"]) for x in rows] == as_cells
+    assert {names["alice-laptop"], names["intranet-web"]} <= {n for row in expected for n in row}
+    assert {x["client_name"] for x in page["sessions"]} >= {names["alice-laptop"]}

@@ -15,11 +15,14 @@ def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]
         conn.close()
 
 
-def replicate_sessions(path: Path, copies: int, step_s: int, org_id: str | None = None) -> int:
+def replicate_sessions(
+    path: Path, copies: int, step_s: int, org_id: str | None = None, *, chunk: int = 200
+) -> int:
     """Add `copies` copies of every stored session (of `org_id`, or all): copy k gets a new id,
     times shifted by k * step_s seconds and src_port shifted by k; returns the rows added.
 
-    For tests and benchmarks that need millions of real-looking rows in seconds.
+    For tests and benchmarks that need millions of real-looking rows in seconds; `chunk`
+    copies per transaction keep the WAL small.
     """
 
     def shifted(col: str) -> str:
@@ -27,7 +30,7 @@ def replicate_sessions(path: Path, copies: int, step_s: int, org_id: str | None 
         return f"datetime({col}, '+' || (k * {step_s}) || ' seconds') || substr({col}, 20)"
 
     sql = f"""
-        WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ?)
+        WITH RECURSIVE n(k) AS (SELECT ? UNION ALL SELECT k + 1 FROM n WHERE k < ?)
         INSERT INTO sessions
         SELECT lower(hex(randomblob(16))), org_id, client_id, client_name, user_id,
                resource_id, resource_name, protocol, ip_version, src_addr, dst_addr,
@@ -36,11 +39,18 @@ def replicate_sessions(path: Path, copies: int, step_s: int, org_id: str | None 
                {shifted("last_seen_at")}, duration_s, bytes_tx, bytes_rx, packets_tx,
                packets_rx, payload_bytes_tx, payload_bytes_rx, status, close_reason, midstream,
                community_id, gateway, interface
-        FROM sessions, n WHERE ? IS NULL OR org_id = ?
+        FROM sessions, n WHERE rowid <= ? AND (? IS NULL OR org_id = ?)
     """
     conn = sqlite3.connect(path)
     try:
-        with conn:
-            return conn.execute(sql, (copies, org_id, org_id)).rowcount
+        conn.execute("PRAGMA cache_size = -1048576")  # 1 GiB: the random-id index stays cached
+        (originals,) = conn.execute("SELECT max(rowid) FROM sessions").fetchone()
+        added = 0
+        for first in range(1, copies + 1, chunk):
+            last = min(copies, first + chunk - 1)
+            with conn:
+                params = (first, last, originals, org_id, org_id)
+                added += conn.execute(sql, params).rowcount
+        return added
     finally:
         conn.close()
