@@ -260,3 +260,16 @@ async def test_non_ascii_names_download_as_utf8_intact(tmp_path: Path) -> None:
     assert [(x["client_name"], x["resource_name"]) for x in rows] == as_cells
     assert {names["alice-laptop"], names["intranet-web"]} <= {n for row in expected for n in row}
     assert {x["client_name"] for x in page["sessions"]} >= {names["alice-laptop"]}
+
+
+async def test_metrics_need_no_token_and_reveal_no_session_data(
+    client: Client, imported: Path
+) -> None:
+    c, _ = client
+    r = await c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert 'tunnelacct_build_info{version="' in r.text
+    rows = raw_query(imported, "SELECT id, src_addr, dst_addr, client_id, client_name, user_id,"
+                               " resource_id, community_id FROM sessions")  # fmt: skip
+    secrets = {str(v) for row in rows for v in row if v is not None}
+    assert secrets and not [s for s in secrets if s in r.text]

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from scapy.utils import rdpcap
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.serving import Serve, write_config
@@ -221,9 +223,23 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
         assert get("/api/v1/orgs/acme/sessions", auth=False)[0] == 401
         code, page = get("/api/v1/orgs/acme/sessions?limit=1000")
         assert get("/api/v1/orgs/globex/sessions")[0] == 404
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as r:  # no token needed
+            metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(r.read().decode())
+                       for s in f.samples}  # fmt: skip
         assert serve.stop() == 0, serve.log()
     acme = [r for r in all_rows(db) if r["org_id"] == "acme"]
     assert code == 200 and page["count"] == len(acme) == len(page["sessions"]) > 0
+    # capture figures against the capture file itself (scapy counts its records)
+    iface = (("interface", str(PCAP)),)
+    assert metrics["tunnelacct_capture_packets_total", iface] == len(rdpcap(str(PCAP)))
+    assert metrics["tunnelacct_capture_kernel_drops_total", iface] == 0
+    assert metrics["tunnelacct_capture_open_sessions", iface] == 0
+    assert metrics["tunnelacct_decode_errors_total", (*iface, ("reason", "bad_ip_version"))] == 0
+    assert not any(name == "tunnelacct_decode_errors_total" and ("reason", "ok") in labels
+                   for name, labels in metrics)  # fmt: skip
+    assert metrics["tunnelacct_writer_queue_depth", ()] == 0
+    assert metrics["tunnelacct_store_rows_written_total", ()] >= len(all_rows(db))
 
 
 def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None:

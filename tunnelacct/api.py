@@ -2,6 +2,7 @@
 
     GET /healthz                               liveness (no token, no data)
     GET /readyz                                store reachable, captures running (no token)
+    GET /metrics                               Prometheus text (no token, no session data)
     GET /api/v1/orgs                           the orgs this token may read
     GET /api/v1/orgs/{org}/clients|resources   their inventory
     GET /api/v1/orgs/{org}/sessions?q=&limit=&cursor=   a keyset page + capped count
@@ -23,7 +24,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -31,6 +33,7 @@ from tunnelacct import __version__
 from tunnelacct.auth import Principal, authenticate
 from tunnelacct.errors import FilterError, StoreError
 from tunnelacct.export import csv_pages, record_fields
+from tunnelacct.metrics import service_registry
 from tunnelacct.models import Client, Org, Resource, SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
 from tunnelacct.store import table_of
@@ -39,12 +42,18 @@ COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
 MAX_LIMIT = 1000
 
 
+def _build_info_only() -> CollectorRegistry:
+    return service_registry(lambda: (), lambda: None)
+
+
 @dataclass
 class ApiContext:
-    """What the app needs: the store, and (from serve) why captures are not ready."""
+    """What the app needs: the store, and (from serve) why captures are not ready and the
+    service's metrics."""
 
     engine: AsyncEngine
     not_ready: Callable[[], list[str]] = field(default=lambda: [])
+    metrics: CollectorRegistry = field(default_factory=_build_info_only)
 
 
 def _encode_cursor(started_at: datetime, ident: uuid.UUID) -> str:
@@ -111,6 +120,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
             reasons.append(f"store unreachable: {e}")
         status = 200 if not reasons else 503
         return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=status)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        # Collected on the event loop: the collectors read in-memory counters only.
+        return Response(generate_latest(ctx.metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/orgs")
     async def orgs(who: Who) -> list[dict[str, Any]]:

@@ -30,7 +30,8 @@ from tunnelacct.errors import TunnelacctError
 from tunnelacct.events import SessionEvent
 from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
-from tunnelacct.pipeline import CapturePipeline
+from tunnelacct.metrics import WriterFigures, service_registry
+from tunnelacct.pipeline import CapturePipeline, CaptureStatus
 from tunnelacct.siem import SessionEventLog
 from tunnelacct.store import make_engine, ongoing_sessions, sync_inventory
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
@@ -186,10 +187,18 @@ class Service:
             raise TunnelacctError(
                 f"[api] listen {api.host}:{api.port}: {e.strerror or e}"
             ) from None
-        app = create_app(ApiContext(engine, not_ready=self._not_ready))
+        registry = service_registry(self._capture_statuses, self._writer_figures)
+        app = create_app(ApiContext(engine, not_ready=self._not_ready, metrics=registry))
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
         return Server(config), sock
+
+    def _capture_statuses(self) -> list[CaptureStatus]:
+        return [p.status for p in self.pipelines]
+
+    def _writer_figures(self) -> WriterFigures | None:
+        w = self.writer
+        return None if w is None else WriterFigures(w.pending, w.rows_written, w.failed_flushes)
 
     def _not_ready(self) -> list[str]:
         """Why the service is not ready: its state, and captures not capturing."""
