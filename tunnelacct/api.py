@@ -186,7 +186,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         )
         async with AsyncSession(ctx.engine) as db:
             rows = (await db.scalars(stmt)).all()
-            count = int((await db.execute(capped)).scalar_one())
+            if cursor is None and len(rows) <= limit:
+                count = len(rows)  # a first page that holds every match needs no count
+            else:
+                count = int((await db.execute(capped)).scalar_one())
         more = len(rows) > limit
         rows = rows[:limit]
         return {
