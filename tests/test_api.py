@@ -3,8 +3,10 @@ capture recorded through a real WireGuard tunnel; checked against stdlib sqlite3
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -273,3 +275,25 @@ async def test_metrics_need_no_token_and_reveal_no_session_data(
                                " resource_id, community_id FROM sessions")  # fmt: skip
     secrets = {str(v) for row in rows for v in row if v is not None}
     assert secrets and not [s for s in secrets if s in r.text]
+
+
+def b64(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not base64 !",
+        b64("just a string"),
+        b64(["2000-01-01", []]),  # id not a string
+        b64(["2000-01-01", "e3e70682c2094cac629f6fbed82c07cd"]),  # no offset
+        b64(["0001-01-01T00:00:00+00:01", "e3e70682c2094cac629f6fbed82c07cd"]),  # year 0 UTC
+        b64(["2026-11-23T10:00:00+00:00", "not-a-uuid"]),
+    ],
+)
+async def test_a_malformed_cursor_is_400_naming_it(client: Client, cursor: str) -> None:
+    c, tokens = client
+    r = await c.get("/api/v1/orgs/acme/sessions", params={"cursor": cursor},
+                    headers=bearer(tokens["acme"]))  # fmt: skip
+    assert r.status_code == 400 and cursor in r.json()["detail"]

@@ -451,6 +451,12 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("api-listen-big-port", "[api]\nlisten = \"127.0.0.1:70000\" #<\n", "[api] listen",
      "127.0.0.1:70000", 'expected "host:port"'),
     ("api-listen-int", "[api]\nlisten = 8080 #<\n", "[api] listen", 8080, "host:port"),
+    ("export-workers-negative", "[api]\nexport_workers = -1 #<\n", "[api] export_workers", -1,
+     "integer 0-64"),
+    ("export-workers-bool", "[api]\nexport_workers = true #<\n", "[api] export_workers", True,
+     "integer 0-64"),
+    ("export-workers-many", "[api]\nexport_workers = 65 #<\n", "[api] export_workers", 65,
+     "integer 0-64"),
     ("events-empty", SV + 'session_events = "" #<\n', "[service] session_events", "",
      "non-empty string"),
     ("events-no-dir", SV + 'session_events = "no/such/dir/events.jsonl" #<\n',
@@ -730,3 +736,10 @@ def test_session_events_is_stdout_or_a_file_beside_the_config(tmp_path: Path) ->
     assert load_config(path, {}).service.session_events == "-"
     path.write_text("")
     assert load_config(path, {}).service.session_events is None
+
+
+def test_api_listen_and_export_workers(tmp_path: Path) -> None:
+    path = write(tmp_path, '[api]\nlisten = "[::1]:9090"\nexport_workers = 0\n')
+    api = load_config(path, environ={}).api
+    assert (api.host, api.port, api.export_workers) == ("::1", 9090, 0)
+    assert load_config(None, environ={}).api.export_workers == 1  # README's default

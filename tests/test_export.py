@@ -7,7 +7,7 @@ import csv
 import io
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.export import CSV_COLUMNS, export_org, export_org_csv
+from tunnelacct.export import CSV_COLUMNS, ExportWorkers, csv_pages, export_org, export_org_csv
 from tunnelacct.models import SessionRecord
+from tunnelacct.query import parse_filter
 from tunnelacct.schema import migrate
 from tunnelacct.store import make_engine
 
@@ -92,7 +93,7 @@ async def store(engine: AsyncEngine, records: Iterable[SessionRecord]) -> None:
         await db.commit()
 
 
-async def export(engine: AsyncEngine, org_id: str = "acme", **kwargs: int) -> tuple[str, int]:
+async def export(engine: AsyncEngine, org_id: str = "acme", **kwargs: Any) -> tuple[str, int]:
     out = io.StringIO(newline="")
     count = await export_org_csv(engine, org_id, out, **kwargs)
     return out.getvalue(), count
@@ -230,6 +231,43 @@ async def test_exports_more_rows_than_a_page_in_started_at_then_id_order(
     text, count = await export(engine, page_size=7)
     assert count == 53
     assert [r["session_id"] for r in parse(text)] == expected
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[ExportWorkers]:
+    pool = ExportWorkers(2)
+    yield pool
+    pool.close()
+
+
+async def test_worker_processes_write_the_same_bytes_as_one_process(
+    engine: AsyncEngine, workers: ExportWorkers
+) -> None:
+    # ties in started_at across range boundaries, another org in between, and a filter
+    records = [record(started_at=BASE + timedelta(microseconds=i % 10), dst_port=400 + i % 3)
+               for i in range(120)]  # fmt: skip
+    others = [
+        record(org_id="globex", started_at=BASE + timedelta(microseconds=i)) for i in range(9)
+    ]
+    await store(engine, records + others)
+    for q, matches in ((None, 120), ("dport:401", 40), ("dport:9", 0)):
+        flt = parse_filter(q) if q else None
+        alone, n_alone = await export(engine, flt=flt, page_size=11)
+        spread, n_spread = await export(engine, flt=flt, page_size=11, workers=workers)
+        assert (spread, n_spread) == (alone, n_alone)
+        assert n_alone == len(parse(alone)) == matches
+
+
+async def test_a_consumer_that_stops_leaves_no_work_behind(
+    engine: AsyncEngine, workers: ExportWorkers
+) -> None:
+    await store(engine, [record(started_at=BASE + timedelta(seconds=i)) for i in range(100)])
+    pages = csv_pages(engine, "acme", page_size=5, workers=workers)
+    seen = [await anext(pages), await anext(pages)]
+    await pages.aclose()  # e.g. the HTTP client went away
+    assert seen[0][1] == 0 and seen[1][1] == 5
+    # the pool is free again: a new export runs to the end
+    assert (await export(engine, page_size=50, workers=workers))[1] == 100
 
 
 async def test_exports_only_the_requested_org(engine: AsyncEngine) -> None:

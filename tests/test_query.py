@@ -182,6 +182,23 @@ KEYS_EXPECTED = (
         ('"bob laptop"', '"bob laptop"', KEYS_EXPECTED),
         ('client:"bob laptop', 'client:"bob laptop', "a closing double quote"),
         ('dport:22 user:"x', 'user:"x', "a closing double quote"),
+        # year 1 at +01:00 is year 0 in UTC, and 9999-12-31 at -01:00 is year 10000
+        (
+            "started_after:0001-01-01T00:00:00+01:00",
+            "started_after:0001-01-01T00:00:00+01:00",
+            DATE_EXPECTED,
+        ),
+        (
+            "started_before:9999-12-31T23:59:59-01:00",
+            "started_before:9999-12-31T23:59:59-01:00",
+            DATE_EXPECTED,
+        ),
+        (" ".join(f"sport:{n}" for n in range(33)), "sport:32", "at most 32 terms"),
+        (
+            " ".join(f"dst:10.0.0.{n}/31" for n in range(9)),
+            "dst:10.0.0.8/31",
+            "at most 8 src:/dst: terms",
+        ),
     ],
 )
 def test_bad_term_error_names_the_token_and_what_was_expected(

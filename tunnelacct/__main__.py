@@ -2,4 +2,5 @@
 
 from tunnelacct.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned export worker imports this module
+    main()

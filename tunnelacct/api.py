@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tunnelacct import __version__
 from tunnelacct.auth import Principal, authenticate
 from tunnelacct.errors import FilterError, StoreError
-from tunnelacct.export import csv_pages, record_fields
+from tunnelacct.export import ExportWorkers, csv_pages, record_fields
 from tunnelacct.metrics import service_registry
 from tunnelacct.models import Client, Org, Resource, SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
@@ -54,6 +54,7 @@ class ApiContext:
     engine: AsyncEngine
     not_ready: Callable[[], list[str]] = field(default=lambda: [])
     metrics: CollectorRegistry = field(default_factory=_build_info_only)
+    export_workers: ExportWorkers | None = None  # None: CSV is quoted in this process
 
 
 def _encode_cursor(started_at: datetime, ident: uuid.UUID) -> str:
@@ -65,8 +66,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         when, ident = json.loads(raw)
-        return datetime.fromisoformat(when), uuid.UUID(hex=ident)
-    except (ValueError, TypeError, binascii.Error) as e:
+        if not isinstance(when, str) or not isinstance(ident, str):
+            raise TypeError("a cursor is [started_at, id], both strings")
+        started_at = datetime.fromisoformat(when)
+        if started_at.tzinfo is None:
+            raise ValueError("a cursor's started_at has an offset")
+        return started_at.astimezone(UTC), uuid.UUID(hex=ident)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as e:
         raise HTTPException(400, f"bad cursor {cursor!r}: use next_cursor of a page") from e
 
 
@@ -199,12 +205,22 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "count_capped": count > COUNT_CAP,
         }
 
-    @app.get("/api/v1/orgs/{org}/sessions.csv")
+    @app.get(
+        "/api/v1/orgs/{org}/sessions.csv",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "every matching session as CSV (RFC 4180, UTF-8)",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def sessions_csv(org: OrgId, q: str = "") -> StreamingResponse:
-        where = filter_clause(parse_filter(q), sessions_table) if q.strip() else None
+        flt = parse_filter(q) if q.strip() else None
 
         async def body() -> AsyncIterator[bytes]:
-            async for chunk, _rows in csv_pages(ctx.engine, org, where=where):
+            pages = csv_pages(ctx.engine, org, flt=flt, workers=ctx.export_workers)
+            async for chunk, _rows in pages:
                 yield chunk.encode()
 
         filename = f"tunnelacct-{org}-sessions.csv"

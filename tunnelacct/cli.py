@@ -97,7 +97,16 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
     help="CSV file to write (default: standard output).",
 )
 @click.option("-q", "--q", "q", help='Only sessions matching this filter, e.g. "protocol:udp".')
-def export_cmd(config_path: Path | None, org: str, output: Path | None, q: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
+    help="Processes that read and quote rows in parallel (0: this process only).",
+)
+def export_cmd(
+    config_path: Path | None, org: str, output: Path | None, q: str | None, workers: int
+) -> None:
     """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
     from tunnelacct.export import export_org
     from tunnelacct.query import parse_filter
@@ -112,10 +121,10 @@ def export_cmd(config_path: Path | None, org: str, output: Path | None, q: str |
 
     report = progress if show else None
     if output is None:
-        rows = export_org(config, org, sys.stdout, flt=flt, progress=report)
+        rows = export_org(config, org, sys.stdout, flt=flt, progress=report, workers=workers)
     else:
         with output.open("w", encoding="utf-8", newline="") as f:
-            rows = export_org(config, org, f, flt=flt, progress=report)
+            rows = export_org(config, org, f, flt=flt, progress=report, workers=workers)
     if show:
         click.echo("", err=True)
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)

@@ -36,7 +36,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
     "wireguard": ("interfaces", "refresh"),
     "service": ("queue_packets", "shutdown_timeout", "status_interval", "session_events"),
-    "api": ("listen",),
+    "api": ("listen", "export_workers"),
 }
 ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
@@ -141,6 +141,7 @@ class ApiConfig:
 
     host: str | None = None
     port: int = 8080
+    export_workers: int = 1  # processes quoting CSV downloads (0: in the service's own)
 
 
 @dataclass(frozen=True, slots=True)

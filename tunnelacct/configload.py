@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
 import math
 import os
@@ -143,6 +144,11 @@ class Loader:
             if not 1 <= int(port) <= 65535:
                 self.fail(where, "listen", why, listen)
             api = ApiConfig(host=host, port=int(port))
+        if "export_workers" in t:
+            workers = t["export_workers"]
+            if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
+                self.fail(where, "export_workers", "expected an integer 0-64", _shown(workers))
+            api = dataclasses.replace(api, export_workers=workers)
         return Config(
             path=self._path,
             database=DatabaseConfig(url),

@@ -28,6 +28,7 @@ from tunnelacct.config import ClientConfig, Config
 from tunnelacct.enums import CloseReason, EventKind
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.events import SessionEvent
+from tunnelacct.export import ExportWorkers
 from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
 from tunnelacct.metrics import WriterFigures, service_registry
@@ -67,6 +68,7 @@ class Service:
         self.pipelines: list[CapturePipeline] = []
         self.writer: SessionWriter | None = None
         self.event_log: SessionEventLog | None = None
+        self.export_workers: ExportWorkers | None = None  # the API's CSV export processes
         self._clients = config.clients
         self._inventory = Inventory.from_config(config)
         self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # interface -> last good peers
@@ -131,6 +133,8 @@ class Service:
             if self.event_log is not None:
                 self.event_log.close()
             self._write_status()
+            if self.export_workers is not None:
+                await asyncio.to_thread(self.export_workers.close)
             await engine.dispose()
         if self._failure is not None:
             raise self._failure
@@ -188,7 +192,12 @@ class Service:
                 f"[api] listen {api.host}:{api.port}: {e.strerror or e}"
             ) from None
         registry = service_registry(self._capture_statuses, self._writer_figures)
-        app = create_app(ApiContext(engine, not_ready=self._not_ready, metrics=registry))
+        if api.export_workers > 0:
+            self.export_workers = ExportWorkers(api.export_workers)
+        ctx = ApiContext(
+            engine, not_ready=self._not_ready, metrics=registry, export_workers=self.export_workers
+        )
+        app = create_app(ctx)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
         return Server(config), sock
