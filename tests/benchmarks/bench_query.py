@@ -10,9 +10,10 @@ auth, filter parsing, SQL, JSON), it times each request kind many times and prin
   next page        the filtered page's next_cursor
   rare filter      a term no row matches inside the week (the capped count scans the week)
 
-Last, CSV export throughput of one org: the API stream, the CLI (its peak RSS via wait4, for
-a day, a week and the whole org: memory must not follow the row count), and `sqlite3 -csv`
-on the same rows, raw columns, as the floor. Asserts nothing about time.
+Last, CSV export throughput of one org: `sqlite3 -csv` on the same rows (raw columns) as the
+floor, the API stream with 0, 1 and 2 export worker processes, and the CLI (its peak RSS, for
+a day, a week and the whole org: memory must not follow the row count). Asserts nothing
+about time.
 
     .venv/bin/python tests/benchmarks/bench_query.py [--sessions 10000000] [--db PATH]
 """
@@ -42,6 +43,7 @@ from tests.benchmarks.machine import machine  # noqa: E402
 from tests.helpers.sqlite import replicate_sessions  # noqa: E402
 from tunnelacct.api import ApiContext, create_app  # noqa: E402
 from tunnelacct.auth import Role, create_token  # noqa: E402
+from tunnelacct.export import ExportWorkers  # noqa: E402
 from tunnelacct.schema import migrate  # noqa: E402
 from tunnelacct.store import make_engine  # noqa: E402
 
@@ -143,10 +145,11 @@ async def latencies(db: Path, runs: int) -> None:
     await engine.dispose()
 
 
-async def api_export(db: Path) -> tuple[int, float]:
+async def api_export(db: Path, workers: int) -> tuple[int, float]:
     engine = make_engine(f"sqlite:///{db}")
     token, _ = await create_token(engine, Role.ADMIN, name="bench-export")
-    app = create_app(ApiContext(engine))
+    pool = ExportWorkers(workers) if workers else None
+    app = create_app(ApiContext(engine, export_workers=pool))
     transport = httpx.ASGITransport(app=app)
     lines = 0
     started = time.perf_counter()
@@ -158,6 +161,8 @@ async def api_export(db: Path) -> tuple[int, float]:
         async for chunk in r.aiter_bytes():
             lines += chunk.count(b"\n")
     elapsed = time.perf_counter() - started
+    if pool is not None:
+        pool.close()
     await engine.dispose()
     return lines - 1, elapsed
 
@@ -173,14 +178,16 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def cli_export(db: Path, config: Path, q: str | None, out: Path) -> tuple[int, float, int]:
+def cli_export(
+    db: Path, config: Path, q: str | None, out: Path, workers: int
+) -> tuple[int, float, int]:
     """(rows, seconds, peak RSS bytes) of `tunnelacct export` in its own process.
 
     The peak is VmHWM read until the process ends (ru_maxrss of a child would include this
     process's memory from before its exec).
     """
     argv = [sys.executable, "-m", "tunnelacct", "export", "--config", str(config),
-            "--org", "acme", "-o", str(out)]  # fmt: skip
+            "--org", "acme", "-o", str(out), "--workers", str(workers)]  # fmt: skip
     if q:
         argv += ["-q", q]
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
@@ -229,21 +236,25 @@ def main() -> None:
 
         config = tmp / "bench.toml"
         config.write_text('[[orgs]]\nid = "acme"\nname = "Acme"\n', encoding="utf-8")
-        rows, floor_s = sqlite_floor(db)
+        rows_all, floor_s = sqlite_floor(db)
+        rows = rows_all
         print(f"sqlite3 -csv (raw columns)   {rows:,} rows in {floor_s:.1f} s: "
               f"{rows / floor_s:,.0f} rows/s")  # fmt: skip
-        rows, api_s = asyncio.run(api_export(db))
-        print(f"API sessions.csv             {rows:,} rows in {api_s:.1f} s: "
-              f"{rows / api_s:,.0f} rows/s ({api_s / floor_s:.1f}x sqlite3 -csv)")  # fmt: skip
+        for workers in (0, 1, 2):
+            rows, secs = asyncio.run(api_export(db, workers))
+            print(f"API sessions.csv, {workers} workers {rows:,} rows in {secs:.1f} s: "
+                  f"{rows / secs:,.0f} rows/s ({secs / floor_s:.1f}x sqlite3 -csv)")  # fmt: skip
         day = middle_day(db)
-        for label, q in (
-            ("CLI export, one day", f"started_after:{day} started_before:{day + timedelta(1)}"),
-            ("CLI export, one week", f"started_after:{day} started_before:{day + timedelta(7)}"),
-            ("CLI export, whole org", None),
+        for label, q, workers in (
+            ("one day", f"started_after:{day} started_before:{day + timedelta(1)}", 2),
+            ("one week", f"started_after:{day} started_before:{day + timedelta(7)}", 2),
+            ("whole org", None, 0),
+            ("whole org", None, 2),
         ):
-            rows, secs, rss = cli_export(db, config, q, tmp / "out.csv")
-            print(f"{label:28s} {rows:,} rows in {secs:.1f} s: {rows / secs:,.0f} rows/s, "
-                  f"peak RSS {rss / 2**20:.0f} MiB")  # fmt: skip
+            rows, secs, rss = cli_export(db, config, q, tmp / "out.csv", workers)
+            print(f"CLI export, {label}, {workers} workers: {rows:,} rows in {secs:.1f} s: "
+                  f"{rows / secs:,.0f} rows/s ({secs / floor_s * rows_all / rows:.1f}x), "
+                  f"peak RSS {rss / 2**20:.0f} MiB (the CLI process)")  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
