@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -55,6 +56,27 @@ class ApiContext:
     not_ready: Callable[[], list[str]] = field(default=lambda: [])
     metrics: CollectorRegistry = field(default_factory=_build_info_only)
     export_workers: ExportWorkers | None = None  # None: CSV is quoted in this process
+
+
+def _error(description: str, **extra: dict[str, str]) -> dict[str, Any]:
+    """An OpenAPI response: JSON with `detail` (and `extra` properties)."""
+    properties = {"detail": {"type": "string"}, **extra}
+    schema = {"type": "object", "properties": properties, "required": ["detail"]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: _error("no bearer token, or a bad, revoked or malformed one")
+}
+_ORG_ERRORS = {**_UNAUTHORIZED, 404: _error("no such org, or one the token may not read")}
+_QUERY_ERRORS = {
+    **_ORG_ERRORS,
+    400: _error(
+        "a bad filter (`token`: the term, `expected`: what it should be) or cursor",
+        token={"type": "string"},
+        expected={"type": "string"},
+    ),
+}
 
 
 def _encode_cursor(started_at: datetime, ident: uuid.UUID) -> str:
@@ -91,9 +113,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def store_down(_request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    async def principal(request: Request) -> Principal:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        who = await authenticate(ctx.engine, token) if scheme.lower() == "bearer" else None
+    bearer = HTTPBearer(
+        auto_error=False, description="A token from `tunnelacct token create` (tat_...)"
+    )
+
+    async def principal(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        who = await authenticate(ctx.engine, credentials.credentials) if credentials else None
         if who is None:
             raise HTTPException(
                 401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"}
@@ -116,7 +143,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: _error("not ready: `reasons` says why")})
     async def readyz() -> JSONResponse:
         reasons = list(ctx.not_ready())
         try:
@@ -132,7 +159,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         # Collected on the event loop: the collectors read in-memory counters only.
         return Response(generate_latest(ctx.metrics), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/orgs")
+    @app.get("/api/v1/orgs", responses=_UNAUTHORIZED)
     async def orgs(who: Who) -> list[dict[str, Any]]:
         async with AsyncSession(ctx.engine) as db:
             rows = (await db.scalars(select(Org).order_by(table_of(Org).c.id))).all()
@@ -142,7 +169,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             if who.may_see(o.id)
         ]
 
-    @app.get("/api/v1/orgs/{org}/clients")
+    @app.get("/api/v1/orgs/{org}/clients", responses=_ORG_ERRORS)
     async def clients(org: OrgId) -> list[dict[str, Any]]:
         t = table_of(Client)
         async with AsyncSession(ctx.engine) as db:
@@ -155,7 +182,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             for c in rows
         ]  # fmt: skip
 
-    @app.get("/api/v1/orgs/{org}/resources")
+    @app.get("/api/v1/orgs/{org}/resources", responses=_ORG_ERRORS)
     async def resources(org: OrgId) -> list[dict[str, Any]]:
         t = table_of(Resource)
         async with AsyncSession(ctx.engine) as db:
@@ -167,7 +194,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             for r in rows
         ]  # fmt: skip
 
-    @app.get("/api/v1/orgs/{org}/sessions")
+    @app.get("/api/v1/orgs/{org}/sessions", responses=_QUERY_ERRORS)
     async def sessions(
         org: OrgId,
         q: Annotated[str, Query(description="filter, e.g. protocol:tcp dport:443")] = "",
@@ -212,7 +239,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
             200: {
                 "description": "every matching session as CSV (RFC 4180, UTF-8)",
                 "content": {"text/csv": {"schema": {"type": "string"}}},
-            }
+            },
+            **_QUERY_ERRORS,
         },
     )
     async def sessions_csv(org: OrgId, q: str = "") -> StreamingResponse:
