@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -18,6 +19,7 @@ from scapy.utils import rdpcap
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.serving import Serve, write_config
+from tests.helpers.sqlite import replicate_sessions
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
@@ -254,3 +256,49 @@ def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None
         with serving(tmp_path, config, tmp_path / "a.db") as serve:
             assert serve.proc is not None and serve.proc.wait(30) == 2
     assert f"error: [api] listen 127.0.0.1:{port}: Address already in use" in serve.log()
+
+
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid`, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_export_workers_end_with_serve_even_on_kill_9(tmp_path: Path) -> None:
+    import socket as socketlib
+    import urllib.request
+
+    db = tmp_path / "big.db"
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    run_cli("import", "--config", str(BASE), str(PCAP), env=env)
+    replicate_sessions(db, 2000, step_s=60, org_id="acme")  # 28,000 rows: several ranges
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = {"listen": f"127.0.0.1:{port}", "export_workers": 2}
+    config = write_config(BASE, tmp_path / "serve.toml", {"api": api})
+    token = run_cli("token", "create", "--config", str(config), "--role", "admin", env=env)
+    with serving(tmp_path, config, db) as serve:
+        serve.wait(lambda s: s["state"] == "running", 30, "running")
+        assert serve.proc is not None
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/orgs/acme/sessions.csv")
+        req.add_header("Authorization", f"Bearer {token.stdout.strip()}")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.read().count(b"\n") == 28_014 + 1
+        workers = children_of(serve.proc.pid)
+        assert workers, "a download of several ranges starts export worker processes"
+        serve.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    survivors = [w for w in workers if Path(f"/proc/{w}").exists()]
+    for pid in survivors:  # the processes this test started, ended by PID
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "export workers outlived serve"

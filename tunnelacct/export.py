@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import csv
+import ctypes
 import functools
 import io
 import multiprocessing as mp
+import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -174,7 +176,14 @@ def _encode_range(url: str, part: _Range) -> tuple[str, int]:
     return _encode(rows), len(rows)
 
 
-def _ignore_sigint() -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_start(parent_pid: int) -> None:
+    """In a new worker: die with the parent (a `kill -9` of serve leaves no worker behind)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
@@ -199,7 +208,10 @@ class ExportWorkers:
         if self._pool is None:
             # spawn, not fork: the service has threads (capture readers, aiosqlite)
             self._pool = ProcessPoolExecutor(
-                self.size, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint
+                self.size,
+                mp_context=mp.get_context("spawn"),
+                initializer=_worker_start,
+                initargs=(os.getpid(),),
             )
         return asyncio.wrap_future(self._pool.submit(_encode_range, url, part))
 
