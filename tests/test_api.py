@@ -96,8 +96,13 @@ async def test_an_auditor_sees_its_org_only_and_others_look_absent(client: Clien
             r = await c.get(f"/api/v1/orgs/{org}/{tail}", headers=auditor)
             assert (r.status_code, r.json()) == (404, {"detail": f"no org {org!r}"}), (org, tail)
     admin = bearer(tokens["admin"])
-    orgs = {o["id"] for o in (await c.get("/api/v1/orgs", headers=admin)).json()}
+    listed = (await c.get("/api/v1/orgs", headers=admin)).json()
+    orgs = {o["id"] for o in listed}
     assert {"acme", "globex"} <= orgs
+    # wg-small.toml: acme keeps 30 days, globex 7; both log
+    assert {(o["id"], o["retention_days"], o["logging"]) for o in listed} >= {
+        ("acme", 30, True), ("globex", 7, True)
+    }  # fmt: skip
     assert (await c.get("/api/v1/orgs/globex/sessions", headers=admin)).status_code == 200
 
 

@@ -100,6 +100,8 @@ retention_days = 90
 
 [[orgs]]
 id = "beta"
+retention_days = "forever"
+logging = false
 
 [[clients]]
 id = "alice-laptop"
@@ -138,7 +140,7 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
         writer=WriterConfig(batch_size=100, flush_interval_s=0.25, max_pending=1000),
         gateway="gw-7",
         default_org="nobody",
-        orgs=(OrgConfig("acme", "Acme Corp", 90), OrgConfig("beta", "beta", 30)),
+        orgs=(OrgConfig("acme", "Acme Corp", 90), OrgConfig("beta", "beta", None, logging=False)),
         clients=(
             ClientConfig(
                 id="alice-laptop",
@@ -288,12 +290,22 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("org-int-id", "[[orgs]]\nid = 7 #<\n", "[[orgs]] #1 id", 7, "letters, digits"),
     ("org-duplicate", ORG + '[[orgs]]\nid = "acme" #<\n', f"{OA} id", "acme",
      "duplicate id; already used at line 2"),
-    ("retention-zero", ORG + "retention_days = 0 #<\n", f"{OA} retention_days", 0, ">= 1"),
+    ("retention-zero", ORG + "retention_days = 0 #<\n", f"{OA} retention_days", 0,
+     'days >= 1 or "forever" (to store nothing, set logging = false)'),
+    ("retention-negative", ORG + "retention_days = -1 #<\n", f"{OA} retention_days", -1,
+     'days >= 1 or "forever"'),
     ("retention-bool", ORG + "retention_days = true #<\n", f"{OA} retention_days", True, ">= 1"),
     ("retention-float", ORG + "retention_days = 1.5 #<\n", f"{OA} retention_days", 1.5, ">= 1"),
+    ("retention-never", ORG + 'retention_days = "never" #<\n', f"{OA} retention_days", "never",
+     '"forever"'),
+    ("retention-forever-case", ORG + 'name = "A"\nretention_days = "Forever" #<\n',
+     f"{OA} retention_days", "Forever", '"forever"'),
+    ("logging-string", ORG + 'logging = "no" #<\n', f"{OA} logging", "no", "true or false"),
+    ("logging-int", ORG + 'name = "A"\nlogging = 1 #<\n', f"{OA} logging", 1, "true or false"),
     ("org-name-type", ORG + "name = 3 #<\n", f"{OA} name", 3, "non-empty string"),
     ("org-typo", ORG + "retension_days = 9 #<\n", f"{OA} retension_days", 9,
-     "allowed: id, name, retention_days"),
+     "allowed: id, name, retention_days, logging"),
+    ("org-logging-typo", ORG + "loging = false #<\n", f"{OA} loging", False, "logging"),
     ("client-missing-id", ORG + '[[clients]] #<\norg = "acme"\n', "[[clients]] #1 id", None,
      "missing"),
     ("client-missing-org", ORG + '[[clients]] #<\nid = "alice"\n', f"{C} org", None, "missing"),
@@ -568,6 +580,30 @@ def test_resource_defaults(tmp_path: Path) -> None:
     # host bits are accepted and cleared; no ports = all ports; no protocols = both
     assert resource == ResourceConfig("r", "unattributed", "r", "10.99.0.0/24", None)
     assert resource.protocols == (IpProto.TCP, IpProto.UDP)
+
+
+def test_org_defaults_keep_30_days_and_store_sessions(tmp_path: Path) -> None:
+    org = load_config(write(tmp_path, ORG), environ={}).orgs[0]
+    assert org == OrgConfig("acme", "acme", retention_days=30, logging=True)
+
+
+@pytest.mark.parametrize(
+    ("lines", "retention_days", "logging"),
+    [
+        ("retention_days = 1", 1, True),
+        ("retention_days = 3650", 3650, True),
+        ('retention_days = "forever"', None, True),  # None: never purged
+        ("logging = false", 30, False),
+        ("logging = true", 30, True),
+        ('retention_days = "forever"\nlogging = false', None, False),
+        ("logging = false\nretention_days = 7", 7, False),
+    ],
+)
+def test_org_retention_and_logging_load(
+    tmp_path: Path, lines: str, retention_days: int | None, logging: bool
+) -> None:
+    org = load_config(write(tmp_path, f"{ORG}{lines}\n"), environ={}).orgs[0]
+    assert (org.retention_days, org.logging) == (retention_days, logging)
 
 
 def test_empty_capture_wireguard_and_service_sections_give_defaults(tmp_path: Path) -> None:

@@ -89,6 +89,12 @@ def test_unsupported_url_scheme_is_a_store_error() -> None:
 
 # --- migrations -----------------------------------------------------------------------------------
 
+# The newest revision file in migrations/versions (its name starts with the revision id).
+HEAD = max(
+    p.name.split("_")[0]
+    for p in (Path(__file__).parents[1] / "migrations" / "versions").glob("0*.py")
+)
+
 
 def test_migrate_creates_tables_and_parent_dir_and_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "t.db"
@@ -97,8 +103,9 @@ def test_migrate_creates_tables_and_parent_dir_and_is_idempotent(tmp_path: Path)
     tables = {
         name for (name,) in raw_query(path, "SELECT name FROM sqlite_master WHERE type='table'")
     }
-    assert tables == {"alembic_version", "orgs", "clients", "resources", "sessions", "api_tokens"}
-    assert raw_query(path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert tables == {"alembic_version", "orgs", "clients", "resources", "sessions", "api_tokens",
+                      "purge_runs", "purge_locks"}  # fmt: skip
+    assert raw_query(path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 def test_sessions_table_has_the_paging_retention_and_resume_indexes(db_path: Path) -> None:
@@ -158,7 +165,7 @@ async def test_check_schema_names_the_upgrade_command_when_not_migrated(tmp_path
 
 async def test_check_schema_accepts_a_migrated_database(engine: AsyncEngine, db_path: Path) -> None:
     await check_schema(engine)  # raises StoreError otherwise
-    assert raw_query(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert raw_query(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
@@ -328,3 +335,33 @@ async def test_sync_inventory_refuses_a_client_of_an_unknown_org(engine: AsyncEn
     config = Config(clients=(ClientConfig(id="c9", org="nobody", name="c9"),))
     with pytest.raises(StoreError, match="client 'c9' names unknown org 'nobody'"):
         await sync_inventory(engine, config)
+
+
+def test_upgrade_to_0003_keeps_orgs_and_downgrade_turns_forever_into_30_days(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from tunnelacct.schema import alembic_config
+
+    path = tmp_path / "m.db"
+    engine = create_engine(f"sqlite:///{path}")
+    cfg = alembic_config()
+
+    def to(revision: str, *, down: bool = False) -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, revision)
+
+    to("0002")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO orgs VALUES ('acme', 'Acme', 7, '2026-11-25 00:00:00')")
+    to("0003")
+    assert raw_query(path, "SELECT id, retention_days, logging FROM orgs") == [("acme", 7, 1)]
+    assert raw_query(path, "SELECT name, holder FROM purge_locks") == [("retention", None)]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE orgs SET retention_days = NULL")  # forever
+    to("0002", down=True)
+    assert raw_query(path, "SELECT id, retention_days FROM orgs") == [("acme", 30)]
+    engine.dispose()

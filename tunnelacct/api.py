@@ -164,7 +164,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
         async with AsyncSession(ctx.engine) as db:
             rows = (await db.scalars(select(Org).order_by(table_of(Org).c.id))).all()
         return [
-            {"id": o.id, "name": o.name, "retention_days": o.retention_days}
+            {
+                "id": o.id,
+                "name": o.name,
+                "retention_days": "forever" if o.retention_days is None else o.retention_days,
+                "logging": o.logging,
+            }
             for o in rows
             if who.may_see(o.id)
         ]

@@ -147,6 +147,44 @@ def serve_cmd(config_path: Path | None, status_file: Path | None) -> None:
     serve(config, status_path=status_file)
 
 
+@cli.command("purge")
+@config_option
+@click.option("--org", help="Purge only this org (default: every org with a retention).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
+    """Delete completed sessions older than each org's retention_days (for cron/timers).
+
+    Safe while the service writes and when run from several machines at once: one purge
+    works, another reports that and exits 0.
+    """
+    from tunnelacct.errors import UnknownOrgError
+    from tunnelacct.export import format_time
+    from tunnelacct.retention import PurgeResult, purge
+    from tunnelacct.store import configured_orgs, stored_org_ids, sync_inventory
+
+    config = _config(config_path)
+
+    async def work(engine: Any) -> PurgeResult:
+        await sync_inventory(engine, config)  # retention as the config says it now
+        if org is not None and org not in await stored_org_ids(engine):
+            raise UnknownOrgError(org, sorted(await stored_org_ids(engine)))
+        return await purge(engine, org_id=org, dry_run=dry_run)
+
+    result: PurgeResult = _with_engine(config, work)
+    if result.locked_by is not None:
+        click.echo(f"another purge is running ({result.locked_by}); nothing done")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    purged = {p.org_id for p in result.orgs}
+    for p in result.orgs:
+        cutoff = format_time(p.cutoff)
+        click.echo(f"org {p.org_id}: {verb} {p.deleted:,} sessions that ended before {cutoff}")
+    for o in configured_orgs(config):
+        if o.id not in purged and (org is None or o.id == org) and o.retention_days is None:
+            click.echo(f"org {o.id}: kept forever")
+    click.echo(f"{verb} {result.deleted:,} sessions in all" + (" (dry run)" if dry_run else ""))
+
+
 @cli.group("token")
 def token_group() -> None:
     """API bearer tokens: create (shown once), list, revoke."""

@@ -30,7 +30,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "writer": ("batch_size", "flush_interval", "max_pending"),
     "gateway": ("name",),
     "attribution": ("default_org",),
-    "orgs": ("id", "name", "retention_days"),
+    "orgs": ("id", "name", "retention_days", "logging"),
     "clients": ("id", "org", "name", "user", "addresses", "public_key"),
     "resources": ("id", "org", "name", "address", "ports", "protocols"),
     "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
@@ -73,7 +73,8 @@ class OrgConfig:
 
     id: str
     name: str
-    retention_days: int = 30
+    retention_days: int | None = 30  # completed sessions older than this are purged; None = forever
+    logging: bool = True  # False: none of the org's sessions are stored (metrics still count them)
 
 
 @dataclass(frozen=True, slots=True)

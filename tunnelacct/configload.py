@@ -44,7 +44,10 @@ _ID = re.compile(r"[A-Za-z0-9._-]+")
 _ID_WHY = "expected a non-empty id of letters, digits, '.', '_' or '-'"
 _PROTOCOLS = {p.label: p for p in IpProto}
 _TIMEOUTS, _WRITER = Timeouts(), WriterConfig()
-_RETENTION_DAYS = OrgConfig(id="", name="").retention_days
+_ORG = OrgConfig(id="", name="")
+_FOREVER = "forever"  # retention_days that never purges (OrgConfig.retention_days = None)
+# retention issue: "off" is logging = false, never retention_days = 0, so 0 is an error
+_RETENTION_WHY = 'expected days >= 1 or "forever" (to store nothing, set logging = false)'
 _CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConfig()
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
 _IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
@@ -221,7 +224,8 @@ class Loader:
             yield OrgConfig(
                 id=ident,
                 name=self._text(where, t, "name", ident),
-                retention_days=self._count(where, t, "retention_days", _RETENTION_DAYS),
+                retention_days=self._retention_days(where, t),
+                logging=self._flag(where, t, "logging", _ORG.logging),
             )
 
     def _clients(self, doc: Mapping[str, object], known: set[str]) -> Iterator[ClientConfig]:
@@ -411,6 +415,22 @@ class Loader:
         if not math.isfinite(value) or value <= 0:
             self.fail(where, key, why, value)
         return float(value)
+
+    def _retention_days(self, where: _Where, t: Mapping[str, object]) -> int | None:
+        """An org's retention_days: an integer >= 1, or "forever" (None); absent = the default."""
+        value = t.get("retention_days", _ORG.retention_days)
+        if value == _FOREVER:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(where, "retention_days", _RETENTION_WHY, _shown(value))
+        return value
+
+    def _flag(self, where: _Where, t: Mapping[str, object], key: str, default: bool) -> bool:
+        """A TOML boolean (1, 0 or "no" are not accepted)."""
+        value = t.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(where, key, "expected true or false", _shown(value))
+        return value
 
     def _count(self, where: _Where, t: Mapping[str, object], key: str, default: int) -> int:
         """An integer >= 1 (a bool or a float is not accepted)."""

@@ -25,7 +25,7 @@ from tunnelacct.flowkey import session_namespace
 from tunnelacct.flowtable import FlowTable
 from tunnelacct.identity import Inventory
 from tunnelacct.sources.pcapfile import open_capture
-from tunnelacct.store import make_engine, sync_inventory
+from tunnelacct.store import make_engine, sync_inventory, unlogged_orgs
 from tunnelacct.writer import SessionWriter
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,9 @@ async def _run(
     engine = make_engine(config.database.url)
     try:
         await sync_inventory(engine, config)
-        writer = SessionWriter(engine, config.writer, gateway=config.gateway)
+        writer = SessionWriter(
+            engine, config.writer, gateway=config.gateway, unlogged_orgs=unlogged_orgs(config)
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
             try:

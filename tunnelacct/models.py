@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
 )
+from sqlalchemy import true as sa_true
 from sqlmodel import Field, SQLModel
 
 # Constraint and index names follow this convention so that migrations (SQLite batch mode
@@ -81,8 +82,14 @@ class Org(TableBase, table=True):
 
     id: str = Field(sa_type=String, primary_key=True)
     name: str = Field(sa_type=String)
-    retention_days: int = Field(sa_type=Integer)
+    retention_days: int | None = Field(
+        default=None, sa_type=Integer, nullable=True
+    )  # None: forever
     updated_at: datetime = Field(sa_type=UtcDateTime)
+    # False: the org's sessions are not stored at all (still counted in metrics).
+    logging: bool = Field(
+        default=True, sa_type=Boolean, sa_column_kwargs={"server_default": sa_true()}
+    )
 
 
 class Client(TableBase, table=True):
@@ -180,3 +187,40 @@ class ApiToken(TableBase, table=True):
     name: str | None = Field(default=None, sa_type=String, nullable=True)
     created_at: datetime = Field(sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
+class PurgeRun(TableBase, table=True):
+    """One org's part of a retention purge: when, the cutoff, rows deleted (or counted), outcome.
+
+    `outcome` is "ok", "failed" or "locked" (another purge held the lock); `run_id` groups the
+    orgs of one invocation; `dry_run` rows count what a real run would delete.
+    """
+
+    __tablename__: ClassVar[Any] = "purge_runs"
+    __table_args__: ClassVar[Any] = (Index(None, "started_at"),)
+
+    id: int | None = Field(default=None, sa_type=Integer, primary_key=True)
+    run_id: str = Field(sa_type=String(32))
+    org_id: str = Field(sa_type=String)
+    host: str = Field(sa_type=String)
+    started_at: datetime = Field(sa_type=UtcDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    cutoff: datetime = Field(sa_type=UtcDateTime)
+    dry_run: bool = Field(sa_type=Boolean)
+    deleted: int = Field(default=0, sa_type=BigInteger)
+    outcome: str = Field(sa_type=String(16))
+    error: str | None = Field(default=None, sa_type=Text, nullable=True)
+
+
+class PurgeLock(TableBase, table=True):
+    """A lease that lets one purge run at a time across processes and machines sharing a store.
+
+    Taken by an UPDATE that succeeds only when the lease is free or expired, renewed between
+    batches, released at the end; a crashed holder's lease simply expires.
+    """
+
+    __tablename__: ClassVar[Any] = "purge_locks"
+
+    name: str = Field(sa_type=String(32), primary_key=True)
+    holder: str | None = Field(default=None, sa_type=String, nullable=True)
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)

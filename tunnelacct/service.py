@@ -34,7 +34,7 @@ from tunnelacct.identity import Inventory
 from tunnelacct.metrics import WriterFigures, service_registry
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
 from tunnelacct.siem import SessionEventLog
-from tunnelacct.store import make_engine, ongoing_sessions, sync_inventory
+from tunnelacct.store import make_engine, ongoing_sessions, sync_inventory, unlogged_orgs
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.writer import SessionWriter
 
@@ -81,7 +81,9 @@ class Service:
         engine = make_engine(config.database.url)
         try:
             await self._refresh_peers(engine, initial=True)
-            writer = self.writer = SessionWriter(engine, config.writer, gateway=config.gateway)
+            writer = self.writer = SessionWriter(
+                engine, config.writer, gateway=config.gateway, unlogged_orgs=unlogged_orgs(config)
+            )
             if config.service.session_events is not None:
                 self.event_log = SessionEventLog(config.service.session_events, config.gateway)
             sink = _Tee(writer, self.event_log)

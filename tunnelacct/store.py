@@ -142,10 +142,21 @@ def configured_orgs(config: Config) -> tuple[OrgConfig, ...]:
     return (*config.orgs, OrgConfig(id=config.default_org, name=config.default_org))
 
 
+def unlogged_orgs(config: Config) -> frozenset[str]:
+    """The orgs whose sessions are not stored (`logging = false`)."""
+    return frozenset(o.id for o in configured_orgs(config) if not o.logging)
+
+
 def inventory_rows(config: Config, now: datetime) -> dict[Table, list[dict[str, Any]]]:
     """Rows for orgs, clients and resources as the config describes them (all active)."""
     orgs = [
-        {"id": o.id, "name": o.name, "retention_days": o.retention_days, "updated_at": now}
+        {
+            "id": o.id,
+            "name": o.name,
+            "retention_days": o.retention_days,
+            "logging": o.logging,
+            "updated_at": now,
+        }
         for o in configured_orgs(config)
     ]
     clients = [

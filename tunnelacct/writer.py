@@ -269,7 +269,8 @@ class SessionWriter:
     Usage: start `run()` as a task, `submit()` events, then `await close()` at shutdown.
     The engine must be SQLite or PostgreSQL (StoreError otherwise).
     Stats: `rows_written`, `flushes`, `failed_flushes`, `write_seconds_total`, `last_flush_at`,
-    `stale_events` (late non-closing events for an already closed pending session) and `pending`.
+    `stale_events` (late non-closing events for an already closed pending session), `pending`
+    and `unlogged_events` (events of `unlogged_orgs`, the orgs with logging = false: dropped).
     """
 
     def __init__(
@@ -279,6 +280,7 @@ class SessionWriter:
         *,
         gateway: str,
         clock: Callable[[], float] = time.monotonic,
+        unlogged_orgs: frozenset[str] = frozenset(),
     ) -> None:
         if config.batch_size < 1 or config.max_pending < 1 or config.flush_interval_s < 0:
             raise ValueError(f"invalid writer config {config!r}")
@@ -288,6 +290,8 @@ class SessionWriter:
         self._sql = upsert_sql(engine.dialect)
         self._driver = driver_values(engine.dialect.name)
         self._clock = clock
+        self._unlogged = unlogged_orgs  # orgs with logging = false: their events are not stored
+        self.unlogged_events = 0
         # session id -> newest event, and -> clock time it first became pending. Both maps have
         # the same keys in arrival order (replacing a value keeps its position), so the oldest
         # comes first. Keys are the ids' ints: UUID.__hash__ is Python code, an int hashes in C.
@@ -322,7 +326,11 @@ class SessionWriter:
         limit = self._config.max_pending
         batch_size = self._config.batch_size
         pending, since = self._pending, self._since
+        unlogged = self._unlogged
         for event in events:
+            if unlogged and event.attribution.org_id in unlogged:
+                self.unlogged_events += 1
+                continue
             key = event.session_id.int
             # Only a new session needs room. Look again after waiting: another producer may
             # have queued the same session meanwhile.

@@ -1,0 +1,242 @@
+"""Retention purges on a real SQLite store: exactly the right rows go, ongoing ones and orgs kept
+forever stay, dry runs count what real runs delete, one purge at a time, every run recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.sqlite import raw_query
+from tunnelacct.config import Config, DatabaseConfig, OrgConfig
+from tunnelacct.models import SessionRecord
+from tunnelacct.retention import LEASE_S, _acquire, purge
+from tunnelacct.schema import migrate
+from tunnelacct.store import make_engine, sync_inventory
+
+DATA = Path(__file__).parent / "data"
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+ORGS = (
+    OrgConfig("weekly", "Weekly", retention_days=7),
+    OrgConfig("monthly", "Monthly", retention_days=30),
+    OrgConfig("keeper", "Keeper", retention_days=None),
+    OrgConfig("quiet", "Quiet", logging=False),
+)
+DAYS = {"weekly": 7, "monthly": 30}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "retention.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+async def engine(db: Path) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(f"sqlite:///{db}")
+    await sync_inventory(engine, Config(database=DatabaseConfig(f"sqlite:///{db}"), orgs=ORGS))
+    yield engine
+    await engine.dispose()
+
+
+def session(
+    org: str, ended_days_ago: float | None, now: datetime = NOW, **overrides: Any
+) -> SessionRecord:
+    """A session that ended `ended_days_ago` days before `now` (None: still ongoing)."""
+    ended = None if ended_days_ago is None else now - timedelta(days=ended_days_ago)
+    started = (ended or now) - timedelta(minutes=5)
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(), "org_id": org, "protocol": "tcp", "ip_version": 4,
+        "src_addr": "100.64.0.2", "dst_addr": "10.99.0.5", "src_port": 40000, "dst_port": 443,
+        "started_at": started, "ended_at": ended, "last_seen_at": ended or now,
+        "duration_s": 300.0, "bytes_tx": 1, "bytes_rx": 1, "packets_tx": 1, "packets_rx": 1,
+        "payload_bytes_tx": 0, "payload_bytes_rx": 0,
+        "status": "ongoing" if ended is None else "completed",
+        "close_reason": None if ended is None else "fin", "midstream": False,
+        "community_id": "1:x", "gateway": "gw1", "interface": "wg0",
+    }  # fmt: skip
+    values.update(overrides)
+    return SessionRecord(**values)
+
+
+Oracle = dict[str, tuple[str, datetime | None]]  # stored id -> (org, ended_at)
+
+
+async def store(engine: AsyncEngine, rows: list[SessionRecord]) -> Oracle:
+    """Store `rows`; return what the oracle needs to know of them."""
+    oracle = {row.id.hex: (row.org_id, row.ended_at) for row in rows}
+    async with AsyncSession(engine) as db:
+        db.add_all(rows)
+        await db.commit()
+    return oracle
+
+
+def spread(orgs: tuple[str, ...]) -> list[SessionRecord]:
+    """Per org: one session ending every 12 hours over 120 days, plus ongoing ones that
+    started 119 days ago, plus sessions ending just inside and just outside each cutoff."""
+    rows = []
+    for org in orgs:
+        rows += [session(org, k / 2) for k in range(240)]
+        rows += [session(org, None, started_at=NOW - timedelta(days=119)) for _ in range(3)]
+        if org in DAYS:
+            edge = DAYS[org]
+            rows += [session(org, edge - 1e-6), session(org, edge + 1e-6)]
+    return rows
+
+
+def remaining(db: Path) -> set[str]:
+    return {h for (h,) in raw_query(db, "SELECT id FROM sessions")}
+
+
+def expected_left(oracle: Oracle) -> set[str]:
+    """A completed session goes once its end is more than N days before NOW; others stay."""
+    return {
+        sid
+        for sid, (org, ended) in oracle.items()
+        if ended is None or org not in DAYS or NOW - ended <= timedelta(days=DAYS[org])
+    }
+
+
+async def test_purge_keeps_exactly_what_each_org_allows(engine: AsyncEngine, db: Path) -> None:
+    oracle = await store(engine, spread(("weekly", "monthly", "keeper")))
+    result = await purge(engine, now=NOW, batch_size=97)
+    left = remaining(db)
+    assert left == expected_left(oracle)
+    gone = {org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
+            for org in ("weekly", "monthly")}  # fmt: skip
+    # orgs with a retention, in id order; "keeper" (forever) is not purged at all
+    assert {p.org_id: p.deleted for p in result.orgs} == {**gone, "quiet": 0, "unattributed": 0}
+    assert [p.org_id for p in result.orgs] == ["monthly", "quiet", "unattributed", "weekly"]
+    assert {p.org_id: p.cutoff for p in result.orgs}["weekly"] == NOW - timedelta(days=7)
+    assert all(sid in left for sid, (_, ended) in oracle.items() if ended is None)
+
+
+async def test_dry_run_deletes_nothing_and_counts_what_a_real_run_deletes(
+    engine: AsyncEngine, db: Path
+) -> None:
+    await store(engine, spread(("weekly", "monthly", "keeper")))
+    before = remaining(db)
+    dry = await purge(engine, now=NOW, dry_run=True)
+    assert remaining(db) == before
+    real = await purge(engine, now=NOW)
+    assert [(p.org_id, p.deleted) for p in dry.orgs] == [(p.org_id, p.deleted) for p in real.orgs]
+    assert real.deleted == len(before) - len(remaining(db)) > 0
+
+
+async def test_every_run_is_recorded_with_cutoff_count_and_outcome(
+    engine: AsyncEngine, db: Path
+) -> None:
+    await store(engine, spread(("weekly",)))
+    result = await purge(engine, now=NOW, dry_run=True)
+    await purge(engine, now=NOW)
+    runs = raw_query(db, "SELECT run_id, cutoff, dry_run, deleted, outcome, ended_at"
+                         " FROM purge_runs WHERE org_id = 'weekly' ORDER BY id")  # fmt: skip
+    assert [(r[2], r[4]) for r in runs] == [(1, "ok"), (0, "ok")]
+    assert runs[0][0] == result.run_id and runs[0][1] == "2026-11-18 12:00:00.000000"
+    assert runs[0][3] == runs[1][3] > 0 and all(r[5] is not None for r in runs)
+    assert len(raw_query(db, "SELECT 1 FROM purge_runs")) == 2 * 4  # every org with a retention
+
+
+async def test_a_second_purge_while_one_runs_reports_it_and_deletes_nothing(
+    engine: AsyncEngine, db: Path
+) -> None:
+    oracle = await store(engine, spread(("weekly", "monthly")))
+    first = asyncio.create_task(purge(engine, now=NOW, batch_size=3, holder="gw-a/1"))
+    await asyncio.sleep(0.05)  # the first has the lease and is deleting in small batches
+    second = await purge(engine, now=NOW, holder="gw-b/2")
+    done = await first
+    assert second.locked_by == "gw-a/1" and second.orgs == ()
+    assert remaining(db) == expected_left(oracle)  # the totals are right: one did the work
+    assert done.deleted == len(oracle) - len(remaining(db))
+
+
+async def test_an_expired_lease_of_a_crashed_purge_is_taken_over(
+    engine: AsyncEngine, db: Path
+) -> None:
+    await store(engine, spread(("weekly",)))
+    long_ago = datetime.now(UTC) - timedelta(seconds=2 * LEASE_S)
+    assert await _acquire(engine, "crashed/1", long_ago) is None  # held, never released
+    result = await purge(engine, now=NOW, holder="gw-b/2")
+    assert result.locked_by is None and result.deleted > 0
+
+
+def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cli.db"
+    config = tmp_path / "t.toml"
+    config.write_text(
+        '[database]\nurl = "sqlite:///cli.db"\n'
+        '[[orgs]]\nid = "weekly"\nname = "W"\nretention_days = 7\n'
+        '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
+    )
+    migrate(f"sqlite:///{db}")
+
+    async def seed() -> None:
+        engine = make_engine(f"sqlite:///{db}")
+        now = datetime.now(UTC)
+        rows = [session("weekly", days, now) for days in (1, 10, 20)]
+        rows += [session("keeper", 400, now)]
+        async with AsyncSession(engine) as s:
+            s.add_all(rows)
+            await s.commit()
+        await engine.dispose()
+
+    asyncio.run(seed())
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    dry = run_cli("purge", "--config", str(config), "--dry-run", env=env).stdout
+    assert "org weekly: would delete 2 sessions that ended before " in dry
+    assert "org keeper: kept forever" in dry and "(dry run)" in dry
+    real = run_cli("purge", "--config", str(config), env=env).stdout
+    assert "org weekly: deleted 2 sessions" in real
+    assert raw_query(db, "SELECT org_id, count(*) FROM sessions GROUP BY 1 ORDER BY 1") == [
+        ("keeper", 1), ("weekly", 1)
+    ]  # fmt: skip
+
+    async def hold() -> None:
+        engine = make_engine(f"sqlite:///{db}")
+        assert await _acquire(engine, "other-host/1", datetime.now(UTC)) is None
+        await engine.dispose()
+
+    asyncio.run(hold())
+    locked = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config)],
+        capture_output=True, text=True, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert locked.returncode == 0
+    assert locked.stdout.strip() == "another purge is running (other-host/1); nothing done"
+    bad = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config), "--org", "nope"],
+        capture_output=True, text=True, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown org 'nope'" in bad.stderr
+
+
+def test_an_org_with_logging_off_stores_no_session_through_the_real_import(
+    tmp_path: Path,
+) -> None:
+    base = (DATA / "wg-small.toml").read_text(encoding="utf-8")
+    assert 'id = "globex"' in base
+    quiet = base.replace('id = "globex"', 'id = "globex"\nlogging = false', 1)
+    counts = {}
+    for name, text in (("on", base), ("off", quiet)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text, encoding="utf-8")
+        db = tmp_path / f"{name}.db"
+        run_cli("import", "--config", str(config), str(DATA / "wg-small.pcap"),
+                env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
+        counts[name] = dict(raw_query(db, "SELECT org_id, count(*) FROM sessions GROUP BY 1"))
+    assert counts["on"]["globex"] > 0  # the capture has globex traffic
+    assert "globex" not in counts["off"]
+    assert counts["off"]["acme"] == counts["on"]["acme"]

@@ -1,0 +1,231 @@
+"""Retention purges: delete each org's completed sessions older than its retention, safely.
+
+One purge at a time per store: a lease row in `purge_locks`, taken by an UPDATE that only
+succeeds when the lease is free or expired, renewed between batches (a crashed holder's lease
+expires). Deletes go in batches of `batch_size` rows by the (org_id, ended_at) index, each its
+own short transaction, yielding to the event loop between batches, so the writer is never
+blocked for long. Every org's part of a run is recorded in `purge_runs`.
+
+A completed session is purged once its end is more than `retention_days` days before `now`;
+ongoing sessions (no end) never are; orgs kept forever (`retention_days` NULL) are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tunnelacct.enums import SessionStatus
+from tunnelacct.errors import StoreError
+from tunnelacct.models import Org, PurgeLock, PurgeRun, SessionRecord
+from tunnelacct.store import table_of
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "retention"
+LEASE_S = 120.0  # a holder renews it every batch; a crashed one's lease expires after this
+BATCH_SIZE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class OrgPurge:
+    """What a purge did (or, dry, would do) for one org."""
+
+    org_id: str
+    cutoff: datetime
+    deleted: int  # rows deleted, or rows a real run would delete (dry run)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """One purge run: per-org figures, or `locked_by` when another purge held the lock."""
+
+    run_id: str
+    dry_run: bool
+    orgs: tuple[OrgPurge, ...] = ()
+    locked_by: str | None = None
+
+    @property
+    def deleted(self) -> int:
+        """Rows deleted (or counted, dry) over all orgs."""
+        return sum(o.deleted for o in self.orgs)
+
+
+def default_holder() -> str:
+    """This process as a lock holder: host name and a random part (unique per run)."""
+    return f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+
+
+async def purge(
+    engine: AsyncEngine,
+    *,
+    org_id: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    batch_size: int = BATCH_SIZE,
+    holder: str | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> PurgeResult:
+    """Purge every org with a retention (or only `org_id`) as of `now`; see the module doc.
+
+    Returns `locked_by` set, deleting nothing, when another purge holds the lock. Raises
+    StoreError when the store fails (the runs done so far stay recorded, the failed one with
+    outcome "failed").
+    """
+    now = now or clock()
+    holder = holder or default_holder()
+    run_id = uuid.uuid4().hex
+    try:
+        other = await _acquire(engine, holder, clock())
+    except SQLAlchemyError as exc:
+        raise StoreError(f"purge: cannot take the purge lock: {exc}") from exc
+    if other is not None:
+        log.info("purge: another purge is running (%s); nothing to do", other)
+        return PurgeResult(run_id, dry_run, locked_by=other)
+    done: list[OrgPurge] = []
+    try:
+        for org, days in await _retentions(engine, org_id):
+            cutoff = now - timedelta(days=days)
+            record = PurgeRun(
+                run_id=run_id, org_id=org, host=holder, started_at=clock(), cutoff=cutoff,
+                dry_run=dry_run, deleted=0, outcome="running",
+            )  # fmt: skip
+            run_pk = await _record(engine, record)
+            try:
+                if dry_run:
+                    deleted = await _count_expired(engine, org, cutoff)
+                else:
+                    deleted = await _delete_expired(engine, org, cutoff, batch_size, holder, clock)
+            except (SQLAlchemyError, StoreError) as exc:
+                await _finish(engine, run_pk, clock(), "failed", 0, str(exc))
+                raise StoreError(f"purge of org {org!r} failed: {exc}") from exc
+            await _finish(engine, run_pk, clock(), "ok", deleted, None)
+            log.info(
+                "purge: org %s: %s %d sessions that ended before %s",
+                org, "would delete" if dry_run else "deleted", deleted, cutoff.isoformat(),
+            )  # fmt: skip
+            done.append(OrgPurge(org, cutoff, deleted))
+    finally:
+        await _release(engine, holder)
+    return PurgeResult(run_id, dry_run, tuple(done))
+
+
+async def _retentions(engine: AsyncEngine, org_id: str | None) -> list[tuple[str, int]]:
+    """(org, days) of the orgs to purge: those with a retention, in id order."""
+    t = table_of(Org)
+    stmt = select(t.c.id, t.c.retention_days).where(t.c.retention_days.is_not(None))
+    if org_id is not None:
+        stmt = stmt.where(t.c.id == org_id)
+    async with engine.connect() as conn:
+        return [(org, int(days)) for org, days in (await conn.execute(stmt.order_by(t.c.id)))]
+
+
+def _expired(org_id: str, cutoff: datetime) -> list[ColumnElement[bool]]:
+    t = table_of(SessionRecord)
+    return [
+        t.c.org_id == org_id,
+        t.c.status == SessionStatus.COMPLETED.value,
+        t.c.ended_at < cutoff,
+    ]
+
+
+async def _count_expired(engine: AsyncEngine, org_id: str, cutoff: datetime) -> int:
+    t = table_of(SessionRecord)
+    stmt = select(func.count()).select_from(t).where(*_expired(org_id, cutoff))
+    async with engine.connect() as conn:
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+async def _delete_expired(
+    engine: AsyncEngine,
+    org_id: str,
+    cutoff: datetime,
+    batch_size: int,
+    holder: str,
+    clock: Callable[[], datetime],
+) -> int:
+    """Delete in batches by the (org_id, ended_at) index, one short transaction each."""
+    t = table_of(SessionRecord)
+    batch = (
+        select(t.c.id)
+        .where(*_expired(org_id, cutoff))
+        .order_by(t.c.ended_at)
+        .limit(batch_size)
+        .scalar_subquery()
+    )
+    stmt = delete(t).where(t.c.id.in_(batch))
+    deleted = 0
+    while True:
+        async with engine.begin() as conn:
+            n = (await conn.execute(stmt)).rowcount
+            if not await _renew(conn, holder, clock()):
+                raise StoreError("the purge lock was lost (lease expired); stopping")
+        deleted += n
+        if n < batch_size:
+            return deleted
+        await asyncio.sleep(0)  # let the writer and the API run between batches
+
+
+async def _acquire(engine: AsyncEngine, holder: str, now: datetime) -> str | None:
+    """Take the lease; None when taken, else who holds it."""
+    t = table_of(PurgeLock)
+    free = (t.c.holder.is_(None)) | (t.c.expires_at < now)
+    stmt = (
+        update(t)
+        .where(t.c.name == LOCK_NAME, free)
+        .values(holder=holder, expires_at=now + timedelta(seconds=LEASE_S))
+    )
+    async with engine.begin() as conn:
+        if (await conn.execute(stmt)).rowcount == 1:
+            return None
+        row = (await conn.execute(select(t.c.holder).where(t.c.name == LOCK_NAME))).first()
+    if row is None:
+        raise StoreError("purge: no purge lock row; run `tunnelacct db upgrade`")
+    return str(row[0])
+
+
+async def _renew(conn: AsyncConnection, holder: str, now: datetime) -> bool:
+    t = table_of(PurgeLock)
+    stmt = (
+        update(t)
+        .where(t.c.name == LOCK_NAME, t.c.holder == holder)
+        .values(expires_at=now + timedelta(seconds=LEASE_S))
+    )
+    return (await conn.execute(stmt)).rowcount == 1
+
+
+async def _release(engine: AsyncEngine, holder: str) -> None:
+    t = table_of(PurgeLock)
+    stmt = update(t).where(t.c.name == LOCK_NAME, t.c.holder == holder)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(stmt.values(holder=None, expires_at=None))
+    except SQLAlchemyError as exc:  # the lease expires by itself
+        log.warning("purge: could not release the purge lock: %s", exc)
+
+
+async def _record(engine: AsyncEngine, run: PurgeRun) -> int:
+    t = table_of(PurgeRun)
+    values = {c.name: getattr(run, c.name) for c in t.columns if c.name != "id"}
+    async with engine.begin() as conn:
+        result = await conn.execute(t.insert().values(**values))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+async def _finish(
+    engine: AsyncEngine, pk: int, ended_at: datetime, outcome: str, deleted: int, error: str | None
+) -> None:
+    t = table_of(PurgeRun)
+    stmt = update(t).where(t.c.id == pk)
+    stmt = stmt.values(ended_at=ended_at, outcome=outcome, deleted=deleted, error=error)
+    async with engine.begin() as conn:
+        await conn.execute(stmt)
