@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.serving import dump_toml
 from tests.helpers.sqlite import raw_query
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
@@ -93,6 +95,14 @@ def spread(orgs: tuple[str, ...]) -> list[SessionRecord]:
             edge = DAYS[org]
             rows += [session(org, edge - 1e-6), session(org, edge + 1e-6)]
     return rows
+
+
+def counts(db: Path) -> dict[str, int]:
+    """Sessions per org, read with stdlib sqlite3."""
+    return {
+        str(org): int(n)
+        for org, n in raw_query(db, "SELECT org_id, count(*) FROM sessions GROUP BY 1")
+    }
 
 
 def remaining(db: Path) -> set[str]:
@@ -240,3 +250,38 @@ def test_an_org_with_logging_off_stores_no_session_through_the_real_import(
     assert counts["on"]["globex"] > 0  # the capture has globex traffic
     assert "globex" not in counts["off"]
     assert counts["off"]["acme"] == counts["on"]["acme"]
+
+
+def test_purge_after_importing_captures_shifted_back_in_time(tmp_path: Path) -> None:
+    """The real import path: the recorded capture shifted (editcap -t) to have ended about 100,
+    20 and 3 days ago, imported three times; acme keeps 7 days, globex 30."""
+    from scapy.utils import rdpcap
+
+    packets = rdpcap(str(DATA / "wg-small.pcap"))
+    last = float(packets[-1].time)
+    doc = tomllib.loads((DATA / "wg-small.toml").read_text(encoding="utf-8"))
+    days_of = {"acme": 7, "globex": 30}
+    for org in doc["orgs"]:
+        org["retention_days"] = days_of[org["id"]]
+    config = tmp_path / "r.toml"
+    config.write_text(dump_toml(doc), encoding="utf-8")
+    db = tmp_path / "r.db"
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    now = datetime.now(UTC).timestamp()
+    per_copy: dict[int, dict[str, int]] = {}
+    for days in (100, 20, 3):
+        shifted = tmp_path / f"d{days}.pcap"
+        offset = now - days * 86400 - last  # the last packet lands `days` days ago
+        subprocess.run(["editcap", "-t", f"{offset:.6f}", str(DATA / "wg-small.pcap"),
+                        str(shifted)], check=True, capture_output=True)  # fmt: skip
+        before = counts(db) if db.exists() else {}
+        run_cli("import", "--config", str(config), str(shifted), env=env)
+        per_copy[days] = {org: n - before.get(org, 0) for org, n in counts(db).items()}
+    assert per_copy[100]["acme"] > 0 and per_copy[100]["globex"] > 0
+    out = run_cli("purge", "--config", str(config), env=env).stdout
+    assert counts(db) == {
+        "acme": per_copy[3]["acme"],
+        "globex": per_copy[20]["globex"] + per_copy[3]["globex"],
+    }
+    assert f"org acme: deleted {per_copy[100]['acme'] + per_copy[20]['acme']} sessions" in out
+    assert f"org globex: deleted {per_copy[100]['globex']} sessions" in out
