@@ -463,6 +463,10 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("api-listen-big-port", "[api]\nlisten = \"127.0.0.1:70000\" #<\n", "[api] listen",
      "127.0.0.1:70000", 'expected "host:port"'),
     ("api-listen-int", "[api]\nlisten = 8080 #<\n", "[api] listen", 8080, "host:port"),
+    ("retention-interval-zero", "[retention]\ninterval = 0 #<\n", "[retention] interval", 0,
+     "seconds > 0"),
+    ("retention-interval-string", "[retention]\ninterval = \"1h\" #<\n", "[retention] interval",
+     "1h", "seconds > 0"),
     ("export-workers-negative", "[api]\nexport_workers = -1 #<\n", "[api] export_workers", -1,
      "integer 0-64"),
     ("export-workers-bool", "[api]\nexport_workers = true #<\n", "[api] export_workers", True,
@@ -779,3 +783,9 @@ def test_api_listen_and_export_workers(tmp_path: Path) -> None:
     api = load_config(path, environ={}).api
     assert (api.host, api.port, api.export_workers) == ("::1", 9090, 0)
     assert load_config(None, environ={}).api.export_workers == 1  # README's default
+
+
+def test_retention_interval_defaults_to_an_hour_and_loads(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).retention.interval_s == 3600.0
+    path = write(tmp_path, "[retention]\ninterval = 90\n")
+    assert load_config(path, environ={}).retention.interval_s == 90.0

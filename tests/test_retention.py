@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.accuracy import run_cli
-from tests.helpers.serving import dump_toml
+from tests.helpers.serving import Serve, dump_toml
 from tests.helpers.sqlite import raw_query
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
@@ -252,17 +256,19 @@ def test_an_org_with_logging_off_stores_no_session_through_the_real_import(
     assert counts["off"]["acme"] == counts["on"]["acme"]
 
 
-def test_purge_after_importing_captures_shifted_back_in_time(tmp_path: Path) -> None:
-    """The real import path: the recorded capture shifted (editcap -t) to have ended about 100,
-    20 and 3 days ago, imported three times; acme keeps 7 days, globex 30."""
+def shifted_store(
+    tmp_path: Path, retention: dict[str, int], extra: dict[str, dict[str, Any]] | None = None
+) -> tuple[Path, Path, dict[int, dict[str, int]]]:
+    """A config (wg-small.toml with `retention` per org, plus `extra` sections) and a store
+    holding the recorded capture shifted (editcap -t) to have ended 100, 20 and 3 days ago;
+    returns (config, db, sessions per org of each copy)."""
     from scapy.utils import rdpcap
 
-    packets = rdpcap(str(DATA / "wg-small.pcap"))
-    last = float(packets[-1].time)
+    last = float(rdpcap(str(DATA / "wg-small.pcap"))[-1].time)
     doc = tomllib.loads((DATA / "wg-small.toml").read_text(encoding="utf-8"))
-    days_of = {"acme": 7, "globex": 30}
     for org in doc["orgs"]:
-        org["retention_days"] = days_of[org["id"]]
+        org["retention_days"] = retention[org["id"]]
+    doc.update(extra or {})
     config = tmp_path / "r.toml"
     config.write_text(dump_toml(doc), encoding="utf-8")
     db = tmp_path / "r.db"
@@ -278,6 +284,13 @@ def test_purge_after_importing_captures_shifted_back_in_time(tmp_path: Path) -> 
         run_cli("import", "--config", str(config), str(shifted), env=env)
         per_copy[days] = {org: n - before.get(org, 0) for org, n in counts(db).items()}
     assert per_copy[100]["acme"] > 0 and per_copy[100]["globex"] > 0
+    return config, db, per_copy
+
+
+def test_purge_after_importing_captures_shifted_back_in_time(tmp_path: Path) -> None:
+    """The real import path, three copies of the capture; acme keeps 7 days, globex 30."""
+    config, db, per_copy = shifted_store(tmp_path, {"acme": 7, "globex": 30})
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
     out = run_cli("purge", "--config", str(config), env=env).stdout
     assert counts(db) == {
         "acme": per_copy[3]["acme"],
@@ -285,3 +298,42 @@ def test_purge_after_importing_captures_shifted_back_in_time(tmp_path: Path) -> 
     }
     assert f"org acme: deleted {per_copy[100]['acme'] + per_copy[20]['acme']} sessions" in out
     assert f"org globex: deleted {per_copy[100]['globex']} sessions" in out
+
+
+def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = {"retention": {"interval": 1}, "api": {"listen": f"127.0.0.1:{port}"}}
+    config, db, per_copy = shifted_store(tmp_path, {"acme": 7, "globex": 30}, extra)
+
+    def wait_for(what: str, ok: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not ok():
+            assert time.monotonic() < deadline, f"no {what}:\n{serve.log()}"
+            time.sleep(0.2)
+
+    with Serve(None, config, db, tmp_path) as serve:
+        serve.start(wait_for="")
+        wait_for("first purge", lambda: counts(db).get("acme") == per_copy[3]["acme"])
+        assert counts(db)["globex"] == per_copy[20]["globex"] + per_copy[3]["globex"]
+        # an edit of the file takes effect at the next purge, without a restart
+        config.write_text(config.read_text().replace("retention_days = 30",
+                                                     "retention_days = 10"))  # fmt: skip
+        wait_for("purge with the edited retention",
+                 lambda: counts(db).get("globex") == per_copy[3]["globex"])  # fmt: skip
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert serve.stop() == 0, serve.log()
+    samples = {(s.name, tuple(s.labels.items())): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    deleted = samples["tunnelacct_retention_deleted_sessions_total", (("org", "acme"),)]
+    assert deleted == per_copy[100]["acme"] + per_copy[20]["acme"]
+    assert samples["tunnelacct_retention_deleted_sessions_total", (("org", "globex"),)] == (
+        per_copy[100]["globex"] + per_copy[20]["globex"]
+    )
+    assert samples["tunnelacct_retention_last_success_timestamp_seconds", ()] > time.time() - 60
+    hosts = raw_query(db, "SELECT DISTINCT outcome FROM purge_runs")
+    assert hosts == [("ok",)]

@@ -37,6 +37,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "wireguard": ("interfaces", "refresh"),
     "service": ("queue_packets", "shutdown_timeout", "status_interval", "session_events"),
     "api": ("listen", "export_workers"),
+    "retention": ("interval",),
 }
 ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
@@ -137,6 +138,13 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """[retention]: how often `serve` purges expired sessions (as `tunnelacct purge` does)."""
+
+    interval_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     """[api]: the REST API of `serve` (absent = no API)."""
 
@@ -162,6 +170,7 @@ class Config:
     wireguard: WireguardConfig = field(default_factory=WireguardConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 _PORT_PART = re.compile(r"([0-9]{1,9})(?:\s*-\s*([0-9]{1,9}))?")

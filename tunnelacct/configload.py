@@ -28,6 +28,7 @@ from tunnelacct.config import (
     DatabaseConfig,
     OrgConfig,
     ResourceConfig,
+    RetentionConfig,
     ServiceConfig,
     Timeouts,
     WireguardConfig,
@@ -152,6 +153,10 @@ class Loader:
             if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
                 self.fail(where, "export_workers", "expected an integer 0-64", _shown(workers))
             api = dataclasses.replace(api, export_workers=workers)
+        where, t = self._section(doc, "retention")
+        retention = RetentionConfig(
+            interval_s=self._seconds(where, t, "interval", RetentionConfig().interval_s)
+        )
         return Config(
             path=self._path,
             database=DatabaseConfig(url),
@@ -166,6 +171,7 @@ class Loader:
             wireguard=wireguard,
             service=service,
             api=api,
+            retention=retention,
         )
 
     def _section(self, doc: Mapping[str, object], name: str) -> tuple[_Where, dict[str, object]]:

@@ -8,7 +8,7 @@ port, session or user.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,14 @@ from tunnelacct.decode import OK, REASONS, SKIPPED_REASONS
 from tunnelacct.pipeline import CaptureStatus
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionFigures:
+    """What the service's purges did since it started."""
+
+    deleted_by_org: Mapping[str, int]
+    last_success_ts: float | None  # epoch seconds of the last purge that completed
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +46,11 @@ class ServiceCollector(Collector):
         self,
         captures: Callable[[], Sequence[CaptureStatus]],
         writer: Callable[[], WriterFigures | None],
+        retention: Callable[[], RetentionFigures | None] = lambda: None,
     ) -> None:
         self._captures = captures
         self._writer = writer
+        self._retention = retention
 
     def collect(self) -> Iterator[Metric]:
         """One sample per capture (and per decode error reason), plus the writer's."""
@@ -91,13 +101,30 @@ class ServiceCollector(Collector):
                 "Writer flushes that failed and were retried",
                 value=figures.failed_flushes,
             )
+        purges = self._retention()
+        if purges is not None:
+            deleted = CounterMetricFamily(
+                "tunnelacct_retention_deleted_sessions",
+                "Sessions deleted by retention purges of this service",
+                labels=["org"],
+            )
+            for org, n in sorted(purges.deleted_by_org.items()):
+                deleted.add_metric([org], n)
+            yield deleted
+            if purges.last_success_ts is not None:
+                yield GaugeMetricFamily(
+                    "tunnelacct_retention_last_success_timestamp_seconds",
+                    "When a retention purge of this service last completed (epoch seconds)",
+                    value=purges.last_success_ts,
+                )
 
 
 def service_registry(
     captures: Callable[[], Sequence[CaptureStatus]],
     writer: Callable[[], WriterFigures | None],
+    retention: Callable[[], RetentionFigures | None] = lambda: None,
 ) -> CollectorRegistry:
     """A registry holding only the service's collector (no process or platform metrics)."""
     registry = CollectorRegistry()
-    registry.register(ServiceCollector(captures, writer))
+    registry.register(ServiceCollector(captures, writer, retention))
     return registry

@@ -24,17 +24,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tunnelacct.config import ClientConfig, Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tunnelacct.config import ClientConfig, Config, load_config
 from tunnelacct.enums import CloseReason, EventKind
-from tunnelacct.errors import TunnelacctError
+from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
 from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
-from tunnelacct.metrics import WriterFigures, service_registry
+from tunnelacct.metrics import RetentionFigures, WriterFigures, service_registry
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
+from tunnelacct.retention import purge
 from tunnelacct.siem import SessionEventLog
-from tunnelacct.store import make_engine, ongoing_sessions, sync_inventory, unlogged_orgs
+from tunnelacct.store import (
+    configured_orgs,
+    make_engine,
+    ongoing_sessions,
+    sync_inventory,
+    sync_orgs,
+    unlogged_orgs,
+)
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.writer import SessionWriter
 
@@ -69,6 +79,9 @@ class Service:
         self.writer: SessionWriter | None = None
         self.event_log: SessionEventLog | None = None
         self.export_workers: ExportWorkers | None = None  # the API's CSV export processes
+        # sessions deleted by this service's purges, per org (0 for every org known at start)
+        self.purged: dict[str, int] = {o.id: 0 for o in configured_orgs(config)}
+        self.last_purge_ts: float | None = None
         self._clients = config.clients
         self._inventory = Inventory.from_config(config)
         self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # interface -> last good peers
@@ -107,6 +120,7 @@ class Service:
                 await self._resume(engine, sink)  # before any packet reaches a flow table
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
+                helpers.append(tg.create_task(self._purge_loop(engine)))
                 api_task = None
                 if api_server is not None:
                     api_task = tg.create_task(api_server.serve(sockets=[api_socket]))
@@ -193,7 +207,9 @@ class Service:
             raise TunnelacctError(
                 f"[api] listen {api.host}:{api.port}: {e.strerror or e}"
             ) from None
-        registry = service_registry(self._capture_statuses, self._writer_figures)
+        registry = service_registry(
+            self._capture_statuses, self._writer_figures, self._retention_figures
+        )
         if api.export_workers > 0:
             self.export_workers = ExportWorkers(api.export_workers)
         ctx = ApiContext(
@@ -203,6 +219,38 @@ class Service:
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
         return Server(config), sock
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def _purge_loop(self, engine: AsyncEngine) -> None:
+        """Purge every [retention] interval, as `tunnelacct purge` does; failures are logged."""
+        while True:
+            await asyncio.sleep(self.config.retention.interval_s)
+            await self.purge_once(engine)
+
+    async def purge_once(self, engine: AsyncEngine) -> None:
+        """One purge with the retention the config file says now (re-read: no restart needed)."""
+        config: Config | None = self.config
+        if self.config.path is not None:
+            try:
+                config = await asyncio.to_thread(load_config, self.config.path)
+            except ConfigError as e:
+                log.error("purge: %s; purging with the retention last stored", e)
+                config = None
+        try:
+            if config is not None:
+                await sync_orgs(engine, config)
+            result = await purge(engine)
+        except StoreError as e:
+            log.error("purge failed: %s", e)
+            return
+        if result.locked_by is None:
+            for p in result.orgs:
+                self.purged[p.org_id] = self.purged.get(p.org_id, 0) + p.deleted
+            self.last_purge_ts = time.time()
+
+    def _retention_figures(self) -> RetentionFigures:
+        return RetentionFigures(dict(self.purged), self.last_purge_ts)
 
     def _capture_statuses(self) -> list[CaptureStatus]:
         return [p.status for p in self.pipelines]

@@ -256,6 +256,17 @@ async def sync_inventory(
     )
 
 
+async def sync_orgs(engine: AsyncEngine, config: Config, *, now: datetime | None = None) -> None:
+    """Upsert only the orgs of `config` (names, retention, logging); for a running service's
+    purge, which must not touch the clients and resources it attributes with."""
+    rows = inventory_rows(config, now or datetime.now(UTC))[table_of(Org)]
+    try:
+        async with engine.begin() as conn:
+            await _upsert_changed(conn, table_of(Org), rows)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"org sync failed: {exc}") from exc
+
+
 async def stored_org_ids(engine: AsyncEngine) -> set[str]:
     """Ids of every org the store knows (configured now or before)."""
     async with engine.connect() as db:
