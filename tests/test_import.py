@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ def test_reimporting_a_file_updates_instead_of_duplicating(tmp_path: Path) -> No
     first = read_session_rows(db)
     run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"), env=env)
     assert sorted(r["id"] for r in read_session_rows(db)) == sorted(r["id"] for r in first)
+
+
+def test_session_ids_begin_with_the_start_in_unix_milliseconds(tmp_path: Path) -> None:
+    # Time-ordered ids keep the primary key index in start order (appends, range purges).
+    db = tmp_path / "ids.db"
+    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"),
+            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
+    rows = read_session_rows(db)
+    assert len(rows) > 10
+    for row in rows:
+        started = datetime.fromisoformat(row["started_at"]).replace(tzinfo=UTC)
+        ms = (started - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+        assert int(row["id"][:12], 16) == ms, row
+        assert row["id"][12] == "8"  # RFC 9562 version 8
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)  # distinct ms here
 
 
 def _pcap_records(path: Path) -> int:

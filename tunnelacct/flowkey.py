@@ -47,12 +47,20 @@ def session_id(
     namespace: bytes, family: int, proto: int, src: int, sport: int, dst: int, dport: int,
     started_ts: float,
 ) -> uuid.UUID:  # fmt: skip
-    """A name-based UUID (RFC 9562 version 8 layout): BLAKE2b of the initiator-first 5-tuple and
-    start time, keyed by the gateway's namespace. Stable: the same packets give the same id."""
+    """A name-based, time-ordered UUID (RFC 9562 version 8, laid out like version 7): the start
+    time in Unix milliseconds (48 bits), then BLAKE2b of the initiator-first 5-tuple and start
+    time keyed by the gateway's namespace. Stable: the same packets give the same id.
+
+    Time first, so that ids of sessions that start together sit together in the primary key's
+    index: the writer appends to it and a retention purge removes whole runs of it, instead of
+    touching a random page per row (5x faster purges on SQLite, README "Performance").
+    """
     name = _ID_FIELDS.pack(
         family, proto, src.to_bytes(16, "big"), sport, dst.to_bytes(16, "big"), dport, started_ts
     )
     raw = bytearray(hashlib.blake2b(name, digest_size=16, key=namespace).digest())
+    ms = round(started_ts * 1_000_000) // 1000  # as started_at (microseconds) shows it
+    raw[0:6] = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
     return uuid.UUID(bytes=bytes(raw))

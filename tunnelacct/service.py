@@ -213,7 +213,10 @@ class Service:
         if api.export_workers > 0:
             self.export_workers = ExportWorkers(api.export_workers)
         ctx = ApiContext(
-            engine, not_ready=self._not_ready, metrics=registry, export_workers=self.export_workers
+            engine,
+            not_ready=self._not_ready,
+            metrics=registry,
+            export_workers=self.export_workers,
         )
         app = create_app(ctx)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
@@ -364,6 +367,7 @@ class Service:
                 "rows_written": w.rows_written,
                 "flushes": w.flushes,
                 "failed_flushes": w.failed_flushes,
+                "write_seconds_max": round(w.write_seconds_max, 6),
                 "last_flush_at": w.last_flush_at.isoformat() if w.last_flush_at else None,
             },
         }

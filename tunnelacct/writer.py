@@ -18,6 +18,7 @@ those are exactly what SQLAlchemy's types would store (`driver_values()`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import logging
@@ -268,7 +269,8 @@ class SessionWriter:
 
     Usage: start `run()` as a task, `submit()` events, then `await close()` at shutdown.
     The engine must be SQLite or PostgreSQL (StoreError otherwise).
-    Stats: `rows_written`, `flushes`, `failed_flushes`, `write_seconds_total`, `last_flush_at`,
+    Stats: `rows_written`, `flushes`, `failed_flushes`, `write_seconds_total`,
+    `write_seconds_max` and `recent_write_seconds` (the last 4096 flushes), `last_flush_at`,
     `stale_events` (late non-closing events for an already closed pending session), `pending`
     and `unlogged_events` (events of `unlogged_orgs`, the orgs with logging = false: dropped).
     """
@@ -309,6 +311,8 @@ class SessionWriter:
         self.failed_flushes = 0
         self.stale_events = 0
         self.write_seconds_total = 0.0
+        self.write_seconds_max = 0.0  # the longest flush: what a stall of the store costs
+        self.recent_write_seconds: collections.deque[float] = collections.deque(maxlen=4096)
         self.last_flush_at: datetime | None = None
 
     @property
@@ -444,7 +448,10 @@ class SessionWriter:
             async with self._engine.begin() as conn:
                 await conn.exec_driver_sql(self._sql, rows)
         finally:
-            self.write_seconds_total += time.perf_counter() - started  # failed attempts too
+            took = time.perf_counter() - started
+            self.write_seconds_total += took  # failed attempts too
+            self.write_seconds_max = max(self.write_seconds_max, took)
+            self.recent_write_seconds.append(took)
         self.flushes += 1
         self.rows_written += len(rows)
         self.last_flush_at = datetime.now(UTC)

@@ -53,6 +53,12 @@ T0 = datetime(2026, 7, 1, tzinfo=UTC)
 ORGS = ("acme",) * 6 + ("globex",) * 3 + ("initech",)
 
 
+def time_ordered(start: datetime) -> str:
+    """A random id laid out like tunnelacct's session ids: Unix ms of the start first."""
+    ms = int(start.timestamp() * 1000)
+    return f"{ms:012x}8{uuid.uuid4().hex[:3]}a{uuid.uuid4().hex[:15]}"
+
+
 def seed_rows(rng: random.Random) -> list[tuple[object, ...]]:
     """SEEDS session rows in the stored form (naive UTC text times, hex ids)."""
     rows = []
@@ -67,7 +73,7 @@ def seed_rows(rng: random.Random) -> list[tuple[object, ...]]:
         ongoing = rng.random() < 0.02
         pkts = rng.randrange(2, 400)
         rows.append((
-            uuid.uuid4().hex, org, f"{org}-c{client}", f"{org} laptop {client}", f"user{client}",
+            time_ordered(start), org, f"{org}-c{client}", f"{org} laptop {client}", f"user{client}",
             f"{org}-r{resource}", f"{org} service {resource}", "udp" if udp else "tcp", 4,
             f"100.64.{client}.2", f"10.99.{resource}.5", rng.randrange(1024, 65536),
             (53, 443, 5432, 22)[resource], start.strftime("%Y-%m-%d %H:%M:%S.%f"),
@@ -90,7 +96,9 @@ def build(db: Path, sessions: int) -> None:
         conn.executemany(f"INSERT INTO sessions VALUES ({marks})", seed_rows(random.Random(7)))
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         orgs = [(org, org.title(), 365, now) for org in sorted(set(ORGS))]
-        conn.executemany("INSERT INTO orgs VALUES (?, ?, ?, ?)", orgs)
+        conn.executemany(
+            "INSERT INTO orgs (id, name, retention_days, updated_at) VALUES (?, ?, ?, ?)", orgs
+        )
     conn.close()
     started = time.perf_counter()
     replicate_sessions(db, sessions // SEEDS - 1, STEP_S)

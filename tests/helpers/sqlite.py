@@ -15,6 +15,16 @@ def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]
         conn.close()
 
 
+def time_ordered_id(started_at: str) -> str:
+    """SQL for a random session id laid out like tunnelacct's (flowkey.session_id): 48 bits of
+    the start's Unix milliseconds, version 8, variant 10, random bits (32 hex digits)."""
+    ms = f"CAST(round((julianday({started_at}) - 2440587.5) * 86400000) AS INTEGER)"
+    return (
+        f"(printf('%012x', {ms}) || '8' || substr(lower(hex(randomblob(2))), 1, 3)"
+        " || 'a' || substr(lower(hex(randomblob(8))), 1, 15))"
+    )
+
+
 def replicate_sessions(
     path: Path, copies: int, step_s: int, org_id: str | None = None, *, chunk: int = 200
 ) -> int:
@@ -32,7 +42,7 @@ def replicate_sessions(
     sql = f"""
         WITH RECURSIVE n(k) AS (SELECT ? UNION ALL SELECT k + 1 FROM n WHERE k < ?)
         INSERT INTO sessions
-        SELECT lower(hex(randomblob(16))), org_id, client_id, client_name, user_id,
+        SELECT {time_ordered_id(shifted("started_at"))}, org_id, client_id, client_name, user_id,
                resource_id, resource_name, protocol, ip_version, src_addr, dst_addr,
                (src_port + k) % 65536, dst_port, {shifted("started_at")},
                CASE WHEN ended_at IS NULL THEN NULL ELSE {shifted("ended_at")} END,
