@@ -7,8 +7,11 @@ import base64
 import csv
 import io
 import json
+import sqlite3
 import tomllib
 from collections.abc import AsyncIterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -21,10 +24,12 @@ from tunnelacct import api as api_module
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token, revoke_token
 from tunnelacct.export import export_org_csv
+from tunnelacct.retention import purge
 from tunnelacct.store import make_engine
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
+NOW = datetime(2026, 12, 1, tzinfo=UTC)  # the app's clock (updated_at) and the purges' now
 
 
 @pytest.fixture
@@ -45,7 +50,9 @@ async def client(imported: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[
     revoked, row = await create_token(engine, Role.AUDITOR, org_id="acme")
     await revoke_token(engine, row.id)
     tokens["revoked"] = revoked
-    app = create_app(ApiContext(engine))
+    # every org of the freshly imported store was written from the config
+    config_orgs = frozenset(str(o) for (o,) in raw_query(imported, "select id from orgs"))
+    app = create_app(ApiContext(engine, config_orgs=config_orgs, clock=lambda: NOW))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c, tokens
@@ -302,3 +309,243 @@ async def test_a_malformed_cursor_is_400_naming_it(client: Client, cursor: str) 
     r = await c.get("/api/v1/orgs/acme/sessions", params={"cursor": cursor},
                     headers=bearer(tokens["acme"]))  # fmt: skip
     assert r.status_code == 400 and cursor in r.json()["detail"]
+
+
+# --- admin-only routes: purge runs and retention ---------------------------------------------
+
+RETENTION_IN_CONFIG = {"acme": 30, "globex": 7, "unattributed": 30}  # wg-small.toml (+ default)
+
+
+def add_org(db: Path, org_id: str, retention_days: int | None) -> None:
+    """An org the config does not define (left from an earlier config, say), with stdlib sqlite3."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "insert into orgs (id, name, retention_days, updated_at, logging)"
+            " values (?, ?, ?, '2026-01-01 00:00:00.000000', 1)",
+            (org_id, org_id.title(), retention_days),
+        )
+
+
+def org_rows(db: Path) -> list[tuple[object, ...]]:
+    return raw_query(db, "select * from orgs order by id")
+
+
+RETENTION_ROUTES = [
+    ("GET", "/api/v1/purge-runs", None),
+    ("PATCH", "/api/v1/orgs/acme", {"retention_days": 5}),  # the auditor's own org
+    ("PATCH", "/api/v1/orgs/initech", {"retention_days": 5}),  # an API-managed org
+    ("PATCH", "/api/v1/orgs/globex", {"retention_days": 5}),
+    ("PATCH", "/api/v1/orgs/no-such-org", {"retention_days": 5}),
+]
+
+
+async def test_an_auditor_token_is_403_and_no_token_401_on_admin_routes(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    add_org(imported, "initech", 90)
+    before = org_rows(imported)
+    for method, path, body in RETENTION_ROUTES:
+        r = await c.request(method, path, json=body, headers=bearer(tokens["acme"]))
+        # whatever the org, even one that does not exist: an auditor learns nothing from a 403
+        assert (r.status_code, r.json()) == (403, {
+            "detail": "this needs an admin token; this one is an auditor token of org 'acme'"
+        }), path  # fmt: skip
+        for headers in ({}, bearer(tokens["revoked"])):
+            r = await c.request(method, path, json=body, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+    assert org_rows(imported) == before
+
+
+async def test_purge_runs_list_what_real_purges_recorded_newest_first(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    # the purges' oracle: each org's cutoff from its retention in the config file, and README's
+    # rule over the stored text (fixed width, so text order is time order)
+    cutoffs = {org: NOW - timedelta(days=days) for org, days in RETENTION_IN_CONFIG.items()}
+    expired = {
+        org: raw_query(imported, "select count(*) from sessions where org_id = ? and status ="
+                       " 'completed' and ended_at < ?", org, f"{cutoff:%Y-%m-%d %H:%M:%S.%f}")
+        for org, cutoff in cutoffs.items()
+    }  # fmt: skip
+    assert expired == {"acme": [(0,)], "globex": [(7,)], "unattributed": [(0,)]}  # 7 < 30 days
+    engine = make_engine(f"sqlite:///{imported}")
+    try:
+        dry = await purge(engine, dry_run=True, now=NOW, holder="host-a/1")
+        real = await purge(engine, now=NOW, holder="host-b/2")
+    finally:
+        await engine.dispose()
+    for result in (dry, real):
+        assert {o.org_id: (o.cutoff, o.deleted) for o in result.orgs} == {
+            org: (cutoff, expired[org][0][0]) for org, cutoff in cutoffs.items()
+        }
+    assert raw_query(imported, "select count(*) from sessions where org_id = 'globex'") == [(0,)]
+    r = await c.get("/api/v1/purge-runs", headers=bearer(tokens["admin"]))
+    assert r.status_code == 200
+    runs = r.json()
+    expected = [(dry, o, "host-a/1") for o in dry.orgs] + [(real, o, "host-b/2") for o in real.orgs]
+    assert len(runs) == len(expected) == 6
+    for got, (result, part, host) in zip(runs, reversed(expected), strict=True):
+        assert {k: got[k] for k in got.keys() - {"id", "started_at", "ended_at"}} == {
+            "run_id": result.run_id,
+            "org_id": part.org_id,
+            "host": host,
+            "cutoff": part.cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "dry_run": result.dry_run,
+            "deleted": part.deleted,
+            "outcome": "ok",
+            "error": None,
+        }
+        started, ended = (datetime.fromisoformat(got[k]) for k in ("started_at", "ended_at"))
+        assert got["started_at"].endswith("Z") and started.tzinfo == UTC and started <= ended
+    stored = raw_query(imported, "select id, run_id, org_id from purge_runs order by id desc")
+    assert [(x["id"], x["run_id"], x["org_id"]) for x in runs] == stored
+    two = await c.get("/api/v1/purge-runs", params={"limit": 2}, headers=bearer(tokens["admin"]))
+    assert two.json() == runs[:2]
+    for limit in (0, 1001, "x"):
+        r = await c.get("/api/v1/purge-runs", params={"limit": limit},
+                        headers=bearer(tokens["admin"]))  # fmt: skip
+        assert r.status_code == 422, limit
+
+
+async def test_an_org_shows_its_retention_logging_and_who_sets_it(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    add_org(imported, "initech", None)
+    auditor, admin = bearer(tokens["acme"]), bearer(tokens["admin"])
+    r = await c.get("/api/v1/orgs/acme", headers=auditor)
+    assert r.json() == {"id": "acme", "name": "Acme Corp", "retention_days": 30,
+                        "logging": True, "source": "config"}  # fmt: skip
+    for org in ("globex", "initech", "no-such-org"):
+        r = await c.get(f"/api/v1/orgs/{org}", headers=auditor)
+        assert (r.status_code, r.json()) == (404, {"detail": f"no org {org!r}"})
+    assert (await c.get("/api/v1/orgs/globex", headers=admin)).json()["retention_days"] == 7
+    r = await c.get("/api/v1/orgs/initech", headers=admin)
+    assert r.json() == {"id": "initech", "name": "Initech", "retention_days": "forever",
+                        "logging": True, "source": "api"}  # fmt: skip
+    assert (await c.get("/api/v1/orgs/no-such-org", headers=admin)).status_code == 404
+    assert (await c.get("/api/v1/orgs/acme")).status_code == 401
+
+
+async def test_a_patched_retention_is_what_the_next_purge_applies(imported: Path) -> None:
+    # acme as an org the config does not define: its retention is the API's to set
+    engine = make_engine(f"sqlite:///{imported}")
+    admin, _ = await create_token(engine, Role.ADMIN)
+    ctx = ApiContext(engine, config_orgs=frozenset({"globex", "unattributed"}), clock=lambda: NOW)
+    ends = [str(e) for (e,) in raw_query(imported, "select ended_at from sessions"
+                                         " where org_id = 'acme' order by ended_at")]  # fmt: skip
+    pivot = datetime.fromisoformat(ends[len(ends) // 2]).replace(tzinfo=UTC)
+    now = pivot + timedelta(days=2)  # so that 2 days keeps the later half, 30 days keeps all
+    acme_ids = "select id from sessions where org_id = 'acme' order by id"
+    before = raw_query(imported, acme_ids)
+    # the oracle: README's rule over the stored text (fixed width, so text order is time order)
+    doomed = raw_query(
+        imported,
+        "select id from sessions where org_id = 'acme' and status = 'completed'"
+        " and ended_at < ? order by id", ends[len(ends) // 2],
+    )  # fmt: skip
+    assert 0 < len(doomed) < len(before)
+    try:
+        unchanged = await purge(engine, org_id="acme", dry_run=True, now=now)
+        assert [(o.org_id, o.deleted) for o in unchanged.orgs] == [("acme", 0)]  # 30 days
+        transport = httpx.ASGITransport(app=create_app(ctx))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.patch("/api/v1/orgs/acme", json={"retention_days": 2},
+                              headers=bearer(admin))  # fmt: skip
+            assert (r.status_code, r.json()) == (200, {
+                "id": "acme", "name": "Acme Corp", "retention_days": 2, "logging": True,
+                "source": "api"})  # fmt: skip
+            assert r.json() == (await c.get("/api/v1/orgs/acme", headers=bearer(admin))).json()
+            stored = raw_query(imported, "select retention_days, updated_at from orgs"
+                                         " where id = 'acme'")  # fmt: skip
+            assert stored == [(2, "2026-12-01 00:00:00.000000")]  # updated_at: the app's clock
+            result = await purge(engine, now=now)
+            acme = [o for o in result.orgs if o.org_id == "acme"]
+            assert [(o.cutoff, o.deleted) for o in acme] == [(pivot, len(doomed))]
+            assert raw_query(imported, acme_ids) == sorted(set(before) - set(doomed))
+
+            r = await c.patch("/api/v1/orgs/acme", json={"retention_days": "forever"},
+                              headers=bearer(admin))  # fmt: skip
+            assert r.json()["retention_days"] == "forever"
+            assert raw_query(imported, "select retention_days from orgs where id = 'acme'") == [
+                (None,)
+            ]
+            later = await purge(engine, now=now + timedelta(days=3650))
+            assert "acme" not in {o.org_id for o in later.orgs}  # kept forever: skipped
+            assert raw_query(imported, acme_ids) == sorted(set(before) - set(doomed))
+    finally:
+        await engine.dispose()
+
+
+BAD_BODIES = [
+    (b'{"retention_days": 0}', "retention_days 0: "),
+    (b'{"retention_days": -5}', "retention_days -5: "),
+    (b'{"retention_days": 36501}', "retention_days 36501: "),
+    (b'{"retention_days": true}', "retention_days true: "),
+    (b'{"retention_days": 1.5}', "retention_days 1.5: "),
+    (b'{"retention_days": 30.0}', "retention_days 30.0: "),
+    (b'{"retention_days": "never"}', 'retention_days "never": '),
+    (b'{"retention_days": "Forever"}', 'retention_days "Forever": '),
+    (b'{"retention_days": "30"}', 'retention_days "30": '),
+    (b'{"retention_days": null}', "retention_days null: "),
+    (b'{"retention_days": [30]}', "retention_days [30]: "),
+    (b"{}", "no retention_days: "),
+    (b'{"retention_days": 5, "logging": false}', "unknown keys ['logging']: "),
+    (b"[5]", "body [5]: "),
+    (b"5", "body 5: "),
+    (b"not json", "the body is not JSON: "),
+    (b"", "the body is not JSON: "),
+    (b"[" * 100_000, "the body is not JSON: "),
+]
+WHY_DAYS = ('expected days 1-36500 or "forever" (to store none of an org\'s sessions,'
+            " set logging = false in its [[orgs]] entry)")  # fmt: skip
+WHY_SHAPE = 'send {"retention_days": N or "forever"}'
+
+
+async def test_a_bad_retention_is_400_naming_it_and_changes_nothing(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    add_org(imported, "initech", 90)
+    before = org_rows(imported)
+    headers = bearer(tokens["admin"]) | {"Content-Type": "application/json"}
+    for body, named in BAD_BODIES:
+        r = await c.patch("/api/v1/orgs/initech", content=body, headers=headers)
+        detail = r.json()["detail"]
+        assert r.status_code == 400 and detail.startswith(named), (body[:40], detail)
+        assert detail.endswith(WHY_DAYS) or WHY_SHAPE in detail, detail
+    assert org_rows(imported) == before
+
+
+async def test_a_good_retention_is_stored(client: Client, imported: Path) -> None:
+    c, tokens = client
+    add_org(imported, "initech", 90)
+    for days in (1, 36500, "forever", 30):
+        r = await c.patch("/api/v1/orgs/initech", json={"retention_days": days},
+                          headers=bearer(tokens["admin"]))  # fmt: skip
+        assert (r.status_code, r.json()["retention_days"]) == (200, days)
+        stored = raw_query(imported, "select retention_days from orgs where id = 'initech'")
+        assert stored == [(None if days == "forever" else days,)]
+
+
+async def test_a_config_orgs_retention_is_409_and_changes_nothing(
+    client: Client, imported: Path
+) -> None:
+    c, tokens = client
+    before = org_rows(imported)
+    admin = bearer(tokens["admin"])
+    for org in ("acme", "globex", "unattributed"):
+        for days in (5, "forever"):
+            r = await c.patch(f"/api/v1/orgs/{org}", json={"retention_days": days}, headers=admin)
+            assert (r.status_code, r.json()) == (409, {"detail": (
+                f"org {org!r} is defined in the config file, which sets its retention: "
+                "edit retention_days in its [[orgs]] entry there")})  # fmt: skip
+    # a bad body is a 400 first, whoever owns the org; an org that does not exist a 404
+    r = await c.patch("/api/v1/orgs/acme", json={"retention_days": 0}, headers=admin)
+    assert r.status_code == 400
+    r = await c.patch("/api/v1/orgs/no-such-org", json={"retention_days": 5}, headers=admin)
+    assert (r.status_code, r.json()) == (404, {"detail": "no org 'no-such-org'"})
+    assert org_rows(imported) == before
+    assert (await c.get("/api/v1/orgs/acme", headers=admin)).json()["retention_days"] == 30

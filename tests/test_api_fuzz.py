@@ -2,8 +2,9 @@
 asks and whatever they send, each operation answers with a status that README.md promises, in
 the declared content type and shape, and never with a 5xx.
 
-The store is real (tests/data/wg-small.pcap imported by the CLI). Each operation is fuzzed with
-schemathesis' values as an admin, as the auditor of acme, without a token and with a bad one.
+The store is real (tests/data/wg-small.pcap imported by the CLI, one org added that the config
+does not define, and a purge run recorded). Each operation is fuzzed with schemathesis' values
+as an admin, as the auditor of acme, without a token and with a bad one.
 `q` and `cursor` are free text that a schema cannot describe, so a second fuzz sends filter
 terms (README.md's language, mangled too) and cursor-shaped base64: a bad one is a 400, never a
 500. Both are derandomized: the same requests on every run.
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,6 +41,7 @@ from tests.helpers.accuracy import import_file
 from tests.helpers.sqlite import raw_query
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import TOKEN_PREFIX, Role, create_token, revoke_token
+from tunnelacct.retention import purge
 from tunnelacct.store import make_engine
 
 DATA = Path(__file__).parent / "data"
@@ -47,16 +51,24 @@ OPERATIONS = (
     "GET /readyz",
     "GET /metrics",
     "GET /api/v1/orgs",
+    "GET /api/v1/orgs/{org}",
+    "PATCH /api/v1/orgs/{org}",
     "GET /api/v1/orgs/{org}/clients",
     "GET /api/v1/orgs/{org}/resources",
     "GET /api/v1/orgs/{org}/sessions",
     "GET /api/v1/orgs/{org}/sessions.csv",
+    "GET /api/v1/purge-runs",
 )
+ADMIN_ONLY = ("PATCH /api/v1/orgs/{org}", "GET /api/v1/purge-runs")  # README: 403 for auditors
 CALLERS = ("admin", "auditor", "anonymous", "bad-token")
 AUDITED_ORG = "acme"
-# Examples per operation and caller, and per free-text operation: the file runs in about 30 s
-# on 2 cores.
+API_ORG = "initech"  # in the store but not in the config: the API sets its retention
+MAX_RETENTION_DAYS = 36_500  # README: retention_days is 1-36500 or "forever"
+# Examples per operation and caller, and per free-text operation: the file runs in about 20 s
+# on 2 cores. A caller whose answer no request can change (no token: 401; the auditor on an
+# admin-only route: 403) gets fewer.
 MAX_EXAMPLES = 100
+FIXED_ANSWER_EXAMPLES = 20
 FREE_TEXT_EXAMPLES = 500
 
 # --- free text: the filter language and cursors ----------------------------------------------
@@ -195,12 +207,14 @@ def with_named_orgs(schema: schemathesis.BaseSchema, orgs: frozenset[str]) -> No
     """A hook on `schema`: `{org}` is mostly an org that exists, not random text."""
 
     @schema.hook
-    def flatmap_path_parameters(_ctx: Any, path_parameters: dict[str, Any] | None) -> Any:
+    def flatmap_path_parameters(ctx: Any, path_parameters: dict[str, Any] | None) -> Any:
         if not isinstance(path_parameters, dict) or "org" not in path_parameters:
             return st.just(path_parameters)
-        # The audited org half the time (the auditor reads no other), then the other orgs and
-        # one that does not exist.
-        named = [AUDITED_ORG] * len(orgs) + sorted(orgs - {AUDITED_ORG}) + ["no-such-org"]
+        # The audited org half the time (the auditor reads no other; a PATCH: the org whose
+        # retention the API sets), then the other orgs and one that does not exist.
+        patch = ctx.operation is not None and ctx.operation.method.upper() == "PATCH"
+        favoured = API_ORG if patch else AUDITED_ORG
+        named = [favoured] * len(orgs) + sorted(orgs - {favoured}) + ["no-such-org"]
         real = st.sampled_from(named).map(lambda org: {**path_parameters, "org": org})
         # three times in four a named org: random text finds no org, so it reaches no query
         return st.one_of(real, real, real, st.just(path_parameters))
@@ -217,6 +231,7 @@ class FuzzedApi:
     headers: dict[str, dict[str, str]]  # admin, auditor and anonymous
     bad_headers: st.SearchStrategy[dict[str, str]]
     orgs: frozenset[str]
+    config_orgs: frozenset[str]  # the orgs the config defines (all but API_ORG)
 
     def authorizations(self, caller: str) -> st.SearchStrategy[dict[str, str]]:
         """The headers `caller` sends: always the same, or for "bad-token" any bad ones."""
@@ -262,9 +277,18 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedApi]:
     assert import_file(DATA / "wg-small.pcap", DATA / "wg-small.toml", db)  # real sessions
     url = f"sqlite:///{db}"
     headers, bad_headers = asyncio.run(_issue_tokens(url))
-    orgs = frozenset(str(org) for (org,) in raw_query(db, "select id from orgs"))
+    config_orgs = frozenset(str(org) for (org,) in raw_query(db, "select id from orgs"))
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "insert into orgs (id, name, retention_days, updated_at, logging)"
+            " values (?, 'Initech', 90, '2026-01-01 00:00:00.000000', 1)",
+            (API_ORG,),
+        )
+    orgs = config_orgs | {API_ORG}
     engine = make_engine(url)
-    app = create_app(ApiContext(engine))
+    asyncio.run(purge(engine, dry_run=True))  # purge-runs has rows to show
+    asyncio.run(engine.dispose())  # (its connections belong to that loop)
+    app = create_app(ApiContext(engine, config_orgs=config_orgs))
     # An explicit config: a schemathesis.toml above the checkout must not change the run.
     # No generated Authorization headers: each caller's header comes from `authorizations`.
     generation = GenerationConfig(with_security_parameters=False)
@@ -274,7 +298,13 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedApi]:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     with_named_orgs(schema, orgs)
     try:
-        yield FuzzedApi(schema=schema, headers=headers, bad_headers=bad_headers, orgs=orgs)
+        yield FuzzedApi(
+            schema=schema,
+            headers=headers,
+            bad_headers=bad_headers,
+            orgs=orgs,
+            config_orgs=config_orgs,
+        )
     finally:
         asyncio.run(engine.dispose())
 
@@ -282,7 +312,20 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedApi]:
 # --- what an answer may be -------------------------------------------------------------------
 
 
-def expected_statuses(caller: str, case: Case, orgs: frozenset[str]) -> set[int]:
+def good_retention(case: Case) -> bool:
+    """README.md: a PATCH body is exactly {"retention_days": N} with N 1-36500, or "forever"."""
+    body = case.body
+    if not isinstance(body, dict) or set(body) != {"retention_days"}:
+        return False
+    days = body["retention_days"]
+    if days == "forever":
+        return True
+    return type(days) is int and 1 <= days <= MAX_RETENTION_DAYS  # not a bool, not a float
+
+
+def expected_statuses(
+    caller: str, case: Case, orgs: frozenset[str], config_orgs: frozenset[str]
+) -> set[int]:
     """The statuses README.md's REST API section promises `caller` for `case` (the oracle)."""
     if not case.operation.path.startswith("/api/"):
         return {200}  # health and metrics need no token, and the store is up
@@ -292,21 +335,27 @@ def expected_statuses(caller: str, case: Case, orgs: frozenset[str]) -> set[int]
     unrouted = {404} if org is not None and ("/" in org or org in ("", ".", "..")) else set()
     if caller not in ("admin", "auditor"):
         return {401} | unrouted
+    if f"{case.method.upper()} {case.operation.path}" in ADMIN_ONLY and caller == "auditor":
+        return {403} | unrouted  # whatever the org: an auditor learns nothing
     if org is None:
-        return {200}
+        return {200, 422} if case.operation.query else {200}  # 422: `limit` off the schema
     if org not in orgs or (caller == "auditor" and org != AUDITED_ORG):
         return {404}  # absent and forbidden look the same
+    if case.method.upper() == "PATCH":  # a bad body first, then who owns the retention
+        if not good_retention(case):
+            return {400} | unrouted
+        return ({409} if org in config_orgs else {200}) | unrouted
     statuses = {200, 422} | unrouted  # 422: FastAPI's answer to a parameter off the schema
     if {p.name for p in case.operation.query} & {"q", "cursor"}:
         statuses.add(400)  # a filter or cursor that does not parse
     return statuses
 
 
-def answers_as_documented(caller: str, orgs: frozenset[str]) -> Callable[..., None]:
+def answers_as_documented(caller: str, api: FuzzedApi) -> Callable[..., None]:
     """A schemathesis check: the status is one `expected_statuses` allows."""
 
     def answers_as_documented(_ctx: CheckContext, response: Response, case: Case) -> None:
-        allowed = expected_statuses(caller, case, orgs)
+        allowed = expected_statuses(caller, case, api.orgs, api.config_orgs)
         assert response.status_code in allowed, (
             f"{caller} got {response.status_code}, expected one of {sorted(allowed)}"
         )
@@ -324,11 +373,11 @@ FUZZ = settings(
 )
 
 
-def checks_for(caller: str, orgs: frozenset[str]) -> list[Callable[..., Any]]:
+def checks_for(caller: str, api: FuzzedApi) -> list[Callable[..., Any]]:
     """No 5xx; the README's status, the declared status, content type and response schema."""
     return [
         not_a_server_error,
-        answers_as_documented(caller, orgs),
+        answers_as_documented(caller, api),
         status_code_conformance,
         content_type_conformance,
         response_schema_conformance,
@@ -347,13 +396,15 @@ def test_no_request_gets_a_server_error_or_an_undocumented_answer(
 ) -> None:
     method, path = label.split(" ", 1)
     operation = fuzzed_api.schema[path][method]
-    checks = checks_for(caller, fuzzed_api.orgs)
+    checks = checks_for(caller, fuzzed_api)
     # schemathesis' values: those that fit the schema and those that break it
     cases = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(
         GenerationMode.NEGATIVE
     )
 
-    @settings(FUZZ, max_examples=MAX_EXAMPLES)
+    fixed = caller == "anonymous" or (caller == "auditor" and label in ADMIN_ONLY)
+
+    @settings(FUZZ, max_examples=FIXED_ANSWER_EXAMPLES if fixed else MAX_EXAMPLES)
     @given(case=cases, headers=fuzzed_api.authorizations(caller))
     def fuzz(case: Case, headers: dict[str, str]) -> None:
         note(case.as_curl_command(headers=headers))  # Authorization shows as [Filtered]
@@ -371,7 +422,7 @@ def test_free_text_filters_and_cursors_are_a_400_never_a_500(
     operation = fuzzed_api.schema[path][method]
     declared = {p.name for p in operation.query}
     # content type and shape are the schema fuzz's business, and would hide the 5xx here
-    checks = [not_a_server_error, answers_as_documented("auditor", fuzzed_api.orgs)]
+    checks = [not_a_server_error, answers_as_documented("auditor", fuzzed_api)]
     headers = fuzzed_api.headers["auditor"]
 
     # No shrinking: a failure here may be a filter of a thousand terms, and shrinking it would

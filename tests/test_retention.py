@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.serving import Serve, dump_toml
-from tests.helpers.sqlite import raw_query
+from tests.helpers.sqlite import raw_query, replicate_sessions
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
 from tunnelacct.retention import LEASE_S, _acquire, purge
@@ -337,3 +337,42 @@ def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
     assert samples["tunnelacct_retention_last_success_timestamp_seconds", ()] > time.time() - 60
     hosts = raw_query(db, "SELECT DISTINCT outcome FROM purge_runs")
     assert hosts == [("ok",)]
+
+
+def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_stalls_it_briefly(
+    tmp_path: Path,
+) -> None:
+    # 300,000 expired sessions: one unbatched DELETE of them would hold SQLite's write lock
+    # for seconds; batches of 5,000 hold it for tens of milliseconds.
+    config, db, per_copy = shifted_store(tmp_path, {"acme": 7, "globex": 7})
+    replicate_sessions(db, 14_000, step_s=1, org_id=None)  # copies of the 3-day-old stay
+    doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    doc["retention"] = {"interval": 2}
+    doc["capture"] = [{"pcap": str(DATA / "wg-small.pcap"), "loop": True}]  # full speed
+    config.write_text(dump_toml(doc), encoding="utf-8")
+    cutoff = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%d %H:%M:%S")
+
+    def old_rows() -> int:
+        return int(str(raw_query(db, "SELECT count(*) FROM sessions WHERE ended_at < ?",
+                                 cutoff)[0][0]))  # fmt: skip
+
+    expired = old_rows()
+    assert expired > 300_000
+    with Serve(None, config, db, tmp_path) as serve:
+        serve.start(wait_for="")
+        first = serve.wait(lambda s: s["writer"]["rows_written"] > 0, 30, "rows written")
+        deadline = time.monotonic() + 120
+        while old_rows() > 0:
+            assert time.monotonic() < deadline, f"purge did not finish:\n{serve.log()}"
+            time.sleep(0.5)
+        status = serve.wait(lambda s: s["writer"]["rows_written"] > first["writer"][
+            "rows_written"] + 1000, 30, "writing after the purge")  # fmt: skip
+        assert serve.stop() == 0, serve.log()
+    writer = status["writer"]
+    assert writer["failed_flushes"] == 0  # no write failed, nothing retried
+    assert raw_query(db, "SELECT DISTINCT outcome FROM purge_runs WHERE dry_run = 0") == [("ok",)]
+    deleted = raw_query(db, "SELECT sum(deleted) FROM purge_runs")[0][0]
+    assert deleted == expired
+    # the longest flush while 300,000 rows went: batches, not one long lock (report it)
+    print(f"longest writer flush during the purge: {writer['write_seconds_max'] * 1000:.0f} ms")
+    assert writer["write_seconds_max"] < 1.5

@@ -39,6 +39,9 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "api": ("listen", "export_workers"),
     "retention": ("interval",),
 }
+# retention_days is 1..MAX_RETENTION_DAYS (100 years) or "forever": the bound keeps a purge's
+# cutoff (now - days) a valid date and the value within PostgreSQL's INTEGER.
+MAX_RETENTION_DAYS = 36_500
 ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
 

@@ -20,6 +20,7 @@ from typing import NoReturn, TypeGuard
 from tunnelacct.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_ORG,
+    MAX_RETENTION_DAYS,
     SECTION_KEYS,
     ApiConfig,
     CaptureConfig,
@@ -48,7 +49,7 @@ _TIMEOUTS, _WRITER = Timeouts(), WriterConfig()
 _ORG = OrgConfig(id="", name="")
 _FOREVER = "forever"  # retention_days that never purges (OrgConfig.retention_days = None)
 # retention issue: "off" is logging = false, never retention_days = 0, so 0 is an error
-_RETENTION_WHY = 'expected days >= 1 or "forever" (to store nothing, set logging = false)'
+_RETENTION_WHY = 'expected days 1-36500 or "forever" (to store nothing, set logging = false)'
 _CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConfig()
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
 _IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
@@ -423,11 +424,15 @@ class Loader:
         return float(value)
 
     def _retention_days(self, where: _Where, t: Mapping[str, object]) -> int | None:
-        """An org's retention_days: an integer >= 1, or "forever" (None); absent = the default."""
+        """An org's retention_days: an integer 1-36500, or "forever" (None); absent = default."""
         value = t.get("retention_days", _ORG.retention_days)
         if value == _FOREVER:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 1 <= value <= MAX_RETENTION_DAYS
+        ):
             self.fail(where, "retention_days", _RETENTION_WHY, _shown(value))
         return value
 

@@ -192,8 +192,8 @@ class ApiToken(TableBase, table=True):
 class PurgeRun(TableBase, table=True):
     """One org's part of a retention purge: when, the cutoff, rows deleted (or counted), outcome.
 
-    `outcome` is "ok", "failed" or "locked" (another purge held the lock); `run_id` groups the
-    orgs of one invocation; `dry_run` rows count what a real run would delete.
+    `outcome` is "running" (until it ends), "ok" or "failed"; `run_id` groups the orgs of one
+    invocation; `dry_run` rows count what a real run would delete.
     """
 
     __tablename__: ClassVar[Any] = "purge_runs"

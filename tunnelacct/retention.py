@@ -74,10 +74,12 @@ async def purge(
     batch_size: int = BATCH_SIZE,
     holder: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    write_lock: asyncio.Lock | None = None,
 ) -> PurgeResult:
     """Purge every org with a retention (or only `org_id`) as of `now`; see the module doc.
 
-    Returns `locked_by` set, deleting nothing, when another purge holds the lock. Raises
+    `write_lock` is the writer's (serve): each batch takes it, so a flush waits for at most
+    one batch. Returns `locked_by` set, deleting nothing, when another purge holds the lock. Raises
     StoreError when the store fails (the runs done so far stay recorded, the failed one with
     outcome "failed").
     """
@@ -104,7 +106,9 @@ async def purge(
                 if dry_run:
                     deleted = await _count_expired(engine, org, cutoff)
                 else:
-                    deleted = await _delete_expired(engine, org, cutoff, batch_size, holder, clock)
+                    deleted = await _delete_expired(
+                        engine, org, cutoff, batch_size, holder, clock, write_lock or asyncio.Lock()
+                    )
             except (SQLAlchemyError, StoreError) as exc:
                 await _finish(engine, run_pk, clock(), "failed", 0, str(exc))
                 raise StoreError(f"purge of org {org!r} failed: {exc}") from exc
@@ -152,6 +156,7 @@ async def _delete_expired(
     batch_size: int,
     holder: str,
     clock: Callable[[], datetime],
+    write_lock: asyncio.Lock,
 ) -> int:
     """Delete in batches by the (org_id, ended_at) index, one short transaction each."""
     t = table_of(SessionRecord)
@@ -165,7 +170,7 @@ async def _delete_expired(
     stmt = delete(t).where(t.c.id.in_(batch))
     deleted = 0
     while True:
-        async with engine.begin() as conn:
+        async with write_lock, engine.begin() as conn:
             n = (await conn.execute(stmt)).rowcount
             if not await _renew(conn, holder, clock()):
                 raise StoreError("the purge lock was lost (lease expired); stopping")

@@ -82,6 +82,7 @@ class Service:
         # sessions deleted by this service's purges, per org (0 for every org known at start)
         self.purged: dict[str, int] = {o.id: 0 for o in configured_orgs(config)}
         self.last_purge_ts: float | None = None
+        self._write_lock = asyncio.Lock()  # the writer's flushes and the purge's batches take turns
         self._clients = config.clients
         self._inventory = Inventory.from_config(config)
         self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # interface -> last good peers
@@ -95,7 +96,11 @@ class Service:
         try:
             await self._refresh_peers(engine, initial=True)
             writer = self.writer = SessionWriter(
-                engine, config.writer, gateway=config.gateway, unlogged_orgs=unlogged_orgs(config)
+                engine,
+                config.writer,
+                gateway=config.gateway,
+                unlogged_orgs=unlogged_orgs(config),
+                write_lock=self._write_lock,
             )
             if config.service.session_events is not None:
                 self.event_log = SessionEventLog(config.service.session_events, config.gateway)
@@ -217,6 +222,8 @@ class Service:
             not_ready=self._not_ready,
             metrics=registry,
             export_workers=self.export_workers,
+            # the default org too: the config writes its row (and retention) when undeclared
+            config_orgs=frozenset({o.id for o in self.config.orgs} | {self.config.default_org}),
         )
         app = create_app(ctx)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
@@ -243,7 +250,7 @@ class Service:
         try:
             if config is not None:
                 await sync_orgs(engine, config)
-            result = await purge(engine)
+            result = await purge(engine, write_lock=self._write_lock)
         except StoreError as e:
             log.error("purge failed: %s", e)
             return

@@ -283,6 +283,7 @@ class SessionWriter:
         gateway: str,
         clock: Callable[[], float] = time.monotonic,
         unlogged_orgs: frozenset[str] = frozenset(),
+        write_lock: asyncio.Lock | None = None,
     ) -> None:
         if config.batch_size < 1 or config.max_pending < 1 or config.flush_interval_s < 0:
             raise ValueError(f"invalid writer config {config!r}")
@@ -293,6 +294,9 @@ class SessionWriter:
         self._driver = driver_values(engine.dialect.name)
         self._clock = clock
         self._unlogged = unlogged_orgs  # orgs with logging = false: their events are not stored
+        # Shared with the purge in the same process: asyncio.Lock is first come, first served,
+        # so a flush waits for at most one purge batch (SQLite's own busy wait is not fair).
+        self._write_lock = write_lock or asyncio.Lock()
         self.unlogged_events = 0
         # session id -> newest event, and -> clock time it first became pending. Both maps have
         # the same keys in arrival order (replacing a value keeps its position), so the oldest
@@ -445,7 +449,7 @@ class SessionWriter:
         rows = [session_values(event, gateway, driver) for event in events]
         started = time.perf_counter()
         try:
-            async with self._engine.begin() as conn:
+            async with self._write_lock, self._engine.begin() as conn:
                 await conn.exec_driver_sql(self._sql, rows)
         finally:
             took = time.perf_counter() - started

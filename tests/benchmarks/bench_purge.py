@@ -2,11 +2,11 @@
 
 Builds the store of bench_query.py (3 orgs, 120 days; or copies `--db`, which it never
 changes), gives acme 30 days, globex 7 and initech "forever", and purges as of the newest
-session's end, so most of acme and globex goes. Meanwhile, in the same event loop and engine
-as in `tunnelacct serve`, a SessionWriter writes closed sessions at `--rate` per second; every
-flush is timed. Prints purge throughput (sessions deleted per second) and the writer's flush
-latency during the purge (p50, p99, max: the longest write stall the ingest path saw), next to
-the same writer without a purge. Asserts nothing about time.
+session's end, so most of acme and globex goes. Meanwhile, sharing the event loop, engine and
+write lock as in `tunnelacct serve`, a SessionWriter writes closed sessions at `--rate` per
+second; every flush is timed. Prints purge throughput (sessions deleted per second) and the
+writer's flush latency during the purge (p50, p99, max: the longest write stall the ingest
+path saw), next to the same writer without a purge. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_purge.py [--db STORE] [--sessions N] [--rate N]
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
+
 from tests.benchmarks.bench_query import build  # noqa: E402
 from tests.benchmarks.bench_writer import make_events  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
@@ -43,12 +45,16 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def write_while(
-    db: Path, rate: int, work: asyncio.Future[object] | None, seconds: float
+    engine: AsyncEngine,
+    lock: asyncio.Lock,
+    rate: int,
+    work: asyncio.Future[object] | None,
+    seconds: float,
 ) -> list[float]:
     """Write `rate` closed sessions a second until `work` is done (or for `seconds`); returns
     the duration of every flush."""
-    engine = make_engine(f"sqlite:///{db}")
-    writer = SessionWriter(engine, WriterConfig(flush_interval_s=0.2), gateway="gw-bench")
+    config = WriterConfig(flush_interval_s=0.2)
+    writer = SessionWriter(engine, config, gateway="gw-bench", write_lock=lock)
     task = asyncio.create_task(writer.run())
     events = make_events(200_000, closed_share=1.0)
     started, sent = time.monotonic(), 0
@@ -62,7 +68,6 @@ async def write_while(
         await asyncio.sleep(0.01)
     await writer.close()
     await task
-    await engine.dispose()
     return list(writer.recent_write_seconds)
 
 
@@ -82,11 +87,13 @@ async def run(db: Path, rate: int, batch_size: int) -> None:
     conn.close()
     now = datetime.fromisoformat(newest).replace(tzinfo=UTC)
 
-    report("writer alone (10 s)", await write_while(db, rate, None, 10.0))
+    # one engine and one write lock for the writer and the purge, as in `tunnelacct serve`
     engine = make_engine(f"sqlite:///{db}")
+    lock = asyncio.Lock()
+    report("writer alone (10 s)", await write_while(engine, lock, rate, None, 10.0))
     started = time.perf_counter()
-    job = asyncio.ensure_future(purge(engine, now=now, batch_size=batch_size))
-    flushes = await write_while(db, rate, job, 0)
+    job = asyncio.ensure_future(purge(engine, now=now, batch_size=batch_size, write_lock=lock))
+    flushes = await write_while(engine, lock, rate, job, 0)
     result = await job
     elapsed = time.perf_counter() - started
     await engine.dispose()
