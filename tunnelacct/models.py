@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy import true as sa_true
 from sqlmodel import Field, SQLModel
@@ -135,8 +136,14 @@ class SessionRecord(TableBase, table=True):
         Index(None, "org_id", "started_at", "id"),
         # Retention purges completed sessions of an org by end time.
         Index(None, "org_id", "ended_at"),
-        # A restarted gateway resumes its ongoing sessions.
-        Index(None, "gateway", "status"),
+        # A restarted gateway resumes its ongoing sessions: only those are indexed, so that
+        # writing and purging completed sessions never touches this index.
+        Index(
+            "ix_sessions_gateway_ongoing",
+            "gateway",
+            sqlite_where=text("status = 'ongoing'"),
+            postgresql_where=text("status = 'ongoing'"),
+        ),
         Index(None, "org_id", "client_id", "started_at"),
         Index(None, "org_id", "resource_id", "started_at"),
     )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, event, or_, select, update
+from sqlalchemy import Table, event, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -276,9 +276,10 @@ async def stored_org_ids(engine: AsyncEngine) -> set[str]:
 async def ongoing_sessions(engine: AsyncEngine, gateway: str) -> list[SessionEvent]:
     """The sessions of `gateway` still `ongoing` in the store, as CHECKPOINT events (for resume)."""
     table = table_of(SessionRecord)
-    stmt = select(SessionRecord).where(
-        table.c.gateway == gateway, table.c.status == SessionStatus.ONGOING.value
-    )
+    # The status as literal SQL, not a bound parameter: SQLite uses a partial index only
+    # when the query's WHERE visibly implies the index's (status = 'ongoing').
+    ongoing = table.c.status == literal_column(f"'{SessionStatus.ONGOING.value}'")
+    stmt = select(SessionRecord).where(table.c.gateway == gateway, ongoing)
     async with AsyncSession(engine, expire_on_commit=False) as db:
         rows = (await db.scalars(stmt.order_by(table.c.started_at, table.c.id))).all()
     return [_stored_event(row) for row in rows]

@@ -1,4 +1,5 @@
-"""Retention: orgs.logging, retention_days NULL = forever, purge runs and the purge lock.
+"""Retention: orgs.logging, retention_days NULL = forever, purge runs, the purge lock, and a
+partial index of ongoing sessions for resume.
 
 Revision ID: 0003
 Revises: 0002
@@ -48,13 +49,24 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_purge_locks")),
     )
-    op.bulk_insert(
-        sa.table("purge_locks", sa.column("name", sa.String)), [{"name": "retention"}]
+    op.bulk_insert(sa.table("purge_locks", sa.column("name", sa.String)), [{"name": "retention"}])
+    # Resume needs the ongoing sessions only: a partial index is not touched when completed
+    # sessions are written or purged (one index fewer per deleted row).
+    ongoing = sa.text("status = 'ongoing'")
+    op.drop_index("ix_sessions_gateway_status", table_name="sessions")
+    op.create_index(
+        "ix_sessions_gateway_ongoing",
+        "sessions",
+        ["gateway"],
+        sqlite_where=ongoing,
+        postgresql_where=ongoing,
     )
 
 
 def downgrade() -> None:
     """Drop purge_locks and purge_runs; orgs back to NOT NULL retention (forever -> 30)."""
+    op.drop_index("ix_sessions_gateway_ongoing", table_name="sessions")
+    op.create_index("ix_sessions_gateway_status", "sessions", ["gateway", "status"])
     op.drop_table("purge_locks")
     op.drop_index(op.f("ix_purge_runs_started_at"), table_name="purge_runs")
     op.drop_table("purge_runs")
