@@ -131,6 +131,22 @@ async def exported_row(engine: AsyncEngine, rec: SessionRecord) -> dict[str, str
     return row
 
 
+def alone_in_store(url: str, rec: SessionRecord) -> dict[str, str]:
+    """The exported row of `rec` once it is the only session in the store at `url`
+    (blocking: for hypothesis tests, which cannot take async function-scoped fixtures)."""
+
+    async def run() -> dict[str, str]:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(delete(SessionRecord))
+            return await exported_row(engine, rec)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 async def test_cells_format_times_as_rfc3339_utc_with_microseconds(engine: AsyncEngine) -> None:
     sid = uuid.UUID("0b5f7c1e-2f55-4a8e-9d43-6f3b8e0c2a11")
     ended = datetime(2026, 11, 23, 10, 41, 0, 0, tzinfo=UTC)
@@ -159,16 +175,7 @@ def test_time_and_duration_cells_match_python_formatting(
     shared_url: str, when: datetime, dur: float
 ) -> None:
     # Oracle: Python's own RFC 3339 formatting, integer epoch microseconds and f"{x:.6f}".
-    async def check() -> dict[str, str]:
-        engine = make_engine(shared_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(delete(SessionRecord))
-            return await exported_row(engine, record(started_at=when, duration_s=dur))
-        finally:
-            await engine.dispose()
-
-    row = asyncio.run(check())
+    row = alone_in_store(shared_url, record(started_at=when, duration_s=dur))
     us = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     assert row["started_at"] == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert row["started_at_unix"] == f"{us // 10**6}.{us % 10**6:06d}"
@@ -199,16 +206,7 @@ async def test_formula_like_text_is_neutralised_with_a_leading_quote(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_name_reads_back_intact_or_guarded(shared_url: str, name: str) -> None:
     # Oracle: the csv module's reader, and the guard rule stated in the README.
-    async def check() -> dict[str, str]:
-        engine = make_engine(shared_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(delete(SessionRecord))
-            return await exported_row(engine, record(client_name=name, resource_name=name))
-        finally:
-            await engine.dispose()
-
-    row = asyncio.run(check())
+    row = alone_in_store(shared_url, record(client_name=name, resource_name=name))
     expected = "'" + name if name[0] in "=+-@\t\r" else name
     assert (row["client_name"], row["resource_name"]) == (expected, expected)
 
