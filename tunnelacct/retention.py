@@ -16,7 +16,7 @@ import asyncio
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -75,13 +75,15 @@ async def purge(
     holder: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     write_lock: asyncio.Lock | None = None,
+    on_deleted: Callable[[str, int], None] | None = None,
 ) -> PurgeResult:
     """Purge every org with a retention (or only `org_id`) as of `now`; see the module doc.
 
     `write_lock` is the writer's (serve): each batch takes it, so a flush waits for at most
-    one batch. Returns `locked_by` set, deleting nothing, when another purge holds the lock. Raises
-    StoreError when the store fails (the runs done so far stay recorded, the failed one with
-    outcome "failed").
+    one batch; `on_deleted(org, n)` is called after each committed batch (live metrics).
+    Returns `locked_by` set, deleting nothing, when another purge holds the lock. Raises
+    StoreError when the store fails; the runs done so far stay recorded, a failed or cancelled
+    one with outcome "failed" and the rows its committed batches deleted.
     """
     now = now or clock()
     holder = holder or default_holder()
@@ -102,16 +104,24 @@ async def purge(
                 dry_run=dry_run, deleted=0, outcome="running",
             )  # fmt: skip
             run_pk = await _record(engine, record)
+            deleted = 0
             try:
                 if dry_run:
                     deleted = await _count_expired(engine, org, cutoff)
                 else:
-                    deleted = await _delete_expired(
-                        engine, org, cutoff, batch_size, holder, clock, write_lock or asyncio.Lock()
-                    )
+                    lock = write_lock or asyncio.Lock()
+                    batches = _delete_expired(engine, org, cutoff, batch_size, holder, clock, lock)
+                    async for n in batches:
+                        deleted += n
+                        if on_deleted is not None:
+                            on_deleted(org, n)
             except (SQLAlchemyError, StoreError) as exc:
-                await _finish(engine, run_pk, clock(), "failed", 0, str(exc))
+                await _finish(engine, run_pk, clock(), "failed", deleted, str(exc))
                 raise StoreError(f"purge of org {org!r} failed: {exc}") from exc
+            except asyncio.CancelledError:
+                # the batches done so far are committed: say so, then stop
+                await _finish(engine, run_pk, clock(), "failed", deleted, "cancelled (stopping)")
+                raise
             await _finish(engine, run_pk, clock(), "ok", deleted, None)
             log.info(
                 "purge: org %s: %s %d sessions that ended before %s",
@@ -157,8 +167,9 @@ async def _delete_expired(
     holder: str,
     clock: Callable[[], datetime],
     write_lock: asyncio.Lock,
-) -> int:
-    """Delete in batches by the (org_id, ended_at) index, one short transaction each."""
+) -> AsyncIterator[int]:
+    """Delete in batches by the (org_id, ended_at) index, one short transaction each; yield
+    each batch's row count once it is committed."""
     t = table_of(SessionRecord)
     batch = (
         select(t.c.id)
@@ -168,15 +179,14 @@ async def _delete_expired(
         .scalar_subquery()
     )
     stmt = delete(t).where(t.c.id.in_(batch))
-    deleted = 0
     while True:
         async with write_lock, engine.begin() as conn:
             n = (await conn.execute(stmt)).rowcount
             if not await _renew(conn, holder, clock()):
                 raise StoreError("the purge lock was lost (lease expired); stopping")
-        deleted += n
+        yield n
         if n < batch_size:
-            return deleted
+            return
         await asyncio.sleep(0)  # let the writer and the API run between batches
 
 

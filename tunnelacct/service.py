@@ -250,14 +250,15 @@ class Service:
         try:
             if config is not None:
                 await sync_orgs(engine, config)
-            result = await purge(engine, write_lock=self._write_lock)
+            result = await purge(engine, write_lock=self._write_lock, on_deleted=self._count_purged)
         except StoreError as e:
             log.error("purge failed: %s", e)
             return
         if result.locked_by is None:
-            for p in result.orgs:
-                self.purged[p.org_id] = self.purged.get(p.org_id, 0) + p.deleted
             self.last_purge_ts = time.time()
+
+    def _count_purged(self, org_id: str, n: int) -> None:
+        self.purged[org_id] = self.purged.get(org_id, 0) + n
 
     def _retention_figures(self) -> RetentionFigures:
         return RetentionFigures(dict(self.purged), self.last_purge_ts)
