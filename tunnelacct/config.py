@@ -38,6 +38,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "service": ("queue_packets", "shutdown_timeout", "status_interval", "session_events"),
     "api": ("listen", "export_workers"),
     "retention": ("interval",),
+    "metrics": ("listen", "client_labels", "max_series"),
 }
 # retention_days is 1..MAX_RETENTION_DAYS (100 years) or "forever": the bound keeps a purge's
 # cutoff (now - days) a valid date and the value within PostgreSQL's INTEGER.
@@ -157,6 +158,16 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: the label guard of `serve`'s Prometheus metrics, and an optional own listener."""
+
+    host: str | None = None  # None: /metrics only on the API listener
+    port: int = 9109
+    client_labels: bool = False  # a `client` label on traffic and session metrics
+    max_series: int = 2000  # per metric; label sets beyond go to the "_overflow" series
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -174,6 +185,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _PORT_PART = re.compile(r"([0-9]{1,9})(?:\s*-\s*([0-9]{1,9}))?")

@@ -27,6 +27,7 @@ from tunnelacct.config import (
     ClientConfig,
     Config,
     DatabaseConfig,
+    MetricsConfig,
     OrgConfig,
     ResourceConfig,
     RetentionConfig,
@@ -41,6 +42,7 @@ from tunnelacct.config import (
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
 from tunnelacct.tomllines import KeyLines
+from tunnelacct.traffic import MIN_SERIES
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 _ID_WHY = "expected a non-empty id of letters, digits, '.', '_' or '-'"
@@ -140,15 +142,8 @@ class Loader:
         where, t = self._section(doc, "api")
         api = ApiConfig()
         if "listen" in t:
-            listen = t["listen"]
-            why = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"'
-            m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", str(listen))
-            if not isinstance(listen, str) or m is None:
-                self.fail(where, "listen", why, _shown(listen))
-            host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-            if not 1 <= int(port) <= 65535:
-                self.fail(where, "listen", why, listen)
-            api = ApiConfig(host=host, port=int(port))
+            host, port = self._listen(where, t, "8080")
+            api = ApiConfig(host=host, port=port)
         if "export_workers" in t:
             workers = t["export_workers"]
             if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
@@ -158,6 +153,17 @@ class Loader:
         retention = RetentionConfig(
             interval_s=self._seconds(where, t, "interval", RetentionConfig().interval_s)
         )
+        where, t = self._section(doc, "metrics")
+        metrics = MetricsConfig(
+            client_labels=self._flag(where, t, "client_labels", False),
+            max_series=self._count(where, t, "max_series", MetricsConfig().max_series),
+        )
+        if metrics.max_series < MIN_SERIES:
+            why = f"expected at least {MIN_SERIES} (room for the overflow series)"
+            self.fail(where, "max_series", why, metrics.max_series)
+        if "listen" in t:
+            host, port = self._listen(where, t, "9109")
+            metrics = dataclasses.replace(metrics, host=host, port=port)
         return Config(
             path=self._path,
             database=DatabaseConfig(url),
@@ -173,7 +179,20 @@ class Loader:
             service=service,
             api=api,
             retention=retention,
+            metrics=metrics,
         )
+
+    def _listen(self, where: _Where, t: Mapping[str, object], port_eg: str) -> tuple[str, int]:
+        """A "host:port" (IPv6 host in brackets) listen address."""
+        listen = t["listen"]
+        why = f'expected "host:port", e.g. "127.0.0.1:{port_eg}" or "[::1]:{port_eg}"'
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", str(listen))
+        if not isinstance(listen, str) or m is None:
+            self.fail(where, "listen", why, _shown(listen))
+        host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        if not 1 <= int(port) <= 65535:
+            self.fail(where, "listen", why, listen)
+        return host, int(port)
 
     def _section(self, doc: Mapping[str, object], name: str) -> tuple[_Where, dict[str, object]]:
         """The [name] table (empty when absent), after checking it has only known keys."""

@@ -41,6 +41,7 @@ from tunnelacct.flowkey import (
     session_id,
     unpack_key,
 )
+from tunnelacct.traffic import Labels, TrafficTally
 
 AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
@@ -62,6 +63,7 @@ class Flow:
         "key", "sid", "init_a", "started_ts", "last_ts", "checkpoint_ts",
         "pk0", "pk1", "by0", "by1", "pl0", "pl1", "fins", "closed", "close_ts",
         "close_reason", "midstream", "attribution", "interface", "cid", "finished", "idle_s",
+        "mkey", "mpk0", "mpk1", "mby0", "mby1",
     )  # fmt: skip
 
     def __init__(
@@ -84,6 +86,9 @@ class Flow:
         self.cid: str | None = None
         self.finished = False
         self.idle_s = 0.0  # the protocol's idle timeout, set by the table
+        # metrics: the flow's label set and the part of its counters already tallied
+        self.mkey: Labels = ()
+        self.mpk0 = self.mpk1 = self.mby0 = self.mby1 = 0
 
 
 @dataclass(slots=True)
@@ -110,8 +115,10 @@ class FlowTable:
         is_client: IsClientFn,
         id_namespace: uuid.UUID,
         emit_opened: bool = False,
+        tally: TrafficTally | None = None,
     ) -> None:
         self.timeouts = timeouts
+        self.tally = tally
         self._linger_s = timeouts.tcp_linger_s
         self._attribute = attribute
         self._is_client = is_client
@@ -176,6 +183,8 @@ class FlowTable:
                         self._finish(flow, flow.close_reason or CloseReason.FIN)
                 elif now - flow.last_ts > flow.idle_s:
                     self._finish(flow, CloseReason.IDLE)
+            if self.tally is not None:
+                self.tally.fold(self._flows.values())
             stale = [k for k, (_f, _d, ts) in self._frags.items() if now - ts > FRAGMENT_TIMEOUT_S]
             for k in stale:
                 del self._frags[k]
@@ -207,6 +216,11 @@ class FlowTable:
             self.timeouts.tcp_idle_s if e.proto == IpProto.TCP else self.timeouts.udp_idle_s
         )
         self._flows[flow.key] = flow
+        if self.tally is not None:  # the traffic before the restart was tallied back then
+            flow.mpk0, flow.mpk1, flow.mby0, flow.mby1 = flow.pk0, flow.pk1, flow.by0, flow.by1
+            a = e.attribution
+            flow.mkey = self.tally.key(a.org_id, a.resource_id, e.proto, a.client_id)
+            self.tally.opened(flow.mkey, resumed=True)
 
     def checkpoint(self) -> list[SessionEvent]:
         """Snapshots of the open sessions that changed since their last checkpoint."""
@@ -391,6 +405,10 @@ class FlowTable:
         self.stats.sessions_opened += 1
         if not attribution.attributed:
             self.stats.unattributed_sessions += 1
+        if self.tally is not None:
+            at = attribution
+            flow.mkey = self.tally.key(at.org_id, at.resource_id, _PROTOS[proto], at.client_id)
+            self.tally.opened(flow.mkey)
         if self._emit_opened:
             self._opened.append(flow)
         return flow
@@ -445,6 +463,8 @@ class FlowTable:
                 f.finished = True
                 self.stats.closed[str(f.close_reason)] += 1
                 out.append(self._event(f, EventKind.CLOSED))
+            if self.tally is not None:
+                self.tally.closed(self._finished)
             self._finished = []
         return out
 

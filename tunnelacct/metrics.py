@@ -1,9 +1,10 @@
 """Prometheus metrics of a running service, read from its in-memory counters on each scrape.
 
-Nothing here runs per packet: the collector copies the counters that the pipelines and the
-writer keep anyway (the same ones the status file shows). Labels are bounded: the interface
-(one per configured capture) and the decode failure reason (a fixed list), never an address,
-port, session or user.
+Nothing here runs per packet: the collectors copy the counters that the pipelines and the
+writer keep anyway (the same ones the status file shows) and the flow tables' traffic tallies
+(tunnelacct.traffic: folded about once a second). Labels are bounded: the interface (one per
+configured capture), fixed vocabularies (reason, protocol, direction), and config ids (org,
+resource, client) under a per-metric series cap; never an address, port, session or user.
 """
 
 from __future__ import annotations
@@ -12,12 +13,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from tunnelacct import __version__
 from tunnelacct.decode import OK, REASONS, SKIPPED_REASONS
 from tunnelacct.pipeline import CaptureStatus
+from tunnelacct.traffic import (
+    DIRECTIONS,
+    DURATION_BUCKETS_S,
+    SIZE_BUCKETS_BYTES,
+    Histogram,
+    MetricLabels,
+    TallySnapshot,
+)
+from tunnelacct.writer import WRITE_BUCKETS_S
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)
 
@@ -37,6 +52,19 @@ class WriterFigures:
     pending: int
     rows_written: int
     failed_flushes: int
+    write_seconds_counts: Sequence[int] = ()  # per WRITE_BUCKETS_S bucket, +Inf last
+    write_seconds_total: float = 0.0
+    dropped_events: int = 0
+    checkpoint_lag_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficFigures:
+    """The flow tables' tallies merged, with the guard that labelled them."""
+
+    tally: TallySnapshot
+    guard: MetricLabels
+    unattributed_sessions: int
 
 
 class ServiceCollector(Collector):
@@ -101,6 +129,22 @@ class ServiceCollector(Collector):
                 "Writer flushes that failed and were retried",
                 value=figures.failed_flushes,
             )
+            yield _histogram(
+                "tunnelacct_store_write_seconds",
+                "Duration of each writer flush (one transaction), failed ones included",
+                WRITE_BUCKETS_S,
+                [((), figures.write_seconds_counts, figures.write_seconds_total)],
+            )
+            yield CounterMetricFamily(
+                "tunnelacct_writer_dropped",
+                "Session events lost: the store stayed unavailable past the shutdown timeout",
+                value=figures.dropped_events,
+            )
+            yield GaugeMetricFamily(
+                "tunnelacct_checkpoint_lag_seconds",
+                "At most how many seconds of open sessions' counters a crash now would lose",
+                value=figures.checkpoint_lag_s,
+            )
         purges = self._retention()
         if purges is not None:
             deleted = CounterMetricFamily(
@@ -119,12 +163,110 @@ class ServiceCollector(Collector):
                 )
 
 
+class TrafficCollector(Collector):
+    """Traffic, sessions and their histograms by org, resource and protocol, on scrape."""
+
+    def __init__(self, traffic: Callable[[], TrafficFigures]) -> None:
+        self._traffic = traffic
+
+    def collect(self) -> Iterator[Metric]:
+        """Every label set of the tallies (already within each metric's cap)."""
+        figures = self._traffic()
+        t, g = figures.tally, figures.guard
+        names = list(g.session_label_names)
+        bytes_ = CounterMetricFamily(
+            "tunnelacct_bytes",
+            "IP bytes (IP total length) of sessions; tx = initiator to responder",
+            labels=[*names, "direction"],
+        )
+        packets = CounterMetricFamily(
+            "tunnelacct_packets", "Packets of sessions; tx = initiator to responder",
+            labels=[*names, "direction"],
+        )  # fmt: skip
+        for labels, (b_tx, b_rx, p_tx, p_rx) in t.traffic.items():
+            for direction, b, p in zip(DIRECTIONS, (b_tx, b_rx), (p_tx, p_rx), strict=True):
+                bytes_.add_metric([*labels, direction], b)
+                packets.add_metric([*labels, direction], p)
+        yield from (bytes_, packets)
+        active = GaugeMetricFamily("tunnelacct_sessions_active", "Sessions open now", labels=names)
+        opened = CounterMetricFamily("tunnelacct_sessions_opened", "Sessions opened", labels=names)
+        for labels, n in t.active.items():
+            active.add_metric(list(labels), n)
+        for labels, n in t.opened.items():
+            opened.add_metric(list(labels), n)
+        closed = CounterMetricFamily(
+            "tunnelacct_sessions", "Sessions closed, by close reason",
+            labels=[*names, "close_reason"],
+        )  # fmt: skip
+        for labels, n in t.closed.items():
+            closed.add_metric(list(labels), n)
+        yield from (active, opened, closed)
+        yield _histogram(
+            "tunnelacct_session_duration_seconds", "Duration of closed sessions",
+            DURATION_BUCKETS_S, _series(t.duration), ["org", "protocol"],
+        )  # fmt: skip
+        yield _histogram(
+            "tunnelacct_session_bytes", "Bytes both ways of closed sessions",
+            SIZE_BUCKETS_BYTES, _series(t.size), ["org", "protocol"],
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tunnelacct_unattributed_sessions",
+            "Sessions opened that no client or resource matched",
+            value=figures.unattributed_sessions,
+        )
+        overflow = CounterMetricFamily(
+            "tunnelacct_metrics_overflow",
+            "Observations added to a metric's _overflow series because it was full",
+            labels=["metric"],
+        )
+        for metric, cap in (
+            ("tunnelacct_bytes_total", g.traffic), ("tunnelacct_sessions_active", g.sessions),
+            ("tunnelacct_sessions_total", g.closed),
+            ("tunnelacct_session_duration_seconds", g.histograms),
+        ):  # fmt: skip
+            overflow.add_metric([metric], cap.overflowed)
+        yield overflow
+
+
+_HistogramSeries = tuple[tuple[str, ...], Sequence[int], float]  # labels, counts, sum
+
+
+def _series(hists: Mapping[tuple[str, ...], Histogram]) -> list[_HistogramSeries]:
+    return [(labels, h.counts, h.sum) for labels, h in hists.items()]
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    bounds: Sequence[float],
+    series: Sequence[_HistogramSeries],
+    labels: Sequence[str] = (),
+) -> HistogramMetricFamily:
+    """A histogram family from per-bucket (not cumulative) counts, +Inf last."""
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for values, counts, total in series:
+        counts = counts or [0] * (len(bounds) + 1)
+        cumulative, running = [], 0
+        for bound, n in zip([*map(_le, bounds), "+Inf"], counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        family.add_metric(list(values), cumulative, total)
+    return family
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
 def service_registry(
     captures: Callable[[], Sequence[CaptureStatus]],
     writer: Callable[[], WriterFigures | None],
     retention: Callable[[], RetentionFigures | None] = lambda: None,
+    traffic: Callable[[], TrafficFigures] | None = None,
 ) -> CollectorRegistry:
-    """A registry holding only the service's collector (no process or platform metrics)."""
+    """A registry holding only the service's collectors (no process or platform metrics)."""
     registry = CollectorRegistry()
     registry.register(ServiceCollector(captures, writer, retention))
+    if traffic is not None:
+        registry.register(TrafficCollector(traffic))
     return registry

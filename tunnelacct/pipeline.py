@@ -17,6 +17,7 @@ past `shutdown_timeout`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import threading
@@ -36,6 +37,7 @@ from tunnelacct.flowtable import AttributeFn, FlowTable, IsClientFn
 from tunnelacct.sources import RawBatch
 from tunnelacct.sources.liveproc import LiveProcessSource
 from tunnelacct.sources.replay import ReplaySource
+from tunnelacct.traffic import TrafficTally
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,7 @@ class CapturePipeline:
         queue_packets: int,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        tally: TrafficTally | None = None,
     ) -> None:
         self.capture = capture
         self.live = capture.interface is not None
@@ -173,6 +176,7 @@ class CapturePipeline:
             is_client=is_client,
             id_namespace=id_namespace,
             emit_opened=True,
+            tally=tally,
         )
         self._timeouts = timeouts
         self._queue_packets = queue_packets
@@ -184,6 +188,9 @@ class CapturePipeline:
         self._thread: threading.Thread | None = None
         self._handoff: _Handoff | None = None
         self._first: Source | None = None
+        # monotonic times of the latest checkpoints (the start counts as one: opened events
+        # are written at once), for checkpoint_lag_s()
+        self._checkpoints: collections.deque[float] = collections.deque(maxlen=64)
 
     def set_identity(self, attribute: AttributeFn, is_client: IsClientFn) -> None:
         """Attribute sessions opened from now on with a new inventory (wg peers changed)."""
@@ -202,6 +209,7 @@ class CapturePipeline:
                 raise
             self._waiting(e)
         self._handoff = _Handoff(asyncio.get_running_loop(), self._queue_packets)
+        self._checkpoints.append(self._monotonic())
         self._thread = threading.Thread(
             target=self._read, name=f"capture {self.capture.name}", daemon=True
         )
@@ -376,11 +384,26 @@ class CapturePipeline:
                     if events:
                         await sink.submit(events)
                 if self._monotonic() >= next_checkpoint:
-                    next_checkpoint = self._monotonic() + checkpoint_s
+                    taken = self._monotonic()
+                    next_checkpoint = taken + checkpoint_s
                     events = await asyncio.to_thread(table.checkpoint)
                     if events:
                         await sink.submit(events)
+                    self._checkpoints.append(taken)
                 self._publish()
+
+    def checkpoint_lag_s(self, written_before: float | None) -> float:
+        """How many seconds of open sessions' counters a crash now would lose, at most.
+
+        `written_before`: the store holds every event submitted before this monotonic time
+        (the writer's oldest pending one), None when it holds all. The answer is the age of
+        the newest checkpoint older than that; 0 while no session is open.
+        """
+        now = self._monotonic()
+        if not len(self.table) or not self._checkpoints:
+            return 0.0
+        done = [t for t in self._checkpoints if written_before is None or t < written_before]
+        return now - (done[-1] if done else self._checkpoints[0])
 
     def _publish(self) -> None:
         st = self.table.stats

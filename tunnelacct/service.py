@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config import ClientConfig, Config, load_config
@@ -33,7 +34,7 @@ from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
 from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
-from tunnelacct.metrics import RetentionFigures, WriterFigures, service_registry
+from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures, service_registry
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
 from tunnelacct.retention import purge
 from tunnelacct.siem import SessionEventLog
@@ -45,6 +46,7 @@ from tunnelacct.store import (
     sync_orgs,
     unlogged_orgs,
 )
+from tunnelacct.traffic import MetricLabels, TallySnapshot, TrafficTally
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.writer import SessionWriter
 
@@ -64,6 +66,30 @@ class _Tee:
         if self._events is not None:
             await self._events.write(events)
         await self._writer.submit(events)
+
+
+_Server = tuple[Any, socket.socket]  # a uvicorn.Server and the socket it serves
+
+
+def _bind(section: str, host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise TunnelacctError(f"[{section}] listen {host}:{port}: {e.strerror or e}") from None
+
+
+def _uvicorn(app: Any) -> Any:
+    """A uvicorn server for `app` that leaves SIGTERM/SIGINT to the service."""
+    import uvicorn  # imported only when something listens
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    return Server(config)
 
 
 class Service:
@@ -88,6 +114,13 @@ class Service:
         self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # interface -> last good peers
         self._peer_problems: dict[str, str] = {}
         self._failure: BaseException | None = None
+        self._labels = MetricLabels(config.metrics.client_labels, config.metrics.max_series)
+        self._declared = TrafficTally(self._labels)  # configured resources at 0 from the start
+        self._declared.declare(
+            self._labels.session_labels(r.org, r.id, proto, None)
+            for r in config.resources
+            for proto in r.protocols
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down in order; raises what made it fail."""
@@ -114,21 +147,26 @@ class Service:
                     is_client=self._is_client,
                     id_namespace=namespace,
                     queue_packets=config.service.queue_packets,
+                    tally=TrafficTally(self._labels),
                 )
                 for capture in config.captures
             ]
             for p in self.pipelines:
                 p.start()  # raises CaptureError when a capture cannot ever work
-            api_server, api_socket = self._api_server(engine)  # raises if it cannot listen
+            registry = service_registry(
+                self._capture_statuses, self._writer_figures, self._retention_figures,
+                self._traffic_figures,
+            )  # fmt: skip
+            # the listeners are bound here, so an address in use is a clear error at start
+            servers = [s for s in (self._api_server(engine, registry),
+                                   self._metrics_server(registry)) if s is not None]  # fmt: skip
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(writer.run())
                 await self._resume(engine, sink)  # before any packet reaches a flow table
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
                 helpers.append(tg.create_task(self._purge_loop(engine)))
-                api_task = None
-                if api_server is not None:
-                    api_task = tg.create_task(api_server.serve(sockets=[api_socket]))
+                server_tasks = [tg.create_task(srv.serve(sockets=[sock])) for srv, sock in servers]
                 if config.wireguard.interfaces:
                     helpers.append(tg.create_task(self._peer_loop(engine)))
                 self.state = "running"
@@ -140,9 +178,10 @@ class Service:
                 )
                 await stop.wait()
                 await self._shutdown(tasks, writer)
-                if api_server is not None and api_task is not None:  # after the writer drained
-                    api_server.should_exit = True
-                    await asyncio.wait([api_task], timeout=5)
+                for server, _sock in servers:  # after the writer drained
+                    server.should_exit = True
+                if server_tasks:
+                    await asyncio.wait(server_tasks, timeout=5)
                 for task in helpers:
                     task.cancel()
         except* TunnelacctError as group:
@@ -188,33 +227,14 @@ class Service:
                 self._failure = e
             stop.set()
 
-    def _api_server(self, engine: Any) -> tuple[Any, socket.socket | None]:
-        """The REST API's uvicorn server and its bound socket, or (None, None) without [api].
-
-        The socket is bound here, so an address in use is a clear error at start.
-        """
+    def _api_server(self, engine: Any, registry: CollectorRegistry) -> _Server | None:
+        """The REST API's uvicorn server and its bound socket, or None without [api]."""
         api = self.config.api
         if api.host is None:
-            return None, None
-        import uvicorn  # imported only when the API is on
+            return None
+        from tunnelacct.api import ApiContext, create_app  # imported only when the API is on
 
-        from tunnelacct.api import ApiContext, create_app
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield  # the service owns SIGTERM/SIGINT, not uvicorn
-
-        family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
-        try:
-            sock = socket.create_server((api.host, api.port), family=family)
-        except OSError as e:
-            raise TunnelacctError(
-                f"[api] listen {api.host}:{api.port}: {e.strerror or e}"
-            ) from None
-        registry = service_registry(
-            self._capture_statuses, self._writer_figures, self._retention_figures
-        )
+        sock = _bind("api", api.host, api.port)
         if api.export_workers > 0:
             self.export_workers = ExportWorkers(api.export_workers)
         ctx = ApiContext(
@@ -225,10 +245,19 @@ class Service:
             # the default org too: the config writes its row (and retention) when undeclared
             config_orgs=frozenset({o.id for o in self.config.orgs} | {self.config.default_org}),
         )
-        app = create_app(ctx)
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
-        return Server(config), sock
+        return _uvicorn(create_app(ctx)), sock
+
+    def _metrics_server(self, registry: CollectorRegistry) -> _Server | None:
+        """A listener serving only /metrics, when [metrics] listen is set."""
+        m = self.config.metrics
+        if m.host is None:
+            return None
+        from prometheus_client import make_asgi_app
+
+        sock = _bind("metrics", m.host, m.port)
+        log.info("metrics on http://%s:%d/metrics", m.host, m.port)
+        return _uvicorn(make_asgi_app(registry)), sock
 
     # -- retention -----------------------------------------------------------------------------
 
@@ -268,7 +297,22 @@ class Service:
 
     def _writer_figures(self) -> WriterFigures | None:
         w = self.writer
-        return None if w is None else WriterFigures(w.pending, w.rows_written, w.failed_flushes)
+        if w is None:
+            return None
+        written_before = w.oldest_pending_since
+        lag_s = max((p.checkpoint_lag_s(written_before) for p in self.pipelines), default=0.0)
+        return WriterFigures(
+            w.pending, w.rows_written, w.failed_flushes, list(w.write_seconds_counts),
+            w.write_seconds_total, w.dropped_events, lag_s,
+        )  # fmt: skip
+
+    def _traffic_figures(self) -> TrafficFigures:
+        tally = TallySnapshot()
+        for t in (self._declared, *(p.table.tally for p in self.pipelines)):
+            if t is not None:
+                tally.merge(t.snapshot())
+        unattributed = sum(p.table.stats.unattributed_sessions for p in self.pipelines)
+        return TrafficFigures(tally, self._labels, unattributed)
 
     def _not_ready(self) -> list[str]:
         """Why the service is not ready: its state, and captures not capturing."""

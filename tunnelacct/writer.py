@@ -18,6 +18,7 @@ those are exactly what SQLAlchemy's types would store (`driver_values()`).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import functools
 import itertools
@@ -96,6 +97,8 @@ UPDATED_COLUMNS = (
     "close_reason",
 )
 
+# buckets of tunnelacct_store_write_seconds: a flush takes ms; a stalled store, seconds
+WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 
@@ -270,7 +273,9 @@ class SessionWriter:
     Usage: start `run()` as a task, `submit()` events, then `await close()` at shutdown.
     The engine must be SQLite or PostgreSQL (StoreError otherwise).
     Stats: `rows_written`, `flushes`, `failed_flushes`, `write_seconds_total`,
-    `write_seconds_max` and `recent_write_seconds` (the last 4096 flushes), `last_flush_at`,
+    `write_seconds_max`, `recent_write_seconds` (the last 4096 flushes) and
+    `write_seconds_counts` (every flush, per WRITE_BUCKETS_S bucket, +Inf last), `last_flush_at`,
+    `dropped_events` (events lost because close() ran out of time),
     `stale_events` (late non-closing events for an already closed pending session), `pending`
     and `unlogged_events` (events of `unlogged_orgs`, the orgs with logging = false: dropped).
     """
@@ -317,12 +322,19 @@ class SessionWriter:
         self.write_seconds_total = 0.0
         self.write_seconds_max = 0.0  # the longest flush: what a stall of the store costs
         self.recent_write_seconds: collections.deque[float] = collections.deque(maxlen=4096)
+        self.write_seconds_counts = [0] * (len(WRITE_BUCKETS_S) + 1)
+        self.dropped_events = 0
         self.last_flush_at: datetime | None = None
 
     @property
     def pending(self) -> int:
         """Sessions waiting to be written (including those of a flush in progress)."""
         return len(self._pending)
+
+    @property
+    def oldest_pending_since(self) -> float | None:
+        """Clock time at which the oldest unwritten event arrived; None when all are written."""
+        return next(iter(self._since.values()), None)
 
     async def submit(self, events: Sequence[SessionEvent]) -> None:
         """Queue events for writing; waits while `max_pending` sessions are pending.
@@ -456,6 +468,7 @@ class SessionWriter:
             self.write_seconds_total += took  # failed attempts too
             self.write_seconds_max = max(self.write_seconds_max, took)
             self.recent_write_seconds.append(took)
+            self.write_seconds_counts[bisect.bisect_left(WRITE_BUCKETS_S, took)] += 1
         self.flushes += 1
         self.rows_written += len(rows)
         self.last_flush_at = datetime.now(UTC)
@@ -484,6 +497,7 @@ class SessionWriter:
             async with self._space:
                 self._space.notify_all()
         if self._pending:
+            self.dropped_events = len(self._pending)  # close() may run again: not +=
             raise StoreError(
                 f"session writer could not write {len(self._pending)} pending sessions "
                 f"within {timeout_s:g} s: the store stayed unavailable"
