@@ -16,7 +16,11 @@ DEPS=(
   iperf3:iperf3
   ip:iproute2
   sqlite3:sqlite3
+  prometheus:prometheus
 )
+# Packages that ship a system service: installed for their binary only. The tests start their
+# own prometheus on a free port, and a system one would hold :9090 and scrape on its own.
+SERVICES=(prometheus)
 # Wait for a concurrent apt/dpkg run instead of failing on its lock.
 APT_OPTS=(-y --no-install-recommends -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
 
@@ -46,7 +50,40 @@ if [[ $(id -u) -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
 fi
 
 aptlog=$(mktemp)
-trap 'rm -f "$aptlog"' EXIT
+POLICY=/usr/sbin/policy-rc.d
+SAVED_POLICY=$POLICY.tunnelacct-saved
+swapped_policy=false
+cleanup() {
+  rm -f "$aptlog"
+  if $swapped_policy; then  # put the host's own policy back (or none, as before)
+    if [[ -e $SAVED_POLICY ]]; then
+      "${SUDO[@]}" mv -f "$SAVED_POLICY" "$POLICY"
+    else
+      "${SUDO[@]}" rm -f "$POLICY"
+    fi
+  fi
+}
+trap cleanup EXIT
+
+# invoke-rc.d and deb-systemd-invoke ask policy-rc.d before a maintainer script starts a
+# service, and 101 means "forbidden" (Debian policy, invoke-rc.d(8)). A host whose policy
+# already forbids it (Docker images ship one) is left alone; otherwise ours stands in during
+# the install, and the host's is restored on exit.
+policy_forbids_starts() {
+  local rc=0
+  [[ -x $POLICY ]] || return 1
+  "$POLICY" prometheus start >/dev/null 2>&1 </dev/null || rc=$?
+  [[ $rc -eq 101 ]]
+}
+if ! policy_forbids_starts; then
+  if [[ -e $POLICY ]]; then
+    "${SUDO[@]}" mv -f "$POLICY" "$SAVED_POLICY"
+  fi
+  swapped_policy=true
+  printf '#!/bin/sh\n# installed by tunnelacct install-system-deps.sh while it runs\nexit 101\n' \
+    | "${SUDO[@]}" tee "$POLICY" >/dev/null
+  "${SUDO[@]}" chmod 755 "$POLICY"
+fi
 if ! "${SUDO[@]}" apt-get update -o DPkg::Lock::Timeout=600 >"$aptlog" 2>&1 </dev/null; then
   cat "$aptlog" >&2
   echo "error: apt-get update failed" >&2
@@ -67,5 +104,10 @@ for dep in "${missing[@]}"; do
     echo "error: installed package $pkg but $bin is still missing" >&2
     exit 1
   fi
+  for service in "${SERVICES[@]}"; do
+    if [[ $service == "$pkg" ]]; then  # not started now (policy above), nor at the next boot
+      "${SUDO[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
+    fi
+  done
   echo "installed $pkg (provides $bin)"
 done
