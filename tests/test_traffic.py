@@ -39,7 +39,7 @@ def table_for(guard: MetricLabels, timeouts: Timeouts = DEFAULT) -> FlowTable:
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     return FlowTable(
         timeouts, attribute=inventory.attribute, is_client=inventory.is_client_address,
-        id_namespace=NAMESPACE, tally=TrafficTally(guard),
+        id_namespace=NAMESPACE, tally=TrafficTally(guard, fold_every_s=0),
     )  # fmt: skip
 
 
@@ -121,13 +121,23 @@ def test_metrics_equal_the_flow_engines_session_totals_after_a_capture(tmp_path:
     assert registry.get_sample_value("tunnelacct_unattributed_sessions_total") == unattributed
 
 
+def halves() -> tuple[RawBatch, RawBatch]:
+    """The capture's packets, cut in two halves."""
+    (raw,) = list(open_capture(PCAP).batches())
+    h = len(raw) // 2
+    return (
+        RawBatch(raw.buf, raw.offsets[:h], raw.caplens[:h], raw.wirelens[:h], raw.ts[:h],
+                 raw.linktypes[:h], raw.interface),
+        RawBatch(raw.buf, raw.offsets[h:], raw.caplens[h:], raw.wirelens[h:], raw.ts[h:],
+                 raw.linktypes[h:], raw.interface),
+    )  # fmt: skip
+
+
 def test_traffic_is_counted_while_sessions_are_still_open() -> None:
     """Counters move with the traffic (once a sweep), not only when sessions close."""
     table = table_for(MetricLabels(), LONG)
-    (raw,) = list(open_capture(PCAP).batches())
-    half = len(raw) // 2
-    first = RawBatch(raw.buf, raw.offsets[:half], raw.caplens[:half], raw.wirelens[:half],
-                     raw.ts[:half], raw.linktypes[:half], raw.interface)  # fmt: skip
+    first, _ = halves()
+    half = len(first)
     events = table.process(decode(first))
     registry = registry_of(table)
     table.advance(table.now_ts + 1.0)  # the next sweep folds what the open flows carried
@@ -136,6 +146,34 @@ def test_traffic_is_counted_while_sessions_are_still_open() -> None:
     assert sum(got.values()) == ip_lengths(rdpcap(str(PCAP))[:half]) > 0
     assert sum(samples(registry, "tunnelacct_sessions_active").values()) == len(table) > 0
     assert sum(samples(registry, "tunnelacct_sessions_total").values()) == 0
+
+
+def test_open_flows_are_folded_in_at_most_once_per_interval_of_the_clock() -> None:
+    """A fast replay sweeps many times a second; folding each time would be wasted work."""
+    clock = [100.0]
+    tally = TrafficTally(MetricLabels(), fold_every_s=0.5, clock=lambda: clock[0])
+    inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
+    table = FlowTable(
+        LONG, attribute=inventory.attribute, is_client=inventory.is_client_address,
+        id_namespace=NAMESPACE, tally=tally,
+    )  # fmt: skip
+    registry = registry_of(table)
+    first, second = halves()
+    table.process(decode(first))  # its sweep folds the first half
+    packets = rdpcap(str(PCAP))
+    assert sum(samples(registry, "tunnelacct_bytes_total").values()) == ip_lengths(
+        packets[: len(first)]
+    )
+    table.process(decode(second))  # packet time moves on and sweeps, the clock does not
+    table.advance(table.now_ts + 2.0)
+    assert sum(samples(registry, "tunnelacct_bytes_total").values()) == ip_lengths(
+        packets[: len(first)]
+    )
+    clock[0] += 0.5
+    table.advance(table.now_ts + 2.0)
+    assert sum(samples(registry, "tunnelacct_bytes_total").values()) == ip_lengths(
+        rdpcap(str(PCAP))
+    )
 
 
 def test_configured_resources_show_zero_before_any_traffic() -> None:
@@ -176,7 +214,7 @@ def test_ten_thousand_clients_and_resources_stay_within_the_series_cap(
     guard = MetricLabels(client_labels=client_labels, max_series=cap)
     table = FlowTable(
         Timeouts(), attribute=attribute, is_client=lambda f, a: False, id_namespace=NAMESPACE,
-        tally=TrafficTally(guard),
+        tally=TrafficTally(guard, fold_every_s=0),
     )  # fmt: skip
     raw = many_sessions(tmp_path, n)
     total_ip = sum(int(b.ip_bytes.sum()) for b in map(decode, raw))

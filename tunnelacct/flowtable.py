@@ -41,7 +41,7 @@ from tunnelacct.flowkey import (
     session_id,
     unpack_key,
 )
-from tunnelacct.traffic import Labels, TrafficTally
+from tunnelacct.traffic import KeyStats, TrafficTally, no_stats
 
 AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
@@ -54,6 +54,7 @@ _M1, _M2, _M3 = (
 )
 _SYN_MASK = TCP_SYN | TCP_ACK
 _PROTOS = {int(p): p for p in IpProto}
+_NO_STATS = no_stats()  # flows of a table without a tally
 
 
 class Flow:
@@ -63,7 +64,7 @@ class Flow:
         "key", "sid", "init_a", "started_ts", "last_ts", "checkpoint_ts",
         "pk0", "pk1", "by0", "by1", "pl0", "pl1", "fins", "closed", "close_ts",
         "close_reason", "midstream", "attribution", "interface", "cid", "finished", "idle_s",
-        "mkey", "mpk0", "mpk1", "mby0", "mby1",
+        "mstats", "mpk0", "mpk1", "mby0", "mby1",
     )  # fmt: skip
 
     def __init__(
@@ -87,7 +88,7 @@ class Flow:
         self.finished = False
         self.idle_s = 0.0  # the protocol's idle timeout, set by the table
         # metrics: the flow's label set and the part of its counters already tallied
-        self.mkey: Labels = ()
+        self.mstats: KeyStats = _NO_STATS
         self.mpk0 = self.mpk1 = self.mby0 = self.mby1 = 0
 
 
@@ -183,7 +184,7 @@ class FlowTable:
                         self._finish(flow, flow.close_reason or CloseReason.FIN)
                 elif now - flow.last_ts > flow.idle_s:
                     self._finish(flow, CloseReason.IDLE)
-            if self.tally is not None:
+            if self.tally is not None and self.tally.fold_due():
                 self.tally.fold(self._flows.values())
             stale = [k for k, (_f, _d, ts) in self._frags.items() if now - ts > FRAGMENT_TIMEOUT_S]
             for k in stale:
@@ -219,8 +220,9 @@ class FlowTable:
         if self.tally is not None:  # the traffic before the restart was tallied back then
             flow.mpk0, flow.mpk1, flow.mby0, flow.mby1 = flow.pk0, flow.pk1, flow.by0, flow.by1
             a = e.attribution
-            flow.mkey = self.tally.key(a.org_id, a.resource_id, e.proto, a.client_id)
-            self.tally.opened(flow.mkey, resumed=True)
+            flow.mstats = self.tally.opened(
+                a.org_id, a.resource_id, e.proto, a.client_id, resumed=True
+            )
 
     def checkpoint(self) -> list[SessionEvent]:
         """Snapshots of the open sessions that changed since their last checkpoint."""
@@ -407,8 +409,7 @@ class FlowTable:
             self.stats.unattributed_sessions += 1
         if self.tally is not None:
             at = attribution
-            flow.mkey = self.tally.key(at.org_id, at.resource_id, _PROTOS[proto], at.client_id)
-            self.tally.opened(flow.mkey)
+            flow.mstats = self.tally.opened(at.org_id, at.resource_id, _PROTOS[proto], at.client_id)
         if self._emit_opened:
             self._opened.append(flow)
         return flow

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,8 +29,12 @@ DIRECTIONS = ("tx", "rx")
 DURATION_BUCKETS_S = (0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 21600, 86400, 604800)
 SIZE_BUCKETS_BYTES = (100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10)
 PROTOCOLS = tuple(p.label for p in IpProto)
+_PROTO_LABEL = {p: p.label for p in IpProto}
 CLOSE_REASONS = tuple(r.value for r in CloseReason)
 MIN_SERIES = 100  # room for the overflow series of every metric
+# Open flows are folded in at most this often (wall clock): under the 1 s sweep interval, so a
+# live capture, which sweeps about once a second, folds at every sweep.
+FOLD_EVERY_S = 0.5
 
 Labels = tuple[str, ...]
 
@@ -45,7 +50,7 @@ class TalliedFlow(Protocol):
     mpk1: int
     mby0: int
     mby1: int
-    mkey: Labels
+    mstats: KeyStats
     init_a: bool
     started_ts: float
     last_ts: float
@@ -94,7 +99,7 @@ class MetricLabels:
     max_series: int = 2000
     traffic: SeriesCap = field(init=False)  # bytes and packets: a session label set x direction
     sessions: SeriesCap = field(init=False)  # active and opened
-    closed: SeriesCap = field(init=False)  # session labels + close_reason
+    closed: SeriesCap = field(init=False)  # session labels, x close_reason
     histograms: SeriesCap = field(init=False)  # (org, protocol)
 
     def __post_init__(self) -> None:
@@ -105,8 +110,9 @@ class MetricLabels:
         set_ = object.__setattr__
         set_(self, "traffic", SeriesCap(self.max_series, free=free, width=2, fixed=n))
         set_(self, "sessions", SeriesCap(self.max_series, free=free, fixed=n))
-        set_(self, "closed", SeriesCap(self.max_series, free=(*free, False),
-                                       fixed=n * len(CLOSE_REASONS)))  # fmt: skip
+        # a session label set makes one series per close reason
+        set_(self, "closed", SeriesCap(self.max_series, free=free, width=len(CLOSE_REASONS),
+                                       fixed=n))  # fmt: skip
         width = len(max(DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES, key=len)) + 3  # +Inf, sum, count
         set_(self, "histograms", SeriesCap(self.max_series, free=(True, False), width=width,
                                            fixed=n))  # fmt: skip
@@ -124,20 +130,18 @@ class MetricLabels:
 
 
 class Histogram:
-    """Bucket counts (not cumulative), sum and count of one label set."""
+    """Bucket counts (not cumulative; their total is the count) and sum of one label set."""
 
-    __slots__ = ("counts", "sum", "count")
+    __slots__ = ("counts", "sum")
 
     def __init__(self, buckets: int) -> None:
         self.counts = [0] * (buckets + 1)  # the last is +Inf
         self.sum = 0.0
-        self.count = 0
 
     def merge(self, other: Histogram) -> None:
         for i, n in enumerate(other.counts):
             self.counts[i] += n
         self.sum += other.sum
-        self.count += other.count
 
 
 @dataclass(slots=True)
@@ -166,85 +170,164 @@ class TallySnapshot:
                 hists.setdefault(key, Histogram(len(bounds))).merge(h)
 
 
-class TrafficTally:
-    """One flow table's aggregates; the table writes them in its thread, collect() copies them.
+class KeyStats:
+    """The series one session label set counts into, resolved once per label set.
 
-    Writers hold `lock` around a whole fold (a sweep), so a snapshot never sees half of one.
+    Each is the label set's own series, or an overflow series shared with others when that
+    metric was full: the hot path adds to lists and never looks a label set up again.
     """
 
-    def __init__(self, guard: MetricLabels) -> None:
+    __slots__ = ("traffic", "sessions", "closed", "duration", "size")
+
+    def __init__(
+        self, traffic: list[int], sessions: list[int], closed: list[int],
+        duration: Histogram, size: Histogram,
+    ) -> None:  # fmt: skip
+        self.traffic = traffic  # bytes tx, rx, packets tx, rx
+        self.sessions = sessions  # active, opened
+        self.closed = closed  # per CLOSE_REASONS
+        self.duration = duration
+        self.size = size
+
+
+_REASONS = tuple(CloseReason)  # in CLOSE_REASONS order; identity tests beat Enum.__hash__
+_LAST_REASON = len(_REASONS) - 1
+
+
+class TrafficTally:
+    """One flow table's aggregates: the table adds to them in its thread, collect() copies them.
+
+    One thread writes (the flow table's), so counters need no lock; `_lock` guards the maps
+    (a new label set) against a snapshot being copied at the same time.
+    """
+
+    def __init__(
+        self,
+        guard: MetricLabels,
+        *,
+        fold_every_s: float = FOLD_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.guard = guard
-        self.lock = threading.Lock()
-        self._data = TallySnapshot()
+        self._fold_every_s = fold_every_s
+        self._clock = clock
+        self._next_fold = float("-inf")
+        self._client_labels = guard.client_labels
+        self._lock = threading.Lock()
+        self._stats: dict[Labels, KeyStats] = {}  # raw session labels -> their series
+        self._traffic: dict[Labels, list[int]] = {}
+        self._sessions: dict[Labels, list[int]] = {}
+        self._closed: dict[Labels, list[int]] = {}
+        self._duration: dict[Labels, Histogram] = {}
+        self._size: dict[Labels, Histogram] = {}
 
     def declare(self, session_labels: Iterable[Labels]) -> None:
         """Create label sets at zero (configured resources), so graphs show 0, not no data."""
-        with self.lock:
-            for raw in session_labels:
-                key = self.guard.traffic.admit(raw)
-                self._data.traffic.setdefault(key, [0, 0, 0, 0])
-                self._data.active.setdefault(self.guard.sessions.admit(raw), 0)
-                self._data.opened.setdefault(self.guard.sessions.admit(raw), 0)
+        for raw in session_labels:
+            self.stats_for(raw)
 
-    def key(self, org: str, resource: str | None, proto: IpProto, client: str | None) -> Labels:
-        """The session label set a new flow is tallied under (raw: caps apply per metric)."""
-        return self.guard.session_labels(org, resource, proto, client)
+    def stats_for(self, raw: Labels) -> KeyStats:
+        """The series of a raw session label set (admitted to each metric on first sight)."""
+        ks = self._stats.get(raw)
+        if ks is None:
+            g = self.guard
+            with self._lock:
+                ks = self._stats[raw] = KeyStats(
+                    self._traffic.setdefault(g.traffic.admit(raw), [0, 0, 0, 0]),
+                    self._sessions.setdefault(g.sessions.admit(raw), [0, 0]),
+                    self._closed.setdefault(g.closed.admit(raw), [0] * len(CLOSE_REASONS)),
+                    self._duration.setdefault(
+                        g.histograms.admit((raw[0], raw[2])), Histogram(len(DURATION_BUCKETS_S))
+                    ),
+                    self._size.setdefault(
+                        g.histograms.admit((raw[0], raw[2])), Histogram(len(SIZE_BUCKETS_BYTES))
+                    ),
+                )
+        return ks
 
-    def opened(self, raw: Labels, *, resumed: bool = False) -> None:
+    def opened(self, org: str, resource: str | None, proto: IpProto, client: str | None,
+               *, resumed: bool = False) -> KeyStats:  # fmt: skip
         """A session opened (or resumed after a restart: active, not newly opened)."""
-        d, g = self._data, self.guard
-        with self.lock:
-            key = g.sessions.admit(raw)
-            d.active[key] = d.active.get(key, 0) + 1
-            if not resumed:
-                d.opened[key] = d.opened.get(key, 0) + 1
+        raw: Labels = (
+            (org, resource or UNMATCHED, _PROTO_LABEL[proto], client or UNMATCHED)
+            if self._client_labels
+            else (org, resource or UNMATCHED, _PROTO_LABEL[proto])
+        )
+        ks = self._stats.get(raw) or self.stats_for(raw)
+        ks.sessions[0] += 1
+        if not resumed:
+            ks.sessions[1] += 1
+        return ks
 
-    def fold(self, flows: Iterable[TalliedFlow]) -> None:
+    def fold_due(self) -> bool:
+        """True at most once per `fold_every_s` of the clock (not of packet time): a replay
+        sweeps many times a second, and Prometheus reads no more often than that anyway."""
+        now = self._clock()
+        if now < self._next_fold:
+            return False
+        self._next_fold = now + self._fold_every_s
+        return True
+
+    @staticmethod
+    def fold(flows: Iterable[TalliedFlow]) -> None:
         """Tally what each flow carried since it was last folded (once a sweep, not per packet)."""
-        traffic, admit = self._data.traffic, self.guard.traffic.admit
-        with self.lock:
-            for f in flows:
-                pk0, pk1 = f.pk0, f.pk1
-                if pk0 == f.mpk0 and pk1 == f.mpk1:
-                    continue
-                by0, by1 = f.by0, f.by1
-                key = admit(f.mkey)
-                v = traffic.get(key)
-                if v is None:
-                    v = traffic[key] = [0, 0, 0, 0]
-                tx, rx = (0, 1) if f.init_a else (1, 0)  # endpoint A sent tx when it initiated
-                v[tx] += by0 - f.mby0
-                v[rx] += by1 - f.mby1
-                v[2 + tx] += pk0 - f.mpk0
-                v[2 + rx] += pk1 - f.mpk1
-                f.mpk0, f.mpk1, f.mby0, f.mby1 = pk0, pk1, by0, by1
+        for f in flows:
+            pk0, pk1 = f.pk0, f.pk1
+            if pk0 == f.mpk0 and pk1 == f.mpk1:
+                continue
+            by0, by1 = f.by0, f.by1
+            v = f.mstats.traffic
+            tx, rx = (0, 1) if f.init_a else (1, 0)  # endpoint A sent tx when it initiated
+            v[tx] += by0 - f.mby0
+            v[rx] += by1 - f.mby1
+            v[2 + tx] += pk0 - f.mpk0
+            v[2 + rx] += pk1 - f.mpk1
+            f.mpk0, f.mpk1, f.mby0, f.mby1 = pk0, pk1, by0, by1
 
-    def closed(self, flows: Sequence[TalliedFlow]) -> None:
+    @staticmethod
+    def closed(flows: Sequence[TalliedFlow]) -> None:
         """Sessions closed: the rest of their traffic, then counts and histograms."""
-        self.fold(flows)
-        d, g = self._data, self.guard
-        with self.lock:
-            for f in flows:
-                raw = f.mkey
-                key = g.sessions.admit(raw)
-                d.active[key] = d.active.get(key, 0) - 1
-                reason = f.close_reason or CloseReason.FIN
-                ckey = g.closed.admit((*raw, reason.value))
-                d.closed[ckey] = d.closed.get(ckey, 0) + 1
-                hkey = g.histograms.admit((raw[0], raw[2]))
-                duration_s, size_bytes = f.last_ts - f.started_ts, f.by0 + f.by1
-                for hists, bounds, value in ((d.duration, DURATION_BUCKETS_S, duration_s),
-                                             (d.size, SIZE_BUCKETS_BYTES, size_bytes)):  # fmt: skip
-                    h = hists.get(hkey)
-                    if h is None:
-                        h = hists[hkey] = Histogram(len(bounds))
-                    h.counts[bisect.bisect_left(bounds, value)] += 1  # le: value <= bound
-                    h.sum += value
-                    h.count += 1
+        dur_bounds, size_bounds, reasons = DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES, _REASONS
+        for f in flows:
+            ks = f.mstats
+            by0, by1 = f.by0, f.by1
+            v = ks.traffic
+            tx, rx = (0, 1) if f.init_a else (1, 0)
+            v[tx] += by0 - f.mby0
+            v[rx] += by1 - f.mby1
+            v[2 + tx] += f.pk0 - f.mpk0
+            v[2 + rx] += f.pk1 - f.mpk1
+            f.mpk0, f.mpk1, f.mby0, f.mby1 = f.pk0, f.pk1, by0, by1
+            ks.sessions[0] -= 1
+            reason = f.close_reason or CloseReason.FIN
+            i = 0
+            while reasons[i] is not reason and i < _LAST_REASON:  # members are singletons
+                i += 1
+            ks.closed[i] += 1
+            duration_s, size_bytes = f.last_ts - f.started_ts, by0 + by1
+            h = ks.duration
+            h.counts[bisect.bisect_left(dur_bounds, duration_s)] += 1  # le: value <= bound
+            h.sum += duration_s
+            h = ks.size
+            h.counts[bisect.bisect_left(size_bounds, size_bytes)] += 1
+            h.sum += size_bytes
 
     def snapshot(self) -> TallySnapshot:
-        """A deep copy, taken under the lock."""
+        """A copy of every series."""
         out = TallySnapshot()
-        with self.lock:
-            out.merge(self._data)
+        with self._lock:
+            out.traffic = {k: list(v) for k, v in self._traffic.items()}
+            out.active = {k: v[0] for k, v in self._sessions.items()}
+            out.opened = {k: v[1] for k, v in self._sessions.items()}
+            out.closed = {(*k, r): n for k, v in self._closed.items()
+                          for r, n in zip(CLOSE_REASONS, v, strict=True)}  # fmt: skip
+            for mine, theirs, bounds in ((out.duration, self._duration, DURATION_BUCKETS_S),
+                                         (out.size, self._size, SIZE_BUCKETS_BYTES)):  # fmt: skip
+                for k, h in theirs.items():
+                    mine.setdefault(k, Histogram(len(bounds))).merge(h)
         return out
+
+
+def no_stats() -> KeyStats:
+    """Series that count nowhere (the placeholder of flows when metrics are off)."""
+    return KeyStats([0] * 4, [0, 0], [0] * len(CLOSE_REASONS), Histogram(0), Histogram(0))
