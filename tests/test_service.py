@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,49 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
                    for name, labels in metrics)  # fmt: skip
     assert metrics["tunnelacct_writer_queue_depth", ()] == 0
     assert metrics["tunnelacct_store_rows_written_total", ()] >= len(all_rows(db))
+
+
+def test_metrics_listen_serves_only_metrics_with_the_stored_rows_byte_totals(
+    tmp_path: Path,
+) -> None:
+    """[metrics] listen without [api]: /metrics alone, its traffic equal to the rows' sums."""
+    import socket as socketlib
+    import urllib.error
+    import urllib.request
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "live.db"
+    metrics = {"metrics": {"listen": f"127.0.0.1:{port}"}}
+    config = write_config(BASE, tmp_path / "serve.toml", metrics, captures=[{"pcap": str(PCAP)}])
+    with serving(tmp_path, config, db) as serve:
+        serve.wait(lambda s: s["captures"][0]["state"] == "finished"
+                   and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
+                   30, "replay written")  # fmt: skip
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/orgs", timeout=10)
+        refused.value.close()
+        assert serve.stop() == 0, serve.log()
+    assert refused.value.code == 404
+    got: dict[tuple[str, str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tunnelacct_bytes_total":
+                lb = sample.labels
+                got[lb["org"], lb["resource"], lb["protocol"], lb["direction"]] = sample.value
+    want: dict[tuple[str, str, str, str], float] = {}
+    for row in all_rows(db):
+        labels = (row["org_id"], row["resource_id"] or "unmatched", row["protocol"])
+        for direction in ("tx", "rx"):
+            key = (*labels, direction)
+            want[key] = want.get(key, 0) + row[f"bytes_{direction}"]
+    assert {k: v for k, v in got.items() if v} == want
+    # configured resources are there from the start, at 0 when nothing reached them
+    declared = {(r["org"], r["id"]) for r in tomllib.loads(BASE.read_text())["resources"]}
+    assert declared <= {(org, res) for org, res, _p, _d in got}
 
 
 def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None:

@@ -243,3 +243,26 @@ def test_ten_thousand_clients_and_resources_stay_within_the_series_cap(
     assert_capped()
     closed = samples(registry, "tunnelacct_sessions_total")
     assert sum(closed.values()) == n and len(closed) > cap // 2
+
+
+def test_a_resumed_session_is_active_but_neither_opened_again_nor_counted_twice() -> None:
+    """After a restart the stored counters were tallied by the previous process."""
+    first, second = halves()
+    before = table_for(MetricLabels(), LONG)
+    before.process(decode(first))
+    snapshots = before.checkpoint()
+    assert snapshots
+    after = table_for(MetricLabels(), LONG)
+    for e in snapshots:
+        after.resume(e)
+    registry = registry_of(after)
+    after.advance(after.now_ts + 1.0)
+    assert sum(samples(registry, "tunnelacct_sessions_active").values()) == len(snapshots)
+    assert sum(samples(registry, "tunnelacct_sessions_opened_total").values()) == 0
+    assert sum(samples(registry, "tunnelacct_bytes_total").values()) == 0
+    after.process(decode(second))
+    after.close_all(CloseReason.SHUTDOWN)
+    packets = rdpcap(str(PCAP))
+    assert sum(samples(registry, "tunnelacct_bytes_total").values()) == ip_lengths(
+        packets[len(first) :]
+    )

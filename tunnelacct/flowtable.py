@@ -41,7 +41,7 @@ from tunnelacct.flowkey import (
     session_id,
     unpack_key,
 )
-from tunnelacct.traffic import KeyStats, TrafficTally, no_stats
+from tunnelacct.traffic import NO_STATS, KeyStats, TrafficTally
 
 AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
@@ -54,7 +54,6 @@ _M1, _M2, _M3 = (
 )
 _SYN_MASK = TCP_SYN | TCP_ACK
 _PROTOS = {int(p): p for p in IpProto}
-_NO_STATS = no_stats()  # flows of a table without a tally
 
 
 class Flow:
@@ -88,7 +87,7 @@ class Flow:
         self.finished = False
         self.idle_s = 0.0  # the protocol's idle timeout, set by the table
         # metrics: the flow's label set and the part of its counters already tallied
-        self.mstats: KeyStats = _NO_STATS
+        self.mstats: KeyStats = NO_STATS
         self.mpk0 = self.mpk1 = self.mby0 = self.mby1 = 0
 
 
@@ -213,16 +212,12 @@ class FlowTable:
         (flow.pk0, flow.by0, flow.pl0), (flow.pk1, flow.by1, flow.pl1) = (
             (tx, rx) if init_a else (rx, tx)
         )
-        flow.idle_s = (
-            self.timeouts.tcp_idle_s if e.proto == IpProto.TCP else self.timeouts.udp_idle_s
-        )
+        t = self.timeouts
+        flow.idle_s = t.tcp_idle_s if e.proto == IpProto.TCP else t.udp_idle_s
         self._flows[flow.key] = flow
         if self.tally is not None:  # the traffic before the restart was tallied back then
             flow.mpk0, flow.mpk1, flow.mby0, flow.mby1 = flow.pk0, flow.pk1, flow.by0, flow.by1
-            a = e.attribution
-            flow.mstats = self.tally.opened(
-                a.org_id, a.resource_id, e.proto, a.client_id, resumed=True
-            )
+            flow.mstats = self.tally.opened(e.attribution, e.proto, resumed=True)
 
     def checkpoint(self) -> list[SessionEvent]:
         """Snapshots of the open sessions that changed since their last checkpoint."""
@@ -408,8 +403,7 @@ class FlowTable:
         if not attribution.attributed:
             self.stats.unattributed_sessions += 1
         if self.tally is not None:
-            at = attribution
-            flow.mstats = self.tally.opened(at.org_id, at.resource_id, _PROTOS[proto], at.client_id)
+            flow.mstats = self.tally.opened(attribution, _PROTOS[proto])
         if self._emit_opened:
             self._opened.append(flow)
         return flow

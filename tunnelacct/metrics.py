@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -256,6 +257,23 @@ def _histogram(
 
 def _le(bound: float) -> str:
     return repr(float(bound))
+
+
+def metrics_app(registry: CollectorRegistry) -> Any:
+    """An ASGI app serving `registry` at GET /metrics and 404 for every other path."""
+    inner = make_asgi_app(registry)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/metrics":
+            await inner(scope, receive, send)
+            return
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": b"only /metrics is served here\n"})
+
+    return app
 
 
 def service_registry(

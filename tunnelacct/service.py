@@ -27,6 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tunnelacct import metrics
 from tunnelacct.config import ClientConfig, Config, load_config
 from tunnelacct.enums import CloseReason, EventKind
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
@@ -34,7 +35,7 @@ from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
 from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
-from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures, service_registry
+from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
 from tunnelacct.retention import purge
 from tunnelacct.siem import SessionEventLog
@@ -153,7 +154,7 @@ class Service:
             ]
             for p in self.pipelines:
                 p.start()  # raises CaptureError when a capture cannot ever work
-            registry = service_registry(
+            registry = metrics.service_registry(
                 self._capture_statuses, self._writer_figures, self._retention_figures,
                 self._traffic_figures,
             )  # fmt: skip
@@ -253,11 +254,9 @@ class Service:
         m = self.config.metrics
         if m.host is None:
             return None
-        from prometheus_client import make_asgi_app
-
         sock = _bind("metrics", m.host, m.port)
         log.info("metrics on http://%s:%d/metrics", m.host, m.port)
-        return _uvicorn(make_asgi_app(registry)), sock
+        return _uvicorn(metrics.metrics_app(registry)), sock
 
     # -- retention -----------------------------------------------------------------------------
 

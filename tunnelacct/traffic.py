@@ -1,7 +1,7 @@
 """Traffic tallies for metrics: what the flow engine carried, by bounded label sets.
 
 The flow engine never counts per packet for metrics. Each flow remembers how much of its
-counters it has already reported; about once a second (the expiry sweep) the flow table folds
+counters it has already reported; at the expiry sweep (at most every FOLD_EVERY_S) the table folds
 the difference of every changed flow into its `TrafficTally`, and the rest when the session
 closes. `collect()` reads the tallies on scrape.
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tunnelacct.enums import CloseReason, IpProto
+from tunnelacct.events import Attribution
 
 OVERFLOW = "_overflow"
 UNMATCHED = "unmatched"  # the resource (or client) label of sessions that matched none
@@ -245,9 +246,11 @@ class TrafficTally:
                 )
         return ks
 
-    def opened(self, org: str, resource: str | None, proto: IpProto, client: str | None,
-               *, resumed: bool = False) -> KeyStats:  # fmt: skip
+    def opened(
+        self, attribution: Attribution, proto: IpProto, *, resumed: bool = False
+    ) -> KeyStats:
         """A session opened (or resumed after a restart: active, not newly opened)."""
+        org, resource, client = attribution.org_id, attribution.resource_id, attribution.client_id
         raw: Labels = (
             (org, resource or UNMATCHED, _PROTO_LABEL[proto], client or UNMATCHED)
             if self._client_labels
@@ -328,6 +331,5 @@ class TrafficTally:
         return out
 
 
-def no_stats() -> KeyStats:
-    """Series that count nowhere (the placeholder of flows when metrics are off)."""
-    return KeyStats([0] * 4, [0, 0], [0] * len(CLOSE_REASONS), Histogram(0), Histogram(0))
+# series that count nowhere: what flows of a table without a tally point at
+NO_STATS = KeyStats([0] * 4, [0, 0], [0] * len(CLOSE_REASONS), Histogram(0), Histogram(0))
