@@ -1,9 +1,9 @@
 """Traffic tallies for metrics: what the flow engine carried, by bounded label sets.
 
 The flow engine never counts per packet for metrics. Each flow remembers how much of its
-counters it has already reported; at the expiry sweep (at most every FOLD_EVERY_S) the table folds
-the difference of every changed flow into its `TrafficTally`, and the rest when the session
-closes. `collect()` reads the tallies on scrape.
+counters it has already reported; at the expiry sweep (at most every FOLD_EVERY_S) the table
+folds the difference of every changed flow into its `TrafficTally`, and the rest when the
+session closes. `collect()` reads the tallies on scrape.
 
 Labels are bounded twice. They are only ever config values (org, resource and client ids) or
 fixed vocabularies (protocol, direction, close reason), never an address, port or session. And a
