@@ -16,13 +16,14 @@ from scapy.packet import Packet
 from scapy.utils import rdpcap
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
-from tunnelacct.config import Timeouts, load_config
+from tunnelacct.config import CaptureConfig, Timeouts, load_config
 from tunnelacct.decode import decode
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.flowtable import FlowTable
 from tunnelacct.identity import Inventory
 from tunnelacct.metrics import TrafficFigures, service_registry
+from tunnelacct.pipeline import CapturePipeline
 from tunnelacct.sources import RawBatch
 from tunnelacct.sources.pcapfile import open_capture
 from tunnelacct.traffic import OVERFLOW, UNMATCHED, MetricLabels, TrafficTally
@@ -266,3 +267,21 @@ def test_a_resumed_session_is_active_but_neither_opened_again_nor_counted_twice(
     assert sum(samples(registry, "tunnelacct_bytes_total").values()) == ip_lengths(
         packets[len(first) :]
     )
+
+
+def test_checkpoint_lag_is_the_age_of_the_newest_checkpoint_the_store_holds() -> None:
+    now = [1000.0]
+    inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
+    pipeline = CapturePipeline(
+        CaptureConfig(pcap=str(PCAP)), LONG, attribute=inventory.attribute,
+        is_client=inventory.is_client_address, id_namespace=NAMESPACE, queue_packets=1000,
+        monotonic=lambda: now[0],
+    )  # fmt: skip
+    assert pipeline.checkpoint_lag_s(None) == 0.0  # nothing open: nothing to lose
+    for raw in open_capture(PCAP).batches():
+        pipeline.table.process(decode(raw))
+    assert len(pipeline.table) > 0
+    pipeline._checkpoints.extend([970.0, 980.0, 990.0])  # checkpoints taken at these times
+    assert pipeline.checkpoint_lag_s(None) == 10.0  # all written: the newest one counts
+    assert pipeline.checkpoint_lag_s(985.0) == 20.0  # the one at 990 still pending
+    assert pipeline.checkpoint_lag_s(960.0) == 30.0  # none complete: at least the oldest's age
