@@ -1,5 +1,8 @@
-"""Retention purges on a real SQLite store: exactly the right rows go, ongoing ones and orgs kept
-forever stay, dry runs count what real runs delete, one purge at a time, every run recorded."""
+"""Retention purges on a real store: exactly the right rows go, ongoing ones and orgs kept
+forever stay, dry runs count what real runs delete, one purge at a time, every run recorded.
+
+The purge tests run on SQLite and PostgreSQL (`db` is the store's URL); the CLI and serve tests
+(subprocesses importing captures) run on SQLite only for now."""
 
 from __future__ import annotations
 
@@ -19,16 +22,19 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, pool
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.serving import Serve, dump_toml
 from tests.helpers.sqlite import raw_query, replicate_sessions
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
-from tunnelacct.retention import LEASE_S, _acquire, purge
+from tunnelacct.retention import ADVISORY_LOCK_KEY, LEASE_S, _acquire, purge
 from tunnelacct.schema import migrate
-from tunnelacct.store import make_engine, sync_inventory
+from tunnelacct.store import make_engine, sync_inventory, sync_url
 
 DATA = Path(__file__).parent / "data"
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -42,16 +48,15 @@ DAYS = {"weekly": 7, "monthly": 30}
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "retention.db"
-    migrate(f"sqlite:///{path}")
-    return path
+def db(store_url: str) -> str:
+    """The URL of a migrated store (SQLite file or PostgreSQL database)."""
+    return store_url
 
 
 @pytest.fixture
-async def engine(db: Path) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(f"sqlite:///{db}")
-    await sync_inventory(engine, Config(database=DatabaseConfig(f"sqlite:///{db}"), orgs=ORGS))
+async def engine(db: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(db)
+    await sync_inventory(engine, Config(database=DatabaseConfig(db), orgs=ORGS))
     yield engine
     await engine.dispose()
 
@@ -101,16 +106,19 @@ def spread(orgs: tuple[str, ...]) -> list[SessionRecord]:
     return rows
 
 
-def counts(db: Path) -> dict[str, int]:
-    """Sessions per org, read with stdlib sqlite3."""
-    return {
-        str(org): int(n)
-        for org, n in raw_query(db, "SELECT org_id, count(*) FROM sessions GROUP BY 1")
-    }
+def url_of(db: Path | str) -> str:
+    """The URL of a store given as a SQLite file or a URL."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
 
 
-def remaining(db: Path) -> set[str]:
-    return {h for (h,) in raw_query(db, "SELECT id FROM sessions")}
+def counts(db: Path | str) -> dict[str, int]:
+    """Sessions per org, read past SQLAlchemy's types (`read_rows`)."""
+    rows = read_rows(url_of(db), "SELECT org_id, count(*) FROM sessions GROUP BY 1")
+    return {str(org): int(str(n)) for org, n in rows}
+
+
+def remaining(db: Path | str) -> set[str]:
+    return {str(h) for (h,) in read_rows(url_of(db), "SELECT id FROM sessions")}
 
 
 def expected_left(oracle: Oracle) -> set[str]:
@@ -122,7 +130,7 @@ def expected_left(oracle: Oracle) -> set[str]:
     }
 
 
-async def test_purge_keeps_exactly_what_each_org_allows(engine: AsyncEngine, db: Path) -> None:
+async def test_purge_keeps_exactly_what_each_org_allows(engine: AsyncEngine, db: str) -> None:
     oracle = await store(engine, spread(("weekly", "monthly", "keeper")))
     result = await purge(engine, now=NOW, batch_size=97)
     left = remaining(db)
@@ -137,7 +145,7 @@ async def test_purge_keeps_exactly_what_each_org_allows(engine: AsyncEngine, db:
 
 
 async def test_dry_run_deletes_nothing_and_counts_what_a_real_run_deletes(
-    engine: AsyncEngine, db: Path
+    engine: AsyncEngine, db: str
 ) -> None:
     await store(engine, spread(("weekly", "monthly", "keeper")))
     before = remaining(db)
@@ -149,21 +157,21 @@ async def test_dry_run_deletes_nothing_and_counts_what_a_real_run_deletes(
 
 
 async def test_every_run_is_recorded_with_cutoff_count_and_outcome(
-    engine: AsyncEngine, db: Path
+    engine: AsyncEngine, db: str
 ) -> None:
     await store(engine, spread(("weekly",)))
     result = await purge(engine, now=NOW, dry_run=True)
     await purge(engine, now=NOW)
-    runs = raw_query(db, "SELECT run_id, cutoff, dry_run, deleted, outcome, ended_at"
+    runs = read_rows(db, "SELECT run_id, cutoff, dry_run, deleted, outcome, ended_at"
                          " FROM purge_runs WHERE org_id = 'weekly' ORDER BY id")  # fmt: skip
     assert [(r[2], r[4]) for r in runs] == [(1, "ok"), (0, "ok")]
     assert runs[0][0] == result.run_id and runs[0][1] == "2026-11-18 12:00:00.000000"
     assert runs[0][3] == runs[1][3] > 0 and all(r[5] is not None for r in runs)
-    assert len(raw_query(db, "SELECT 1 FROM purge_runs")) == 2 * 4  # every org with a retention
+    assert len(read_rows(db, "SELECT 1 FROM purge_runs")) == 2 * 4  # every org with a retention
 
 
 async def test_a_second_purge_while_one_runs_reports_it_and_deletes_nothing(
-    engine: AsyncEngine, db: Path
+    engine: AsyncEngine, db: str
 ) -> None:
     oracle = await store(engine, spread(("weekly", "monthly")))
     first = asyncio.create_task(purge(engine, now=NOW, batch_size=3, holder="gw-a/1"))
@@ -176,7 +184,7 @@ async def test_a_second_purge_while_one_runs_reports_it_and_deletes_nothing(
 
 
 async def test_an_expired_lease_of_a_crashed_purge_is_taken_over(
-    engine: AsyncEngine, db: Path
+    engine: AsyncEngine, db: str
 ) -> None:
     await store(engine, spread(("weekly",)))
     long_ago = datetime.now(UTC) - timedelta(seconds=2 * LEASE_S)
@@ -186,7 +194,7 @@ async def test_an_expired_lease_of_a_crashed_purge_is_taken_over(
 
 
 async def test_a_cancelled_purge_is_recorded_with_what_it_deleted_and_frees_the_lock(
-    engine: AsyncEngine, db: Path
+    engine: AsyncEngine, db: str
 ) -> None:
     """serve stopping mid-purge: committed batches stay deleted and are counted, live."""
     oracle = await store(engine, spread(("weekly",)))
@@ -203,11 +211,45 @@ async def test_a_cancelled_purge_is_recorded_with_what_it_deleted_and_frees_the_
         await task
     gone = len(oracle) - len(remaining(db))
     assert seen == [("weekly", 5), ("weekly", 5)] and gone == 10
-    runs = raw_query(db, "SELECT org_id, outcome, deleted, error, ended_at FROM purge_runs")
+    runs = read_rows(db, "SELECT org_id, outcome, deleted, error, ended_at FROM purge_runs")
     assert [r[:3] for r in runs] == [("weekly", "failed", 10)]
     assert runs[0][3] == "cancelled (stopping)" and runs[0][4] is not None
     rest = await purge(engine, now=NOW)  # the lock was released: the next run goes ahead
     assert rest.locked_by is None and remaining(db) == expected_left(oracle)
+
+
+async def test_on_postgresql_the_lock_is_the_holders_connection_not_the_lease() -> None:
+    """Another process holds the advisory lock: the purge reports it by the name in the lock
+    row. Once that process's connection ends (a crash), the lock is free at once, although
+    the row still names it with a lease that has not expired."""
+    with fresh_database() as url:
+        migrate(url)
+        other = create_engine(sync_url(url), poolclass=pool.NullPool)
+        engine = make_engine(url)
+        try:
+            await sync_inventory(engine, Config(database=DatabaseConfig(url), orgs=ORGS))
+            oracle = await store(engine, spread(("weekly",)))
+            with other.connect() as conn:
+                conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                conn.execute(sql_text("UPDATE purge_locks SET holder = 'other-host/1', "
+                                  "expires_at = now() + interval '1 hour'"))  # fmt: skip
+                conn.commit()
+                locked = await purge(engine, now=NOW, holder="gw-b/2")
+                assert locked.locked_by == "other-host/1" and locked.orgs == ()
+                assert remaining(url) == set(oracle)
+            # the connection is closed: its backend ends and frees the advisory lock (the
+            # client does not wait for that, so neither can the test)
+            free = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            deadline = time.monotonic() + 10
+            while read_rows(url, free) != [(0,)]:
+                assert time.monotonic() < deadline, "the advisory lock outlived its connection"
+                await asyncio.sleep(0.05)
+            done = await purge(engine, now=NOW, holder="gw-b/2")
+            assert done.locked_by is None and remaining(url) == expected_left(oracle)
+            assert read_rows(url, "SELECT holder FROM purge_locks") == [(None,)]
+        finally:
+            other.dispose()
+            await engine.dispose()
 
 
 def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(

@@ -1,4 +1,7 @@
-"""Store: URLs, migrations vs models, SQLite pragmas, type round-trips, inventory sync."""
+"""Store: URLs, migrations vs models, SQLite pragmas, type round-trips, inventory sync.
+
+Store tests run on SQLite and PostgreSQL (`store_url`, `store_engine`); read-backs go through
+`read_rows`, which shows values as SQLite stores them on either engine."""
 
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, String, create_engine, inspect, select
+from sqlalchemy import Column, Integer, MetaData, String, create_engine, inspect, pool, select
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
 from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
@@ -23,7 +28,7 @@ from tunnelacct.models import Client as ClientRow
 from tunnelacct.models import Org as OrgRow
 from tunnelacct.models import Resource as ResourceRow
 from tunnelacct.models import SessionRecord, TableBase
-from tunnelacct.schema import check_schema, migrate
+from tunnelacct.schema import alembic_config, check_schema, migrate
 from tunnelacct.store import async_url, make_engine, sync_inventory, sync_url
 
 
@@ -77,8 +82,9 @@ def test_sync_and_async_urls_map_drivers_both_ways() -> None:
     assert sync_url("sqlite:///x.db") == "sqlite:///x.db"
     pg = "postgresql://u:p%40ss@db:5432/acct"
     assert async_url(pg) == "postgresql+asyncpg://u:p%40ss@db:5432/acct"
-    assert sync_url(async_url(pg)) == pg
-    assert sync_url("postgresql+psycopg://h/acct") == "postgresql+psycopg://h/acct"
+    psycopg = "postgresql+psycopg://u:p%40ss@db:5432/acct"  # Alembic's sync driver
+    assert sync_url(pg) == sync_url(async_url(pg)) == psycopg
+    assert sync_url("postgresql+psycopg2://h/acct") == "postgresql+psycopg2://h/acct"  # explicit
     assert async_url("postgresql+psycopg://h/acct") == "postgresql+asyncpg://h/acct"
 
 
@@ -96,27 +102,49 @@ HEAD = max(
 )
 
 
-def test_migrate_creates_tables_and_parent_dir_and_is_idempotent(tmp_path: Path) -> None:
+TABLES = {"alembic_version", "orgs", "clients", "resources", "sessions", "api_tokens",
+          "purge_runs", "purge_locks"}  # fmt: skip
+
+
+def table_names(url: str) -> set[str]:
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrate_creates_tables_and_is_idempotent(database_url: str) -> None:
+    migrate(database_url)
+    migrate(database_url)
+    assert table_names(database_url) == TABLES
+    assert read_rows(database_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+
+
+def test_migrate_creates_the_parent_dir_of_a_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "t.db"
     migrate(f"sqlite:///{path}")
-    migrate(f"sqlite:///{path}")
-    tables = {
-        name for (name,) in raw_query(path, "SELECT name FROM sqlite_master WHERE type='table'")
-    }
-    assert tables == {"alembic_version", "orgs", "clients", "resources", "sessions", "api_tokens",
-                      "purge_runs", "purge_locks"}  # fmt: skip
     assert raw_query(path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
-def test_sessions_table_has_the_paging_retention_and_resume_indexes(db_path: Path) -> None:
-    indexes = {
-        name: [col for (_seq, _cid, col) in raw_query(db_path, f"PRAGMA index_info('{name}')")]
-        for (name,) in raw_query(
-            db_path,
-            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='sessions'"
-            " AND sql IS NOT NULL",
-        )
-    }
+# The index definitions as each engine's catalog states them.
+INDEX_SQL = {
+    "sqlite": "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+    " AND tbl_name = 'sessions' AND sql IS NOT NULL",
+    "postgresql": "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sessions'"
+    " AND indexname != 'pk_sessions'",
+}
+
+
+def test_sessions_table_has_the_paging_retention_and_resume_indexes(store_url: str) -> None:
+    engine = create_engine(sync_url(store_url), poolclass=pool.NullPool)
+    try:
+        inspector = inspect(engine)
+        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("sessions")}
+        foreign_keys = inspector.get_foreign_keys("sessions")
+        dialect = engine.dialect.name
+    finally:
+        engine.dispose()
     assert sorted(indexes.values()) == sorted(
         [
             ["org_id", "started_at", "id"],
@@ -126,11 +154,47 @@ def test_sessions_table_has_the_paging_retention_and_resume_indexes(db_path: Pat
             ["org_id", "resource_id", "started_at"],
         ]
     )
-    assert not raw_query(db_path, "PRAGMA foreign_key_list('sessions')")
+    definitions = {str(n): str(d) for n, d in read_rows(store_url, INDEX_SQL[dialect])}
+    assert set(definitions) == set(indexes)
+    partial = [name for name, sql in definitions.items() if " WHERE " in sql.upper()]
+    assert partial == ["ix_sessions_gateway_ongoing"]
+    assert "'ongoing'" in definitions["ix_sessions_gateway_ongoing"]
+    assert not foreign_keys
 
 
-def _drift(db_path: Path, metadata: MetaData) -> list[object]:
-    engine = create_engine(f"sqlite:///{db_path}")
+# PostgreSQL column types the migrations must create (information_schema names).
+PG_TYPES = {
+    ("sessions", "id"): "uuid",
+    ("sessions", "started_at"): "timestamp with time zone",
+    ("sessions", "ended_at"): "timestamp with time zone",
+    ("sessions", "bytes_tx"): "bigint",
+    ("sessions", "payload_bytes_rx"): "bigint",
+    ("sessions", "ip_version"): "smallint",
+    ("sessions", "midstream"): "boolean",
+    ("sessions", "duration_s"): "double precision",
+    ("orgs", "logging"): "boolean",
+    ("orgs", "updated_at"): "timestamp with time zone",
+    ("purge_runs", "deleted"): "bigint",
+    ("purge_runs", "dry_run"): "boolean",
+    ("purge_locks", "expires_at"): "timestamp with time zone",
+    ("api_tokens", "created_at"): "timestamp with time zone",
+}
+
+
+def test_postgresql_columns_have_native_types() -> None:
+    with fresh_database() as url:
+        migrate(url)
+        rows = read_rows(
+            url,
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'public'",
+        )
+    types = {(str(t), str(c)): str(d) for t, c, d in rows}
+    assert {key: types[key] for key in PG_TYPES} == PG_TYPES
+
+
+def _drift(url: str, metadata: MetaData) -> list[object]:
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -139,23 +203,48 @@ def _drift(db_path: Path, metadata: MetaData) -> list[object]:
         engine.dispose()
 
 
-def test_models_and_migrations_do_not_drift(db_path: Path) -> None:
+def test_models_and_migrations_do_not_drift(store_url: str) -> None:
     # `alembic check` semantics: autogenerate would produce no operations.
-    assert _drift(db_path, TableBase.metadata) == []
+    assert _drift(store_url, TableBase.metadata) == []
 
 
-def test_drift_check_notices_a_model_change(db_path: Path) -> None:
+def test_drift_check_notices_a_model_change(store_url: str) -> None:
     # The oracle above must be able to fail: an extra model column is reported.
     changed = MetaData(naming_convention=TableBase.metadata.naming_convention)
     for table in TableBase.metadata.tables.values():
         table.to_metadata(changed)
     changed.tables["sessions"].append_column(Column("extra", Integer, nullable=True))
-    diffs = _drift(db_path, changed)
+    diffs = _drift(store_url, changed)
     assert [d[0] for d in diffs if isinstance(d, tuple)] == ["add_column"]
 
 
-async def test_check_schema_names_the_upgrade_command_when_not_migrated(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+def alembic_to(url: str, revision: str, *, down: bool = False) -> None:
+    """Alembic upgrade (or downgrade) of the store at `url` to `revision`."""
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    cfg = alembic_config()
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_go_from_the_first_revision_to_head_and_back_down(database_url: str) -> None:
+    alembic_to(database_url, "0001")
+    assert table_names(database_url) == {"alembic_version", "orgs", "clients", "resources",
+                                         "sessions"}  # fmt: skip
+    alembic_to(database_url, "head")
+    assert table_names(database_url) == TABLES
+    assert _drift(database_url, TableBase.metadata) == []
+    alembic_to(database_url, "base", down=True)
+    assert table_names(database_url) == {"alembic_version"}
+    alembic_to(database_url, "head")  # and up again from nothing
+    assert _drift(database_url, TableBase.metadata) == []
+
+
+async def test_check_schema_names_the_upgrade_command_when_not_migrated(database_url: str) -> None:
+    engine = make_engine(database_url)
     try:
         with pytest.raises(StoreError, match="run `tunnelacct db upgrade`"):
             await check_schema(engine)
@@ -163,9 +252,11 @@ async def test_check_schema_names_the_upgrade_command_when_not_migrated(tmp_path
         await engine.dispose()
 
 
-async def test_check_schema_accepts_a_migrated_database(engine: AsyncEngine, db_path: Path) -> None:
-    await check_schema(engine)  # raises StoreError otherwise
-    assert raw_query(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+async def test_check_schema_accepts_a_migrated_database(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    await check_schema(store_engine)  # raises StoreError otherwise
+    assert read_rows(store_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
@@ -183,36 +274,36 @@ async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
 
 
 async def test_times_round_trip_with_microseconds_as_aware_utc(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     plus2 = timezone(timedelta(hours=2))
     started = datetime(2026, 11, 23, 12, 40, 45, 123456, tzinfo=plus2)
-    loaded = await store_and_reload(engine, record(started_at=started, ended_at=None))
+    loaded = await store_and_reload(store_engine, record(started_at=started, ended_at=None))
     assert loaded.started_at == started
     assert loaded.started_at.tzinfo is UTC
     assert loaded.started_at.microsecond == 123456
     assert loaded.last_seen_at == datetime(2026, 11, 23, 10, 41, 0, 1, tzinfo=UTC)
     assert loaded.ended_at is None
     # Stored as UTC, so text order is time order whatever the writer's zone.
-    assert raw_query(db_path, "SELECT started_at FROM sessions") == [
+    assert read_rows(store_url, "SELECT started_at FROM sessions") == [
         ("2026-11-23 10:40:45.123456",)
     ]
 
 
-async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
+async def test_naive_datetimes_are_refused(store_engine: AsyncEngine) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
-        await store_and_reload(engine, record(started_at=datetime(2026, 1, 1)))
+        await store_and_reload(store_engine, record(started_at=datetime(2026, 1, 1)))
 
 
-async def test_64bit_counters_round_trip(engine: AsyncEngine) -> None:
+async def test_64bit_counters_round_trip(store_engine: AsyncEngine) -> None:
     big = 2**40 + 3
     loaded = await store_and_reload(
-        engine, record(bytes_tx=big, bytes_rx=2**63 - 1, payload_bytes_tx=big - 1)
+        store_engine, record(bytes_tx=big, bytes_rx=2**63 - 1, payload_bytes_tx=big - 1)
     )
     assert (loaded.bytes_tx, loaded.bytes_rx, loaded.payload_bytes_tx) == (big, 2**63 - 1, big - 1)
 
 
-async def test_longest_ipv6_text_fits_address_columns(engine: AsyncEngine) -> None:
+async def test_longest_ipv6_text_fits_address_columns(store_engine: AsyncEngine) -> None:
     longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
     assert len(longest) == 45
     columns = inspect(SessionRecord).columns
@@ -220,7 +311,7 @@ async def test_longest_ipv6_text_fits_address_columns(engine: AsyncEngine) -> No
         column_type = columns[name].type
         assert isinstance(column_type, String) and column_type.length == 45
     loaded = await store_and_reload(
-        engine, record(ip_version=6, src_addr=longest, dst_addr="2001:db8::1")
+        store_engine, record(ip_version=6, src_addr=longest, dst_addr="2001:db8::1")
     )
     assert (loaded.src_addr, loaded.dst_addr) == (longest, "2001:db8::1")
 
@@ -259,34 +350,38 @@ def inventory(
 
 
 async def test_sync_inventory_inserts_orgs_clients_and_resources(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
-    await sync_inventory(engine, inventory())
-    assert raw_query(db_path, "SELECT id, name, retention_days FROM orgs ORDER BY id") == [
+    await sync_inventory(store_engine, inventory())
+    assert read_rows(store_url, "SELECT id, name, retention_days FROM orgs ORDER BY id") == [
         ("acme", "Acme", 30),
         ("globex", "Globex", 90),
         ("unattributed", "unattributed", 30),  # the default org, not declared
     ]
-    clients = raw_query(
-        db_path, "SELECT id, org_id, name, user_id, addresses, active FROM clients ORDER BY id"
+    clients = read_rows(
+        store_url, "SELECT id, org_id, name, user_id, addresses, active FROM clients ORDER BY id"
     )
     assert clients[1][:4] == ("c1", "acme", "laptop 1", "user1")
     assert json.loads(str(clients[1][4])) == ["100.64.0.3/32", "fd00::3/128"]
     assert clients[0][3] is None
-    assert raw_query(db_path, "SELECT id, ports, protocols, active FROM resources ORDER BY id") == [
+    assert read_rows(
+        store_url, "SELECT id, ports, protocols, active FROM resources ORDER BY id"
+    ) == [
         ("r0", "5432,8000-8100", "tcp", 1),
         ("r1", None, "tcp,udp", 1),
     ]
 
 
 async def test_sync_inventory_updates_changed_rows_and_deactivates_removed_ones(
-    engine: AsyncEngine,
+    store_engine: AsyncEngine,
 ) -> None:
     t1 = datetime(2026, 1, 1, tzinfo=UTC)
     t2 = t1 + timedelta(days=1)
-    await sync_inventory(engine, inventory(clients=3, resources=2), now=t1)
-    await sync_inventory(engine, inventory(orgs=1, clients=2, resources=1, renamed=True), now=t2)
-    async with AsyncSession(engine) as db:
+    await sync_inventory(store_engine, inventory(clients=3, resources=2), now=t1)
+    await sync_inventory(
+        store_engine, inventory(orgs=1, clients=2, resources=1, renamed=True), now=t2
+    )
+    async with AsyncSession(store_engine) as db:
         clients = (await db.scalars(select(ClientRow))).all()
         c0, c1, c2 = [await db.get(ClientRow, f"c{i}") for i in range(3)]
         r1 = await db.get(ResourceRow, "r1")
@@ -300,68 +395,65 @@ async def test_sync_inventory_updates_changed_rows_and_deactivates_removed_ones(
     assert globex is not None  # orgs removed from config are kept
 
 
-async def test_sync_inventory_reactivates_a_returning_client(engine: AsyncEngine) -> None:
-    await sync_inventory(engine, inventory(clients=2))
-    await sync_inventory(engine, inventory(clients=1))
-    await sync_inventory(engine, inventory(clients=2))
-    async with AsyncSession(engine) as db:
+async def test_sync_inventory_reactivates_a_returning_client(store_engine: AsyncEngine) -> None:
+    await sync_inventory(store_engine, inventory(clients=2))
+    await sync_inventory(store_engine, inventory(clients=1))
+    await sync_inventory(store_engine, inventory(clients=2))
+    async with AsyncSession(store_engine) as db:
         c1 = await db.get(ClientRow, "c1")
     assert c1 is not None and c1.active
 
 
-async def test_sync_inventory_never_touches_sessions(engine: AsyncEngine, db_path: Path) -> None:
-    await sync_inventory(engine, inventory())
+async def test_sync_inventory_never_touches_sessions(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    await sync_inventory(store_engine, inventory())
     row = record(client_id="c1", client_name="laptop 1", resource_id="r1", resource_name="db 1")
-    await store_and_reload(engine, row)
-    before = raw_query(db_path, "SELECT * FROM sessions")
-    await sync_inventory(engine, Config(orgs=(OrgConfig("acme", "Renamed"),)))
-    assert raw_query(db_path, "SELECT * FROM sessions") == before
+    await store_and_reload(store_engine, row)
+    before = read_rows(store_url, "SELECT * FROM sessions")
+    await sync_inventory(store_engine, Config(orgs=(OrgConfig("acme", "Renamed"),)))
+    assert read_rows(store_url, "SELECT * FROM sessions") == before
 
 
 async def test_sync_inventory_accepts_clients_of_the_undeclared_default_org(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     config = Config(
         default_org="home",
         orgs=(OrgConfig("acme", "Acme"),),
         clients=(ClientConfig(id="c9", org="home", name="c9"),),
     )
-    await sync_inventory(engine, config)
-    assert raw_query(db_path, "SELECT id FROM orgs ORDER BY id") == [("acme",), ("home",)]
-    assert raw_query(db_path, "SELECT org_id FROM clients") == [("home",)]
+    await sync_inventory(store_engine, config)
+    assert read_rows(store_url, "SELECT id FROM orgs ORDER BY id") == [("acme",), ("home",)]
+    assert read_rows(store_url, "SELECT org_id FROM clients") == [("home",)]
 
 
-async def test_sync_inventory_refuses_a_client_of_an_unknown_org(engine: AsyncEngine) -> None:
+async def test_sync_inventory_refuses_a_client_of_an_unknown_org(store_engine: AsyncEngine) -> None:
     config = Config(clients=(ClientConfig(id="c9", org="nobody", name="c9"),))
     with pytest.raises(StoreError, match="client 'c9' names unknown org 'nobody'"):
-        await sync_inventory(engine, config)
+        await sync_inventory(store_engine, config)
 
 
 def test_upgrade_to_0003_keeps_orgs_and_downgrade_turns_forever_into_30_days(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
-    from alembic import command
-    from sqlalchemy import create_engine
-
-    from tunnelacct.schema import alembic_config
-
-    path = tmp_path / "m.db"
-    engine = create_engine(f"sqlite:///{path}")
-    cfg = alembic_config()
-
-    def to(revision: str, *, down: bool = False) -> None:
+    alembic_to(database_url, "0002")
+    engine = create_engine(sync_url(database_url), poolclass=pool.NullPool)
+    try:
         with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, revision)
-
-    to("0002")
-    with engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO orgs VALUES ('acme', 'Acme', 7, '2026-11-25 00:00:00')")
-    to("0003")
-    assert raw_query(path, "SELECT id, retention_days, logging FROM orgs") == [("acme", 7, 1)]
-    assert raw_query(path, "SELECT name, holder FROM purge_locks") == [("retention", None)]
-    with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE orgs SET retention_days = NULL")  # forever
-    to("0002", down=True)
-    assert raw_query(path, "SELECT id, retention_days FROM orgs") == [("acme", 30)]
-    engine.dispose()
+            conn.exec_driver_sql(
+                "INSERT INTO orgs VALUES ('acme', 'Acme', 7, '2026-11-25 00:00:00+00')"
+            )
+        alembic_to(database_url, "0003")
+        assert read_rows(database_url, "SELECT id, retention_days, logging FROM orgs") == [
+            ("acme", 7, 1)
+        ]
+        assert read_rows(database_url, "SELECT name, holder FROM purge_locks") == [
+            ("retention", None)
+        ]
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE orgs SET retention_days = NULL")  # forever
+        alembic_to(database_url, "0002", down=True)
+        assert read_rows(database_url, "SELECT id, retention_days FROM orgs") == [("acme", 30)]
+    finally:
+        engine.dispose()

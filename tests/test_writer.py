@@ -1,4 +1,6 @@
-"""SessionWriter: upserts, coalescing, closed-is-final, back-pressure, outages, drain."""
+"""SessionWriter: upserts, coalescing, closed-is-final, back-pressure, outages, drain.
+
+On SQLite and PostgreSQL (`store_engine`), except the tests that hold SQLite's write lock."""
 
 from __future__ import annotations
 
@@ -20,20 +22,29 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from tests.helpers.pg import read_rows
 from tests.helpers.sqlite import raw_query
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.models import SessionRecord, UtcDateTime
+from tunnelacct.rows import (
+    ROW_COLUMNS,
+    bulk_upsert_sql,
+    event_row,
+    row_arrays,
+    sqlite_time_text,
+    upsert_sql,
+)
 from tunnelacct.store import make_engine, table_of
-from tunnelacct.writer import ROW_COLUMNS, SessionWriter, event_row, sqlite_time_text, upsert_sql
+from tunnelacct.writer import SessionWriter
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 
 
-def row_count(path: Path) -> int:
-    return int(str(raw_query(path, "SELECT count(*) FROM sessions")[0][0]))
+def row_count(url: str) -> int:
+    return int(str(read_rows(url, "SELECT count(*) FROM sessions")[0][0]))
 
 
 def event(
@@ -106,19 +117,19 @@ def writer_for(
 
 
 async def test_open_checkpoint_close_yields_one_completed_row_with_final_counters(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     sid = uuid.uuid4()
-    writer = writer_for(engine, flush_interval_s=0.01)
+    writer = writer_for(store_engine, flush_interval_s=0.01)
     async with running(writer):
         await writer.submit([event(EventKind.OPENED, sid, n=1, last_ts=T0)])
         await wait_until(lambda: writer.flushes == 1)
-        assert raw_query(db_path, "SELECT status, ended_at FROM sessions") == [("ongoing", None)]
+        assert read_rows(store_url, "SELECT status, ended_at FROM sessions") == [("ongoing", None)]
         await writer.submit([event(EventKind.CHECKPOINT, sid, n=5, last_ts=T0 + 30)])
         await wait_until(lambda: writer.flushes == 2)
         await writer.submit([event(EventKind.CLOSED, sid, n=7, last_ts=T0 + 42.5)])
-    rows = raw_query(
-        db_path,
+    rows = read_rows(
+        store_url,
         "SELECT id, status, close_reason, bytes_tx, bytes_rx, packets_tx, packets_rx,"
         " payload_bytes_tx, payload_bytes_rx, started_at, ended_at, last_seen_at, duration_s,"
         " protocol, ip_version, client_name, gateway, interface FROM sessions",
@@ -150,50 +161,50 @@ async def test_open_checkpoint_close_yields_one_completed_row_with_final_counter
 
 
 async def test_events_of_one_session_coalesce_into_one_row_in_one_flush(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     sid = uuid.uuid4()
-    writer = writer_for(engine)
+    writer = writer_for(store_engine)
     events = [event(EventKind.CHECKPOINT, sid, n=i) for i in range(1, 101)]
     await writer.submit([event(EventKind.OPENED, sid), *events])
     assert writer.pending == 1
     await writer.close()
     assert (writer.flushes, writer.rows_written) == (1, 1)
-    assert raw_query(db_path, "SELECT bytes_tx, packets_rx, status FROM sessions") == [
+    assert read_rows(store_url, "SELECT bytes_tx, packets_rx, status FROM sessions") == [
         (10_000, 200, "ongoing")
     ]
 
 
 async def test_late_checkpoint_in_the_store_does_not_reopen_a_closed_session(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     sid = uuid.uuid4()
-    writer = writer_for(engine, flush_interval_s=0.01)
+    writer = writer_for(store_engine, flush_interval_s=0.01)
     async with running(writer):
         await writer.submit([event(EventKind.CLOSED, sid, n=3, last_ts=T0 + 3)])
         await wait_until(lambda: writer.flushes == 1)
         await writer.submit([event(EventKind.CHECKPOINT, sid, n=2, last_ts=T0 + 2)])
         await wait_until(lambda: writer.flushes == 2)
-    assert raw_query(db_path, "SELECT status, close_reason, bytes_tx FROM sessions") == [
+    assert read_rows(store_url, "SELECT status, close_reason, bytes_tx FROM sessions") == [
         ("completed", "fin", 300)
     ]
 
 
 async def test_late_checkpoint_while_pending_does_not_replace_the_closed_event(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     sid = uuid.uuid4()
-    writer = writer_for(engine)
+    writer = writer_for(store_engine)
     await writer.submit([event(EventKind.CLOSED, sid, n=3), event(EventKind.CHECKPOINT, sid, n=2)])
     assert writer.stale_events == 1
     await writer.close()
-    assert raw_query(db_path, "SELECT status, bytes_tx FROM sessions") == [("completed", 300)]
+    assert read_rows(store_url, "SELECT status, bytes_tx FROM sessions") == [("completed", 300)]
 
 
 async def test_submit_waits_when_max_pending_is_reached_and_loses_nothing(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
-    writer = writer_for(engine, max_pending=10, batch_size=4, flush_interval_s=60)
+    writer = writer_for(store_engine, max_pending=10, batch_size=4, flush_interval_s=60)
     producer = asyncio.create_task(writer.submit([event() for _ in range(11)]))
     await asyncio.sleep(0.2)
     assert not producer.done()  # no run() yet: the 11th session has no room
@@ -205,7 +216,7 @@ async def test_submit_waits_when_max_pending_is_reached_and_loses_nothing(
             await writer.submit([event() for _ in range(25)])
             seen.append(writer.pending)
     assert max(seen) <= 10
-    assert row_count(db_path) == 11 + 20 * 25 == writer.rows_written
+    assert row_count(store_url) == 11 + 20 * 25 == writer.rows_written
 
 
 async def test_locked_database_delays_writes_but_loses_nothing(
@@ -226,7 +237,7 @@ async def test_locked_database_delays_writes_but_loses_nothing(
                 assert writer.failed_flushes >= 2
                 locker.execute("COMMIT")
                 await wait_until(lambda: writer.pending == 0)
-        assert row_count(db_path) == 500
+        assert row_count(f"sqlite:///{db_path}") == 500
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1  # one line per failure streak
         assert "database is locked" in warnings[0].getMessage()
@@ -278,71 +289,73 @@ async def test_event_replacing_one_in_flight_is_written_by_the_next_flush(
 
 
 async def test_close_admits_producers_already_waiting_for_room(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
-    writer = writer_for(engine, max_pending=5, batch_size=3)
+    writer = writer_for(store_engine, max_pending=5, batch_size=3)
     producer = asyncio.create_task(writer.submit([event() for _ in range(20)]))
     await asyncio.sleep(0.05)
     assert writer.pending == 5 and not producer.done()
     await writer.close()  # no run() task: close() drains, letting the producer finish
     await asyncio.wait_for(producer, 5)
-    assert row_count(db_path) == 20
+    assert row_count(store_url) == 20
 
 
 async def test_close_drains_is_idempotent_and_refuses_later_events(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
-    writer = writer_for(engine, flush_interval_s=60)
+    writer = writer_for(store_engine, flush_interval_s=60)
     task = asyncio.create_task(writer.run())
     await writer.submit([event(EventKind.CLOSED) for _ in range(50)])
     await writer.close()
     await asyncio.wait_for(task, 5)
-    assert row_count(db_path) == 50
+    assert row_count(store_url) == 50
     await writer.close()
     with pytest.raises(StoreError, match="closed"):
         await writer.submit([event()])
 
 
-async def test_close_without_a_run_task_still_drains(engine: AsyncEngine, db_path: Path) -> None:
-    writer = writer_for(engine, batch_size=7)
+async def test_close_without_a_run_task_still_drains(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    writer = writer_for(store_engine, batch_size=7)
     await writer.submit([event() for _ in range(30)])
     await writer.close()
-    assert row_count(db_path) == 30
+    assert row_count(store_url) == 30
     assert writer.flushes == 5  # ceil(30 / 7)
 
 
 async def test_flush_interval_bounds_how_long_an_event_waits(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
-    writer = writer_for(engine, flush_interval_s=0.05)
+    writer = writer_for(store_engine, flush_interval_s=0.05)
     async with running(writer):
         await writer.submit([event()])
-        await wait_until(lambda: row_count(db_path) == 1, timeout_s=2)  # raises on timeout
+        await wait_until(lambda: row_count(store_url) == 1, timeout_s=2)  # raises on timeout
         await wait_until(lambda: writer.pending == 0, timeout_s=2)
         assert writer.flushes == 1  # one event, far below batch_size: the interval flushed it
 
 
 @pytest.mark.slow
 async def test_ten_thousand_sessions_are_all_present_with_exact_counters(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     ids = [uuid.uuid4() for _ in range(10_000)]
-    writer = writer_for(engine, flush_interval_s=0.05)
+    writer = writer_for(store_engine, flush_interval_s=0.05)
     async with running(writer):
         await writer.submit([event(EventKind.OPENED, sid) for sid in ids])
         closes = [event(EventKind.CLOSED, sid, n=i + 1) for i, sid in enumerate(ids)]
         for start in range(0, len(closes), 1000):
             await writer.submit(closes[start : start + 1000])
-    assert raw_query(
-        db_path, "SELECT count(*), sum(bytes_tx), sum(packets_tx), min(status) FROM sessions"
+    assert read_rows(
+        store_url, "SELECT count(*), sum(bytes_tx), sum(packets_tx), min(status) FROM sessions"
     ) == [(10_000, 100 * sum(range(1, 10_001)), sum(range(1, 10_001)), "completed")]
-    stored = {uuid.UUID(str(h)) for (h,) in raw_query(db_path, "SELECT id FROM sessions")}
+    stored = {uuid.UUID(str(h)) for (h,) in read_rows(store_url, "SELECT id FROM sessions")}
     assert stored == set(ids)
 
 
-async def test_writer_config_must_be_positive(engine: AsyncEngine) -> None:
+async def test_writer_config_must_be_positive(store_engine: AsyncEngine) -> None:
     with pytest.raises(ValueError, match="invalid writer config"):
-        SessionWriter(engine, replace(WriterConfig(), batch_size=0), gateway="gw")
+        SessionWriter(store_engine, replace(WriterConfig(), batch_size=0), gateway="gw")
 
 
 def test_event_times_become_aware_utc_datetimes_with_microseconds() -> None:
@@ -406,12 +419,12 @@ def at_utc(
 
 
 async def test_fast_path_rows_read_back_through_the_model_equal_the_events(
-    engine: AsyncEngine,
+    store_engine: AsyncEngine,
 ) -> None:
-    writer = writer_for(engine)
+    writer = writer_for(store_engine)
     await writer.submit(varied_events())
     await writer.close()
-    async with AsyncSession(engine) as db:
+    async with AsyncSession(store_engine) as db:
         records = {r.id: r for r in (await db.scalars(select(SessionRecord))).all()}
     assert set(records) == {V6_ID, V4_ID, IDLE_ID}
 
@@ -456,27 +469,29 @@ async def test_fast_path_rows_read_back_through_the_model_equal_the_events(
     assert (idle.status, idle.close_reason) == ("completed", "idle")
 
 
-def select_all_with_types(path: Path) -> list[tuple[object, ...]]:
-    types = ", ".join(f"typeof({c})" for c in ROW_COLUMNS)
-    return raw_query(path, f"SELECT *, {types} FROM sessions ORDER BY id")
+def select_all_with_types(url: str) -> list[tuple[object, ...]]:
+    """Every row, each value followed by its type as the engine states it."""
+    typeof = "pg_typeof({})::text" if url.startswith("postgresql") else "typeof({})"
+    types = ", ".join(typeof.format(c) for c in ROW_COLUMNS)
+    return read_rows(url, f"SELECT *, {types} FROM sessions ORDER BY id")
 
 
 async def test_fast_path_stores_exactly_what_a_sqlalchemy_insert_stores(
-    engine: AsyncEngine, db_path: Path
+    store_engine: AsyncEngine, store_url: str
 ) -> None:
     events = varied_events()
-    async with engine.begin() as conn:
+    async with store_engine.begin() as conn:
         await conn.execute(
             insert(table_of(SessionRecord)), [event_row(e, "gw-test") for e in events]
         )
-    by_sqlalchemy = select_all_with_types(db_path)
-    async with engine.begin() as conn:
+    by_sqlalchemy = select_all_with_types(store_url)
+    async with store_engine.begin() as conn:
         await conn.execute(delete(table_of(SessionRecord)))
-    assert row_count(db_path) == 0
-    writer = writer_for(engine)
+    assert row_count(store_url) == 0
+    writer = writer_for(store_engine)
     await writer.submit(events)
     await writer.close()
-    by_writer = select_all_with_types(db_path)
+    by_writer = select_all_with_types(store_url)
     assert len(by_writer) == 3
     assert by_writer == by_sqlalchemy
 
@@ -519,23 +534,39 @@ def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
     assert "?" not in sql
 
 
+def test_postgresql_bulk_upsert_binds_one_typed_array_per_column() -> None:
+    sql = bulk_upsert_sql(PGDialect_asyncpg())  # type: ignore[no-untyped-call]
+    assert "SELECT * FROM unnest($1::UUID[], $2::VARCHAR[], " in sql
+    assert f"${len(ROW_COLUMNS)}::VARCHAR[]) ON CONFLICT (id) DO UPDATE" in sql
+    assert "$14::TIMESTAMP WITH TIME ZONE[]" in sql  # started_at
+    assert f"${len(ROW_COLUMNS) + 1}" not in sql
+    with pytest.raises(StoreError, match="no bulk upsert"):
+        bulk_upsert_sql(sqlite.dialect())
+
+
+def test_row_arrays_are_the_columns_of_the_rows() -> None:
+    rows = [(1, "a", None), (2, "b", True)]
+    assert row_arrays(rows) == ([1, 2], ["a", "b"], [None, True])
+    assert row_arrays([]) == tuple([] for _ in ROW_COLUMNS)
+
+
 async def test_ongoing_sessions_reads_back_this_gateways_ongoing_rows_as_written(
-    engine: AsyncEngine,
+    store_engine: AsyncEngine,
 ) -> None:
     from tunnelacct.store import ongoing_sessions
 
     ongoing = [event(EventKind.CHECKPOINT, n=n, last_ts=T0 + n) for n in (1, 2)]
     closed = event(EventKind.CLOSED, n=3, last_ts=T0 + 3)
     here, elsewhere = (
-        writer_for(engine),
-        SessionWriter(engine, WriterConfig(), gateway="another-gateway"),
+        writer_for(store_engine),
+        SessionWriter(store_engine, WriterConfig(), gateway="another-gateway"),
     )
     await here.submit([*ongoing, closed])
     await here.close()
     await elsewhere.submit([event(EventKind.CHECKPOINT)])
     await elsewhere.close()
 
-    got = await ongoing_sessions(engine, "gw-test")
+    got = await ongoing_sessions(store_engine, "gw-test")
     assert sorted(e.session_id for e in got) == sorted(e.session_id for e in ongoing)
     for e in got:
         (want,) = [w for w in ongoing if w.session_id == e.session_id]

@@ -1,10 +1,15 @@
 """Retention purges: delete each org's completed sessions older than its retention, safely.
 
-One purge at a time per store: a lease row in `purge_locks`, taken by an UPDATE that only
-succeeds when the lease is free or expired, renewed between batches (a crashed holder's lease
-expires). Deletes go in batches of `batch_size` rows by the (org_id, ended_at) index, each its
-own short transaction, yielding to the event loop between batches, so the writer is never
-blocked for long. Every org's part of a run is recorded in `purge_runs`.
+One purge at a time per store. On SQLite: a lease row in `purge_locks`, taken by an UPDATE that
+only succeeds when the lease is free or expired, renewed between batches (a crashed holder's
+lease expires). On PostgreSQL (issue 7): a session-level advisory lock (`pg_try_advisory_lock`)
+on a connection held for the purge, which the server frees when that connection ends, however
+the holder died; the holder is still written to the `purge_locks` row, so that a purge that
+finds the lock taken can say who has it, and renewed there as on SQLite.
+
+Deletes go in batches of `batch_size` rows by the (org_id, ended_at) index, each its own short
+transaction, yielding to the event loop between batches, so the writer is never blocked for
+long. Every org's part of a run is recorded in `purge_runs`.
 
 A completed session is purged once its end is more than `retention_days` days before `now`;
 ongoing sessions (no end) never are; orgs kept forever (`retention_days` NULL) are skipped.
@@ -32,6 +37,8 @@ from tunnelacct.store import table_of
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "retention"
+# The PostgreSQL advisory lock's key: "tunnelac" in ASCII, a fixed bigint (per database).
+ADVISORY_LOCK_KEY = 0x74756E6E656C6163
 LEASE_S = 120.0  # a holder renews it every batch; a crashed one's lease expires after this
 BATCH_SIZE = 5000
 
@@ -88,8 +95,9 @@ async def purge(
     now = now or clock()
     holder = holder or default_holder()
     run_id = uuid.uuid4().hex
+    purge_lock = _PurgeLock(engine, holder)
     try:
-        other = await _acquire(engine, holder, clock())
+        other = await purge_lock.acquire(clock())
     except SQLAlchemyError as exc:
         raise StoreError(f"purge: cannot take the purge lock: {exc}") from exc
     if other is not None:
@@ -129,7 +137,7 @@ async def purge(
             )  # fmt: skip
             done.append(OrgPurge(org, cutoff, deleted))
     finally:
-        await _release(engine, holder)
+        await purge_lock.release()
     return PurgeResult(run_id, dry_run, tuple(done))
 
 
@@ -190,8 +198,82 @@ async def _delete_expired(
         await asyncio.sleep(0)  # let the writer and the API run between batches
 
 
+class _PurgeLock:
+    """The purge lock of one purge run: the lease row (SQLite) or an advisory lock held on a
+    connection of its own (PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine, holder: str) -> None:
+        self._engine = engine
+        self._holder = holder
+        self._conn: AsyncConnection | None = None  # PostgreSQL: holds the advisory lock
+        self._held = False
+
+    async def acquire(self, now: datetime) -> str | None:
+        """Take the lock; None when taken, else who holds it."""
+        if self._engine.dialect.name != "postgresql":
+            other = await _acquire(self._engine, self._holder, now)
+            self._held = other is None
+            return other
+        conn = await self._engine.connect()
+        try:
+            other = await _acquire_advisory(conn, self._holder, now)
+        except BaseException:
+            await conn.close()
+            raise
+        if other is not None:
+            await conn.close()
+            return other
+        self._conn, self._held = conn, True
+        return None
+
+    async def release(self) -> None:
+        """Free the lock taken by `acquire()`; failures are logged (the lease expires, and a
+        connection that could not unlock is discarded, which frees the advisory lock)."""
+        if not self._held:
+            return
+        self._held = False
+        conn, self._conn = self._conn, None
+        if conn is None:
+            await _release(self._engine, self._holder)
+            return
+        try:
+            await _release(self._engine, self._holder)  # the reporting row
+            await conn.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
+            await conn.commit()
+        except SQLAlchemyError as exc:
+            log.warning("purge: could not release the purge lock: %s", exc)
+            # never hand a connection that may still hold the lock back to the pool
+            await conn.invalidate()
+        finally:
+            await conn.close()
+
+
+async def _acquire_advisory(conn: AsyncConnection, holder: str, now: datetime) -> str | None:
+    """Take the advisory lock on `conn` and name `holder` in the lock row; None when taken,
+    else who holds it (as its row says)."""
+    got = (await conn.execute(select(func.pg_try_advisory_lock(ADVISORY_LOCK_KEY)))).scalar_one()
+    # Session-level: the lock outlives this transaction. Ending it now keeps the held connection
+    # idle rather than idle in a transaction, which would hold back VACUUM during the purge.
+    await conn.commit()
+    t = table_of(PurgeLock)
+    if not got:
+        row = (await conn.execute(select(t.c.holder).where(t.c.name == LOCK_NAME))).first()
+        await conn.commit()
+        # The holder writes its name just after taking the lock: it may not be there yet.
+        return str(row[0]) if row is not None and row[0] is not None else "a purge starting now"
+    expires_at = now + timedelta(seconds=LEASE_S)
+    stmt = update(t).where(t.c.name == LOCK_NAME).values(holder=holder, expires_at=expires_at)
+    if (await conn.execute(stmt)).rowcount != 1:
+        await conn.rollback()
+        await conn.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
+        await conn.commit()
+        raise StoreError("purge: no purge lock row; run `tunnelacct db upgrade`")
+    await conn.commit()
+    return None
+
+
 async def _acquire(engine: AsyncEngine, holder: str, now: datetime) -> str | None:
-    """Take the lease; None when taken, else who holds it."""
+    """Take the lease row; None when taken, else who holds it."""
     t = table_of(PurgeLock)
     free = (t.c.holder.is_(None)) | (t.c.expires_at < now)
     stmt = (

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from tunnelacct.enums import EventKind
 from tunnelacct.events import SessionEvent
 from tunnelacct.export import CSV_COLUMNS, json_value, unix_time
-from tunnelacct.writer import event_row
+from tunnelacct.rows import event_row
 
 
 def event_line(event: SessionEvent, gateway: str) -> str:

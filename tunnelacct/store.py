@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Drivers used for each backend: async for the service, sync for Alembic.
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql"}
+_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 
 T = TypeVar("T")
 
@@ -55,13 +55,14 @@ def _backend(url: URL) -> str:
 
 
 def sync_url(url: str) -> str:
-    """Return the sync-driver form of `url`: `sqlite+aiosqlite:///x.db` -> `sqlite:///x.db`.
+    """Return the sync-driver form of `url`: `sqlite+aiosqlite:///x.db` -> `sqlite:///x.db`,
+    `postgresql://h/db` and `postgresql+asyncpg://h/db` -> `postgresql+psycopg://h/db`.
 
-    An explicit sync driver (`postgresql+psycopg://`) is kept.
+    An explicit sync driver (`postgresql+psycopg2://`) is kept.
     """
     parsed = _parse(url)
     backend = _backend(parsed)
-    if parsed.drivername == _ASYNC_DRIVERS[backend]:
+    if parsed.drivername in (backend, _ASYNC_DRIVERS[backend]):
         parsed = parsed.set(drivername=_SYNC_DRIVERS[backend])
     return _render(parsed)
 

@@ -36,14 +36,10 @@ from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.events import Attribution, SessionEvent  # noqa: E402
+from tunnelacct.rows import driver_values, session_values, upsert_sql  # noqa: E402
 from tunnelacct.schema import migrate  # noqa: E402
 from tunnelacct.store import make_engine  # noqa: E402
-from tunnelacct.writer import (  # noqa: E402
-    SessionWriter,
-    driver_values,
-    session_values,
-    upsert_sql,
-)
+from tunnelacct.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0
 CLOSE_REASONS = (CloseReason.FIN, CloseReason.FIN, CloseReason.RST, CloseReason.IDLE)

@@ -1,0 +1,283 @@
+"""Session rows: the sessions columns, one event as the row a driver takes, and the upserts.
+
+The writer flushes on the event loop beside the flow table, so rows skip SQLAlchemy's per-row
+work (parameter dicts, type processors: ~26 µs a row of event-loop time, now ~4 µs with submit()
+included; tests/benchmarks/bench_writer.py): the upsert is plain SQL in the driver's paramstyle,
+and each row is a tuple of the values the driver takes, built straight from the event. On SQLite
+those are exactly what SQLAlchemy's types would store (`driver_values()`).
+
+Two upserts: `upsert_sql()` binds one row (DBAPI executemany of a batch; SQLite) and
+`bulk_upsert_sql()` binds one array per column and inserts `unnest(...)` of them (PostgreSQL: one
+statement and one round trip per batch, the same SQL text for any batch size, so asyncpg's
+statement cache keeps it prepared, and no bound-parameter limit).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Dialect
+
+from tunnelacct.enums import CloseReason, EventKind, IpProto, SessionStatus
+from tunnelacct.errors import StoreError
+from tunnelacct.events import SessionEvent
+from tunnelacct.models import SessionRecord
+from tunnelacct.store import table_of
+
+T = TypeVar("T")
+
+# The sessions columns in the order session_values() returns them.
+ROW_COLUMNS = (
+    "id",
+    "org_id",
+    "client_id",
+    "client_name",
+    "user_id",
+    "resource_id",
+    "resource_name",
+    "protocol",
+    "ip_version",
+    "src_addr",
+    "dst_addr",
+    "src_port",
+    "dst_port",
+    "started_at",
+    "ended_at",
+    "last_seen_at",
+    "duration_s",
+    "bytes_tx",
+    "bytes_rx",
+    "packets_tx",
+    "packets_rx",
+    "payload_bytes_tx",
+    "payload_bytes_rx",
+    "status",
+    "close_reason",
+    "midstream",
+    "community_id",
+    "gateway",
+    "interface",
+)
+
+# Columns a newer snapshot of an existing session may change; attribution, addresses and
+# started_at are fixed when the session opens.
+UPDATED_COLUMNS = (
+    "last_seen_at",
+    "ended_at",
+    "duration_s",
+    "bytes_tx",
+    "bytes_rx",
+    "packets_tx",
+    "packets_rx",
+    "payload_bytes_tx",
+    "payload_bytes_rx",
+    "status",
+    "close_reason",
+)
+
+# Placeholder for the i-th (1-based) parameter, by DBAPI paramstyle: aiosqlite takes qmark,
+# asyncpg (through SQLAlchemy's adapter) numeric_dollar.
+_PLACEHOLDERS: dict[str, Callable[[int], str]] = {
+    "qmark": lambda i: "?",
+    "numeric_dollar": lambda i: f"${i}",
+}
+
+# Plain values of the enums, looked up per row (Enum.value and IpProto.label are slow properties).
+_CLOSED = EventKind.CLOSED
+_COMPLETED = SessionStatus.COMPLETED.value
+_ONGOING = SessionStatus.ONGOING.value
+_PROTOCOL_LABELS = {p: p.label for p in IpProto}
+_REASON_VALUES: dict[CloseReason | None, str | None] = {r: r.value for r in CloseReason}
+_REASON_VALUES[None] = None
+
+
+def _placeholders(dialect: Dialect) -> list[str]:
+    """The ROW_COLUMNS parameter placeholders of `dialect`'s paramstyle, in order."""
+    placeholder = _PLACEHOLDERS.get(dialect.paramstyle)
+    if placeholder is None:
+        raise StoreError(f"unsupported DBAPI paramstyle {dialect.paramstyle!r} ({dialect.name})")
+    return [placeholder(i) for i in range(1, len(ROW_COLUMNS) + 1)]
+
+
+def _upsert(dialect: Dialect, rows: str) -> str:
+    """INSERT INTO sessions (ROW_COLUMNS) `rows` ON CONFLICT (id) DO UPDATE ...
+
+    A completed row stays completed: only a CLOSED event may update it, so a late checkpoint
+    never reopens a session.
+    """
+    table = table_of(SessionRecord)
+    if set(table.columns.keys()) != set(ROW_COLUMNS):
+        raise TypeError(f"ROW_COLUMNS {ROW_COLUMNS} do not match the columns of {table.name}")
+    quote = dialect.identifier_preparer.quote
+    name = quote(table.name)
+    columns = ", ".join(quote(c) for c in ROW_COLUMNS)
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in UPDATED_COLUMNS)
+    status = quote("status")
+    # The status literal is our own constant, not data: inlined, it costs no bound parameter.
+    return (
+        f"INSERT INTO {name} ({columns}) {rows} "
+        f"ON CONFLICT ({quote('id')}) DO UPDATE SET {updates} "
+        f"WHERE {name}.{status} != '{_COMPLETED}' OR excluded.{status} = '{_COMPLETED}'"
+    )
+
+
+def upsert_sql(dialect: Dialect) -> str:
+    """INSERT ... ON CONFLICT (id) DO UPDATE of one session row, as driver SQL for `dialect`.
+
+    Parameters are the ROW_COLUMNS values in order; a batch runs it as DBAPI executemany.
+    """
+    return _upsert(dialect, f"VALUES ({', '.join(_placeholders(dialect))})")
+
+
+def bulk_upsert_sql(dialect: Dialect) -> str:
+    """The upsert of a whole batch in one statement: parameter i is the array of the i-th
+    ROW_COLUMNS column's values (`row_arrays()`); PostgreSQL only (`unnest`).
+
+    Ids must be unique within a batch (ON CONFLICT cannot touch a row twice in one statement);
+    the writer's pending map is keyed by session id, so they are.
+    """
+    if dialect.name != "postgresql":
+        raise StoreError(f"no bulk upsert for database dialect {dialect.name!r}")
+    table = table_of(SessionRecord)
+    # Each array is cast to its column's type, so NULLs and empty batches need no inference.
+    arrays = ", ".join(
+        f"{p}::{table.c[c].type.compile(dialect=dialect)}[]"
+        for p, c in zip(_placeholders(dialect), ROW_COLUMNS, strict=True)
+    )
+    return _upsert(dialect, f"SELECT * FROM unnest({arrays})")
+
+
+def row_arrays(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """The parameters of `bulk_upsert_sql()` for `rows`: one list per ROW_COLUMNS column.
+
+    A tuple, so that the DBAPI layer runs one statement rather than one per list.
+    """
+    if not rows:
+        return tuple([] for _ in ROW_COLUMNS)
+    return tuple(list(column) for column in zip(*rows, strict=True))
+
+
+def sqlite_time_text(cache_size: int = 4096) -> Callable[[float], str]:
+    """A converter of epoch seconds to the text SQLAlchemy stores for a UTC time on SQLite.
+
+    `text(1795430445.123456) == "2026-11-23 10:40:45.123456"`: equal to formatting
+    `datetime.fromtimestamp(ts, UTC)`, whose rounding to the microsecond (half to even, on
+    the fraction alone) it repeats, at a third of the cost: the date and time up to the second
+    come from a cache of the last `cache_size` seconds seen.
+    """
+    prefixes: dict[float, str] = {}
+    modf = math.modf
+    fromtimestamp = datetime.fromtimestamp
+
+    def text(ts: float) -> str:
+        # CPython's _PyTime_DoubleToDenominator, which datetime.fromtimestamp uses.
+        frac, whole = modf(ts)
+        us = round(frac * 1e6)
+        if us >= 1_000_000:
+            us -= 1_000_000
+            whole += 1.0
+        elif us < 0:
+            us += 1_000_000
+            whole -= 1.0
+        prefix = prefixes.get(whole)
+        if prefix is None:
+            if len(prefixes) >= cache_size:
+                prefixes.clear()
+            # isoformat, not strftime: %Y does not zero-pad years before 1000 on glibc.
+            prefix = fromtimestamp(whole, UTC).isoformat(" ")[:19] + "."
+            prefixes[whole] = prefix
+        return prefix + str(us).zfill(6)
+
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class DriverValues:
+    """How a driver takes the values SQLAlchemy's column types would convert.
+
+    `ident` converts the session id, `at` epoch seconds, `flag` a bool.
+    """
+
+    ident: Callable[[uuid.UUID], Any]
+    at: Callable[[float], Any]
+    flag: Callable[[bool], Any]
+
+
+def _same(value: T) -> T:
+    return value
+
+
+# The values as the model types hold them (and asyncpg takes them): UUID, aware UTC datetime.
+MODEL_VALUES = DriverValues(_same, functools.partial(datetime.fromtimestamp, tz=UTC), _same)
+
+
+def driver_values(dialect_name: str) -> DriverValues:
+    """The value conversions for the driver of `dialect_name` (the only dialect-specific code).
+
+    SQLite gets exactly what SQLAlchemy's types store there: `Uuid` as 32 lower-case hex
+    digits, `UtcDateTime` as naive UTC text with microseconds, `Boolean` as 0 or 1 (an int
+    also binds ~0.3 µs faster than a bool). PostgreSQL (asyncpg) gets the model values.
+    """
+    if dialect_name == "sqlite":
+        return DriverValues(operator.attrgetter("hex"), sqlite_time_text(), int)
+    if dialect_name == "postgresql":
+        return MODEL_VALUES
+    raise StoreError(f"unsupported database dialect {dialect_name!r}")
+
+
+def session_values(event: SessionEvent, gateway: str, driver: DriverValues) -> tuple[Any, ...]:
+    """The sessions row for one event as a ROW_COLUMNS tuple (status from its kind)."""
+    who = event.attribution
+    at = driver.at
+    last_ts = event.last_ts
+    ended_ts = event.ended_ts
+    last_seen_at = at(last_ts)
+    if ended_ts is None:
+        ended_at = None
+    elif ended_ts == last_ts:  # a closed session usually ends at its last packet
+        ended_at = last_seen_at
+    else:
+        ended_at = at(ended_ts)
+    return (
+        driver.ident(event.session_id),
+        who.org_id,
+        who.client_id,
+        who.client_name,
+        who.user_id,
+        who.resource_id,
+        who.resource_name,
+        _PROTOCOL_LABELS[event.proto],
+        event.family,
+        event.src_addr,
+        event.dst_addr,
+        event.src_port,
+        event.dst_port,
+        at(event.started_ts),
+        ended_at,
+        last_seen_at,
+        last_ts - event.started_ts,
+        event.bytes_tx,
+        event.bytes_rx,
+        event.packets_tx,
+        event.packets_rx,
+        event.payload_bytes_tx,
+        event.payload_bytes_rx,
+        _COMPLETED if event.kind is _CLOSED else _ONGOING,
+        _REASON_VALUES[event.close_reason],
+        driver.flag(event.midstream),
+        event.community_id,
+        gateway,
+        event.interface,
+    )
+
+
+def event_row(event: SessionEvent, gateway: str) -> dict[str, Any]:
+    """The sessions row for one event by column name, in model types (UUID, aware UTC times)."""
+    return dict(zip(ROW_COLUMNS, session_values(event, gateway, MODEL_VALUES), strict=True))
