@@ -1,5 +1,6 @@
-"""The REST API in-process (httpx ASGI transport) on a real SQLite store filled by importing a
-capture recorded through a real WireGuard tunnel; checked against stdlib sqlite3."""
+"""The REST API in-process (httpx ASGI transport) on a real store, SQLite and PostgreSQL, filled
+by importing a capture recorded through a real WireGuard tunnel (once per engine; each test gets
+its own copy); checked against the rows read back without tunnelacct's types."""
 
 from __future__ import annotations
 
@@ -7,42 +8,52 @@ import base64
 import csv
 import io
 import json
-import sqlite3
 import tomllib
-from collections.abc import AsyncIterator
-from contextlib import closing
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, insert, pool, select
 
-from tests.helpers.accuracy import run_cli
 from tests.helpers.serving import dump_toml
-from tests.helpers.sqlite import raw_query
+from tests.helpers.stores import ENGINES, copied_store, execute, imported_store
+from tests.helpers.stores import query as raw_query
 from tunnelacct import api as api_module
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token, revoke_token
 from tunnelacct.export import export_org_csv
+from tunnelacct.models import SessionRecord
 from tunnelacct.retention import purge
-from tunnelacct.store import make_engine
+from tunnelacct.store import make_engine, sync_url, table_of
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
 NOW = datetime(2026, 12, 1, tzinfo=UTC)  # the app's clock (updated_at) and the purges' now
+FUTURE = datetime(2099, 1, 1, tzinfo=UTC)  # after every session of the capture
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def capture_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """wg-small.pcap imported by the real CLI, once per engine: copied, never used, by tests."""
+    with imported_store(request.param, tmp_path_factory.mktemp("api")) as url:
+        yield url
 
 
 @pytest.fixture
-def imported(tmp_path: Path) -> Path:
-    db = tmp_path / "api.db"
-    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
-    return db
+def imported(capture_store: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of this test's own copy of the imported capture."""
+    with copied_store(capture_store, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
-async def client(imported: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
-    engine = make_engine(f"sqlite:///{imported}")
+async def client(imported: str) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    engine = make_engine(imported)
     tokens = {
         "acme": (await create_token(engine, Role.AUDITOR, org_id="acme"))[0],
         "admin": (await create_token(engine, Role.ADMIN))[0],
@@ -63,8 +74,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def ids_of(db: Path, sql: str, *params: object) -> list[str]:
-    """Session ids as the API shows them (dashed UUIDs), from stdlib sqlite3."""
+def ids_of(db: str, sql: str, *params: object) -> list[str]:
+    """Session ids as the API shows them (dashed UUIDs), read back without tunnelacct's types."""
     return [
         f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for (h,) in raw_query(db, sql, *params)
     ]
@@ -113,9 +124,7 @@ async def test_an_auditor_sees_its_org_only_and_others_look_absent(client: Clien
     assert (await c.get("/api/v1/orgs/globex/sessions", headers=admin)).status_code == 200
 
 
-async def test_pages_visit_every_session_once_in_start_order(
-    client: Client, imported: Path
-) -> None:
+async def test_pages_visit_every_session_once_in_start_order(client: Client, imported: str) -> None:
     c, tokens = client
     expected = ids_of(imported, "select id from sessions where org_id = 'acme' "
                                 "order by started_at, id")  # fmt: skip
@@ -135,7 +144,7 @@ async def test_pages_visit_every_session_once_in_start_order(
 
 
 async def test_a_filter_selects_what_sql_selects_and_a_bad_one_is_400(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     r = await c.get("/api/v1/orgs/acme/sessions", params={"q": "protocol:udp", "limit": 1000},
@@ -163,13 +172,13 @@ async def test_the_count_is_capped(client: Client, monkeypatch: pytest.MonkeyPat
 
 
 async def test_csv_download_is_the_export_streamed_as_an_attachment(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     r = await c.get("/api/v1/orgs/acme/sessions.csv", headers=bearer(tokens["acme"]))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"] == 'attachment; filename="tunnelacct-acme-sessions.csv"'
-    engine = make_engine(f"sqlite:///{imported}")
+    engine = make_engine(imported)
     out = io.StringIO(newline="")
     try:
         await export_org_csv(engine, "acme", out)  # the CLI's export, for the same org
@@ -190,10 +199,19 @@ async def test_inventory_lists_the_orgs_clients_and_resources(client: Client) ->
     assert resources and all(set(r["protocols"]) <= {"tcp", "udp"} for r in resources)
 
 
-async def test_paging_stays_exact_while_new_sessions_arrive(client: Client, imported: Path) -> None:
-    import sqlite3
-    import uuid
+def add_session_like_one_of_acme(url: str, started_at: datetime) -> None:
+    """A live writer's new session: a stored one of acme's with a new id and start."""
+    t = table_of(SessionRecord)
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            row = conn.execute(select(t).where(t.c.org_id == "acme").limit(1)).mappings().one()
+            conn.execute(insert(t).values({**row, "id": uuid.uuid4(), "started_at": started_at}))
+    finally:
+        engine.dispose()
 
+
+async def test_paging_stays_exact_while_new_sessions_arrive(client: Client, imported: str) -> None:
     c, tokens = client
     original = ids_of(imported, "select id from sessions where org_id = 'acme' "
                                 "order by started_at, id")  # fmt: skip
@@ -208,34 +226,20 @@ async def test_paging_stays_exact_while_new_sessions_arrive(client: Client, impo
         cursor = page["next_cursor"]
         if cursor is None:
             break
-        # a live writer adds a session now: one starting long ago, one starting in the future
-        conn = sqlite3.connect(imported)
-        try:
-            row = conn.execute("select * from sessions where org_id = 'acme' limit 1").fetchone()
-            names = [d[0] for d in conn.execute("select * from sessions limit 0").description]
-            # later arrivals start later (as live sessions do): each is ahead of any cursor
-            for started in ("2000-01-01 00:00:00.000000", f"2099-01-01 00:00:00.{added:06d}"):
-                values = dict(zip(names, row, strict=True)) | {
-                    "id": uuid.uuid4().hex,
-                    "started_at": started,
-                }
-                conn.execute(
-                    f"insert into sessions ({', '.join(values)}) "
-                    f"values ({', '.join('?' * len(values))})", list(values.values()),
-                )  # fmt: skip
-                added += 1
-            conn.commit()
-        finally:
-            conn.close()
+        # a live writer adds a session now: one starting long ago, one starting in the future;
+        # later arrivals start later (as live sessions do): each is ahead of any cursor
+        for started in (datetime(2000, 1, 1, tzinfo=UTC), FUTURE + timedelta(microseconds=added)):
+            add_session_like_one_of_acme(imported, started)
+            added += 1
     assert added > 0
     assert len(seen) == len(set(seen))  # nothing twice
     assert [s for s in seen if s in original] == original  # every original once, in order
-    future = ids_of(imported, "select id from sessions where started_at like '2099%'")
+    future = ids_of(imported, "select id from sessions where started_at >= ?", FUTURE)
     assert set(future) <= set(seen)  # rows arriving ahead of the cursor are reached too
 
 
-async def test_readyz_says_why_the_service_is_not_ready(imported: Path) -> None:
-    engine = make_engine(f"sqlite:///{imported}")
+async def test_readyz_says_why_the_service_is_not_ready(imported: str) -> None:
+    engine = make_engine(imported)
     reasons = ["capture on wg0 is waiting"]
     app = create_app(ApiContext(engine, not_ready=lambda: reasons))
     try:
@@ -247,29 +251,28 @@ async def test_readyz_says_why_the_service_is_not_ready(imported: Path) -> None:
     assert (r.status_code, r.json()) == (503, {"ready": False, "reasons": reasons})
 
 
-async def test_non_ascii_names_download_as_utf8_intact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_non_ascii_names_download_as_utf8_intact(kind: str, tmp_path: Path) -> None:
     names = {"alice-laptop": "Zoë’s Läptop — 東京", "intranet-web": 'Intranät 🌐, "main"'}
     doc = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
     for table in (*doc["clients"], *doc["resources"]):
         table["name"] = names.get(table["id"], table.get("name", table["id"]))
     config = tmp_path / "utf8.toml"
     config.write_text(dump_toml(doc), encoding="utf-8")
-    db = tmp_path / "utf8.db"
-    run_cli("import", "--config", str(config), str(DATA / "wg-small.pcap"),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
-    engine = make_engine(f"sqlite:///{db}")
-    token, _ = await create_token(engine, Role.AUDITOR, org_id="acme")
-    transport = httpx.ASGITransport(app=create_app(ApiContext(engine)))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            r = await c.get("/api/v1/orgs/acme/sessions.csv", headers=bearer(token))
-            page = (await c.get("/api/v1/orgs/acme/sessions", headers=bearer(token))).json()
-    finally:
-        await engine.dispose()
+    with imported_store(kind, tmp_path, config=config) as db:
+        engine = make_engine(db)
+        token, _ = await create_token(engine, Role.AUDITOR, org_id="acme")
+        transport = httpx.ASGITransport(app=create_app(ApiContext(engine)))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                r = await c.get("/api/v1/orgs/acme/sessions.csv", headers=bearer(token))
+                page = (await c.get("/api/v1/orgs/acme/sessions", headers=bearer(token))).json()
+        finally:
+            await engine.dispose()
+        expected = raw_query(db, "SELECT client_name, resource_name FROM sessions"
+                             " WHERE org_id = 'acme' ORDER BY started_at, id")  # fmt: skip
     assert r.headers["content-type"] == "text/csv; charset=utf-8"
     rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8"), newline="")))
-    expected = raw_query(db, "SELECT client_name, resource_name FROM sessions"
-                         " WHERE org_id = 'acme' ORDER BY started_at, id")  # fmt: skip
     as_cells = [tuple("" if n is None else n for n in row) for row in expected]
     assert [(x["client_name"], x["resource_name"]) for x in rows] == as_cells
     assert {names["alice-laptop"], names["intranet-web"]} <= {n for row in expected for n in row}
@@ -277,7 +280,7 @@ async def test_non_ascii_names_download_as_utf8_intact(tmp_path: Path) -> None:
 
 
 async def test_metrics_need_no_token_and_reveal_no_session_data(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, _ = client
     r = await c.get("/metrics")
@@ -316,17 +319,16 @@ async def test_a_malformed_cursor_is_400_naming_it(client: Client, cursor: str) 
 RETENTION_IN_CONFIG = {"acme": 30, "globex": 7, "unattributed": 30}  # wg-small.toml (+ default)
 
 
-def add_org(db: Path, org_id: str, retention_days: int | None) -> None:
-    """An org the config does not define (left from an earlier config, say), with stdlib sqlite3."""
-    with closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute(
-            "insert into orgs (id, name, retention_days, updated_at, logging)"
-            " values (?, ?, ?, '2026-01-01 00:00:00.000000', 1)",
-            (org_id, org_id.title(), retention_days),
-        )
+def add_org(db: str, org_id: str, retention_days: int | None) -> None:
+    """An org the config does not define (left from an earlier config, say), in plain SQL."""
+    execute(
+        db,
+        "insert into orgs (id, name, retention_days, updated_at, logging) values (?, ?, ?, ?, ?)",
+        org_id, org_id.title(), retention_days, datetime(2026, 1, 1, tzinfo=UTC), True,
+    )  # fmt: skip
 
 
-def org_rows(db: Path) -> list[tuple[object, ...]]:
+def org_rows(db: str) -> list[tuple[object, ...]]:
     return raw_query(db, "select * from orgs order by id")
 
 
@@ -340,7 +342,7 @@ RETENTION_ROUTES = [
 
 
 async def test_an_auditor_token_is_403_and_no_token_401_on_admin_routes(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     add_org(imported, "initech", 90)
@@ -358,7 +360,7 @@ async def test_an_auditor_token_is_403_and_no_token_401_on_admin_routes(
 
 
 async def test_purge_runs_list_what_real_purges_recorded_newest_first(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     # the purges' oracle: each org's cutoff from its retention in the config file, and README's
@@ -366,11 +368,11 @@ async def test_purge_runs_list_what_real_purges_recorded_newest_first(
     cutoffs = {org: NOW - timedelta(days=days) for org, days in RETENTION_IN_CONFIG.items()}
     expired = {
         org: raw_query(imported, "select count(*) from sessions where org_id = ? and status ="
-                       " 'completed' and ended_at < ?", org, f"{cutoff:%Y-%m-%d %H:%M:%S.%f}")
+                       " 'completed' and ended_at < ?", org, cutoff)
         for org, cutoff in cutoffs.items()
     }  # fmt: skip
     assert expired == {"acme": [(0,)], "globex": [(7,)], "unattributed": [(0,)]}  # 7 < 30 days
-    engine = make_engine(f"sqlite:///{imported}")
+    engine = make_engine(imported)
     try:
         dry = await purge(engine, dry_run=True, now=NOW, holder="host-a/1")
         real = await purge(engine, now=NOW, holder="host-b/2")
@@ -410,7 +412,7 @@ async def test_purge_runs_list_what_real_purges_recorded_newest_first(
 
 
 async def test_an_org_shows_its_retention_logging_and_who_sets_it(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     add_org(imported, "initech", None)
@@ -429,9 +431,9 @@ async def test_an_org_shows_its_retention_logging_and_who_sets_it(
     assert (await c.get("/api/v1/orgs/acme")).status_code == 401
 
 
-async def test_a_patched_retention_is_what_the_next_purge_applies(imported: Path) -> None:
+async def test_a_patched_retention_is_what_the_next_purge_applies(imported: str) -> None:
     # acme as an org the config does not define: its retention is the API's to set
-    engine = make_engine(f"sqlite:///{imported}")
+    engine = make_engine(imported)
     admin, _ = await create_token(engine, Role.ADMIN)
     ctx = ApiContext(engine, config_orgs=frozenset({"globex", "unattributed"}), clock=lambda: NOW)
     ends = [str(e) for (e,) in raw_query(imported, "select ended_at from sessions"
@@ -444,7 +446,7 @@ async def test_a_patched_retention_is_what_the_next_purge_applies(imported: Path
     doomed = raw_query(
         imported,
         "select id from sessions where org_id = 'acme' and status = 'completed'"
-        " and ended_at < ? order by id", ends[len(ends) // 2],
+        " and ended_at < ? order by id", pivot,
     )  # fmt: skip
     assert 0 < len(doomed) < len(before)
     try:
@@ -505,7 +507,7 @@ WHY_SHAPE = 'send {"retention_days": N or "forever"}'
 
 
 async def test_a_bad_retention_is_400_naming_it_and_changes_nothing(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     add_org(imported, "initech", 90)
@@ -519,7 +521,7 @@ async def test_a_bad_retention_is_400_naming_it_and_changes_nothing(
     assert org_rows(imported) == before
 
 
-async def test_a_good_retention_is_stored(client: Client, imported: Path) -> None:
+async def test_a_good_retention_is_stored(client: Client, imported: str) -> None:
     c, tokens = client
     add_org(imported, "initech", 90)
     for days in (1, 36500, "forever", 30):
@@ -531,7 +533,7 @@ async def test_a_good_retention_is_stored(client: Client, imported: Path) -> Non
 
 
 async def test_a_config_orgs_retention_is_409_and_changes_nothing(
-    client: Client, imported: Path
+    client: Client, imported: str
 ) -> None:
     c, tokens = client
     before = org_rows(imported)

@@ -1,4 +1,5 @@
-"""API tokens on a real migrated SQLite store, and the `tunnelacct token` commands."""
+"""API tokens on a real migrated store (SQLite and PostgreSQL), and the `tunnelacct token`
+commands."""
 
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.helpers.accuracy import run_cli
-from tests.helpers.sqlite import raw_query
+from tests.helpers.stores import ENGINES, empty_store
+from tests.helpers.stores import query as raw_query
 from tunnelacct.auth import Role, TokenError, authenticate, create_token, revoke_token
 
 CONFIG = Path(__file__).parent / "data" / "wg-small.toml"
+
+
+@pytest.fixture
+def engine(store_engine: AsyncEngine) -> AsyncEngine:
+    """conftest's `store_engine`: a migrated store of each engine, SQLite and PostgreSQL."""
+    return store_engine
 
 
 async def test_an_auditor_token_speaks_for_its_org_only(engine: AsyncEngine) -> None:
@@ -33,12 +41,12 @@ async def test_an_admin_token_sees_every_org(engine: AsyncEngine) -> None:
     assert principal.may_see("acme") and principal.may_see("anything")
 
 
-async def test_only_the_secrets_hash_is_stored(engine: AsyncEngine, db_path: Path) -> None:
+async def test_only_the_secrets_hash_is_stored(engine: AsyncEngine, store_url: str) -> None:
     text, row = await create_token(engine, Role.AUDITOR, org_id="acme")
     secret = text.split("_", 2)[2]  # tat_<id>_<secret>; the secret may hold "_" itself
-    ((stored,),) = raw_query(db_path, "select secret_sha256 from api_tokens where id = ?", row.id)
+    ((stored,),) = raw_query(store_url, "select secret_sha256 from api_tokens where id = ?", row.id)
     assert stored == hashlib.sha256(secret.encode()).hexdigest()
-    dump = "\n".join(map(str, raw_query(db_path, "select * from api_tokens")))
+    dump = "\n".join(map(str, raw_query(store_url, "select * from api_tokens")))
     assert secret not in dump
 
 
@@ -80,8 +88,13 @@ async def test_roles_and_orgs_must_agree(engine: AsyncEngine) -> None:
         await create_token(engine, Role.ADMIN, org_id="acme")
 
 
-def test_token_commands_create_list_and_revoke(tmp_path: Path) -> None:
-    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}"}
+@pytest.mark.parametrize("kind", ENGINES)
+def test_token_commands_create_list_and_revoke(kind: str, tmp_path: Path) -> None:
+    with empty_store(kind, tmp_path) as url:
+        token_commands_create_list_and_revoke({"TUNNELACCT_DATABASE_URL": url})
+
+
+def token_commands_create_list_and_revoke(env: dict[str, str]) -> None:
     created = run_cli("token", "create", "--config", str(CONFIG), "--org", "acme", "--name",
                       "auditor 2026", env=env)  # fmt: skip
     text = created.stdout.strip()

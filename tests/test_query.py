@@ -1,16 +1,15 @@
 """Filter language: parsing, error messages, and SQL that selects what a brute-force oracle does.
 
-The SQL tests run `select(id).where(filter_clause(...))` on real SQLite files (one filled by
-importing tests/data/wg-small.pcap with the CLI, one with tricky address spellings) and compare
-the ids with a plain-Python predicate evaluated over every row read with stdlib sqlite3.
+The SQL tests run `select(id).where(filter_clause(...))` on real stores, SQLite and PostgreSQL
+(one filled by importing tests/data/wg-small.pcap with the CLI, one with tricky address
+spellings; one store per engine and module, as these tests only read) and compare the ids with a
+plain-Python predicate evaluated over every row read back without tunnelacct's types.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, insert, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Dialect, Engine, create_engine, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
-from tests.helpers.accuracy import import_file
+from tests.helpers.stores import ENGINES, imported_store, migrated_store, session_rows
 from tunnelacct.errors import FilterError, TunnelacctError
 from tunnelacct.models import SessionRecord
 from tunnelacct.query import (
@@ -35,8 +34,7 @@ from tunnelacct.query import (
     parse_bytes,
     parse_filter,
 )
-from tunnelacct.schema import migrate
-from tunnelacct.store import table_of
+from tunnelacct.store import make_engine, sync_url, table_of
 
 DATA = Path(__file__).resolve().parent / "data"
 TABLE = table_of(SessionRecord)
@@ -222,17 +220,6 @@ def test_port_error_message_matches_the_house_example() -> None:
 # --- SQL against an imported capture ------------------------------------------------------------
 
 
-def read_rows(db: Path) -> list[Row]:
-    """Every session row, straight from stdlib sqlite3, with ids and times as Python values."""
-    with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as c:
-        c.row_factory = sqlite3.Row
-        rows = [dict(r) for r in c.execute("SELECT * FROM sessions")]
-    for row in rows:
-        row["id"] = uuid.UUID(row["id"])
-        row["started_at"] = datetime.fromisoformat(row["started_at"]).replace(tzinfo=UTC)
-    return rows
-
-
 def selected(engine: Engine, text: str) -> set[uuid.UUID]:
     """Ids the database returns for the filter `text`."""
     stmt = select(TABLE.c.id).where(filter_clause(parse_filter(text), TABLE))
@@ -240,14 +227,15 @@ def selected(engine: Engine, text: str) -> set[uuid.UUID]:
         return set(db.scalars(stmt))
 
 
-@pytest.fixture(scope="module")
-def capture_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, list[Row]]]:
-    """wg-small.pcap imported by the real CLI into a fresh SQLite file, and its rows."""
-    db = tmp_path_factory.mktemp("query") / "capture.db"
-    import_file(DATA / "wg-small.pcap", DATA / "wg-small.toml", db)
-    engine = create_engine(f"sqlite:///{db}")
-    yield engine, read_rows(db)
-    engine.dispose()
+@pytest.fixture(scope="module", params=ENGINES)
+def capture_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Engine, list[Row]]]:
+    """wg-small.pcap imported by the real CLI into a fresh store of each engine, and its rows."""
+    with imported_store(request.param, tmp_path_factory.mktemp("query")) as url:
+        engine = create_engine(sync_url(url))
+        yield engine, session_rows(url)
+        engine.dispose()
 
 
 def net(text: str) -> Callable[[str], bool]:
@@ -342,6 +330,23 @@ def test_sql_selects_exactly_the_sessions_the_oracle_selects(
     assert selected(engine, text) == expected
 
 
+async def test_the_async_drivers_select_what_the_oracle_selects(
+    capture_db: tuple[Engine, list[Row]],
+) -> None:
+    # The API and in-process exports filter through asyncpg/aiosqlite, whose parameter binding
+    # differs from the sync drivers' above (e.g. asyncpg's typed parameters).
+    engine, rows = capture_db
+    async_engine = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        for text, oracle in CAPTURE_CASES:
+            stmt = select(TABLE.c.id).where(filter_clause(parse_filter(text), TABLE))
+            async with async_engine.connect() as db:
+                got = set(await db.scalars(stmt))
+            assert got == {r["id"] for r in rows if oracle(r)}, text
+    finally:
+        await async_engine.dispose()
+
+
 def test_status_terms_select_by_status(capture_db: tuple[Engine, list[Row]]) -> None:
     # An import completes every session, so here the split is all/none (see the synthetic
     # store below for ongoing sessions).
@@ -364,17 +369,20 @@ def test_sql_looking_values_are_data(capture_db: tuple[Engine, list[Row]], text:
     assert len(selected(engine, "")) == len(rows)  # the table is still there, untouched
 
 
-def test_postgresql_sql_binds_user_values_as_parameters() -> None:
+PG_DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "bound"), [(PG_DIALECT, "10.0.0.0/20"), (sqlite.dialect(), "10.0.15.%")]
+)
+def test_sql_binds_user_values_as_parameters(dialect: Dialect, bound: str) -> None:
+    # PostgreSQL tests a prefix with one inet comparison, SQLite with LIKE patterns.
     evil = "x' OR 1=1 --"
     flt = parse_filter(f'client:"{evil}" dst:fd00:64::/60 src:10.0.0.0/20 bytes>1k')
-    compiled = (
-        select(TABLE.c.id)
-        .where(filter_clause(flt, TABLE))
-        .compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
-    )
+    compiled = select(TABLE.c.id).where(filter_clause(flt, TABLE)).compile(dialect=dialect)
     assert evil not in str(compiled) and "10." not in str(compiled)
     assert evil in compiled.params.values()
-    assert "10.0.15.%" in compiled.params.values()
+    assert bound in compiled.params.values()
 
 
 # --- SQL against tricky address spellings -------------------------------------------------------
@@ -424,11 +432,22 @@ def tricky_addresses() -> list[str]:
     return sorted({spelled(a) for a in found})
 
 
-@pytest.fixture(scope="module")
-def address_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, list[Row]]]:
-    """A migrated SQLite file with one session per tricky address (as src and dst), half ongoing."""
-    db = tmp_path_factory.mktemp("query") / "addresses.db"
-    migrate(f"sqlite:///{db}")
+@pytest.fixture(scope="module", params=ENGINES)
+def address_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Engine, list[Row]]]:
+    """A migrated store of each engine with one session per tricky address (as src and dst),
+    half ongoing."""
+    with migrated_store(request.param, tmp_path_factory.mktemp("query")) as url:
+        engine = create_engine(sync_url(url))
+        with engine.begin() as conn:
+            conn.execute(insert(TABLE), address_rows())
+        yield engine, session_rows(url)
+        engine.dispose()
+
+
+def address_rows() -> list[Row]:
+    """One session row per tricky address (as src and dst), half ongoing."""
     start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     rows = []
     for i, addr in enumerate(tricky_addresses()):
@@ -445,11 +464,7 @@ def address_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engin
             "close_reason": None if ongoing else "idle", "midstream": False,
             "community_id": "", "gateway": "gw", "interface": "wg0",
         })  # fmt: skip
-    engine = create_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        conn.execute(insert(TABLE), rows)
-    yield engine, read_rows(db)
-    engine.dispose()
+    return rows
 
 
 def test_tricky_addresses_include_every_spelling_form() -> None:

@@ -92,6 +92,8 @@ _GUARDED = frozenset(
 _TIMES = frozenset({"started_at", "ended_at", "last_seen_at"})
 _STARTED_AT = CSV_COLUMNS.index("started_at")
 
+_HEADER = ",".join(CSV_COLUMNS) + "\r\n"  # no name needs quoting
+
 PAGE_SIZE = 5000  # rows per range quoted in this process (~10 MB of row objects)
 WORKER_RANGE_SIZE = 20_000  # rows per range quoted by an export worker (~7 MB of CSV back)
 
@@ -112,27 +114,66 @@ def _sqlite_cell(name: str) -> str:
         return "(strftime('%s', substr(started_at, 1, 19)) || substr(started_at, 20))"
     if name in _TIMES:
         return f"(substr({name}, 1, 10) || 'T' || substr({name}, 12) || 'Z')"
-    if name == "duration_s":
-        return "printf('%.6f', duration_s)"  # microsecond resolution, never 1e-05 notation
     if name == "midstream":
         return "(CASE WHEN midstream THEN 'true' ELSE 'false' END)"
     if name in _GUARDED:
-        firsts = ", ".join(f"char({ord(p)})" for p in FORMULA_PREFIXES)
-        quoted = f"'''' || {name}"
-        return f"(CASE WHEN substr({name}, 1, 1) IN ({firsts}) THEN {quoted} ELSE {name} END)"
+        return _guarded(name, "char")
     return name
 
 
+def _postgresql_cell(name: str) -> str:
+    """SQL rendering column `name` as its CSV cell on PostgreSQL: the text SQLite's gives.
+
+    Times are `timestamptz`, rendered at UTC whatever the connection's TimeZone; the epoch
+    seconds are whole seconds (exact: extract() returns numeric) then the microseconds.
+    """
+    if name == "session_id":
+        return "CAST(id AS TEXT)"  # dashed lower-case hex
+    if name == "started_at_unix":
+        utc = "(started_at AT TIME ZONE 'UTC')"
+        whole = f"CAST(CAST(extract(epoch FROM date_trunc('second', {utc})) AS BIGINT) AS TEXT)"
+        return f"({whole} || to_char({utc}, '.US'))"
+    if name in _TIMES:
+        return f"""to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    if name == "midstream":
+        return "(CASE WHEN midstream THEN 'true' ELSE 'false' END)"
+    if name in _GUARDED:
+        return _guarded(name, "chr")
+    return name
+
+
+def _guarded(name: str, char: str) -> str:
+    """SQL for the free-text column `name` behind the formula guard; `char` is the dialect's
+    code-to-character function (SQLite's char(), PostgreSQL's chr())."""
+    firsts = ", ".join(f"{char}({ord(p)})" for p in FORMULA_PREFIXES)
+    quoted = f"'''' || {name}"
+    return f"(CASE WHEN substr({name}, 1, 1) IN ({firsts}) THEN {quoted} ELSE {name} END)"
+
+
+_CELL_SQL: dict[str, Callable[[str], str]] = {
+    "sqlite": _sqlite_cell,
+    "postgresql": _postgresql_cell,
+}
+_DURATION = CSV_COLUMNS.index("duration_s")
+
+
 def _cells(dialect: str) -> list[ColumnElement[Any]]:
-    """The CSV_COLUMNS cells as SQL expressions for `dialect`."""
-    if dialect != "sqlite":
-        raise StoreError(f"CSV export from {dialect} is not supported yet: use SQLite")
-    return [literal_column(_sqlite_cell(name), String).label(name) for name in CSV_COLUMNS]
+    """The CSV_COLUMNS cells as SQL expressions for `dialect` (duration_s left a float)."""
+    cell = _CELL_SQL.get(dialect)
+    if cell is None:
+        raise StoreError(f"CSV export from {dialect} is not supported: use SQLite or PostgreSQL")
+    return [literal_column(cell(name), String).label(name) for name in CSV_COLUMNS]
 
 
 def _encode(rows: Sequence[Sequence[Any]]) -> str:
+    """The CSV text of cell `rows`. duration_s is formatted here, "%.6f" of the exact double:
+    SQLite's printf rounds a 16-digit decimal (7278558.884838498 -> .884839) and PostgreSQL's
+    float-to-numeric cast a 15-digit one, so neither gives Python's (and C's) digits."""
+    d = _DURATION
     buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator="\r\n").writerows(rows)
+    csv.writer(buf, lineterminator="\r\n").writerows(
+        (*r[:d], f"{r[d]:.6f}", *r[d + 1 :]) for r in rows
+    )
     return buf.getvalue()
 
 
@@ -275,7 +316,7 @@ async def csv_pages(
     """
     if page_size is None:
         page_size = PAGE_SIZE if workers is None else WORKER_RANGE_SIZE
-    yield _encode([CSV_COLUMNS]), 0
+    yield _HEADER, 0
     ends = await _first_last(engine, org_id, flt)
     if ends is None:
         return

@@ -1,0 +1,96 @@
+"""Benchmark: CSV export throughput of one org on SQLite and on PostgreSQL, same rows.
+
+Imports tests/data/wg-small.pcap into a temporary SQLite file and a fresh PostgreSQL database
+(dropped afterwards), copies acme's sessions to about `--rows` (new ids, starts a minute apart
+per copy), then times `export_org_csv` in this process and with 2 export worker processes,
+`--runs` times each, and prints rows per second. Also checks that both engines wrote the same
+bytes (issue 7: one CSV whatever the store). Asserts nothing about time.
+
+    .venv/bin/python tests/benchmarks/bench_export_engines.py [--rows 200000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.machine import machine  # noqa: E402
+from tests.helpers.sqlite import replicate_sessions  # noqa: E402
+from tests.helpers.stores import ENGINES, execute, imported_store, query  # noqa: E402
+from tunnelacct.export import ExportWorkers, export_org_csv  # noqa: E402
+from tunnelacct.store import make_engine  # noqa: E402
+
+KEPT = (
+    "org_id, client_id, client_name, user_id, resource_id, resource_name, protocol, ip_version,"
+    " src_addr, dst_addr, dst_port, duration_s, bytes_tx, bytes_rx, packets_tx, packets_rx,"
+    " payload_bytes_tx, payload_bytes_rx, status, close_reason, midstream, community_id,"
+    " gateway, interface"
+)
+SHIFT = "k * interval '60 seconds'"
+
+
+def replicate_pg(url: str, copies: int) -> None:
+    """PostgreSQL's counterpart of `replicate_sessions` for acme (step 60 s, src_port + k)."""
+    execute(url, f"""
+        INSERT INTO sessions (id, {KEPT}, src_port, started_at, ended_at, last_seen_at)
+        SELECT gen_random_uuid(), {KEPT}, (src_port + k) % 65536, started_at + {SHIFT},
+               ended_at + {SHIFT}, last_seen_at + {SHIFT}
+        FROM sessions, generate_series(1, {copies}) AS k WHERE org_id = 'acme'
+    """)  # fmt: skip
+    execute(url, "ANALYZE sessions")
+
+
+async def export_once(url: str, workers: int) -> tuple[int, float, str]:
+    """(rows, seconds, CSV text) of one export of acme."""
+    engine = make_engine(url)
+    pool = ExportWorkers(workers) if workers else None
+    try:
+        out = io.StringIO(newline="")
+        start = time.perf_counter()
+        rows = await export_org_csv(engine, "acme", out, workers=pool)
+        return rows, time.perf_counter() - start, out.getvalue()
+    finally:
+        if pool is not None:
+            await asyncio.to_thread(pool.close)
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="acme sessions, about")
+    parser.add_argument("--runs", type=int, default=3, help="timed exports per setting")
+    args = parser.parse_args()
+    print(machine())
+    texts: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ENGINES:
+            (Path(tmp) / kind).mkdir()
+            with imported_store(kind, Path(tmp) / kind) as url:
+                ((seed,),) = query(url, "select count(*) from sessions where org_id = 'acme'")
+                copies = max(args.rows // int(seed) - 1, 0)
+                if kind == "sqlite":
+                    replicate_sessions(Path(tmp) / kind / "store.db", copies, 60, "acme")
+                else:
+                    replicate_pg(url, copies)
+                for workers in (0, 2):
+                    rates = []
+                    for _ in range(args.runs):
+                        rows, seconds, texts[kind] = asyncio.run(export_once(url, workers))
+                        rates.append(rows / seconds)
+                    best, worst = max(rates), min(rates)
+                    print(f"{kind:10s} workers={workers}: {rows:,} rows, "
+                          f"best {best:,.0f} rows/s, worst {worst:,.0f} rows/s")  # fmt: skip
+    # The copies' ids are random: compare everything but the id column.
+    same = [{line.partition(",")[2] for line in text.split("\r\n")} for text in texts.values()]
+    print("same CSV on both engines (ids aside):", same[0] == same[1])
+
+
+if __name__ == "__main__":
+    main()
