@@ -470,6 +470,8 @@ INVALID: list[tuple[str, str, str, object, str]] = [
      "seconds > 0"),
     ("retention-interval-string", "[retention]\ninterval = \"1h\" #<\n", "[retention] interval",
      "1h", "seconds > 0"),
+    ("org-name-nul", '[[orgs]]\nid = "a"\nname = "x\\u0000y" #<\n', '[[orgs]] "a" name',
+     "x\x00y", "without NUL"),
     ("metrics-listen-no-port", "[metrics]\nlisten = \"0.0.0.0\" #<\n", "[metrics] listen",
      "0.0.0.0", '"127.0.0.1:9109"'),
     ("metrics-client-labels-string", "[metrics]\nclient_labels = \"yes\" #<\n",

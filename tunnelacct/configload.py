@@ -417,10 +417,11 @@ class Loader:
             self.fail(where, key, why, value)
 
     def _text(self, where: _Where, t: Mapping[str, object], key: str, default: str) -> str:
-        """A non-empty string, or `default` when the key is absent."""
+        """A non-empty string without NUL (PostgreSQL text cannot hold it), or `default` when
+        the key is absent."""
         value = t.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(where, key, "expected a non-empty string", _shown(value))
+        if not isinstance(value, str) or not value.strip() or "\x00" in value:
+            self.fail(where, key, "expected a non-empty string without NUL", _shown(value))
         return value
 
     def _ident(self, where: _Where, t: Mapping[str, object], key: str, default: str | None) -> str:
