@@ -1,6 +1,8 @@
 """SessionWriter: upserts, coalescing, closed-is-final, back-pressure, outages, drain.
 
-On SQLite and PostgreSQL (`store_engine`), except the tests that hold SQLite's write lock."""
+On SQLite and PostgreSQL (`store_engine`), except the tests that hold SQLite's write lock and
+the PostgreSQL outage tests (`pg_url`: killed backends, lock and statement timeouts, deadlocks,
+serialization failures)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,21 @@ import math
 import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from tests.helpers.pg import read_rows
+from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
@@ -37,8 +41,9 @@ from tunnelacct.rows import (
     sqlite_time_text,
     upsert_sql,
 )
-from tunnelacct.store import make_engine, table_of
-from tunnelacct.writer import SessionWriter
+from tunnelacct.schema import migrate
+from tunnelacct.store import async_url, make_engine, table_of
+from tunnelacct.writer import PG_FLIGHTS, SessionWriter, sqlstate, transient_store_error
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 
@@ -574,3 +579,263 @@ async def test_ongoing_sessions_reads_back_this_gateways_ongoing_rows_as_written
         assert e.last_ts == pytest.approx(want.last_ts, abs=1e-6)
         assert e.started_ts == pytest.approx(want.started_ts, abs=1e-6)
         assert replace(e, last_ts=0.0, started_ts=0.0) == replace(want, last_ts=0.0, started_ts=0.0)
+
+
+# PostgreSQL outages (issue 7): each test makes the server fail the writer's flush the way a real
+# outage does, from another connection, and checks that every session arrives exactly once.
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh migrated PostgreSQL database (dropped afterwards)."""
+    with fresh_database() as url:
+        migrate(url)
+        yield url
+
+
+def pg_engine(url: str, **server_settings: str) -> AsyncEngine:
+    """An engine whose connections start with `server_settings` (lock_timeout=..., ...)."""
+    return create_async_engine(async_url(url), connect_args={"server_settings": server_settings})
+
+
+async def wait_for_blocked_backend(admin: asyncpg.Connection, timeout_s: float = 5.0) -> int:
+    """The pid of the one backend of this database waiting for a lock held by `admin`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            pids = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            if pids:
+                return int(pids[0]["pid"])
+            await asyncio.sleep(0.02)
+
+
+def pg_sessions(url: str) -> dict[str, tuple[object, ...]]:
+    """id hex -> (bytes_tx, packets_tx, status) of every row."""
+    rows = read_rows(url, "SELECT id, bytes_tx, packets_tx, status FROM sessions")
+    assert len(rows) == len({r[0] for r in rows})
+    return {str(r[0]): r[1:] for r in rows}
+
+
+async def test_backend_terminated_mid_flush_is_retried_and_loses_nothing(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = pg_engine(pg_url)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        ids = [uuid.uuid4() for _ in range(300)]
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+            async with running(writer):
+                await writer.submit([event(EventKind.OPENED, sid) for sid in ids[:100]])
+                await wait_until(lambda: writer.pending == 0)
+                # The flush blocks on the lock; killing its backend is what a server restart
+                # (fast shutdown) or a failover does to a statement in flight.
+                lock = admin.transaction()
+                await lock.start()
+                await admin.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+                closes = [event(EventKind.CLOSED, sid, n=i) for i, sid in enumerate(ids, 1)]
+                await writer.submit(closes)
+                victim = await wait_for_blocked_backend(admin)
+                await admin.execute("SELECT pg_terminate_backend($1)", victim)
+                await wait_until(lambda: writer.failed_flushes >= 1)
+                await lock.rollback()
+                await wait_until(lambda: writer.pending == 0)
+        assert pg_sessions(pg_url) == {
+            sid.hex: (100 * i, i, "completed") for i, sid in enumerate(ids, 1)
+        }
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert "terminating connection due to administrator command" in warning.getMessage()
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_idle_pooled_connection_killed_between_flushes_is_retried(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        async with running(writer):
+            await writer.submit([event() for _ in range(10)])
+            await wait_until(lambda: writer.pending == 0)
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await writer.submit([event() for _ in range(10)])
+            await wait_until(lambda: writer.pending == 0)
+        assert writer.failed_flushes == 1  # "connection is closed", then a fresh connection
+        assert row_count(pg_url) == 20
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("lock_timeout", "canceling statement due to lock timeout"),
+        ("statement_timeout", "canceling statement due to statement timeout"),
+    ],
+)
+async def test_lock_and_statement_timeouts_delay_writes_but_lose_nothing(
+    pg_url: str, setting: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = pg_engine(pg_url, **{setting: "100"})  # ms
+    admin = await asyncpg.connect(pg_url)
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+            async with running(writer):
+                lock = admin.transaction()
+                await lock.start()
+                await admin.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+                await writer.submit([event(EventKind.CLOSED) for _ in range(500)])
+                await wait_until(lambda: writer.failed_flushes >= 2)
+                assert writer.pending == 500
+                await lock.rollback()
+                await wait_until(lambda: writer.pending == 0)
+        assert row_count(pg_url) == 500 == writer.rows_written
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert message in warning.getMessage()
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_deadlock_victim_flush_is_retried_with_the_newest_counters(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = pg_engine(pg_url)
+    admin = await asyncpg.connect(pg_url)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+            async with running(writer):
+                await writer.submit([event(EventKind.OPENED, a), event(EventKind.OPENED, b)])
+                await wait_until(lambda: writer.pending == 0)
+                other = admin.transaction()
+                await other.start()
+                # The other transaction gives the writer's backend the first deadlock check.
+                await admin.execute("SET LOCAL deadlock_timeout = '30s'")
+                await admin.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", a)
+                # Pending order b, a: the upsert locks b, then waits for a.
+                await writer.submit(
+                    [event(EventKind.CLOSED, b, n=2), event(EventKind.CLOSED, a, n=3)]
+                )
+                await wait_for_blocked_backend(admin)
+                # Now the other transaction waits for b: a cycle, and the writer is the victim.
+                await admin.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", b)
+                await wait_until(lambda: writer.failed_flushes == 1)
+                await other.commit()
+                await wait_until(lambda: writer.pending == 0)
+        assert pg_sessions(pg_url) == {a.hex: (300, 3, "completed"), b.hex: (200, 2, "completed")}
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert "deadlock detected" in warning.getMessage()
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_serialization_failure_under_repeatable_read_is_retried(pg_url: str) -> None:
+    engine = pg_engine(pg_url, default_transaction_isolation="repeatable read")
+    admin = await asyncpg.connect(pg_url)
+    sid = uuid.uuid4()
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01)
+        async with running(writer):
+            await writer.submit([event(EventKind.OPENED, sid)])
+            await wait_until(lambda: writer.pending == 0)
+            other = admin.transaction()
+            await other.start()
+            await admin.execute("UPDATE sessions SET user_id = 'bob' WHERE id = $1", sid)
+            await writer.submit([event(EventKind.CLOSED, sid, n=4)])
+            await wait_for_blocked_backend(admin)
+            await other.commit()  # the waiting upsert finds the row changed since its snapshot
+            await wait_until(lambda: writer.pending == 0)
+        assert writer.failed_flushes == 1
+        assert read_rows(pg_url, "SELECT user_id, bytes_tx, status FROM sessions") == [
+            ("bob", 400, "completed")
+        ]
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_a_failed_batch_in_flight_beside_a_written_one_is_retried_alone(
+    pg_url: str,
+) -> None:
+    # On PostgreSQL two batches are written at once, each in its own transaction.
+    assert PG_FLIGHTS == 2
+    engine = pg_engine(pg_url, lock_timeout="100")
+    admin = await asyncpg.connect(pg_url)
+    ids = [uuid.uuid4() for _ in range(200)]
+    try:
+        writer = writer_for(engine, batch_size=100, flush_interval_s=0.01)
+        async with running(writer):
+            await writer.submit([event(EventKind.OPENED, sid) for sid in ids])
+            await wait_until(lambda: writer.pending == 0)
+            assert writer.flushes == 2
+            lock = admin.transaction()
+            await lock.start()
+            await admin.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", ids[150])
+            await writer.submit([event(EventKind.CLOSED, sid, n=i) for i, sid in enumerate(ids, 1)])
+            await wait_until(lambda: writer.failed_flushes >= 1 and writer.pending == 100)
+            # the first batch is written while the second waits for the lock
+            assert {
+                r[0]
+                for r in read_rows(pg_url, "SELECT id FROM sessions WHERE status = 'completed'")
+            } == {sid.hex for sid in ids[:100]}
+            await lock.rollback()
+            await wait_until(lambda: writer.pending == 0)
+        assert pg_sessions(pg_url) == {
+            sid.hex: (100 * i, i, "completed") for i, sid in enumerate(ids, 1)
+        }
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+# SQLSTATEs the server raises itself (a DO block), as the writer receives them through
+# SQLAlchemy and asyncpg: transient failures retry, bugs and bad data do not.
+TRANSIENT_SQLSTATES = ["08006", "25006", "40001", "40P01", "53100", "53300", "55P03", "57014",
+                       "57P01", "57P03"]  # fmt: skip
+FATAL_SQLSTATES = ["22001", "23502", "23505", "3D000", "42501", "42P01", "XX000"]
+
+
+async def raised_by_server(engine: AsyncEngine, code: str) -> BaseException:
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                f"DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
+            )
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"SQLSTATE {code} was not raised")
+
+
+async def test_transient_sqlstates_are_retried_and_others_raise(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    try:
+        for code in TRANSIENT_SQLSTATES + FATAL_SQLSTATES:
+            exc = await raised_by_server(engine, code)
+            assert sqlstate(exc) == code
+            assert transient_store_error(exc) == (code in TRANSIENT_SQLSTATES), code
+    finally:
+        await engine.dispose()
+
+
+async def test_constraint_violation_from_bad_data_raises_and_keeps_the_sessions_pending(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    bad = replace(event(), attribution=Attribution(None))  # type: ignore[arg-type]
+    writer = writer_for(store_engine)
+    await writer.submit([event(), bad])
+    # SQLite's through SQLAlchemy; PostgreSQL's from asyncpg directly (the COPY path)
+    with pytest.raises((IntegrityError, asyncpg.IntegrityConstraintViolationError), match="org_id"):
+        await writer.close()
+    assert writer.failed_flushes == 0 and writer.pending == 2
+    assert row_count(store_url) == 0

@@ -6,10 +6,11 @@ included; tests/benchmarks/bench_writer.py): the upsert is plain SQL in the driv
 and each row is a tuple of the values the driver takes, built straight from the event. On SQLite
 those are exactly what SQLAlchemy's types would store (`driver_values()`).
 
-Two upserts: `upsert_sql()` binds one row (DBAPI executemany of a batch; SQLite) and
-`bulk_upsert_sql()` binds one array per column and inserts `unnest(...)` of them (PostgreSQL: one
-statement and one round trip per batch, the same SQL text for any batch size, so asyncpg's
-statement cache keeps it prepared, and no bound-parameter limit).
+Three upserts: `upsert_sql()` binds one row (DBAPI executemany of a batch; SQLite),
+`staged_upsert_sql()` upserts what a binary COPY put into a temporary staging table (PostgreSQL,
+the writer's path), and `bulk_upsert_sql()` binds one array per column and inserts `unnest(...)`
+of them (PostgreSQL: one statement per batch; the writer's path before issue 7, kept as the
+benchmark's reference).
 """
 
 from __future__ import annotations
@@ -152,6 +153,29 @@ def bulk_upsert_sql(dialect: Dialect) -> str:
         for p, c in zip(_placeholders(dialect), ROW_COLUMNS, strict=True)
     )
     return _upsert(dialect, f"SELECT * FROM unnest({arrays})")
+
+
+# PostgreSQL: the per-connection temporary table a batch is COPYed into (writer.py).
+STAGING_TABLE = "sessions_staging"
+
+
+def staging_table_sql(dialect: Dialect) -> str:
+    """CREATE TEMP TABLE of STAGING_TABLE, shaped like sessions (NOT NULLs included, so bad
+    data fails at the COPY) and emptied at every commit; PostgreSQL only."""
+    if dialect.name != "postgresql":
+        raise StoreError(f"no staging table for database dialect {dialect.name!r}")
+    quote = dialect.identifier_preparer.quote
+    return (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(STAGING_TABLE)} "
+        f"(LIKE {quote(table_of(SessionRecord).name)}) ON COMMIT DELETE ROWS"
+    )
+
+
+def staged_upsert_sql(dialect: Dialect) -> str:
+    """The upsert of every row in STAGING_TABLE (ids unique, as for `bulk_upsert_sql()`)."""
+    quote = dialect.identifier_preparer.quote
+    columns = ", ".join(quote(c) for c in ROW_COLUMNS)
+    return _upsert(dialect, f"SELECT {columns} FROM {quote(STAGING_TABLE)}")
 
 
 def row_arrays(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:

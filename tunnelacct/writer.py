@@ -2,15 +2,24 @@
 
 The writer is the only code that writes session records. Producers `submit()` events into a
 bounded pending map keyed by session id (a newer event for a pending session replaces the older
-one in place), and `run()` flushes it in batches: one transaction per flush, one upsert of all of
+one in place), and `run()` flushes it in batches: one transaction per batch, one upsert of all of
 the batch's rows. Rows and SQL come from `rows.py`.
 
 On SQLite the upsert binds one row and runs as DBAPI executemany. A multi-row VALUES statement
 was slower (~10x through SQLAlchemy, which recompiles it per batch; ~10% as plain SQL) and needs
-chunking under the bound parameter limit (SQLite 32766). On PostgreSQL one statement inserts
-`unnest()` of one array per column: one round trip per batch, 10-25% more rows/s than asyncpg's
-pipelined executemany and than chunked multi-row VALUES (200,000 events of
-tests/benchmarks/bench_writer.py make_events(), batches of 5,000, PostgreSQL 15 on loopback).
+chunking under the bound parameter limit (SQLite 32766).
+
+On PostgreSQL a flush COPYs a batch (binary, asyncpg's copy_records_to_table on the pooled
+connection's driver) into a temporary staging table and upserts from it, in one transaction,
+and writes up to PG_FLIGHTS batches at once. Issue 7 measured both with
+tests/benchmarks/bench_writer.py (200,000 events, batches of 5,000, PostgreSQL 15 on the same
+2-vCPU VM). Through asyncpg alone with prebuilt rows, one batch at a time, the COPY path did
+57,000-64,000 rows/s and the previous path, one `unnest()` of one array per column,
+37,500-40,700: asyncpg encodes the COPY's records in ~3 µs a row of client CPU, the arrays in
+~9.5 µs, at about the same server CPU (~14 µs a row, mostly the indexes). With one batch in
+flight, the writer did 46,500-53,300 rows/s: the server was busy ~70% of the time and the event
+loop ~30%, one after the other. With two batches in flight, which overlaps the two, it did
+59,500-69,700.
 """
 
 from __future__ import annotations
@@ -26,17 +35,19 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
 from tunnelacct.events import SessionEvent
 from tunnelacct.rows import (
-    bulk_upsert_sql,
+    ROW_COLUMNS,
+    STAGING_TABLE,
     driver_values,
-    row_arrays,
     session_values,
+    staged_upsert_sql,
+    staging_table_sql,
     upsert_sql,
 )
 
@@ -50,6 +61,34 @@ BACKOFF_MAX_S = 5.0
 # Errors that say "the store is not writable right now" (locked, restarting, network, pool
 # exhausted): the flush is retried. Anything else is a bug or bad data and stops run() loudly.
 RETRYABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError, OSError)
+
+# PostgreSQL reports its transient failures as a plain DBAPIError (SQLAlchemy's asyncpg adapter
+# maps every server error but integrity and syntax/access ones to its generic `Error`), so they
+# are told apart by SQLSTATE (PostgreSQL manual, Appendix A). Measured against PostgreSQL 15
+# (issue 7): a backend killed mid-flush arrives invalidated (08003), an idle pooled one killed
+# as InterfaceError, a refused connect as OSError; lock and statement timeouts, deadlocks and
+# serialization failures arrive with their SQLSTATE and a still valid connection.
+RETRYABLE_SQLSTATE_CLASSES = (
+    "08",  # connection exception: lost, refused, reset
+    "53",  # insufficient resources: too many connections, disk full, out of memory
+)
+RETRYABLE_SQLSTATES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: a standby or read-only maintenance, until failover
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected (e.g. against a purge batch deleting the same rows)
+        "55P03",  # lock_not_available: lock_timeout
+        "57014",  # query_canceled: statement_timeout, pg_cancel_backend
+        "57P01",  # admin_shutdown: fast shutdown/restart, pg_terminate_backend
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: the server is starting or shutting down
+        "57P05",  # idle_session_timeout
+    }
+)
+
+# Batches a PostgreSQL flush writes at once, on as many connections: while the server works on
+# one, the event loop builds and sends the other (issue 7, tests/benchmarks/bench_writer.py).
+PG_FLIGHTS = 2
 
 _CLOSED = EventKind.CLOSED
 
@@ -82,9 +121,11 @@ class SessionWriter:
         self._engine = engine
         self._config = config
         self._gateway = gateway
-        # PostgreSQL: one statement of column arrays per batch; SQLite: executemany of rows.
-        self._bulk = engine.dialect.name == "postgresql"
-        self._sql = bulk_upsert_sql(engine.dialect) if self._bulk else upsert_sql(engine.dialect)
+        # PostgreSQL: COPY into a staging table, then one upsert; SQLite: executemany of rows.
+        self._copy = engine.dialect.name == "postgresql"
+        self._sql = staged_upsert_sql(engine.dialect) if self._copy else upsert_sql(engine.dialect)
+        self._staging_sql = staging_table_sql(engine.dialect) if self._copy else ""
+        self._flights = PG_FLIGHTS if self._copy else 1  # SQLite has one writer at a time
         self._driver = driver_values(engine.dialect.name)
         self._clock = clock
         self._unlogged = unlogged_orgs  # orgs with logging = false: their events are not stored
@@ -208,7 +249,7 @@ class SessionWriter:
             try:
                 await self._flush()
             except Exception as exc:
-                if not self._retryable(exc):
+                if not transient_store_error(exc):
                     raise
                 failures += 1
                 self.failed_flushes += 1
@@ -234,26 +275,40 @@ class SessionWriter:
                 )
                 failures = 0
 
-    @staticmethod
-    def _retryable(exc: BaseException) -> bool:
-        # A DBAPIError whose connection was invalidated is an outage whatever its class.
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return True
-        return isinstance(exc, RETRYABLE)
-
     async def _flush(self) -> None:
-        """Write the oldest `batch_size` pending sessions in one transaction."""
+        """Write the oldest pending sessions: `batch_size` of them in one transaction, or on
+        PostgreSQL up to PG_FLIGHTS such batches at once, each in its own transaction.
+
+        Batches in flight together hold distinct sessions, so they never touch the same row.
+        Raises the first error that is not transient, else the first error.
+        """
+        size = self._config.batch_size
+        keys = list(itertools.islice(self._pending, size * self._flights))
+        batches = [keys[start : start + size] for start in range(0, len(keys), size)]
+        async with self._write_lock:
+            if len(batches) == 1:
+                await self._write_batch(batches[0])
+                return
+            results = await asyncio.gather(
+                *(self._write_batch(batch) for batch in batches), return_exceptions=True
+            )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if not transient_store_error(e)), errors[0])
+
+    async def _write_batch(self, keys: list[int]) -> None:
+        """Write the pending sessions `keys` in one transaction."""
         pending, since = self._pending, self._since
-        keys = list(itertools.islice(pending, self._config.batch_size))
         events = [pending[key] for key in keys]
         gateway, driver = self._gateway, self._driver
         rows = [session_values(event, gateway, driver) for event in events]
         started = time.perf_counter()
         try:
-            async with self._write_lock, self._engine.begin() as conn:
-                if self._bulk:
-                    await conn.exec_driver_sql(self._sql, row_arrays(rows))
-                else:
+            if self._copy:
+                async with self._engine.connect() as conn:
+                    await self._copy_upsert(conn, rows)
+            else:
+                async with self._engine.begin() as conn:
                     await conn.exec_driver_sql(self._sql, rows)
         finally:
             took = time.perf_counter() - started
@@ -271,6 +326,33 @@ class SessionWriter:
                 del since[key]
         async with self._space:
             self._space.notify_all()
+
+    async def _copy_upsert(self, conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
+        """COPY `rows` into the connection's staging table and upsert them, in one transaction.
+
+        Runs on the asyncpg connection itself (SQLAlchemy has no COPY), so its errors are
+        asyncpg's: those with a SQLSTATE are judged by it, and a connection lost meanwhile is
+        invalidated in the pool and raised as DisconnectionError.
+        """
+        pooled = await conn.get_raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None  # a checked-out connection has its driver connection
+        try:
+            async with driver.transaction():
+                # IF NOT EXISTS: the table lasts as long as the connection, so this creates it
+                # on a connection's first flush and costs one round trip (of 5,000 rows) after.
+                await driver.execute(self._staging_sql)
+                await driver.copy_records_to_table(STAGING_TABLE, records=rows, columns=ROW_COLUMNS)
+                await driver.execute(self._sql)
+        except Exception as exc:
+            if driver.is_closed():
+                await conn.invalidate(exc)
+                first = exc  # the server's reason, not the failed rollback it caused
+                while first.__context__ is not None:
+                    first = first.__context__  # type: ignore[assignment]
+                lost = f"connection lost while writing sessions: {first}"
+                raise DisconnectionError(lost) from exc
+            raise
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting events, write everything pending and end `run()`; idempotent.
@@ -300,3 +382,26 @@ class SessionWriter:
             self.flushes,
             self.write_seconds_total,
         )
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE (e.g. "55P03") of a DBAPIError or of an asyncpg error raised
+    directly (the COPY path); None for other errors."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def transient_store_error(exc: BaseException) -> bool:
+    """Whether `exc` means the store is briefly not writable (retry) rather than a bug or bad
+    data (raise). A retried flush rewrites the same rows by id, so a retry after a commit whose
+    acknowledgement was lost changes nothing."""
+    # A DBAPIError whose connection was invalidated is an outage whatever its class.
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, RETRYABLE):
+        return True
+    code = sqlstate(exc)
+    if code is None:
+        return False
+    return code in RETRYABLE_SQLSTATES or code.startswith(RETRYABLE_SQLSTATE_CLASSES)

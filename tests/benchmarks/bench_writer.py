@@ -1,15 +1,32 @@
-"""Benchmark: SessionWriter into a fresh migrated SQLite file, rows/s and event-loop time.
+"""Benchmark: SessionWriter into a fresh migrated store, rows/s and where the time goes.
 
 Builds N session events like an import of short-session-heavy traffic produces (mostly CLOSED,
 some CHECKPOINT; TCP and UDP; IPv4 and IPv6; attributed and unattributed), submits them in
 import-sized chunks to a running SessionWriter and waits for the drain. A second pass closes the
 checkpointed sessions, which exercises the ON CONFLICT update path. For each pass it prints rows/s
-and the CPU time of the event-loop thread (submit, row building, SQLAlchemy) beside the wall time;
-SQLite itself runs in aiosqlite's thread. Last, the "sqlite floor": the same upsert and rows
-through the stdlib sqlite3 module alone (no asyncio, no SQLAlchemy, rows prebuilt) into another
-fresh file, the ceiling for any writer on this schema and machine. Asserts nothing about time.
+and the CPU time of the event-loop thread (submit, row building, SQLAlchemy, asyncpg encoding)
+beside the wall time.
+
+SQLite (default): the store is a temporary file, and last comes the "sqlite floor": the same
+upsert and rows through the stdlib sqlite3 module alone (no asyncio, no SQLAlchemy, rows
+prebuilt) into another fresh file, the ceiling for any writer on this schema and machine.
+
+PostgreSQL (`--url postgresql://user@host/db`, any database the user may connect to): the
+benchmark creates its own database `tunnelacct_bench_<random>` on that server, migrates it and
+drops it at the end. It also prints the CPU the server's processes used (from /proc, so only
+for a server on this machine) and the WAL written, both server-wide, so other databases' work
+counts too; the size of the table after the insert pass; the "pg floor": the writer's COPY and
+upsert with prebuilt rows through asyncpg alone, one batch at a time; and the "unnest
+reference": the previous writer path (one upsert of `unnest()` of column arrays), also through
+asyncpg alone.
+
+`--gateways N` runs N writer processes at once (gateways gw-bench-1..N, each with its own
+events), released together, and prints each one's rows/s and the sustained total: all rows over
+the time from the first start to the last drain. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_writer.py [--events 200000] [--batch-size 5000]
+    .venv/bin/python tests/benchmarks/bench_writer.py --url postgresql://postgres@127.0.0.1/postgres
+    .venv/bin/python tests/benchmarks/bench_writer.py --url postgresql://... --gateways 3
 """
 
 from __future__ import annotations
@@ -17,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
+import os
 import random
 import sqlite3
 import sys
@@ -24,11 +43,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import create_engine, pool
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -36,9 +60,19 @@ from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.events import Attribution, SessionEvent  # noqa: E402
-from tunnelacct.rows import driver_values, session_values, upsert_sql  # noqa: E402
+from tunnelacct.rows import (  # noqa: E402
+    ROW_COLUMNS,
+    STAGING_TABLE,
+    bulk_upsert_sql,
+    driver_values,
+    row_arrays,
+    session_values,
+    staged_upsert_sql,
+    staging_table_sql,
+    upsert_sql,
+)
 from tunnelacct.schema import migrate  # noqa: E402
-from tunnelacct.store import make_engine  # noqa: E402
+from tunnelacct.store import make_engine, sync_url  # noqa: E402
 from tunnelacct.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0
@@ -126,7 +160,11 @@ class GcClock:
 
 
 async def write_pass(
-    url: str, events: Sequence[SessionEvent], config: WriterConfig, chunk: int
+    url: str,
+    events: Sequence[SessionEvent],
+    config: WriterConfig,
+    chunk: int,
+    gateway: str = "gw-bench",
 ) -> tuple[float, float, GcClock, int]:
     """Submit `events` in chunks to a running writer and drain it.
 
@@ -134,7 +172,7 @@ async def write_pass(
     """
     engine = make_engine(url)
     try:
-        writer = SessionWriter(engine, config, gateway="gw-bench")
+        writer = SessionWriter(engine, config, gateway=gateway)
         async with engine.connect():
             pass  # open the pooled connection (pragmas) before the clock starts
         with GcClock() as gc_clock:
@@ -180,51 +218,280 @@ def report(name: str, wall: float, loop_cpu: float, gc_clock: GcClock, rows: int
     )
 
 
+def server_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by the `postgres` processes on this machine,
+    ended ones included: a backend ends with its connection, and the postmaster, having reaped
+    it, holds its time as children's time."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        comm_end = text.rindex(")")
+        if text[text.index("(") + 1 : comm_end] != "postgres":
+            continue
+        fields = text[comm_end + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14-17 of proc(5) stat
+        total += sum(int(f) for f in fields[11:15])
+    return total / tick
+
+
+def load() -> str:
+    """The load averages, to say how quiet the machine was."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+@contextmanager
+def fresh_store(url: str | None) -> Iterator[str]:
+    """A migrated empty store: a temporary SQLite file (url None), or a database created on the
+    PostgreSQL server of `url` and dropped afterwards."""
+    if url is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = f"sqlite:///{Path(tmp) / 'bench.db'}"
+            migrate(store)
+            yield store
+        return
+    name = f"tunnelacct_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(sync_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            store = make_url(url).set(database=name).render_as_string(hide_password=False)
+            migrate(store)
+            yield store
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def count_rows(url: str) -> tuple[int, int, dict[str, int]]:
+    """(rows, completed rows, rows per gateway) of the store."""
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            count, completed = conn.exec_driver_sql(
+                "SELECT count(*), sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END)"
+                " FROM sessions"
+            ).one()
+            per_gateway = {
+                gateway: n
+                for gateway, n in conn.exec_driver_sql(
+                    "SELECT gateway, count(*) FROM sessions GROUP BY gateway"
+                )
+            }
+    finally:
+        engine.dispose()
+    return int(count), int(completed or 0), {str(k): int(v) for k, v in per_gateway.items()}
+
+
+def wal_bytes(url: str) -> int:
+    """The server's current WAL position in bytes (PostgreSQL; 0 for SQLite)."""
+    if not url.startswith("postgresql"):
+        return 0
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            lsn = conn.exec_driver_sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").scalar()
+    finally:
+        engine.dispose()
+    return int(lsn)
+
+
+def pg_size(url: str) -> str:
+    """On-disk size of the sessions table: heap, indexes, total, and per row (after ANALYZE)."""
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE sessions")  # visibility map, as autovacuum would
+            rows, heap, indexes, total = conn.exec_driver_sql(
+                "SELECT count(*), pg_relation_size('sessions'), pg_indexes_size('sessions'),"
+                " pg_total_relation_size('sessions') FROM sessions"
+            ).one()
+    finally:
+        engine.dispose()
+    return (f"{rows:,} rows: heap {heap / 2**20:,.1f} MiB, indexes {indexes / 2**20:,.1f} MiB, "
+            f"total {total / 2**20:,.1f} MiB = {total / rows:,.0f} bytes/row "
+            f"(heap {heap / rows:,.0f}, indexes {indexes / rows:,.0f})")  # fmt: skip
+
+
+def closing_updates(events: Sequence[SessionEvent]) -> list[SessionEvent]:
+    """A CLOSED event for each CHECKPOINT in `events` (the update pass)."""
+    return [
+        replace(e, kind=EventKind.CLOSED, ended_ts=e.last_ts + 1, close_reason=CloseReason.FIN)
+        for e in events
+        if e.kind is EventKind.CHECKPOINT
+    ]
+
+
+async def pg_floor(url: str, events: Sequence[SessionEvent], batch_size: int) -> float:
+    """Seconds to upsert `events` as the writer does (COPY into the staging table, upsert from
+    it) with prebuilt rows through asyncpg alone (no SQLAlchemy, no row building, no queue),
+    one batch at a time on one connection (the writer has PG_FLIGHTS batches in flight)."""
+    import asyncpg
+
+    driver = driver_values("postgresql")
+    rows = [session_values(e, "gw-floor", driver) for e in events]
+    dialect = postgresql_asyncpg.dialect()
+    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    try:
+        await conn.execute(staging_table_sql(dialect))
+        upsert = staged_upsert_sql(dialect)
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch_size):
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    STAGING_TABLE, records=rows[start : start + batch_size], columns=ROW_COLUMNS
+                )
+                await conn.execute(upsert)
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def unnest_reference(url: str, events: Sequence[SessionEvent], batch_size: int) -> float:
+    """Seconds for the writer's path before issue 7, also through asyncpg alone with prebuilt
+    rows: one upsert of `unnest()` of one array per column (rows.bulk_upsert_sql)."""
+    import asyncpg
+
+    driver = driver_values("postgresql")
+    rows = [session_values(e, "gw-floor", driver) for e in events]
+    sql = bulk_upsert_sql(postgresql_asyncpg.dialect())  # asyncpg takes its $n as they are
+    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    try:
+        statement = await conn.prepare(sql)
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch_size):
+            async with conn.transaction():
+                await statement.fetch(*row_arrays(rows[start : start + batch_size]))
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def single(a: argparse.Namespace, config: WriterConfig) -> None:
+    """One writer: the insert pass, the update pass, then the floor of the engine."""
+    events = make_events(a.events, a.closed_share)
+    closes = closing_updates(events)
+    print(
+        f"events: {len(events):,} new sessions ({len(events) - len(closes):,} closed, "
+        f"{len(closes):,} checkpoints), then {len(closes):,} closing updates; "
+        f"batch_size={config.batch_size}, submit chunks of {a.chunk}"
+    )
+    with fresh_store(a.url) as url:
+        for name, batch in (("insert", events), ("update", closes)):
+            server0, wal0 = server_cpu_s(), wal_bytes(url)
+            report(name, *asyncio.run(write_pass(url, batch, config, a.chunk)))
+            if a.url is not None:
+                wal = wal_bytes(url) - wal0
+                print(
+                    f"  server: postgres processes {server_cpu_s() - server0:.2f} s CPU, "
+                    f"{wal / 2**20:,.0f} MiB of WAL ({wal / len(batch):,.0f} bytes/row)"
+                )
+            if a.url is not None and name == "insert":
+                print(f"  size: {pg_size(url)}")
+        count, completed, _ = count_rows(url)
+        print(f"check: {count:,} rows, {completed:,} completed")
+    if a.url is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            floor_db = Path(tmp) / "floor.db"
+            migrate(f"sqlite:///{floor_db}")
+            floors = [
+                ("sqlite floor", "stdlib sqlite3 alone, same upsert and rows",
+                 sqlite_floor(floor_db, events, config.batch_size)),
+            ]  # fmt: skip
+    else:
+        floors = []
+        for name, note, floor in (
+            ("pg floor", "asyncpg alone, COPY + upsert, one batch at a time", pg_floor),
+            ("unnest reference", "asyncpg alone, the previous unnest upsert", unnest_reference),
+        ):
+            with fresh_store(a.url) as url:
+                floors.append((name, note, asyncio.run(floor(url, events, config.batch_size))))
+    for name, note, wall in floors:
+        print(f"RESULT {name}: {len(events):,} rows in {wall:.2f} s = "
+              f"{len(events) / wall:,.0f} rows/s ({note})")  # fmt: skip
+
+
+def gateway_process(
+    url: str, index: int, a: argparse.Namespace, config: WriterConfig, go: Any, out: Any
+) -> None:
+    """One gateway of --gateways: build its events, wait for `go`, write them, send figures."""
+    events = make_events(a.events, a.closed_share, seed=7 + index)
+    go.wait()
+    started = time.time()
+    wall, cpu, gc_clock, rows = asyncio.run(
+        write_pass(url, events, config, a.chunk, gateway=f"gw-bench-{index}")
+    )
+    out.put((index, started, time.time(), wall, cpu, gc_clock.seconds, rows))
+
+
+def gateways(a: argparse.Namespace, config: WriterConfig) -> None:
+    """N writer processes at once into one store: per-process and sustained rows/s."""
+    ctx = multiprocessing.get_context("spawn")
+    print(f"{a.gateways} gateway processes, {a.events:,} new sessions each (insert pass), "
+          f"batch_size={config.batch_size}")  # fmt: skip
+    with fresh_store(a.url) as url:
+        go, out = ctx.Barrier(a.gateways + 1), ctx.Queue()
+        procs = [
+            ctx.Process(target=gateway_process, args=(url, i, a, config, go, out))
+            for i in range(1, a.gateways + 1)
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            go.wait(timeout=600)  # every process has built its events
+            server0 = server_cpu_s()
+            results = sorted(out.get(timeout=3600) for _ in procs)
+            server = server_cpu_s() - server0
+        finally:
+            for proc in procs:
+                proc.join(timeout=60)
+                if proc.is_alive():
+                    proc.kill()
+        for index, _, _, wall, cpu, _gc_s, rows in results:
+            print(
+                f"  gw-bench-{index}: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s;"
+                f" event-loop thread {cpu:.2f} s CPU ({cpu / wall:.0%} of wall)"
+            )
+        first, last = min(r[1] for r in results), max(r[2] for r in results)
+        total = sum(r[6] for r in results)
+        print(f"RESULT {a.gateways} gateways: {total:,} rows in {last - first:.2f} s = "
+              f"{total / (last - first):,.0f} rows/s sustained, all gateways together")  # fmt: skip
+        if a.url is not None:
+            print(f"  server: postgres processes {server:.2f} s CPU "
+                  f"({server / (last - first):.0%} of one core)")  # fmt: skip
+        count, _, per_gateway = count_rows(url)
+        print(f"check: {count:,} rows; per gateway {per_gateway}")
+
+
 def main() -> None:
-    """Run the insert pass and the update pass, print their figures."""
+    """Parse flags; run one writer or --gateways N processes; print figures."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=200_000, help="new sessions (per gateway)")
     ap.add_argument(
         "--closed-share", type=float, default=0.8, help="CLOSED events, rest CHECKPOINT"
     )
     ap.add_argument("--chunk", type=int, default=4096, help="events per submit() call")
     ap.add_argument("--batch-size", type=int, default=WriterConfig().batch_size)
     ap.add_argument("--max-pending", type=int, default=WriterConfig().max_pending)
+    ap.add_argument("--url", help="a PostgreSQL server (postgresql://...) instead of SQLite")
+    ap.add_argument("--gateways", type=int, default=1, help="writer processes at once")
     a = ap.parse_args()
+    if a.url is not None and not a.url.startswith("postgresql"):
+        ap.error("--url must be a postgresql:// URL (SQLite is the default)")
     config = WriterConfig(batch_size=a.batch_size, max_pending=a.max_pending)
-    print(f"machine: {machine()}")
-    events = make_events(a.events, a.closed_share)
-    closes = [
-        replace(e, kind=EventKind.CLOSED, ended_ts=e.last_ts + 1, close_reason=CloseReason.FIN)
-        for e in events
-        if e.kind is EventKind.CHECKPOINT
-    ]
-    print(
-        f"events: {len(events):,} new sessions ({len(events) - len(closes):,} closed, "
-        f"{len(closes):,} checkpoints), then {len(closes):,} closing updates; "
-        f"batch_size={config.batch_size}, submit chunks of {a.chunk}"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "bench.db"
-        url = f"sqlite:///{db}"
-        migrate(url)
-        report("insert", *asyncio.run(write_pass(url, events, config, a.chunk)))
-        report("update", *asyncio.run(write_pass(url, closes, config, a.chunk)))
-        conn = sqlite3.connect(db)
-        try:
-            count, completed = conn.execute(
-                "SELECT count(*), sum(status = 'completed') FROM sessions"
-            ).fetchone()
-        finally:
-            conn.close()
-        print(f"check: {count:,} rows, {completed:,} completed")
-        floor_db = Path(tmp) / "floor.db"
-        migrate(f"sqlite:///{floor_db}")
-        wall = sqlite_floor(floor_db, events, config.batch_size)
-        print(
-            f"RESULT sqlite floor: {len(events):,} rows in {wall:.2f} s = "
-            f"{len(events) / wall:,.0f} rows/s (stdlib sqlite3 alone, same upsert and rows)"
-        )
+    print(f"machine: {machine()}; {load()}")
+    if a.gateways > 1:
+        gateways(a, config)
+    else:
+        single(a, config)
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":
