@@ -19,8 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.utils import rdpcap
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.pg import fresh_database
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.sqlite import replicate_sessions
+from tests.helpers.stores import session_rows
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
@@ -39,7 +41,7 @@ def all_rows(db: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, config: Path, db: Path, **kwargs: Any) -> Iterator[Serve]:
+def serving(tmp: Path, config: Path, db: Path | str, **kwargs: Any) -> Iterator[Serve]:
     """A started `tunnelacct serve` (not waiting for captures), killed by PID at the end."""
     with Serve(None, config, db, tmp, f"serve-{time.monotonic_ns()}", **kwargs) as serve:
         yield serve.start(wait_for="")
@@ -62,6 +64,22 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
     live_rows, import_rows = all_rows(db), all_rows(imported)
     assert live_rows == import_rows
     assert len(live_rows) == final["captures"][0]["sessions_opened"] > 10
+
+
+def test_serve_writes_the_rows_of_import_into_postgresql(tmp_path: Path) -> None:
+    """The whole service on PostgreSQL: migrations at start, the writer, the final drain."""
+    with fresh_database() as live, fresh_database() as imported:
+        with serving(tmp_path, replay_config(tmp_path), live) as serve:
+            serve.wait(
+                lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
+                and s["writer"]["rows_written"] > 0, 30, "replay finished and written",
+            )  # fmt: skip
+            assert serve.stop() == 0, serve.log()
+        run_cli("import", "--config", str(BASE), str(PCAP),
+                env={"TUNNELACCT_DATABASE_URL": imported})  # fmt: skip
+        live_rows = sorted(session_rows(live), key=lambda r: r["id"])
+        import_rows = sorted(session_rows(imported), key=lambda r: r["id"])
+    assert live_rows == import_rows and len(live_rows) > 10
 
 
 def test_serve_without_captures_runs_as_a_query_only_node(tmp_path: Path) -> None:

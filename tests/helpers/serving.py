@@ -85,7 +85,7 @@ class Serve:
         self,
         lab: WireguardLab | None,
         config: Path,
-        db: Path,
+        db: Path | str,  # a SQLite file, or a database URL
         workdir: Path,
         name: str = "serve",
         *,
@@ -104,7 +104,8 @@ class Serve:
         self.status_path.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "tunnelacct"]
         argv += ["serve", "--config", str(self.config), "--status-file", str(self.status_path)]
-        env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{self.db}"}
+        url = self.db if isinstance(self.db, str) else f"sqlite:///{self.db}"
+        env = {**os.environ, "TUNNELACCT_DATABASE_URL": url}
         with self.log_path.open("a") as logf:
             if self.lab is not None:
                 assert self.lab.workdir is not None
