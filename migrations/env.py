@@ -12,6 +12,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from tunnelacct.models import TableBase
+from tunnelacct.schema import include_name
 
 config = context.config
 target_metadata = TableBase.metadata
@@ -23,6 +24,7 @@ def _configure(**kwargs: Any) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        include_name=include_name,  # not the sessions partitions (PostgreSQL)
         **kwargs,
     )
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, insert, pool, select
 
+from tests.helpers.pg import add_partitions
 from tests.helpers.serving import dump_toml
 from tests.helpers.stores import ENGINES, copied_store, execute, imported_store
 from tests.helpers.stores import query as raw_query
@@ -202,6 +203,7 @@ async def test_inventory_lists_the_orgs_clients_and_resources(client: Client) ->
 def add_session_like_one_of_acme(url: str, started_at: datetime) -> None:
     """A live writer's new session: a stored one of acme's with a new id and start."""
     t = table_of(SessionRecord)
+    add_partitions(url, [started_at])
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:

@@ -26,7 +26,7 @@ from tunnelacct.errors import StoreError
 from tunnelacct.export import CSV_COLUMNS, ExportWorkers, csv_pages, export_org, export_org_csv
 from tunnelacct.models import SessionRecord
 from tunnelacct.query import parse_filter
-from tunnelacct.store import make_engine
+from tunnelacct.store import ensure_partitions, make_engine
 
 BASE = datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC)
 
@@ -90,8 +90,12 @@ def record(**overrides: Any) -> SessionRecord:
 
 
 async def store(engine: AsyncEngine, records: Iterable[SessionRecord]) -> None:
+    records = list(records)
+    # PostgreSQL: the writer creates the day partitions of what it writes; rows added directly
+    # need them too
+    await ensure_partitions(engine, {r.started_at.astimezone(UTC).date() for r in records})
     async with AsyncSession(engine) as db:
-        db.add_all(list(records))
+        db.add_all(records)
         await db.commit()
 
 

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import Dialect, Engine, create_engine, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from tests.helpers.pg import add_partitions
 from tests.helpers.stores import ENGINES, imported_store, migrated_store, session_rows
 from tunnelacct.errors import FilterError, TunnelacctError
 from tunnelacct.models import SessionRecord
@@ -439,9 +440,11 @@ def address_db(
     """A migrated store of each engine with one session per tricky address (as src and dst),
     half ongoing."""
     with migrated_store(request.param, tmp_path_factory.mktemp("query")) as url:
+        rows = address_rows()
+        add_partitions(url, (row["started_at"] for row in rows))
         engine = create_engine(sync_url(url))
         with engine.begin() as conn:
-            conn.execute(insert(TABLE), address_rows())
+            conn.execute(insert(TABLE), rows)
         yield engine, session_rows(url)
         engine.dispose()
 

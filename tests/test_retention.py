@@ -34,7 +34,7 @@ from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
 from tunnelacct.retention import ADVISORY_LOCK_KEY, LEASE_S, _acquire, purge
 from tunnelacct.schema import migrate
-from tunnelacct.store import make_engine, sync_inventory, sync_url
+from tunnelacct.store import ensure_partitions, make_engine, sync_inventory, sync_url
 
 DATA = Path(__file__).parent / "data"
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -87,6 +87,8 @@ Oracle = dict[str, tuple[str, datetime | None]]  # stored id -> (org, ended_at)
 async def store(engine: AsyncEngine, rows: list[SessionRecord]) -> Oracle:
     """Store `rows`; return what the oracle needs to know of them."""
     oracle = {row.id.hex: (row.org_id, row.ended_at) for row in rows}
+    # PostgreSQL: the day partitions of the rows (the writer creates those of what it writes)
+    await ensure_partitions(engine, {row.started_at.astimezone(UTC).date() for row in rows})
     async with AsyncSession(engine) as db:
         db.add_all(rows)
         await db.commit()
@@ -210,9 +212,12 @@ async def test_a_cancelled_purge_is_recorded_with_what_it_deleted_and_frees_the_
     with pytest.raises(asyncio.CancelledError):
         await task
     gone = len(oracle) - len(remaining(db))
-    assert seen == [("weekly", 5), ("weekly", 5)] and gone == 10
+    # SQLite: two batches; PostgreSQL: two expired day partitions, dropped whole
+    assert {org for org, _ in seen} == {"weekly"} and sum(n for _, n in seen) == gone > 0
+    if not db.startswith("postgresql"):
+        assert seen == [("weekly", 5), ("weekly", 5)]
     runs = read_rows(db, "SELECT org_id, outcome, deleted, error, ended_at FROM purge_runs")
-    assert [r[:3] for r in runs] == [("weekly", "failed", 10)]
+    assert [r[:3] for r in runs] == [("weekly", "failed", gone)]
     assert runs[0][3] == "cancelled (stopping)" and runs[0][4] is not None
     rest = await purge(engine, now=NOW)  # the lock was released: the next run goes ahead
     assert rest.locked_by is None and remaining(db) == expected_left(oracle)
@@ -249,6 +254,103 @@ async def test_on_postgresql_the_lock_is_the_holders_connection_not_the_lease() 
             assert read_rows(url, "SELECT holder FROM purge_locks") == [(None,)]
         finally:
             other.dispose()
+            await engine.dispose()
+
+
+PARTITIONS_SQL = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = CAST('sessions' AS regclass)"
+)
+
+
+def partitions(url: str) -> set[str]:
+    """The partitions of sessions, from the catalog (pg_inherits)."""
+    return {str(name) for (name,) in read_rows(url, PARTITIONS_SQL)}
+
+
+def day_partition(at: datetime) -> str:
+    return f"sessions_p{at.astimezone(UTC):%Y%m%d}"
+
+
+async def pg_store(url: str) -> AsyncEngine:
+    migrate(url)
+    engine = make_engine(url)
+    await sync_inventory(engine, Config(database=DatabaseConfig(url), orgs=ORGS))
+    return engine
+
+
+async def test_on_postgresql_expired_days_are_dropped_with_the_figures_of_batched_deletes() -> None:
+    """Orgs with a retention only, so that old days hold nothing to keep: whole partitions go,
+    and the rows left, the per-org counts, purge_runs and on_deleted are what the oracle says
+    batched deletes leave and count."""
+    with fresh_database() as url:
+        engine = await pg_store(url)
+        try:
+            rows = spread(("weekly", "monthly"))
+            day_of = {r.id.hex: day_partition(r.started_at) for r in rows}
+            oracle = await store(engine, rows)
+            before = partitions(url)
+            # Oracle of the drops: the days (of started_at) whose every row is to go.
+            left = expected_left(oracle)
+            droppable = set(day_of.values()) - {day_of[sid] for sid in left}
+            seen: dict[str, int] = {}
+
+            def on_deleted(org: str, n: int) -> None:
+                seen[org] = seen.get(org, 0) + n
+
+            result = await purge(engine, now=NOW, batch_size=97, on_deleted=on_deleted)
+            assert remaining(url) == left
+            gone = {org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
+                    for org in ("weekly", "monthly")}  # fmt: skip
+            figures = {**gone, "quiet": 0, "unattributed": 0}  # every org with a retention
+            assert {p.org_id: p.deleted for p in result.orgs} == figures
+            assert {org: n for org, n in seen.items() if n} == gone
+            runs = read_rows(url, "SELECT org_id, deleted, outcome FROM purge_runs")
+            assert {str(o): int(str(n)) for o, n, _ in runs} == figures
+            assert {str(outcome) for _, _, outcome in runs} == {"ok"}
+            # more than 80 old days went whole; the rest is what rows still need
+            assert len(droppable) > 80 and droppable <= before
+            assert partitions(url) == before - droppable
+        finally:
+            await engine.dispose()
+
+
+async def test_on_postgresql_a_row_to_keep_keeps_its_old_day_partition() -> None:
+    """Days 100, 101, 102 and 103 days ago hold expired weekly sessions, and day 100 nothing
+    else; day 101 also a session of an org kept forever, day 102 an ongoing one, day 103 an
+    expired one of monthly. Purging weekly alone drops day 100 only and deletes weekly's rows
+    of the others; purging every org then drops day 103 as well."""
+    with fresh_database() as url:
+        engine = await pg_store(url)
+        try:
+
+            def on_day(days_ago: int, org: str, ended: bool = True) -> SessionRecord:
+                started = NOW.replace(hour=6) - timedelta(days=days_ago)
+                if not ended:
+                    return session(org, None, started_at=started)
+                ended_days = (NOW - started).total_seconds() / 86400 - 0.01
+                return session(org, ended_days, started_at=started)
+
+            weekly = [on_day(d, "weekly") for d in (100, 101, 102, 103) for _ in range(3)]
+            keep = [on_day(101, "keeper"), on_day(102, "weekly", ended=False)]
+            monthly = [on_day(103, "monthly")]
+            kept, other = {r.id.hex for r in keep}, {r.id.hex for r in monthly}
+            oracle = await store(engine, weekly + keep + monthly)
+            days = {d: day_partition(NOW - timedelta(days=d)) for d in (100, 101, 102, 103)}
+            assert set(days.values()) <= partitions(url)
+
+            only = await purge(engine, org_id="weekly", now=NOW)
+            assert [(p.org_id, p.deleted) for p in only.orgs] == [("weekly", 12)]
+            assert remaining(url) == kept | other
+            assert days[100] not in partitions(url)
+            assert {days[101], days[102], days[103]} <= partitions(url)
+
+            everyone = await purge(engine, now=NOW)
+            assert {p.org_id: p.deleted for p in everyone.orgs}["monthly"] == 1
+            assert remaining(url) == kept == expected_left(oracle)
+            assert {days[101], days[102]} <= partitions(url)
+            assert days[103] not in partitions(url)
+        finally:
             await engine.dispose()
 
 

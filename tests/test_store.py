@@ -5,7 +5,10 @@ Store tests run on SQLite and PostgreSQL (`store_url`, `store_engine`); read-bac
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -28,8 +31,15 @@ from tunnelacct.models import Client as ClientRow
 from tunnelacct.models import Org as OrgRow
 from tunnelacct.models import Resource as ResourceRow
 from tunnelacct.models import SessionRecord, TableBase
-from tunnelacct.schema import alembic_config, check_schema, migrate
-from tunnelacct.store import async_url, make_engine, sync_inventory, sync_url
+from tunnelacct.schema import alembic_config, check_schema, include_name, migrate
+from tunnelacct.store import (
+    async_url,
+    ensure_partitions,
+    keep_partitions_ahead,
+    make_engine,
+    sync_inventory,
+    sync_url,
+)
 
 
 def record(**overrides: Any) -> SessionRecord:
@@ -63,6 +73,8 @@ def record(**overrides: Any) -> SessionRecord:
 
 async def store_and_reload(engine: AsyncEngine, row: SessionRecord) -> SessionRecord:
     key = row.id
+    # PostgreSQL: the row's day partition (the writer creates those of what it writes)
+    await ensure_partitions(engine, [row.started_at.astimezone(UTC).date()])
     async with AsyncSession(engine) as db:
         db.add(row)
         await db.commit()
@@ -197,7 +209,9 @@ def _drift(url: str, metadata: MetaData) -> list[object]:
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            # as env.py: the sessions partitions (PostgreSQL) are not compared
+            opts = {"compare_type": True, "include_name": include_name}
+            context = MigrationContext.configure(conn, opts=opts)
             return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()
@@ -206,6 +220,20 @@ def _drift(url: str, metadata: MetaData) -> list[object]:
 def test_models_and_migrations_do_not_drift(store_url: str) -> None:
     # `alembic check` semantics: autogenerate would produce no operations.
     assert _drift(store_url, TableBase.metadata) == []
+
+
+def test_sessions_primary_key_includes_started_at_only_where_partitioned(store_url: str) -> None:
+    """The one intended difference between the models and PostgreSQL's schema, which the drift
+    check does not see (Alembic compares no primary keys): sessions is partitioned by
+    started_at there (migration 0004), so its key is (id, started_at). SQLite keeps (id)."""
+    engine = create_engine(sync_url(store_url), poolclass=pool.NullPool)
+    try:
+        key = inspect(engine).get_pk_constraint("sessions")["constrained_columns"]
+        dialect = engine.dialect.name
+    finally:
+        engine.dispose()
+    assert [c.name for c in SessionRecord.__table__.primary_key] == ["id"]  # type: ignore[attr-defined]
+    assert key == {"sqlite": ["id"], "postgresql": ["id", "started_at"]}[dialect]
 
 
 def test_drift_check_notices_a_model_change(store_url: str) -> None:
@@ -457,3 +485,71 @@ def test_upgrade_to_0003_keeps_orgs_and_downgrade_turns_forever_into_30_days(
         assert read_rows(database_url, "SELECT id, retention_days FROM orgs") == [("acme", 30)]
     finally:
         engine.dispose()
+
+
+def test_upgrade_to_0004_moves_sessions_into_day_partitions_and_downgrade_back(
+    database_url: str,
+) -> None:
+    """PostgreSQL: rows of three UTC days (one just before midnight) end up in one partition
+    each, unchanged; the downgrade puts them back into one plain table keyed by id. SQLite:
+    0004 changes nothing."""
+    alembic_to(database_url, "0003")
+    midnight = datetime(2026, 11, 24, tzinfo=UTC)
+    starts = [midnight - timedelta(microseconds=1), midnight, midnight + timedelta(days=1, hours=5)]
+    table = SessionRecord.__table__  # type: ignore[attr-defined]
+    rows = [record(started_at=at, last_seen_at=at) for at in starts]
+    engine = create_engine(sync_url(database_url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{c.name: getattr(r, c.name) for c in table.columns}
+                                          for r in rows])  # fmt: skip
+        everything = "SELECT * FROM sessions ORDER BY id"
+        before = read_rows(database_url, everything)
+        alembic_to(database_url, "0004")
+        assert read_rows(database_url, everything) == before
+        postgresql = engine.dialect.name == "postgresql"
+        partitions = (
+            "SELECT c.relname, count(s.id) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " LEFT JOIN sessions s ON s.tableoid = c.oid"
+            " WHERE i.inhparent = CAST('sessions' AS regclass) GROUP BY 1"
+        )
+        if postgresql:
+            assert dict(read_rows(database_url, partitions)) == {
+                "sessions_p20261123": 1, "sessions_p20261124": 1, "sessions_p20261125": 1
+            }  # fmt: skip
+        key = {"sqlite": ["id"], "postgresql": ["id", "started_at"]}[engine.dialect.name]
+        assert inspect(engine).get_pk_constraint("sessions")["constrained_columns"] == key
+        alembic_to(database_url, "0003", down=True)
+        assert read_rows(database_url, everything) == before
+        assert inspect(engine).get_pk_constraint("sessions")["constrained_columns"] == ["id"]
+        if postgresql:
+            assert read_rows(database_url, partitions) == []
+    finally:
+        engine.dispose()
+
+
+async def test_serve_creates_today_s_and_the_next_days_partitions_ahead() -> None:
+    """PostgreSQL: today's (UTC) partition and the next 3 days' exist before any row needs
+    them, created at once when the loop starts."""
+    late_evening = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
+    expected = {"sessions_p20261130", "sessions_p20261201", "sessions_p20261202",
+                "sessions_p20261203"}  # fmt: skip
+    query = (
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = CAST('sessions' AS regclass)"
+    )
+    with fresh_database() as url:
+        migrate(url)
+        engine = make_engine(url)
+        loop = keep_partitions_ahead(engine, interval_s=3600, clock=lambda: late_evening)
+        task = asyncio.create_task(loop)
+        try:
+            deadline = time.monotonic() + 10
+            while {str(n) for (n,) in read_rows(url, query)} != expected:
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await engine.dispose()

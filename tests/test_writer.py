@@ -42,7 +42,7 @@ from tunnelacct.rows import (
     upsert_sql,
 )
 from tunnelacct.schema import migrate
-from tunnelacct.store import async_url, make_engine, table_of
+from tunnelacct.store import async_url, ensure_partitions, make_engine, table_of
 from tunnelacct.writer import PG_FLIGHTS, SessionWriter, sqlstate, transient_store_error
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
@@ -485,10 +485,10 @@ async def test_fast_path_stores_exactly_what_a_sqlalchemy_insert_stores(
     store_engine: AsyncEngine, store_url: str
 ) -> None:
     events = varied_events()
+    rows = [event_row(e, "gw-test") for e in events]
+    await ensure_partitions(store_engine, {row["started_at"].date() for row in rows})
     async with store_engine.begin() as conn:
-        await conn.execute(
-            insert(table_of(SessionRecord)), [event_row(e, "gw-test") for e in events]
-        )
+        await conn.execute(insert(table_of(SessionRecord)), rows)
     by_sqlalchemy = select_all_with_types(store_url)
     async with store_engine.begin() as conn:
         await conn.execute(delete(table_of(SessionRecord)))
@@ -535,14 +535,15 @@ def test_sqlite_time_text_matches_sqlalchemy_for_random_and_rounding_edge_times(
 def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
     sql = upsert_sql(PGDialect_asyncpg())  # type: ignore[no-untyped-call]
     placeholders = ", ".join(f"${i}" for i in range(1, len(ROW_COLUMNS) + 1))
-    assert f"VALUES ({placeholders}) ON CONFLICT (id) DO UPDATE" in sql
+    # the primary key of the partitioned table (migration 0004)
+    assert f"VALUES ({placeholders}) ON CONFLICT (id, started_at) DO UPDATE" in sql
     assert "?" not in sql
 
 
 def test_postgresql_bulk_upsert_binds_one_typed_array_per_column() -> None:
     sql = bulk_upsert_sql(PGDialect_asyncpg())  # type: ignore[no-untyped-call]
     assert "SELECT * FROM unnest($1::UUID[], $2::VARCHAR[], " in sql
-    assert f"${len(ROW_COLUMNS)}::VARCHAR[]) ON CONFLICT (id) DO UPDATE" in sql
+    assert f"${len(ROW_COLUMNS)}::VARCHAR[]) ON CONFLICT (id, started_at) DO UPDATE" in sql
     assert "$14::TIMESTAMP WITH TIME ZONE[]" in sql  # started_at
     assert f"${len(ROW_COLUMNS) + 1}" not in sql
     with pytest.raises(StoreError, match="no bulk upsert"):
@@ -839,3 +840,39 @@ async def test_constraint_violation_from_bad_data_raises_and_keeps_the_sessions_
         await writer.close()
     assert writer.failed_flushes == 0 and writer.pending == 2
     assert row_count(store_url) == 0
+
+
+async def test_postgresql_writer_creates_each_days_partition_and_again_after_a_drop() -> None:
+    """Sessions is partitioned by UTC day on PostgreSQL, without a default partition: the writer
+    creates the days of what it writes (two here), and when a day it has seen loses its
+    partition (retention dropped it) and a late row of that day follows, creates it again."""
+    day_s = 86_400.0
+    midnight = T0 - T0 % day_s  # 2026-11-23 00:00 UTC
+    with fresh_database() as url:
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            writer = writer_for(engine, flush_interval_s=0.0)
+            task = asyncio.create_task(writer.run())
+            first = [replace(event(EventKind.CLOSED), started_ts=midnight - 0.5),
+                     replace(event(EventKind.CLOSED), started_ts=midnight + 0.5)]  # fmt: skip
+            await writer.submit(first)
+            while writer.pending:
+                await asyncio.sleep(0.01)
+            days = {"sessions_p20261122", "sessions_p20261123"}
+            partitions = (
+                "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'sessions_p%'"
+            )
+            assert {str(n) for (n,) in read_rows(url, partitions)} == days
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("DROP TABLE sessions_p20261123")
+            late = replace(event(EventKind.CLOSED), started_ts=midnight + 60)
+            await writer.submit([late])
+            await writer.close()
+            await task
+            assert writer.failed_flushes == 0
+            assert {str(n) for (n,) in read_rows(url, partitions)} == days
+            stored = read_rows(url, "SELECT id FROM sessions")
+            assert {str(i) for (i,) in stored} == {first[0].session_id.hex, late.session_id.hex}
+        finally:
+            await engine.dispose()

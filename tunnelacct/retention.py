@@ -7,12 +7,22 @@ on a connection held for the purge, which the server frees when that connection 
 the holder died; the holder is still written to the `purge_locks` row, so that a purge that
 finds the lock taken can say who has it, and renewed there as on SQLite.
 
-Deletes go in batches of `batch_size` rows by the (org_id, ended_at) index, each its own short
-transaction, yielding to the event loop between batches, so the writer is never blocked for
-long. Every org's part of a run is recorded in `purge_runs`.
+Deletes go in batches of `batch_size` rows by the (org_id, ended_at) index (on PostgreSQL, one
+partition after the other), each its own short transaction, yielding to the event loop between
+batches, so the writer is never blocked for long. Every org's part of a run is recorded in
+`purge_runs`.
 
 A completed session is purged once its end is more than `retention_days` days before `now`;
 ongoing sessions (no end) never are; orgs kept forever (`retention_days` NULL) are skipped.
+
+On PostgreSQL, sessions is partitioned by UTC day of started_at (migration 0004). Before the
+batched deletes, a real run drops each day partition whose day ended before the newest cutoff of
+the run and whose rows have all expired, each for its own org (completed, ended before that
+org's cutoff; a row of an org kept forever, or of an org this run does not purge, keeps the
+partition). Its rows are counted per org first, so every figure (`OrgPurge.deleted`,
+`purge_runs`, `on_deleted`) is what batched deletes of the same rows would give. A drop waits
+at most PARTITION_LOCK_TIMEOUT_MS for its locks; a partition it cannot lock in time is left to
+the batched deletes.
 """
 
 from __future__ import annotations
@@ -25,14 +35,29 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    bindparam,
+    case,
+    column,
+    delete,
+    func,
+    literal,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.expression import Executable
 
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import Org, PurgeLock, PurgeRun, SessionRecord
-from tunnelacct.store import table_of
+from tunnelacct.models import Org, PurgeLock, PurgeRun, SessionRecord, UtcDateTime
+from tunnelacct.store import partition_day, table_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +66,12 @@ LOCK_NAME = "retention"
 ADVISORY_LOCK_KEY = 0x74756E6E656C6163
 LEASE_S = 120.0  # a holder renews it every batch; a crashed one's lease expires after this
 BATCH_SIZE = 5000
+STOPPING = "cancelled (stopping)"  # the error of a run cut short by serve stopping
+# PostgreSQL: how long a partition drop may wait for its locks (DROP locks all of sessions
+# briefly, so it queues behind a running export, and everything else behind it).
+PARTITION_LOCK_TIMEOUT_MS = 500
+# lock_not_available (lock_timeout) and deadlock_detected: that partition is left to the deletes
+_LOCK_SQLSTATES = frozenset({"55P03", "40P01"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +135,37 @@ async def purge(
         log.info("purge: another purge is running (%s); nothing to do", other)
         return PurgeResult(run_id, dry_run, locked_by=other)
     done: list[OrgPurge] = []
+    lock = write_lock or asyncio.Lock()
     try:
-        for org, days in await _retentions(engine, org_id):
-            cutoff = now - timedelta(days=days)
+        cutoffs = {
+            org: now - timedelta(days=days) for org, days in await _retentions(engine, org_id)
+        }
+        dropped: dict[str, int] = {}  # rows of dropped partitions, per org
+        if not dry_run and engine.dialect.name == "postgresql" and cutoffs:
+            try:
+                await _drop_expired_partitions(
+                    engine, cutoffs, dropped, holder, clock, lock, on_deleted
+                )
+            except (SQLAlchemyError, StoreError) as exc:
+                # the batched deletes below delete what the drops did not
+                log.warning("purge: dropping expired partitions stopped: %s", exc)
+            except asyncio.CancelledError:
+                for org, n in dropped.items():
+                    await _unreported(
+                        engine, run_id, org, holder, cutoffs[org], clock(), n, STOPPING
+                    )
+                raise
+        for org, cutoff in cutoffs.items():
             record = PurgeRun(
                 run_id=run_id, org_id=org, host=holder, started_at=clock(), cutoff=cutoff,
                 dry_run=dry_run, deleted=0, outcome="running",
             )  # fmt: skip
             run_pk = await _record(engine, record)
-            deleted = 0
+            deleted = dropped.pop(org, 0)
             try:
                 if dry_run:
                     deleted = await _count_expired(engine, org, cutoff)
                 else:
-                    lock = write_lock or asyncio.Lock()
                     batches = _delete_expired(engine, org, cutoff, batch_size, holder, clock, lock)
                     async for n in batches:
                         deleted += n
@@ -125,10 +173,20 @@ async def purge(
                             on_deleted(org, n)
             except (SQLAlchemyError, StoreError) as exc:
                 await _finish(engine, run_pk, clock(), "failed", deleted, str(exc))
+                for other, n in dropped.items():  # orgs not reached: their dropped rows
+                    at = clock()
+                    await _unreported(
+                        engine, run_id, other, holder, cutoffs[other], at, n, str(exc)
+                    )
                 raise StoreError(f"purge of org {org!r} failed: {exc}") from exc
             except asyncio.CancelledError:
                 # the batches done so far are committed: say so, then stop
-                await _finish(engine, run_pk, clock(), "failed", deleted, "cancelled (stopping)")
+                await _finish(engine, run_pk, clock(), "failed", deleted, STOPPING)
+                for other, n in dropped.items():
+                    at = clock()
+                    await _unreported(
+                        engine, run_id, other, holder, cutoffs[other], at, n, STOPPING
+                    )
                 raise
             await _finish(engine, run_pk, clock(), "ok", deleted, None)
             log.info(
@@ -139,6 +197,118 @@ async def purge(
     finally:
         await purge_lock.release()
     return PurgeResult(run_id, dry_run, tuple(done))
+
+
+async def _unreported(
+    engine: AsyncEngine,
+    run_id: str,
+    org: str,
+    holder: str,
+    cutoff: datetime,
+    now: datetime,
+    deleted: int,
+    error: str,
+) -> None:
+    """Record, as a failed run, the rows of `org` that dropped partitions took, when the run
+    stopped (`error`) before the org's own part."""
+    record = PurgeRun(
+        run_id=run_id, org_id=org, host=holder, started_at=now, ended_at=now, cutoff=cutoff,
+        dry_run=False, deleted=deleted, outcome="failed", error=error,
+    )  # fmt: skip
+    await _record(engine, record)
+
+
+async def _partitions(
+    engine: AsyncEngine, *, named_only: bool = True
+) -> list[tuple[str, datetime | None]]:
+    """(name, end of its UTC day) of every day partition of sessions, oldest first; with
+    `named_only` false, then (name, None) of every other partition (made by hand)."""
+    stmt = text(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = CAST(:parent AS regclass)"
+    )
+    async with engine.connect() as conn:
+        names = (await conn.scalars(stmt, {"parent": table_of(SessionRecord).name})).all()
+    days = [(day, str(name)) for name in names if (day := partition_day(str(name))) is not None]
+    parts: list[tuple[str, datetime | None]] = [
+        (name, datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1))
+        for day, name in sorted(days)
+    ]
+    if not named_only:
+        parts += [(str(name), None) for name in sorted(names) if partition_day(str(name)) is None]
+    return parts
+
+
+async def _drop_expired_partitions(
+    engine: AsyncEngine,
+    cutoffs: dict[str, datetime],
+    dropped: dict[str, int],
+    holder: str,
+    clock: Callable[[], datetime],
+    write_lock: asyncio.Lock,
+    on_deleted: Callable[[str, int], None] | None,
+) -> None:
+    """Drop each partition whose rows have all expired (see the module doc), adding its rows
+    per org to `dropped` once each drop is committed."""
+    newest = max(cutoffs.values())
+    for name, day_end in await _partitions(engine):
+        if day_end is None or day_end > newest:  # a row in it may end after every cutoff
+            break
+        try:
+            rows = await _drop_if_expired(engine, name, cutoffs, holder, clock, write_lock)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in _LOCK_SQLSTATES:
+                raise
+            log.info("purge: partition %s is busy; deleting its rows in batches", name)
+            continue
+        if rows is None:
+            continue
+        log.info("purge: dropped partition %s (%d sessions)", name, sum(rows.values()))
+        for org, n in rows.items():
+            dropped[org] = dropped.get(org, 0) + n
+            if on_deleted is not None:
+                on_deleted(org, n)
+
+
+async def _drop_if_expired(
+    engine: AsyncEngine,
+    name: str,
+    cutoffs: dict[str, datetime],
+    holder: str,
+    clock: Callable[[], datetime],
+    write_lock: asyncio.Lock,
+) -> dict[str, int] | None:
+    """Drop partition `name` when every row in it has expired for its org; return its rows
+    per org, or None (nothing done) when a row is to stay.
+
+    One transaction: the partition is locked SHARE first (no write to that day can commit
+    meanwhile; reads go on), then checked (stopping at the first row to keep), counted and
+    dropped. The in-process writer waits (`write_lock`), as for a delete batch.
+    """
+    part = table(
+        name,
+        column("org_id", String()),
+        column("status", String()),
+        column("ended_at", UtcDateTime()),
+    )
+    cutoff = case(
+        *((part.c.org_id == org, literal(at, UtcDateTime())) for org, at in cutoffs.items())
+    )  # NULL for an org this run does not purge
+    expired = (part.c.status == SessionStatus.COMPLETED.value) & (part.c.ended_at < cutoff)
+    keep = select(literal(1)).select_from(part).where(expired.is_not(True)).limit(1)
+    per_org = select(part.c.org_id, func.count()).select_from(part).group_by(part.c.org_id)
+    quoted = engine.dialect.identifier_preparer.quote(name)
+    async with write_lock, engine.begin() as conn:
+        timeout_ms = int(PARTITION_LOCK_TIMEOUT_MS)
+        await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+        await conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE MODE")
+        if (await conn.execute(keep)).first() is not None:
+            return None
+        rows = {str(org): int(n) for org, n in await conn.execute(per_org)}
+        if not await _renew(conn, holder, clock()):
+            raise StoreError("the purge lock was lost (lease expired); stopping")
+        await conn.exec_driver_sql(f"DROP TABLE {quoted}")
+    return rows
 
 
 async def _retentions(engine: AsyncEngine, org_id: str | None) -> list[tuple[str, int]]:
@@ -177,25 +347,52 @@ async def _delete_expired(
     write_lock: asyncio.Lock,
 ) -> AsyncIterator[int]:
     """Delete in batches by the (org_id, ended_at) index, one short transaction each; yield
-    each batch's row count once it is committed."""
-    t = table_of(SessionRecord)
-    batch = (
-        select(t.c.id)
-        .where(*_expired(org_id, cutoff))
-        .order_by(t.c.ended_at)
-        .limit(batch_size)
-        .scalar_subquery()
+    each batch's row count (when not 0) once it is committed.
+
+    PostgreSQL: partition by partition, oldest first, skipping the days that start after the
+    cutoff; each batch deletes the rows its subquery found by their ctid (a TID scan). One
+    DELETE of the partitioned table by id, or even by (id, started_at), is planned as a join
+    against every partition, which scanned all of them for every batch (issue 7).
+    """
+    if engine.dialect.name == "postgresql":
+        parts = await _partitions(engine, named_only=False)
+        statements: list[Executable] = [
+            _partition_delete(engine, name, org_id, cutoff, batch_size)
+            for name, day_end in parts
+            if day_end is None or day_end - timedelta(days=1) < cutoff
+        ]
+    else:
+        t = table_of(SessionRecord)
+        batch = select(t.c.id).where(*_expired(org_id, cutoff)).order_by(t.c.ended_at)
+        statements = [delete(t).where(t.c.id.in_(batch.limit(batch_size).scalar_subquery()))]
+    for stmt in statements:
+        while True:
+            async with write_lock, engine.begin() as conn:
+                n = (await conn.execute(stmt)).rowcount
+                if not await _renew(conn, holder, clock()):
+                    raise StoreError("the purge lock was lost (lease expired); stopping")
+            if n:
+                yield n
+            await asyncio.sleep(0)  # let the writer and the API run between batches
+            if n < batch_size:
+                break
+
+
+def _partition_delete(
+    engine: AsyncEngine, name: str, org_id: str, cutoff: datetime, batch_size: int
+) -> TextClause:
+    """One batch of `_delete_expired()` in partition `name` (a name from the catalog)."""
+    quoted = engine.dialect.identifier_preparer.quote(name)
+    return text(
+        f"DELETE FROM {quoted} WHERE ctid = ANY(ARRAY("
+        f"SELECT ctid FROM {quoted} WHERE org_id = :org AND status = :status"
+        " AND ended_at < :cutoff LIMIT :n))"
+    ).bindparams(
+        bindparam("org", org_id),
+        bindparam("status", SessionStatus.COMPLETED.value),
+        bindparam("cutoff", cutoff, type_=UtcDateTime()),
+        bindparam("n", batch_size),
     )
-    stmt = delete(t).where(t.c.id.in_(batch))
-    while True:
-        async with write_lock, engine.begin() as conn:
-            n = (await conn.execute(stmt)).rowcount
-            if not await _renew(conn, holder, clock()):
-                raise StoreError("the purge lock was lost (lease expired); stopping")
-        yield n
-        if n < batch_size:
-            return
-        await asyncio.sleep(0)  # let the writer and the API run between batches
 
 
 class _PurgeLock:

@@ -107,8 +107,13 @@ def _placeholders(dialect: Dialect) -> list[str]:
     return [placeholder(i) for i in range(1, len(ROW_COLUMNS) + 1)]
 
 
+# The conflict target: the primary key. On PostgreSQL it is (id, started_at), since sessions is
+# partitioned by started_at (migration 0004); the same rows conflict, as an id fixes its start.
+_CONFLICT_KEYS = {"sqlite": ("id",), "postgresql": ("id", "started_at")}
+
+
 def _upsert(dialect: Dialect, rows: str) -> str:
-    """INSERT INTO sessions (ROW_COLUMNS) `rows` ON CONFLICT (id) DO UPDATE ...
+    """INSERT INTO sessions (ROW_COLUMNS) `rows` ON CONFLICT (primary key) DO UPDATE ...
 
     A completed row stays completed: only a CLOSED event may update it, so a late checkpoint
     never reopens a session.
@@ -120,17 +125,21 @@ def _upsert(dialect: Dialect, rows: str) -> str:
     name = quote(table.name)
     columns = ", ".join(quote(c) for c in ROW_COLUMNS)
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in UPDATED_COLUMNS)
+    keys = _CONFLICT_KEYS.get(dialect.name)
+    if keys is None:
+        raise StoreError(f"unsupported database dialect {dialect.name!r}")
     status = quote("status")
     # The status literal is our own constant, not data: inlined, it costs no bound parameter.
     return (
         f"INSERT INTO {name} ({columns}) {rows} "
-        f"ON CONFLICT ({quote('id')}) DO UPDATE SET {updates} "
+        f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {updates} "
         f"WHERE {name}.{status} != '{_COMPLETED}' OR excluded.{status} = '{_COMPLETED}'"
     )
 
 
 def upsert_sql(dialect: Dialect) -> str:
-    """INSERT ... ON CONFLICT (id) DO UPDATE of one session row, as driver SQL for `dialect`.
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE of one session row, as driver SQL for
+    `dialect`.
 
     Parameters are the ROW_COLUMNS values in order; a batch runs it as DBAPI executemany.
     """

@@ -8,6 +8,7 @@ found next to the `tunnelacct` package, which holds for a checkout and an editab
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from alembic import command
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import tunnelacct
 from tunnelacct.errors import StoreError
-from tunnelacct.store import ensure_sqlite_dir, sync_url
+from tunnelacct.store import ensure_sqlite_dir, partition_day, sync_url
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ def migrations_dir() -> Path:
             "editable install (pip install -e .)"
         )
     return path
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic's filter of reflected names: everything but the sessions partitions
+    (`sessions_pYYYYMMDD`, PostgreSQL), which the service creates and retention drops, and
+    which no model describes."""
+    return not (type_ == "table" and name is not None and partition_day(name) is not None)
 
 
 def alembic_config(script_location: Path | None = None) -> AlembicConfig:

@@ -41,6 +41,7 @@ from tunnelacct.retention import purge
 from tunnelacct.siem import SessionEventLog
 from tunnelacct.store import (
     configured_orgs,
+    keep_partitions_ahead,
     make_engine,
     ongoing_sessions,
     sync_inventory,
@@ -167,6 +168,7 @@ class Service:
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
                 helpers.append(tg.create_task(self._purge_loop(engine)))
+                helpers.append(tg.create_task(keep_partitions_ahead(engine)))  # PostgreSQL
                 server_tasks = [tg.create_task(srv.serve(sockets=[sock])) for srv, sock in servers]
                 if config.wireguard.interfaces:
                     helpers.append(tg.create_task(self._peer_loop(engine)))

@@ -31,7 +31,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -50,6 +50,7 @@ from tunnelacct.rows import (
     staging_table_sql,
     upsert_sql,
 )
+from tunnelacct.store import ensure_partitions
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ RETRYABLE_SQLSTATES = frozenset(
 # one, the event loop builds and sends the other (issue 7, tests/benchmarks/bench_writer.py).
 PG_FLIGHTS = 2
 
+# PostgreSQL: a row for a UTC day without a sessions partition fails with check_violation
+# ("no partition of relation ... found for row"); sessions has no CHECK constraint of its own.
+NO_PARTITION_SQLSTATE = "23514"
+_STARTED_AT = ROW_COLUMNS.index("started_at")
+
 _CLOSED = EventKind.CLOSED
 
 
@@ -127,6 +133,9 @@ class SessionWriter:
         self._staging_sql = staging_table_sql(engine.dialect) if self._copy else ""
         self._flights = PG_FLIGHTS if self._copy else 1  # SQLite has one writer at a time
         self._driver = driver_values(engine.dialect.name)
+        # PostgreSQL: the UTC days whose sessions partition this writer has made sure of, so that
+        # only the first batch of a day asks the store (issue 7).
+        self._days: set[date] = set()
         self._clock = clock
         self._unlogged = unlogged_orgs  # orgs with logging = false: their events are not stored
         # Shared with the purge in the same process: asyncio.Lock is first come, first served,
@@ -305,8 +314,7 @@ class SessionWriter:
         started = time.perf_counter()
         try:
             if self._copy:
-                async with self._engine.connect() as conn:
-                    await self._copy_upsert(conn, rows)
+                await self._write_partitioned(rows)
             else:
                 async with self._engine.begin() as conn:
                     await conn.exec_driver_sql(self._sql, rows)
@@ -326,6 +334,29 @@ class SessionWriter:
                 del since[key]
         async with self._space:
             self._space.notify_all()
+
+    async def _write_partitioned(self, rows: list[tuple[object, ...]]) -> None:
+        """PostgreSQL: make sure the partitions of the rows' days exist, then COPY and upsert.
+
+        A day seen before may have lost its partition since: retention drops a day's partition
+        once every row in it has expired, and a late row (an old capture imported now) may
+        follow. Then the write fails on the missing partition, which is created again, once.
+        """
+        days = {row[_STARTED_AT].date() for row in rows}  # type: ignore[attr-defined]
+        if not days <= self._days:
+            await ensure_partitions(self._engine, days - self._days)
+            self._days |= days
+        try:
+            async with self._engine.connect() as conn:
+                await self._copy_upsert(conn, rows)
+        except Exception as exc:
+            if sqlstate(exc) != NO_PARTITION_SQLSTATE:
+                raise
+            self._days -= days
+            await ensure_partitions(self._engine, days)
+            self._days |= days
+            async with self._engine.connect() as conn:
+                await self._copy_upsert(conn, rows)
 
     async def _copy_upsert(self, conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
         """COPY `rows` into the connection's staging table and upsert them, in one transaction.

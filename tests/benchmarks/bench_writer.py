@@ -72,7 +72,7 @@ from tunnelacct.rows import (  # noqa: E402
     upsert_sql,
 )
 from tunnelacct.schema import migrate  # noqa: E402
-from tunnelacct.store import make_engine, sync_url  # noqa: E402
+from tunnelacct.store import ensure_partitions, make_engine, sync_url  # noqa: E402
 from tunnelacct.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0
@@ -309,9 +309,11 @@ def pg_size(url: str) -> str:
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("VACUUM ANALYZE sessions")  # visibility map, as autovacuum would
-            rows, heap, indexes, total = conn.exec_driver_sql(
-                "SELECT count(*), pg_relation_size('sessions'), pg_indexes_size('sessions'),"
-                " pg_total_relation_size('sessions') FROM sessions"
+            rows = conn.exec_driver_sql("SELECT count(*) FROM sessions").scalar_one()
+            # sessions and its day partitions (issue 7; the partitioned table itself is empty)
+            heap, indexes, total = conn.exec_driver_sql(
+                "SELECT sum(pg_relation_size(relid)), sum(pg_indexes_size(relid)),"
+                " sum(pg_total_relation_size(relid)) FROM pg_partition_tree('sessions')"
             ).one()
     finally:
         engine.dispose()
@@ -329,6 +331,17 @@ def closing_updates(events: Sequence[SessionEvent]) -> list[SessionEvent]:
     ]
 
 
+async def partitions_for(url: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """The sessions partitions of the rows' days, as the writer creates them (untimed)."""
+    engine = make_engine(url)
+    try:
+        await ensure_partitions(
+            engine, {row[ROW_COLUMNS.index("started_at")].date() for row in rows}
+        )
+    finally:
+        await engine.dispose()
+
+
 async def pg_floor(url: str, events: Sequence[SessionEvent], batch_size: int) -> float:
     """Seconds to upsert `events` as the writer does (COPY into the staging table, upsert from
     it) with prebuilt rows through asyncpg alone (no SQLAlchemy, no row building, no queue),
@@ -337,6 +350,7 @@ async def pg_floor(url: str, events: Sequence[SessionEvent], batch_size: int) ->
 
     driver = driver_values("postgresql")
     rows = [session_values(e, "gw-floor", driver) for e in events]
+    await partitions_for(url, rows)
     dialect = postgresql_asyncpg.dialect()
     conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
     try:
@@ -361,6 +375,7 @@ async def unnest_reference(url: str, events: Sequence[SessionEvent], batch_size:
 
     driver = driver_values("postgresql")
     rows = [session_values(e, "gw-floor", driver) for e in events]
+    await partitions_for(url, rows)
     sql = bulk_upsert_sql(postgresql_asyncpg.dialect())  # asyncpg takes its $n as they are
     conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
     try:

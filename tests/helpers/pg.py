@@ -8,9 +8,11 @@ unless CI is set: then they fail, so that CI never passes without them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
@@ -20,7 +22,7 @@ from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from tunnelacct.store import sync_url
+from tunnelacct.store import ensure_partitions, make_engine, sync_url
 
 ADMIN_URL = os.environ.get(
     "TUNNELACCT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -80,6 +82,26 @@ def fresh_database() -> Iterator[str]:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         engine.dispose()
+
+
+def add_partitions(url: str, times: Iterable[datetime]) -> None:
+    """Create the sessions partitions of the UTC days of `times` on a PostgreSQL store (nothing
+    on SQLite), as the writer does for what it writes: for tests that insert rows directly.
+    Blocking."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return
+    days = {t.astimezone(UTC).date() for t in times}
+
+    async def run() -> None:
+        engine = make_engine(url)
+        try:
+            await ensure_partitions(engine, days)
+        finally:
+            await engine.dispose()
+
+    # in a thread of its own: the caller may be running an event loop (an async test)
+    with ThreadPoolExecutor(1) as pool_:
+        pool_.submit(asyncio.run, run()).result()
 
 
 def plain(value: object) -> object:
