@@ -32,7 +32,8 @@ from tests.helpers.serving import Serve, dump_toml
 from tests.helpers.sqlite import raw_query, replicate_sessions
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
-from tunnelacct.retention import ADVISORY_LOCK_KEY, LEASE_S, _acquire, purge
+from tunnelacct.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
+from tunnelacct.retention import purge
 from tunnelacct.schema import migrate
 from tunnelacct.store import ensure_partitions, make_engine, sync_inventory, sync_url
 
@@ -190,7 +191,7 @@ async def test_an_expired_lease_of_a_crashed_purge_is_taken_over(
 ) -> None:
     await store(engine, spread(("weekly",)))
     long_ago = datetime.now(UTC) - timedelta(seconds=2 * LEASE_S)
-    assert await _acquire(engine, "crashed/1", long_ago) is None  # held, never released
+    assert await acquire_lease(engine, "crashed/1", long_ago) is None  # held, never released
     result = await purge(engine, now=NOW, holder="gw-b/2")
     assert result.locked_by is None and result.deleted > 0
 
@@ -389,7 +390,7 @@ def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
 
     async def hold() -> None:
         engine = make_engine(f"sqlite:///{db}")
-        assert await _acquire(engine, "other-host/1", datetime.now(UTC)) is None
+        assert await acquire_lease(engine, "other-host/1", datetime.now(UTC)) is None
         await engine.dispose()
 
     asyncio.run(hold())

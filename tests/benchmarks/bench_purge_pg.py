@@ -42,7 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig  # noqa: E402
 from tunnelacct.models import SessionRecord  # noqa: E402
-from tunnelacct.retention import BATCH_SIZE, _acquire, _delete_expired, purge  # noqa: E402
+from tunnelacct.purgelock import acquire_lease  # noqa: E402
+from tunnelacct.retention import BATCH_SIZE, _delete_expired, purge  # noqa: E402
 from tunnelacct.schema import alembic_config  # noqa: E402
 from tunnelacct.store import (  # noqa: E402
     ensure_partitions,
@@ -140,7 +141,7 @@ FINGERPRINT = "SELECT count(*), sum(hashtext(id::text)::bigint) FROM sessions"
 async def batches_only(engine: AsyncEngine) -> dict[str, int]:
     """Every org's expired rows deleted by the purge's batched deletes alone (no drop)."""
     deleted = {}
-    assert await _acquire(engine, "bench", clock()) is None  # the lease its batches renew
+    assert await acquire_lease(engine, "bench", clock()) is None  # the lease its batches renew
     for org in ORGS:
         if org.retention_days is not None:
             cutoff = NOW - timedelta(days=org.retention_days)
