@@ -91,23 +91,20 @@ async def test_roles_and_orgs_must_agree(engine: AsyncEngine) -> None:
 @pytest.mark.parametrize("kind", ENGINES)
 def test_token_commands_create_list_and_revoke(kind: str, tmp_path: Path) -> None:
     with empty_store(kind, tmp_path) as url:
-        token_commands_create_list_and_revoke({"TUNNELACCT_DATABASE_URL": url})
-
-
-def token_commands_create_list_and_revoke(env: dict[str, str]) -> None:
-    created = run_cli("token", "create", "--config", str(CONFIG), "--org", "acme", "--name",
-                      "auditor 2026", env=env)  # fmt: skip
-    text = created.stdout.strip()
-    assert text.startswith("tat_") and "not shown again" in created.stderr
-    listed = run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
-    token_id = text.split("_")[1]
-    assert f"{token_id}\tauditor\tacme\tauditor 2026\t" in listed and "\tactive" in listed
-    assert text.split("_", 2)[2] not in listed
-    run_cli("token", "revoke", "--config", str(CONFIG), token_id, env=env)
-    assert "\tactive" not in run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
-    done = subprocess.run(
-        [sys.executable, "-m", "tunnelacct", "token", "create", "--config", str(CONFIG),
-         "--org", "acm"], capture_output=True, text=True, env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert done.returncode == 2 and "unknown org 'acm'" in done.stderr and done.stdout == ""
+        env = {"TUNNELACCT_DATABASE_URL": url}
+        created = run_cli("token", "create", "--config", str(CONFIG), "--org", "acme",
+                          "--name", "auditor 2026", env=env)  # fmt: skip
+        text = created.stdout.strip()
+        assert text.startswith("tat_") and "not shown again" in created.stderr
+        listed = run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
+        token_id = text.split("_")[1]
+        assert f"{token_id}\tauditor\tacme\tauditor 2026\t" in listed and "\tactive" in listed
+        assert text.split("_", 2)[2] not in listed
+        run_cli("token", "revoke", "--config", str(CONFIG), token_id, env=env)
+        assert "\tactive" not in run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
+        done = subprocess.run(
+            [sys.executable, "-m", "tunnelacct", "token", "create", "--config", str(CONFIG),
+             "--org", "acm"], capture_output=True, text=True, env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert done.returncode == 2 and "unknown org 'acm'" in done.stderr and done.stdout == ""

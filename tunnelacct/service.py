@@ -54,8 +54,7 @@ from tunnelacct.writer import SessionWriter
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE_EVERY_S = 1.0
-FORCE_AFTER_S = 1.0  # a second stop signal at least this much later exits at once
+STATUS_FILE_EVERY_S, FORCE_AFTER_S = 1.0, 1.0  # a 2nd stop signal this much later exits at once
 
 
 class _Tee:
@@ -168,7 +167,7 @@ class Service:
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
                 helpers.append(tg.create_task(self._purge_loop(engine)))
-                helpers.append(tg.create_task(keep_partitions_ahead(engine)))  # PostgreSQL
+                helpers.append(tg.create_task(keep_partitions_ahead(engine)))
                 server_tasks = [tg.create_task(srv.serve(sockets=[sock])) for srv, sock in servers]
                 if config.wireguard.interfaces:
                     helpers.append(tg.create_task(self._peer_loop(engine)))
