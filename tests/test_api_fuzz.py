@@ -3,8 +3,9 @@ asks and whatever they send, each operation answers with a status that README.md
 the declared content type and shape, and never with a 5xx.
 
 The store is real (tests/data/wg-small.pcap imported by the CLI, one org added that the config
-does not define, and a purge run recorded). Each operation is fuzzed with schemathesis' values
-as an admin, as the auditor of acme, without a token and with a bad one.
+does not define, and a purge run recorded), once on SQLite and once on PostgreSQL. Each
+operation is fuzzed with schemathesis' values as an admin, as the auditor of acme, without a
+token and with a bad one.
 `q` and `cursor` are free text that a schema cannot describe, so a second fuzz sends filter
 terms (README.md's language, mangled too) and cursor-shaped base64: a bad one is a 400, never a
 500. Both are derandomized: the same requests on every run.
@@ -15,12 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
@@ -37,14 +35,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.helpers.accuracy import import_file
-from tests.helpers.sqlite import raw_query
+from tests.helpers.stores import ENGINES, execute, imported_store, query
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import TOKEN_PREFIX, Role, create_token, revoke_token
 from tunnelacct.retention import purge
 from tunnelacct.store import make_engine
-
-DATA = Path(__file__).parent / "data"
 
 OPERATIONS = (
     "GET /healthz",
@@ -239,6 +234,29 @@ class FuzzedApi:
         return self.bad_headers if caller == "bad-token" else st.just(self.headers[caller])
 
 
+class LoopNoting:
+    """An ASGI app that notes the event loop it is called on. schemathesis calls every app on
+    one loop of its own (a thread kept for the process), so the app's engine pools its
+    connections there, and they must be closed there too: asyncpg's cannot be closed from
+    another loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.app(scope, receive, send)
+
+
+async def _purge_dry_run(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        await purge(engine, dry_run=True)
+    finally:
+        await engine.dispose()  # on this loop, which its connections belong to
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -271,25 +289,32 @@ async def _issue_tokens(
     return good, st.sampled_from(bad) | made_up
 
 
-@pytest.fixture(scope="module")
-def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedApi]:
-    """The app on an imported capture; its engine is disposed after the module."""
-    db = tmp_path_factory.mktemp("fuzz") / "api.db"
-    assert import_file(DATA / "wg-small.pcap", DATA / "wg-small.toml", db)  # real sessions
-    url = f"sqlite:///{db}"
+@pytest.fixture(scope="module", params=ENGINES)
+def fuzzed_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FuzzedApi]:
+    """The app on an imported capture, on each engine; its engine is disposed and the store
+    dropped after the module."""
+    with imported_store(request.param, tmp_path_factory.mktemp("fuzz")) as url:
+        yield from _fuzzed_api(url)
+
+
+def _fuzzed_api(url: str) -> Iterator[FuzzedApi]:
+    assert query(url, "select count(*) from sessions") != [(0,)]  # real sessions
     headers, bad_headers = asyncio.run(_issue_tokens(url))
-    config_orgs = frozenset(str(org) for (org,) in raw_query(db, "select id from orgs"))
-    with closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute(
-            "insert into orgs (id, name, retention_days, updated_at, logging)"
-            " values (?, 'Initech', 90, '2026-01-01 00:00:00.000000', 1)",
-            (API_ORG,),
-        )
+    config_orgs = frozenset(str(org) for (org,) in query(url, "select id from orgs"))
+    execute(
+        url,
+        "insert into orgs (id, name, retention_days, updated_at, logging)"
+        " values (?, 'Initech', 90, ?, ?)",
+        API_ORG,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        True,
+    )
     orgs = config_orgs | {API_ORG}
+    asyncio.run(_purge_dry_run(url))  # purge-runs has rows to show
     engine = make_engine(url)
-    asyncio.run(purge(engine, dry_run=True))  # purge-runs has rows to show
-    asyncio.run(engine.dispose())  # (its connections belong to that loop)
-    app = create_app(ApiContext(engine, config_orgs=config_orgs))
+    app = LoopNoting(create_app(ApiContext(engine, config_orgs=config_orgs)))
     # An explicit config: a schemathesis.toml above the checkout must not change the run.
     # No generated Authorization headers: each caller's header comes from `authorizations`.
     generation = GenerationConfig(with_security_parameters=False)
@@ -307,7 +332,10 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedApi]:
             config_orgs=config_orgs,
         )
     finally:
-        asyncio.run(engine.dispose())
+        if app.loop is None:
+            asyncio.run(engine.dispose())
+        else:  # on the loop its pooled connections belong to
+            asyncio.run_coroutine_threadsafe(engine.dispose(), app.loop).result(60)
 
 
 # --- what an answer may be -------------------------------------------------------------------

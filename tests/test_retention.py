@@ -1,35 +1,24 @@
 """Retention purges on a real store: exactly the right rows go, ongoing ones and orgs kept
 forever stay, dry runs count what real runs delete, one purge at a time, every run recorded.
 
-The purge tests run on SQLite and PostgreSQL (`db` is the store's URL); the CLI and serve tests
-(subprocesses importing captures) run on SQLite only for now."""
+The purge tests run on SQLite and PostgreSQL (`db` is the store's URL), a few on PostgreSQL
+alone (its advisory lock and day partitions); purges by the real CLI and serve are in
+tests/test_retention_cli.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
-import tomllib
-import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, pool
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tests.helpers.accuracy import run_cli
 from tests.helpers.pg import fresh_database, read_rows
-from tests.helpers.serving import Serve, dump_toml
-from tests.helpers.sqlite import raw_query, replicate_sessions
+from tests.helpers.retention import NOW, session
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.models import SessionRecord
 from tunnelacct.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
@@ -37,8 +26,6 @@ from tunnelacct.retention import purge
 from tunnelacct.schema import migrate
 from tunnelacct.store import ensure_partitions, make_engine, sync_inventory, sync_url
 
-DATA = Path(__file__).parent / "data"
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 ORGS = (
     OrgConfig("weekly", "Weekly", retention_days=7),
     OrgConfig("monthly", "Monthly", retention_days=30),
@@ -60,26 +47,6 @@ async def engine(db: str) -> AsyncIterator[AsyncEngine]:
     await sync_inventory(engine, Config(database=DatabaseConfig(db), orgs=ORGS))
     yield engine
     await engine.dispose()
-
-
-def session(
-    org: str, ended_days_ago: float | None, now: datetime = NOW, **overrides: Any
-) -> SessionRecord:
-    """A session that ended `ended_days_ago` days before `now` (None: still ongoing)."""
-    ended = None if ended_days_ago is None else now - timedelta(days=ended_days_ago)
-    started = (ended or now) - timedelta(minutes=5)
-    values: dict[str, Any] = {
-        "id": uuid.uuid4(), "org_id": org, "protocol": "tcp", "ip_version": 4,
-        "src_addr": "100.64.0.2", "dst_addr": "10.99.0.5", "src_port": 40000, "dst_port": 443,
-        "started_at": started, "ended_at": ended, "last_seen_at": ended or now,
-        "duration_s": 300.0, "bytes_tx": 1, "bytes_rx": 1, "packets_tx": 1, "packets_rx": 1,
-        "payload_bytes_tx": 0, "payload_bytes_rx": 0,
-        "status": "ongoing" if ended is None else "completed",
-        "close_reason": None if ended is None else "fin", "midstream": False,
-        "community_id": "1:x", "gateway": "gw1", "interface": "wg0",
-    }  # fmt: skip
-    values.update(overrides)
-    return SessionRecord(**values)
 
 
 Oracle = dict[str, tuple[str, datetime | None]]  # stored id -> (org, ended_at)
@@ -109,19 +76,8 @@ def spread(orgs: tuple[str, ...]) -> list[SessionRecord]:
     return rows
 
 
-def url_of(db: Path | str) -> str:
-    """The URL of a store given as a SQLite file or a URL."""
-    return db if isinstance(db, str) else f"sqlite:///{db}"
-
-
-def counts(db: Path | str) -> dict[str, int]:
-    """Sessions per org, read past SQLAlchemy's types (`read_rows`)."""
-    rows = read_rows(url_of(db), "SELECT org_id, count(*) FROM sessions GROUP BY 1")
-    return {str(org): int(str(n)) for org, n in rows}
-
-
-def remaining(db: Path | str) -> set[str]:
-    return {str(h) for (h,) in read_rows(url_of(db), "SELECT id FROM sessions")}
+def remaining(url: str) -> set[str]:
+    return {str(h) for (h,) in read_rows(url, "SELECT id FROM sessions")}
 
 
 def expected_left(oracle: Oracle) -> set[str]:
@@ -353,206 +309,3 @@ async def test_on_postgresql_a_row_to_keep_keeps_its_old_day_partition() -> None
             assert days[103] not in partitions(url)
         finally:
             await engine.dispose()
-
-
-def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "cli.db"
-    config = tmp_path / "t.toml"
-    config.write_text(
-        '[database]\nurl = "sqlite:///cli.db"\n'
-        '[[orgs]]\nid = "weekly"\nname = "W"\nretention_days = 7\n'
-        '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
-    )
-    migrate(f"sqlite:///{db}")
-
-    async def seed() -> None:
-        engine = make_engine(f"sqlite:///{db}")
-        now = datetime.now(UTC)
-        rows = [session("weekly", days, now) for days in (1, 10, 20)]
-        rows += [session("keeper", 400, now)]
-        async with AsyncSession(engine) as s:
-            s.add_all(rows)
-            await s.commit()
-        await engine.dispose()
-
-    asyncio.run(seed())
-    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
-    dry = run_cli("purge", "--config", str(config), "--dry-run", env=env).stdout
-    assert "org weekly: would delete 2 sessions that ended before " in dry
-    assert "org keeper: kept forever" in dry and "(dry run)" in dry
-    real = run_cli("purge", "--config", str(config), env=env).stdout
-    assert "org weekly: deleted 2 sessions" in real
-    assert raw_query(db, "SELECT org_id, count(*) FROM sessions GROUP BY 1 ORDER BY 1") == [
-        ("keeper", 1), ("weekly", 1)
-    ]  # fmt: skip
-
-    async def hold() -> None:
-        engine = make_engine(f"sqlite:///{db}")
-        assert await acquire_lease(engine, "other-host/1", datetime.now(UTC)) is None
-        await engine.dispose()
-
-    asyncio.run(hold())
-    locked = subprocess.run(
-        [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config)],
-        capture_output=True, text=True, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert locked.returncode == 0
-    assert locked.stdout.strip() == "another purge is running (other-host/1); nothing done"
-    bad = subprocess.run(
-        [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config), "--org", "nope"],
-        capture_output=True, text=True, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "unknown org 'nope'" in bad.stderr
-
-
-def test_an_org_with_logging_off_stores_no_session_through_the_real_import(
-    tmp_path: Path,
-) -> None:
-    base = (DATA / "wg-small.toml").read_text(encoding="utf-8")
-    assert 'id = "globex"' in base
-    quiet = base.replace('id = "globex"', 'id = "globex"\nlogging = false', 1)
-    counts = {}
-    for name, text in (("on", base), ("off", quiet)):
-        config = tmp_path / f"{name}.toml"
-        config.write_text(text, encoding="utf-8")
-        db = tmp_path / f"{name}.db"
-        run_cli("import", "--config", str(config), str(DATA / "wg-small.pcap"),
-                env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
-        counts[name] = dict(raw_query(db, "SELECT org_id, count(*) FROM sessions GROUP BY 1"))
-    assert counts["on"]["globex"] > 0  # the capture has globex traffic
-    assert "globex" not in counts["off"]
-    assert counts["off"]["acme"] == counts["on"]["acme"]
-
-
-def shifted_store(
-    tmp_path: Path, retention: dict[str, int], extra: dict[str, dict[str, Any]] | None = None
-) -> tuple[Path, Path, dict[int, dict[str, int]]]:
-    """A config (wg-small.toml with `retention` per org, plus `extra` sections) and a store
-    holding the recorded capture shifted (editcap -t) to have ended 100, 20 and 3 days ago;
-    returns (config, db, sessions per org of each copy)."""
-    from scapy.utils import rdpcap
-
-    last = float(rdpcap(str(DATA / "wg-small.pcap"))[-1].time)
-    doc = tomllib.loads((DATA / "wg-small.toml").read_text(encoding="utf-8"))
-    for org in doc["orgs"]:
-        org["retention_days"] = retention[org["id"]]
-    doc.update(extra or {})
-    config = tmp_path / "r.toml"
-    config.write_text(dump_toml(doc), encoding="utf-8")
-    db = tmp_path / "r.db"
-    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
-    now = datetime.now(UTC).timestamp()
-    per_copy: dict[int, dict[str, int]] = {}
-    for days in (100, 20, 3):
-        shifted = tmp_path / f"d{days}.pcap"
-        offset = now - days * 86400 - last  # the last packet lands `days` days ago
-        subprocess.run(["editcap", "-t", f"{offset:.6f}", str(DATA / "wg-small.pcap"),
-                        str(shifted)], check=True, capture_output=True)  # fmt: skip
-        before = counts(db) if db.exists() else {}
-        run_cli("import", "--config", str(config), str(shifted), env=env)
-        per_copy[days] = {org: n - before.get(org, 0) for org, n in counts(db).items()}
-    assert per_copy[100]["acme"] > 0 and per_copy[100]["globex"] > 0
-    return config, db, per_copy
-
-
-def test_purge_after_importing_captures_shifted_back_in_time(tmp_path: Path) -> None:
-    """The real import path, three copies of the capture; acme keeps 7 days, globex 30."""
-    config, db, per_copy = shifted_store(tmp_path, {"acme": 7, "globex": 30})
-    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
-    out = run_cli("purge", "--config", str(config), env=env).stdout
-    assert counts(db) == {
-        "acme": per_copy[3]["acme"],
-        "globex": per_copy[20]["globex"] + per_copy[3]["globex"],
-    }
-    assert f"org acme: deleted {per_copy[100]['acme'] + per_copy[20]['acme']} sessions" in out
-    assert f"org globex: deleted {per_copy[100]['globex']} sessions" in out
-
-
-def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
-    tmp_path: Path,
-) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    extra = {"retention": {"interval": 1}, "api": {"listen": f"127.0.0.1:{port}"}}
-    config, db, per_copy = shifted_store(tmp_path, {"acme": 7, "globex": 30}, extra)
-
-    def wait_for(what: str, ok: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not ok():
-            assert time.monotonic() < deadline, f"no {what}:\n{serve.log()}"
-            time.sleep(0.2)
-
-    with Serve(None, config, db, tmp_path) as serve:
-        serve.start(wait_for="")
-        wait_for("first purge", lambda: counts(db).get("acme") == per_copy[3]["acme"])
-        assert counts(db)["globex"] == per_copy[20]["globex"] + per_copy[3]["globex"]
-        # an edit of the file takes effect at the next purge, without a restart
-        config.write_text(config.read_text().replace("retention_days = 30",
-                                                     "retention_days = 10"))  # fmt: skip
-        wait_for("purge with the edited retention",
-                 lambda: counts(db).get("globex") == per_copy[3]["globex"])  # fmt: skip
-
-        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-            url = f"http://127.0.0.1:{port}/metrics"
-            with urllib.request.urlopen(url, timeout=10) as r:
-                text = r.read().decode()
-            return {(s.name, tuple(s.labels.items())): s.value
-                    for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
-
-        def deleted(org: str) -> float | None:
-            return samples.get(("tunnelacct_retention_deleted_sessions_total", (("org", org),)))
-
-        # a run's rows are gone before the run ends and its counts reach the metrics
-        expected = {org: per_copy[100][org] + per_copy[20][org] for org in ("acme", "globex")}
-        samples = scrape()
-        deadline = time.monotonic() + 30
-        while {org: deleted(org) for org in expected} != expected:
-            assert time.monotonic() < deadline, f"{samples}\n{serve.log()}"
-            time.sleep(0.2)
-            samples = scrape()
-        assert serve.stop() == 0, serve.log()
-    assert samples["tunnelacct_retention_last_success_timestamp_seconds", ()] > time.time() - 60
-    hosts = raw_query(db, "SELECT DISTINCT outcome FROM purge_runs")
-    assert hosts == [("ok",)]
-
-
-def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_stalls_it_briefly(
-    tmp_path: Path,
-) -> None:
-    # 300,000 expired sessions: one unbatched DELETE of them would hold SQLite's write lock
-    # for seconds; batches of 5,000 hold it for tens of milliseconds.
-    config, db, per_copy = shifted_store(tmp_path, {"acme": 7, "globex": 7})
-    replicate_sessions(db, 14_000, step_s=1, org_id=None)  # copies of the 3-day-old stay
-    doc = tomllib.loads(config.read_text(encoding="utf-8"))
-    doc["retention"] = {"interval": 2}
-    doc["capture"] = [{"pcap": str(DATA / "wg-small.pcap"), "loop": True}]  # full speed
-    config.write_text(dump_toml(doc), encoding="utf-8")
-    cutoff = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%d %H:%M:%S")
-
-    def old_rows() -> int:
-        return int(str(raw_query(db, "SELECT count(*) FROM sessions WHERE ended_at < ?",
-                                 cutoff)[0][0]))  # fmt: skip
-
-    expired = old_rows()
-    assert expired > 300_000
-    with Serve(None, config, db, tmp_path) as serve:
-        serve.start(wait_for="")
-        first = serve.wait(lambda s: s["writer"]["rows_written"] > 0, 30, "rows written")
-        deadline = time.monotonic() + 120
-        while old_rows() > 0:
-            assert time.monotonic() < deadline, f"purge did not finish:\n{serve.log()}"
-            time.sleep(0.5)
-        status = serve.wait(lambda s: s["writer"]["rows_written"] > first["writer"][
-            "rows_written"] + 1000, 30, "writing after the purge")  # fmt: skip
-        assert serve.stop() == 0, serve.log()
-    writer = status["writer"]
-    assert writer["failed_flushes"] == 0  # no write failed, nothing retried
-    assert raw_query(db, "SELECT DISTINCT outcome FROM purge_runs WHERE dry_run = 0") == [("ok",)]
-    deleted = raw_query(db, "SELECT sum(deleted) FROM purge_runs")[0][0]
-    assert deleted == expired
-    # the longest flush while 300,000 rows went: batches, not one long lock (report it)
-    print(f"longest writer flush during the purge: {writer['write_seconds_max'] * 1000:.0f} ms")
-    assert writer["write_seconds_max"] < 1.5

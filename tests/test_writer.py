@@ -224,6 +224,9 @@ async def test_submit_waits_when_max_pending_is_reached_and_loses_nothing(
     assert row_count(store_url) == 11 + 20 * 25 == writer.rows_written
 
 
+# SQLite only, the next three: they test SQLite's own locking (another connection's BEGIN
+# EXCLUSIVE on the file, "database is locked", the busy handler). PostgreSQL's counterparts,
+# lock and statement timeouts, deadlocks and lost connections, are the outage tests below.
 async def test_locked_database_delays_writes_but_loses_nothing(
     db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

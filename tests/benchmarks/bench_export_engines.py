@@ -22,29 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
-from tests.helpers.sqlite import replicate_sessions  # noqa: E402
-from tests.helpers.stores import ENGINES, execute, imported_store, query  # noqa: E402
+from tests.helpers.replicate import replicate  # noqa: E402
+from tests.helpers.stores import ENGINES, imported_store, query  # noqa: E402
 from tunnelacct.export import ExportWorkers, export_org_csv  # noqa: E402
 from tunnelacct.store import make_engine  # noqa: E402
-
-KEPT = (
-    "org_id, client_id, client_name, user_id, resource_id, resource_name, protocol, ip_version,"
-    " src_addr, dst_addr, dst_port, duration_s, bytes_tx, bytes_rx, packets_tx, packets_rx,"
-    " payload_bytes_tx, payload_bytes_rx, status, close_reason, midstream, community_id,"
-    " gateway, interface"
-)
-SHIFT = "k * interval '60 seconds'"
-
-
-def replicate_pg(url: str, copies: int) -> None:
-    """PostgreSQL's counterpart of `replicate_sessions` for acme (step 60 s, src_port + k)."""
-    execute(url, f"""
-        INSERT INTO sessions (id, {KEPT}, src_port, started_at, ended_at, last_seen_at)
-        SELECT gen_random_uuid(), {KEPT}, (src_port + k) % 65536, started_at + {SHIFT},
-               ended_at + {SHIFT}, last_seen_at + {SHIFT}
-        FROM sessions, generate_series(1, {copies}) AS k WHERE org_id = 'acme'
-    """)  # fmt: skip
-    execute(url, "ANALYZE sessions")
 
 
 async def export_once(url: str, workers: int) -> tuple[int, float, str]:
@@ -75,10 +56,7 @@ def main() -> None:
             with imported_store(kind, Path(tmp) / kind) as url:
                 ((seed,),) = query(url, "select count(*) from sessions where org_id = 'acme'")
                 copies = max(args.rows // int(seed) - 1, 0)
-                if kind == "sqlite":
-                    replicate_sessions(Path(tmp) / kind / "store.db", copies, 60, "acme")
-                else:
-                    replicate_pg(url, copies)
+                replicate(url, copies, 60, "acme")  # PostgreSQL: with the day partitions
                 for workers in (0, 2):
                     rates = []
                     for _ in range(args.runs):

@@ -1,21 +1,31 @@
-"""Benchmark: the query API and the CSV export on a store of 10 million sessions (SQLite).
+"""Benchmark: the query API and the CSV export on a store of 10 million sessions, on SQLite
+or PostgreSQL.
 
-Builds (or reuses) a migrated SQLite file: 1,000 seed sessions over 3 orgs, 60 clients, 12
-resources, TCP and UDP, spread over 17 minutes, copied with `replicate_sessions` so that the
-copies span ~120 days. Then, through the real app in-process (httpx ASGI transport: routing,
-auth, filter parsing, SQL, JSON), it times each request kind many times and prints p50/p99/max:
+Builds (or reuses) a migrated store: 1,000 seed sessions over 3 orgs, 60 clients, 12
+resources, TCP and UDP, spread over 17 minutes, copied (tests/helpers/replicate.py) so that the
+copies span ~120 days. SQLite by default (`--db PATH`, or a temporary file). With `--url
+postgresql://user@host/db`, that database instead (create it first; it is kept, so that a
+second run reuses it: drop it yourself): the copies are made in SQL after their day
+partitions, then VACUUM ANALYZE. The seeds are the same on both engines (only the copies'
+random ids differ), so a SQLite run and a PostgreSQL run print figures to set side by side.
+
+Then, through the real app in-process (httpx ASGI transport: routing, auth, filter parsing,
+SQL, JSON), it times each request kind many times and prints p50/p99/max:
 
   first page       GET /api/v1/orgs/acme/sessions?limit=100
   filtered page    q = started_after + started_before (one week) + one more term
   next page        the filtered page's next_cursor
   rare filter      a term no row matches inside the week (the capped count scans the week)
 
-Last, CSV export throughput of one org: `sqlite3 -csv` on the same rows (raw columns) as the
-floor, the API stream with 0, 1 and 2 export worker processes, and the CLI (its peak RSS, for
-a day, a week and the whole org: memory must not follow the row count). Asserts nothing
-about time.
+Last, CSV export throughput of one org: the engine's own CSV dump of the same rows (raw
+columns: `sqlite3 -csv`, or psql's COPY ... CSV) as the floor, the API stream with 0, 1 and 2
+export worker processes, and the CLI (its peak RSS, for a day, a week and the whole org: memory
+must not follow the row count). Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_query.py [--sessions 10000000] [--db PATH]
+    createdb -h 127.0.0.1 -U postgres tunnelacct_bench_query
+    .venv/bin/python tests/benchmarks/bench_query.py \\
+        --url postgresql://postgres@127.0.0.1/tunnelacct_bench_query
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ import asyncio
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,33 +43,43 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, insert, pool
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
-from tests.helpers.sqlite import replicate_sessions  # noqa: E402
+from tests.helpers.pg import add_partitions, read_rows  # noqa: E402
+from tests.helpers.replicate import replicate  # noqa: E402
 from tunnelacct.api import ApiContext, create_app  # noqa: E402
 from tunnelacct.auth import Role, create_token  # noqa: E402
 from tunnelacct.export import ExportWorkers  # noqa: E402
+from tunnelacct.models import Org, SessionRecord  # noqa: E402
 from tunnelacct.schema import migrate  # noqa: E402
-from tunnelacct.store import make_engine  # noqa: E402
+from tunnelacct.store import make_engine, sync_url, table_of  # noqa: E402
 
 SEEDS = 1000
 STEP_S = 1037  # seeds span < STEP_S; 10,000 copies span 120 days
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 ORGS = ("acme",) * 6 + ("globex",) * 3 + ("initech",)
+FLOOR_SQL = "SELECT * FROM sessions WHERE org_id = 'acme' ORDER BY started_at, id"
 
 
-def time_ordered(start: datetime) -> str:
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def time_ordered(start: datetime) -> uuid.UUID:
     """A random id laid out like tunnelacct's session ids: Unix ms of the start first."""
     ms = int(start.timestamp() * 1000)
-    return f"{ms:012x}8{uuid.uuid4().hex[:3]}a{uuid.uuid4().hex[:15]}"
+    return uuid.UUID(hex=f"{ms:012x}8{uuid.uuid4().hex[:3]}a{uuid.uuid4().hex[:15]}")
 
 
-def seed_rows(rng: random.Random) -> list[tuple[object, ...]]:
-    """SEEDS session rows in the stored form (naive UTC text times, hex ids)."""
+def seed_rows(rng: random.Random) -> list[dict[str, Any]]:
+    """SEEDS session rows (column -> value, as the models take them)."""
     rows = []
     for i in range(SEEDS):
         org = ORGS[i % len(ORGS)]
@@ -72,56 +91,60 @@ def seed_rows(rng: random.Random) -> list[tuple[object, ...]]:
         end = start + timedelta(seconds=dur)
         ongoing = rng.random() < 0.02
         pkts = rng.randrange(2, 400)
-        rows.append((
-            time_ordered(start), org, f"{org}-c{client}", f"{org} laptop {client}", f"user{client}",
-            f"{org}-r{resource}", f"{org} service {resource}", "udp" if udp else "tcp", 4,
-            f"100.64.{client}.2", f"10.99.{resource}.5", rng.randrange(1024, 65536),
-            (53, 443, 5432, 22)[resource], start.strftime("%Y-%m-%d %H:%M:%S.%f"),
-            None if ongoing else end.strftime("%Y-%m-%d %H:%M:%S.%f"),
-            end.strftime("%Y-%m-%d %H:%M:%S.%f"), dur, pkts * 90, pkts * 700, pkts, pkts,
-            pkts * 50, pkts * 660, "ongoing" if ongoing else "completed",
-            None if ongoing else rng.choice(("fin", "fin", "rst", "idle")), 0,
-            "1:" + uuid.uuid4().hex[:27] + "=", "gw1", "wg0",
-        ))  # fmt: skip
+        rows.append({
+            "id": time_ordered(start), "org_id": org, "client_id": f"{org}-c{client}",
+            "client_name": f"{org} laptop {client}", "user_id": f"user{client}",
+            "resource_id": f"{org}-r{resource}", "resource_name": f"{org} service {resource}",
+            "protocol": "udp" if udp else "tcp", "ip_version": 4,
+            "src_addr": f"100.64.{client}.2", "dst_addr": f"10.99.{resource}.5",
+            "src_port": rng.randrange(1024, 65536), "dst_port": (53, 443, 5432, 22)[resource],
+            "started_at": start, "ended_at": None if ongoing else end, "last_seen_at": end,
+            "duration_s": dur, "bytes_tx": pkts * 90, "bytes_rx": pkts * 700,
+            "packets_tx": pkts, "packets_rx": pkts, "payload_bytes_tx": pkts * 50,
+            "payload_bytes_rx": pkts * 660, "status": "ongoing" if ongoing else "completed",
+            "close_reason": None if ongoing else rng.choice(("fin", "fin", "rst", "idle")),
+            "midstream": False, "community_id": "1:" + uuid.uuid4().hex[:27] + "=",
+            "gateway": "gw1", "interface": "wg0",
+        })  # fmt: skip
     return rows
 
 
-def build(db: Path, sessions: int) -> None:
-    """A migrated store holding about `sessions` sessions."""
-    url = f"sqlite:///{db}"
+def build(url: str, sessions: int) -> None:
+    """Migrate the store at `url` and fill it with about `sessions` sessions."""
     migrate(url)
-    conn = sqlite3.connect(db)
-    with conn:
-        marks = ", ".join("?" * 29)
-        conn.executemany(f"INSERT INTO sessions VALUES ({marks})", seed_rows(random.Random(7)))
-        now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        orgs = [(org, org.title(), 365, now) for org in sorted(set(ORGS))]
-        conn.executemany(
-            "INSERT INTO orgs (id, name, retention_days, updated_at) VALUES (?, ?, ?, ?)", orgs
-        )
-    conn.close()
     started = time.perf_counter()
-    replicate_sessions(db, sessions // SEEDS - 1, STEP_S)
-    print(f"built {sessions:,} sessions in {time.perf_counter() - started:.0f} s: {db}")
+    add_partitions(url, [T0])  # PostgreSQL: the seeds' day (nothing on SQLite)
+    now = datetime.now(UTC)
+    orgs = [{"id": org, "name": org.title(), "retention_days": 365, "updated_at": now}
+            for org in sorted(set(ORGS))]  # fmt: skip
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table_of(Org)), orgs)
+            conn.execute(insert(table_of(SessionRecord)), seed_rows(random.Random(7)))
+    finally:
+        engine.dispose()
+    replicate(url, sessions // SEEDS - 1, STEP_S)
+    print(f"built {sessions:,} sessions in {time.perf_counter() - started:.0f} s: {url}")
 
 
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
-def middle_day(db: Path) -> date:
+def middle_day(url: str) -> date:
     """A day in the middle of the stored sessions' time span."""
-    sql = "SELECT min(started_at), max(started_at) FROM sessions"
-    low, high = (datetime.fromisoformat(t) for t in sqlite3.connect(db).execute(sql).fetchone())
-    return (low + (high - low) / 2).date()
+    ((low, high),) = read_rows(url, "SELECT min(started_at), max(started_at) FROM sessions")
+    first, last = datetime.fromisoformat(str(low)), datetime.fromisoformat(str(high))
+    return (first + (last - first) / 2).date()
 
 
-async def latencies(db: Path, runs: int) -> None:
-    engine = make_engine(f"sqlite:///{db}")
+async def latencies(url: str, runs: int) -> None:
+    engine = make_engine(url)
     token, _ = await create_token(engine, Role.ADMIN, name="bench")
     app = create_app(ApiContext(engine))
     auth = {"Authorization": f"Bearer {token}"}
-    week = middle_day(db)
+    week = middle_day(url)
     span = f"started_after:{week} started_before:{week + timedelta(days=7)}"
     kinds = {
         "first page": {"limit": "100"},
@@ -132,9 +155,9 @@ async def latencies(db: Path, runs: int) -> None:
     }
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
-        url = "/api/v1/orgs/acme/sessions"
+        path = "/api/v1/orgs/acme/sessions"
         for name, params in kinds.items():
-            first = (await http.get(url, params=params, headers=auth)).json()
+            first = (await http.get(path, params=params, headers=auth)).json()
             cursor = first["next_cursor"]
             for label, extra in ((name, {}), ("  next page of it", {"cursor": cursor})):
                 if label.endswith("next page of it") and cursor is None:
@@ -142,7 +165,7 @@ async def latencies(db: Path, runs: int) -> None:
                 times = []
                 for i in range(runs + 5):
                     t = time.perf_counter()
-                    r = await http.get(url, params={**params, **extra}, headers=auth)
+                    r = await http.get(path, params={**params, **extra}, headers=auth)
                     if i >= 5:
                         times.append((time.perf_counter() - t) * 1000)
                     assert r.status_code == 200, r.text
@@ -153,11 +176,11 @@ async def latencies(db: Path, runs: int) -> None:
     await engine.dispose()
 
 
-async def api_export(db: Path, workers: int) -> tuple[int, float]:
-    engine = make_engine(f"sqlite:///{db}")
+async def api_export(url: str, workers: int) -> tuple[int, float]:
+    engine = make_engine(url)
     token, _ = await create_token(engine, Role.ADMIN, name="bench-export")
-    pool = ExportWorkers(workers) if workers else None
-    app = create_app(ApiContext(engine, export_workers=pool))
+    pool_ = ExportWorkers(workers) if workers else None
+    app = create_app(ApiContext(engine, export_workers=pool_))
     transport = httpx.ASGITransport(app=app)
     lines = 0
     started = time.perf_counter()
@@ -169,8 +192,8 @@ async def api_export(db: Path, workers: int) -> tuple[int, float]:
         async for chunk in r.aiter_bytes():
             lines += chunk.count(b"\n")
     elapsed = time.perf_counter() - started
-    if pool is not None:
-        pool.close()
+    if pool_ is not None:
+        pool_.close()
     await engine.dispose()
     return lines - 1, elapsed
 
@@ -187,7 +210,7 @@ def peak_rss(pid: int) -> int:
 
 
 def cli_export(
-    db: Path, config: Path, q: str | None, out: Path, workers: int
+    url: str, config: Path, q: str | None, out: Path, workers: int
 ) -> tuple[int, float, int]:
     """(rows, seconds, peak RSS bytes) of `tunnelacct export` in its own process.
 
@@ -198,7 +221,7 @@ def cli_export(
             "--org", "acme", "-o", str(out), "--workers", str(workers)]  # fmt: skip
     if q:
         argv += ["-q", q]
-    env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    env = {**os.environ, "TUNNELACCT_DATABASE_URL": url}
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
@@ -212,54 +235,88 @@ def cli_export(
     return rows, elapsed, peak
 
 
-def sqlite_floor(db: Path) -> tuple[int, float]:
-    sql = "SELECT * FROM sessions WHERE org_id = 'acme' ORDER BY started_at, id"
+def floor(url: str) -> tuple[str, int, float]:
+    """(what, rows, seconds) of the engine's own CLI writing acme's rows as CSV."""
+    if is_postgresql(url):
+        libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        what = "psql COPY ... CSV (raw columns)"
+        argv = ["psql", "-X", "-q", libpq, "-c", f"COPY ({FLOOR_SQL}) TO STDOUT (FORMAT csv)"]
+    else:
+        what = "sqlite3 -csv (raw columns)"
+        argv = ["sqlite3", "-csv", str(make_url(url).database), FLOOR_SQL]
     started = time.perf_counter()
-    subprocess.run(["sqlite3", "-csv", str(db), sql], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
     elapsed = time.perf_counter() - started
-    (rows,) = sqlite3.connect(db).execute("SELECT count(*) FROM sessions WHERE org_id = 'acme'")
-    return int(rows[0]), elapsed
+    ((rows,),) = read_rows(url, "SELECT count(*) FROM sessions WHERE org_id = 'acme'")
+    return what, int(str(rows)), elapsed
+
+
+def store_size(url: str) -> str:
+    """The size of the store: the SQLite file, or the PostgreSQL database."""
+    if not is_postgresql(url):
+        return f"{Path(str(make_url(url).database)).stat().st_size / 2**30:.1f} GiB"
+    ((size,),) = read_rows(url, "SELECT pg_database_size(current_database())")
+    return f"{int(str(size)) / 2**30:.1f} GiB (PostgreSQL database)"
+
+
+def stored_sessions(url: str) -> int:
+    """Sessions in the store, 0 when it has no sessions table yet."""
+    if is_postgresql(url):
+        exists = read_rows(url, "SELECT to_regclass('sessions') IS NOT NULL") == [(1,)]
+    else:
+        exists = Path(str(make_url(url).database)).exists() and bool(
+            read_rows(url, "SELECT 1 FROM sqlite_master WHERE name = 'sessions'")
+        )
+    if not exists:
+        return 0
+    ((total,),) = read_rows(url, "SELECT count(*) FROM sessions")
+    return int(str(total))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10_000_000)
-    parser.add_argument("--db", type=Path, help="store to build or reuse (default: a temp dir)")
+    parser.add_argument("--db", type=Path, help="SQLite store to build or reuse (default: temp)")
+    parser.add_argument("--url", help="a PostgreSQL database (postgresql://...) to build or reuse")
     parser.add_argument("--runs", type=int, default=200, help="requests per latency figure")
     parser.add_argument("--no-export", action="store_true", help="latencies only")
     args = parser.parse_args()
+    if args.url is not None and not args.url.startswith("postgresql"):
+        parser.error("--url must be a postgresql:// URL (SQLite is the default)")
+    if args.url is not None and args.db is not None:
+        parser.error("--db and --url are two stores: give one")
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="tunnelacct-bench-query-"))
     try:
-        db = args.db or tmp / "query.db"
-        if not db.exists():
-            build(db, args.sessions)
-        (total,) = sqlite3.connect(db).execute("SELECT count(*) FROM sessions").fetchone()
+        url = args.url or f"sqlite:///{(args.db or tmp / 'query.db').resolve()}"
+        if stored_sessions(url) == 0:
+            build(url, args.sessions)
+        total = stored_sessions(url)
         if total < 10 * SEEDS:
-            raise SystemExit(f"{db}: only {total} sessions; build with --sessions >= {10 * SEEDS}")
-        print(f"store: {total:,} sessions, {db.stat().st_size / 2**30:.1f} GiB")
-        asyncio.run(latencies(db, args.runs))
+            raise SystemExit(f"{url}: only {total} sessions; build with --sessions >= {10 * SEEDS}")
+        engine_name = "postgresql" if is_postgresql(url) else "sqlite"
+        print(f"store: {engine_name}, {total:,} sessions, {store_size(url)}")
+        asyncio.run(latencies(url, args.runs))
         if args.no_export:
             return
 
         config = tmp / "bench.toml"
         config.write_text('[[orgs]]\nid = "acme"\nname = "Acme"\n', encoding="utf-8")
-        rows_all, floor_s = sqlite_floor(db)
-        rows = rows_all
-        print(f"sqlite3 -csv (raw columns)   {rows:,} rows in {floor_s:.1f} s: "
-              f"{rows / floor_s:,.0f} rows/s")  # fmt: skip
+        what, rows_all, floor_s = floor(url)
+        print(f"{what:32s} {rows_all:,} rows in {floor_s:.1f} s: "
+              f"{rows_all / floor_s:,.0f} rows/s")  # fmt: skip
         for workers in (0, 1, 2):
-            rows, secs = asyncio.run(api_export(db, workers))
+            rows, secs = asyncio.run(api_export(url, workers))
             print(f"API sessions.csv, {workers} workers {rows:,} rows in {secs:.1f} s: "
-                  f"{rows / secs:,.0f} rows/s ({secs / floor_s:.1f}x sqlite3 -csv)")  # fmt: skip
-        day = middle_day(db)
+                  f"{rows / secs:,.0f} rows/s ({secs / floor_s:.1f}x the floor)")  # fmt: skip
+        day = middle_day(url)
         for label, q, workers in (
             ("one day", f"started_after:{day} started_before:{day + timedelta(1)}", 2),
             ("one week", f"started_after:{day} started_before:{day + timedelta(7)}", 2),
             ("whole org", None, 0),
             ("whole org", None, 2),
         ):
-            rows, secs, rss = cli_export(db, config, q, tmp / "out.csv", workers)
+            rows, secs, rss = cli_export(url, config, q, tmp / "out.csv", workers)
             print(f"CLI export, {label}, {workers} workers: {rows:,} rows in {secs:.1f} s: "
                   f"{rows / secs:,.0f} rows/s ({secs / floor_s * rows_all / rows:.1f}x), "
                   f"peak RSS {rss / 2**20:.0f} MiB (the CLI process)")  # fmt: skip

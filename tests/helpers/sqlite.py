@@ -55,12 +55,11 @@ def replicate_sessions(
     try:
         conn.execute("PRAGMA cache_size = -1048576")  # 1 GiB: the random-id index stays cached
         (originals,) = conn.execute("SELECT max(rowid) FROM sessions").fetchone()
-        added = 0
+        before = conn.total_changes  # (rowcount is -1 for a statement starting with WITH)
         for first in range(1, copies + 1, chunk):
             last = min(copies, first + chunk - 1)
             with conn:
-                params = (first, last, originals, org_id, org_id)
-                added += conn.execute(sql, params).rowcount
-        return added
+                conn.execute(sql, (first, last, originals, org_id, org_id))
+        return conn.total_changes - before
     finally:
         conn.close()

@@ -1,0 +1,238 @@
+"""Retention through the real processes: `tunnelacct purge`, `tunnelacct import` of captures
+shifted back in time, and `tunnelacct serve` purging every interval, on SQLite and PostgreSQL
+(the store's URL comes from the config's `[database] url` or $TUNNELACCT_DATABASE_URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.retention import counts, purge_lock_held, session
+from tests.helpers.serving import Serve, dump_toml
+from tests.helpers.sqlite import raw_query, replicate_sessions
+from tests.helpers.stores import ENGINES, empty_store, query
+from tunnelacct.store import ensure_partitions, make_engine
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
+    tmp_path: Path, store_url: str
+) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text(  # the store named by the config alone, no $TUNNELACCT_DATABASE_URL
+        f'[database]\nurl = "{store_url}"\n'
+        '[[orgs]]\nid = "weekly"\nname = "W"\nretention_days = 7\n'
+        '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
+    )
+
+    async def seed() -> None:
+        engine = make_engine(store_url)
+        now = datetime.now(UTC)
+        rows = [session("weekly", days, now) for days in (1, 10, 20)]
+        rows += [session("keeper", 400, now)]
+        await ensure_partitions(engine, {r.started_at.date() for r in rows})  # PostgreSQL
+        async with AsyncSession(engine) as s:
+            s.add_all(rows)
+            await s.commit()
+        await engine.dispose()
+
+    asyncio.run(seed())
+    dry = run_cli("purge", "--config", str(config), "--dry-run").stdout
+    assert "org weekly: would delete 2 sessions that ended before " in dry
+    assert "org keeper: kept forever" in dry and "(dry run)" in dry
+    real = run_cli("purge", "--config", str(config)).stdout
+    assert "org weekly: deleted 2 sessions" in real
+    assert counts(store_url) == {"keeper": 1, "weekly": 1}
+
+    def purge_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config), *args],
+            capture_output=True, text=True, env=os.environ, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    with purge_lock_held(store_url, "other-host/1"):
+        locked = purge_cli()
+        assert locked.returncode == 0, locked.stderr
+        assert locked.stdout.strip() == "another purge is running (other-host/1); nothing done"
+        bad = purge_cli("--org", "nope")
+        assert bad.returncode == 2 and "unknown org 'nope'" in bad.stderr
+    assert counts(store_url) == {"keeper": 1, "weekly": 1}
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_an_org_with_logging_off_stores_no_session_through_the_real_import(
+    tmp_path: Path, kind: str
+) -> None:
+    base = (DATA / "wg-small.toml").read_text(encoding="utf-8")
+    assert 'id = "globex"' in base
+    quiet = base.replace('id = "globex"', 'id = "globex"\nlogging = false', 1)
+    stored = {}
+    for name, text in (("on", base), ("off", quiet)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text, encoding="utf-8")
+        (tmp_path / name).mkdir()
+        with empty_store(kind, tmp_path / name) as url:
+            run_cli("import", "--config", str(config), str(DATA / "wg-small.pcap"),
+                    env={"TUNNELACCT_DATABASE_URL": url})  # fmt: skip
+            stored[name] = counts(url)
+    assert stored["on"]["globex"] > 0  # the capture has globex traffic
+    assert "globex" not in stored["off"]
+    assert stored["off"]["acme"] == stored["on"]["acme"]
+
+
+def shifted_store(
+    tmp_path: Path,
+    url: str,
+    retention: dict[str, int],
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> tuple[Path, dict[int, dict[str, int]]]:
+    """A config (wg-small.toml with `retention` per org, plus `extra` sections), and the
+    migrated store at `url` filled with the recorded capture shifted (editcap -t) to have ended
+    100, 20 and 3 days ago; returns (config, sessions per org of each copy)."""
+    from scapy.utils import rdpcap
+
+    last = float(rdpcap(str(DATA / "wg-small.pcap"))[-1].time)
+    doc = tomllib.loads((DATA / "wg-small.toml").read_text(encoding="utf-8"))
+    for org in doc["orgs"]:
+        org["retention_days"] = retention[org["id"]]
+    doc.update(extra or {})
+    config = tmp_path / "r.toml"
+    config.write_text(dump_toml(doc), encoding="utf-8")
+    env = {"TUNNELACCT_DATABASE_URL": url}
+    now = datetime.now(UTC).timestamp()
+    per_copy: dict[int, dict[str, int]] = {}
+    for days in (100, 20, 3):
+        shifted = tmp_path / f"d{days}.pcap"
+        offset = now - days * 86400 - last  # the last packet lands `days` days ago
+        subprocess.run(["editcap", "-t", f"{offset:.6f}", str(DATA / "wg-small.pcap"),
+                        str(shifted)], check=True, capture_output=True)  # fmt: skip
+        before = counts(url)
+        run_cli("import", "--config", str(config), str(shifted), env=env)
+        per_copy[days] = {org: n - before.get(org, 0) for org, n in counts(url).items()}
+    assert per_copy[100]["acme"] > 0 and per_copy[100]["globex"] > 0
+    return config, per_copy
+
+
+def test_purge_after_importing_captures_shifted_back_in_time(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The real import path, three copies of the capture; acme keeps 7 days, globex 30."""
+    config, per_copy = shifted_store(tmp_path, store_url, {"acme": 7, "globex": 30})
+    env = {"TUNNELACCT_DATABASE_URL": store_url}
+    out = run_cli("purge", "--config", str(config), env=env).stdout
+    assert counts(store_url) == {
+        "acme": per_copy[3]["acme"],
+        "globex": per_copy[20]["globex"] + per_copy[3]["globex"],
+    }
+    assert f"org acme: deleted {per_copy[100]['acme'] + per_copy[20]['acme']} sessions" in out
+    assert f"org globex: deleted {per_copy[100]['globex']} sessions" in out
+
+
+def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
+    tmp_path: Path, store_url: str
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = {"retention": {"interval": 1}, "api": {"listen": f"127.0.0.1:{port}"}}
+    config, per_copy = shifted_store(tmp_path, store_url, {"acme": 7, "globex": 30}, extra)
+
+    def wait_for(what: str, ok: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not ok():
+            assert time.monotonic() < deadline, f"no {what}:\n{serve.log()}"
+            time.sleep(0.2)
+
+    with Serve(None, config, store_url, tmp_path) as serve:
+        serve.start(wait_for="")
+        wait_for("first purge", lambda: counts(store_url).get("acme") == per_copy[3]["acme"])
+        assert counts(store_url)["globex"] == per_copy[20]["globex"] + per_copy[3]["globex"]
+        # an edit of the file takes effect at the next purge, without a restart
+        config.write_text(config.read_text().replace("retention_days = 30",
+                                                     "retention_days = 10"))  # fmt: skip
+        wait_for("purge with the edited retention",
+                 lambda: counts(store_url).get("globex") == per_copy[3]["globex"])  # fmt: skip
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            return {(s.name, tuple(s.labels.items())): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+
+        def deleted(org: str) -> float | None:
+            return samples.get(("tunnelacct_retention_deleted_sessions_total", (("org", org),)))
+
+        # a run's rows are gone before the run ends and its counts reach the metrics
+        expected = {org: per_copy[100][org] + per_copy[20][org] for org in ("acme", "globex")}
+        samples = scrape()
+        deadline = time.monotonic() + 30
+        while {org: deleted(org) for org in expected} != expected:
+            assert time.monotonic() < deadline, f"{samples}\n{serve.log()}"
+            time.sleep(0.2)
+            samples = scrape()
+        assert serve.stop() == 0, serve.log()
+    assert samples["tunnelacct_retention_last_success_timestamp_seconds", ()] > time.time() - 60
+    assert query(store_url, "SELECT DISTINCT outcome FROM purge_runs") == [("ok",)]
+
+
+# SQLite only: this tests SQLite's own locking (one write lock for the whole file, which a
+# purge's DELETE batches and the writer's flushes take in turn). PostgreSQL's purge and writer
+# take no such lock; its purges are tested in tests/test_retention.py.
+def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_stalls_it_briefly(
+    tmp_path: Path, db_path: Path
+) -> None:
+    # 300,000 expired sessions: one unbatched DELETE of them would hold SQLite's write lock
+    # for seconds; batches of 5,000 hold it for tens of milliseconds.
+    config, per_copy = shifted_store(tmp_path, f"sqlite:///{db_path}", {"acme": 7, "globex": 7})
+    replicate_sessions(db_path, 14_000, step_s=1, org_id=None)  # copies of the 3-day-old stay
+    doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    doc["retention"] = {"interval": 2}
+    # Full speed keeps the packets' times: replay the copy of 3 days ago, whose sessions stay
+    # (the recorded capture, of 2026-11-23, would be expired itself and purged as it is written).
+    doc["capture"] = [{"pcap": str(tmp_path / "d3.pcap"), "loop": True}]
+    config.write_text(dump_toml(doc), encoding="utf-8")
+    cutoff = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%d %H:%M:%S")
+
+    def old_rows() -> int:
+        return int(str(raw_query(db_path, "SELECT count(*) FROM sessions WHERE ended_at < ?",
+                                 cutoff)[0][0]))  # fmt: skip
+
+    expired = old_rows()
+    assert expired > 300_000
+    with Serve(None, config, db_path, tmp_path) as serve:
+        serve.start(wait_for="")
+        first = serve.wait(lambda s: s["writer"]["rows_written"] > 0, 30, "rows written")
+        deadline = time.monotonic() + 120
+        while old_rows() > 0:
+            assert time.monotonic() < deadline, f"purge did not finish:\n{serve.log()}"
+            time.sleep(0.5)
+        status = serve.wait(lambda s: s["writer"]["rows_written"] > first["writer"][
+            "rows_written"] + 1000, 30, "writing after the purge")  # fmt: skip
+        assert serve.stop() == 0, serve.log()
+    writer = status["writer"]
+    assert writer["failed_flushes"] == 0  # no write failed, nothing retried
+    assert raw_query(db_path, "SELECT DISTINCT outcome FROM purge_runs WHERE dry_run = 0") == [
+        ("ok",)
+    ]
+    deleted = raw_query(db_path, "SELECT sum(deleted) FROM purge_runs")[0][0]
+    assert deleted == expired
+    # the longest flush while 300,000 rows went: batches, not one long lock (report it)
+    print(f"longest writer flush during the purge: {writer['write_seconds_max'] * 1000:.0f} ms")
+    assert writer["write_seconds_max"] < 1.5
