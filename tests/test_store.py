@@ -18,7 +18,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, String, create_engine, inspect, pool, select
+from sqlalchemy import Column, Integer, MetaData, create_engine, inspect, pool, select
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -31,6 +31,7 @@ from tunnelacct.models import Client as ClientRow
 from tunnelacct.models import Org as OrgRow
 from tunnelacct.models import Resource as ResourceRow
 from tunnelacct.models import SessionRecord, TableBase
+from tunnelacct.retention import purge
 from tunnelacct.schema import alembic_config, check_schema, include_name, migrate
 from tunnelacct.store import (
     async_url,
@@ -133,6 +134,7 @@ def test_migrate_creates_tables_and_is_idempotent(database_url: str) -> None:
     assert read_rows(database_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
+# SQLite only: a database file's directory (PostgreSQL has none).
 def test_migrate_creates_the_parent_dir_of_a_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "t.db"
     migrate(f"sqlite:///{path}")
@@ -287,6 +289,7 @@ async def test_check_schema_accepts_a_migrated_database(
     assert read_rows(store_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
+# SQLite only: the pragmas make_engine sets on each SQLite connection.
 async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
     engine: AsyncEngine,
 ) -> None:
@@ -296,6 +299,33 @@ async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
             for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
         ]
     assert values == ["wal", 1, 5000, 1]  # synchronous: 1 = NORMAL
+
+
+async def test_sqlite_purged_rows_leave_no_readable_content_in_their_pages(
+    engine: AsyncEngine, db_path: Path
+) -> None:
+    # secure_delete=FAST: content is zeroed in the pages a delete rewrites (not OFF, which
+    # leaves purged rows readable in the file), without rewriting whole freed pages (not ON)
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        record(client_name=f"marker-{k:03d}-", status="completed", ended_at=ended,
+               org_id="gone" if k % 10 == 3 else "acme")
+        for k in range(60)
+    ]  # fmt: skip
+    async with AsyncSession(engine) as db:
+        db.add_all([OrgRow(id=o, name=o, retention_days=d, updated_at=ended)
+                    for o, d in (("acme", None), ("gone", 1))])  # fmt: skip
+        db.add_all(rows)
+        await db.commit()
+    async with engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA secure_delete")).scalar() == 2  # FAST
+    result = await purge(engine, now=ended + timedelta(days=30))
+    assert result.deleted == 6
+    await engine.dispose()
+    raw_query(db_path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    content = db_path.read_bytes()
+    kept = [k for k in range(60) if f"marker-{k:03d}-".encode() in content]
+    assert kept == [k for k in range(60) if k % 10 != 3]
 
 
 # --- type round-trips ---------------------------------------------------------------------------
@@ -332,16 +362,16 @@ async def test_64bit_counters_round_trip(store_engine: AsyncEngine) -> None:
 
 
 async def test_longest_ipv6_text_fits_address_columns(store_engine: AsyncEngine) -> None:
-    longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
-    assert len(longest) == 45
-    columns = inspect(SessionRecord).columns
-    for name in ("src_addr", "dst_addr"):
-        column_type = columns[name].type
-        assert isinstance(column_type, String) and column_type.length == 45
-    loaded = await store_and_reload(
-        store_engine, record(ip_version=6, src_addr=longest, dst_addr="2001:db8::1")
-    )
-    assert (loaded.src_addr, loaded.dst_addr) == (longest, "2001:db8::1")
+    longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"  # 45: SQLite's VARCHAR(45)
+    dialect = store_engine.dialect
+    want = {"sqlite": f"VARCHAR({len(longest)})", "postgresql": "INET"}[dialect.name]
+    for name in ("src_addr", "dst_addr"):  # PostgreSQL: inet (migration 0005)
+        assert inspect(SessionRecord).columns[name].type.compile(dialect=dialect) == want
+    row = record(ip_version=6, src_addr=longest, dst_addr="2001:db8::1")
+    loaded = await store_and_reload(store_engine, row)
+    as_inet_ntop = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"  # how PostgreSQL's inet reads back
+    read = {"sqlite": longest, "postgresql": as_inet_ntop}[dialect.name]
+    assert (loaded.src_addr, loaded.dst_addr) == (read, "2001:db8::1")
 
 
 # --- inventory ----------------------------------------------------------------------------------

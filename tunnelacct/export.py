@@ -90,6 +90,7 @@ _GUARDED = frozenset(
      "community_id", "gateway", "interface"}
 )  # fmt: skip
 _TIMES = frozenset({"started_at", "ended_at", "last_seen_at"})
+_ADDRESSES = frozenset({"src_addr", "dst_addr"})
 _STARTED_AT = CSV_COLUMNS.index("started_at")
 
 _HEADER = ",".join(CSV_COLUMNS) + "\r\n"  # no name needs quoting
@@ -126,7 +127,11 @@ def _postgresql_cell(name: str) -> str:
 
     Times are `timestamptz`, rendered at UTC whatever the connection's TimeZone; the epoch
     seconds are whole seconds (exact: extract() returns numeric) then the microseconds.
+    Addresses are `inet`: host() prints them as inet_ntop does (tests/test_inet.py), without
+    the /32 or /128 a text cast would add, and as text whatever the driver does with inet.
     """
+    if name in _ADDRESSES:
+        return f"host({name})"
     if name == "session_id":
         return "CAST(id AS TEXT)"  # dashed lower-case hex
     if name == "started_at_unix":

@@ -6,6 +6,8 @@ schema; `tests/test_store.py` fails when the two drift apart.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -27,6 +29,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import true as sa_true
+from sqlalchemy.dialects.postgresql import INET
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
 # Constraint and index names follow this convention so that migrations (SQLite batch mode
@@ -68,6 +72,36 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class IpAddress(TypeDecorator[str]):
+    """An IP address as the text `flowkey.addr_text` writes (inet_ntop: `10.0.0.1`, `fd00::2`,
+    `::ffff:1.2.3.4`): `inet` on PostgreSQL (issue 7), String(ADDR_LEN) elsewhere, and read
+    back as that same text on both.
+
+    PostgreSQL prints a host inet without its /32 or /128 (`host()` and the output function
+    alike; not `CAST(... AS text)`, which adds it) in inet_ntop's form: tests/test_inet.py.
+    """
+
+    impl = String(ADDR_LEN)  # its comparator (LIKE, ||) serves the SQLite filters
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """INET on PostgreSQL, String(ADDR_LEN) elsewhere."""
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(INET())
+        return dialect.type_descriptor(String(ADDR_LEN))
+
+    def process_result_value(
+        self, value: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None, dialect: Dialect
+    ) -> str | None:
+        """Text as it comes (SQLAlchemy reads inet as PostgreSQL's text); a driver's ipaddress
+        object (`native_inet_types=True`) printed by inet_ntop, not by Python 3.11's ipaddress,
+        which writes ::ffff:1.2.3.4 as ::ffff:102:304."""
+        if value is None or isinstance(value, str):
+            return value
+        family = socket.AF_INET if value.version == 4 else socket.AF_INET6
+        return socket.inet_ntop(family, value.packed)
 
 
 class TableBase(SQLModel):
@@ -157,8 +191,8 @@ class SessionRecord(TableBase, table=True):
     resource_name: str | None = Field(default=None, sa_type=String, nullable=True)
     protocol: str = Field(sa_type=String(8))  # IpProto.label: "tcp" or "udp"
     ip_version: int = Field(sa_type=SmallInteger)  # 4 or 6
-    src_addr: str = Field(sa_type=String(ADDR_LEN))
-    dst_addr: str = Field(sa_type=String(ADDR_LEN))
+    src_addr: str = Field(sa_type=IpAddress)
+    dst_addr: str = Field(sa_type=IpAddress)
     src_port: int = Field(sa_type=Integer)
     dst_port: int = Field(sa_type=Integer)
     started_at: datetime = Field(sa_type=UtcDateTime)

@@ -1,7 +1,9 @@
 """Addresses in networks as SQL: `network_clause(column, ip_version, network)` for the filter
-language's `src:`/`dst:` terms (query.py), on the address text the writer stores.
+language's `src:`/`dst:` terms (query.py).
 
-One exact test per term on PostgreSQL (an inet comparison), portable LIKE patterns elsewhere.
+The address columns hold what the writer wrote (`flowkey.addr_text`, inet_ntop): `inet` on
+PostgreSQL, the text itself on SQLite (models.IpAddress, migration 0005). One exact inet
+comparison per term on PostgreSQL, portable LIKE patterns on the text elsewhere.
 """
 
 from __future__ import annotations
@@ -50,34 +52,32 @@ def _addr_in_inet(element: _AddrIn, compiler: SQLCompiler, **kw: Any) -> str:
 def network_clause(
     column: ColumnElement[str], ip_version: ColumnElement[int], network: IpNetwork
 ) -> ColumnElement[bool]:
-    """Whether the address text in `column` lies in `network`.
+    """Whether the address in `column` (models.IpAddress) lies in `network`.
 
-    Addresses are stored as text written by `flowkey.addr_text` (inet_ntop: dotted quads;
-    RFC 5952 IPv6 with `::ffff:a.b.c.d` and `::a.b.c.d` for IPv4-embedded addresses), on
-    every dialect (issue 7: one schema). A /32 or /128 is one equality with the text the
-    writer would have written, everywhere. A shorter prefix compiles per dialect:
+    A /32 or /128 is one equality with the text the writer would have written (inet_ntop:
+    dotted quads; RFC 5952 IPv6 with `::ffff:a.b.c.d` and `::a.b.c.d` for IPv4-embedded
+    addresses), which PostgreSQL reads as an inet. A shorter prefix compiles per dialect:
 
-    - PostgreSQL: `CAST(column AS INET) <<= CAST(:network AS INET)`, one exact test whose
-      family rule is the one below (an expression index on `(src_addr::inet)` would serve it;
-      there is none, callers scope by org and time, whose index does the narrowing);
+    - PostgreSQL: `column <<= CAST(:network AS INET)` on the inet column, one exact test whose
+      family rule is the one below (a GiST index with inet_ops could serve it; there is none,
+      callers scope by org and time, whose index does the narrowing);
     - elsewhere (SQLite): `portable_network_clause`, LIKE patterns on the text.
     """
     if network.prefixlen == network.max_prefixlen:
         return column == addr_text(network.version, int(network.network_address))
     # PostgreSQL's inet never mixes families either (10.0.0.0/8 does not contain ::ffff:a00:1).
-    inet = cast(column, INET).op("<<=", is_comparison=True)(
-        cast(literal(str(network), String), INET)
-    )
+    inet = column.op("<<=", is_comparison=True)(cast(literal(str(network), String), INET))
     return _AddrIn(portable_network_clause(column, ip_version, network), inet)
 
 
 def portable_network_clause(
     column: ColumnElement[str], ip_version: ColumnElement[int], network: IpNetwork
 ) -> ColumnElement[bool]:
-    """Whether the address text in `column` lies in `network`, in portable SQL.
+    """Whether the address text in `column` lies in `network`, in portable SQL (a text
+    column: SQLite's, not PostgreSQL's inet).
 
-    Matching stays in the database and uses only LIKE, REPLACE, LENGTH and CASE, which SQLite
-    and PostgreSQL share, so it needs no registered SQLite function:
+    Matching stays in the database and uses only LIKE, REPLACE, LENGTH and CASE, so it needs
+    no registered SQLite function:
 
     - a /32 or /128 is one equality with the text the writer would have written;
     - an IPv4 network is split at the next octet boundary into at most 128 blocks, each a

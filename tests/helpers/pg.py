@@ -9,7 +9,9 @@ unless CI is set: then they fail, so that CI never passes without them.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -106,9 +108,14 @@ def add_partitions(url: str, times: Iterable[datetime]) -> None:
 
 def plain(value: object) -> object:
     """A read-back value as SQLite stores it, so one expected value fits both engines: a UUID
-    as 32 hex digits, a time as naive UTC text with microseconds, a bool as 0 or 1."""
+    as 32 hex digits, a time as naive UTC text with microseconds, a bool as 0 or 1, an inet
+    (psycopg gives ipaddress objects) as inet_ntop's text, the writer's (not str(): Python 3.11
+    writes ::ffff:1.2.3.4 as ::ffff:102:304)."""
     if isinstance(value, uuid.UUID):
         return value.hex
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        family = socket.AF_INET if value.version == 4 else socket.AF_INET6
+        return socket.inet_ntop(family, value.packed)
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
