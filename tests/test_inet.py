@@ -13,12 +13,11 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
-from alembic import command
-from sqlalchemy import create_engine, pool, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.pg import add_partitions, fresh_database, read_rows
-from tests.helpers.stores import execute
+from tests.helpers.stores import alembic_to, execute
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
 from tunnelacct.config import Config, OrgConfig, WriterConfig
@@ -27,8 +26,8 @@ from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.export import export_org_csv
 from tunnelacct.models import SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
-from tunnelacct.schema import alembic_config, migrate
-from tunnelacct.store import ongoing_sessions, sync_inventory, sync_url
+from tunnelacct.schema import migrate
+from tunnelacct.store import ongoing_sessions, sync_inventory
 from tunnelacct.writer import SessionWriter
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
@@ -217,18 +216,6 @@ async def test_addresses_read_back_as_the_text_the_writer_wrote(
 
 
 # --- migration 0005 -----------------------------------------------------------------------------
-
-
-def alembic_to(url: str, revision: str, *, down: bool = False) -> None:
-    """Alembic upgrade (or downgrade) of the store at `url` to `revision`."""
-    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
-    cfg = alembic_config()
-    try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, revision)
-    finally:
-        engine.dispose()
 
 
 def test_migration_0005_up_down_up_keeps_every_address_text(database_url: str) -> None:

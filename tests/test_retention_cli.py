@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.replicate import replicate
 from tests.helpers.retention import counts, purge_lock_held, session
 from tests.helpers.serving import Serve, dump_toml
-from tests.helpers.sqlite import raw_query, replicate_sessions
 from tests.helpers.stores import ENGINES, empty_store, query
 from tunnelacct.store import ensure_partitions, make_engine
 
@@ -192,31 +192,31 @@ def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
     assert query(store_url, "SELECT DISTINCT outcome FROM purge_runs") == [("ok",)]
 
 
-# SQLite only: this tests SQLite's own locking (one write lock for the whole file, which a
-# purge's DELETE batches and the writer's flushes take in turn). PostgreSQL's purge and writer
-# take no such lock; its purges are tested in tests/test_retention.py.
 def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_stalls_it_briefly(
-    tmp_path: Path, db_path: Path
+    tmp_path: Path, store_url: str
 ) -> None:
-    # 300,000 expired sessions: one unbatched DELETE of them would hold SQLite's write lock
-    # for seconds; batches of 5,000 hold it for tens of milliseconds.
-    config, per_copy = shifted_store(tmp_path, f"sqlite:///{db_path}", {"acme": 7, "globex": 7})
-    replicate_sessions(db_path, 14_000, step_s=1, org_id=None)  # copies of the 3-day-old stay
+    # 300,000 expired sessions. SQLite: one unbatched DELETE of them would hold the file's write
+    # lock for seconds; batches of 5,000 hold it for tens of milliseconds, taken in turn with
+    # the writer. PostgreSQL: the purge drops whole expired days (each drop briefly locks the
+    # table, waiting at most 0.5 s) and deletes the rest in batches, beside the writer.
+    config, per_copy = shifted_store(tmp_path, store_url, {"acme": 7, "globex": 7})
+    replicate(store_url, 14_000, step_s=1)  # copies of the 3-day-old stay
     doc = tomllib.loads(config.read_text(encoding="utf-8"))
     doc["retention"] = {"interval": 2}
     # Full speed keeps the packets' times: replay the copy of 3 days ago, whose sessions stay
     # (the recorded capture, of 2026-11-23, would be expired itself and purged as it is written).
     doc["capture"] = [{"pcap": str(tmp_path / "d3.pcap"), "loop": True}]
     config.write_text(dump_toml(doc), encoding="utf-8")
-    cutoff = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%d %H:%M:%S")
+    # before the service starts: its purge's cutoff (now - 7 days) is later, no row in between
+    cutoff = datetime.now(UTC) - timedelta(days=7)
 
     def old_rows() -> int:
-        return int(str(raw_query(db_path, "SELECT count(*) FROM sessions WHERE ended_at < ?",
-                                 cutoff)[0][0]))  # fmt: skip
+        ((n,),) = query(store_url, "SELECT count(*) FROM sessions WHERE ended_at < ?", cutoff)
+        return int(str(n))
 
     expired = old_rows()
     assert expired > 300_000
-    with Serve(None, config, db_path, tmp_path) as serve:
+    with Serve(None, config, store_url, tmp_path) as serve:
         serve.start(wait_for="")
         first = serve.wait(lambda s: s["writer"]["rows_written"] > 0, 30, "rows written")
         deadline = time.monotonic() + 120
@@ -228,11 +228,10 @@ def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_stalls_it_b
         assert serve.stop() == 0, serve.log()
     writer = status["writer"]
     assert writer["failed_flushes"] == 0  # no write failed, nothing retried
-    assert raw_query(db_path, "SELECT DISTINCT outcome FROM purge_runs WHERE dry_run = 0") == [
-        ("ok",)
-    ]
-    deleted = raw_query(db_path, "SELECT sum(deleted) FROM purge_runs")[0][0]
-    assert deleted == expired
+    outcomes = query(store_url, "SELECT DISTINCT outcome FROM purge_runs WHERE dry_run = ?", False)
+    assert outcomes == [("ok",)]
+    ((deleted,),) = query(store_url, "SELECT sum(deleted) FROM purge_runs")
+    assert int(str(deleted)) == expired
     # the longest flush while 300,000 rows went: batches, not one long lock (report it)
     print(f"longest writer flush during the purge: {writer['write_seconds_max'] * 1000:.0f} ms")
     assert writer["write_seconds_max"] < 1.5

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, create_engine, inspect, pool, select
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
+from tests.helpers.stores import alembic_to
 from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
@@ -32,7 +32,7 @@ from tunnelacct.models import Org as OrgRow
 from tunnelacct.models import Resource as ResourceRow
 from tunnelacct.models import SessionRecord, TableBase
 from tunnelacct.retention import purge
-from tunnelacct.schema import alembic_config, check_schema, include_name, migrate
+from tunnelacct.schema import check_schema, include_name, migrate
 from tunnelacct.store import (
     async_url,
     ensure_partitions,
@@ -246,18 +246,6 @@ def test_drift_check_notices_a_model_change(store_url: str) -> None:
     changed.tables["sessions"].append_column(Column("extra", Integer, nullable=True))
     diffs = _drift(store_url, changed)
     assert [d[0] for d in diffs if isinstance(d, tuple)] == ["add_column"]
-
-
-def alembic_to(url: str, revision: str, *, down: bool = False) -> None:
-    """Alembic upgrade (or downgrade) of the store at `url` to `revision`."""
-    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
-    cfg = alembic_config()
-    try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, revision)
-    finally:
-        engine.dispose()
 
 
 def test_migrations_go_from_the_first_revision_to_head_and_back_down(database_url: str) -> None:

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.pg import ADMIN_URL, PREFIX, fresh_database, read_rows, require_postgresql
-from tunnelacct.schema import migrate
+from tunnelacct.schema import alembic_config, migrate
 from tunnelacct.store import sync_url
 
 ENGINES = ("sqlite", "postgresql")
@@ -121,6 +122,18 @@ def execute(url: str, sql: str, *params: object) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(text(named), values)
+    finally:
+        engine.dispose()
+
+
+def alembic_to(url: str, revision: str, *, down: bool = False) -> None:
+    """Alembic upgrade (or downgrade) of the store at `url` to `revision`."""
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    cfg = alembic_config()
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, revision)
     finally:
         engine.dispose()
 
