@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import Executable
 
@@ -69,6 +70,7 @@ STOPPING = "cancelled (stopping)"  # the error of a run cut short by serve stopp
 # PostgreSQL: how long a partition drop may wait for its locks (DROP locks all of sessions
 # briefly, so it queues behind a running export, and everything else behind it).
 PARTITION_LOCK_TIMEOUT_MS = 500
+DROP_BUDGET_S = 0.05  # PostgreSQL: partitions looked at per transaction, at least one
 # lock_not_available (lock_timeout) and deadlock_detected: that partition is left to the deletes
 _LOCK_SQLSTATES = frozenset({"55P03", "40P01"})
 
@@ -116,8 +118,9 @@ async def purge(
 ) -> PurgeResult:
     """Purge every org with a retention (or only `org_id`) as of `now`; see the module doc.
 
-    `write_lock` is the writer's (serve): each batch takes it, so a flush waits for at most
-    one batch; `on_deleted(org, n)` is called after each committed batch (live metrics).
+    `write_lock` is the writer's (serve): on SQLite each batch takes it, so a flush waits for
+    at most one batch (PostgreSQL locks rows: only partition drops take it);
+    `on_deleted(org, n)` is called after each committed batch (live metrics).
     Returns `locked_by` set, deleting nothing, when another purge holds the lock. Raises
     StoreError when the store fails; the runs done so far stay recorded, a failed or cancelled
     one with outcome "failed" and the rows its committed batches deleted.
@@ -135,6 +138,9 @@ async def purge(
         return PurgeResult(run_id, dry_run, locked_by=other)
     done: list[OrgPurge] = []
     lock = write_lock or asyncio.Lock()
+    # PostgreSQL's batches lock only their rows: waiting for every writer flush between them
+    # made a purge beside a busy writer take minutes (one wait per partition and org).
+    batch_lock = asyncio.Lock() if engine.dialect.name == "postgresql" else lock
     try:
         cutoffs = {
             org: now - timedelta(days=days) for org, days in await _retentions(engine, org_id)
@@ -165,7 +171,9 @@ async def purge(
                 if dry_run:
                     deleted = await _count_expired(engine, org, cutoff)
                 else:
-                    batches = _delete_expired(engine, org, cutoff, batch_size, holder, clock, lock)
+                    batches = _delete_expired(
+                        engine, org, cutoff, batch_size, holder, clock, batch_lock
+                    )
                     async for n in batches:
                         deleted += n
                         if on_deleted is not None:
@@ -248,41 +256,52 @@ async def _drop_expired_partitions(
     on_deleted: Callable[[str, int], None] | None,
 ) -> None:
     """Drop each partition whose rows have all expired (see the module doc), adding its rows
-    per org to `dropped` once each drop is committed."""
+    per org to `dropped` once each drop is committed.
+
+    One transaction looks at partitions until DROP_BUDGET_S has passed, so that the
+    in-process writer, which waits (`write_lock`), waits once per batch of days rather than
+    once per day (a store with a hundred empty days took a flush's wait for each).
+    """
     newest = max(cutoffs.values())
-    for name, day_end in await _partitions(engine):
-        if day_end is None or day_end > newest:  # a row in it may end after every cutoff
-            break
-        try:
-            rows = await _drop_if_expired(engine, name, cutoffs, holder, clock, write_lock)
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) not in _LOCK_SQLSTATES:
-                raise
-            log.info("purge: partition %s is busy; deleting its rows in batches", name)
-            continue
-        if rows is None:
-            continue
-        log.info("purge: dropped partition %s (%d sessions)", name, sum(rows.values()))
-        for org, n in rows.items():
-            dropped[org] = dropped.get(org, 0) + n
-            if on_deleted is not None:
-                on_deleted(org, n)
+    # a row in a later day may end after every cutoff
+    names = [name for name, end in await _partitions(engine) if end is not None and end <= newest]
+    while names:
+        done: dict[str, dict[str, int]] = {}
+        async with write_lock, engine.begin() as conn:
+            await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(PARTITION_LOCK_TIMEOUT_MS)}")
+            started = time.monotonic()
+            while names and (not done or time.monotonic() - started < DROP_BUDGET_S):
+                name = names.pop(0)
+                try:
+                    async with conn.begin_nested():  # a busy day undoes only its own part
+                        rows = await _drop_if_expired(conn, name, cutoffs)
+                except DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) not in _LOCK_SQLSTATES:
+                        raise
+                    log.info("purge: partition %s is busy; deleting its rows in batches", name)
+                    continue
+                if rows is not None:
+                    done[name] = rows
+            if done and not await renew_lease(conn, holder, clock()):
+                raise StoreError("the purge lock was lost (lease expired); stopping")
+        for name, rows in done.items():
+            log.info("purge: dropped partition %s (%d sessions)", name, sum(rows.values()))
+            for org, n in rows.items():
+                dropped[org] = dropped.get(org, 0) + n
+                if on_deleted is not None:
+                    on_deleted(org, n)
+        await asyncio.sleep(0)  # let the writer and the API run between transactions
 
 
 async def _drop_if_expired(
-    engine: AsyncEngine,
-    name: str,
-    cutoffs: dict[str, datetime],
-    holder: str,
-    clock: Callable[[], datetime],
-    write_lock: asyncio.Lock,
+    conn: AsyncConnection, name: str, cutoffs: dict[str, datetime]
 ) -> dict[str, int] | None:
     """Drop partition `name` when every row in it has expired for its org; return its rows
     per org, or None (nothing done) when a row is to stay.
 
-    One transaction: the partition is locked SHARE first (no write to that day can commit
-    meanwhile; reads go on), then checked (stopping at the first row to keep), counted and
-    dropped. The in-process writer waits (`write_lock`), as for a delete batch.
+    The partition is locked SHARE first (no write to that day can commit meanwhile; reads go
+    on), then checked (stopping at the first row to keep), counted and dropped, in the
+    caller's transaction.
     """
     part = table(
         name,
@@ -296,17 +315,12 @@ async def _drop_if_expired(
     expired = (part.c.status == SessionStatus.COMPLETED.value) & (part.c.ended_at < cutoff)
     keep = select(literal(1)).select_from(part).where(expired.is_not(True)).limit(1)
     per_org = select(part.c.org_id, func.count()).select_from(part).group_by(part.c.org_id)
-    quoted = engine.dialect.identifier_preparer.quote(name)
-    async with write_lock, engine.begin() as conn:
-        timeout_ms = int(PARTITION_LOCK_TIMEOUT_MS)
-        await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
-        await conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE MODE")
-        if (await conn.execute(keep)).first() is not None:
-            return None
-        rows = {str(org): int(n) for org, n in await conn.execute(per_org)}
-        if not await renew_lease(conn, holder, clock()):
-            raise StoreError("the purge lock was lost (lease expired); stopping")
-        await conn.exec_driver_sql(f"DROP TABLE {quoted}")
+    quoted = conn.dialect.identifier_preparer.quote(name)
+    await conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE MODE")
+    if (await conn.execute(keep)).first() is not None:
+        return None
+    rows = {str(org): int(n) for org, n in await conn.execute(per_org)}
+    await conn.exec_driver_sql(f"DROP TABLE {quoted}")
     return rows
 
 
