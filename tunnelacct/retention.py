@@ -269,9 +269,9 @@ async def _drop_expired_partitions(
         done: dict[str, dict[str, int]] = {}
         async with write_lock, engine.begin() as conn:
             await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(PARTITION_LOCK_TIMEOUT_MS)}")
-            started = time.monotonic()
-            while names and (not done or time.monotonic() - started < DROP_BUDGET_S):
-                name = names.pop(0)
+            started, looked = time.monotonic(), 0
+            while names and (not looked or time.monotonic() - started < DROP_BUDGET_S):
+                name, looked = names.pop(0), looked + 1
                 try:
                     async with conn.begin_nested():  # a busy day undoes only its own part
                         rows = await _drop_if_expired(conn, name, cutoffs)
