@@ -24,7 +24,7 @@ def _configure(**kwargs: Any) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
-        include_name=include_name,  # not the sessions partitions (PostgreSQL)
+        include_name=include_name,  # not the sessions partitions
         **kwargs,
     )
 

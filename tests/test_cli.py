@@ -142,7 +142,8 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     db = tmp_path / "new" / "t.db"
     run_cli("db", "upgrade", env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})
     with sqlite3.connect(db) as conn:
-        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        names = conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        tables = {r[0] for r in names}
     conn.close()
     assert {"sessions", "orgs", "clients", "resources"} <= tables
 

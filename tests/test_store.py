@@ -10,6 +10,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, create_engine, inspect, pool, select
+from sqlalchemy import Column, Index, Integer, MetaData, Table, create_engine, inspect, pool, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -33,6 +35,7 @@ from tunnelacct.models import Resource as ResourceRow
 from tunnelacct.models import SessionRecord, TableBase
 from tunnelacct.retention import purge
 from tunnelacct.schema import check_schema, include_name, migrate
+from tunnelacct.sqliteparts import is_layout_name, parse_partition
 from tunnelacct.store import (
     async_url,
     ensure_partitions,
@@ -120,11 +123,21 @@ TABLES = {"alembic_version", "orgs", "clients", "resources", "sessions", "api_to
 
 
 def table_names(url: str) -> set[str]:
+    """Tables and views as readers see them: on SQLite sessions is a view (migration 0006)
+    over tables no model names (`sqliteparts.is_layout_name`)."""
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
-        return set(inspect(engine).get_table_names())
+        inspector = inspect(engine)
+        names = set(inspector.get_table_names()) | set(inspector.get_view_names())
     finally:
         engine.dispose()
+    return {name for name in names if not is_layout_name(name)}
+
+
+def stored_sessions(url: str) -> str:
+    """The table that holds sessions as the models describe it: on SQLite sessions_default,
+    the sessions table of 0001-0005 renamed (its indexes keep their names)."""
+    return "sessions_default" if make_url(url).get_backend_name() == "sqlite" else "sessions"
 
 
 def test_migrate_creates_tables_and_is_idempotent(database_url: str) -> None:
@@ -144,7 +157,7 @@ def test_migrate_creates_the_parent_dir_of_a_sqlite_file(tmp_path: Path) -> None
 # The index definitions as each engine's catalog states them.
 INDEX_SQL = {
     "sqlite": "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
-    " AND tbl_name = 'sessions' AND sql IS NOT NULL",
+    " AND tbl_name = 'sessions_default' AND sql IS NOT NULL",
     "postgresql": "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sessions'"
     " AND indexname != 'pk_sessions'",
 }
@@ -154,8 +167,9 @@ def test_sessions_table_has_the_paging_retention_and_resume_indexes(store_url: s
     engine = create_engine(sync_url(store_url), poolclass=pool.NullPool)
     try:
         inspector = inspect(engine)
-        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("sessions")}
-        foreign_keys = inspector.get_foreign_keys("sessions")
+        stored = stored_sessions(store_url)
+        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(stored)}
+        foreign_keys = inspector.get_foreign_keys(stored)
         dialect = engine.dialect.name
     finally:
         engine.dispose()
@@ -207,12 +221,38 @@ def test_postgresql_columns_have_native_types() -> None:
     assert {key: types[key] for key in PG_TYPES} == PG_TYPES
 
 
+def _as_stored(url: str, metadata: MetaData) -> tuple[MetaData, Callable[..., bool]]:
+    """`metadata` and the filter of reflected names to compare it with the store at `url`.
+
+    As env.py, the partitions are not compared. On SQLite sessions is compared as the table
+    that holds it, sessions_default, with its indexes' names of before the rename; the day
+    tables are made from the model by code (`sqliteparts._partition_table`).
+    """
+    if make_url(url).get_backend_name() != "sqlite":
+        return metadata, include_name
+    copy = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.tables.values():
+        if table.name != "sessions":
+            table.to_metadata(copy)
+    model = metadata.tables["sessions"]
+    stored = Table("sessions_default", copy, *(c._copy() for c in model.columns))
+    for index in model.indexes:
+        cols = [stored.c[c.name] for c in index.columns]
+        name = index.name or f"ix_sessions_{'_'.join(c.name for c in cols)}"
+        Index(name, *cols, unique=index.unique, **index.dialect_kwargs)
+
+    def only_partitions_out(name: str | None, type_: str, parents: object) -> bool:
+        return not (type_ == "table" and name is not None and parse_partition(name) is not None)
+
+    return copy, only_partitions_out
+
+
 def _drift(url: str, metadata: MetaData) -> list[object]:
+    metadata, names = _as_stored(url, metadata)
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
-            # as env.py: the sessions partitions (PostgreSQL) are not compared
-            opts = {"compare_type": True, "include_name": include_name}
+            opts = {"compare_type": True, "include_name": names}
             context = MigrationContext.configure(conn, opts=opts)
             return list(compare_metadata(context, metadata))
     finally:
@@ -230,7 +270,8 @@ def test_sessions_primary_key_includes_started_at_only_where_partitioned(store_u
     started_at there (migration 0004), so its key is (id, started_at). SQLite keeps (id)."""
     engine = create_engine(sync_url(store_url), poolclass=pool.NullPool)
     try:
-        key = inspect(engine).get_pk_constraint("sessions")["constrained_columns"]
+        stored = stored_sessions(store_url)
+        key = inspect(engine).get_pk_constraint(stored)["constrained_columns"]
         dialect = engine.dialect.name
     finally:
         engine.dispose()

@@ -737,8 +737,9 @@ async def test_deadlock_victim_flush_is_retried_with_the_newest_counters(
                 await other.commit()
                 await wait_until(lambda: writer.pending == 0)
         assert pg_sessions(pg_url) == {a.hex: (300, 3, "completed"), b.hex: (200, 2, "completed")}
-        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert "deadlock detected" in warning.getMessage()
+        # one retry, said once (a slow-flush warning may come too: the flush waited ~1 s)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert sum("deadlock detected" in w for w in warnings) == 1, warnings
     finally:
         await admin.close()
         await engine.dispose()

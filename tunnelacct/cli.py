@@ -274,6 +274,38 @@ def db_upgrade(config_path: Path | None) -> None:
     click.echo(f"database at {config.database.url} is up to date")
 
 
+@db_group.command("partition")
+@config_option
+def db_partition(config_path: Path | None) -> None:
+    """SQLite: move sessions that no partition holds (stored before the partitioned layout,
+    or on a day serve had made no partition for) into partitions.
+
+    A purge empties or drops whole expired partitions (fast) but deletes the rows of
+    sessions_default one by one. Orgs kept forever stay in sessions_default. One org and day
+    per transaction: safe while serve writes.
+    """
+    from sqlalchemy import create_engine, pool
+
+    from tunnelacct.sqliteparts import move_default_rows
+    from tunnelacct.store import sync_inventory, sync_url
+
+    config = _config(config_path)
+
+    async def work(engine: Any) -> str:
+        await sync_inventory(engine, config)  # the orgs' retention, which sizes partitions
+        return str(engine.dialect.name)
+
+    if _with_engine(config, work) != "sqlite":
+        click.echo("nothing to do: PostgreSQL stores sessions in day partitions already")
+        return
+    engine = create_engine(sync_url(config.database.url), poolclass=pool.NullPool)
+    try:
+        moved = move_default_rows(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"moved {moved:,} sessions into partitions")
+
+
 @cli.group("config")
 def config_group() -> None:
     """Configuration helpers."""

@@ -55,8 +55,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import Executable, TableClause
 
+from tunnelacct import sqlitepurge
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.models import Org, PurgeRun, SessionRecord, UtcDateTime
@@ -70,7 +71,7 @@ STOPPING = "cancelled (stopping)"  # the error of a run cut short by serve stopp
 # PostgreSQL: how long a partition drop may wait for its locks (DROP locks all of sessions
 # briefly, so it queues behind a running export, and everything else behind it).
 PARTITION_LOCK_TIMEOUT_MS = 500
-DROP_BUDGET_S = 0.05  # PostgreSQL: partitions looked at per transaction, at least one
+DROP_BUDGET_S = 0.05  # partitions looked at per transaction, at least one
 # lock_not_available (lock_timeout) and deadlock_detected: that partition is left to the deletes
 _LOCK_SQLSTATES = frozenset({"55P03", "40P01"})
 
@@ -146,11 +147,18 @@ async def purge(
             org: now - timedelta(days=days) for org, days in await _retentions(engine, org_id)
         }
         dropped: dict[str, int] = {}  # rows of dropped partitions, per org
-        if not dry_run and engine.dialect.name == "postgresql" and cutoffs:
+        emptied: set[str] = set()  # SQLite: partitions left with no expired row
+        if not dry_run and cutoffs:
             try:
-                await _drop_expired_partitions(
-                    engine, cutoffs, dropped, holder, clock, lock, on_deleted
-                )
+                if engine.dialect.name == "postgresql":
+                    await _drop_expired_partitions(
+                        engine, cutoffs, dropped, holder, clock, lock, on_deleted
+                    )
+                else:
+                    await sqlitepurge.empty_expired(
+                        engine, cutoffs, dropped, emptied, holder, clock, lock, on_deleted,
+                        budget_s=DROP_BUDGET_S,
+                    )  # fmt: skip
             except (SQLAlchemyError, StoreError) as exc:
                 # the batched deletes below delete what the drops did not
                 log.warning("purge: dropping expired partitions stopped: %s", exc)
@@ -172,7 +180,7 @@ async def purge(
                     deleted = await _count_expired(engine, org, cutoff)
                 else:
                     batches = _delete_expired(
-                        engine, org, cutoff, batch_size, holder, clock, batch_lock
+                        engine, org, cutoff, batch_size, holder, clock, batch_lock, emptied
                     )
                     async for n in batches:
                         deleted += n
@@ -334,8 +342,10 @@ async def _retentions(engine: AsyncEngine, org_id: str | None) -> list[tuple[str
         return [(org, int(days)) for org, days in (await conn.execute(stmt.order_by(t.c.id)))]
 
 
-def _expired(org_id: str, cutoff: datetime) -> list[ColumnElement[bool]]:
-    t = table_of(SessionRecord)
+def _expired(
+    org_id: str, cutoff: datetime, t: TableClause | None = None
+) -> list[ColumnElement[bool]]:
+    t = table_of(SessionRecord) if t is None else t
     return [
         t.c.org_id == org_id,
         t.c.status == SessionStatus.COMPLETED.value,
@@ -358,6 +368,7 @@ async def _delete_expired(
     holder: str,
     clock: Callable[[], datetime],
     write_lock: asyncio.Lock,
+    emptied: set[str],
 ) -> AsyncIterator[int]:
     """Delete in batches by the (org_id, ended_at) index, one short transaction each; yield
     each batch's row count (when not 0) once it is committed.
@@ -375,11 +386,8 @@ async def _delete_expired(
             if day_end is None or day_end - timedelta(days=1) < cutoff
         ]
     else:
-        # by rowid: the table's own key, so no primary-key index lookup per row (+10%)
-        t, rowid = table_of(SessionRecord), literal_column("rowid", Integer)
-        batch = select(rowid).select_from(t).where(*_expired(org_id, cutoff))
-        batch = batch.order_by(t.c.ended_at).limit(batch_size)
-        statements = [delete(t).where(rowid.in_(batch.scalar_subquery()))]
+        names = await sqlitepurge.batch_tables(engine, org_id, cutoff, emptied)
+        statements = [_sqlite_delete(name, org_id, cutoff, batch_size) for name in names]
     for stmt in statements:
         while True:
             async with write_lock, engine.begin() as conn:
@@ -391,6 +399,16 @@ async def _delete_expired(
             await asyncio.sleep(0)  # let the writer and the API run between batches
             if n < batch_size:
                 break
+
+
+def _sqlite_delete(name: str, org_id: str, cutoff: datetime, batch_size: int) -> Executable:
+    """One batch of `_delete_expired()` in SQLite table `name` (sessions_default or a
+    partition), by rowid: the table's own key, so no primary-key index lookup per row (+10%)."""
+    t = sqlitepurge.shaped_like_sessions(name)
+    rowid = literal_column("rowid", Integer)
+    batch = select(rowid).select_from(t).where(*_expired(org_id, cutoff, t))
+    batch = batch.order_by(t.c.ended_at).limit(batch_size)
+    return delete(t).where(rowid.in_(batch.scalar_subquery()))
 
 
 def _partition_delete(

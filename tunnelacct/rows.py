@@ -112,8 +112,9 @@ def _placeholders(dialect: Dialect) -> list[str]:
 _CONFLICT_KEYS = {"sqlite": ("id",), "postgresql": ("id", "started_at")}
 
 
-def _upsert(dialect: Dialect, rows: str) -> str:
+def _upsert(dialect: Dialect, rows: str, into: str | None = None) -> str:
     """INSERT INTO sessions (ROW_COLUMNS) `rows` ON CONFLICT (primary key) DO UPDATE ...
+    (INSERT INTO `into`, a table shaped like sessions, when given).
 
     A completed row stays completed: only a CLOSED event may update it, so a late checkpoint
     never reopens a session.
@@ -122,7 +123,7 @@ def _upsert(dialect: Dialect, rows: str) -> str:
     if set(table.columns.keys()) != set(ROW_COLUMNS):
         raise TypeError(f"ROW_COLUMNS {ROW_COLUMNS} do not match the columns of {table.name}")
     quote = dialect.identifier_preparer.quote
-    name = quote(table.name)
+    name = quote(into or table.name)
     columns = ", ".join(quote(c) for c in ROW_COLUMNS)
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in UPDATED_COLUMNS)
     keys = _CONFLICT_KEYS.get(dialect.name)
@@ -137,13 +138,13 @@ def _upsert(dialect: Dialect, rows: str) -> str:
     )
 
 
-def upsert_sql(dialect: Dialect) -> str:
+def upsert_sql(dialect: Dialect, into: str | None = None) -> str:
     """INSERT ... ON CONFLICT (primary key) DO UPDATE of one session row, as driver SQL for
-    `dialect`.
+    `dialect`, into sessions or table `into` (on SQLite, a partition: sqliteparts.py).
 
     Parameters are the ROW_COLUMNS values in order; a batch runs it as DBAPI executemany.
     """
-    return _upsert(dialect, f"VALUES ({', '.join(_placeholders(dialect))})")
+    return _upsert(dialect, f"VALUES ({', '.join(_placeholders(dialect))})", into)
 
 
 def bulk_upsert_sql(dialect: Dialect) -> str:

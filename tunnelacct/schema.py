@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import tunnelacct
 from tunnelacct.errors import StoreError
+from tunnelacct.sqliteparts import is_layout_name
 from tunnelacct.store import ensure_sqlite_dir, partition_day, sync_url
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,12 @@ def migrations_dir() -> Path:
 
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Alembic's filter of reflected names: everything but the sessions partitions
-    (`sessions_pYYYYMMDD`, PostgreSQL), which the service creates and retention drops, and
+    (`sessions_pYYYYMMDD` on PostgreSQL; on SQLite `sessions_pYYYYMMDD_<org>` and
+    `sessions_default`, sqliteparts.py), which the service creates and retention drops, and
     which no model describes."""
-    return not (type_ == "table" and name is not None and partition_day(name) is not None)
+    if type_ != "table" or name is None:
+        return True
+    return partition_day(name) is None and not is_layout_name(name)
 
 
 def alembic_config(script_location: Path | None = None) -> AlembicConfig:

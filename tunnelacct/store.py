@@ -230,17 +230,36 @@ async def keep_partitions_ahead(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     """Forever: create the sessions partitions of today and the next `days_ahead` UTC days,
-    now and every `interval_s` seconds (PostgreSQL; returns at once elsewhere). A day's first
-    rows then never wait for its partition; failures are logged and retried next time (the
-    writer creates a missing partition itself)."""
-    if engine.dialect.name != "postgresql":
-        return
+    now and every `interval_s` seconds. On PostgreSQL one per day: a day's first rows then
+    never wait for its partition (the writer creates a missing one itself). On SQLite those
+    of each org with logging on and a retention (sqliteparts.py), from tomorrow: today's rows
+    stay where they are (sessions_default at first), a move that would stall the writer.
+    Failures are logged and retried next time."""
     while True:
+        days = utc_days(clock(), days_ahead + 1)
         try:
-            await ensure_partitions(engine, utc_days(clock(), days_ahead + 1))
+            if engine.dialect.name == "postgresql":
+                await ensure_partitions(engine, days)
+            elif engine.dialect.name == "sqlite":
+                await _ensure_sqlite_days(engine, days[1:])
+            else:
+                return
         except SQLAlchemyError as exc:
             log.warning("could not create the next days' sessions partitions: %s", exc)
         await asyncio.sleep(interval_s)
+
+
+async def _ensure_sqlite_days(engine: AsyncEngine, days: list[date]) -> None:
+    """SQLite: the partitions covering `days` for every org that logs and purges (see
+    keep_partitions_ahead), none starting before the first of `days`."""
+    from tunnelacct import sqliteparts  # it imports this module
+
+    async with engine.begin() as conn:
+        periods = await conn.run_sync(sqliteparts.org_periods, True)
+        keys = {(org, day) for org in periods for day in days}
+        made, _ = await conn.run_sync(sqliteparts.cover_days, keys, periods, min(days))
+    if made:
+        log.info("created %d sessions partitions (%s)", len(made), ", ".join(made))
 
 
 def _ports_text(resource: ResourceConfig) -> str | None:

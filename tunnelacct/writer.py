@@ -9,6 +9,12 @@ On SQLite the upsert binds one row and runs as DBAPI executemany. A multi-row VA
 was slower (~10x through SQLAlchemy, which recompiles it per batch; ~10% as plain SQL) and needs
 chunking under the bound parameter limit (SQLite 32766).
 
+On SQLite sessions is a view over a few tables per org, each of a span of UTC days
+(sqliteparts.py): a flush routes each row to the table covering its org and start day, or to
+sessions_default when none does, and runs one executemany per table. It never creates one
+(serve does, ahead of the day): a schema change would cost the flush, and every connection,
+tens of milliseconds.
+
 On PostgreSQL a flush COPYs a batch (binary, asyncpg's copy_records_to_table on the pooled
 connection's driver) into a temporary staging table and upserts from it, in one transaction,
 and writes up to PG_FLIGHTS batches at once. Issue 7 measured both with
@@ -50,12 +56,15 @@ from tunnelacct.rows import (
     staging_table_sql,
     upsert_sql,
 )
+from tunnelacct.sqliteparts import DEFAULT_TABLE, begin_write, routes, schema_version
+from tunnelacct.sqliteparts import partitions as sqlite_partitions
 from tunnelacct.store import ensure_partitions
 
 log = logging.getLogger(__name__)
 
 # buckets of tunnelacct_store_write_seconds: a flush takes ms; a stalled store, seconds
 WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SLOW_FLUSH_S = 1.0  # a flush this long is logged: the store stalled the ingest path
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 
@@ -95,6 +104,7 @@ PG_FLIGHTS = 2
 # ("no partition of relation ... found for row"); sessions has no CHECK constraint of its own.
 NO_PARTITION_SQLSTATE = "23514"
 _STARTED_AT = ROW_COLUMNS.index("started_at")
+_ORG_ID = ROW_COLUMNS.index("org_id")
 
 _CLOSED = EventKind.CLOSED
 
@@ -129,13 +139,17 @@ class SessionWriter:
         self._gateway = gateway
         # PostgreSQL: COPY into a staging table, then one upsert; SQLite: executemany of rows.
         self._copy = engine.dialect.name == "postgresql"
-        self._sql = staged_upsert_sql(engine.dialect) if self._copy else upsert_sql(engine.dialect)
+        self._sql = staged_upsert_sql(engine.dialect) if self._copy else ""
+        self._sqlite_sql: dict[str, str] = {}  # SQLite: the upsert into each partition
         self._staging_sql = staging_table_sql(engine.dialect) if self._copy else ""
         self._flights = PG_FLIGHTS if self._copy else 1  # SQLite has one writer at a time
         self._driver = driver_values(engine.dialect.name)
         # PostgreSQL: the UTC days whose sessions partition this writer has made sure of, so that
         # only the first batch of a day asks the store (issue 7).
         self._days: set[date] = set()
+        # SQLite: (org, ISO day) -> its partition, as of schema version _routed_at
+        self._routes: dict[tuple[str, str], str] = {}
+        self._routed_at: int | None = None
         self._clock = clock
         self._unlogged = unlogged_orgs  # orgs with logging = false: their events are not stored
         # Shared with the purge in the same process: asyncio.Lock is first come, first served,
@@ -316,10 +330,11 @@ class SessionWriter:
             if self._copy:
                 await self._write_partitioned(rows)
             else:
-                async with self._engine.begin() as conn:
-                    await conn.exec_driver_sql(self._sql, rows)
+                await self._write_routed(rows)
         finally:
             took = time.perf_counter() - started
+            if took >= SLOW_FLUSH_S:
+                log.warning("a flush of %d sessions took %.2f s", len(rows), took)
             self.write_seconds_total += took  # failed attempts too
             self.write_seconds_max = max(self.write_seconds_max, took)
             self.recent_write_seconds.append(took)
@@ -357,6 +372,39 @@ class SessionWriter:
             self._days |= days
             async with self._engine.connect() as conn:
                 await self._copy_upsert(conn, rows)
+
+    async def _write_routed(self, rows: list[tuple[object, ...]]) -> None:
+        """SQLite: upsert each row into the partition covering its org and UTC start day, or
+        into sessions_default, in one transaction.
+
+        The routes are read again whenever the schema changed (a partition created or dropped
+        by serve, a purge, `db partition`): under the write lock, taken first, so they hold
+        for the whole flush.
+        """
+        async with self._engine.begin() as conn:
+            await conn.run_sync(begin_write)
+            version = await conn.run_sync(schema_version)
+            if version != self._routed_at:
+                self._routes = routes(await conn.run_sync(sqlite_partitions))
+                self._routed_at = version
+            groups: dict[str, list[tuple[object, ...]]] = {}
+            for row in rows:
+                key = (row[_ORG_ID], row[_STARTED_AT][:10])  # type: ignore[index]
+                name = self._routes.get(key, DEFAULT_TABLE)  # type: ignore[arg-type]
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = group = []
+                group.append(row)
+            for name, group in groups.items():
+                await conn.exec_driver_sql(self._upsert_into(name), group)
+
+    def _upsert_into(self, name: str) -> str:
+        sql = self._sqlite_sql.get(name)
+        if sql is None:
+            if len(self._sqlite_sql) >= 4096:  # years of partitions of many orgs: start over
+                self._sqlite_sql.clear()
+            sql = self._sqlite_sql[name] = upsert_sql(self._engine.dialect, name)
+        return sql
 
     async def _copy_upsert(self, conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
         """COPY `rows` into the connection's staging table and upsert them, in one transaction.

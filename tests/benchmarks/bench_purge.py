@@ -121,7 +121,7 @@ def main() -> None:
             shutil.copyfile(args.db, db)
             migrate(f"sqlite:///{db}")
         else:
-            build(f"sqlite:///{db}", args.sessions)
+            build(f"sqlite:///{db}", args.sessions, RETENTION)
         asyncio.run(run(db, args.rate, args.batch_size))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

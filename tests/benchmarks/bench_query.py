@@ -59,6 +59,7 @@ from tunnelacct.auth import Role, create_token  # noqa: E402
 from tunnelacct.export import ExportWorkers  # noqa: E402
 from tunnelacct.models import Org, SessionRecord  # noqa: E402
 from tunnelacct.schema import migrate  # noqa: E402
+from tunnelacct.sqliteparts import move_default_rows  # noqa: E402
 from tunnelacct.store import make_engine, sync_url, table_of  # noqa: E402
 
 SEEDS = 1000
@@ -109,14 +110,16 @@ def seed_rows(rng: random.Random) -> list[dict[str, Any]]:
     return rows
 
 
-def build(url: str, sessions: int) -> None:
-    """Migrate the store at `url` and fill it with about `sessions` sessions."""
+def build(url: str, sessions: int, retention: dict[str, int | None] | None = None) -> None:
+    """Migrate the store at `url` and fill it with about `sessions` sessions, its orgs kept
+    `retention` days (365 each by default): on SQLite that sizes their partitions."""
     migrate(url)
     started = time.perf_counter()
     add_partitions(url, [T0])  # PostgreSQL: the seeds' day (nothing on SQLite)
     now = datetime.now(UTC)
-    orgs = [{"id": org, "name": org.title(), "retention_days": 365, "updated_at": now}
-            for org in sorted(set(ORGS))]  # fmt: skip
+    days = retention or {}
+    orgs = [{"id": org, "name": org.title(), "retention_days": days.get(org, 365),
+             "updated_at": now} for org in sorted(set(ORGS))]  # fmt: skip
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:
@@ -125,6 +128,14 @@ def build(url: str, sessions: int) -> None:
     finally:
         engine.dispose()
     replicate(url, sessions // SEEDS - 1, STEP_S)
+    if make_url(url).get_backend_name() == "sqlite":
+        # where serve would have put them: partitions of each org's span of days, but for orgs
+        # kept forever (sqliteparts.py)
+        sync = create_engine(sync_url(url), poolclass=pool.NullPool)
+        try:
+            move_default_rows(sync)
+        finally:
+            sync.dispose()
     print(f"built {sessions:,} sessions in {time.perf_counter() - started:.0f} s: {url}")
 
 

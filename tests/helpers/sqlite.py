@@ -32,16 +32,23 @@ def replicate_sessions(
     times shifted by k * step_s seconds and src_port shifted by k; returns the rows added.
 
     For tests and benchmarks that need millions of real-looking rows in seconds; `chunk`
-    copies per transaction keep the WAL small.
+    copies per transaction keep the WAL small. The copies go into sessions_default (past the
+    view's row-by-row trigger; `tunnelacct.sqliteparts.move_default_rows()` moves them into
+    partitions), the stored sessions are read through the view.
     """
 
     def shifted(col: str) -> str:
         # whole seconds shifted by SQLite's datetime(), microseconds kept as text (fixed width)
         return f"datetime({col}, '+' || (k * {step_s}) || ' seconds') || substr({col}, 20)"
 
+    conn = sqlite3.connect(path)
+    (partitioned,) = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'sessions_default'"
+    ).fetchone()
+    target = "sessions_default" if partitioned else "sessions"
     sql = f"""
         WITH RECURSIVE n(k) AS (SELECT ? UNION ALL SELECT k + 1 FROM n WHERE k < ?)
-        INSERT INTO sessions
+        INSERT INTO {target}
         SELECT {time_ordered_id(shifted("started_at"))}, org_id, client_id, client_name, user_id,
                resource_id, resource_name, protocol, ip_version, src_addr, dst_addr,
                (src_port + k) % 65536, dst_port, {shifted("started_at")},
@@ -49,17 +56,19 @@ def replicate_sessions(
                {shifted("last_seen_at")}, duration_s, bytes_tx, bytes_rx, packets_tx,
                packets_rx, payload_bytes_tx, payload_bytes_rx, status, close_reason, midstream,
                community_id, gateway, interface
-        FROM sessions, n WHERE rowid <= ? AND (? IS NULL OR org_id = ?)
+        FROM temp.seeds, n
     """
-    conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA cache_size = -1048576")  # 1 GiB: the random-id index stays cached
-        (originals,) = conn.execute("SELECT max(rowid) FROM sessions").fetchone()
+        conn.execute(
+            "CREATE TEMP TABLE seeds AS SELECT * FROM sessions WHERE ? IS NULL OR org_id = ?",
+            (org_id, org_id),
+        )
         before = conn.total_changes  # (rowcount is -1 for a statement starting with WITH)
         for first in range(1, copies + 1, chunk):
             last = min(copies, first + chunk - 1)
             with conn:
-                conn.execute(sql, (first, last, originals, org_id, org_id))
+                conn.execute(sql, (first, last))
         return conn.total_changes - before
     finally:
         conn.close()

@@ -1,0 +1,398 @@
+"""SQLite's sessions layout (tunnelacct/sqliteparts.py, migration 0006): a few tables per org,
+each of a span of UTC days, behind the sessions view. serve creates them ahead, the writer
+routes rows into them (or into sessions_default), a purge empties or drops the expired ones and
+deletes the rest in batches, and the view reads like a table. SQLite only: PostgreSQL
+partitions sessions itself (tests/test_retention.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, pool
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.retention import NOW, session
+from tests.helpers.sqlite import raw_query
+from tests.helpers.stores import alembic_to
+from tunnelacct import sqliteparts, sqlitepurge
+from tunnelacct.config import Config, DatabaseConfig, OrgConfig, WriterConfig
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.events import Attribution, SessionEvent
+from tunnelacct.models import SessionRecord
+from tunnelacct.retention import purge
+from tunnelacct.schema import migrate
+from tunnelacct.sqliteparts import DEFAULT_TABLE, Partition, move_default_rows, partition_name
+from tunnelacct.store import keep_partitions_ahead, sync_inventory, sync_url
+from tunnelacct.writer import SessionWriter
+
+ORGS = (
+    OrgConfig("weekly", "Weekly", retention_days=7),
+    OrgConfig("monthly", "Monthly", retention_days=30),
+    OrgConfig("quarterly", "Quarterly", retention_days=90),  # tables of 3 days
+    OrgConfig("keeper", "Keeper", retention_days=None),  # no tables: never purged
+)
+DAYS = {"weekly": 7, "monthly": 30, "quarterly": 90}
+
+
+@pytest.fixture
+async def store(engine: AsyncEngine, db_path: Path) -> AsyncEngine:
+    """conftest's engine, on a store holding ORGS."""
+    await sync_inventory(engine, Config(database=DatabaseConfig(str(db_path)), orgs=ORGS))
+    return engine
+
+
+def tables(db: Path) -> set[str]:
+    rows = raw_query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {str(name) for (name,) in rows}
+
+
+def partition_tables(db: Path) -> set[str]:
+    return {name for name in tables(db) if name.startswith("sessions_p")}
+
+
+def parts(db: Path) -> list[Partition]:
+    return sorted(p for n in partition_tables(db) if (p := sqliteparts.parse_partition(n)))
+
+
+def ids(db: Path, table: str = "sessions") -> set[str]:
+    return {str(h) for (h,) in raw_query(db, f'SELECT id FROM "{table}"')}
+
+
+def event(
+    kind: EventKind, org: str, start: datetime, n: int, sid: uuid.UUID | None = None
+) -> SessionEvent:
+    """A session event of `org`, for a session that started `n` seconds after `start`."""
+    ts = start.timestamp() + n
+    done = kind is EventKind.CLOSED
+    return SessionEvent(
+        kind=kind, session_id=sid or uuid.uuid4(), proto=IpProto.TCP, family=4,
+        src_addr="100.64.0.2", src_port=40000 + n, dst_addr="10.99.0.5", dst_port=443,
+        started_ts=ts, last_ts=ts + 1, ended_ts=ts + 1 if done else None, bytes_tx=100,
+        bytes_rx=1000, packets_tx=1, packets_rx=2, payload_bytes_tx=60, payload_bytes_rx=960,
+        close_reason=CloseReason.FIN if done else None, midstream=False, community_id="1:x",
+        attribution=Attribution(org), interface="wg0",
+    )  # fmt: skip
+
+
+def closed(org: str, start: datetime, n: int) -> SessionEvent:
+    return event(EventKind.CLOSED, org, start, n)
+
+
+def cover(db: Path, keys: set[tuple[str, date]]) -> list[str]:
+    """What serve does ahead of time: partitions for `keys`, from another connection."""
+    sync = create_engine(sync_url(f"sqlite:///{db}"), poolclass=pool.NullPool)
+    try:
+        with sync.begin() as conn:
+            periods = sqliteparts.org_periods(conn)
+            return sqliteparts.cover_days(conn, keys, periods)[0]
+    finally:
+        sync.dispose()
+
+
+async def store_into_partitions(engine: AsyncEngine, db: Path, rows: list[SessionRecord]) -> None:
+    """Insert `rows` through the view (they land in sessions_default), then move them: all but
+    the rows of orgs kept forever."""
+    async with AsyncSession(engine, expire_on_commit=False) as s:
+        s.add_all(rows)
+        await s.commit()
+    assert ids(db, DEFAULT_TABLE) == {r.id.hex for r in rows}
+    sync = create_engine(f"sqlite:///{db}", poolclass=pool.NullPool)
+    try:
+        kept = {r.id.hex for r in rows if r.org_id not in DAYS}
+        assert move_default_rows(sync) == len(rows) - len(kept)
+    finally:
+        sync.dispose()
+    assert ids(db, DEFAULT_TABLE) == kept
+
+
+def home(db: Path, org: str, started: datetime) -> str:
+    """The table a session of `org` that started at `started` is in."""
+    day = started.astimezone(UTC).date()
+    found = [p.name for p in parts(db) if p.org_id == org and p.covers(day)]
+    assert len(found) <= 1
+    return found[0] if found else DEFAULT_TABLE
+
+
+def test_partition_names_carry_org_and_span_and_parse_back() -> None:
+    for org in ("acme", "ünïcode org", "a_b-c.d", "x" * 80):
+        for days in (1, 13):
+            name = partition_name(org, date(2026, 11, 25), days)
+            assert name.isascii() and name.startswith(f"sessions_p20261125_{days}d_")
+            part = sqliteparts.parse_partition(name)
+            assert part is not None
+            assert (part.org_id, part.start, part.days) == (org, date(2026, 11, 25), days)
+    assert sqliteparts.parse_partition("sessions_p20261125") is None  # PostgreSQL's
+    assert sqliteparts.parse_partition("sessions_p20261399_1d_61") is None  # no such day
+    assert sqliteparts.parse_partition("sessions_p20261125_1d_6") is None  # half a byte
+    assert sqliteparts.parse_partition("sessions_p20261125_0d_61") is None  # no day
+
+
+def test_a_table_spans_a_day_up_to_30_days_of_retention_and_more_beyond() -> None:
+    spans = {n: sqliteparts.period_days(n) for n in (1, 7, 30, 31, 90, 365, 3650)}
+    assert spans == {1: 1, 7: 1, 30: 1, 31: 2, 90: 3, 365: 13, 3650: 122}
+    assert sqliteparts.period_days(None) is None  # kept forever: no tables
+
+
+async def test_the_writer_routes_rows_to_the_covering_table_or_the_default(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    """Rows go to the table covering their org and start day; without one (a day serve made
+    none for, an org kept forever) to sessions_default. The writer creates no table."""
+    day0 = datetime(2026, 11, 20, 23, 59, 58, tzinfo=UTC)
+    made = cover(db_path, {("weekly", day0.date()), ("quarterly", day0.date())})
+    assert len(made) == 2
+    events = [closed(org, day0, n) for org in ("weekly", "quarterly", "keeper") for n in range(4)]
+    await write(store, events)
+    assert len(partition_tables(db_path)) == 2  # no table more
+    expected: dict[str, set[str]] = {}
+    for e in events:
+        where = home(db_path, e.attribution.org_id, datetime.fromtimestamp(e.started_ts, UTC))
+        expected.setdefault(where, set()).add(e.session_id.hex)
+    # weekly's first day has its table, its next day not; quarterly's 3-day table holds both
+    assert {len(v) for k, v in expected.items() if k != DEFAULT_TABLE} == {2, 4}
+    assert len(expected[DEFAULT_TABLE]) == 2 + 4
+    for name, want in expected.items():
+        assert ids(db_path, name) == want
+    assert ids(db_path) == {e.session_id.hex for e in events}  # the view: all of them
+
+
+async def write(engine: AsyncEngine, events: list[SessionEvent]) -> None:
+    writer = SessionWriter(engine, WriterConfig(flush_interval_s=0), gateway="gw1")
+    await writer.submit(events)
+    await writer.close()
+
+
+async def test_the_writer_follows_tables_made_and_dropped_beside_it(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    """A session's rows stay in one place: a table made while it is open takes its row along
+    (its close then updates it there, not a second row in sessions_default), and a purge
+    dropping a table the writer routed to sends the next late row to sessions_default."""
+    old = NOW - timedelta(days=20)
+    writer = SessionWriter(store, WriterConfig(flush_interval_s=0), gateway="gw1")
+    task = asyncio.create_task(writer.run())
+
+    async def put(e: SessionEvent) -> None:
+        await writer.submit([e])
+        while writer.pending:
+            await asyncio.sleep(0.01)
+
+    sid = uuid.uuid4()
+    await put(event(EventKind.OPENED, "weekly", old, 0, sid))
+    assert ids(db_path, DEFAULT_TABLE) == {sid.hex}
+    (name,) = cover(db_path, {("weekly", old.date())})
+    assert ids(db_path, name) == {sid.hex} and ids(db_path, DEFAULT_TABLE) == set()
+    await put(event(EventKind.CLOSED, "weekly", old, 0, sid))
+    assert ids(db_path, name) == {sid.hex} and ids(db_path, DEFAULT_TABLE) == set()
+    assert raw_query(db_path, "SELECT status FROM sessions") == [("completed",)]
+    await purge(store, now=NOW)
+    assert name not in partition_tables(db_path) and ids(db_path) == set()
+    late = closed("weekly", old, 1)
+    await put(late)
+    await writer.close()
+    await task
+    assert writer.failed_flushes == 0
+    assert ids(db_path, DEFAULT_TABLE) == {late.session_id.hex}
+
+
+def spread(orgs: tuple[str, ...]) -> list[SessionRecord]:
+    """Per org: a session ending every 12 hours over 60 days, ongoing ones that started 50
+    days ago, and sessions ending just inside and just outside each cutoff."""
+    rows = []
+    for org in orgs:
+        rows += [session(org, k / 2) for k in range(120)]
+        rows += [session(org, None, started_at=NOW - timedelta(days=50)) for _ in range(2)]
+        if org in DAYS:
+            rows += [session(org, DAYS[org] - 1e-6), session(org, DAYS[org] + 1e-6)]
+    return rows
+
+
+@pytest.mark.parametrize("keep_max", [2000, 1])
+async def test_a_purge_drops_expired_tables_and_deletes_the_rest(
+    store: AsyncEngine,
+    db_path: Path,
+    keep_max: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tables whose rows have all expired are dropped; a day with 2 ongoing sessions of an org
+    is emptied with those 2 copied back (KEEP_MAX 2000), or left to batched deletes (KEEP_MAX
+    1); either way exactly the expired rows go, in tables and in sessions_default."""
+    monkeypatch.setattr(sqlitepurge, "KEEP_MAX", keep_max)
+    caplog.set_level(logging.INFO, logger="tunnelacct.retention")
+    rows = spread(("weekly", "monthly", "quarterly", "keeper"))
+    await store_into_partitions(store, db_path, rows)
+    # and some expired rows no table covers: a day before the first table of weekly
+    strays = [session("weekly", 61 + k / 10) for k in range(5)]
+    async with AsyncSession(store, expire_on_commit=False) as s:
+        s.add_all(strays)
+        await s.commit()
+    rows += strays
+    placed = {r.id.hex: home(db_path, r.org_id, r.started_at) for r in rows}
+    assert {placed[r.id.hex] for r in strays} == {DEFAULT_TABLE}
+    before = partition_tables(db_path)
+    assert before == set(placed.values()) - {DEFAULT_TABLE}
+    assert {p.days for p in parts(db_path)} == {1, 3}
+    left = {
+        r.id.hex for r in rows
+        if r.ended_at is None or r.org_id not in DAYS
+        or NOW - r.ended_at <= timedelta(days=DAYS[r.org_id])
+    }  # fmt: skip
+    droppable = before - {placed[h] for h in left}
+    seen: dict[str, int] = {}
+
+    def on_deleted(org: str, n: int) -> None:
+        seen[org] = seen.get(org, 0) + n
+
+    result = await purge(store, now=NOW, batch_size=7, on_deleted=on_deleted)
+    assert ids(db_path) == left
+    gone = {org: sum(1 for r in rows if r.org_id == org and r.id.hex not in left) for org in DAYS}
+    assert {p.org_id: p.deleted for p in result.orgs} == {**gone, "unattributed": 0}
+    assert seen == gone
+    sql = "SELECT org_id, deleted FROM purge_runs WHERE org_id != 'unattributed'"
+    runs = raw_query(db_path, sql)
+    assert dict(runs) == gone
+    # most old days went whole (weekly's 52 and monthly's 29 less the ongoing sessions' day)
+    assert len(droppable) > 70
+    assert partition_tables(db_path) == before - droppable
+    # the days holding expired and ongoing sessions stay, with only those left
+    ongoing = {r.id.hex for r in rows if r.ended_at is None and r.org_id in ("weekly", "monthly")}
+    ongoing_days = {placed[h] for h in ongoing}
+    assert len(ongoing_days) == 2 and ongoing_days <= partition_tables(db_path)
+    assert set().union(*(ids(db_path, name) for name in ongoing_days)) == ongoing
+    rewritten = {name for name in ongoing_days if f"emptied partition {name}" in caplog.text}
+    assert rewritten == (ongoing_days if keep_max >= 2 else set())
+
+
+async def test_a_dry_run_drops_nothing(store: AsyncEngine, db_path: Path) -> None:
+    rows = spread(("weekly",))
+    await store_into_partitions(store, db_path, rows)
+    before = partition_tables(db_path)
+    dry = await purge(store, now=NOW, dry_run=True)
+    assert partition_tables(db_path) == before and len(ids(db_path)) == len(rows)
+    real = await purge(store, now=NOW)
+    assert [p.deleted for p in dry.orgs] == [p.deleted for p in real.orgs]
+    assert partition_tables(db_path) < before
+
+
+async def test_the_view_reads_deletes_and_inserts_like_a_table(
+    store: AsyncEngine, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past VIEW_CHUNK partitions the view unites chunk views (SQLite caps a compound SELECT
+    at 500 terms); reads, DELETE by hand and INSERT into the view still work."""
+    monkeypatch.setattr(sqliteparts, "VIEW_CHUNK", 3)
+    rows = [session("weekly", d + 0.5) for d in range(8)]  # 8 days: 9 tables with the default
+    await store_into_partitions(store, db_path, rows)
+    db = db_path
+    views = {str(n) for (n,) in raw_query(db, "SELECT name FROM sqlite_master WHERE type='view'")}
+    assert views == {"sessions", "sessions_v0", "sessions_v1", "sessions_v2"}
+    assert ids(db) == {r.id.hex for r in rows}
+    conn = sqlite3.connect(db)
+    try:
+        victim = rows[3].id.hex
+        conn.execute("DELETE FROM sessions WHERE id = ?", (victim,))
+        conn.commit()
+    finally:
+        conn.close()
+    assert ids(db) == {r.id.hex for r in rows} - {victim}
+    assert ids(db, home(db, "weekly", rows[3].started_at)) == set()
+    extra = session("keeper", 1.0)
+    async with AsyncSession(store, expire_on_commit=False) as s:
+        s.add(extra)
+        await s.commit()
+    assert extra.id.hex in ids(db, DEFAULT_TABLE) and extra.id.hex in ids(db)
+
+
+def test_db_partition_moves_old_rows_and_downgrade_restores_one_table(tmp_path: Path) -> None:
+    """A store from before 0006: its rows stay in sessions_default on upgrade, `tunnelacct db
+    partition` moves them into day partitions, and a downgrade to 0005 brings every row back
+    into one sessions table."""
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    alembic_to(url, "0005")
+    rows = spread(("weekly", "keeper"))
+    conn = sqlite3.connect(path)
+    try:
+        cols = [c.name for c in SessionRecord.__table__.columns]  # type: ignore[attr-defined]
+        values = []
+        for r in rows:
+            v = r.model_dump()
+            v["id"] = r.id.hex
+            for k in ("started_at", "ended_at", "last_seen_at"):
+                v[k] = (
+                    None if v[k] is None else v[k].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                )
+            values.append(tuple(v[c] for c in cols))
+        conn.executemany(
+            f"INSERT INTO sessions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            values,
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    before = raw_query(path, "SELECT * FROM sessions ORDER BY id")
+    migrate(url)
+    assert ids(path, DEFAULT_TABLE) == {r.id.hex for r in rows}
+    config = tmp_path / "c.toml"
+    orgs = ""
+    for o in ORGS:
+        days = DAYS.get(o.id, '"forever"')
+        orgs += f'[[orgs]]\nid = "{o.id}"\nname = "{o.name}"\nretention_days = {days}\n'
+    config.write_text(f'[database]\nurl = "{url}"\n{orgs}')
+    out = run_cli("db", "partition", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    weekly = {r.id.hex for r in rows if r.org_id == "weekly"}
+    assert f"moved {len(weekly)} sessions" in out.stdout
+    assert ids(path, DEFAULT_TABLE) == {r.id.hex for r in rows} - weekly  # keeper's: forever
+    # weekly's rows, in one table per day they started on
+    days = {r.started_at.astimezone(UTC).date() for r in rows if r.org_id == "weekly"}
+    assert {(p.org_id, p.start, p.days) for p in parts(path)} == {("weekly", d, 1) for d in days}
+    assert all(ids(path, home(path, "weekly", r.started_at)) >= {r.id.hex} for r in rows
+               if r.org_id == "weekly")  # fmt: skip
+    assert raw_query(path, "SELECT * FROM sessions ORDER BY id") == before
+    alembic_to(url, "0005", down=True)
+    assert not partition_tables(path) and DEFAULT_TABLE not in tables(path)
+    assert raw_query(path, "SELECT * FROM sessions ORDER BY id") == before
+
+
+async def test_serve_creates_tomorrows_tables_and_the_next_days_for_orgs_that_purge(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    """Before any row needs them, each org with logging on and a retention has tables for the
+    next 3 UTC days: 1-day tables, or for quarterly, 3-day tables on their grid (the first
+    clipped to start tomorrow). None for today (its rows are in sessions_default already) nor
+    for the org kept forever. The writer's flushes then never change the schema."""
+    late_evening = datetime(2026, 12, 1, 23, 59, tzinfo=UTC)
+    tomorrow = date(2026, 12, 2)
+    days = [tomorrow + timedelta(days=k) for k in range(3)]
+    task = asyncio.create_task(
+        keep_partitions_ahead(store, interval_s=3600, clock=lambda: late_evening)
+    )
+    orgs = {"weekly", "monthly", "quarterly", "unattributed"}  # the config's, and the default
+    try:
+        async with asyncio.timeout(10):
+            while {(p.org_id, d) for p in parts(db_path) for d in days if p.covers(d)} != {
+                (org, d) for org in orgs for d in days
+            }:
+                assert not task.done()
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    made = parts(db_path)
+    assert all(p.start >= tomorrow for p in made)
+    assert {p.days for p in made if p.org_id != "quarterly"} == {1}
+    quarterly = [p for p in made if p.org_id == "quarterly"]
+    # 3-day slots from 0001-01-01: 2026-12-01..03 (clipped to 12-02..03), 12-04..06
+    assert [(p.start, p.days) for p in quarterly] == [(tomorrow, 2), (date(2026, 12, 4), 3)]
+    assert len(made) == 3 * 3 + 2
+    assert ids(db_path) == set()  # nothing written, the view unites them
