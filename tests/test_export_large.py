@@ -23,8 +23,11 @@ from tunnelacct.export import CSV_COLUMNS
 DATA = Path(__file__).parent / "data"
 BASE = DATA / "wg-small.toml"
 ROWS = 1_000_000
-# The CSV is ~330 MB; a server that held it (or its rows) would grow by hundreds of MB.
-MAX_GROWTH_BYTES = 64 * 2**20
+# The CSV is ~330 MB; a server that held it (or its rows) would grow by hundreds of MB. A
+# server that streams grows by buffers and pools: 58.3 MiB on PostgreSQL in every lone run on
+# 2026-12-03 (the code of before and after that day's change alike), 65 MiB once with the
+# whole suite beside it, which 64 MiB failed.
+MAX_GROWTH_BYTES = 96 * 2**20
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +95,7 @@ def test_a_million_row_export_is_complete_and_the_server_memory_stays_flat(
             sampler.join()
         assert serve.stop() == 0, serve.log()
     growth = peak - baseline
+    print(f"serve grew by {growth / 2**20:.1f} MiB while streaming")
     assert growth < MAX_GROWTH_BYTES, f"serve grew by {growth / 2**20:.0f} MiB while streaming"
 
     with downloaded.open(encoding="utf-8", newline="") as f:
