@@ -36,7 +36,6 @@ from tunnelacct.sources.pcapfile import open_capture
 
 T0 = Decimal(1_700_000_000)
 TIMEOUTS = Timeouts(udp_idle_s=30.0, tcp_idle_s=120.0, tcp_linger_s=5.0, checkpoint_s=30.0)
-NAMESPACE = uuid.UUID("6f1c2a9e-0000-4000-8000-00000000a11c")
 
 CLIENT4, CLIENT4_B, CLIENT6 = "100.64.0.2", "100.64.0.3", "fd00:64::2"
 SERVER4, SERVER6 = "10.99.0.5", "fd00:99::5"
@@ -61,7 +60,7 @@ def attribute(family: int, src: int, dst: int, dport: int, proto: IpProto) -> At
 
 
 def new_table(timeouts: Timeouts = TIMEOUTS) -> FlowTable:
-    return FlowTable(timeouts, attribute=attribute, is_client=is_client, id_namespace=NAMESPACE)
+    return FlowTable(timeouts, attribute=attribute, is_client=is_client)
 
 
 # -- packets -----------------------------------------------------------------------------------
@@ -328,6 +327,41 @@ def test_syn_after_a_completed_close_on_the_same_five_tuple_opens_a_second_sessi
     assert b.started_ts == float(T0 + 1)
 
 
+def test_port_reuse_within_one_microsecond_gives_each_session_its_own_id(tmp_path: Path) -> None:
+    # Issue 15: ids made from 5-tuple and start time made these two sessions one row.
+    first = Tcp(CLIENT4, SERVER4, 40020, 443)
+    s1 = [*first.handshake(), *first.request(300), first.seg(False, "R")]
+    second = Tcp(CLIENT4, SERVER4, 40020, 443, cseq=5_000_000, sseq=77)
+    s2 = [*second.handshake(), *second.response(900), *second.close()]
+    pkts = [(T0, p) for p in [*s1, *s2]]  # one timestamp: everything within a microsecond
+    closed = run_capture(tmp_path, pkts).closed
+    assert len(closed) == 2
+    by_reason = {e.close_reason: e for e in closed}
+    assert by_reason[CloseReason.RST].started_ts == by_reason[CloseReason.FIN].started_ts
+    assert by_reason[CloseReason.RST].session_id != by_reason[CloseReason.FIN].session_id
+    assert counters(by_reason[CloseReason.RST]) == direction_totals(s1, CLIENT4)
+    assert counters(by_reason[CloseReason.FIN]) == direction_totals(s2, CLIENT4)
+
+
+def test_a_clock_step_back_that_repeats_a_start_gives_a_new_id(tmp_path: Path) -> None:
+    # The clock steps back after the first session ended: the same 5-tuple starts again at
+    # the very same time, a distinct session that must not share the first one's id.
+    burst = [udp(CLIENT4, SERVER4, 5353, 53, 40), udp(SERVER4, CLIENT4, 53, 5353, 120)]
+    other = [udp(CLIENT4_B, SERVER4, 6000, 53, 10)]  # moves time on: the first burst expires
+    again = [udp(CLIENT4, SERVER4, 5353, 53, 70)]
+    later = T0 + Decimal(TIMEOUTS.udp_idle_s) * 3
+    pkts = timed(T0, burst) + timed(later, other) + timed(T0, again)
+    raw = read_raw(write(tmp_path / "cap.pcap", pkts))[0]
+    closed = feed(split_raw(raw, [len(burst) + len(other)])).closed  # expiry runs per batch
+    mine = sorted((e for e in closed if e.src_port == 5353), key=lambda e: e.packets_rx)
+    assert len(mine) == 2 and len(closed) == 3
+    assert mine[0].started_ts == mine[1].started_ts == float(T0)
+    assert mine[0].session_id != mine[1].session_id
+    assert counters(mine[0]) == direction_totals(again, CLIENT4)
+    assert counters(mine[1]) == direction_totals(burst, CLIENT4)
+    assert len({e.session_id for e in closed}) == len(closed)
+
+
 def test_midstream_start_is_marked_and_the_client_side_is_the_initiator(tmp_path: Path) -> None:
     c = Tcp(CLIENT4, SERVER4, 40005, 8443)
     pkts = [*c.response(1200), *c.request(30), *c.response(600)]  # server speaks first
@@ -579,9 +613,14 @@ def test_community_id_with_seed_1_matches_the_spec_vector(
 # -- batch boundaries never change results -----------------------------------------------------
 
 
+NO_ID = uuid.UUID(int=0)
+
+
 def closed_view(run: Run) -> list[SessionEvent]:
-    """Closed events in a canonical order (emission order may follow sweep timing)."""
-    return sorted(run.closed, key=lambda e: (e.started_ts, str(e.session_id)))
+    """Closed events in a canonical order (emission order may follow sweep timing), without
+    their ids: each run names its sessions anew (flowkey.SessionIds)."""
+    unnamed = [dataclasses.replace(e, session_id=NO_ID) for e in run.closed]
+    return sorted(unnamed, key=repr)
 
 
 def stats_view(table: FlowTable) -> dict[str, object]:
@@ -846,8 +885,36 @@ def test_a_resumed_session_continues_with_the_same_id_and_counters(
         events += second.process(decode(raw))
     events += second.close_all(CloseReason.END_OF_CAPTURE)
     resumed = only([e for e in events if e.kind is EventKind.CLOSED])
-    assert resumed == dataclasses.replace(whole, interface="a.pcap")  # where it was first seen
+    assert resumed.session_id == saved.session_id
+    # where it was first seen; its id is the first run's, `whole` was named by a third table
+    assert resumed == dataclasses.replace(whole, interface="a.pcap", session_id=saved.session_id)
     assert second.stats.sessions_opened == 0
+
+
+def test_suspend_ends_fin_and_rst_closed_sessions_and_checkpoints_the_open_ones(
+    tmp_path: Path,
+) -> None:
+    # Issue 15: the service stops while sessions linger after their close.
+    by_fin = Tcp(CLIENT4, SERVER4, 40200, 443)
+    fin = [*by_fin.handshake(), *by_fin.request(100), *by_fin.close()]
+    by_rst = Tcp(CLIENT4, SERVER4, 40201, 443)
+    rst = [*by_rst.handshake(), by_rst.seg(False, "R")]
+    still = Tcp(CLIENT4, SERVER4, 40202, 443)
+    open_ = [*still.handshake(), *still.request(50)]
+    run = run_capture(tmp_path, timed(T0, [*fin, *rst, *open_]), end=False)
+    assert run.closed == [] and len(run.table) == 3  # all three inside the linger or open
+    events = run.table.suspend()
+    kinds = {(e.src_port, e.kind, e.close_reason) for e in events}
+    assert kinds == {
+        (40200, EventKind.CLOSED, CloseReason.FIN),
+        (40201, EventKind.CLOSED, CloseReason.RST),
+        (40202, EventKind.CHECKPOINT, None),
+    }
+    by_port = {e.src_port: e for e in events}
+    assert counters(by_port[40200]) == direction_totals(fin, CLIENT4)
+    assert counters(by_port[40201]) == direction_totals(rst, CLIENT4)
+    assert counters(by_port[40202]) == direction_totals(open_, CLIENT4)
+    assert len(run.table) == 1
 
 
 def test_emit_opened_announces_each_session_once_when_it_opens(tmp_path: Path) -> None:
@@ -856,8 +923,7 @@ def test_emit_opened_announces_each_session_once_when_it_opens(tmp_path: Path) -
     later = [*long_lived.request(20)]
     pkts = timed(T0, first) + timed(T0 + 1, later)
     raws = split_raw(read_raw(write(tmp_path / "cap.pcap", pkts))[0], [len(first)])
-    table = FlowTable(TIMEOUTS, attribute=attribute, is_client=is_client,
-                      id_namespace=NAMESPACE, emit_opened=True)  # fmt: skip
+    table = FlowTable(TIMEOUTS, attribute=attribute, is_client=is_client, emit_opened=True)
     events = sorted(table.process(decode(raws[0])), key=lambda e: e.src_port)
     assert [(e.kind, e.src_port) for e in events] == [
         (EventKind.OPENED, 40100), (EventKind.OPENED, 40101)

@@ -16,9 +16,13 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Packet
 from scapy.utils import rdpcap
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.oracle import rows_by_session
+from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
 from tests.helpers.pg import fresh_database
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.sqlite import replicate_sessions
@@ -61,7 +65,7 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
         assert serve.stop() == 0, serve.log()
     run_cli("import", "--config", str(BASE), str(PCAP),
             env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{imported}"})  # fmt: skip
-    live_rows, import_rows = all_rows(db), all_rows(imported)
+    live_rows, import_rows = rows_by_session(all_rows(db)), rows_by_session(all_rows(imported))
     assert live_rows == import_rows
     assert len(live_rows) == final["captures"][0]["sessions_opened"] > 10
 
@@ -77,8 +81,8 @@ def test_serve_writes_the_rows_of_import_into_postgresql(tmp_path: Path) -> None
             assert serve.stop() == 0, serve.log()
         run_cli("import", "--config", str(BASE), str(PCAP),
                 env={"TUNNELACCT_DATABASE_URL": imported})  # fmt: skip
-        live_rows = sorted(session_rows(live), key=lambda r: r["id"])
-        import_rows = sorted(session_rows(imported), key=lambda r: r["id"])
+        live_rows = rows_by_session(session_rows(live))
+        import_rows = rows_by_session(session_rows(imported))
     assert live_rows == import_rows and len(live_rows) > 10
 
 
@@ -94,38 +98,89 @@ def test_serve_without_captures_runs_as_a_query_only_node(tmp_path: Path) -> Non
     assert all_rows(tmp_path / "q.db") == []
 
 
-def test_restart_closes_sessions_of_a_capture_no_longer_running_as_idle(tmp_path: Path) -> None:
+def _lingering_capture(path: Path) -> tuple[Path, int, int]:
+    """A capture where one TCP session closes by FIN at once and another stays open for ten
+    minutes; (its path, how many packets come before the ten-minute gap, how many the closed
+    session has)."""
+    client, server = "100.64.0.2", "10.99.0.5"  # alice and the web resource of wg-small.toml
+
+    def seg(sport: int, from_client: bool, flags: str, data: bytes = b"") -> Packet:
+        src, dst = (client, server) if from_client else (server, client)
+        ports = (sport, 443) if from_client else (443, sport)
+        return IP(src=src, dst=dst) / TCP(sport=ports[0], dport=ports[1], flags=flags) / data
+
+    closed = [
+        seg(41001, True, "S"),
+        seg(41001, False, "SA"),
+        seg(41001, True, "A"),
+        seg(41001, True, "PA", b"q" * 300),
+        seg(41001, False, "PA", b"r" * 900),
+        seg(41001, True, "FA"),
+        seg(41001, False, "FA"),
+        seg(41001, True, "A"),
+    ]
+    open_ = [
+        seg(41002, True, "S"),
+        seg(41002, False, "SA"),
+        seg(41002, True, "A"),
+        seg(41002, True, "PA", b"q" * 50),
+    ]
+    first = [(1_764_000_000 + i * 0.001, bytes(p)) for i, p in enumerate(closed + open_)]
+    later = (1_764_000_600.0, bytes(seg(41002, False, "PA", b"r" * 70)))
+    return write_pcap(path, [*first, later], LINKTYPE_RAW), len(first), len(closed)
+
+
+def test_a_session_closed_by_fin_inside_its_linger_at_stop_is_stored_as_closed_by_fin(
+    tmp_path: Path,
+) -> None:
+    # Issue 15: it was saved as ongoing, and after a restart it became completed by "idle".
+    # The session still open at the stop is closed at the restart as "shutdown" (its capture
+    # is gone), at its last packet, with the counters it had.
     db = tmp_path / "live.db"
-    # paced replay (the 0.5 s capture over 10 s), stopped midway: open sessions are checkpointed
-    with serving(tmp_path, replay_config(tmp_path, speed=0.05), db) as first:
-        first.wait(lambda s: s["captures"][0]["open_sessions"] >= 2
-                   and s["writer"]["rows_written"] >= 2, 30, "sessions open")  # fmt: skip
+    pcap, before_gap, closed_packets = _lingering_capture(tmp_path / "linger.pcap")
+    config = write_config(
+        BASE,
+        tmp_path / "serve.toml",
+        {"timeouts": {"tcp_linger": 3600}},
+        captures=[{"pcap": str(pcap), "speed": 1.0}],
+    )
+    with serving(tmp_path, config, db) as first:
+        first.wait(
+            lambda s: (
+                s["captures"][0]["packets"] >= before_gap
+                and s["captures"][0]["sessions_opened"] >= 2
+            ),
+            30,
+            "both sessions seen",
+        )
         assert first.stop() == 0, first.log()
-    before = {r["id"]: r for r in all_rows(db)}
-    ongoing = {i for i, r in before.items() if r["status"] == "ongoing"}
-    assert len(ongoing) >= 2
-    assert all(r["packets_tx"] + r["packets_rx"] > 0 for r in before.values())
+    by_port = {r["src_port"]: r for r in all_rows(db)}
+    assert (by_port[41001]["status"], by_port[41001]["close_reason"]) == ("completed", "fin")
+    assert by_port[41001]["packets_tx"] + by_port[41001]["packets_rx"] == closed_packets
+    assert (by_port[41002]["status"], by_port[41002]["close_reason"]) == ("ongoing", None)
 
     with serving(tmp_path, write_config(BASE, tmp_path / "none.toml"), db) as second:
         status = second.wait(
-            lambda s: s["state"] == "running" and s["writer"]["pending"] == 0
-            and s["writer"]["rows_written"] >= len(ongoing), 30, "rows closed",
-        )  # fmt: skip
+            lambda s: (
+                s["state"] == "running"
+                and s["writer"]["pending"] == 0
+                and s["writer"]["rows_written"] >= 1
+            ),
+            30,
+            "rows closed",
+        )
         assert second.stop() == 0, second.log()
-    assert status["closed_at_start"] == len(ongoing)
-    after = {r["id"]: r for r in all_rows(db)}
-    assert set(after) == set(before)
-    for ident, row in after.items():
-        old = before[ident]
-        if ident in ongoing:
-            assert (row["status"], row["close_reason"]) == ("completed", "idle")
-            assert row["ended_at"] == old["last_seen_at"] == row["last_seen_at"]
-            # recomputed from the stored (microsecond) times
-            assert row["duration_s"] == pytest.approx(old["duration_s"], abs=2e-6)
-            changed = ("status", "close_reason", "ended_at", "duration_s")
-            row = {k: v for k, v in row.items() if k not in changed}
-            old = {k: v for k, v in old.items() if k not in changed}
-        assert row == old  # counters and attribution kept as stored
+    assert status["closed_at_start"] == 1
+    after = {r["src_port"]: r for r in all_rows(db)}
+    assert after[41001] == by_port[41001]  # its real reason survives the restart
+    row, old = after[41002], by_port[41002]
+    assert (row["status"], row["close_reason"]) == ("completed", "shutdown")
+    assert row["ended_at"] == old["last_seen_at"] == row["last_seen_at"]
+    assert row["duration_s"] == pytest.approx(old["duration_s"], abs=2e-6)
+    changed = ("status", "close_reason", "ended_at", "duration_s")
+    assert {k: v for k, v in row.items() if k not in changed} == {
+        k: v for k, v in old.items() if k not in changed
+    }
 
 
 @contextlib.contextmanager

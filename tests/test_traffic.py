@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,7 +29,6 @@ from tunnelacct.traffic import OVERFLOW, UNMATCHED, MetricLabels, TrafficTally
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
-NAMESPACE = uuid.UUID(int=7)
 IPV6_HEADER_BYTES = 40
 DEFAULT = Timeouts()
 LONG = Timeouts(udp_idle_s=1e6, tcp_idle_s=1e6)  # nothing expires mid-test
@@ -40,7 +38,7 @@ def table_for(guard: MetricLabels, timeouts: Timeouts = DEFAULT) -> FlowTable:
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     return FlowTable(
         timeouts, attribute=inventory.attribute, is_client=inventory.is_client_address,
-        id_namespace=NAMESPACE, tally=TrafficTally(guard, fold_every_s=0),
+        tally=TrafficTally(guard, fold_every_s=0),
     )  # fmt: skip
 
 
@@ -155,8 +153,7 @@ def test_open_flows_are_folded_in_at_most_once_per_interval_of_the_clock() -> No
     tally = TrafficTally(MetricLabels(), fold_every_s=0.5, clock=lambda: clock[0])
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     table = FlowTable(
-        LONG, attribute=inventory.attribute, is_client=inventory.is_client_address,
-        id_namespace=NAMESPACE, tally=tally,
+        LONG, attribute=inventory.attribute, is_client=inventory.is_client_address, tally=tally,
     )  # fmt: skip
     registry = registry_of(table)
     first, second = halves()
@@ -214,7 +211,7 @@ def test_ten_thousand_clients_and_resources_stay_within_the_series_cap(
 
     guard = MetricLabels(client_labels=client_labels, max_series=cap)
     table = FlowTable(
-        Timeouts(), attribute=attribute, is_client=lambda f, a: False, id_namespace=NAMESPACE,
+        Timeouts(), attribute=attribute, is_client=lambda f, a: False,
         tally=TrafficTally(guard, fold_every_s=0),
     )  # fmt: skip
     raw = many_sessions(tmp_path, n)
@@ -274,7 +271,7 @@ def test_checkpoint_lag_is_the_age_of_the_newest_checkpoint_the_store_holds() ->
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     pipeline = CapturePipeline(
         CaptureConfig(pcap=str(PCAP)), LONG, attribute=inventory.attribute,
-        is_client=inventory.is_client_address, id_namespace=NAMESPACE, queue_packets=1000,
+        is_client=inventory.is_client_address, queue_packets=1000,
         monotonic=lambda: now[0],
     )  # fmt: skip
     assert pipeline.checkpoint_lag_s(None) == 0.0  # nothing open: nothing to lose

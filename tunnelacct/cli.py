@@ -74,7 +74,10 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
     )
     echo(f"  decode errors: {_fmt_counts(s.decode_errors)}")
     echo(f"  skipped (not TCP/UDP): {_fmt_counts(s.skipped)}")
-    echo(f"  rows written: {s.rows_written:,} to {config.database.url}")
+    echo(
+        f"  rows written: {s.rows_written:,} to {config.database.url}; replaced {s.replaced:,} "
+        "stored by an earlier capture of the same traffic"
+    )
     for w in s.warnings:
         echo(f"warning: {w}", err=True)
     if metrics_textfile is not None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
+import os
 import socket
-import struct
 import uuid
+from collections.abc import Callable
 
 # (meta, A hi, A lo, B hi, B lo); meta = family << 40 | proto << 32 | A port << 16 | B port
 FlowKey = tuple[int, int, int, int, int]
@@ -40,33 +40,83 @@ def addr_text(family: int, value: int) -> str:
     return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
-_ID_FIELDS = struct.Struct(">BB16sH16sHd")
+# RFC 9562 version 7 layout: unix_ts_ms (48 bits), ver (4), rand_a (12), var (2), rand_b (62).
+# The 74 bits after the time hold the issuer's tag (42 bits) and its counter (32 bits).
+_TAG_BITS = 42
+_COUNTER_BITS = 32
+_COUNTER_MASK = (1 << _COUNTER_BITS) - 1
+_MS_MASK = (1 << 48) - 1
+_VERSION_7 = 0x7 << 76
+_VARIANT_RFC = 0b10 << 62
 
 
-def session_id(
-    namespace: bytes, family: int, proto: int, src: int, sport: int, dst: int, dport: int,
-    started_ts: float,
-) -> uuid.UUID:  # fmt: skip
-    """A name-based, time-ordered UUID (RFC 9562 version 8, laid out like version 7): the start
-    time in Unix milliseconds (48 bits), then BLAKE2b of the initiator-first 5-tuple and start
-    time keyed by the gateway's namespace. Stable: the same packets give the same id.
+class SessionIds:
+    """Issues session ids: unique among every session one issuer ever names, whatever the
+    packets (merged or duplicated captures, port reuse within a microsecond, clock steps).
+
+    An id is a time-ordered UUID (RFC 9562 version 7): the start time in Unix milliseconds
+    (48 bits), then a random tag of this issuer (42 bits) and a counter (32 bits) instead of
+    rand_a and rand_b (RFC 9562 section 6.2, method 1: dedicated counter bits). The counter
+    makes ids of one issuer distinct; when it wraps, the issuer draws a new tag. Ids of two
+    issuers differ by their tags (two random 42-bit tags agree once in 4.4e12 pairs).
 
     Time first, so that ids of sessions that start together sit together in the primary key's
     index: the writer appends to it and a retention purge removes whole runs of it, instead of
-    touching a random page per row (5x faster purges on SQLite, README "Performance").
+    touching a random page per row (5x faster purges on SQLite, README "Performance"), and a
+    re-import finds the rows of an earlier capture by an id range (`reimport.py`).
     """
-    name = _ID_FIELDS.pack(
-        family, proto, src.to_bytes(16, "big"), sport, dst.to_bytes(16, "big"), dport, started_ts
-    )
-    raw = bytearray(hashlib.blake2b(name, digest_size=16, key=namespace).digest())
-    ms = round(started_ts * 1_000_000) // 1000  # as started_at (microseconds) shows it
-    raw[0:6] = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
-    raw[6] = (raw[6] & 0x0F) | 0x80
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return uuid.UUID(bytes=bytes(raw))
+
+    __slots__ = ("tags", "_high", "_counter", "_entropy")
+
+    def __init__(self, entropy: Callable[[int], bytes] = os.urandom) -> None:
+        self._entropy = entropy
+        self.tags: set[int] = set()  # every tag this issuer has used
+        self._high = 0
+        self._counter = 0
+        self._new_tag()
+
+    def _new_tag(self) -> None:
+        while True:
+            tag = int.from_bytes(self._entropy(6), "big") >> (48 - _TAG_BITS)
+            if tag not in self.tags:
+                break
+        self.tags.add(tag)
+        # the tag's upper 12 bits are rand_a; its lower 30 bits start rand_b
+        rand_a = tag >> 30
+        rand_b_high = (tag & ((1 << 30) - 1)) << _COUNTER_BITS
+        self._high = (rand_a << 64) | _VERSION_7 | _VARIANT_RFC | rand_b_high
+        self._counter = 0
+
+    def new(self, started_ts: float) -> uuid.UUID:
+        """A new id for a session that started at `started_ts` (epoch seconds)."""
+        if self._counter > _COUNTER_MASK:
+            self._new_tag()
+        count = self._counter
+        self._counter = count + 1
+        ms = round(started_ts * 1_000_000) // 1000  # as started_at (microseconds) shows it
+        return uuid.UUID(int=((ms & _MS_MASK) << 80) | self._high | count)
+
+    def issued(self, ident: uuid.UUID) -> bool:
+        """Whether `ident` carries one of this issuer's tags (so it may have issued it)."""
+        return id_tag(ident) in self.tags
 
 
-def session_namespace(gateway: str) -> uuid.UUID:
-    """Namespace of session ids: the same packets on the same gateway give the same ids, so
-    importing a file twice (or replaying it) updates its rows instead of duplicating them."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"tunnelacct:gateway:{gateway}")
+def id_tag(ident: uuid.UUID) -> int:
+    """The issuer tag of a version 7 session id (`SessionIds`); other ids give other values."""
+    value = ident.int
+    rand_a = (value >> 64) & 0xFFF
+    rand_b_high = (value >> _COUNTER_BITS) & ((1 << 30) - 1)
+    return (rand_a << 30) | rand_b_high
+
+
+def start_ms(ident: uuid.UUID) -> int:
+    """The start time in Unix milliseconds that a time-ordered session id begins with."""
+    return ident.int >> 80
+
+
+def id_range(first_ms: int, last_ms: int) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and the highest id of sessions that started from `first_ms` to `last_ms`
+    (Unix milliseconds, both included): ids sort by their start first."""
+    low = uuid.UUID(int=(first_ms & _MS_MASK) << 80)
+    high = uuid.UUID(int=((last_ms & _MS_MASK) << 80) | ((1 << 80) - 1))
+    return low, high

@@ -36,9 +36,9 @@ from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.flowkey import (
     LO64,
     FlowKey,
+    SessionIds,
     addr_int,
     addr_text,
-    session_id,
     unpack_key,
 )
 from tunnelacct.traffic import NO_STATS, KeyStats, TrafficTally
@@ -113,7 +113,7 @@ class FlowTable:
         *,
         attribute: AttributeFn,
         is_client: IsClientFn,
-        id_namespace: uuid.UUID,
+        ids: SessionIds | None = None,
         emit_opened: bool = False,
         tally: TrafficTally | None = None,
     ) -> None:
@@ -122,7 +122,8 @@ class FlowTable:
         self._linger_s = timeouts.tcp_linger_s
         self._attribute = attribute
         self._is_client = is_client
-        self._ns = id_namespace.bytes
+        # one issuer per table: ids never repeat, whatever the packets (issue 15)
+        self.ids = ids if ids is not None else SessionIds()
         self._emit_opened = emit_opened
         self._flows: dict[FlowKey, Flow] = {}
         self._frags: dict[tuple[int, ...], tuple[Flow, int, float]] = {}
@@ -227,6 +228,20 @@ class FlowTable:
                 flow.checkpoint_ts = flow.last_ts
                 out.append(self._event(flow, EventKind.CHECKPOINT))
         return out
+
+    def suspend(self) -> list[SessionEvent]:
+        """The service stops: end what has ended, checkpoint the rest to be resumed (issue 15).
+
+        Sessions past their idle timeout close as idle, and sessions already closed by FIN or
+        RST close now with that reason: their linger only waits for late packets, and saved
+        as ongoing they would come back after a restart only to end as idle. The others are
+        checkpointed (ongoing) if they changed since their last checkpoint.
+        """
+        out = self.advance(self._now, force=True)
+        for flow in list(self._flows.values()):
+            if flow.closed:
+                self._finish(flow, flow.close_reason or CloseReason.FIN)
+        return out + self._drain() + self.checkpoint()
 
     def close_all(self, reason: CloseReason) -> list[SessionEvent]:
         """End every session now (end of capture, shutdown).
@@ -393,9 +408,12 @@ class FlowTable:
             flip = self._is_client(family, receiver) and not self._is_client(family, sender)
             init_a = sender_a != flip
             midstream = flip or proto == 6
-        ia, ip_, ra, rp = (a, a_port, bb, b_port) if init_a else (bb, b_port, a, a_port)
-        attribution = self._attribute(family, ia, ra, rp, _PROTOS[proto])
-        sid = session_id(self._ns, family, proto, ia, ip_, ra, rp, ts)
+        if init_a:
+            initiator, responder, responder_port = a, bb, b_port
+        else:
+            initiator, responder, responder_port = bb, a, a_port
+        attribution = self._attribute(family, initiator, responder, responder_port, _PROTOS[proto])
+        sid = self.ids.new(ts)
         flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
         flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
         self._flows[key] = flow

@@ -21,9 +21,10 @@ from tunnelacct.decode import SKIPPED_REASONS
 from tunnelacct.decodeproc import Decoded, DecodeProcess, first_timestamp
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
-from tunnelacct.flowkey import session_namespace
+from tunnelacct.flowkey import SessionIds
 from tunnelacct.flowtable import FlowTable
 from tunnelacct.identity import Inventory
+from tunnelacct.reimport import Reimport
 from tunnelacct.sources.pcapfile import open_capture
 from tunnelacct.store import make_engine, sync_inventory, unlogged_orgs
 from tunnelacct.writer import SessionWriter
@@ -45,6 +46,7 @@ class ImportSummary:
     decode_errors: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)  # valid but not TCP/UDP
     rows_written: int = 0
+    replaced: int = 0  # stored sessions of an earlier capture of the same traffic, replaced
     seconds: float = 0.0  # wall time of the whole import, writes included
     warnings: list[str] = field(default_factory=list)
     failed_files: list[str] = field(default_factory=list)
@@ -83,15 +85,19 @@ async def import_files(
     writer: SessionWriter,
     summary: ImportSummary,
     *,
+    ids: SessionIds,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Sessionize what `worker` decodes from `files` and hand it to `writer`; fills summary."""
+    """Sessionize what `worker` decodes from `files` and hand it to `writer`; fills summary.
+
+    `ids` names the sessions: the writer tells this import's rows from earlier ones by it.
+    """
     inventory = Inventory.from_config(config)
     table = FlowTable(
         config.timeouts,
         attribute=inventory.attribute,
         is_client=inventory.is_client_address,
-        id_namespace=session_namespace(config.gateway),
+        ids=ids,
     )
     done_bytes = [0] * len(files)
     try:
@@ -139,16 +145,24 @@ async def _run(
     engine = make_engine(config.database.url)
     try:
         await sync_inventory(engine, config)
+        ids = SessionIds()
         writer = SessionWriter(
-            engine, config.writer, gateway=config.gateway, unlogged_orgs=unlogged_orgs(config)
+            engine,
+            config.writer,
+            gateway=config.gateway,
+            unlogged_orgs=unlogged_orgs(config),
+            reimport=Reimport(config.gateway, ids.issued),
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
             try:
-                await import_files(files, worker, config, writer, summary, progress=progress)
+                await import_files(
+                    files, worker, config, writer, summary, ids=ids, progress=progress
+                )
             finally:
                 await writer.close()
         summary.rows_written = writer.rows_written
+        summary.replaced = writer.replaced_rows
     finally:
         await engine.dispose()
 

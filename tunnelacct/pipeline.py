@@ -22,7 +22,6 @@ import functools
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -161,7 +160,6 @@ class CapturePipeline:
         *,
         attribute: AttributeFn,
         is_client: IsClientFn,
-        id_namespace: uuid.UUID,
         queue_packets: int,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -174,7 +172,6 @@ class CapturePipeline:
             timeouts,
             attribute=attribute,
             is_client=is_client,
-            id_namespace=id_namespace,
             emit_opened=True,
             tally=tally,
         )
@@ -360,7 +357,7 @@ class CapturePipeline:
                 if item.finished:
                     events = await asyncio.to_thread(table.close_all, CloseReason.END_OF_CAPTURE)
                 else:
-                    events = await asyncio.to_thread(table.checkpoint)
+                    events = await asyncio.to_thread(table.suspend)
                 await sink.submit(events)
                 self._publish()
                 if item.error is not None:

@@ -29,11 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct import metrics
 from tunnelacct.config import ClientConfig, Config, load_config
-from tunnelacct.enums import CloseReason, EventKind
+from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
-from tunnelacct.flowkey import session_namespace
 from tunnelacct.identity import Inventory
 from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
@@ -139,14 +138,12 @@ class Service:
             if config.service.session_events is not None:
                 self.event_log = SessionEventLog(config.service.session_events, config.gateway)
             sink = _Tee(writer, self.event_log)
-            namespace = session_namespace(config.gateway)
             self.pipelines = [
                 CapturePipeline(
                     capture,
                     config.timeouts,
                     attribute=self._attribute,
                     is_client=self._is_client,
-                    id_namespace=namespace,
                     queue_packets=config.service.queue_packets,
                     tally=TrafficTally(self._labels),
                 )
@@ -371,20 +368,26 @@ class Service:
     async def _resume(self, engine: Any, sink: _Tee) -> None:
         """Continue this gateway's `ongoing` sessions on their live interface; close the rest.
 
-        Sessions past their idle timeout are closed as idle by the first tick, at their last
-        packet; those of an interface no longer captured (or of a file replay) are closed now.
+        A session is closed as `shutdown`, at its last packet, when the service cannot have
+        seen all of it: its interface is no longer captured (or it came from a file replay),
+        or the service was down past its idle timeout (its packets meanwhile went unseen, so
+        neither `idle` nor a later end would be true). The others continue: later packets on
+        their 5-tuple add to the same row.
         """
         live = {p.capture.interface: p for p in self.pipelines if p.live}
+        timeouts = self.config.timeouts
+        now_ts = time.time()
         stale = []
         for event in await ongoing_sessions(engine, self.config.gateway):
             pipeline = live.get(event.interface)
-            if pipeline is None:
+            idle_s = timeouts.tcp_idle_s if event.proto is IpProto.TCP else timeouts.udp_idle_s
+            if pipeline is None or now_ts - event.last_ts > idle_s:
                 stale.append(
                     dataclasses.replace(
                         event,
                         kind=EventKind.CLOSED,
                         ended_ts=event.last_ts,
-                        close_reason=CloseReason.IDLE,
+                        close_reason=CloseReason.SHUTDOWN,
                     )
                 )
             else:
@@ -394,7 +397,8 @@ class Service:
         await sink.submit(stale)
         if self.resumed or stale:
             log.info(
-                "resumed %d ongoing sessions; closed %d of captures no longer configured as idle",
+                "resumed %d ongoing sessions; closed %d as shutdown (capture gone, or down past "
+                "their idle timeout)",
                 self.resumed,
                 len(stale),
             )

@@ -47,6 +47,7 @@ from tunnelacct.config import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
 from tunnelacct.events import SessionEvent
+from tunnelacct.reimport import Reimport
 from tunnelacct.rows import (
     ROW_COLUMNS,
     STAGING_TABLE,
@@ -117,7 +118,8 @@ class SessionWriter:
     Stats: `rows_written`, `flushes`, `failed_flushes`, `write_seconds_total`,
     `write_seconds_max`, `recent_write_seconds` (the last 4096 flushes) and
     `write_seconds_counts` (every flush, per WRITE_BUCKETS_S bucket, +Inf last), `last_flush_at`,
-    `dropped_events` (events lost because close() ran out of time),
+    `dropped_events` (events lost because close() ran out of time), `replaced_rows` (rows of an
+    earlier capture that an import's sessions replaced: `reimport`),
     `stale_events` (late non-closing events for an already closed pending session), `pending`
     and `unlogged_events` (events of `unlogged_orgs`, the orgs with logging = false: dropped).
     """
@@ -131,6 +133,7 @@ class SessionWriter:
         clock: Callable[[], float] = time.monotonic,
         unlogged_orgs: frozenset[str] = frozenset(),
         write_lock: asyncio.Lock | None = None,
+        reimport: Reimport | None = None,
     ) -> None:
         if config.batch_size < 1 or config.max_pending < 1 or config.flush_interval_s < 0:
             raise ValueError(f"invalid writer config {config!r}")
@@ -156,6 +159,11 @@ class SessionWriter:
         # so a flush waits for at most one purge batch (SQLite's own busy wait is not fair).
         self._write_lock = write_lock or asyncio.Lock()
         self.unlogged_events = 0
+        # An import: a session's first write replaces the row of an earlier capture of it.
+        # First writes are those of sessions not in _written_open (written, not yet closed).
+        self._reimport = reimport
+        self._written_open: set[int] = set()
+        self.replaced_rows = 0
         # session id -> newest event, and -> clock time it first became pending. Both maps have
         # the same keys in arrival order (replacing a value keeps its position), so the oldest
         # comes first. Keys are the ids' ints: UUID.__hash__ is Python code, an int hashes in C.
@@ -325,12 +333,16 @@ class SessionWriter:
         events = [pending[key] for key in keys]
         gateway, driver = self._gateway, self._driver
         rows = [session_values(event, gateway, driver) for event in events]
+        fresh: list[SessionEvent] = []
+        if self._reimport is not None:
+            written = self._written_open
+            fresh = [e for e in events if e.session_id.int not in written]
         started = time.perf_counter()
         try:
             if self._copy:
-                await self._write_partitioned(rows)
+                replaced = await self._write_partitioned(rows, fresh)
             else:
-                await self._write_routed(rows)
+                replaced = await self._write_routed(rows, fresh)
         finally:
             took = time.perf_counter() - started
             if took >= SLOW_FLUSH_S:
@@ -341,7 +353,14 @@ class SessionWriter:
             self.write_seconds_counts[bisect.bisect_left(WRITE_BUCKETS_S, took)] += 1
         self.flushes += 1
         self.rows_written += len(rows)
+        self.replaced_rows += replaced
         self.last_flush_at = datetime.now(UTC)
+        if self._reimport is not None:
+            for event in events:
+                if event.kind is _CLOSED:
+                    self._written_open.discard(event.session_id.int)
+                else:
+                    self._written_open.add(event.session_id.int)
         # Drop only what was written: an event that replaced one in flight stays pending.
         for key, event in zip(keys, events, strict=True):
             if pending.get(key) is event:
@@ -350,8 +369,11 @@ class SessionWriter:
         async with self._space:
             self._space.notify_all()
 
-    async def _write_partitioned(self, rows: list[tuple[object, ...]]) -> None:
-        """PostgreSQL: make sure the partitions of the rows' days exist, then COPY and upsert.
+    async def _write_partitioned(
+        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]
+    ) -> int:
+        """PostgreSQL: make sure the partitions of the rows' days exist, then COPY and upsert;
+        first, for an import, delete the rows that `fresh` sessions replace (returns how many).
 
         A day seen before may have lost its partition since: retention drops a day's partition
         once every row in it has expired, and a late row (an old capture imported now) may
@@ -363,7 +385,7 @@ class SessionWriter:
             self._days |= days
         try:
             async with self._engine.connect() as conn:
-                await self._copy_upsert(conn, rows)
+                return await self._copy_upsert(conn, rows, fresh)
         except Exception as exc:
             if sqlstate(exc) != NO_PARTITION_SQLSTATE:
                 raise
@@ -371,11 +393,12 @@ class SessionWriter:
             await ensure_partitions(self._engine, days)
             self._days |= days
             async with self._engine.connect() as conn:
-                await self._copy_upsert(conn, rows)
+                return await self._copy_upsert(conn, rows, fresh)
 
-    async def _write_routed(self, rows: list[tuple[object, ...]]) -> None:
+    async def _write_routed(self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]) -> int:
         """SQLite: upsert each row into the partition covering its org and UTC start day, or
-        into sessions_default, in one transaction.
+        into sessions_default, in one transaction; first, for an import, delete the rows that
+        `fresh` sessions replace (returns how many).
 
         The routes are read again whenever the schema changed (a partition created or dropped
         by serve, a purge, `db partition`): under the write lock, taken first, so they hold
@@ -387,6 +410,9 @@ class SessionWriter:
             if version != self._routed_at:
                 self._routes = routes(await conn.run_sync(sqlite_partitions))
                 self._routed_at = version
+            replaced = 0
+            if fresh and self._reimport is not None:
+                replaced = await conn.run_sync(self._reimport.replace_sqlite, fresh, self._route)
             groups: dict[str, list[tuple[object, ...]]] = {}
             for row in rows:
                 key = (row[_ORG_ID], row[_STARTED_AT][:10])  # type: ignore[index]
@@ -397,6 +423,11 @@ class SessionWriter:
                 group.append(row)
             for name, group in groups.items():
                 await conn.exec_driver_sql(self._upsert_into(name), group)
+        return replaced
+
+    def _route(self, org_id: str, day: str) -> str:
+        """SQLite: the table that holds the sessions of `org_id` that started on `day`."""
+        return self._routes.get((org_id, day), DEFAULT_TABLE)
 
     def _upsert_into(self, name: str) -> str:
         sql = self._sqlite_sql.get(name)
@@ -406,8 +437,11 @@ class SessionWriter:
             sql = self._sqlite_sql[name] = upsert_sql(self._engine.dialect, name)
         return sql
 
-    async def _copy_upsert(self, conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
-        """COPY `rows` into the connection's staging table and upsert them, in one transaction.
+    async def _copy_upsert(
+        self, conn: AsyncConnection, rows: list[tuple[object, ...]], fresh: list[SessionEvent]
+    ) -> int:
+        """COPY `rows` into the connection's staging table and upsert them, in one transaction,
+        after deleting the rows that `fresh` sessions of an import replace (returns how many).
 
         Runs on the asyncpg connection itself (SQLAlchemy has no COPY), so its errors are
         asyncpg's: those with a SQLSTATE are judged by it, and a connection lost meanwhile is
@@ -418,11 +452,15 @@ class SessionWriter:
         assert driver is not None  # a checked-out connection has its driver connection
         try:
             async with driver.transaction():
+                replaced = 0
+                if fresh and self._reimport is not None:
+                    replaced = await self._reimport.replace_postgresql(driver, fresh)
                 # IF NOT EXISTS: the table lasts as long as the connection, so this creates it
                 # on a connection's first flush and costs one round trip (of 5,000 rows) after.
                 await driver.execute(self._staging_sql)
                 await driver.copy_records_to_table(STAGING_TABLE, records=rows, columns=ROW_COLUMNS)
                 await driver.execute(self._sql)
+            return replaced
         except Exception as exc:
             if driver.is_closed():
                 await conn.invalidate(exc)

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,6 @@ def bench_flow_memory(flows: int) -> None:
     attribution = Attribution(org_id="acme", client_id="c", resource_id="r")
     table = FlowTable(
         Timeouts(), attribute=lambda *a: attribution, is_client=lambda f, a: False,
-        id_namespace=uuid.NAMESPACE_URL,
     )  # fmt: skip
     gc.collect()
     tracemalloc.start()

@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -47,7 +46,7 @@ def sessionize(batches: list[DecodedBatch], metrics: bool) -> float:
     tally = TrafficTally(MetricLabels()) if metrics else None
     table = FlowTable(
         Timeouts(), attribute=attribute, is_client=lambda f, a: a >> 24 == 100,
-        id_namespace=uuid.UUID(int=1), emit_opened=True, tally=tally,
+        emit_opened=True, tally=tally,
     )  # fmt: skip
     started = time.perf_counter()
     for batch in batches:

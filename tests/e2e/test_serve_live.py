@@ -17,7 +17,12 @@ import pytest
 
 from tests.helpers.accuracy import expected_attribution, import_file
 from tests.helpers.netlab import RES_V4, WireguardLab
-from tests.helpers.oracle import OracleSession, compare_sessions, tshark_sessions
+from tests.helpers.oracle import (
+    OracleSession,
+    compare_sessions,
+    rows_by_session,
+    tshark_sessions,
+)
 from tests.helpers.serving import Serve, write_config
 
 BASE = Path(__file__).parents[1] / "data" / "wg-small.toml"
@@ -148,10 +153,11 @@ def test_serve_records_live_tunnel_traffic_exactly_as_tcpdump_and_wg_see_it(
     # The live path and the import path give the same rows for the same packets (the import
     # names the file as interface, and ends the UDP sessions with the capture).
     import_file(pcap, BASE, tmp_path / "import.db")
-    imported = {r["id"]: r for r in all_rows(tmp_path / "import.db")}
-    assert set(imported) == {r["id"] for r in rows}
-    for row in rows:
-        other = dict(imported[row["id"]])
+    imported = rows_by_session(all_rows(tmp_path / "import.db"))
+    served = rows_by_session(rows)
+    assert set(imported) == set(served)
+    for key, row in served.items():
+        other = dict(imported[key])
         assert other.pop("interface") == pcap.name
         if row["protocol"] == "udp":
             assert other.pop("close_reason") == "end_of_capture"

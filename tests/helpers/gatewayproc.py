@@ -26,13 +26,13 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.flowkey import addr_int, session_id, session_namespace
 from tunnelacct.store import make_engine, ongoing_sessions
 from tunnelacct.writer import SessionWriter
 
@@ -55,9 +55,16 @@ class Planned:
     shared: bool  # the same 5-tuple and start on every gateway
 
 
+def _session_id(gateway: str, generation: int, i: int, started_ts: float) -> uuid.UUID:
+    """The id of planned session `i`: the same in every process that plans it, distinct per
+    gateway, time-ordered like the ids of flowkey.SessionIds."""
+    ms = round(started_ts * 1_000_000) // 1000
+    rest = _num(gateway, generation, i, "id") << 16 | _num(gateway, generation, i, "id2") & 0xFFFF
+    return uuid.UUID(int=(ms << 80) | (rest & ((1 << 80) - 1)))
+
+
 def plan(gateway: str, generation: int, sessions: int) -> list[Planned]:
     """The sessions `gateway` sees in `generation`, each as its final event."""
-    namespace = session_namespace(gateway).bytes
     out = []
     for i in range(sessions):
         shared = i % 3 == 0
@@ -67,9 +74,7 @@ def plan(gateway: str, generation: int, sessions: int) -> list[Planned]:
         sport = 1024 + _num(owner, generation, i, "p") % 60000
         proto = IpProto.TCP if i % 5 else IpProto.UDP
         started = T0 + generation * 3600 + i * 0.001
-        sid = session_id(
-            namespace, 4, int(proto), addr_int(src), sport, addr_int(dst), 443, started
-        )
+        sid = _session_id(gateway, generation, i, started)
         n = 1 + _num(gateway, generation, i, "n") % 1000  # differs per gateway
         closes = _num(gateway, generation, i, "c") % 10 < 7
         last = started + n / 100

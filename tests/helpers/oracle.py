@@ -271,6 +271,18 @@ def read_session_rows(sqlite_path: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in cursor]
 
 
+def rows_by_session(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Rows keyed by what names a session across runs (protocol, src and dst address and
+    port, start time), without their ids: each run names its sessions anew. Fails when two
+    rows share a key."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (*_row_key(row), str(row["started_at"]))
+        assert key not in out, f"two rows of {key}"
+        out[key] = {k: v for k, v in row.items() if k != "id"}
+    return out
+
+
 def _norm_addr(text: str) -> str:
     return ipaddress.ip_address(text).compressed
 
