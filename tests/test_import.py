@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -205,3 +208,35 @@ def test_import_summary_reports_packets_sessions_and_rate(tmp_path: Path) -> Non
     assert f"{_pcap_records(pcap):,} packets in" in out
     assert f"sessions: {len(read_session_rows(db)):,} " in out
     assert "packets/s" in out and "decode errors: none" in out
+
+
+@needs_tshark
+@pytest.mark.parametrize("cut", ["inside-data", "inside-record-header"])
+def test_a_capture_cut_inside_a_record_exits_1_naming_it_after_importing_what_precedes(
+    tmp_path: Path, cut: str
+) -> None:
+    # Issue 15: a truncated capture warned and exited 0 although the README says exit 1.
+    linktype, records = _pcap_records_raw(DATA / "wg-small.pcap")
+    whole = records[: len(records) // 2]
+    complete = write_pcap(tmp_path / "complete.pcap", whole, linktype)
+    partial = 10 if cut == "inside-data" else -6  # into the next record's data, or its header
+    next_record = 16 + len(records[len(whole)][1])
+    keep = complete.stat().st_size + (partial if partial > 0 else 16 + partial)
+    assert keep < complete.stat().st_size + next_record
+    cut_file = tmp_path / "cut.pcap"
+    data = write_pcap(tmp_path / "more.pcap", records[: len(whole) + 1], linktype).read_bytes()
+    cut_file.write_bytes(data[:keep])
+    db = tmp_path / "cut.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", "import", "--config", str(CONFIG), str(cut_file)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"},
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"error: {cut_file}: truncated" in done.stderr
+    assert f"the {len(whole):,} packets before it were imported" in done.stderr
+    problems = compare_sessions(tshark_sessions(complete), read_session_rows(db))
+    assert problems == [], "\n".join(problems)

@@ -71,8 +71,7 @@ def order_files(paths: Sequence[str | Path], summary: ImportSummary) -> list[Pat
             seen.add((st.st_dev, st.st_ino))
             files.append(p)
         except CaptureFormatError as e:
-            summary.failed_files.append(str(e))
-            log.error("%s", e)
+            summary.failed_files.append(str(e))  # reported once, by the caller
     files.sort(key=first_timestamp)
     summary.files = len(files)
     return files
@@ -112,9 +111,8 @@ async def import_files(
             else:
                 summary.packets += msg.packets
                 summary.warnings += [f"{files[msg.index]}: {w}" for w in msg.warnings]
-                if msg.error:
+                if msg.error:  # reported once, by the caller, with the summary
                     summary.failed_files.append(msg.error)
-                    log.error("%s (packets before it were imported)", msg.error)
                 at = msg.size_bytes
             if progress is not None and at > done_bytes[msg.index]:
                 progress(at - done_bytes[msg.index])

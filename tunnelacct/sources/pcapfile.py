@@ -42,6 +42,7 @@ class FileStats:
     packets: int = 0
     bytes_read: int = 0
     truncated_tail: bool = False  # the file ended inside a record (e.g. tcpdump was killed)
+    tail: str | None = None  # then: what was left over, as also said in `warnings`
     warnings: list[str] = field(default_factory=list)
 
 
@@ -125,9 +126,10 @@ class PcapReader(CaptureReader):
                     yield self._batch(buf, np.array(offs, dtype=np.int64), order, tick, linktype)
             if rest:
                 self.stats.truncated_tail = True
-                self.stats.warnings.append(
+                self.stats.tail = (
                     f"file ends inside a record ({len(rest)} bytes ignored at the end)"
                 )
+                self.stats.warnings.append(self.stats.tail)
 
     def _batch(
         self, buf: bytearray, offs: np.ndarray, order: str, tick: float, linktype: int
@@ -220,9 +222,8 @@ class PcapngReader(CaptureReader):
                 self.stats.bytes_read = base
             if rest:
                 self.stats.truncated_tail = True
-                self.stats.warnings.append(
-                    f"file ends inside a block ({len(rest)} bytes ignored at the end)"
-                )
+                self.stats.tail = f"file ends inside a block ({len(rest)} bytes ignored at the end)"
+                self.stats.warnings.append(self.stats.tail)
 
     def _parse_idb(self, buf: bytearray, off: int, blen: int, order: str) -> _Interface:
         linktype, _res, snaplen = struct.unpack_from(order + "HHI", buf, off + 8)
