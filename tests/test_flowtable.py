@@ -266,6 +266,26 @@ def test_headers_only_capture_gives_the_same_sessions_as_a_full_one(tmp_path: Pa
     assert counters(by_src[CLIENT6]) == direction_totals(dns, CLIENT6)
 
 
+def test_a_half_closed_connection_stays_one_session_until_the_second_fin(tmp_path: Path) -> None:
+    # Issue 15, item 16: the client sends its FIN, the server goes on sending for longer than
+    # the linger, then sends its own FIN. "Any FIN closes" would split this into two sessions.
+    c = Tcp(CLIENT4, SERVER4, 40030, 443)
+    start = [*c.handshake(), *c.request(120), c.seg(True, "FA"), c.seg(False, "A")]
+    linger = Decimal(str(TIMEOUTS.tcp_linger_s))
+    pkts = timed(T0, start)
+    for i in range(1, 5):  # each response well beyond the linger after the client's FIN
+        pkts += timed(T0 + i * 2 * linger, c.response(1000 + i))
+    tail = [c.seg(False, "FA"), c.seg(True, "A")]
+    pkts += timed(T0 + 10 * linger, tail)
+    run = run_capture(tmp_path, pkts, end=False)
+    assert run.closed == [] and len(run.table) == 1  # open until the second FIN and its linger
+    last = float(pkts[-1][0])
+    ev = only(run.table.advance(last + TIMEOUTS.tcp_linger_s + 1))
+    assert ev.close_reason is CloseReason.FIN and not ev.midstream
+    assert counters(ev) == direction_totals([p for _, p in pkts], CLIENT4)
+    assert ev.ended_ts == last
+
+
 def test_rst_closes_the_session_with_reason_rst(tmp_path: Path) -> None:
     c = Tcp(CLIENT4, SERVER4, 40001, 443)
     pkts = [*c.handshake(), *c.request(100), c.seg(False, "R")]
