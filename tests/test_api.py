@@ -1,6 +1,7 @@
 """The REST API in-process (httpx ASGI transport) on a real store, SQLite and PostgreSQL, filled
 by importing a capture recorded through a real WireGuard tunnel (once per engine; each test gets
-its own copy); checked against the rows read back without tunnelacct's types."""
+its own copy), plus orgs whose ids are prefixes of acme's and the other way round, holding
+copies of its data; checked against the rows read back without tunnelacct's types."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ import base64
 import csv
 import io
 import json
+import re
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, insert, pool, select
 
 from tests.helpers.pg import add_partitions
+from tests.helpers.prefixorgs import PREFIX_ORGS, add_prefix_orgs
 from tests.helpers.serving import dump_toml
 from tests.helpers.stores import ENGINES, copied_store, execute, imported_store
 from tests.helpers.stores import query as raw_query
@@ -34,14 +39,18 @@ DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
 NOW = datetime(2026, 12, 1, tzinfo=UTC)  # the app's clock (updated_at) and the purges' now
 FUTURE = datetime(2099, 1, 1, tzinfo=UTC)  # after every session of the capture
+RETENTION_IN_CONFIG = {"acme": 30, "globex": 7, "unattributed": 30}  # wg-small.toml (+ default)
+CONFIG_ORGS = frozenset(RETENTION_IN_CONFIG)  # the orgs the config writes to the store
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def capture_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """wg-small.pcap imported by the real CLI, once per engine: copied, never used, by tests."""
+    """wg-small.pcap imported by the real CLI, once per engine, and the PREFIX_ORGS: copied,
+    never used, by tests."""
     with imported_store(request.param, tmp_path_factory.mktemp("api")) as url:
+        add_prefix_orgs(url)
         yield url
 
 
@@ -62,9 +71,7 @@ async def client(imported: str) -> AsyncIterator[tuple[httpx.AsyncClient, dict[s
     revoked, row = await create_token(engine, Role.AUDITOR, org_id="acme")
     await revoke_token(engine, row.id)
     tokens["revoked"] = revoked
-    # every org of the freshly imported store was written from the config
-    config_orgs = frozenset(str(o) for (o,) in raw_query(imported, "select id from orgs"))
-    app = create_app(ApiContext(engine, config_orgs=config_orgs, clock=lambda: NOW))
+    app = create_app(ApiContext(engine, config_orgs=CONFIG_ORGS, clock=lambda: NOW))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c, tokens
@@ -73,6 +80,11 @@ async def client(imported: str) -> AsyncIterator[tuple[httpx.AsyncClient, dict[s
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def not_found(org: str) -> dict[str, str]:
+    """The answer to an org that does not exist or that the token may not read."""
+    return {"error": "not_found", "detail": f"no org {org!r}"}
 
 
 def ids_of(db: str, sql: str, *params: object) -> list[str]:
@@ -110,14 +122,15 @@ async def test_an_auditor_sees_its_org_only_and_others_look_absent(client: Clien
     c, tokens = client
     auditor = bearer(tokens["acme"])
     assert [o["id"] for o in (await c.get("/api/v1/orgs", headers=auditor)).json()] == ["acme"]
-    for org in ("globex", "no-such-org"):
-        for tail in ("sessions", "sessions.csv", "clients", "resources"):
-            r = await c.get(f"/api/v1/orgs/{org}/{tail}", headers=auditor)
-            assert (r.status_code, r.json()) == (404, {"detail": f"no org {org!r}"}), (org, tail)
+    # acme2 and acm hold copies of acme's data, and their ids start alike
+    for org in ("globex", *PREFIX_ORGS, "no-such-org"):
+        for tail in ("", "/sessions", "/sessions.csv", "/clients", "/resources"):
+            r = await c.get(f"/api/v1/orgs/{org}{tail}", headers=auditor)
+            assert (r.status_code, r.json()) == (404, not_found(org)), (org, tail)
     admin = bearer(tokens["admin"])
     listed = (await c.get("/api/v1/orgs", headers=admin)).json()
     orgs = {o["id"] for o in listed}
-    assert {"acme", "globex"} <= orgs
+    assert {"acme", "globex", *PREFIX_ORGS} <= orgs
     # wg-small.toml: acme keeps 30 days, globex 7; both log
     assert {(o["id"], o["retention_days"], o["logging"]) for o in listed} >= {
         ("acme", 30, True), ("globex", 7, True)
@@ -159,6 +172,7 @@ async def test_a_filter_selects_what_sql_selects_and_a_bad_one_is_400(
                       headers=bearer(tokens["acme"]))  # fmt: skip
     assert bad.status_code == 400
     assert bad.json()["token"] == "dport:70000" and "0-65535" in bad.json()["expected"]
+    assert (bad.json()["error"], bad.json()["parameter"]) == ("bad_parameter", "q")
     sneaky = await c.get("/api/v1/orgs/acme/sessions", params={"q": "client:\"x' OR 1=1 --\""},
                          headers=bearer(tokens["acme"]))  # fmt: skip
     assert sneaky.status_code == 200 and sneaky.json()["sessions"] == []
@@ -198,6 +212,8 @@ async def test_inventory_lists_the_orgs_clients_and_resources(client: Client) ->
     assert clients[0]["addresses"] == ["100.64.0.2/32", "fd00:64::2/128"]
     resources = (await c.get("/api/v1/orgs/acme/resources", headers=auditor)).json()
     assert resources and all(set(r["protocols"]) <= {"tcp", "udp"} for r in resources)
+    # wg-small.toml's resources of acme, not those of acme2 (copies) or of another org
+    assert [r["id"] for r in resources] == ["intranet-web", "intranet-web-v6", "udp-echo"]
 
 
 def add_session_like_one_of_acme(url: str, started_at: datetime) -> None:
@@ -314,11 +330,10 @@ async def test_a_malformed_cursor_is_400_naming_it(client: Client, cursor: str) 
     r = await c.get("/api/v1/orgs/acme/sessions", params={"cursor": cursor},
                     headers=bearer(tokens["acme"]))  # fmt: skip
     assert r.status_code == 400 and cursor in r.json()["detail"]
+    assert (r.json()["error"], r.json()["parameter"]) == ("bad_parameter", "cursor")
 
 
 # --- admin-only routes: purge runs and retention ---------------------------------------------
-
-RETENTION_IN_CONFIG = {"acme": 30, "globex": 7, "unattributed": 30}  # wg-small.toml (+ default)
 
 
 def add_org(db: str, org_id: str, retention_days: int | None) -> None:
@@ -353,7 +368,8 @@ async def test_an_auditor_token_is_403_and_no_token_401_on_admin_routes(
         r = await c.request(method, path, json=body, headers=bearer(tokens["acme"]))
         # whatever the org, even one that does not exist: an auditor learns nothing from a 403
         assert (r.status_code, r.json()) == (403, {
-            "detail": "this needs an admin token; this one is an auditor token of org 'acme'"
+            "error": "forbidden",
+            "detail": "this needs an admin token; this one is an auditor token of org 'acme'",
         }), path  # fmt: skip
         for headers in ({}, bearer(tokens["revoked"])):
             r = await c.request(method, path, json=body, headers=headers)
@@ -410,7 +426,7 @@ async def test_purge_runs_list_what_real_purges_recorded_newest_first(
     for limit in (0, 1001, "x"):
         r = await c.get("/api/v1/purge-runs", params={"limit": limit},
                         headers=bearer(tokens["admin"]))  # fmt: skip
-        assert r.status_code == 422, limit
+        assert (r.status_code, r.json()["parameter"]) == (400, "limit"), limit
 
 
 async def test_an_org_shows_its_retention_logging_and_who_sets_it(
@@ -422,9 +438,9 @@ async def test_an_org_shows_its_retention_logging_and_who_sets_it(
     r = await c.get("/api/v1/orgs/acme", headers=auditor)
     assert r.json() == {"id": "acme", "name": "Acme Corp", "retention_days": 30,
                         "logging": True, "source": "config"}  # fmt: skip
-    for org in ("globex", "initech", "no-such-org"):
+    for org in ("globex", "initech", *PREFIX_ORGS, "no-such-org"):
         r = await c.get(f"/api/v1/orgs/{org}", headers=auditor)
-        assert (r.status_code, r.json()) == (404, {"detail": f"no org {org!r}"})
+        assert (r.status_code, r.json()) == (404, not_found(org))
     assert (await c.get("/api/v1/orgs/globex", headers=admin)).json()["retention_days"] == 7
     r = await c.get("/api/v1/orgs/initech", headers=admin)
     assert r.json() == {"id": "initech", "name": "Initech", "retention_days": "forever",
@@ -520,6 +536,9 @@ async def test_a_bad_retention_is_400_naming_it_and_changes_nothing(
         detail = r.json()["detail"]
         assert r.status_code == 400 and detail.startswith(named), (body[:40], detail)
         assert detail.endswith(WHY_DAYS) or WHY_SHAPE in detail, detail
+        # the value is at fault, or else the body as a whole
+        parameter = "retention_days" if named.startswith("retention_days") else "body"
+        assert r.json() == {"error": "bad_parameter", "parameter": parameter, "detail": detail}
     assert org_rows(imported) == before
 
 
@@ -540,16 +559,212 @@ async def test_a_config_orgs_retention_is_409_and_changes_nothing(
     c, tokens = client
     before = org_rows(imported)
     admin = bearer(tokens["admin"])
-    for org in ("acme", "globex", "unattributed"):
+    for org in ("acme", "globex"):
         for days in (5, "forever"):
             r = await c.patch(f"/api/v1/orgs/{org}", json={"retention_days": days}, headers=admin)
-            assert (r.status_code, r.json()) == (409, {"detail": (
+            assert (r.status_code, r.json()) == (409, {"error": "conflict", "detail": (
                 f"org {org!r} is defined in the config file, which sets its retention: "
                 "edit retention_days in its [[orgs]] entry there")})  # fmt: skip
+    # the default org: wg-small.toml has no [[orgs]] entry for it, so it has no entry to edit;
+    # the config sets its retention all the same (README: [attribution] default_org; 30 days,
+    # the [[orgs]] default), and an entry of its own would set it
+    r = await c.patch("/api/v1/orgs/unattributed", json={"retention_days": 5}, headers=admin)
+    said = (
+        "org 'unattributed' is the config file's default org ([attribution] default_org), and"
+        " the file sets its retention: set retention_days in an [[orgs]] entry with"
+        ' id = "unattributed" there (without one, it is kept 30 days)'
+    )
+    assert (r.status_code, r.json()) == (409, {"error": "conflict", "detail": said})
+    assert raw_query(imported, "select retention_days from orgs where id = 'unattributed'") == [
+        (30,)
+    ]  # what the import wrote from the config, without an entry
     # a bad body is a 400 first, whoever owns the org; an org that does not exist a 404
     r = await c.patch("/api/v1/orgs/acme", json={"retention_days": 0}, headers=admin)
     assert r.status_code == 400
     r = await c.patch("/api/v1/orgs/no-such-org", json={"retention_days": 5}, headers=admin)
-    assert (r.status_code, r.json()) == (404, {"detail": "no org 'no-such-org'"})
+    assert (r.status_code, r.json()) == (404, not_found("no-such-org"))
     assert org_rows(imported) == before
     assert (await c.get("/api/v1/orgs/acme", headers=admin)).json()["retention_days"] == 30
+
+
+# --- one error shape (issue 15) -------------------------------------------------------------
+
+BAD_PARAMETERS = [
+    ("GET", "/api/v1/orgs/acme/sessions", {"limit": 0}, None, "limit"),
+    ("GET", "/api/v1/orgs/acme/sessions", {"limit": 1001}, None, "limit"),
+    ("GET", "/api/v1/orgs/acme/sessions", {"limit": "x"}, None, "limit"),
+    ("GET", "/api/v1/orgs/acme/sessions", {"limit": ""}, None, "limit"),
+    ("GET", "/api/v1/orgs/acme/sessions", {"cursor": "nope"}, None, "cursor"),
+    ("GET", "/api/v1/orgs/acme/sessions", {"q": "dport:70000"}, None, "q"),
+    ("GET", "/api/v1/orgs/acme/sessions.csv", {"q": "nokey:1"}, None, "q"),
+    ("GET", "/api/v1/purge-runs", {"limit": -1}, None, "limit"),
+    ("GET", "/api/v1/purge-runs", {"limit": "1.5"}, None, "limit"),
+    ("PATCH", "/api/v1/orgs/initech", None, b'{"retention_days": 0}', "retention_days"),
+    ("PATCH", "/api/v1/orgs/initech", None, b"[]", "body"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "params", "body", "parameter"), BAD_PARAMETERS)
+async def test_every_bad_parameter_is_a_400_of_one_shape_naming_it(
+    client: Client,
+    imported: str,
+    method: str,
+    path: str,
+    params: dict[str, object] | None,
+    body: bytes | None,
+    parameter: str,
+) -> None:
+    c, tokens = client
+    add_org(imported, "initech", 90)
+    headers = bearer(tokens["admin"]) | {"Content-Type": "application/json"}
+    r = await c.request(method, path, params=params, content=body, headers=headers)
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    got = r.json()
+    filter_fields = {"token", "expected"} if parameter == "q" else set()
+    assert set(got) == {"error", "parameter", "detail"} | filter_fields, got
+    assert (got["error"], got["parameter"]) == ("bad_parameter", parameter)
+    assert isinstance(got["detail"], str) and got["detail"].startswith(
+        ("bad filter term", "bad cursor") if parameter in ("q", "cursor") else parameter
+    ), got["detail"]
+    if params is not None and parameter not in ("q", "cursor"):
+        assert str(params[parameter]) in got["detail"]  # the value as sent
+
+
+async def test_every_other_error_has_the_same_shape(client: Client) -> None:
+    c, tokens = client
+    admin, auditor = bearer(tokens["admin"]), bearer(tokens["acme"])
+    config_org = {"retention_days": 5}
+    answers = [
+        (await c.get("/api/v1/orgs"), 401, "unauthorized"),
+        (await c.get("/api/v1/purge-runs", headers=auditor), 403, "forbidden"),
+        (await c.get("/api/v1/orgs/globex/sessions", headers=auditor), 404, "not_found"),
+        (await c.get("/api/v1/no-such-route", headers=admin), 404, "not_found"),
+        (await c.delete("/api/v1/orgs/acme", headers=admin), 405, "method_not_allowed"),
+        (await c.patch("/api/v1/orgs/acme", json=config_org, headers=admin), 409, "conflict"),
+    ]
+    for r, status, error in answers:
+        assert r.status_code == status and r.headers["content-type"] == "application/json"
+        body = r.json()
+        assert set(body) == {"error", "detail"} and body["error"] == error, (status, body)
+        assert isinstance(body["detail"], str) and body["detail"], body
+
+
+async def test_the_openapi_description_documents_the_400s_and_no_422(client: Client) -> None:
+    c, _ = client
+    spec = (await c.get("/openapi.json")).json()
+    operations = {
+        f"{method.upper()} {path}": operation
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+    }
+    assert "422" not in json.dumps({k: o["responses"] for k, o in operations.items()})
+    assert not {"HTTPValidationError", "ValidationError"} & set(
+        spec.get("components", {}).get("schemas", {})
+    )
+    # every operation that takes a query parameter or a body says what a bad one gets
+    takes = {
+        label
+        for label, operation in operations.items()
+        if "requestBody" in operation
+        or any(p["in"] == "query" for p in operation.get("parameters", ()))
+    }
+    assert takes == {
+        "GET /api/v1/orgs/{org}/sessions",
+        "GET /api/v1/orgs/{org}/sessions.csv",
+        "GET /api/v1/purge-runs",
+        "PATCH /api/v1/orgs/{org}",
+    }
+    for label in takes:
+        schema = operations[label]["responses"]["400"]["content"]["application/json"]["schema"]
+        assert set(schema["required"]) == {"error", "parameter", "detail"}, label
+        assert schema["properties"]["error"]["enum"] == ["bad_parameter"], label
+    for label, operation in operations.items():
+        for status, response in operation["responses"].items():
+            if status.startswith("4"):
+                schema = response["content"]["application/json"]["schema"]
+                assert {"error", "detail"} <= set(schema["required"]), (label, status)
+
+
+# --- duration_s: one value in JSON and CSV (issue 15) ---------------------------------------
+
+# Doubles next to a rounding boundary of "%.6f" (tests/test_export.py), and issue 15's value.
+DURATIONS = [
+    0.0010728836059570312,
+    0.0078125,
+    0.5000005,
+    5e-07,
+    7278558.884838498,
+    2188789.5800754996,
+    1e7,
+    0.0,
+]
+
+
+async def test_duration_is_the_same_number_in_json_as_in_the_csv(
+    client: Client, imported: str
+) -> None:
+    c, tokens = client
+    t = table_of(SessionRecord)
+    engine = create_engine(sync_url(imported), poolclass=pool.NullPool)
+    try:  # acme's first session again with each duration, beside the capture's own
+        with engine.begin() as conn:
+            row = conn.execute(select(t).where(t.c.org_id == "acme").limit(1)).mappings().one()
+            copies = [{**row, "id": uuid.uuid4(), "duration_s": d} for d in DURATIONS]
+            conn.execute(insert(t), copies)
+    finally:
+        engine.dispose()
+    auditor = bearer(tokens["acme"])
+    page = await c.get("/api/v1/orgs/acme/sessions", params={"limit": 1000}, headers=auditor)
+    csv_text = (await c.get("/api/v1/orgs/acme/sessions.csv", headers=auditor)).text
+    cells = {r["session_id"]: r["duration_s"] for r in csv.DictReader(io.StringIO(csv_text))}
+    numbers = {s["session_id"]: s["duration_s"] for s in page.json()["sessions"]}
+    assert numbers.keys() == cells.keys() and len(cells) > len(DURATIONS)
+    for session_id, cell in cells.items():
+        number = numbers[session_id]
+        assert isinstance(number, float) and number == float(cell), (session_id, number, cell)
+    # the capture's durations have more digits than the cell shows: rounding is needed
+    stored = [d for (d,) in raw_query(imported, "select duration_s from sessions")]
+    assert any(d != float(f"{d:.6f}") for d in stored if d not in DURATIONS)
+
+
+# --- /docs and /redoc without a CDN (issue 15) ----------------------------------------------
+
+
+class Links(HTMLParser):
+    """The URLs a page makes a browser load: scripts, stylesheets, icons, images, frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str]] = []  # (tag, URL)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value and (name == "src" or (tag == "link" and name == "href")):
+                self.urls.append((tag, value))
+
+
+WANTED_TYPES = {"script": "javascript", "link": ("text/css", "image/")}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_docs_pages_load_only_what_the_app_serves(client: Client, page: str) -> None:
+    c, _ = client
+    r = await c.get(page)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    links = Links()
+    links.feed(r.text)
+    tags = {tag for tag, _ in links.urls}
+    assert "script" in tags and "link" in tags, links.urls  # a script and a style or an icon
+    for tag, url in links.urls:
+        absolute = urljoin(str(r.url), url)
+        assert urlsplit(absolute).netloc == "test", url  # this host, no CDN
+        asset = await c.get(absolute)
+        kind = asset.headers.get("content-type", "")
+        assert asset.status_code == 200 and len(asset.content) > 0, url
+        wanted = WANTED_TYPES[tag]
+        assert kind.startswith(wanted) if tag == "link" else wanted in kind, (url, kind)
+    # the page names no other host anywhere (not even in its inline script)
+    hosts = set(re.findall(r"(?:https?:)?//([\w.-]+)", r.text))
+    assert hosts <= {"test"}, hosts
+    spec = await c.get(urljoin(str(r.url), "/openapi.json"))
+    assert spec.status_code == 200 and "/openapi.json" in r.text

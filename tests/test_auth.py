@@ -34,6 +34,20 @@ async def test_an_auditor_token_speaks_for_its_org_only(engine: AsyncEngine) -> 
     assert principal.may_see("acme") and not principal.may_see("globex")
 
 
+# Ids that are prefixes of each other's, and near misses: an auditor sees its own org only.
+PREFIXED = ("acm", "acme", "acme2", "acme-2", "Acme", "acme ", "")
+
+
+@pytest.mark.parametrize("org", ["acm", "acme", "acme2"])
+async def test_an_auditor_sees_no_org_whose_id_starts_like_its_own(
+    engine: AsyncEngine, org: str
+) -> None:
+    text, _ = await create_token(engine, Role.AUDITOR, org_id=org)
+    principal = await authenticate(engine, text)
+    assert principal is not None
+    assert [other for other in PREFIXED if principal.may_see(other)] == [org]
+
+
 async def test_an_admin_token_sees_every_org(engine: AsyncEngine) -> None:
     text, _ = await create_token(engine, Role.ADMIN)
     principal = await authenticate(engine, text)

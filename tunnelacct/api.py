@@ -11,10 +11,16 @@
     PATCH /api/v1/orgs/{org}                   {"retention_days": N | "forever"} (admin only)
     GET /api/v1/purge-runs?limit=              the newest retention purge runs (admin only)
 
+    GET /docs, /redoc                          the OpenAPI description, browsable (no CDN)
+
 Every /api route needs `Authorization: Bearer tat_…` (401 without a valid one). An org the
 token may not read answers 404, exactly like an org that does not exist. Admin-only routes
 answer 403 to an auditor token, whatever the org. The config file owns the retention of the
 orgs it defines (a PATCH of one is a 409); the API sets it for the others.
+
+Every error is one JSON shape, `{"error": CODE, "detail": TEXT}`; a bad parameter (query,
+body, filter or cursor) is a 400 with `"error": "bad_parameter"` and `parameter` naming it
+(a filter adds its `token` and `expected`), never FastAPI's 422.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and
@@ -23,22 +29,33 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunnelacct import __version__
 from tunnelacct.auth import Principal, Role, authenticate
-from tunnelacct.config import MAX_RETENTION_DAYS
-from tunnelacct.errors import FilterError, StoreError
+from tunnelacct.config import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
+from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
 from tunnelacct.metrics import service_registry
 from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord
@@ -71,14 +88,96 @@ class ApiContext:
     export_workers: ExportWorkers | None = None  # None: CSV is quoted in this process
     # Ids of the orgs the config file defines: the file owns their retention, the API does not.
     config_orgs: frozenset[str] = frozenset()
+    # The config's [attribution] default_org: the file sets its retention with or without an
+    # [[orgs]] entry (without one, the [[orgs]] default), so a 409 for it says so (issue 15).
+    default_org: str = DEFAULT_ORG
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # for updated_at
 
 
-def _error(description: str, **extra: dict[str, str]) -> dict[str, Any]:
-    """An OpenAPI response: JSON with `detail` (and `extra` properties)."""
-    properties = {"detail": {"type": "string"}, **extra}
-    schema = {"type": "object", "properties": properties, "required": ["detail"]}
+class BadParameter(TunnelacctError):
+    """A request parameter the API cannot take (query, body or cursor): names it and says why."""
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        self.parameter, self.detail = parameter, detail
+        super().__init__(detail)
+
+
+BAD_PARAMETER = "bad_parameter"  # the `error` of every 400
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong, e.g. not_found"},
+        "detail": {"type": "string", "description": "the same, for a person"},
+    },
+    "required": ["error", "detail"],
+}
+_BAD_PARAMETER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "enum": [BAD_PARAMETER]},
+        "parameter": {"type": "string", "description": "the bad one, e.g. limit, q or cursor"},
+        "detail": {"type": "string", "description": "its value and what it should be"},
+        "token": {"type": "string", "description": "q only: the bad filter term as written"},
+        "expected": {"type": "string", "description": "q only: what the term should be"},
+    },
+    "required": ["error", "parameter", "detail"],
+}
+
+
+def _error(description: str, schema: dict[str, Any] = _ERROR_SCHEMA) -> dict[str, Any]:
+    """An OpenAPI response: the API's JSON error shape."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _bad(description: str) -> dict[str, Any]:
+    """An OpenAPI 400 response: a bad parameter, named."""
+    return _error(f"a bad parameter, named by `parameter`: {description}", _BAD_PARAMETER_SCHEMA)
+
+
+def _error_response(
+    status: int,
+    error: str,
+    detail: str,
+    *,
+    parameter: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **more: str,
+) -> JSONResponse:
+    """The one shape of every error answer: `error`, `parameter` (a 400's), `detail`, `more`."""
+    named = {"parameter": parameter} if parameter is not None else {}
+    body = {"error": error, **named, "detail": detail, **more}
+    return JSONResponse(body, status, headers=headers)
+
+
+def _invalid(exc: RequestValidationError) -> BadParameter:
+    """FastAPI's validation error as a BadParameter naming the (first) parameter at fault."""
+    errors = exc.errors()
+    first: Mapping[str, Any] = errors[0] if errors else {}
+    place = [str(part) for part in first.get("loc", ())]
+    parameter = ".".join(place[1:]) or ".".join(place) or "request"  # loc: ("query", "limit")
+    why = str(first.get("msg", "invalid"))
+    if "input" not in first:
+        return BadParameter(parameter, f"{parameter}: {why}")
+    return BadParameter(parameter, f"{parameter} {_shown(first['input'])}: {why}")
+
+
+async def _render_error(_request: Request, exc: Exception) -> Response:
+    """The app's one error handler: core and API errors to HTTP, in the one JSON shape."""
+    if isinstance(exc, RequestValidationError):
+        exc = _invalid(exc)
+    if isinstance(exc, BadParameter):
+        return _error_response(400, BAD_PARAMETER, exc.detail, parameter=exc.parameter)
+    if isinstance(exc, FilterError):
+        return _error_response(
+            400, BAD_PARAMETER, str(exc), parameter="q", token=exc.token, expected=exc.expected
+        )
+    if isinstance(exc, StoreError):
+        return _error_response(503, "store_unavailable", str(exc))
+    if isinstance(exc, StarletteHTTPException):
+        # 401, 403, 404, 409 of the routes, and Starlette's own 404 and 405
+        error = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        return _error_response(exc.status_code, error, str(exc.detail), headers=exc.headers)
+    raise exc  # not registered for anything else
 
 
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -89,9 +188,10 @@ _ADMIN_ERRORS = {**_UNAUTHORIZED, 403: _error("an auditor token: the route is fo
 _PATCH_ORG_ERRORS = {
     **_ADMIN_ERRORS,
     404: _ORG_ERRORS[404],
-    400: _error(f"a body other than {_RETENTION_BODY}; `detail` names the bad value"),
+    400: _bad(f"a body other than {_RETENTION_BODY} (`parameter`: retention_days or body)"),
     409: _error("the config file defines the org and sets its retention: edit it there"),
 }
+_PURGE_RUNS_ERRORS = {**_ADMIN_ERRORS, 400: _bad("limit")}
 _RETENTION_SCHEMA = {
     "type": "object",
     "properties": {
@@ -108,12 +208,24 @@ _RETENTION_SCHEMA = {
 }
 _QUERY_ERRORS = {
     **_ORG_ERRORS,
-    400: _error(
-        "a bad filter (`token`: the term, `expected`: what it should be) or cursor",
-        token={"type": "string"},
-        expected={"type": "string"},
-    ),
+    400: _bad("limit, cursor, or a filter q (with the `token` at fault and the `expected`)"),
 }
+_CSV_ERRORS = {**_ORG_ERRORS, 400: _bad("a filter q (with the `token` at fault and `expected`)")}
+
+
+class _Api(FastAPI):
+    """FastAPI whose OpenAPI description documents no 422: a bad parameter is a 400 here."""
+
+    def openapi(self) -> dict[str, Any]:
+        """The description FastAPI builds, less the 422 it adds to routes with parameters."""
+        schema = super().openapi()  # built once, then cached: dropping again changes nothing
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
 
 
 def _encode_cursor(started_at: datetime, ident: uuid.UUID) -> str:
@@ -132,52 +244,105 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError("a cursor's started_at has an offset")
         return started_at.astimezone(UTC), uuid.UUID(hex=ident)
     except (ValueError, TypeError, OverflowError, binascii.Error) as e:
-        raise HTTPException(400, f"bad cursor {cursor!r}: use next_cursor of a page") from e
+        raise BadParameter("cursor", f"bad cursor {cursor!r}: use next_cursor of a page") from e
 
 
 def _shown(value: object) -> str:
-    """`value` as JSON, cut short: how a bad body value is named in a 400."""
-    text = json.dumps(value, ensure_ascii=False)
+    """`value` as JSON, cut short: how a bad value is named in a 400."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _retention_days(body: bytes) -> int | None:
-    """The retention_days of a PATCH body: days, or None for "forever"; else a 400 saying why."""
+    """The retention_days of a PATCH body: days, or None for "forever"; else a BadParameter."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise HTTPException(400, f"the body is not JSON: send {_RETENTION_BODY}") from e
+        raise BadParameter("body", f"the body is not JSON: send {_RETENTION_BODY}") from e
     if not isinstance(doc, dict):
-        raise HTTPException(400, f"body {_shown(doc)}: send {_RETENTION_BODY}")
+        raise BadParameter("body", f"body {_shown(doc)}: send {_RETENTION_BODY}")
     if set(doc) != {"retention_days"}:
         others = sorted(set(doc) - {"retention_days"})
         why = f"unknown keys {others}" if others else "no retention_days"
-        raise HTTPException(400, f"{why}: send {_RETENTION_BODY}, nothing else")
+        raise BadParameter("body", f"{why}: send {_RETENTION_BODY}, nothing else")
     value = doc["retention_days"]
     if value == FOREVER:
         return None
     # a JSON true is not 1 and 30.0 is not 30 (a float is a typo more often than not)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise HTTPException(400, f"retention_days {_shown(value)}: {_RETENTION_WHY}")
+        raise BadParameter("retention_days", f"retention_days {_shown(value)}: {_RETENTION_WHY}")
     if not 1 <= value <= MAX_RETENTION_DAYS:
-        raise HTTPException(400, f"retention_days {value}: {_RETENTION_WHY}")
+        raise BadParameter("retention_days", f"retention_days {value}: {_RETENTION_WHY}")
     return value
+
+
+def _set_in_config(org: str, default_org: str) -> str:
+    """The 409 of a PATCH of an org the config file defines: where the file sets its retention."""
+    if org == default_org:
+        # the default org needs no [[orgs]] entry: without one the file writes it with the
+        # [[orgs]] defaults (store.configured_orgs), so "its entry" may not exist (issue 15)
+        kept = OrgConfig(id=org, name=org).retention_days
+        shown = FOREVER if kept is None else f"{kept} days"
+        return (
+            f"org {org!r} is the config file's default org ([attribution] default_org), and "
+            f"the file sets its retention: set retention_days in an [[orgs]] entry with id = "
+            f"{json.dumps(org)} there (without one, it is kept {shown})"
+        )
+    return (
+        f"org {org!r} is defined in the config file, which sets its retention: "
+        "edit retention_days in its [[orgs]] entry there"
+    )
+
+
+# Swagger UI and ReDoc from the fastapi-offline package's files, never from a CDN: a gateway
+# may reach no other host (issue 15).
+DOCS_ASSETS = "/docs/assets"
+_ASSETS_PACKAGE = ("fastapi_offline", "static")
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, whose scripts, styles and icon this app serves."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[_ASSETS_PACKAGE]), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            # no validator badge: it is an image from validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
     """The ASGI app for `ctx` (no globals: tests build their own)."""
-    app = FastAPI(title="tunnelacct", version=__version__)
+    app = _Api(title="tunnelacct", version=__version__, docs_url=None, redoc_url=None)
+    _add_docs(app)
     sessions_table = table_of(SessionRecord)
-
-    @app.exception_handler(FilterError)
-    async def bad_filter(_request: Request, exc: FilterError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc), "token": exc.token, "expected": exc.expected}, status_code=400
-        )
-
-    @app.exception_handler(StoreError)
-    async def store_down(_request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    for error in (
+        BadParameter,
+        FilterError,
+        RequestValidationError,
+        StarletteHTTPException,
+        StoreError,
+    ):
+        app.add_exception_handler(error, _render_error)
 
     bearer = HTTPBearer(
         auto_error=False, description="A token from `tunnelacct token create` (tat_...)"
@@ -283,11 +448,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         # The body is parsed here, not by FastAPI, so that every bad one is a 400 naming it.
         days = _retention_days(await request.body())
         if org in ctx.config_orgs:
-            raise HTTPException(
-                409,
-                f"org {org!r} is defined in the config file, which sets its retention: "
-                "edit retention_days in its [[orgs]] entry there",
-            )
+            raise HTTPException(409, _set_in_config(org, ctx.default_org))
         async with AsyncSession(ctx.engine, expire_on_commit=False) as db:
             row = await db.get(Org, org)
             if row is None:  # deleted since visible_org looked
@@ -297,7 +458,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             await db.commit()
         return org_fields(row)
 
-    @app.get("/api/v1/purge-runs", responses=_ADMIN_ERRORS)
+    @app.get("/api/v1/purge-runs", responses=_PURGE_RUNS_ERRORS)
     async def purge_runs(
         _admin: Admin, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100
     ) -> list[dict[str, Any]]:
@@ -380,7 +541,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "description": "every matching session as CSV (RFC 4180, UTF-8)",
                 "content": {"text/csv": {"schema": {"type": "string"}}},
             },
-            **_QUERY_ERRORS,
+            **_CSV_ERRORS,
         },
     )
     async def sessions_csv(org: OrgId, q: str = "") -> StreamingResponse:

@@ -361,13 +361,17 @@ def record_fields(record: SessionRecord) -> dict[str, object]:
     """One session record as JSON-ready values under the CSV's names, in its order.
 
     Numbers stay numbers, times are RFC 3339 strings, NULLs None; no formula guard (not CSV).
+    duration_s is the CSV's cell as a number (rounded to the microsecond), not the stored double.
     """
     out: dict[str, object] = {}
     for name, attr in zip(CSV_COLUMNS, _ATTRS, strict=True):
         if name == "started_at_unix":
             out[name] = unix_time(record.started_at)
-            continue
-        out[name] = json_value(getattr(record, attr))
+        elif name == "duration_s":
+            # the value of the "%.6f" cell `_encode` writes: one field, one value (issue 15)
+            out[name] = float(f"{record.duration_s:.6f}")
+        else:
+            out[name] = json_value(getattr(record, attr))
     return out
 
 
