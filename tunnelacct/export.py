@@ -357,6 +357,12 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def json_duration(duration_s: float) -> float:
+    """A duration in seconds as JSON gives it: the value of the CSV's "%.6f" cell (rounded to
+    the microsecond), so that one field has one value wherever it is read (issue 15)."""
+    return float(f"{duration_s:.6f}")
+
+
 def record_fields(record: SessionRecord) -> dict[str, object]:
     """One session record as JSON-ready values under the CSV's names, in its order.
 
@@ -368,8 +374,7 @@ def record_fields(record: SessionRecord) -> dict[str, object]:
         if name == "started_at_unix":
             out[name] = unix_time(record.started_at)
         elif name == "duration_s":
-            # the value of the "%.6f" cell `_encode` writes: one field, one value (issue 15)
-            out[name] = float(f"{record.duration_s:.6f}")
+            out[name] = json_duration(record.duration_s)
         else:
             out[name] = json_value(getattr(record, attr))
     return out

@@ -243,6 +243,7 @@ class Service:
             export_workers=self.export_workers,
             # the default org too: the config writes its row (and retention) when undeclared
             config_orgs=frozenset({o.id for o in self.config.orgs} | {self.config.default_org}),
+            default_org=self.config.default_org,
         )
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
         return _uvicorn(create_app(ctx)), sock

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tunnelacct.enums import EventKind
 from tunnelacct.events import SessionEvent
-from tunnelacct.export import CSV_COLUMNS, json_value, unix_time
+from tunnelacct.export import CSV_COLUMNS, json_duration, json_value, unix_time
 from tunnelacct.rows import event_row
 
 
@@ -27,6 +27,7 @@ def event_line(event: SessionEvent, gateway: str) -> str:
     row["session_id"] = row.pop("id")
     row["started_at_unix"] = unix_time(row["started_at"])
     out: dict[str, Any] = {name: json_value(row[name]) for name in CSV_COLUMNS}
+    out["duration_s"] = json_duration(row["duration_s"])
     out["event"] = event.kind.value
     return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
 
