@@ -8,6 +8,7 @@ tests/test_retention_cli.py."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.retention import NOW, session
+from tests.helpers.stores import execute
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
-from tunnelacct.models import SessionRecord
+from tunnelacct.errors import StoreError
+from tunnelacct.models import PurgeRun, SessionRecord
 from tunnelacct.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
-from tunnelacct.retention import purge
+from tunnelacct.retention import PurgeRunTally, purge
 from tunnelacct.schema import migrate
 from tunnelacct.store import ensure_partitions, make_engine, sync_inventory, sync_url
 
@@ -178,6 +181,89 @@ async def test_a_cancelled_purge_is_recorded_with_what_it_deleted_and_frees_the_
     assert runs[0][3] == "cancelled (stopping)" and runs[0][4] is not None
     rest = await purge(engine, now=NOW)  # the lock was released: the next run goes ahead
     assert rest.locked_by is None and remaining(db) == expected_left(oracle)
+
+
+async def test_the_purge_run_tally_counts_each_part_once_whoever_ran_it_and_never_less(
+    engine: AsyncEngine, db: str
+) -> None:
+    """The read side of purge_runs behind serve's retention metrics (issue 15, item 9): purges
+    on another engine (another process), a cancelled one that deleted some rows, a dry run, a
+    part read while running, and rows of purge_runs deleted by hand, which take nothing back."""
+    tally = PurgeRunTally(org.id for org in ORGS)
+    await tally.refresh(engine)
+    assert tally.deleted_by_org == {"weekly": 0, "monthly": 0, "keeper": 0, "quiet": 0}
+    oracle = await store(engine, spread(("weekly", "monthly")))
+    other = make_engine(db)
+    try:
+        cancelled = asyncio.create_task(
+            purge(other, org_id="weekly", now=NOW, batch_size=5,
+                  on_deleted=lambda _org, _n: cancelled.cancel())
+        )  # fmt: skip
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        cut = len(oracle) - len(remaining(db))
+        await tally.refresh(engine)
+        # what the failed run deleted counts; it is no success
+        assert tally.deleted_by_org["weekly"] == cut > 0 and tally.last_success_by_org == {}
+        started = datetime.now(UTC)
+        await purge(other, now=NOW, dry_run=True)
+        await purge(other, now=NOW)
+        ended = datetime.now(UTC)
+    finally:
+        await other.dispose()
+    await tally.refresh(engine)
+    await tally.refresh(engine)  # nothing new: nothing counted again
+    left = remaining(db)
+    gone = {org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
+            for org in DAYS}  # fmt: skip
+    assert {org: tally.deleted_by_org[org] for org in DAYS} == gone  # the dry run added nothing
+    assert tally.deleted_by_org["keeper"] == 0
+    assert set(tally.last_success_by_org) == {"weekly", "monthly", "quiet", "unattributed"}
+    assert all(started <= at <= ended for at in tally.last_success_by_org.values())
+
+    # an admin empties purge_runs: nothing is taken back, and the next runs count (on SQLite
+    # they get the ids of the deleted rows again)
+    execute(db, "DELETE FROM purge_runs")
+    await tally.refresh(engine)
+    assert {org: tally.deleted_by_org[org] for org in DAYS} == gone
+    await store(engine, [session("weekly", 10) for _ in range(3)])
+    await purge(engine, org_id="weekly", now=NOW)
+    await tally.refresh(engine)
+    assert tally.deleted_by_org["weekly"] == gone["weekly"] + 3
+
+    # a part still running when read counts once it has ended, once
+    running = PurgeRun(
+        run_id="f" * 32, org_id="monthly", host="cron-host/1", started_at=datetime.now(UTC),
+        cutoff=NOW, dry_run=False, deleted=0, outcome="running",
+    )  # fmt: skip
+    async with AsyncSession(engine, expire_on_commit=False) as s:
+        s.add(running)
+        await s.commit()
+    part = running.id
+    await tally.refresh(engine)
+    assert tally.deleted_by_org["monthly"] == gone["monthly"]
+    finished = datetime.now(UTC) + timedelta(seconds=1)
+    execute(db, "UPDATE purge_runs SET outcome = 'ok', deleted = 4, ended_at = ? WHERE id = ?",
+            finished, part)  # fmt: skip
+    await tally.refresh(engine)
+    await tally.refresh(engine)
+    assert tally.deleted_by_org["monthly"] == gone["monthly"] + 4
+    assert tally.last_success_by_org["monthly"] == finished
+
+
+async def test_the_purge_run_tally_reports_an_unreachable_store_as_a_store_error() -> None:
+    """serve's poll logs a StoreError and goes on; anything else would stop the service."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connects are refused
+    unreachable = make_engine(f"postgresql://postgres@127.0.0.1:{port}/tunnelacct")
+    tally = PurgeRunTally(["weekly"])
+    try:
+        with pytest.raises(StoreError, match="reading purge_runs"):
+            await tally.refresh(unreachable)
+    finally:
+        await unreachable.dispose()
+    assert tally.deleted_by_org == {"weekly": 0} and tally.last_success_by_org == {}
 
 
 async def test_on_postgresql_the_lock_is_the_holders_connection_not_the_lease() -> None:

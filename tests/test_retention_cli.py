@@ -22,11 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.prometheus import free_port
 from tests.helpers.replicate import replicate
 from tests.helpers.retention import counts, purge_lock_held, session
 from tests.helpers.serving import Serve, dump_toml
-from tests.helpers.stores import ENGINES, empty_store, query
+from tests.helpers.stores import ENGINES, empty_store, execute, query
+from tunnelacct.config import load_config
 from tunnelacct.retention import STOPPING
+from tunnelacct.service import Service
 from tunnelacct.store import ensure_partitions, make_engine
 
 DATA = Path(__file__).parent / "data"
@@ -189,8 +192,97 @@ def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
             time.sleep(0.2)
             samples = scrape()
         assert serve.stop() == 0, serve.log()
-    assert samples["tunnelacct_retention_last_success_timestamp_seconds", ()] > time.time() - 60
+    for org in expected:
+        last = samples["tunnelacct_retention_last_success_timestamp_seconds", (("org", org),)]
+        assert last > time.time() - 60
     assert query(store_url, "SELECT DISTINCT outcome FROM purge_runs") == [("ok",)]
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a GET /metrics, by (name, labels)."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+
+
+async def test_serve_shows_the_purges_of_other_processes_once_each_and_never_less(
+    tmp_path: Path, store_url: str
+) -> None:
+    """`tunnelacct purge` in its own process, as cron or a systemd timer runs it, reaches the
+    metrics of a running serve through purge_runs (issue 15, item 9); a dry run adds nothing,
+    and emptying purge_runs takes nothing back."""
+    port = free_port()
+    config = tmp_path / "t.toml"
+    config.write_text(
+        f'[database]\nurl = "{store_url}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        "[retention]\ninterval = 3600\n"  # serve purges nothing itself during the test
+        '[[orgs]]\nid = "weekly"\nname = "W"\nretention_days = 7\n'
+        '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
+    )
+
+    async def seed(days_ago: list[int]) -> None:
+        engine = make_engine(store_url)
+        now = datetime.now(UTC)
+        rows = [session("weekly", days, now) for days in days_ago] + [session("keeper", 400, now)]
+        await ensure_partitions(engine, {r.started_at.date() for r in rows})  # PostgreSQL
+        async with AsyncSession(engine) as s:
+            s.add_all(rows)
+            await s.commit()
+        await engine.dispose()
+
+    await seed([1, 10, 20, 30])
+    seen: list[Samples] = []
+
+    async def deleted(org: str) -> float | None:
+        """Serve's counter for `org` now, once /metrics answers (kept in `seen`)."""
+        try:
+            samples = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+        except OSError:  # not listening yet
+            return None
+        seen.append(samples)
+        return samples.get(("tunnelacct_retention_deleted_sessions_total", (("org", org),)))
+
+    async def wait_for(org: str, value: int) -> None:
+        deadline = time.monotonic() + 30
+        while (now := await deleted(org)) != value:
+            assert time.monotonic() < deadline, f"deleted {org}: {now}, not {value}"
+            await asyncio.sleep(0.05)
+
+    async def purge_cli(*args: str) -> str:
+        return (await asyncio.to_thread(run_cli, "purge", "--config", str(config), *args)).stdout
+
+    service = Service(load_config(config, environ={}), purge_runs_poll_s=0.1)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(service.run(stop))
+    try:
+        await wait_for("weekly", 0)
+        before, started = counts(store_url), time.time()
+        assert "org weekly: deleted 3 sessions" in await purge_cli()
+        ended = time.time()
+        gone = before["weekly"] - counts(store_url)["weekly"]
+        await wait_for("weekly", gone)
+        last = seen[-1]["tunnelacct_retention_last_success_timestamp_seconds", (("org", "weekly"),)]
+        assert started <= last <= ended
+        assert await deleted("keeper") == 0
+
+        await seed([10, 11])
+        assert "org weekly: would delete 2 sessions" in await purge_cli("--dry-run")
+        assert "org weekly: deleted 2 sessions" in await purge_cli()
+        await wait_for("weekly", gone + 2)
+        execute(store_url, "DELETE FROM purge_runs")  # an admin empties it
+        await seed([12])
+        assert "org weekly: deleted 1 sessions" in await purge_cli()
+        await wait_for("weekly", gone + 3)  # 2 more had the dry run counted
+    finally:
+        stop.set()
+        await serving
+    weekly = [s.get(("tunnelacct_retention_deleted_sessions_total", (("org", "weekly"),)))
+              for s in seen]  # fmt: skip
+    assert weekly == sorted(weekly)  # never less
 
 
 def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_stalls_it_briefly(

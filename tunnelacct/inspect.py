@@ -11,14 +11,24 @@ from tunnelacct.sources.pcapfile import open_capture
 
 
 def _dissect(linktype: int, data: bytes) -> str:
-    """One-line scapy dissection of a link-layer frame (scapy is slow: tools only)."""
-    from scapy.config import conf  # imported lazily: scapy takes a second to load
+    """One-line scapy dissection of a link-layer frame: the layers scapy found, outermost
+    first, then its summary, e.g. `Ether / IP / Raw (Ether / 10.0.0.1 > 10.0.0.2 tcp / Raw)`
+    (scapy is slow: tools only)."""
+    # Importing the layers fills conf.l2types (linktype -> class) and binds IP and IPv6 to the
+    # link layers (issue 15, item 10: with scapy.config alone the table was empty, so every
+    # frame came out as hex). Lazily: scapy takes a while to load.
+    import scapy.layers.inet  # noqa: F401
+    import scapy.layers.inet6  # noqa: F401
+    import scapy.layers.l2  # noqa: F401
+    from scapy.config import conf
 
     cls: Any = conf.l2types.get(linktype)
     if cls is None:
         return f"linktype {linktype}: {data[:32].hex()}"
     try:
-        return str(cls(data).summary())
+        packet = cls(data)
+        layers = " / ".join(layer.__name__ for layer in packet.layers())
+        return f"{layers} ({packet.summary()})"
     except Exception as e:  # scapy raises anything on garbage: show it instead
         return f"scapy could not dissect it ({e.__class__.__name__}): {data[:32].hex()}"
 

@@ -40,10 +40,10 @@ DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_RE
 
 @dataclass(frozen=True, slots=True)
 class RetentionFigures:
-    """What the service's purges did since it started."""
+    """What the store's purges did, as the service last read them from `purge_runs`."""
 
     deleted_by_org: Mapping[str, int]
-    last_success_ts: float | None  # epoch seconds of the last purge that completed
+    last_success_by_org: Mapping[str, float]  # epoch seconds of each org's last purge that ended ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +148,25 @@ class ServiceCollector(Collector):
             )
         purges = self._retention()
         if purges is not None:
+            # from purge_runs: the purges of every process and host on the store (issue 15)
             deleted = CounterMetricFamily(
                 "tunnelacct_retention_deleted_sessions",
-                "Sessions deleted by retention purges of this service",
+                "Sessions deleted by the store's retention purges, any process or host "
+                "(purge_runs, as read by this service)",
                 labels=["org"],
             )
             for org, n in sorted(purges.deleted_by_org.items()):
                 deleted.add_metric([org], n)
             yield deleted
-            if purges.last_success_ts is not None:
-                yield GaugeMetricFamily(
-                    "tunnelacct_retention_last_success_timestamp_seconds",
-                    "When a retention purge of this service last completed (epoch seconds)",
-                    value=purges.last_success_ts,
-                )
+            last = GaugeMetricFamily(
+                "tunnelacct_retention_last_success_timestamp_seconds",
+                "When the store's last retention purge of the org ended ok, any process or host "
+                "(epoch seconds)",
+                labels=["org"],
+            )
+            for org, ts in sorted(purges.last_success_by_org.items()):
+                last.add_metric([org], ts)
+            yield last
 
 
 class TrafficCollector(Collector):

@@ -23,6 +23,9 @@ partition). Its rows are counted per org first, so every figure (`OrgPurge.delet
 `purge_runs`, `on_deleted`) is what batched deletes of the same rows would give. A drop waits
 at most PARTITION_LOCK_TIMEOUT_MS for its locks; a partition it cannot lock in time is left to
 the batched deletes.
+
+Read side: `PurgeRunTally` sums `purge_runs` for the metrics, so that every purge shows, whoever
+ran it (serve, cron, a systemd timer, another host).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -67,6 +70,7 @@ from tunnelacct.store import partition_day, table_of
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5000
+PURGE_RUNS_POLL_S = 30.0  # how often serve reads purge_runs for its metrics
 STOPPING = "cancelled (stopping)"  # the error of a run cut short by serve stopping
 # PostgreSQL: how long a partition drop may wait for its locks (DROP locks all of sessions
 # briefly, so it queues behind a running export, and everything else behind it).
@@ -444,3 +448,68 @@ async def _finish(
     stmt = stmt.values(ended_at=ended_at, outcome=outcome, deleted=deleted, error=error)
     async with engine.begin() as conn:
         await conn.execute(stmt)
+
+
+class PurgeRunTally:
+    """Sessions deleted per org, and each org's last successful purge, summed from `purge_runs`:
+    every run by any process or host, each org's part counted once, when it has ended (issue 15,
+    item 9). The first `refresh()` counts every run the table holds.
+
+    What a part deleted counts whatever its outcome (a failed part's committed batches are gone
+    too); dry runs count nothing; only parts that ended "ok" are a success. The figures never
+    decrease, even when rows of `purge_runs` are deleted.
+
+    A part is new when its id is above every id read before, or when it started after every
+    part read before: SQLite gives the ids of deleted rows again to the next rows when they were
+    the highest (no AUTOINCREMENT), and a part read before is never above both marks. Parts
+    read while still running are read again, by id and run id, until they end.
+    """
+
+    def __init__(self, orgs: Iterable[str] = ()) -> None:
+        self.deleted_by_org: dict[str, int] = dict.fromkeys(orgs, 0)
+        self.last_success_by_org: dict[str, datetime] = {}
+        self._max_id = 0
+        self._newest_start: datetime | None = None
+        self._running: dict[int, str] = {}  # id -> run_id of parts read while running
+        self._refreshing = asyncio.Lock()  # two overlapping refreshes would count a part twice
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        """Count the parts recorded or ended since the last refresh (one query); raises
+        StoreError when the store fails, counting nothing."""
+        t = table_of(PurgeRun)
+        async with self._refreshing:
+            max_id, newest_start = self._max_id, self._newest_start
+            wanted = t.c.id > max_id
+            if newest_start is not None:
+                wanted = wanted | (t.c.started_at > newest_start)
+            if self._running:
+                wanted = wanted | t.c.id.in_(list(self._running))
+            stmt = select(
+                t.c.id, t.c.run_id, t.c.org_id, t.c.started_at, t.c.ended_at, t.c.dry_run,
+                t.c.deleted, t.c.outcome,
+            ).where(wanted)  # fmt: skip
+            try:
+                async with engine.connect() as conn:
+                    rows = (await conn.execute(stmt)).all()
+            except (SQLAlchemyError, OSError) as exc:  # OSError: a refused connect (asyncpg)
+                raise StoreError(f"reading purge_runs: {exc}") from exc
+            # no await from here on: a scrape sees the figures before or after, never between
+            running: dict[int, str] = {}
+            for row in rows:
+                new = row.id > max_id or newest_start is None or row.started_at > newest_start
+                if not new and self._running.get(row.id) != row.run_id:
+                    continue  # its id now names another part, which is not new
+                self._max_id = max(self._max_id, row.id)
+                if self._newest_start is None or row.started_at > self._newest_start:
+                    self._newest_start = row.started_at
+                if row.outcome == "running":
+                    running[row.id] = row.run_id
+                elif not row.dry_run:
+                    self._count(row.org_id, int(row.deleted), row.outcome, row.ended_at)
+            self._running = running  # parts deleted while running are forgotten
+
+    def _count(self, org_id: str, deleted: int, outcome: str, ended_at: datetime | None) -> None:
+        self.deleted_by_org[org_id] = self.deleted_by_org.get(org_id, 0) + deleted
+        last = self.last_success_by_org.get(org_id)
+        if outcome == "ok" and ended_at is not None and (last is None or ended_at > last):
+            self.last_success_by_org[org_id] = ended_at

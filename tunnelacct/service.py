@@ -36,7 +36,7 @@ from tunnelacct.export import ExportWorkers
 from tunnelacct.identity import Inventory
 from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
-from tunnelacct.retention import purge
+from tunnelacct.retention import PURGE_RUNS_POLL_S, PurgeRunTally, purge
 from tunnelacct.siem import SessionEventLog
 from tunnelacct.store import (
     configured_orgs,
@@ -95,7 +95,13 @@ def _uvicorn(app: Any) -> Any:
 class Service:
     """The live service for one Config; `await run(stop)` until `stop` is set."""
 
-    def __init__(self, config: Config, *, status_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        status_path: Path | None = None,
+        purge_runs_poll_s: float = PURGE_RUNS_POLL_S,
+    ) -> None:
         self.config = config
         self.status_path = status_path
         self.state = "starting"
@@ -105,9 +111,10 @@ class Service:
         self.writer: SessionWriter | None = None
         self.event_log: SessionEventLog | None = None
         self.export_workers: ExportWorkers | None = None  # the API's CSV export processes
-        # sessions deleted by this service's purges, per org (0 for every org known at start)
-        self.purged: dict[str, int] = {o.id: 0 for o in configured_orgs(config)}
-        self.last_purge_ts: float | None = None
+        # what every purge of the store did, from purge_runs (0 for every org known at start)
+        self.purged = PurgeRunTally(o.id for o in configured_orgs(config))
+        self._purge_runs_poll_s = purge_runs_poll_s
+        self._purge_runs_problem: str | None = None
         self._write_lock = asyncio.Lock()  # the writer's flushes and the purge's batches take turns
         self._clients = config.clients
         self._inventory = Inventory.from_config(config)
@@ -164,6 +171,7 @@ class Service:
                 tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
                 helpers = [tg.create_task(self._status_loop())]
                 helpers.append(tg.create_task(self._purge_loop(engine)))
+                helpers.append(tg.create_task(self._purge_runs_loop(engine)))
                 helpers.append(tg.create_task(keep_partitions_ahead(engine)))
                 server_tasks = [tg.create_task(srv.serve(sockets=[sock])) for srv, sock in servers]
                 if config.wireguard.interfaces:
@@ -264,6 +272,26 @@ class Service:
         while True:
             await asyncio.sleep(self.config.retention.interval_s)
             await self.purge_once(engine)
+            await self._read_purge_runs(engine)  # its figures now, not at the next poll
+
+    async def _purge_runs_loop(self, engine: AsyncEngine) -> None:
+        """Read purge_runs every `purge_runs_poll_s`: the metrics show every process's purges
+        (cron, timers, other hosts), and collect() never reads the store (issue 15, item 9)."""
+        while True:
+            await self._read_purge_runs(engine)
+            await asyncio.sleep(self._purge_runs_poll_s)
+
+    async def _read_purge_runs(self, engine: AsyncEngine) -> None:
+        try:
+            await self.purged.refresh(engine)
+        except StoreError as e:
+            if self._purge_runs_problem is None:  # once until it works again, not every poll
+                log.warning("retention metrics: %s; showing the figures read before", e)
+            self._purge_runs_problem = str(e)
+            return
+        if self._purge_runs_problem is not None:
+            log.info("retention metrics: purge_runs readable again")
+            self._purge_runs_problem = None
 
     async def purge_once(self, engine: AsyncEngine) -> None:
         """One purge with the retention the config file says now (re-read: no restart needed)."""
@@ -277,18 +305,13 @@ class Service:
         try:
             if config is not None:
                 await sync_orgs(engine, config)
-            result = await purge(engine, write_lock=self._write_lock, on_deleted=self._count_purged)
+            await purge(engine, write_lock=self._write_lock)
         except StoreError as e:
             log.error("purge failed: %s", e)
-            return
-        if result.locked_by is None:
-            self.last_purge_ts = time.time()
-
-    def _count_purged(self, org_id: str, n: int) -> None:
-        self.purged[org_id] = self.purged.get(org_id, 0) + n
 
     def _retention_figures(self) -> RetentionFigures:
-        return RetentionFigures(dict(self.purged), self.last_purge_ts)
+        last = {org: at.timestamp() for org, at in self.purged.last_success_by_org.items()}
+        return RetentionFigures(dict(self.purged.deleted_by_org), last)
 
     def _capture_statuses(self) -> list[CaptureStatus]:
         return [p.status for p in self.pipelines]
