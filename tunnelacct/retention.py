@@ -484,10 +484,17 @@ class PurgeRunTally:
                 wanted = wanted | (t.c.started_at > newest_start)
             if self._running:
                 wanted = wanted | t.c.id.in_(list(self._running))
-            stmt = select(
-                t.c.id, t.c.run_id, t.c.org_id, t.c.started_at, t.c.ended_at, t.c.dry_run,
-                t.c.deleted, t.c.outcome,
-            ).where(wanted)  # fmt: skip
+            columns = (
+                t.c.id,
+                t.c.run_id,
+                t.c.org_id,
+                t.c.started_at,
+                t.c.ended_at,
+                t.c.dry_run,
+                t.c.deleted,
+                t.c.outcome,
+            )
+            stmt = select(*columns).where(wanted)
             try:
                 async with engine.connect() as conn:
                     rows = (await conn.execute(stmt)).all()
