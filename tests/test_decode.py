@@ -540,9 +540,15 @@ def test_pcap_record_with_impossible_length_raises_with_its_byte_offset(tmp_path
     data = bytearray(path.read_bytes())
     struct.pack_into("<I", data, second_record + 8, 0x7FFF_FFFF)  # caplen of record 2
     path.write_bytes(bytes(data))
+    reader = open_capture(path)
+    got: list[RawBatch] = []
     with pytest.raises(CaptureFormatError) as err:
-        read_all(path)
+        got.extend(reader.batches())
     assert f"byte {second_record} " in err.value.why
+    # issue 16: the record before the damage (same read chunk) is still handed out
+    decoded = [decode(raw) for raw in got]
+    facts = [decoded_facts(d, i) for d in decoded for i in range(len(d))]
+    assert facts == [scapy_facts(frames[0][1], LINKTYPE_ETHERNET)]
 
 
 def test_pcapng_block_with_invalid_length_raises_with_its_byte_offset(tmp_path: Path) -> None:
@@ -556,9 +562,33 @@ def test_pcapng_block_with_invalid_length_raises_with_its_byte_offset(tmp_path: 
     second_epb = shb_len + idb_len + epb_len
     struct.pack_into("<I", data, second_epb + 4, 13)  # not a multiple of 4
     path.write_bytes(bytes(data))
+    got: list[RawBatch] = []
     with pytest.raises(CaptureFormatError) as err:
-        read_all(path)
+        got.extend(open_capture(path).batches())
     assert f"byte {second_epb} " in err.value.why
+    assert sum(len(raw) for raw in got) == 1  # issue 16: the block before it is handed out
+
+
+@pytest.mark.parametrize("damage", ["unknown-interface", "caplen-beyond-block"])
+def test_pcapng_unreadable_packet_block_hands_out_the_blocks_before_it(
+    tmp_path: Path, damage: str
+) -> None:
+    packets = [(0, T0 + i, IP4) for i in range(5)]
+    path = write_pcapng(tmp_path / "bad.pcapng", [(LINKTYPE_RAW, 6, None)], packets)
+    data = bytearray(path.read_bytes())
+    off = 0
+    for _ in range(2 + 3):  # SHB, IDB, then three good EPBs
+        off += struct.unpack_from("<I", data, off + 4)[0]
+    if damage == "unknown-interface":
+        struct.pack_into("<I", data, off + 8, 7)  # interface 7 of 1
+    else:
+        struct.pack_into("<I", data, off + 20, 4096)  # captured length beyond the block
+    path.write_bytes(bytes(data))
+    got: list[RawBatch] = []
+    with pytest.raises(CaptureFormatError) as err:
+        got.extend(open_capture(path).batches())
+    assert f"packet block at byte {off} " in err.value.why
+    assert [float(t) for raw in got for t in raw.ts] == [float(T0 + i) for i in range(3)]
 
 
 @pytest.mark.parametrize(

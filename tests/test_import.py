@@ -240,3 +240,30 @@ def test_a_capture_cut_inside_a_record_exits_1_naming_it_after_importing_what_pr
     assert f"the {len(whole):,} packets before it were imported" in done.stderr
     problems = compare_sessions(tshark_sessions(complete), read_session_rows(db))
     assert problems == [], "\n".join(problems)
+
+
+@needs_tshark
+def test_a_capture_damaged_mid_file_keeps_every_packet_before_the_damage(tmp_path: Path) -> None:
+    # Issue 16: a record claiming 0x7FFFFFFF bytes halfway through: the records before it in
+    # the same read chunk were lost (0 rows), though the import said they were imported.
+    linktype, records = _pcap_records_raw(DATA / "wg-small.pcap")
+    whole = records[: len(records) // 2]
+    complete = write_pcap(tmp_path / "complete.pcap", whole, linktype)
+    damaged = tmp_path / "damaged.pcap"
+    bad_header = struct.pack("<IIII", 1_700_000_000, 0, 0x7FFF_FFFF, 0x7FFF_FFFF)
+    tail = write_pcap(tmp_path / "tail.pcap", records[len(whole) :], linktype).read_bytes()[24:]
+    damaged.write_bytes(complete.read_bytes() + bad_header + tail)
+    db = tmp_path / "damaged.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnelacct", "import", "--config", str(CONFIG), str(damaged)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"},
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"claims {0x7FFF_FFFF} captured bytes" in done.stderr
+    assert f"the {len(whole):,} packets before it were imported" in done.stderr
+    problems = compare_sessions(tshark_sessions(complete), read_session_rows(db))
+    assert problems == [], "\n".join(problems)

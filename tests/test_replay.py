@@ -325,6 +325,20 @@ def test_corrupt_capture_raises_capture_error_naming_the_file(tmp_path: Path, ca
     assert why in info.value.why
 
 
+@pytest.mark.parametrize("case", ["absurd-record", "bad-pcapng-block"])
+def test_replay_hands_out_the_packets_before_mid_file_damage(tmp_path: Path, case: str) -> None:
+    # Issue 16: the reader raised before handing out the good records of its read chunk.
+    make, _why = CORRUPT[case]
+    source = ReplaySource(make(tmp_path / f"{case}.cap"))
+    got = []
+    with pytest.raises(CaptureError):
+        for _ in range(100):
+            batch = source.read_batch(0.0)
+            assert batch is not None, "the damage must end the replay with an error"
+            got += unpack(batch)
+    assert [ts for ts, _data in got] == [float(T0)]
+
+
 def test_file_broken_between_passes_raises_capture_error_naming_it(tmp_path: Path) -> None:
     path = write_capture(tmp_path / "c.pcapng", recorded())
     source = ReplaySource(path, loop=True)

@@ -108,22 +108,26 @@ class PcapReader(CaptureReader):
                 offs: list[int] = []
                 append = offs.append
                 off = 0
+                damage = None
                 while off + 16 <= n:
                     caplen = u32(buf, off + 8)[0]
                     if caplen > MAX_RECORD_BYTES:
-                        raise CaptureFormatError(
-                            str(self.path),
+                        damage = (
                             f"record at byte {self.stats.bytes_read + off} claims {caplen} "
-                            "captured bytes: the file is corrupt from there on",
+                            "captured bytes: the file is corrupt from there on"
                         )
+                        break
                     if off + 16 + caplen > n:
                         break
                     append(off)
                     off += 16 + caplen
                 rest = bytes(buf[off:n])
                 self.stats.bytes_read += off
+                # the records before the damage first (issue 16): they are whole and good
                 if offs:
                     yield self._batch(buf, np.array(offs, dtype=np.int64), order, tick, linktype)
+                if damage is not None:
+                    raise CaptureFormatError(str(self.path), damage)
             if rest:
                 self.stats.truncated_tail = True
                 self.stats.tail = (
@@ -171,10 +175,12 @@ class PcapngReader(CaptureReader):
             base = 0  # file offset of buf[0]
             while (chunk := _fill(f, rest)) is not None:
                 buf, n = chunk
-                epbs: list[int] = []
+                epbs: list[int] = []  # whole, readable enhanced packet blocks not yet yielded
                 append = epbs.append
                 off = 0
+                damage = None
                 hdr = struct.Struct(order + "II").unpack_from
+                epb_fields = struct.Struct(order + "IIII").unpack_from  # if_id, ts hi, lo, caplen
                 while off + 12 <= n:
                     btype, blen = hdr(buf, off)
                     if btype == PCAPNG_SHB:
@@ -183,28 +189,30 @@ class PcapngReader(CaptureReader):
                             yield self._batch(buf, epbs, order, ifaces)
                             epbs = []
                             append = epbs.append
-                        if off + 12 > n:
-                            break
                         bom = buf[off + 8 : off + 12]
                         order = (
                             "<" if struct.unpack("<I", bom)[0] == PCAPNG_BYTE_ORDER_MAGIC else ">"
                         )
                         if struct.unpack(order + "I", bom)[0] != PCAPNG_BYTE_ORDER_MAGIC:
-                            raise CaptureFormatError(
-                                str(self.path), f"bad section byte-order magic at byte {base + off}"
-                            )
+                            damage = f"bad section byte-order magic at byte {base + off}"
+                            break
                         hdr = struct.Struct(order + "II").unpack_from
+                        epb_fields = struct.Struct(order + "IIII").unpack_from
                         btype, blen = hdr(buf, off)
                         ifaces = []
                     if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES + 64:
-                        raise CaptureFormatError(
-                            str(self.path),
+                        damage = (
                             f"block at byte {base + off} has invalid length {blen}: "
-                            "the file is corrupt from there on",
+                            "the file is corrupt from there on"
                         )
+                        break
                     if off + blen > n:
                         break
                     if btype == BLOCK_EPB:
+                        damage = self._bad_epb(epb_fields(buf, off + 8), blen, len(ifaces))
+                        if damage is not None:
+                            damage = f"packet block at byte {base + off} {damage}"
+                            break
                         append(off)
                     elif btype == BLOCK_IDB:
                         ifaces.append(self._parse_idb(buf, off, blen, order))
@@ -215,15 +223,29 @@ class PcapngReader(CaptureReader):
                             append = epbs.append
                         yield self._legacy_block(buf, off, btype, order, ifaces)
                     off += blen
+                # the blocks before any damage first (issue 16): they are whole and readable
                 if epbs:
                     yield self._batch(buf, epbs, order, ifaces)
                 rest = bytes(buf[off:n])
                 base += off
                 self.stats.bytes_read = base
+                if damage is not None:
+                    raise CaptureFormatError(str(self.path), damage)
             if rest:
                 self.stats.truncated_tail = True
                 self.stats.tail = f"file ends inside a block ({len(rest)} bytes ignored at the end)"
                 self.stats.warnings.append(self.stats.tail)
+
+    @staticmethod
+    def _bad_epb(fields: tuple[int, ...], blen: int, interfaces: int) -> str | None:
+        """Why an enhanced packet block (its if_id, ts high, ts low, caplen) cannot be read
+        when `interfaces` interfaces are described, or None when it can."""
+        if_id, _ts_hi, _ts_lo, caplen = fields
+        if if_id >= interfaces:
+            return "refers to an interface that was never described"
+        if caplen > blen - 32:
+            return "is shorter than its captured length"
+        return None
 
     def _parse_idb(self, buf: bytearray, off: int, blen: int, order: str) -> _Interface:
         linktype, _res, snaplen = struct.unpack_from(order + "HHI", buf, off + 8)
@@ -245,14 +267,11 @@ class PcapngReader(CaptureReader):
     def _batch(
         self, buf: bytearray, epbs: list[int], order: str, ifaces: list[_Interface]
     ) -> RawBatch:
+        """The packets of enhanced packet blocks `epbs`, all readable (`_first_bad()`)."""
         arr = np.frombuffer(buf, dtype=np.uint8)
         u32 = np.ndarray((len(arr) - 3,), dtype=order + "u4", buffer=arr, strides=(1,))
         offs = np.array(epbs, dtype=np.int64)
         if_ids = u32[offs + 8].astype(np.int64)
-        if not ifaces or int(if_ids.max()) >= len(ifaces):
-            raise CaptureFormatError(
-                str(self.path), "packet block refers to an interface that was never described"
-            )
         ticks_hi = u32[offs + 12].astype(np.uint64)
         ticks_lo = u32[offs + 16].astype(np.uint64)
         ticks = (ticks_hi << np.uint64(32)) | ticks_lo
@@ -260,11 +279,6 @@ class PcapngReader(CaptureReader):
         per_sec = np.rint(1.0 / tick_of).astype(np.uint64)
         ts = (ticks // per_sec).astype(np.float64) + (ticks % per_sec).astype(np.float64) * tick_of
         caplens = u32[offs + 20].astype(np.int64)
-        blens = u32[offs + 4].astype(np.int64)
-        if np.any(caplens > blens - 32):
-            raise CaptureFormatError(
-                str(self.path), "packet block shorter than its captured length"
-            )
         self.stats.packets += len(offs)
         names = {i.name for i in ifaces if i.name}
         return RawBatch(

@@ -14,6 +14,7 @@ their paced time and carry that time, as if captured now: recorded gaps / speed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -72,14 +73,18 @@ class ReplaySource:
         self._pass_start = 0.0  # wall time (paced) or shift (fast) of the current pass
 
     def _extent(self) -> tuple[float, float]:
-        """(first packet time, last - first) of the file, read once; both 0.0 when it is empty."""
+        """(first packet time, last - first) of the file's packets up to any damage, read once;
+        both 0.0 when it has none. A file that is no capture raises CaptureError; damage further
+        on is raised by the pass that reaches it, after the packets before it (issue 16)."""
         lo, hi = float("inf"), float("-inf")
         try:
-            for batch in open_capture(self.path).batches():
-                if len(batch):
-                    lo, hi = min(lo, float(batch.ts.min())), max(hi, float(batch.ts.max()))
+            reader = open_capture(self.path)
         except CaptureFormatError as e:  # same error as a later pass, and as LiveSource raises
             raise CaptureError(self.interface, e.why) from e
+        with contextlib.suppress(CaptureFormatError):
+            for batch in reader.batches():
+                if len(batch):
+                    lo, hi = min(lo, float(batch.ts.min())), max(hi, float(batch.ts.max()))
         return (lo, hi - lo) if lo <= hi else (0.0, 0.0)
 
     def read_batch(self, timeout_s: float) -> RawBatch | None:
