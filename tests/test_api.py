@@ -323,6 +323,8 @@ def b64(value: object) -> str:
         b64(["2000-01-01", "e3e70682c2094cac629f6fbed82c07cd"]),  # no offset
         b64(["0001-01-01T00:00:00+00:01", "e3e70682c2094cac629f6fbed82c07cd"]),  # year 0 UTC
         b64(["2026-11-23T10:00:00+00:00", "not-a-uuid"]),
+        # issue 16: 3,000 nested lists made json.loads raise RecursionError (a 500)
+        base64.urlsafe_b64encode(b"[" * 3000).decode(),
     ],
 )
 async def test_a_malformed_cursor_is_400_naming_it(client: Client, cursor: str) -> None:

@@ -591,6 +591,18 @@ def test_pcapng_unreadable_packet_block_hands_out_the_blocks_before_it(
     assert [float(t) for raw in got for t in raw.ts] == [float(T0 + i) for i in range(3)]
 
 
+def test_timestamps_no_record_can_hold_are_counted_as_bad_timestamp(tmp_path: Path) -> None:
+    # Issue 16: if_tsresol 0x80 (2^0 s) and a timestamp of 2^64-1 raised OverflowError in the
+    # writer; such packets are a counted decode error, the others decode as usual.
+    times = [Decimal(2**64 - 1), T0, Decimal(10**12), T0 + 1]  # 10**12 s: the year 33658
+    path = write_pcapng(
+        tmp_path / "times.pcapng", [(LINKTYPE_RAW, 0x80, None)], [(0, t, IP4) for t in times]
+    )
+    batches = decode_file(path)
+    assert sum(b.failures.get("bad_timestamp", 0) for b in batches) == 2
+    assert [float(t) for b in batches for t in b.ts] == [float(T0), float(T0 + 1)]
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"hello, this is not a capture file\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 64],

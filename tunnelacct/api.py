@@ -243,7 +243,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         if started_at.tzinfo is None:
             raise ValueError("a cursor's started_at has an offset")
         return started_at.astimezone(UTC), uuid.UUID(hex=ident)
-    except (ValueError, TypeError, OverflowError, binascii.Error) as e:
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as e:
         raise BadParameter("cursor", f"bad cursor {cursor!r}: use next_cursor of a page") from e
 
 

@@ -47,8 +47,11 @@ REASONS = (
     "bad_tcp_header_length",
     "truncated_udp_header",
     "bad_udp_length",
+    "bad_timestamp",  # not a time a session record can hold (before 1970 or after 9999)
 )
 REASON = {name: code for code, name in enumerate(REASONS)}
+# The last second a stored time can hold (datetime's year 9999), epoch seconds.
+MAX_TS = 253_402_300_799.0
 SKIPPED_REASONS = frozenset({"not_ip", "other_protocol"})
 
 IPV6_EXT_GENERIC = (
@@ -145,6 +148,9 @@ def decode(raw: RawBatch) -> DecodedBatch:
         if mask.any():  # usually not: skip the masked write
             reason[mask & (reason == OK)] = REASON[name]
 
+    # Issue 16: a crafted pcapng timestamp (2^64-1 ticks) made the writer raise OverflowError.
+    # Written so that NaN fails too.
+    fail(~((raw.ts >= 0.0) & (raw.ts <= MAX_TS)), "bad_timestamp")
     l3, ver_hint = _link_layer(v, off, cap, lt, fail)
     wire_l3 = raw.wirelens - (l3 - off)  # bytes of the L3 packet that were on the wire
 
