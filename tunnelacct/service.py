@@ -33,6 +33,7 @@ from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
+from tunnelacct.gatewaylock import GatewayLock
 from tunnelacct.identity import Inventory
 from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
@@ -133,7 +134,11 @@ class Service:
         """Serve until `stop` is set, then shut down in order; raises what made it fail."""
         config = self.config
         engine = make_engine(config.database.url)
+        gateway_lock = GatewayLock(engine, config.gateway)
         try:
+            # before any session is touched: another serve of this gateway would be resumed
+            # and closed under its feet (issue 16)
+            await gateway_lock.acquire(datetime.now(UTC))
             await self._refresh_peers(engine, initial=True)
             writer = self.writer = SessionWriter(
                 engine,
@@ -202,6 +207,7 @@ class Service:
             self._write_status()
             if self.export_workers is not None:
                 await asyncio.to_thread(self.export_workers.close)
+            await gateway_lock.release()  # after the writer drained
             await engine.dispose()
         if self._failure is not None:
             raise self._failure
