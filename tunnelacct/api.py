@@ -57,6 +57,7 @@ from tunnelacct.auth import Principal, Role, authenticate
 from tunnelacct.config import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
+from tunnelacct.httpguards import HttpGuards
 from tunnelacct.metrics import service_registry
 from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
@@ -333,6 +334,7 @@ def _add_docs(app: FastAPI) -> None:
 def create_app(ctx: ApiContext) -> FastAPI:
     """The ASGI app for `ctx` (no globals: tests build their own)."""
     app = _Api(title="tunnelacct", version=__version__, docs_url=None, redoc_url=None)
+    app.add_middleware(HttpGuards)  # HEAD, relative redirects, a body cap (issue 16)
     _add_docs(app)
     sessions_table = table_of(SessionRecord)
     for error in (
