@@ -1,7 +1,7 @@
 """ASGI middleware around the API's app: HTTP details a client or a proxy relies on (issue 16).
 
 - HEAD of any GET route answers as the GET would, headers only; the body is never produced
-  beyond its first chunk (a HEAD of sessions.csv does not run the export).
+  beyond its first chunk (a HEAD of sessions.csv stops the export at its first page).
 - Redirects are relative (`Location: /api/v1/orgs`): built from the Host header, they pointed
   wherever a client said the API was.
 - A request body larger than MAX_BODY_BYTES is refused with 413 before it is read into memory.
