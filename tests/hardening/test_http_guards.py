@@ -3,6 +3,8 @@ relative redirects, and a cap on request bodies."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -12,6 +14,7 @@ from tests.helpers.stores import imported_store
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
 from tunnelacct.httpguards import MAX_BODY_BYTES
+from tunnelacct.service import listen_socket
 from tunnelacct.store import make_engine
 
 pytestmark = pytest.mark.hardening
@@ -84,3 +87,25 @@ async def test_a_body_over_the_cap_is_413_whether_its_length_is_declared_or_not(
     # under the cap the body is read and judged as usual
     ok = await client.patch(url, headers=auth, json={"retention_days": 3})
     assert ok.status_code == 200 and ok.json()["retention_days"] == 3, ok.text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_connections_to_the_listeners_are_accepted_with_tcp_nodelay(host: str) -> None:
+    # Issue 16: without it each keep-alive request after the first waited ~44 ms for a
+    # delayed ACK. The listener is serve's own ([api] and [metrics] listen).
+    listener = listen_socket("api", host, 0)
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def on_connection(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(on_connection, sock=listener)
+    try:
+        _reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        assert await asyncio.wait_for(accepted, 60) == 1
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
