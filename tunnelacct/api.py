@@ -363,8 +363,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     Who = Annotated[Principal, Depends(principal)]
 
     async def visible_org(org: str, who: Who) -> str:
-        """`org` when the token may read it and it exists; 404 either way otherwise."""
-        if who.may_see(org):
+        """`org` when the token may read it and it exists; 404 either way otherwise.
+
+        No org id holds a NUL (the config refuses one), and PostgreSQL text cannot: such an
+        id is not looked up (it was a 500 there, issue 16)."""
+        if who.may_see(org) and "\x00" not in org:
             async with AsyncSession(ctx.engine) as db:
                 if await db.get(Org, org) is not None:
                     return org

@@ -332,6 +332,8 @@ def parse_filter(text: str) -> Filter:
     for n, (written, token) in enumerate(_tokens(text)):
         if n == MAX_TERMS:
             raise FilterError(token=written, expected=f"at most {MAX_TERMS} terms")
+        if "\x00" in written:  # nothing stored holds one, and PostgreSQL text cannot (issue 16)
+            raise FilterError(token=written, expected="no NUL character (U+0000)")
         m = _TERM.fullmatch(token)
         spec = KEYS.get(m[2]) if m else None
         if m is None or spec is None:
