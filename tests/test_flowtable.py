@@ -937,6 +937,24 @@ def test_suspend_ends_fin_and_rst_closed_sessions_and_checkpoints_the_open_ones(
     assert len(run.table) == 1
 
 
+def test_packets_older_than_one_before_them_by_over_a_second_are_counted_late(
+    tmp_path: Path,
+) -> None:
+    # Issue 16: merged captures and clock steps are counted (the packets still count).
+    offsets = ["0", "10", "2", "9.5", "12", "10.9", "3"]
+    pkts = [
+        (T0 + Decimal(o), udp(CLIENT4, SERVER4, 5000 + i, 53, 20)) for i, o in enumerate(offsets)
+    ]
+    newest, late = Decimal("-Infinity"), 0
+    for t, _p in pkts:  # the oracle: older than the newest before it by more than 1 s
+        late += t < newest - 1
+        newest = max(newest, t)
+    raw = read_raw(write(tmp_path / "late.pcap", pkts))[0]
+    run = feed(split_raw(raw, [4]))  # the count holds across batches
+    assert run.table.stats.late_packets == late == 3
+    assert run.table.stats.packets == len(pkts)
+
+
 def test_emit_opened_announces_each_session_once_when_it_opens(tmp_path: Path) -> None:
     long_lived, short = Tcp(CLIENT4, SERVER4, 40100, 443), Tcp(CLIENT4, SERVER4, 40101, 443)
     first = [*long_lived.handshake(), *short.handshake(), *short.request(10), *short.close()]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
 from tests.helpers.accuracy import check_import, facts, run_cli
@@ -267,3 +267,45 @@ def test_a_capture_damaged_mid_file_keeps_every_packet_before_the_damage(tmp_pat
     assert f"the {len(whole):,} packets before it were imported" in done.stderr
     problems = compare_sessions(tshark_sessions(complete), read_session_rows(db))
     assert problems == [], "\n".join(problems)
+
+
+@needs_tshark
+def test_a_record_dated_far_in_the_future_is_refused_and_closes_no_session(
+    tmp_path: Path,
+) -> None:
+    # Issue 16: one record from 2106 moved packet time on 80 years: the open sessions closed
+    # as idle and the rest of the capture opened them again, split.
+    linktype, records = _pcap_records_raw(DATA / "wg-small.pcap")
+    middle = len(records) // 2
+    stray = (Decimal(4_290_000_000), records[middle][1])  # 2105-12-11 (pcap seconds are 32-bit)
+    clean = write_pcap(tmp_path / "clean.pcap", records[:middle] + records[middle + 1 :], linktype)
+    dated = write_pcap(
+        tmp_path / "2106.pcap", records[:middle] + [stray] + records[middle + 1 :], linktype
+    )
+    db = tmp_path / "dated.db"
+    env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    summary = run_cli("import", "--config", str(CONFIG), str(dated), env=env).stdout
+    assert "decode errors: bad_timestamp 1" in summary
+    problems = compare_sessions(tshark_sessions(clean), read_session_rows(db))
+    assert problems == [], "\n".join(problems)
+
+
+def test_captures_merged_into_one_import_count_their_late_packets(tmp_path: Path) -> None:
+    # two captures of the same traffic, its 0.5 s stretched to 5 s so that the second one's
+    # packets go back by seconds; the import orders files by their first packet
+    linktype, records = _pcap_records_raw(DATA / "wg-small.pcap")
+    start = records[0][0]
+    stretched = [(start + (t - start) * 10, data) for t, data in records]
+    shifted = [(t + Decimal("0.001"), data) for t, data in stretched]
+    first = write_pcap(tmp_path / "a.pcap", stretched, linktype)
+    second = write_pcap(tmp_path / "b.pcap", shifted, linktype)
+    summary = _import(f"sqlite:///{tmp_path / 'merged.db'}", second, first)
+    newest, late = Decimal("-Infinity"), 0
+    for t, data in stretched + shifted:
+        packet = IP(data) if data[0] >> 4 == 4 else IPv6(data)
+        if TCP not in packet and UDP not in packet:
+            continue  # not sessionized, so neither late nor newest
+        late += t < newest - 1
+        newest = max(newest, t)
+    assert late > 0
+    assert _summary_figure(summary, r"late: ([\d,]+) packets") == late

@@ -74,6 +74,11 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
     )
     echo(f"  decode errors: {_fmt_counts(s.decode_errors)}")
     echo(f"  skipped (not TCP/UDP): {_fmt_counts(s.skipped)}")
+    if s.late_packets:
+        echo(
+            f"  late: {s.late_packets:,} packets more than 1 s older than a packet before them "
+            "(merged or reordered captures, or a clock step back)"
+        )
     echo(
         f"  rows written: {s.rows_written:,} to {config.database.url}; replaced {s.replaced:,} "
         "stored by an earlier capture of the same traffic"

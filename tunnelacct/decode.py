@@ -47,11 +47,22 @@ REASONS = (
     "bad_tcp_header_length",
     "truncated_udp_header",
     "bad_udp_length",
-    "bad_timestamp",  # not a time a session record can hold (before 1970 or after 9999)
+    "bad_timestamp",  # before 1970, after the year 9999, or over a day after it was decoded
 )
 REASON = {name: code for code, name in enumerate(REASONS)}
 # The last second a stored time can hold (datetime's year 9999), epoch seconds.
 MAX_TS = 253_402_300_799.0
+# A packet dated further than this after the moment it is decoded is refused as bad_timestamp:
+# one record from 2106 in a capture moved packet time on 80 years, and every open session
+# closed as idle (issue 16). A day covers any clock skew between capturing host and this one.
+FUTURE_SLACK_S = 86_400.0
+
+
+def plausible_until(now_ts: float) -> float:
+    """The latest packet time `decode()` accepts when decoding at wall time `now_ts`."""
+    return min(now_ts + FUTURE_SLACK_S, MAX_TS)
+
+
 SKIPPED_REASONS = frozenset({"not_ip", "other_protocol"})
 
 IPV6_EXT_GENERIC = (
@@ -136,8 +147,12 @@ class _Views:
         return np.clip(pos, 0, self.n)
 
 
-def decode(raw: RawBatch) -> DecodedBatch:
-    """Decode every packet of a batch; failures are counted by reason, never raised."""
+def decode(raw: RawBatch, *, not_after_ts: float = MAX_TS) -> DecodedBatch:
+    """Decode every packet of a batch; failures are counted by reason, never raised.
+
+    Packets dated after `not_after_ts` (epoch seconds; `plausible_until(time.time())` where
+    packets come from a capture) or before 1970 are bad_timestamp.
+    """
     n = len(raw)
     v = _Views(raw.buf)
     off, cap, lt = raw.offsets, raw.caplens, raw.linktypes
@@ -150,7 +165,7 @@ def decode(raw: RawBatch) -> DecodedBatch:
 
     # Issue 16: a crafted pcapng timestamp (2^64-1 ticks) made the writer raise OverflowError.
     # Written so that NaN fails too.
-    fail(~((raw.ts >= 0.0) & (raw.ts <= MAX_TS)), "bad_timestamp")
+    fail(~((raw.ts >= 0.0) & (raw.ts <= min(not_after_ts, MAX_TS))), "bad_timestamp")
     l3, ver_hint = _link_layer(v, off, cap, lt, fail)
     wire_l3 = raw.wirelens - (l3 - off)  # bytes of the L3 packet that were on the wire
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tunnelacct.decode import DecodedBatch, decode
+from tunnelacct.decode import DecodedBatch, decode, plausible_until
 from tunnelacct.errors import CaptureFormatError, TunnelacctError
 from tunnelacct.sources.pcapfile import open_capture
 
@@ -80,7 +81,8 @@ def _child(paths: list[Path], out: Any) -> None:
         error = None
         try:
             for raw in reader.batches():
-                out.put(Decoded(index, narrow(decode(raw)), reader.stats.bytes_read))
+                decoded = decode(raw, not_after_ts=plausible_until(time.time()))
+                out.put(Decoded(index, narrow(decoded), reader.stats.bytes_read))
         except CaptureFormatError as e:
             error = str(e)
         warnings = reader.stats.warnings

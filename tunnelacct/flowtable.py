@@ -47,6 +47,7 @@ AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
 SWEEP_INTERVAL_S = 1.0  # packet time between expiry sweeps
 FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later ones
+LATE_S = 1.0  # a packet this much older than one before it is counted late
 _M1, _M2, _M3 = (
     np.uint64(0x9E3779B97F4A7C15),
     np.uint64(0xBF58476D1CE4E5B9),
@@ -102,6 +103,9 @@ class FlowStats:
     closed: Counter[str] = field(default_factory=Counter)
     fragments_unattributed: int = 0
     fragment_bytes_unattributed: int = 0
+    # packets more than LATE_S older than a packet before them: merged or reordered captures, a
+    # clock stepped back (still accounted, in their session; issue 16)
+    late_packets: int = 0
 
 
 class FlowTable:
@@ -164,6 +168,11 @@ class FlowTable:
                         self._process_keyed(b, run)
             self.stats.packets += m
             self.stats.bytes += int(b.ip_bytes.sum())
+            newest_before = np.maximum.accumulate(b.ts)
+            newest_before[1:] = newest_before[:-1]
+            newest_before[0] = self._now
+            np.maximum(newest_before, self._now, out=newest_before)
+            self.stats.late_packets += int(np.count_nonzero(b.ts < newest_before - LATE_S))
             self._now = max(self._now, float(b.ts.max()))
         return self.advance(self._now)
 

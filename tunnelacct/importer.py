@@ -47,6 +47,7 @@ class ImportSummary:
     skipped: Counter[str] = field(default_factory=Counter)  # valid but not TCP/UDP
     rows_written: int = 0
     replaced: int = 0  # stored sessions of an earlier capture of the same traffic, replaced
+    late_packets: int = 0  # more than flowtable.LATE_S older than a packet before them
     seconds: float = 0.0  # wall time of the whole import, writes included
     warnings: list[str] = field(default_factory=list)
     failed_files: list[str] = field(default_factory=list)
@@ -129,6 +130,7 @@ async def import_files(
     summary.sessions = st.sessions_opened
     summary.unattributed_sessions = st.unattributed_sessions
     summary.closed = Counter(st.closed)
+    summary.late_packets = st.late_packets
     if st.fragments_unattributed:
         summary.decode_errors["fragment_unattributed"] += st.fragments_unattributed
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunnelacct.decode import REASONS, SKIPPED_REASONS, decode
+from tunnelacct.decode import REASONS, SKIPPED_REASONS, decode, plausible_until
 from tunnelacct.sources.pcapfile import open_capture
 
 
@@ -39,7 +40,7 @@ def failed_packets(
     """Yield (record number from 1, time, reason, dissection) for packets that decode rejected."""
     seen = shown = 0
     for raw in open_capture(path).batches():
-        d = decode(raw)
+        d = decode(raw, not_after_ts=plausible_until(time.time()))
         for i, code in zip(d.failed_index.tolist(), d.failed_reason.tolist(), strict=True):
             reason = REASONS[code]
             if reason in SKIPPED_REASONS and not include_skipped:

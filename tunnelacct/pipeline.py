@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from tunnelacct.config import CaptureConfig, Timeouts
-from tunnelacct.decode import SKIPPED_REASONS, DecodedBatch, decode
+from tunnelacct.decode import SKIPPED_REASONS, DecodedBatch, decode, plausible_until
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureError
 from tunnelacct.events import SessionEvent
@@ -81,6 +81,7 @@ class CaptureStatus:
     open_sessions: int = 0
     sessions_opened: int = 0
     closed: Counter[str] = field(default_factory=Counter)
+    late_packets: int = 0  # more than flowtable.LATE_S older than a packet before them
     error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -305,7 +306,11 @@ class CapturePipeline:
                         return True
                 else:
                     # a live source decodes in its own process; a replay is decoded here
-                    batch = decode(raw) if isinstance(raw, RawBatch) else raw
+                    batch = (
+                        decode(raw, not_after_ts=plausible_until(time.time()))
+                        if isinstance(raw, RawBatch)
+                        else raw
+                    )
                     status.packets += batch.packets_in
                     read_stats = functools.partial(self._read_stats, source, kernel_base)
                     if not handoff.put(batch, abandon=self._abandon, waiting=read_stats):
@@ -407,6 +412,7 @@ class CapturePipeline:
         self.status.open_sessions = len(self.table)
         self.status.sessions_opened = st.sessions_opened
         self.status.closed = Counter(st.closed)
+        self.status.late_packets = st.late_packets
 
 
 def _process_all(table: FlowTable, batches: list[DecodedBatch]) -> list[SessionEvent]:

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from tunnelacct.decode import DecodedBatch, decode
+from tunnelacct.decode import DecodedBatch, decode, plausible_until
 from tunnelacct.decodeproc import narrow, widen
 from tunnelacct.errors import CaptureError
 from tunnelacct.sources.live import LiveSource
@@ -66,7 +66,7 @@ def _child(interface: str, options: dict[str, int], conn: Any, stop: Any, counts
                 stopping = True
             raw = source.read_batch(DRAIN_QUIET_S if stopping else 0.2)
             if raw is not None:
-                conn.send(("batch", narrow(decode(raw))))
+                conn.send(("batch", narrow(decode(raw, not_after_ts=plausible_until(time.time())))))
             elif stopping:
                 done.set()
                 stats_thread.join()
