@@ -54,7 +54,9 @@ from tunnelacct.writer import SessionWriter
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE_EVERY_S, FORCE_AFTER_S = 1.0, 1.0  # a 2nd stop signal this much later exits at once
+STATUS_FILE_EVERY_S = 1.0
+FORCE_AFTER_S = 1.0  # a second stop signal this much later exits at once
+STATUS_FAILURE_LOG_EVERY_S = 60.0
 
 
 class _Tee:
@@ -116,6 +118,8 @@ class Service:
         self.state = "starting"
         self.started_at = datetime.now(UTC)
         self.resumed = self.closed_at_start = 0
+        self.status_write_failures = 0
+        self._status_failure_logged = float("-inf")  # monotonic time of the last such log
         self.pipelines: list[CapturePipeline] = []
         self.writer: SessionWriter | None = None
         self.event_log: SessionEventLog | None = None
@@ -452,6 +456,7 @@ class Service:
             "pid": os.getpid(),
             "started_at": self.started_at.isoformat(),
             "resumed_sessions": self.resumed,
+            "status_write_failures": self.status_write_failures,
             "closed_at_start": self.closed_at_start,
             "captures": [p.status.as_dict() for p in self.pipelines],
             "writer": None
@@ -467,11 +472,25 @@ class Service:
         }
 
     def _write_status(self) -> None:
+        """Rewrite the status file; a failure (no descriptor left, disk full, the directory
+        gone) is counted and logged at most once a minute, never fatal (issue 16)."""
         if self.status_path is None:
             return
         tmp = self.status_path.with_name(self.status_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.status_path)
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, self.status_path)
+        except OSError as e:
+            self.status_write_failures += 1
+            now = time.monotonic()
+            if now - self._status_failure_logged >= STATUS_FAILURE_LOG_EVERY_S:
+                self._status_failure_logged = now
+                log.warning(
+                    "status file %s not written: %s (%d failures so far); serving goes on",
+                    self.status_path,
+                    e.strerror or e,
+                    self.status_write_failures,
+                )
 
     async def _status_loop(self) -> None:
         """Write the status file every second; log status and any drops every status_interval."""
