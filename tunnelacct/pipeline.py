@@ -261,11 +261,19 @@ class CapturePipeline:
                         self._stop.wait(RETRY_S)
                         continue
                     log.info("capture on %s: interface is back", self.capture.name)
+                keep = False
                 try:
                     if self._pump(source):
                         end = _End(finished=True)
                         break
                 except CaptureError as e:
+                    if not self.live and e.transient:
+                        # a replay out of descriptors (a connection flood): the same source
+                        # starts its pass again once it can (issue 16)
+                        self._waiting(e)
+                        self._stop.wait(RETRY_S)
+                        self._first, keep = source, True
+                        continue
                     if not self.live:
                         # a damaged file: what came before the damage counts, as in import
                         log.error("%s (packets before it were accounted)", e)
@@ -276,7 +284,8 @@ class CapturePipeline:
                         raise
                     self._waiting(e)
                 finally:
-                    source.close()
+                    if not keep:
+                        source.close()
         except BaseException as e:  # handed to run(), which raises it on the loop
             end = _End(finished=False, error=e)
         finally:

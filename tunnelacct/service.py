@@ -34,6 +34,7 @@ from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
 from tunnelacct.gatewaylock import GatewayLock
+from tunnelacct.httpconn import RateLimitedLoopErrors
 from tunnelacct.identity import Inventory
 from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
@@ -91,15 +92,28 @@ def listen_socket(section: str, host: str, port: int) -> socket.socket:
 
 
 def _uvicorn(app: Any) -> Any:
-    """A uvicorn server for `app` that leaves SIGTERM/SIGINT to the service."""
+    """A uvicorn server for `app` that leaves SIGTERM/SIGINT to the service, with the
+    connection guards of httpconn.py (header timeout, a cap that evicts idle connections)."""
     import uvicorn  # imported only when something listens
+
+    from tunnelacct.httpconn import connection_cap, guarded_protocol
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    cap = connection_cap()
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        http=guarded_protocol(cap),
+        # asyncio accepts up to `backlog` sockets per wakeup before any of them reaches the
+        # protocol and its cap: uvicorn's 2048 took every descriptor (issue 16)
+        backlog=cap,
+    )
     return Server(config)
 
 
@@ -551,6 +565,8 @@ def serve(config: Config, *, status_path: Path | None = None) -> None:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        # accept() failing on EMFILE logged 389,098 lines in 15 s (issue 16)
+        loop.set_exception_handler(RateLimitedLoopErrors())
         try:
             await Service(config, status_path=status_path).run(stop)
         finally:

@@ -15,6 +15,7 @@ their paced time and carry that time, as if captured now: recorded gaps / speed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,10 @@ from tunnelacct.sources import RawBatch
 from tunnelacct.sources.pcapfile import CaptureReader, open_capture
 
 log = logging.getLogger(__name__)
+
+# A pass that cannot open its file for these is retried, not ended (issue 16): the process ran
+# out of descriptors or memory for a while (a connection flood, say).
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 def _take(batch: RawBatch, sel: slice) -> RawBatch:
@@ -66,6 +71,7 @@ class ReplaySource:
         self.packets = 0  # packets handed out
         self.finished = False  # the file ended and does not loop (or has no packets to loop)
         self._pass_packets = 0  # packets read in the current pass
+        self._packets_before = 0  # packets of the pass before (a pass may fail to start)
         self._stopped = self._closed = False
         self._batches: Iterator[RawBatch] | None = None
         self._reader: CaptureReader | None = None
@@ -125,7 +131,6 @@ class ReplaySource:
             if self.passes and not (self.loop and self._pass_packets):
                 self.finished = True
                 return None
-            self._pass_packets = 0
             if self.speed == 0:
                 self._pass_start = self.passes * (self._span_s + self.loop_gap_s)
             else:
@@ -135,10 +140,19 @@ class ReplaySource:
                 self._reader = open_capture(self.path)
                 self._batches = self._reader.batches()
             except CaptureFormatError as e:
+                self._pass_not_started(e.__cause__)
                 raise CaptureError(self.interface, e.why) from e
+            # after the open: a pass that could not start keeps the count of the one before
+            self._packets_before = self._pass_packets
+            self._pass_packets = 0
         try:
             while len(batch := next(self._batches)) == 0:
                 pass
+        except OSError as e:  # the file is opened at the first batch of a pass
+            if self._pass_packets == 0:
+                self._pass_packets = self._packets_before
+                self._pass_not_started(e)
+            raise CaptureError(self.interface, e.strerror or str(e)) from e
         except StopIteration:
             self._batches = None
             if self.passes == 1 and self._reader is not None:
@@ -149,6 +163,16 @@ class ReplaySource:
             raise CaptureError(self.interface, e.why) from e
         self._pass_packets += len(batch)
         return batch
+
+    def _pass_not_started(self, cause: BaseException | None) -> None:
+        """A pass could not open the file for want of descriptors or memory: undo its start,
+        so that the next read starts it again, and say so (CaptureError, transient)."""
+        if isinstance(cause, OSError) and cause.errno in RESOURCE_ERRNOS:
+            self.passes -= 1
+            self._batches = None
+            raise CaptureError(
+                self.interface, cause.strerror or str(cause), transient=True
+            ) from cause
 
     def stop(self) -> None:
         """Hand out nothing more (what was handed out stays counted)."""
