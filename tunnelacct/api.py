@@ -61,6 +61,7 @@ from tunnelacct.httpguards import HttpGuards
 from tunnelacct.metrics import service_registry
 from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
+from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy
 from tunnelacct.store import table_of
 
 COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
@@ -93,6 +94,8 @@ class ApiContext:
     # [[orgs]] entry (without one, the [[orgs]] default), so a 409 for it says so (issue 15).
     default_org: str = DEFAULT_ORG
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # for updated_at
+    # time limit, client disconnect and per-token concurrency of the reads (issue 16)
+    limits: QueryLimits = field(default_factory=QueryLimits)
 
 
 class BadParameter(TunnelacctError):
@@ -104,6 +107,7 @@ class BadParameter(TunnelacctError):
 
 
 BAD_PARAMETER = "bad_parameter"  # the `error` of every 400
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -174,6 +178,13 @@ async def _render_error(_request: Request, exc: Exception) -> Response:
         )
     if isinstance(exc, StoreError):
         return _error_response(503, "store_unavailable", str(exc))
+    if isinstance(exc, QueryTimeout):
+        return _error_response(503, "query_timeout", str(exc))
+    if isinstance(exc, TooBusy):
+        retry = {"Retry-After": str(exc.retry_after_s)}
+        return _error_response(429, "too_many_requests", str(exc), headers=retry)
+    if isinstance(exc, ClientGone):
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
     if isinstance(exc, StarletteHTTPException):
         # 401, 403, 404, 409 of the routes, and Starlette's own 404 and 405
         error = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
@@ -210,6 +221,8 @@ _RETENTION_SCHEMA = {
 _QUERY_ERRORS = {
     **_ORG_ERRORS,
     400: _bad("limit, cursor, or a filter q (with the `token` at fault and the `expected`)"),
+    429: _error("the token already runs its most queries and exports at once: see Retry-After"),
+    503: _error("the query ran over its time limit (`query_timeout`), or the store is down"),
 }
 _CSV_ERRORS = {**_ORG_ERRORS, 400: _bad("a filter q (with the `token` at fault and `expected`)")}
 
@@ -339,10 +352,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     sessions_table = table_of(SessionRecord)
     for error in (
         BadParameter,
+        ClientGone,
         FilterError,
+        QueryTimeout,
         RequestValidationError,
         StarletteHTTPException,
         StoreError,
+        TooBusy,
     ):
         app.add_exception_handler(error, _render_error)
 
@@ -502,6 +518,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/api/v1/orgs/{org}/sessions", responses=_QUERY_ERRORS)
     async def sessions(
+        request: Request,
+        who: Who,
         org: OrgId,
         q: Annotated[str, Query(description="filter, e.g. protocol:tcp dport:443")] = "",
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
@@ -523,12 +541,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
         capped = select(func.count()).select_from(
             select(t.c.id).where(*where).limit(COUNT_CAP + 1).subquery()
         )
-        async with AsyncSession(ctx.engine) as db:
-            rows = (await db.scalars(stmt)).all()
+
+        async def page(db: AsyncSession) -> tuple[list[SessionRecord], int]:
+            rows = list((await db.scalars(stmt)).all())
             if cursor is None and len(rows) <= limit:
-                count = len(rows)  # a first page that holds every match needs no count
-            else:
-                count = int((await db.execute(capped)).scalar_one())
+                return rows, len(rows)  # a first page that holds every match needs no count
+            return rows, int((await db.execute(capped)).scalar_one())
+
+        async with ctx.limits.slot(who.token_id):
+            rows, count = await ctx.limits.run(ctx.engine, request.receive, page)
         more = len(rows) > limit
         rows = rows[:limit]
         return {
