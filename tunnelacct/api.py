@@ -27,6 +27,7 @@ body, filter or cursor) is a 400 with `"error": "bad_parameter"` and `parameter`
 # the dependency aliases (Who, OrgId) are local to create_app.
 import base64
 import binascii
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -57,7 +58,7 @@ from tunnelacct.auth import Principal, Role, authenticate
 from tunnelacct.config import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
-from tunnelacct.httpguards import HttpGuards
+from tunnelacct.httpguards import STALLED_SEND_S, HttpGuards
 from tunnelacct.metrics import service_registry
 from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
@@ -96,6 +97,8 @@ class ApiContext:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # for updated_at
     # time limit, client disconnect and per-token concurrency of the reads (issue 16)
     limits: QueryLimits = field(default_factory=QueryLimits)
+    # a response whose client reads nothing for this long is cut (a stalled CSV reader)
+    stalled_send_s: float = STALLED_SEND_S
 
 
 class BadParameter(TunnelacctError):
@@ -224,7 +227,11 @@ _QUERY_ERRORS = {
     429: _error("the token already runs its most queries and exports at once: see Retry-After"),
     503: _error("the query ran over its time limit (`query_timeout`), or the store is down"),
 }
-_CSV_ERRORS = {**_ORG_ERRORS, 400: _bad("a filter q (with the `token` at fault and `expected`)")}
+_CSV_ERRORS = {
+    **_ORG_ERRORS,
+    400: _bad("a filter q (with the `token` at fault and `expected`)"),
+    429: _error("as many exports stream already (all tokens, or this one's): see Retry-After"),
+}
 
 
 class _Api(FastAPI):
@@ -344,10 +351,35 @@ def _add_docs(app: FastAPI) -> None:
         )
 
 
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its body iterator, then calls `on_close`, however the
+    response ends.
+
+    A stream cut short (the client left, or stopped reading) left its generator suspended
+    until garbage collection, with its export slots and database connection (issue 16).
+    """
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                close = getattr(self.body_iterator, "aclose", None)
+                if close is not None:
+                    await close()
+            finally:
+                self._on_close()
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
     """The ASGI app for `ctx` (no globals: tests build their own)."""
     app = _Api(title="tunnelacct", version=__version__, docs_url=None, redoc_url=None)
-    app.add_middleware(HttpGuards)  # HEAD, relative redirects, a body cap (issue 16)
+    # HEAD, relative redirects, a body cap, stalled readers cut (issue 16)
+    app.add_middleware(HttpGuards, stalled_send_s=ctx.stalled_send_s)
     _add_docs(app)
     sessions_table = table_of(SessionRecord)
     for error in (
@@ -570,17 +602,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
             **_CSV_ERRORS,
         },
     )
-    async def sessions_csv(org: OrgId, q: str = "") -> StreamingResponse:
+    async def sessions_csv(who: Who, org: OrgId, q: str = "") -> StreamingResponse:
         flt = parse_filter(q) if q.strip() else None
+        release = ctx.limits.reserve_export(who.token_id)  # a 429 before any 200
 
         async def body() -> AsyncIterator[bytes]:
             pages = csv_pages(ctx.engine, org, flt=flt, workers=ctx.export_workers)
-            async for chunk, _rows in pages:
-                yield chunk.encode()
+            async with contextlib.aclosing(pages):
+                async for chunk, _rows in pages:
+                    yield chunk.encode()
 
         filename = f"tunnelacct-{org}-sessions.csv"
-        return StreamingResponse(
+        return _ClosingStream(
             body(),
+            on_close=release,
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )

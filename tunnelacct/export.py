@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -309,7 +309,7 @@ async def csv_pages(
     flt: Filter | None = None,
     page_size: int | None = None,
     workers: ExportWorkers | None = None,
-) -> AsyncIterator[tuple[str, int]]:
+) -> AsyncGenerator[tuple[str, int]]:
     """Yield the CSV of `org_id`'s sessions as (text, rows) chunks: the header, then a range each.
 
     The matching sessions as of the start, from the first to the last key, are cut into
