@@ -24,6 +24,7 @@ from tests.helpers.dashboards import (
 )
 from tests.helpers.prometheus import JOB, Prometheus, PromQLError, free_port, prometheus_binary
 from tests.helpers.serving import Serve, write_config
+from tests.helpers.waiting import WAIT_S
 
 ROOT = Path(__file__).parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
@@ -116,7 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 return not missing
 
             try:
-                prom.wait_until(ready, 45, ", ".join(READY))
+                prom.wait_until(ready, WAIT_S, ", ".join(READY))
             except AssertionError as e:
                 first = e.args[0].splitlines()[0]
                 raise AssertionError(f"{first}\nmissing: {missing}\n{stack.logs()}") from None

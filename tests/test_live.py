@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.netlab import WireguardLab
+from tests.helpers.netlab import LineReader, WireguardLab, wait_written
 from tests.helpers.oracle import tshark_sessions
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.errors import CaptureError
 from tunnelacct.sources.live import LiveSource
 
@@ -116,10 +117,10 @@ def start_live(spawn: Spawn, iface: str, out: Path, snaplen: int) -> subprocess.
     )
     log.close()
     ready = out.with_name(out.name + ".ready")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while not ready.exists():
         assert proc.poll() is None, f"live capture exited: {out.with_suffix('.log').read_text()}"
-        assert time.monotonic() < deadline, "live capture not ready after 10 s"
+        assert time.monotonic() < deadline, f"live capture not ready after {WAIT_S:g} s"
         time.sleep(0.05)
     return proc
 
@@ -127,7 +128,7 @@ def start_live(spawn: Spawn, iface: str, out: Path, snaplen: int) -> subprocess.
 def stop_live(proc: subprocess.Popen[str]) -> dict[str, int]:
     """SIGTERM the capture PID, wait for it to drain the ring, return its stats line."""
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=15)
+    out, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, f"live capture exited {proc.returncode}"
     stats: dict[str, int] = json.loads(out.strip().splitlines()[-1])
     return stats
@@ -205,15 +206,19 @@ def test_filter_keeps_only_tcp_udp_cut_to_snaplen_on_ethernet(tmp_path: Path) ->
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert dump.stderr is not None
+        reader = LineReader(dump.stderr, "listening on")
+        reader.start()
         try:
-            assert dump.stderr is not None
-            assert "listening on" in dump.stderr.readline()
+            assert reader.seen.wait(WAIT_S), "".join(reader.lines)
             subprocess.run(["ip", "netns", "exec", sender, sys.executable, "-c", TRAFFIC],
                            check=True, timeout=30)  # fmt: skip
-            time.sleep(1.5)  # tcpdump's ring block timeout is 1 s
+            wait_written(dump, reader, 1.0, "tcpdump on v1")
         finally:
             dump.send_signal(signal.SIGINT)
-            dump.communicate(timeout=10)
+            dump.wait(WAIT_S)
+            reader.join(WAIT_S)
+            dump.stderr.close()
             stats = stop_live(live)
     everything = read_records(dump_pcap, link_bytes=14)  # Ethernet header: 14 bytes
     captured = read_records(live_pcap)
