@@ -7,7 +7,6 @@ import ctypes
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -28,11 +27,8 @@ from tunnelacct.errors import CaptureError
 from tunnelacct.sources.live import LiveSource
 
 ROOT = Path(__file__).resolve().parent.parent
-IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(
-    not IS_ROOT, reason=f"AF_PACKET capture needs root or CAP_NET_RAW (euid={os.geteuid()})"
-)
-LAB_OK, LAB_WHY = WireguardLab.available()
+# each skips when the machine lacks it, or under CI fails (tests/helpers/needs.py)
+needs_root = pytest.mark.usefixtures("require_root")  # AF_PACKET capture: root or CAP_NET_RAW
 IPV6_EXTENSION_HEADERS = (0, 43, 44, 60)
 PR_CAPBSET_DROP, CAP_NET_RAW = 24, 13  # <linux/prctl.h>, <linux/capability.h>
 Spawn = Callable[..., "subprocess.Popen[Any]"]
@@ -136,8 +132,7 @@ def stop_live(proc: subprocess.Popen[str]) -> dict[str, int]:
 
 @pytest.mark.netns
 @pytest.mark.slow
-@pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}")
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark missing: no session oracle")
+@pytest.mark.usefixtures("require_lab", "require_tshark")
 def test_wg0_capture_matches_tcpdump_packet_for_packet(tmp_path: Path) -> None:
     live_pcap, dump_pcap = tmp_path / "live.pcap", tmp_path / "tcpdump.pcap"
     with WireguardLab() as lab:
@@ -193,7 +188,7 @@ def veth_pair(prefix: str) -> Iterator[tuple[str, str]]:
 
 
 @needs_root
-@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump missing: no packet oracle")
+@pytest.mark.usefixtures("require_tcpdump")
 def test_filter_keeps_only_tcp_udp_cut_to_snaplen_on_ethernet(tmp_path: Path) -> None:
     snaplen = 64
     live_pcap, dump_pcap = tmp_path / "live.pcap", tmp_path / "all.pcap"

@@ -32,10 +32,8 @@ from tests.helpers.waiting import WAIT_S
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
 BASE = DATA / "wg-small.toml"
-IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(
-    not IS_ROOT, reason=f"network namespaces and AF_PACKET need root (euid={os.geteuid()})"
-)
+# network namespaces and AF_PACKET need root: skips without, or under CI fails
+needs_root = pytest.mark.usefixtures("require_root")
 
 
 def all_rows(db: Path) -> list[dict[str, Any]]:

@@ -28,7 +28,6 @@ from tests.helpers.serving import Serve, write_config
 from tests.helpers.waiting import WAIT_S, wait_until
 
 BASE = Path(__file__).parents[1] / "data" / "wg-small.toml"
-LAB_OK, LAB_WHY = WireguardLab.available()
 WG_OVERHEAD_BYTES = 32  # WireGuard data message: 16-byte header + 16-byte Poly1305 tag
 FAST = {  # short timeouts so every session of the test completes while it runs
     "timeouts": {"udp_idle": 3, "tcp_linger": 0.5, "checkpoint": 1},
@@ -40,7 +39,7 @@ LIVE = [{"interface": "wg0"}]
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
-    pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}"),
+    pytest.mark.usefixtures("require_lab", "require_tshark"),  # skip, or under CI fail
 ]
 
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ROLES = ("alice", "bob", "gw", "res")
 CLIENTS = ("alice", "bob")
 REQUIRED_TOOLS = ("ip", "wireguard-go", "wg", "tcpdump", "iperf3", "mount")
+TUN_DEVICE = Path("/dev/net/tun")  # wireguard-go creates its wg0 through it
 
 WG_PORT = 51820
 RES_V4 = "10.99.0.5"
@@ -162,16 +163,24 @@ class WireguardLab:
         self._closed = False
 
     @staticmethod
-    def available() -> tuple[bool, str]:
-        """(True, "") when the lab can run here, else (False, why): root plus the tools."""
-        if os.geteuid() != 0:
-            return False, f"needs root for network namespaces (euid={os.geteuid()})"
-        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    def available(
+        *,
+        euid: int | None = None,
+        tools: Sequence[str] = REQUIRED_TOOLS,
+        tun_device: Path = TUN_DEVICE,
+    ) -> tuple[bool, str]:
+        """(True, "") when the lab can run here, else (False, every reason why): root (`euid`,
+        default this process's), the tools on $PATH and a TUN device."""
+        euid = os.geteuid() if euid is None else euid
+        why = []
+        if euid != 0:
+            why.append(f"needs root for network namespaces (euid={euid})")
+        missing = [tool for tool in tools if shutil.which(tool) is None]
         if missing:
-            return False, f"missing {', '.join(missing)}: run scripts/install-system-deps.sh"
-        if not Path("/dev/net/tun").exists():
-            return False, "no /dev/net/tun: wireguard-go cannot create its TUN device"
-        return True, ""
+            why.append(f"missing {', '.join(missing)}: run scripts/install-system-deps.sh")
+        if not tun_device.exists():
+            why.append(f"no {tun_device}: wireguard-go cannot create its TUN device")
+        return not why, "; ".join(why)
 
     def netns(self, role: str) -> str:
         """Full namespace name of a role ("alice", "bob", "gw", "res")."""
