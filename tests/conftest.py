@@ -1,8 +1,14 @@
-"""Shared fixtures: migrated stores per test (real files or databases, real Alembic migrations).
+"""Shared fixtures: migrated stores per test (real files or databases, real Alembic migrations),
+and what a test needs from the machine.
 
 `db_path` and `engine` are a SQLite file. `database_url`, `store_url` and `store_engine` are
 parametrised over SQLite and PostgreSQL (a fresh database per test, dropped afterwards; see
 tests/helpers/pg.py for when PostgreSQL tests skip or fail).
+
+`require_root`, `require_lab`, `require_tshark` and `require_tcpdump` skip a test loudly when
+the machine lacks what it needs, and fail it when CI is set (tests/helpers/needs.py); a module
+uses them as marks, e.g. `needs_lab = pytest.mark.usefixtures("require_lab")`. They are
+session-scoped: checked once, and before any module fixture that would build what is missing.
 """
 
 from __future__ import annotations
@@ -13,9 +19,37 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.helpers.needs import INSTALL_HINT, missing_tools, not_root, require
+from tests.helpers.netlab import WireguardLab
 from tests.helpers.pg import fresh_database
 from tunnelacct.schema import migrate
 from tunnelacct.store import make_engine
+
+
+@pytest.fixture(scope="session")
+def require_root() -> None:
+    """Root (AF_PACKET capture, network namespaces): else skip, or under CI fail."""
+    require(not_root(), "root-only tests", hint="run them as root")
+
+
+@pytest.fixture(scope="session")
+def require_lab() -> None:
+    """The WireGuard lab can run here (root, its tools, /dev/net/tun): else skip, or under CI
+    fail."""
+    ok, why = WireguardLab.available()
+    require(None if ok else why, "WireGuard lab tests")
+
+
+@pytest.fixture(scope="session")
+def require_tshark() -> None:
+    """tshark, the session oracle: else skip, or under CI fail."""
+    require(missing_tools("tshark"), "tshark oracle tests", hint=INSTALL_HINT)
+
+
+@pytest.fixture(scope="session")
+def require_tcpdump() -> None:
+    """tcpdump, the packet oracle: else skip, or under CI fail."""
+    require(missing_tools("tcpdump"), "tcpdump oracle tests", hint=INSTALL_HINT)
 
 
 @pytest.fixture

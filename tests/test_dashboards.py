@@ -5,7 +5,6 @@ series, and every metric a dashboard names is on the service's GET /metrics."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -22,8 +21,10 @@ from tests.helpers.dashboards import (
     template_queries,
     variable_values,
 )
+from tests.helpers.needs import require
 from tests.helpers.prometheus import JOB, Prometheus, PromQLError, free_port, prometheus_binary
 from tests.helpers.serving import Serve, write_config
+from tests.helpers.waiting import WAIT_S
 
 ROOT = Path(__file__).parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
@@ -76,9 +77,7 @@ def ensure_prometheus() -> str:
             f"prometheus missing and scripts/install-system-deps.sh (exit {run.returncode}) "
             f"did not install it:\n{run.stdout}{run.stderr}"
         )
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        require(why, "Prometheus dashboard tests")  # skips, or under CI fails
     return binary
 
 
@@ -116,7 +115,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 return not missing
 
             try:
-                prom.wait_until(ready, 45, ", ".join(READY))
+                prom.wait_until(ready, WAIT_S, ", ".join(READY))
             except AssertionError as e:
                 first = e.args[0].splitlines()[0]
                 raise AssertionError(f"{first}\nmissing: {missing}\n{stack.logs()}") from None

@@ -18,6 +18,7 @@ from tests.helpers.accuracy import run_cli
 from tests.helpers.replicate import replicate
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.stores import ENGINES, empty_store, query
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.export import CSV_COLUMNS
 
 DATA = Path(__file__).parent / "data"
@@ -65,7 +66,7 @@ def test_a_million_row_export_is_complete_and_the_server_memory_stays_flat(
     downloaded = tmp_path / "api.csv"
     with Serve(None, config, big_store, tmp_path) as serve, httpx.Client(timeout=60) as http:
         serve.start(wait_for="")
-        serve.wait(lambda s: s["state"] == "running", 30, "running")
+        serve.wait(lambda s: s["state"] == "running", WAIT_S, "running")
         # warm up (imports, pools, first page), then measure growth from there
         assert http.get(url, params={"q": "dport:1"}, headers=headers).status_code == 200
         baseline = peak = serve.rss_bytes()

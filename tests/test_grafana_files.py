@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with the test extra (schemathesis)
+
+from tests.helpers.needs import INSTALL_HINT, require
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
@@ -308,10 +309,8 @@ def test_panels_fit_the_grid_and_do_not_overlap(name: str) -> None:
 def test_every_expression_parses_as_promql(tmp_path: Path) -> None:
     """promtool parses each expression (variables substituted) as a recording rule."""
     promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing (scripts/install-system-deps.sh installs prometheus)")
-        pytest.skip("SKIPPED: promtool not installed, PromQL syntax not checked")
+    if promtool is None:  # skips, or under CI fails
+        require("missing promtool", "PromQL syntax checks", hint=INSTALL_HINT)
     exprs = [substituted(str(t["expr"])) for n in DASHBOARDS for _, t in targets(load_dashboard(n))]
     assert exprs
     rules = [{"record": f"tunnelacct:check_{i}", "expr": e} for i, e in enumerate(exprs)]

@@ -29,9 +29,7 @@ from tests.helpers.pg import read_rows
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
-needs_tshark = pytest.mark.skipif(
-    shutil.which("tshark") is None, reason="tshark missing: run scripts/install-system-deps.sh"
-)
+needs_tshark = pytest.mark.usefixtures("require_tshark")  # skips, or under CI fails
 
 
 @needs_tshark

@@ -7,7 +7,6 @@ import ctypes
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -21,17 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.netlab import WireguardLab
+from tests.helpers.netlab import LineReader, WireguardLab, wait_written
 from tests.helpers.oracle import tshark_sessions
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.errors import CaptureError
 from tunnelacct.sources.live import LiveSource
 
 ROOT = Path(__file__).resolve().parent.parent
-IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(
-    not IS_ROOT, reason=f"AF_PACKET capture needs root or CAP_NET_RAW (euid={os.geteuid()})"
-)
-LAB_OK, LAB_WHY = WireguardLab.available()
+# each skips when the machine lacks it, or under CI fails (tests/helpers/needs.py)
+needs_root = pytest.mark.usefixtures("require_root")  # AF_PACKET capture: root or CAP_NET_RAW
 IPV6_EXTENSION_HEADERS = (0, 43, 44, 60)
 PR_CAPBSET_DROP, CAP_NET_RAW = 24, 13  # <linux/prctl.h>, <linux/capability.h>
 Spawn = Callable[..., "subprocess.Popen[Any]"]
@@ -116,10 +113,10 @@ def start_live(spawn: Spawn, iface: str, out: Path, snaplen: int) -> subprocess.
     )
     log.close()
     ready = out.with_name(out.name + ".ready")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while not ready.exists():
         assert proc.poll() is None, f"live capture exited: {out.with_suffix('.log').read_text()}"
-        assert time.monotonic() < deadline, "live capture not ready after 10 s"
+        assert time.monotonic() < deadline, f"live capture not ready after {WAIT_S:g} s"
         time.sleep(0.05)
     return proc
 
@@ -127,7 +124,7 @@ def start_live(spawn: Spawn, iface: str, out: Path, snaplen: int) -> subprocess.
 def stop_live(proc: subprocess.Popen[str]) -> dict[str, int]:
     """SIGTERM the capture PID, wait for it to drain the ring, return its stats line."""
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=15)
+    out, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, f"live capture exited {proc.returncode}"
     stats: dict[str, int] = json.loads(out.strip().splitlines()[-1])
     return stats
@@ -135,8 +132,7 @@ def stop_live(proc: subprocess.Popen[str]) -> dict[str, int]:
 
 @pytest.mark.netns
 @pytest.mark.slow
-@pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}")
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark missing: no session oracle")
+@pytest.mark.usefixtures("require_lab", "require_tshark")
 def test_wg0_capture_matches_tcpdump_packet_for_packet(tmp_path: Path) -> None:
     live_pcap, dump_pcap = tmp_path / "live.pcap", tmp_path / "tcpdump.pcap"
     with WireguardLab() as lab:
@@ -192,7 +188,7 @@ def veth_pair(prefix: str) -> Iterator[tuple[str, str]]:
 
 
 @needs_root
-@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump missing: no packet oracle")
+@pytest.mark.usefixtures("require_tcpdump")
 def test_filter_keeps_only_tcp_udp_cut_to_snaplen_on_ethernet(tmp_path: Path) -> None:
     snaplen = 64
     live_pcap, dump_pcap = tmp_path / "live.pcap", tmp_path / "all.pcap"
@@ -205,15 +201,19 @@ def test_filter_keeps_only_tcp_udp_cut_to_snaplen_on_ethernet(tmp_path: Path) ->
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert dump.stderr is not None
+        reader = LineReader(dump.stderr, "listening on")
+        reader.start()
         try:
-            assert dump.stderr is not None
-            assert "listening on" in dump.stderr.readline()
+            assert reader.seen.wait(WAIT_S), "".join(reader.lines)
             subprocess.run(["ip", "netns", "exec", sender, sys.executable, "-c", TRAFFIC],
                            check=True, timeout=30)  # fmt: skip
-            time.sleep(1.5)  # tcpdump's ring block timeout is 1 s
+            wait_written(dump, reader, 1.0, "tcpdump on v1")
         finally:
             dump.send_signal(signal.SIGINT)
-            dump.communicate(timeout=10)
+            dump.wait(WAIT_S)
+            reader.join(WAIT_S)
+            dump.stderr.close()
             stats = stop_live(live)
     everything = read_records(dump_pcap, link_bytes=14)  # Ethernet header: 14 bytes
     captured = read_records(live_pcap)

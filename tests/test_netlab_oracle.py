@@ -1,9 +1,9 @@
-"""The test helpers themselves: the WireGuard lab, the tshark oracle and compare_sessions."""
+"""The test helpers themselves: the WireGuard lab, the tshark oracle and compare_sessions, and
+the rule for tests the machine cannot run (skipped loudly, under CI failed)."""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sqlite3
 import struct
 from collections import Counter
@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.netlab import ECHO_PORT, HTTP_PORT, RES_V4, WireguardLab
+from tests.helpers.needs import missing_tools, not_root, require
+from tests.helpers.netlab import ECHO_PORT, HTTP_PORT, REQUIRED_TOOLS, RES_V4, WireguardLab
 from tests.helpers.oracle import (
     COUNTERS,
     SESSION_COLUMNS,
@@ -30,12 +31,43 @@ LINKTYPE_RAW = 101  # what tcpdump records for a TUN device such as wg0
 WG_OVERHEAD_BYTES = 32  # data message header (16) + Poly1305 tag (16); padding comes on top
 WG_MAX_PADDING_BYTES = 15
 
-LAB_OK, LAB_WHY = WireguardLab.available()
-needs_lab = pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}")
-needs_tshark = pytest.mark.skipif(
-    shutil.which("tshark") is None,
-    reason="tshark missing: run scripts/install-system-deps.sh",
+# each skips when the machine lacks it, or under CI fails (tests/helpers/needs.py)
+needs_lab = pytest.mark.usefixtures("require_lab")
+needs_tshark = pytest.mark.usefixtures("require_tshark")
+
+
+@pytest.mark.parametrize(
+    ("unavailable", "named"),
+    [
+        ({"tun_device": Path("/nonexistent/net/tun")}, "no /nonexistent/net/tun"),
+        ({"tools": (*REQUIRED_TOOLS, "wireguard-go-nonexistent")}, "wireguard-go-nonexistent"),
+        ({"euid": 1000}, "needs root for network namespaces (euid=1000)"),
+    ],
 )
+def test_a_missing_lab_fails_under_ci_and_elsewhere_skips_naming_why(
+    unavailable: dict[str, Any], named: str
+) -> None:
+    """Issue 15, item 20: a CI machine without /dev/net/tun (or root, or wireguard-go) used
+    to pass with every lab test skipped."""
+    ok, why = WireguardLab.available(**unavailable)
+    assert not ok and named in why
+    with pytest.raises(pytest.fail.Exception, match="^WireGuard lab tests cannot run: ") as failed:
+        require(why, "WireGuard lab tests", environ={"CI": "true"})
+    assert why in str(failed.value) and "CI is set" in str(failed.value)
+    for outside_ci in ({}, {"CI": ""}, {"CI": "0"}, {"CI": "false"}, {"CI": "FALSE"}):
+        with pytest.raises(pytest.skip.Exception, match="^WIREGUARD LAB TESTS NOT RUN: ") as skip:
+            require(why, "WireGuard lab tests", environ=outside_ci)
+        assert why in str(skip.value)
+
+
+def test_what_is_there_is_no_reason_and_what_is_not_is_named(tmp_path: Path) -> None:
+    (tmp_path / "tshark").touch(mode=0o755)  # a tool on this PATH
+    assert missing_tools("tshark", path=str(tmp_path)) is None
+    assert missing_tools("tshark", "editcap", path=str(tmp_path)) == "missing editcap"
+    assert not_root(0) is None and not_root(1000) == "needs root (euid=1000)"
+    require(None, "anything", environ={"CI": "true"})  # nothing missing: it runs, CI or not
+    with pytest.raises(pytest.fail.Exception, match=r"^tshark oracle tests cannot run: missing"):
+        require(missing_tools("tshark", path=""), "tshark oracle tests", environ={"CI": "1"})
 
 
 def _pcap_header(path: Path) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap, write_pcapng
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.errors import CaptureError
 from tunnelacct.sources import RawBatch
 from tunnelacct.sources.replay import ReplaySource
@@ -27,7 +28,7 @@ T0 = 1_700_000_000.0  # recorded time of the first packet
 OFFSETS = (0.0, 0.5, 0.5, 1.25, 4.0, 10.0)  # recorded times after T0; the span is 10 s
 START = 5000.0  # the fake wall clock when the first pass starts
 BINARY_TS = 0x80 | 20  # pcapng if_tsresol: 2^-20 s
-HANG_S = 5.0  # a read that has not returned by then is stuck
+HANG_S = WAIT_S  # a read that has not returned by then is stuck
 
 Record = tuple[float, bytes]  # (ts, packet bytes from the IP header)
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.retention import NOW, session
 from tests.helpers.stores import execute
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.models import PurgeRun, SessionRecord
@@ -136,8 +137,18 @@ async def test_a_second_purge_while_one_runs_reports_it_and_deletes_nothing(
     engine: AsyncEngine, db: str
 ) -> None:
     oracle = await store(engine, spread(("weekly", "monthly")))
-    first = asyncio.create_task(purge(engine, now=NOW, batch_size=3, holder="gw-a/1"))
-    await asyncio.sleep(0.05)  # the first has the lease and is deleting in small batches
+    deleting = asyncio.Event()
+    first = asyncio.create_task(
+        purge(
+            engine,
+            now=NOW,
+            batch_size=3,
+            holder="gw-a/1",
+            on_deleted=lambda _org, _n: deleting.set(),
+        )
+    )
+    # the first holds the lock and has deleted a batch (or dropped a day) of many to come
+    await asyncio.wait_for(deleting.wait(), WAIT_S)
     second = await purge(engine, now=NOW, holder="gw-b/2")
     done = await first
     assert second.locked_by == "gw-a/1" and second.orgs == ()
@@ -288,7 +299,7 @@ async def test_on_postgresql_the_lock_is_the_holders_connection_not_the_lease() 
             # the connection is closed: its backend ends and frees the advisory lock (the
             # client does not wait for that, so neither can the test)
             free = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + WAIT_S
             while read_rows(url, free) != [(0,)]:
                 assert time.monotonic() < deadline, "the advisory lock outlived its connection"
                 await asyncio.sleep(0.05)

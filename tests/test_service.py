@@ -27,14 +27,13 @@ from tests.helpers.pg import fresh_database
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.sqlite import replicate_sessions
 from tests.helpers.stores import session_rows
+from tests.helpers.waiting import WAIT_S
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
 BASE = DATA / "wg-small.toml"
-IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(
-    not IS_ROOT, reason=f"network namespaces and AF_PACKET need root (euid={os.geteuid()})"
-)
+# network namespaces and AF_PACKET need root: skips without, or under CI fails
+needs_root = pytest.mark.usefixtures("require_root")
 
 
 def all_rows(db: Path) -> list[dict[str, Any]]:
@@ -60,7 +59,7 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
     with serving(tmp_path, replay_config(tmp_path), db) as serve:
         final = serve.wait(
             lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
-            and s["writer"]["rows_written"] > 0, 30, "replay finished and written",
+            and s["writer"]["rows_written"] > 0, WAIT_S, "replay finished and written",
         )  # fmt: skip
         assert serve.stop() == 0, serve.log()
     run_cli("import", "--config", str(BASE), str(PCAP),
@@ -76,7 +75,7 @@ def test_serve_writes_the_rows_of_import_into_postgresql(tmp_path: Path) -> None
         with serving(tmp_path, replay_config(tmp_path), live) as serve:
             serve.wait(
                 lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
-                and s["writer"]["rows_written"] > 0, 30, "replay finished and written",
+                and s["writer"]["rows_written"] > 0, WAIT_S, "replay finished and written",
             )  # fmt: skip
             assert serve.stop() == 0, serve.log()
         run_cli("import", "--config", str(BASE), str(PCAP),
@@ -89,10 +88,12 @@ def test_serve_writes_the_rows_of_import_into_postgresql(tmp_path: Path) -> None
 def test_serve_without_captures_runs_as_a_query_only_node(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml")
     with serving(tmp_path, config, tmp_path / "q.db") as serve:
-        status = serve.wait(lambda s: s["state"] == "running", 30, "running")
+        status = serve.wait(lambda s: s["state"] == "running", WAIT_S, "running")
         assert status["captures"] == []
         started = time.monotonic()
         assert serve.stop() == 0, serve.log()
+        # a sanity bound, 27x above the 0.26-0.37 s measured: no shutdown step waits out its
+        # timeout ([service] shutdown_timeout, 30 s)
         assert time.monotonic() - started < 10
     assert serve.status() is not None and serve.status()["state"] == "stopped"  # type: ignore[index]
     assert all_rows(tmp_path / "q.db") == []
@@ -150,7 +151,7 @@ def test_a_session_closed_by_fin_inside_its_linger_at_stop_is_stored_as_closed_b
                 s["captures"][0]["packets"] >= before_gap
                 and s["captures"][0]["sessions_opened"] >= 2
             ),
-            30,
+            WAIT_S,
             "both sessions seen",
         )
         assert first.stop() == 0, first.log()
@@ -166,7 +167,7 @@ def test_a_session_closed_by_fin_inside_its_linger_at_stop_is_stored_as_closed_b
                 and s["writer"]["pending"] == 0
                 and s["writer"]["rows_written"] >= 1
             ),
-            30,
+            WAIT_S,
             "rows closed",
         )
         assert second.stop() == 0, second.log()
@@ -198,12 +199,12 @@ def test_a_missing_interface_is_logged_and_captured_once_it_appears(tmp_path: Pa
     with namespace(f"tasvc{os.getpid()}") as ns, serving(tmp_path, config, tmp_path / "d.db",
                                                           netns=ns) as serve:  # fmt: skip
         serve.wait(lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
-                   30, "waiting for the interface")  # fmt: skip
+                   WAIT_S, "waiting for the interface")  # fmt: skip
         assert "capture on tad0: no such interface; retrying every 5 s" in serve.log()
         link = ["ip", "-n", ns, "link"]
         subprocess.run([*link, "add", "tad0", "type", "veth", "peer", "name", "tad1"], check=True)
         subprocess.run([*link, "set", "tad0", "up"], check=True)
-        serve.wait(lambda s: s["captures"][0]["state"] == "capturing", 15, "capturing")
+        serve.wait(lambda s: s["captures"][0]["state"] == "capturing", WAIT_S, "capturing")
         assert "capture on tad0: interface is back" in serve.log()
         assert serve.stop() == 0, serve.log()
 
@@ -220,7 +221,7 @@ def drop_cap_net_raw() -> None:
 def test_missing_privileges_stop_serve_at_start_with_a_clear_error(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml", captures=[{"interface": "lo"}])
     with serving(tmp_path, config, tmp_path / "p.db", preexec=drop_cap_net_raw) as serve:
-        assert serve.proc is not None and serve.proc.wait(30) == 2
+        assert serve.proc is not None and serve.proc.wait(WAIT_S) == 2
     assert "error: capture on lo: permission denied (needs root or CAP_NET_RAW)" in serve.log()
 
 
@@ -238,7 +239,7 @@ def test_session_events_are_json_lines_with_the_fields_and_values_of_the_csv(
     with serving(tmp_path, config, db) as serve:
         serve.wait(lambda s: s["captures"][0]["state"] == "finished"
                    and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   30, "replay written")  # fmt: skip
+                   WAIT_S, "replay written")  # fmt: skip
         assert serve.stop() == 0, serve.log()
     lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     rows = all_rows(db)
@@ -293,7 +294,7 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
     with serving(tmp_path, config, db) as serve:
         serve.wait(lambda s: s["captures"][0]["state"] == "finished"
                    and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   30, "replay written")  # fmt: skip
+                   WAIT_S, "replay written")  # fmt: skip
         assert get("/healthz", auth=False) == (200, {"status": "ok"})
         assert get("/readyz", auth=False) == (200, {"ready": True, "reasons": []})
         assert get("/api/v1/orgs/acme/sessions", auth=False)[0] == 401
@@ -335,7 +336,7 @@ def test_metrics_listen_serves_only_metrics_with_the_stored_rows_byte_totals(
     with serving(tmp_path, config, db) as serve:
         serve.wait(lambda s: s["captures"][0]["state"] == "finished"
                    and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   30, "replay written")  # fmt: skip
+                   WAIT_S, "replay written")  # fmt: skip
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -371,7 +372,7 @@ def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None
         config = write_config(BASE, tmp_path / "serve.toml",
                               {"api": {"listen": f"127.0.0.1:{port}"}})  # fmt: skip
         with serving(tmp_path, config, tmp_path / "a.db") as serve:
-            assert serve.proc is not None and serve.proc.wait(30) == 2
+            assert serve.proc is not None and serve.proc.wait(WAIT_S) == 2
     assert f"error: [api] listen 127.0.0.1:{port}: Address already in use" in serve.log()
 
 
@@ -403,7 +404,7 @@ def test_export_workers_end_with_serve_even_on_kill_9(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml", {"api": api})
     token = run_cli("token", "create", "--config", str(config), "--role", "admin", env=env)
     with serving(tmp_path, config, db) as serve:
-        serve.wait(lambda s: s["state"] == "running", 30, "running")
+        serve.wait(lambda s: s["state"] == "running", WAIT_S, "running")
         assert serve.proc is not None
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/orgs/acme/sessions.csv")
         req.add_header("Authorization", f"Bearer {token.stdout.strip()}")
@@ -412,7 +413,7 @@ def test_export_workers_end_with_serve_even_on_kill_9(tmp_path: Path) -> None:
         workers = children_of(serve.proc.pid)
         assert workers, "a download of several ranges starts export worker processes"
         serve.kill()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
         time.sleep(0.1)
     survivors = [w for w in workers if Path(f"/proc/{w}").exists()]

@@ -22,6 +22,7 @@ from tests.helpers.accuracy import run_cli
 from tests.helpers.retention import NOW, session
 from tests.helpers.sqlite import raw_query
 from tests.helpers.stores import alembic_to
+from tests.helpers.waiting import WAIT_S
 from tunnelacct import sqliteparts, sqlitepurge
 from tunnelacct.config import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
@@ -182,8 +183,9 @@ async def test_the_writer_follows_tables_made_and_dropped_beside_it(
 
     async def put(e: SessionEvent) -> None:
         await writer.submit([e])
-        while writer.pending:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(WAIT_S):
+            while writer.pending:
+                await asyncio.sleep(0.01)
 
     sid = uuid.uuid4()
     await put(event(EventKind.OPENED, "weekly", old, 0, sid))
@@ -378,7 +380,7 @@ async def test_serve_creates_tomorrows_tables_and_the_next_days_for_orgs_that_pu
     )
     orgs = {"weekly", "monthly", "quarterly", "unattributed"}  # the config's, and the default
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(WAIT_S):
             while {(p.org_id, d) for p in parts(db_path) for d in days if p.covers(d)} != {
                 (org, d) for org in orgs for d in days
             }:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
 from tests.helpers.stores import alembic_to
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
@@ -603,7 +604,7 @@ async def test_serve_creates_today_s_and_the_next_days_partitions_ahead() -> Non
         loop = keep_partitions_ahead(engine, interval_s=3600, clock=lambda: late_evening)
         task = asyncio.create_task(loop)
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + WAIT_S
             while {str(n) for (n,) in read_rows(url, query)} != expected:
                 assert time.monotonic() < deadline and not task.done()
                 await asyncio.sleep(0.05)

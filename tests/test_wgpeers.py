@@ -13,8 +13,7 @@ from tunnelacct.config import ClientConfig
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, parse_wg_dump, read_wg_peers
 
-LAB_OK, LAB_WHY = WireguardLab.available()
-needs_lab = pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}")
+needs_lab = pytest.mark.usefixtures("require_lab")  # skips, or under CI fails
 
 ALICE = "A2CtwbblQTjBk55qQB2DZ5Nud4M5ZuOU0GM7TZ7Hb2I="
 BOB = "8KcicGfBtlr6L1zjJajgqbmfZi2DDiEjZKAffaC2qTo="

@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import delete, insert, select
+from sqlalchemy import event as event_api
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.config import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
@@ -94,14 +97,15 @@ async def running(writer: SessionWriter) -> AsyncIterator[asyncio.Task[None]]:
     try:
         yield task
         await writer.close(timeout_s=30)
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, WAIT_S)
     finally:
         if not task.done():  # the test failed: stop the writer before the engine goes
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def wait_until(predicate: object, timeout_s: float = 5.0) -> None:
+async def wait_until(predicate: object, timeout_s: float = WAIT_S) -> None:
+    """Poll `predicate()` on the event loop until it is true; TimeoutError after timeout_s."""
     assert callable(predicate)
     async with asyncio.timeout(timeout_s):
         while not predicate():
@@ -114,11 +118,12 @@ def writer_for(
     batch_size: int = 5000,
     flush_interval_s: float = 1.0,
     max_pending: int = 100_000,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SessionWriter:
     config = WriterConfig(
         batch_size=batch_size, flush_interval_s=flush_interval_s, max_pending=max_pending
     )
-    return SessionWriter(engine, config, gateway="gw-test")
+    return SessionWriter(engine, config, gateway="gw-test", clock=clock)
 
 
 async def test_open_checkpoint_close_yields_one_completed_row_with_final_counters(
@@ -211,7 +216,7 @@ async def test_submit_waits_when_max_pending_is_reached_and_loses_nothing(
 ) -> None:
     writer = writer_for(store_engine, max_pending=10, batch_size=4, flush_interval_s=60)
     producer = asyncio.create_task(writer.submit([event() for _ in range(11)]))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: writer.pending >= 10)  # the producer has filled every place
     assert not producer.done()  # no run() yet: the 11th session has no room
     assert writer.pending == 10
     seen: list[int] = []
@@ -240,9 +245,8 @@ async def test_locked_database_delays_writes_but_loses_nothing(
             async with running(writer):
                 locker.execute("BEGIN EXCLUSIVE")
                 await writer.submit([event() for _ in range(500)])
-                await asyncio.sleep(2.0)
+                await wait_until(lambda: writer.failed_flushes >= 2)  # retried, still locked
                 assert writer.pending == 500
-                assert writer.failed_flushes >= 2
                 locker.execute("COMMIT")
                 await wait_until(lambda: writer.pending == 0)
         assert row_count(f"sqlite:///{db_path}") == 500
@@ -266,7 +270,7 @@ async def test_close_times_out_with_a_store_error_naming_unwritten_sessions(
         await writer.submit([event() for _ in range(3)])
         with pytest.raises(StoreError, match="could not write 3 pending sessions"):
             await writer.close(timeout_s=0.5)
-        await asyncio.wait_for(task, 10)  # run() ends instead of retrying forever
+        await asyncio.wait_for(task, WAIT_S)  # run() ends instead of retrying forever
         with pytest.raises(StoreError, match="could not write 3 pending sessions"):
             await writer.close(timeout_s=0.1)  # closing again never pretends success
         locker.execute("ROLLBACK")
@@ -280,12 +284,19 @@ async def test_event_replacing_one_in_flight_is_written_by_the_next_flush(
 ) -> None:
     sid = uuid.uuid4()
     locker = sqlite3.connect(db_path, isolation_level=None)
+    statements: list[str] = []  # what the engine began to execute: only the writer uses it
+
+    def executing(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event_api.listen(engine.sync_engine, "before_cursor_execute", executing)
     try:
         writer = writer_for(engine, flush_interval_s=0.01)
         async with running(writer):
             locker.execute("BEGIN EXCLUSIVE")
             await writer.submit([event(EventKind.OPENED, sid, n=1)])
-            await asyncio.sleep(0.3)  # the flush is now waiting in SQLite's busy handler
+            # a flush takes its events before its first statement, which waits for the lock
+            await wait_until(lambda: statements)
             assert writer.flushes == 0
             await writer.submit([event(EventKind.CHECKPOINT, sid, n=2)])
             locker.execute("COMMIT")
@@ -293,6 +304,7 @@ async def test_event_replacing_one_in_flight_is_written_by_the_next_flush(
         assert writer.flushes == 2
         assert raw_query(db_path, "SELECT bytes_tx FROM sessions") == [(200,)]
     finally:
+        event_api.remove(engine.sync_engine, "before_cursor_execute", executing)
         locker.close()
 
 
@@ -301,10 +313,10 @@ async def test_close_admits_producers_already_waiting_for_room(
 ) -> None:
     writer = writer_for(store_engine, max_pending=5, batch_size=3)
     producer = asyncio.create_task(writer.submit([event() for _ in range(20)]))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: writer.pending >= 5)  # the producer has filled every place
     assert writer.pending == 5 and not producer.done()
     await writer.close()  # no run() task: close() drains, letting the producer finish
-    await asyncio.wait_for(producer, 5)
+    await asyncio.wait_for(producer, WAIT_S)
     assert row_count(store_url) == 20
 
 
@@ -315,7 +327,7 @@ async def test_close_drains_is_idempotent_and_refuses_later_events(
     task = asyncio.create_task(writer.run())
     await writer.submit([event(EventKind.CLOSED) for _ in range(50)])
     await writer.close()
-    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(task, WAIT_S)
     assert row_count(store_url) == 50
     await writer.close()
     with pytest.raises(StoreError, match="closed"):
@@ -335,11 +347,24 @@ async def test_close_without_a_run_task_still_drains(
 async def test_flush_interval_bounds_how_long_an_event_waits(
     store_engine: AsyncEngine, store_url: str
 ) -> None:
-    writer = writer_for(store_engine, flush_interval_s=0.05)
+    now = [T0]  # the writer's clock, moved by the test alone
+    asked: list[float] = []  # when the writer read it
+
+    def clock() -> float:
+        asked.append(now[0])
+        return now[0]
+
+    writer = writer_for(store_engine, flush_interval_s=0.05, clock=clock)
     async with running(writer):
         await writer.submit([event()])
-        await wait_until(lambda: row_count(store_url) == 1, timeout_s=2)  # raises on timeout
-        await wait_until(lambda: writer.pending == 0, timeout_s=2)
+        asked.clear()
+        # the writer looks at its clock again and again (every 0.05 s), and while the
+        # interval has not passed on it, the event waits
+        await wait_until(lambda: len(asked) >= 6)
+        assert (writer.flushes, row_count(store_url)) == (0, 0)
+        now[0] += 0.06
+        await wait_until(lambda: writer.pending == 0)  # the interval has passed: written
+        assert row_count(store_url) == 1
         assert writer.flushes == 1  # one event, far below batch_size: the interval flushed it
 
 
@@ -602,7 +627,7 @@ def pg_engine(url: str, **server_settings: str) -> AsyncEngine:
     return create_async_engine(async_url(url), connect_args={"server_settings": server_settings})
 
 
-async def wait_for_blocked_backend(admin: asyncpg.Connection, timeout_s: float = 5.0) -> int:
+async def wait_for_blocked_backend(admin: asyncpg.Connection, timeout_s: float = WAIT_S) -> int:
     """The pid of the one backend of this database waiting for a lock held by `admin`."""
     async with asyncio.timeout(timeout_s):
         while True:
@@ -861,8 +886,7 @@ async def test_postgresql_writer_creates_each_days_partition_and_again_after_a_d
             first = [replace(event(EventKind.CLOSED), started_ts=midnight - 0.5),
                      replace(event(EventKind.CLOSED), started_ts=midnight + 0.5)]  # fmt: skip
             await writer.submit(first)
-            while writer.pending:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: writer.pending == 0)
             days = {"sessions_p20261122", "sessions_p20261123"}
             partitions = (
                 "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'sessions_p%'"

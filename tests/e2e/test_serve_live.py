@@ -5,6 +5,7 @@ transfer` and `tunnelacct import` of the same packets."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.accuracy import expected_attribution, import_file
-from tests.helpers.netlab import RES_V4, WireguardLab
+from tests.helpers.netlab import IPERF_PORT, RES_V4, WireguardLab
 from tests.helpers.oracle import (
     OracleSession,
     compare_sessions,
@@ -24,9 +25,9 @@ from tests.helpers.oracle import (
     tshark_sessions,
 )
 from tests.helpers.serving import Serve, write_config
+from tests.helpers.waiting import WAIT_S, wait_until
 
 BASE = Path(__file__).parents[1] / "data" / "wg-small.toml"
-LAB_OK, LAB_WHY = WireguardLab.available()
 WG_OVERHEAD_BYTES = 32  # WireGuard data message: 16-byte header + 16-byte Poly1305 tag
 FAST = {  # short timeouts so every session of the test completes while it runs
     "timeouts": {"udp_idle": 3, "tcp_linger": 0.5, "checkpoint": 1},
@@ -38,7 +39,7 @@ LIVE = [{"interface": "wg0"}]
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
-    pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}"),
+    pytest.mark.usefixtures("require_lab", "require_tshark"),  # skip, or under CI fail
 ]
 
 
@@ -93,7 +94,7 @@ def background(fn: Any, *args: Any) -> Iterator[threading.Thread]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     yield thread
-    thread.join(120)
+    thread.join(WAIT_S)
     assert not thread.is_alive(), f"{fn} still running"
     if errors:
         raise errors[0]
@@ -119,7 +120,7 @@ def test_serve_records_live_tunnel_traffic_exactly_as_tcpdump_and_wg_see_it(
             # UDP idle (3 s) + the expiry lag (2 s) + a tick: every session has ended
             final = serve.wait(
                 lambda s: s["captures"][0]["open_sessions"] == 0 and s["writer"]["pending"] == 0,
-                30, "all sessions closed and written",
+                WAIT_S, "all sessions closed and written",
             )  # fmt: skip
             assert serve.stop() == 0, serve.log()
         after = lab.wg_transfer()
@@ -210,8 +211,12 @@ def test_kill_9_loses_no_completed_session_and_at_most_one_checkpoint_of_counts(
             first.start()
             lab.http_get("alice", RES_V4, 10)
             lab.udp_echo("bob", RES_V4, 5)
-            with background(lab.iperf, "alice", ["-t", "8", "-b", "20M"]):
-                time.sleep(4)  # a long TCP session (and its control connection) mid-way
+            # a long TCP session (and its control connection), until the test ends it
+            argv = ["iperf3", "-c", RES_V4, "-p", str(IPERF_PORT), "-t", "0", "-b", "20M"]
+            transfer = lab.popen("alice", argv)
+            try:
+                # mid-way: both connections began over 2 s ago and have checkpointed counts
+                wait_until(lambda: _iperf_rows(db, older_than_s=2.0), "iperf3 sessions stored")
                 capture_children = _children(first.proc.pid)
                 assert capture_children, "serve captures in a child process"
                 first.kill()
@@ -219,7 +224,20 @@ def test_kill_9_loses_no_completed_session_and_at_most_one_checkpoint_of_counts(
                 second.start()
                 resumed = second.status()
                 lab.http_get("bob", RES_V4, 5)
-            time.sleep(4)  # linger (0.5 s) + expiry lag (2 s) + a tick: TCP sessions complete
+                # the transfer goes on after the restart, counted in the rows it resumed
+                wait_until(lambda: _iperf_rows(db, seen_after_ts=second.ready_ts), "iperf3 resumed")
+            finally:
+                transfer.send_signal(signal.SIGINT)  # iperf3 ends its test and connections
+                transfer.wait(WAIT_S)
+
+            def tcp_completed(status: dict[str, Any]) -> bool:
+                # after linger (0.5 s), the expiry lag (2 s) and a tick
+                tcp = [r for r in all_rows(db) if r["protocol"] == "tcp"]
+                return status["writer"]["pending"] == 0 and all(
+                    r["status"] == "completed" for r in tcp
+                )
+
+            second.wait(tcp_completed, WAIT_S, "every TCP session completed")
             assert second.stop() == 0, second.log()
     assert stats.problems() == [] and stats.drops == {pcap: 0}, stats
     assert resumed is not None and resumed["resumed_sessions"] >= 2, resumed
@@ -260,6 +278,24 @@ def test_kill_9_loses_no_completed_session_and_at_most_one_checkpoint_of_counts(
             assert got > 0 and row["close_reason"] == expected_reason(o), (o, row)
     assert spanning >= 2, "iperf3's data and control connections span the kill"
     assert len(rows) == len({(_row_key(r), r["started_at"]) for r in rows})
+
+
+def _iperf_rows(db: Path, *, older_than_s: float = 0.0, seen_after_ts: float = 0.0) -> bool:
+    """True once both iperf3 connections (control and data) are stored as ongoing with
+    checkpointed counts, began over `older_than_s` ago, and one was last seen after
+    `seen_after_ts` (epoch seconds)."""
+    rows = [
+        r
+        for r in all_rows(db)
+        if r["dst_port"] == IPERF_PORT
+        and r["status"] == "ongoing"
+        and r["packets_tx"] + r["packets_rx"] > 3
+    ]
+    return (
+        len(rows) >= 2
+        and all(_epoch(r["started_at"]) < time.time() - older_than_s for r in rows)
+        and any(_epoch(r["last_seen_at"]) > seen_after_ts for r in rows)
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -306,6 +342,7 @@ def test_a_locked_store_loses_nothing_and_recovers(tmp_path: Path) -> None:
     pcap = tmp_path / "oracle.pcap"
     db = tmp_path / "live.db"
     lock_s = 8.0  # > checkpoint (1 s) and > the writer's busy timeout (5 s) + a status write
+    stalled: dict[str, Any] = {}
     with WireguardLab() as lab:
         config = write_config(BASE, tmp_path / "serve.toml", FAST, captures=LIVE)
         with lab.capture({pcap: 0}) as stats, Serve(lab, config, db, tmp_path) as serve:
@@ -316,22 +353,26 @@ def test_a_locked_store_loses_nothing_and_recovers(tmp_path: Path) -> None:
                 other.execute("BEGIN EXCLUSIVE")  # WAL: every other writer waits
                 locked = time.monotonic()
                 with background(lab.run_standard_traffic, 0.5):
-                    while time.monotonic() - locked < lock_s:
+                    # held lock_s, and until a flush has failed on it (a loaded machine may
+                    # start the first flush late)
+                    while time.monotonic() - locked < lock_s or not stalled:
                         status = serve.status() or {}
-                        peak_pending = max(
-                            peak_pending, (status.get("writer") or {}).get("pending", 0)
-                        )
+                        writer = status.get("writer") or {}
+                        peak_pending = max(peak_pending, writer.get("pending", 0))
                         peak_rss = max(peak_rss, serve.rss_bytes())
+                        if writer.get("failed_flushes", 0) >= 1:
+                            stalled = status
+                        elapsed_s = time.monotonic() - locked
+                        assert stalled or elapsed_s < WAIT_S, f"no failed flush: {status}"
                         time.sleep(0.2)
-                    stalled = serve.status()
                     other.rollback()
             final = serve.wait(
                 lambda s: s["captures"][0]["open_sessions"] == 0 and s["writer"]["pending"] == 0,
-                30, "all sessions written after the stall",
+                WAIT_S, "all sessions written after the stall",
             )  # fmt: skip
             assert serve.stop() == 0, serve.log()
     assert stats.problems() == [] and stats.drops == {pcap: 0}, stats
-    assert stalled is not None and stalled["writer"]["failed_flushes"] >= 1, stalled
+    assert stalled["writer"]["failed_flushes"] >= 1, stalled
     assert peak_pending > 0  # sessions waited in memory while the file was locked
     assert peak_rss - rss_before < 64 << 20, (rss_before, peak_rss)
     capture = final["captures"][0]
@@ -356,8 +397,11 @@ def test_a_store_stalled_beyond_its_bounds_drops_only_counted_packets(tmp_path: 
                 other.execute("BEGIN EXCLUSIVE")
                 lab.run_standard_traffic(scale=0.3)
                 lab.iperf("alice", ["-n", "20M", "-b", "200M"])
-                stalled = serve.wait(lambda s: s["captures"][0]["kernel_drops"] > 0, 20, "drops")
-                time.sleep(1.5)  # a status interval: the drops are logged
+                stalled = serve.wait(
+                    lambda s: s["captures"][0]["kernel_drops"] > 0, WAIT_S, "drops"
+                )
+                # logged at the next status interval (1 s)
+                wait_until(lambda: "the kernel dropped" in serve.log(), "a log line of drops")
                 other.rollback()
             # sessions whose FIN was dropped stay open: the stop checkpoints them
             assert serve.stop() == 0, serve.log()
@@ -395,14 +439,14 @@ def test_wireguard_peers_are_reread_and_new_allowed_ips_attribute_new_sessions(
             assert _stored_addresses(db, "bob-desktop") == ["100.64.0.3/32", "fd00:64::3/128"]
             allowed = f"100.64.0.3/32,fd00:64::3/128,{extra_v4}/32"
             lab.wg("gw", ["set", "wg0", "peer", lab.public_keys["bob"], "allowed-ips", allowed])
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + WAIT_S
             while extra_v4 + "/32" not in _stored_addresses(db, "bob-desktop"):
                 assert time.monotonic() < deadline, serve.log()
                 time.sleep(0.2)
             # bob sends from the new address: the session is his
             lab.run("bob", ["ip", "addr", "add", f"{extra_v4}/32", "dev", "wg0"])
             lab.run("bob", ["python3", "-c", _UDP_FROM.format(src=extra_v4, dst=RES_V4)])
-            serve.wait(lambda s: s["captures"][0]["sessions_opened"] >= 1, 10, "a session")
+            serve.wait(lambda s: s["captures"][0]["sessions_opened"] >= 1, WAIT_S, "a session")
             assert serve.stop() == 0, serve.log()
     (row,) = [r for r in all_rows(db) if r["src_addr"] == extra_v4]
     assert (row["client_id"], row["user_id"]) == ("bob-desktop", "bob"), row

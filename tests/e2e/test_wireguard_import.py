@@ -10,12 +10,11 @@ from tests.helpers.accuracy import check_import, facts
 from tests.helpers.netlab import WireguardLab
 
 CONFIG = Path(__file__).parents[1] / "data" / "wg-small.toml"
-LAB_OK, LAB_WHY = WireguardLab.available()
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
-    pytest.mark.skipif(not LAB_OK, reason=f"WireGuard lab unavailable: {LAB_WHY}"),
+    pytest.mark.usefixtures("require_lab", "require_tshark"),  # skip, or under CI fail
 ]
 
 

@@ -12,7 +12,10 @@ so a row written by the wrong gateway shows.
     python -m tests.helpers.gatewayproc resume URL gw-1   # a restart: close what is ongoing
 
 With `--barrier DIR` the processes start writing together: each marks itself ready in DIR and
-waits for DIR/go (so that interpreter start-up does not serialise them).
+waits for DIR/go (so that interpreter start-up does not serialise them), and they write at the
+same time: each waits, once mid-way (a writer after its first round, a restart before it
+writes), until all are mid-way, so none ends before every one has begun, however the machine
+schedules them.
 Each run prints one JSON line: {"gateway", "events", "rows_written", "started", "ended", ...}
 with wall-clock start and end (time.time()) of its writing, so a test can check the runs
 overlapped.
@@ -160,18 +163,41 @@ def wait_for_go(barrier: Path | None, gateway: str) -> None:
         time.sleep(0.005)
 
 
+def meet(barrier: Path | None, gateway: str) -> None:
+    """Say mid-way in `barrier`, then wait until every process that said ready there has."""
+    if barrier is None:
+        return
+    (barrier / f"mid-{gateway}-{os.getpid()}").touch()
+    everyone = len(list(barrier.glob("ready-*")))
+    deadline = time.monotonic() + 60
+    while len(list(barrier.glob("mid-*"))) < everyone:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{gateway}: not all mid-way in {barrier} within 60 s")
+        time.sleep(0.005)
+
+
 async def _write(
-    url: str, gateway: str, rounds: list[list[SessionEvent]], started: float
+    url: str,
+    gateway: str,
+    rounds: list[list[SessionEvent]],
+    started: float,
+    barrier: Path | None,
 ) -> dict[str, object]:
+    """Write `rounds` of events, meeting the others in `barrier` after the first of several, or
+    before a single one."""
     engine = make_engine(url)
     try:
         config = WriterConfig(batch_size=1000, flush_interval_s=0.01, max_pending=4000)
         writer = SessionWriter(engine, config, gateway=gateway)
         task = asyncio.create_task(writer.run())
-        for events in rounds:
+        if len(rounds) == 1:
+            await asyncio.to_thread(meet, barrier, gateway)
+        for number, events in enumerate(rounds):
             for start in range(0, len(events), 500):
                 await writer.submit(events[start : start + 500])
                 await asyncio.sleep(0)
+            if number == 0 and len(rounds) > 1:
+                await asyncio.to_thread(meet, barrier, gateway)
         await writer.close(timeout_s=120)
         await task
         return {
@@ -197,7 +223,7 @@ async def write(
         finals,
     ]
     wait_for_go(barrier, gateway)
-    return await _write(url, gateway, rounds, time.time())
+    return await _write(url, gateway, rounds, time.time(), barrier)
 
 
 async def resume(url: str, gateway: str, barrier: Path | None = None) -> dict[str, object]:
@@ -209,7 +235,7 @@ async def resume(url: str, gateway: str, barrier: Path | None = None) -> dict[st
         resumed = await ongoing_sessions(engine, gateway)
     finally:
         await engine.dispose()
-    result = await _write(url, gateway, [[resumed_close(e) for e in resumed]], started)
+    result = await _write(url, gateway, [[resumed_close(e) for e in resumed]], started, barrier)
     return {
         **result,
         "resumed": len(resumed),

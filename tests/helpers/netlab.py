@@ -32,16 +32,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from tests.helpers.waiting import WAIT_S
 
 log = logging.getLogger(__name__)
 
 ROLES = ("alice", "bob", "gw", "res")
 CLIENTS = ("alice", "bob")
 REQUIRED_TOOLS = ("ip", "wireguard-go", "wg", "tcpdump", "iperf3", "mount")
+TUN_DEVICE = Path("/dev/net/tun")  # wireguard-go creates its wg0 through it
 
 WG_PORT = 51820
 RES_V4 = "10.99.0.5"
@@ -127,7 +130,7 @@ class CaptureStats:
         return out
 
 
-class _LineReader(threading.Thread):
+class LineReader(threading.Thread):
     """Drains a text pipe into a list and flags when a line containing `marker` arrives."""
 
     def __init__(self, pipe: IO[str], marker: str) -> None:
@@ -146,7 +149,7 @@ class _LineReader(threading.Thread):
 class WireguardLab:
     """Context manager owning four namespaces, their wireguard-go daemons and test servers."""
 
-    def __init__(self, prefix: str | None = None, *, start_timeout_s: float = 10.0) -> None:
+    def __init__(self, prefix: str | None = None, *, start_timeout_s: float = WAIT_S) -> None:
         n = next(_lab_numbers)
         self.prefix = prefix or f"ta{os.getpid()}-" + (f"{n}-" if n else "")
         self.start_timeout_s = start_timeout_s
@@ -160,16 +163,24 @@ class WireguardLab:
         self._closed = False
 
     @staticmethod
-    def available() -> tuple[bool, str]:
-        """(True, "") when the lab can run here, else (False, why): root plus the tools."""
-        if os.geteuid() != 0:
-            return False, f"needs root for network namespaces (euid={os.geteuid()})"
-        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    def available(
+        *,
+        euid: int | None = None,
+        tools: Sequence[str] = REQUIRED_TOOLS,
+        tun_device: Path = TUN_DEVICE,
+    ) -> tuple[bool, str]:
+        """(True, "") when the lab can run here, else (False, every reason why): root (`euid`,
+        default this process's), the tools on $PATH and a TUN device."""
+        euid = os.geteuid() if euid is None else euid
+        why = []
+        if euid != 0:
+            why.append(f"needs root for network namespaces (euid={euid})")
+        missing = [tool for tool in tools if shutil.which(tool) is None]
         if missing:
-            return False, f"missing {', '.join(missing)}: run scripts/install-system-deps.sh"
-        if not Path("/dev/net/tun").exists():
-            return False, "no /dev/net/tun: wireguard-go cannot create its TUN device"
-        return True, ""
+            why.append(f"missing {', '.join(missing)}: run scripts/install-system-deps.sh")
+        if not tun_device.exists():
+            why.append(f"no {tun_device}: wireguard-go cannot create its TUN device")
+        return not why, "; ".join(why)
 
     def netns(self, role: str) -> str:
         """Full namespace name of a role ("alice", "bob", "gw", "res")."""
@@ -398,14 +409,15 @@ class WireguardLab:
         *,
         role: str = "gw",
         iface: str = "wg0",
-        settle_s: float = 2.0,
+        quiet_s: float = 2.0,
     ) -> Iterator[CaptureStats]:
-        """Run one tcpdump per file (snaplen 0 = whole packets) on gw's wg0 while the body runs.
+        """Run one tcpdump per file (snaplen 0 = whole packets) on gw's wg0 while the body runs,
+        then until each has written every packet it received and none came for quiet_s.
 
         Yields CaptureStats, filled in when the block exits; check `stats.problems() == []`.
         """
         stats = CaptureStats(snaplens=dict(paths_and_snaplens))
-        running: list[tuple[Path, subprocess.Popen[str], _LineReader]] = []
+        running: list[tuple[Path, subprocess.Popen[str], LineReader]] = []
         try:
             for path, snaplen in stats.snaplens.items():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,21 +430,19 @@ class WireguardLab:
                 pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
                 proc = self.popen(role, argv, **pipes)
                 assert proc.stderr is not None
-                reader = _LineReader(proc.stderr, "listening on")
+                reader = LineReader(proc.stderr, "listening on")
                 reader.start()
                 running.append((path, proc, reader))
             for path, proc, reader in running:
                 self._wait_for(reader.seen.is_set, proc, f"tcpdump -w {path}")
             log.info("capturing on %s:%s into %s", role, iface, ", ".join(map(str, stats.snaplens)))
             yield stats
-            # TPACKET_V3 holds packets in a ring block until tcpdump's 1 s buffer timeout; a
-            # SIGINT before that loses them ("received by filter" > "captured", 0 drops).
-            # The wait also lets in-flight packets (last ACKs) arrive.
-            time.sleep(settle_s)
+            for path, proc, reader in running:
+                wait_written(proc, reader, quiet_s, f"tcpdump -w {path}")
         finally:
             for path, proc, reader in running:
                 _stop(proc, signal.SIGINT)
-                reader.join(timeout=5)
+                reader.join(timeout=WAIT_S)
                 _close_pipes(proc)
                 text = "".join(reader.lines)
                 stats.stderr[path] = text
@@ -460,14 +470,16 @@ class WireguardLab:
     def iperf(self, client: str, extra: list[str], host: str = RES_V4) -> None:
         """One iperf3 client run to res (extra: e.g. ["-n", "1M", "-R"]); retries a busy server."""
         argv = ["iperf3", "-c", host, "-p", str(IPERF_PORT), "--connect-timeout", "5000", *extra]
-        for _ in range(20):
+        deadline = time.monotonic() + WAIT_S
+        while True:
             done = self.run(client, argv, check=False)
             if done.returncode == 0:
                 return
             if "busy" not in done.stdout + done.stderr:
                 raise LabError(f"iperf3 {extra} from {client} failed: {done.stdout}{done.stderr}")
-            time.sleep(0.5)  # the server is still finishing the previous test
-        raise LabError(f"iperf3 server stayed busy for {client}")
+            if time.monotonic() > deadline:
+                raise LabError(f"iperf3 server stayed busy for {client} for {WAIT_S:g} s")
+            time.sleep(0.5)  # the server is still finishing the previous test: ask again
 
     def run_standard_traffic(self, scale: float = 1.0) -> dict[str, Any]:
         """Mixed TCP/UDP, v4/v6 traffic from both clients to res; returns what was run.
@@ -538,6 +550,46 @@ def _close_pipes(proc: subprocess.Popen[Any]) -> None:
             pipe.close()
 
 
+def wait_written(
+    proc: subprocess.Popen[str], reader: LineReader, quiet_s: float, what: str
+) -> None:
+    """Wait until a running tcpdump (its stderr drained by `reader`) has written every packet
+    its filter received, and received none for quiet_s; LabError after WAIT_S.
+
+    TPACKET_V3 holds packets in a ring block until tcpdump's 1 s buffer timeout, and a SIGINT
+    before that loses them ("received by filter" > "captured", 0 drops). On Linux, SIGUSR1
+    makes tcpdump print those counts and go on; the quiet time lets packets still in flight
+    (last ACKs) arrive.
+    """
+    deadline = time.monotonic() + WAIT_S
+    last: tuple[int | None, ...] = ()
+    changed = time.monotonic()
+    while True:
+        text = "".join(reader.lines)
+        counts = tuple(
+            _count(text, w) for w in ("captured", "received by filter", "dropped by kernel")
+        )
+        if counts != last:
+            last = counts
+            changed = time.monotonic()
+        captured, received, dropped = counts
+        if (
+            captured is not None
+            and received is not None
+            and captured + (dropped or 0) >= received
+            and time.monotonic() - changed >= quiet_s
+        ):
+            return
+        if proc.poll() is not None:
+            raise LabError(f"{what} exited with {proc.returncode}: {text[-2000:]}")
+        if time.monotonic() > deadline:
+            raise LabError(f"{what}: not all packets written after {WAIT_S:g} s: {text[-2000:]}")
+        proc.send_signal(signal.SIGUSR1)  # its next report, read by a later round
+        time.sleep(0.2)
+
+
 def _count(text: str, what: str) -> int | None:
-    match = re.search(rf"(\d+) packets? {what}", text)
-    return int(match.group(1)) if match else None
+    """The last count of "N packets <what>" in tcpdump's output (its reports, then its final
+    statistics), or None."""
+    found = re.findall(rf"(\d+) packets? {what}", text)
+    return int(found[-1]) if found else None

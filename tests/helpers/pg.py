@@ -3,7 +3,7 @@ engine-neutral way to read a store back.
 
 The server is TUNNELACCT_TEST_PG_URL, by default `postgresql://postgres@127.0.0.1:5432/postgres`
 (the local server with trust auth). When it is unreachable, PostgreSQL tests skip with the reason,
-unless CI is set: then they fail, so that CI never passes without them.
+unless CI is set: then they fail, so that CI never passes without them (tests/helpers/needs.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 
-import pytest
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
+from tests.helpers.needs import require
 from tunnelacct.store import ensure_partitions, make_engine, sync_url
 
 ADMIN_URL = os.environ.get(
@@ -59,12 +59,7 @@ def unreachable_reason() -> str | None:
 
 def require_postgresql() -> None:
     """Skip the calling test loudly when PostgreSQL is unreachable; fail instead under CI."""
-    reason = unreachable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(f"{reason} (CI is set: PostgreSQL tests must run)", pytrace=False)
-    pytest.skip(f"POSTGRESQL TESTS NOT RUN: {reason} (set TUNNELACCT_TEST_PG_URL)")
+    require(unreachable_reason(), "PostgreSQL tests", hint="set TUNNELACCT_TEST_PG_URL")
 
 
 @contextmanager

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.helpers.waiting import WAIT_S
+
 T = TypeVar("T")
 
 JOB = "tunnelacct"
@@ -96,7 +98,7 @@ class Prometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> Prometheus:
+    def start(self, timeout_s: float = WAIT_S) -> Prometheus:
         """Write the config, start prometheus and wait until /-/ready answers 200."""
         if self.binary is None:
             raise AssertionError("prometheus missing: run scripts/install-system-deps.sh")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.netlab import WITH_UAPI_DIR, WireguardLab
+from tests.helpers.waiting import WAIT_S
 
 
 def _toml_value(value: object) -> str:
@@ -99,7 +100,7 @@ class Serve:
         self.proc: subprocess.Popen[Any] | None = None
         self.ready_ts = 0.0  # wall time its captures were all running
 
-    def start(self, *, wait_for: str = "capturing", timeout_s: float = 30.0) -> Serve:
+    def start(self, *, wait_for: str = "capturing", timeout_s: float = WAIT_S) -> Serve:
         """Start serve and wait until every capture is in state `wait_for` (or "" = none)."""
         self.status_path.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "tunnelacct"]
