@@ -32,8 +32,9 @@ def replicate(url: str, copies: int, step_s: int, org_id: str | None = None) -> 
 
 
 def _time_ordered_id(started_at: str) -> str:
-    """SQL for a random uuid laid out like tunnelacct's session ids (flowkey.session_id): 48
-    bits of the start's Unix milliseconds, version 8, variant 10, random bits."""
+    """SQL for a random uuid that sorts like tunnelacct's session ids (flowkey.SessionIds): 48
+    bits of the start's Unix milliseconds, version 8, variant 10, random bits (no issuer tag:
+    no import ever issued it)."""
     ms = f"floor(extract(epoch FROM {started_at}) * 1000)::bigint"
     rnd = "md5(random()::text)"
     return (

@@ -16,8 +16,8 @@ def raw_query(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]
 
 
 def time_ordered_id(started_at: str) -> str:
-    """SQL for a random session id laid out like tunnelacct's (flowkey.session_id): 48 bits of
-    the start's Unix milliseconds, version 8, variant 10, random bits (32 hex digits)."""
+    """SQL for a random session id that sorts like tunnelacct's (flowkey.SessionIds): 48 bits
+    of the start's Unix milliseconds, version 8, variant 10, random bits (32 hex digits)."""
     ms = f"CAST(round((julianday({started_at}) - 2440587.5) * 86400000) AS INTEGER)"
     return (
         f"(printf('%012x', {ms}) || '8' || substr(lower(hex(randomblob(2))), 1, 3)"
