@@ -28,7 +28,13 @@ from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from tunnelacct.config import CaptureConfig, Timeouts
-from tunnelacct.decode import SKIPPED_REASONS, DecodedBatch, decode, plausible_until
+from tunnelacct.decode import (
+    MAX_TS,
+    SKIPPED_REASONS,
+    DecodedBatch,
+    decode,
+    plausible_until,
+)
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureError
 from tunnelacct.events import SessionEvent
@@ -293,6 +299,12 @@ class CapturePipeline:
                 self.status.state = "stopped"
             self._handoff.end(end)
 
+    def _not_after_ts(self) -> float:
+        """The latest packet time to accept: a day past the wall clock when packet times come
+        from a clock (live, paced replay); any storable time for a replay at recorded times,
+        whose loop shifts each pass after the last, into the future by design."""
+        return plausible_until(time.time()) if self.realtime else MAX_TS
+
     def _pump(self, source: Source) -> bool:
         """Read and hand off until stopped (False) or the file ended (True)."""
         handoff, status, stop = self._handoff, self.status, self._stop
@@ -316,7 +328,7 @@ class CapturePipeline:
                 else:
                     # a live source decodes in its own process; a replay is decoded here
                     batch = (
-                        decode(raw, not_after_ts=plausible_until(time.time()))
+                        decode(raw, not_after_ts=self._not_after_ts())
                         if isinstance(raw, RawBatch)
                         else raw
                     )
