@@ -106,6 +106,7 @@ async def test_roles_and_orgs_must_agree(engine: AsyncEngine) -> None:
 def test_token_commands_create_list_and_revoke(kind: str, tmp_path: Path) -> None:
     with empty_store(kind, tmp_path) as url:
         env = {"TUNNELACCT_DATABASE_URL": url}
+        run_cli("db", "upgrade", env=env)  # token commands never create a store
         created = run_cli("token", "create", "--config", str(CONFIG), "--org", "acme",
                           "--name", "auditor 2026", env=env)  # fmt: skip
         text = created.stdout.strip()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import re
 import socket
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
 from tunnelacct.config import (
@@ -56,7 +58,10 @@ def test_no_path_gives_defaults() -> None:
 
 def test_empty_file_gives_defaults_and_keeps_the_path(tmp_path: Path) -> None:
     path = write(tmp_path, "")
-    assert load_config(path, environ={}) == Config(path=str(path), gateway=socket.gethostname())
+    # the default SQLite file is relative, like every relative path: to the config's directory
+    beside_the_config = DatabaseConfig(f"sqlite:///{tmp_path / 'tunnelacct.db'}")
+    expected = Config(path=str(path), gateway=socket.gethostname(), database=beside_the_config)
+    assert load_config(path, environ={}) == expected
 
 
 def test_documented_defaults() -> None:
@@ -114,6 +119,7 @@ public_key = "{KEY_A}"
 [[clients]]
 id = "printer"
 org = "nobody"
+addresses = ["100.64.0.77"]
 
 [[resources]]
 id = "pg-primary"
@@ -150,7 +156,7 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
                 addresses=("100.64.0.2/32", "fd00:64::2/128", "100.64.9.0/24"),
                 public_key=KEY_A,
             ),
-            ClientConfig(id="printer", org="nobody", name="printer"),
+            ClientConfig(id="printer", org="nobody", name="printer", addresses=("100.64.0.77/32",)),
         ),
         resources=(
             ResourceConfig(
@@ -191,6 +197,37 @@ def test_environment_url_overrides_file(tmp_path: Path) -> None:
     assert load_config(None, environ=environ).database.url == "postgresql://u:pw@db/acct"
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("sqlite:///file.db", "{config_dir}/file.db"),
+        ("sqlite:///../up/file.db", "{parent}/up/file.db"),
+        ("sqlite+aiosqlite:///sub/file.db", "{config_dir}/sub/file.db"),
+        ("sqlite:///~/file.db", "{home}/file.db"),
+        ("sqlite:////var/lib/acct.db", "/var/lib/acct.db"),
+    ],
+)
+def test_a_relative_database_file_is_relative_to_the_config_file_like_pcap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str, meant: str
+) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    path = write(config_dir, f'[database]\nurl = "{written}"\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the working directory must not matter
+    url = load_config(path, environ={}).database.url
+    expected = meant.format(config_dir=config_dir, parent=tmp_path, home=os.path.expanduser("~"))
+    assert make_url(url).database == expected  # the file SQLAlchemy will open
+
+
+def test_a_relative_database_file_in_the_environment_is_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    # not written in a config file: nothing else it could be relative to
+    path = write(tmp_path, "")
+    url = load_config(path, environ={"TUNNELACCT_DATABASE_URL": "sqlite:///here.db"}).database.url
+    assert url == "sqlite:///here.db"
+
+
 def test_empty_environment_url_is_ignored(tmp_path: Path) -> None:
     path = write(tmp_path, '[database]\nurl = "sqlite:////var/lib/acct.db"\n')
     config = load_config(path, environ={"TUNNELACCT_DATABASE_URL": ""})
@@ -211,7 +248,7 @@ def test_bad_environment_url_is_named_and_its_password_hidden() -> None:
 
 
 def test_client_org_may_be_the_undeclared_default_org(tmp_path: Path) -> None:
-    text = '[[clients]]\nid = "c"\norg = "unattributed"\n'
+    text = '[[clients]]\nid = "c"\norg = "unattributed"\naddresses = ["100.64.0.9"]\n'
     assert load_config(write(tmp_path, text), environ={}).clients[0].org == "unattributed"
 
 
@@ -316,6 +353,8 @@ INVALID: list[tuple[str, str, str, object, str]] = [
      "acne", "unknown org; declared: acme, unattributed"),
     ("client-duplicate", CLIENT + '[[clients]]\nid = "alice" #<\norg = "acme"\n', f"{C} id",
      "alice", "duplicate id; already used at line 4"),
+    ("client-unmatchable", ORG + '[[clients]] #<\nid = "alice"\norg = "acme"\naddresses = []\n',
+     C, None, "a client needs addresses or a public_key"),
     ("client-typo", CLIENT + "adresses = [] #<\n", f"{C} adresses", None,
      "allowed: id, org, name, user, addresses, public_key"),
     ("client-name-empty", CLIENT + 'name = "" #<\n', f"{C} name", "", "non-empty"),

@@ -277,6 +277,7 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml", {"api": {"listen": f"127.0.0.1:{port}"}},
                           captures=[{"pcap": str(PCAP)}])  # fmt: skip
     env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
+    run_cli("db", "upgrade", env=env)  # token commands never create a store
     token = run_cli("token", "create", "--config", str(config), "--org", "acme", env=env).stdout
     base = f"http://127.0.0.1:{port}"
 

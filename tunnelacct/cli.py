@@ -15,28 +15,74 @@ from tunnelacct.config import Config, load_config
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.log import setup_logging
 
+CONFIG_HELP = "TOML config file (env TUNNELACCT_CONFIG). Without one, defaults apply."
+# a command's own --config; the one before the command (`tunnelacct --config X db upgrade`)
+# and $TUNNELACCT_CONFIG are the group's, which `_config()` falls back to
 config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="TUNNELACCT_CONFIG",
-    help="TOML config file (env TUNNELACCT_CONFIG). Without one, defaults apply.",
+    help=CONFIG_HELP,
 )
+# where `_config()` notes the configured store, so that any store error names it
+_DATABASE_KEY = "tunnelacct.database_url"
 
 
 def _config(path: Path | None) -> Config:
-    return load_config(path, os.environ)
+    """The config of the command's --config, else the group's --config or $TUNNELACCT_CONFIG."""
+    context = click.get_current_context()
+    if path is None:
+        path = context.find_root().params.get("config_path")
+    config = load_config(path, os.environ)
+    context.meta[_DATABASE_KEY] = config.database.url
+    return config
 
 
 def _fmt_counts(c: Counter[str] | dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])) or "none"
 
 
-@click.group()
+class _Commands(click.Group):
+    """The top group: a store error of any command names the configured database."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from tunnelacct.config import shown_database
+        from tunnelacct.errors import StoreError
+        from tunnelacct.store import store_why
+
+        try:
+            return super().invoke(ctx)
+        except (StoreError, SQLAlchemyError) as exc:
+            url = ctx.meta.get(_DATABASE_KEY)
+            why = str(exc) if isinstance(exc, StoreError) else store_why(exc)
+            if url is None or shown_database(url) in why:
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(why) from exc
+            raise StoreError(f"database {shown_database(url)}: {why}") from exc
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="tunnelacct")
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING, ...")
-def cli(log_level: str) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TUNNELACCT_CONFIG",
+    help=CONFIG_HELP,
+)
+@click.option(
+    "--log-level",
+    help="DEBUG, INFO, WARNING, ... (default: INFO for serve, WARNING for the other commands, "
+    "which print their results themselves).",
+)
+@click.pass_context
+def cli(context: click.Context, config_path: Path | None, log_level: str | None) -> None:
     """tunnelacct: exact TCP/UDP session accounting for tunnel gateways."""
+    if log_level is None:
+        log_level = "INFO" if context.invoked_subcommand == "serve" else "WARNING"
     setup_logging(log_level)
 
 
@@ -118,9 +164,12 @@ def export_cmd(
     """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
     from tunnelacct.export import export_org
     from tunnelacct.query import parse_filter
+    from tunnelacct.replacefile import replacing
+    from tunnelacct.store import require_database
 
     flt = parse_filter(q) if q else None  # a bad filter fails before any file is created
     config = _config(config_path)
+    require_database(config.database.url)
     # rows so far on a terminal, unless the CSV itself is going to that terminal
     show = sys.stderr.isatty() and (output is not None or not sys.stdout.isatty())
 
@@ -131,7 +180,9 @@ def export_cmd(
     if output is None:
         rows = export_org(config, org, sys.stdout, flt=flt, progress=report, workers=workers)
     else:
-        with output.open("w", encoding="utf-8", newline="") as f:
+        # the previous file stays whole until the new one is: an export that fails (an
+        # unknown org, a store that is not migrated or not reachable) leaves it as it was
+        with replacing(output) as f:
             rows = export_org(config, org, f, flt=flt, progress=report, workers=workers)
     if show:
         click.echo("", err=True)
@@ -199,12 +250,14 @@ def token_group() -> None:
 
 
 def _with_engine(config: Config, work: Any) -> Any:
-    """Migrate the store, then run `await work(engine)` and return its result."""
+    """Migrate the existing store (StoreError naming it when there is none: these commands
+    read or purge and never create one), then run `await work(engine)`; return its result."""
     import asyncio
 
     from tunnelacct.schema import migrate
-    from tunnelacct.store import make_engine
+    from tunnelacct.store import make_engine, require_database
 
+    require_database(config.database.url)
     migrate(config.database.url)
 
     async def run() -> Any:
@@ -251,8 +304,21 @@ def token_list(config_path: Path | None) -> None:
 
     for t in _with_engine(_config(config_path), list_tokens):
         revoked = t.revoked_at.isoformat() if t.revoked_at else "active"
-        click.echo(f"{t.id}\t{t.role}\t{t.org_id or '*'}\t{t.name or ''}\t"
-                   f"{t.created_at.isoformat()}\t{revoked}")  # fmt: skip
+        fields = [t.id, t.role, t.org_id or "*", t.name or "", t.created_at.isoformat(), revoked]
+        click.echo("\t".join(_one_line(field) for field in fields))
+
+
+# Control characters (C0, DEL, C1) and the backslash, as escapes: a name holding a tab or a
+# line break must not forge a column or a row of `token list` (issue 16, item 9).
+_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+_ESCAPES.update(
+    {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code not in _ESCAPES}
+)
+
+
+def _one_line(text: str) -> str:
+    """`text` as one tab-free line: control characters and backslashes escaped."""
+    return text.translate(_ESCAPES)
 
 
 @token_group.command("revoke")
@@ -275,11 +341,12 @@ def db_group() -> None:
 @config_option
 def db_upgrade(config_path: Path | None) -> None:
     """Create or migrate the schema to the latest revision."""
+    from tunnelacct.config import shown_database
     from tunnelacct.schema import migrate
 
     config = _config(config_path)
     migrate(config.database.url)
-    click.echo(f"database at {config.database.url} is up to date")
+    click.echo(f"database at {shown_database(config.database.url)} is up to date")
 
 
 @db_group.command("partition")
@@ -323,11 +390,18 @@ def config_group() -> None:
 @config_option
 def config_check(config_path: Path | None) -> None:
     """Validate the config file and print what it declares."""
+    from tunnelacct.config import shown_database
+
     c = _config(config_path)
+    if c.path is None:
+        raise click.UsageError(
+            "no config file given: pass --config FILE or set TUNNELACCT_CONFIG "
+            "(without one, every command runs on the defaults)"
+        )
     click.echo(
-        f"{c.path or '(defaults)'}: ok: {len(c.orgs)} orgs, {len(c.clients)} clients, "
+        f"{c.path}: ok: {len(c.orgs)} orgs, {len(c.clients)} clients, "
         f"{len(c.resources)} resources, {len(c.captures)} captures; "
-        f"database {c.database.url}; gateway {c.gateway}"
+        f"database {shown_database(c.database.url)}; gateway {c.gateway}"
     )
 
 

@@ -208,19 +208,23 @@ def load_config(
     else:
         shown = os.fspath(path)
         text = _read(shown)
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise _syntax_error(shown, text, exc) from None
         from tunnelacct.configload import Loader  # not at the top: configload imports this module
 
-        config = Loader(shown, KeyLines(text)).config(doc)
-    url = env.get(DATABASE_URL_ENV)
-    if url:
-        why = database_url_problem(url)
-        if why is not None:
-            raise ConfigError(f"${DATABASE_URL_ENV}", why, value=redact_url(url))
-        config = dataclasses.replace(config, database=DatabaseConfig(url))
+        try:
+            doc = tomllib.loads(text)
+            config = Loader(shown, KeyLines(text)).config(doc)
+        except tomllib.TOMLDecodeError as exc:
+            raise _syntax_error(shown, text, exc) from None
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively (issue 16, item 8)
+            why = "arrays or inline tables nested too deeply to read (thousands of levels)"
+            raise ConfigError("TOML syntax", why, path=shown) from None
+    env_url = env.get(DATABASE_URL_ENV)
+    if env_url:
+        problem = database_url_problem(env_url)
+        if problem is not None:
+            raise ConfigError(f"${DATABASE_URL_ENV}", problem, value=redact_url(env_url))
+        config = dataclasses.replace(config, database=DatabaseConfig(env_url))
     return config
 
 
@@ -293,3 +297,36 @@ def database_url_problem(url: str) -> str | None:
 def redact_url(url: str) -> str:
     """`url` with its password replaced by ***, for error messages."""
     return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file path of a SQLite URL as written (`sqlite:///x.db` -> `x.db`, `sqlite:////a/x.db`
+    -> `/a/x.db`, any query string cut); None for PostgreSQL, `:memory:` and `file:` URIs."""
+    match = _URL.fullmatch(url)
+    if match is None or match[1] != "sqlite":
+        return None
+    path = match[3].removeprefix("/").split("?", 1)[0]
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
+def with_sqlite_base(url: str, base: str) -> str:
+    """`url` with a relative SQLite file (and `~`) resolved against the directory `base`;
+    any other URL unchanged."""
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    absolute = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    prefix = url[: url.index("://") + 3]
+    query = url[len(prefix) + 1 + len(path) :]
+    return f"{prefix}/{absolute}{query}"
+
+
+def shown_database(url: str) -> str:
+    """How messages name the store: a SQLite file as its path, anything else as its URL with
+    the password masked."""
+    path = sqlite_file(url)
+    if path is None:
+        return redact_url(url)
+    return os.path.abspath(os.path.expanduser(path))

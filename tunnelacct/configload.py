@@ -38,6 +38,7 @@ from tunnelacct.config import (
     database_url_problem,
     parse_ports,
     redact_url,
+    with_sqlite_base,
 )
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
@@ -86,6 +87,15 @@ class Loader:
         line = self._lines.find(where.table, where.index, key)
         raise ConfigError(shown, why, value=value, path=self._path, line=line)
 
+    @property
+    def _base(self) -> str:
+        """The directory of the config file: what every relative path in it is relative to."""
+        return os.path.dirname(os.path.abspath(self._path))
+
+    def _resolved(self, path: str) -> str:
+        """`path` (`~` expanded) made absolute, relative to the config file's directory."""
+        return os.path.normpath(os.path.join(self._base, os.path.expanduser(path)))
+
     def config(self, doc: Mapping[str, object]) -> Config:
         """The validated Config of the whole document."""
         top = _Where("", 0, "")
@@ -98,6 +108,7 @@ class Loader:
         why = database_url_problem(url)
         if why is not None:
             self.fail(where, "url", why, redact_url(url))
+        url = with_sqlite_base(url, self._base)
         where, t = self._section(doc, "timeouts")
         timeouts = Timeouts(
             udp_idle_s=self._seconds(where, t, "udp_idle", _TIMEOUTS.udp_idle_s),
@@ -258,6 +269,7 @@ class Loader:
         seen: dict[str, _Where] = {}
         owners: dict[str, str] = {}  # normalised CIDR -> client id: one owner per tunnel address
         keys: dict[str, str] = {}  # public key -> client id
+        clients: list[tuple[_Where, ClientConfig]] = []
         for where, t in self._entries(doc, "clients"):
             ident = self._unique_id(where, t, seen)
             org = self._org_ref(where, t, known)
@@ -287,7 +299,18 @@ class Loader:
                     self.fail(
                         where, "public_key", f'already the key of client "{other}"', public_key
                     )
-            yield ClientConfig(ident, org, name, user, tuple(addresses), public_key)
+            clients.append(
+                (where, ClientConfig(ident, org, name, user, tuple(addresses), public_key))
+            )
+        # after every entry's own checks, so that a duplicate id or address is reported as such
+        for where, client in clients:
+            if not client.addresses and client.public_key is None:
+                why = (
+                    "a client needs addresses or a public_key (or both): with neither, no "
+                    "session can ever be attributed to it"
+                )
+                self.fail(where, None, why)
+            yield client
 
     def _resources(self, doc: Mapping[str, object], known: set[str]) -> Iterator[ResourceConfig]:
         seen: dict[str, _Where] = {}
@@ -313,8 +336,7 @@ class Loader:
         value = self._text(where, t, "session_events", "-")
         if value == "-":
             return value
-        base = os.path.dirname(os.path.abspath(self._path))
-        path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+        path = self._resolved(value)
         if not os.path.isdir(os.path.dirname(path)):
             self.fail(where, "session_events", f"no such directory: {os.path.dirname(path)}", value)
         return path
@@ -336,8 +358,7 @@ class Loader:
             else:
                 key = "pcap"
                 name = self._text(where, t, key, "")
-                base = os.path.dirname(os.path.abspath(self._path))
-                path = os.path.normpath(os.path.join(base, os.path.expanduser(name)))
+                path = self._resolved(name)
                 if not os.path.isfile(path):
                     self.fail(where, key, f"no such file: {path}", name)
                 name = path

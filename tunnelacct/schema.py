@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import tunnelacct
 from tunnelacct.errors import StoreError
 from tunnelacct.sqliteparts import is_layout_name
-from tunnelacct.store import ensure_sqlite_dir, partition_day, sync_url
+from tunnelacct.store import ensure_sqlite_file, partition_day, store_why, sync_url
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def migrate(url: str, *, script_location: Path | None = None) -> None:
     """
     cfg = alembic_config(script_location)
     parsed = make_url(sync_url(url))
-    ensure_sqlite_dir(parsed)
+    ensure_sqlite_file(parsed)
     try:
         engine = create_engine(parsed, poolclass=pool.NullPool)
     except ModuleNotFoundError as exc:
@@ -77,13 +77,18 @@ def migrate(url: str, *, script_location: Path | None = None) -> None:
             with engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         with engine.begin() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StoreError(f"migration failed: {exc}") from exc
+        raise StoreError(f"migration failed: {store_why(exc)}") from exc
     finally:
         engine.dispose()
-    log.info("database schema at %s", heads(cfg))
+    head = heads(cfg)
+    if before == head:
+        log.debug("database schema at %s", head)
+    else:
+        log.info("database schema migrated from %s to %s", before or "nothing", head)
 
 
 def heads(cfg: AlembicConfig) -> str:
@@ -101,7 +106,7 @@ async def check_schema(engine: AsyncEngine, *, script_location: Path | None = No
         async with engine.connect() as conn:
             revision = await conn.run_sync(current)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the database: {exc}") from exc
+        raise StoreError(f"cannot read the database: {store_why(exc)}") from exc
     if revision is None:
         raise StoreError(NOT_MIGRATED)
     cfg = alembic_config(script_location)

@@ -9,20 +9,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, event, literal_column, or_, select, text, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    literal_column,
+    or_,
+    pool,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlmodel import SQLModel
 
-from tunnelacct.config import Config, OrgConfig, ResourceConfig
+from tunnelacct.config import Config, OrgConfig, ResourceConfig, shown_database, sqlite_file
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
@@ -76,20 +88,73 @@ def async_url(url: str) -> str:
     return _render(parsed.set(drivername=_ASYNC_DRIVERS[_backend(parsed)]))
 
 
-def ensure_sqlite_dir(url: URL) -> None:
-    """Create the parent directory of a SQLite database file (not for :memory: or file: URIs)."""
+# A new SQLite store is readable by its owner only: it holds who reached what, and when.
+# SQLite gives its -wal and -shm files the database file's mode.
+SQLITE_FILE_MODE = 0o600
+
+
+def ensure_sqlite_file(url: URL) -> None:
+    """Create the parent directory of a SQLite database file, and the file itself, empty and
+    mode 0600, when it is not there (not for :memory: or file: URIs)."""
     if url.get_backend_name() != "sqlite":
         return
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = Path(database).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def store_why(exc: SQLAlchemyError) -> str:
+    """What the driver said, without SQLAlchemy's class prefix and "Background on this error"."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        return str(orig) or type(orig).__name__
+    return str(exc).split("\n(Background on this error", 1)[0]
+
+
+def require_database(url: str) -> None:
+    """Raise a StoreError naming the store when it is not there: for the commands that only
+    read or purge, which never create one. A SQLite file must exist; a PostgreSQL database
+    must answer a connection (a refused connection or a missing database is named, not a
+    traceback)."""
+    path = sqlite_file(url)
+    if path is None:
+        _require_connection(url)
+        return
+    if not Path(path).expanduser().is_file():
+        raise StoreError(
+            f"no database at {shown_database(url)}: create it with `tunnelacct db upgrade` "
+            "(serve and import create it too), or point --config or $TUNNELACCT_DATABASE_URL "
+            "at the existing one"
+        )
+
+
+def _require_connection(url: str) -> None:
+    try:
+        engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"database driver {exc.name!r} is not installed") from exc
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot connect to {shown_database(url)}: {store_why(exc)}") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot connect to {shown_database(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> AsyncEngine:
     """Create the async engine for `url`; SQLite connections get WAL and a busy timeout."""
     parsed = make_url(async_url(url))
-    ensure_sqlite_dir(parsed)
+    ensure_sqlite_file(parsed)
     engine = create_async_engine(parsed)
     if parsed.get_backend_name() == "sqlite":
 
