@@ -197,7 +197,11 @@ GUARDED = ["client_id", "client_name", "user_id", "resource_id", "resource_name"
            "interface", "community_id"]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"])
+FORMULA_LIKE = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "\n=1+1",
+                " =1+1", "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff20SUM(A1)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FORMULA_LIKE)
 async def test_formula_like_text_is_neutralised_with_a_leading_quote(
     engine: AsyncEngine, name: str
 ) -> None:
@@ -215,8 +219,37 @@ def test_any_name_reads_back_intact_or_guarded(shared_url: str, name: str) -> No
     # PostgreSQL text cannot hold NUL at all (storing it fails, as for any text column).
     assume(not shared_url.startswith("postgresql") or "\x00" not in name)
     row = alone_in_store(shared_url, record(client_name=name, resource_name=name))
-    expected = "'" + name if name[0] in "=+-@\t\r" else name
+    expected = "'" + name if name[0] in "=+-@\t\r\n \uff1d\uff0b\uff0d\uff20" else name
     assert (row["client_name"], row["resource_name"]) == (expected, expected)
+
+
+def _unquoted_text(line: str) -> str:
+    """What of a CSV line is outside RFC 4180 quotes (a doubled quote toggles twice)."""
+    outside = []
+    quoted = False
+    for char in line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted:
+            outside.append(char)
+    return "".join(outside)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+async def test_a_name_holding_another_delimiter_is_inside_quotes(
+    engine: AsyncEngine, delimiter: str
+) -> None:
+    # A spreadsheet of a ";" locale splits at ";": every text cell is quoted, so a reader that
+    # honours RFC 4180 quotes, whatever its delimiter, keeps "a;=1+1" one cell and runs nothing.
+    # Oracle: the line's characters outside quotes, and the csv module's reader.
+    name = f"a{delimiter}=1+1{delimiter}@SUM(A1)"
+    await store(engine, [record(client_name=name, resource_name=name)])
+    text, _ = await export(engine)
+    row_line = text.split("\r\n")[1]
+    assert delimiter not in _unquoted_text(row_line)
+    assert "=" not in _unquoted_text(row_line)
+    (row,) = parse(text)
+    assert row["client_name"] == row["resource_name"] == name
 
 
 async def test_names_with_comma_quote_and_newline_read_back_intact(engine: AsyncEngine) -> None:

@@ -1,6 +1,6 @@
 """CSV export of session records: column order, cell formatting and the formula guard.
 
-Format: RFC 4180 (comma-separated, `"`-quoted when needed, CRLF line ends), one header row
+Format: RFC 4180 (comma-separated, text cells `"`-quoted, CRLF line ends), one header row
 with CSV_COLUMNS, then one row per session ordered by (started_at, id).
 """
 
@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TextIO
 
 from sqlalchemy import (
@@ -81,10 +82,25 @@ CSV_COLUMNS: tuple[str, ...] = (
 # Model attribute behind each column (session_id is the id; started_at_unix is computed).
 _ATTRS = tuple("id" if name == "session_id" else name for name in CSV_COLUMNS)
 
-# Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP); a
-# leading single quote makes them show it as text. Free text is guarded: ids, names, gateway
-# and interface. Numbers are never negative, and times, addresses and enums never start so.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP), some
+# after leading blanks or a line break, some for the fullwidth forms too; a leading single
+# quote makes them show it as text. Free text is guarded: ids, names, gateway and interface.
+# Numbers are never negative, and times, addresses and enums never start so. Every text cell
+# is quoted besides (_encode): a spreadsheet that splits at ";" keeps "a;=1+1" one cell.
+FORMULA_PREFIXES = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+    "\n",
+    " ",
+    "\uff1d",
+    "\uff0b",
+    "\uff0d",
+    "\uff20",
+)
 _GUARDED = frozenset(
     {"org_id", "client_id", "client_name", "user_id", "resource_id", "resource_name",
      "community_id", "gateway", "interface"}
@@ -171,13 +187,18 @@ def _cells(dialect: str) -> list[ColumnElement[Any]]:
 
 
 def _encode(rows: Sequence[Sequence[Any]]) -> str:
-    """The CSV text of cell `rows`. duration_s is formatted here, "%.6f" of the exact double:
-    SQLite's printf rounds a 16-digit decimal (7278558.884838498 -> .884839) and PostgreSQL's
-    float-to-numeric cast a 15-digit one, so neither gives Python's (and C's) digits."""
+    """The CSV text of cell `rows`: every text cell quoted, numbers not (a spreadsheet reads
+    them as numbers, and one splitting at ";" or "\t" still sees one cell per column).
+
+    duration_s is formatted here, "%.6f" of the exact double: SQLite's printf rounds a
+    16-digit decimal (7278558.884838498 -> .884839) and PostgreSQL's float-to-numeric cast a
+    15-digit one, so neither gives Python's (and C's) digits. A Decimal of those digits is a
+    number to the csv module, so it is not quoted.
+    """
     d = _DURATION
     buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator="\r\n").writerows(
-        (*r[:d], f"{r[d]:.6f}", *r[d + 1 :]) for r in rows
+    csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_NONNUMERIC).writerows(
+        (*r[:d], Decimal(f"{r[d]:.6f}"), *r[d + 1 :]) for r in rows
     )
     return buf.getvalue()
 
