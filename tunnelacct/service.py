@@ -326,7 +326,11 @@ class Service:
             self._purge_runs_problem = None
 
     async def purge_once(self, engine: AsyncEngine) -> None:
-        """One purge with the retention the config file says now (re-read: no restart needed)."""
+        """One purge with the retention the config file says now (re-read: no restart needed).
+
+        Nothing it meets stops the service: a config that cannot be read, whatever the reason,
+        leaves the retention last stored; a failed purge is logged and tried next interval.
+        """
         config: Config | None = self.config
         if self.config.path is not None:
             try:
@@ -334,12 +338,20 @@ class Service:
             except ConfigError as e:
                 log.error("purge: %s; purging with the retention last stored", e)
                 config = None
+            except Exception:  # a bug in reading a config must not end serve (issue 16)
+                log.exception(
+                    "purge: cannot read %s; purging with the retention last stored",
+                    self.config.path,
+                )
+                config = None
         try:
             if config is not None:
                 await sync_orgs(engine, config)
             await purge(engine, write_lock=self._write_lock)
         except StoreError as e:
             log.error("purge failed: %s", e)
+        except Exception:
+            log.exception("purge failed; trying again in %s s", self.config.retention.interval_s)
 
     def _retention_figures(self) -> RetentionFigures:
         last = {org: at.timestamp() for org, at in self.purged.last_success_by_org.items()}
