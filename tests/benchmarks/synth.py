@@ -19,9 +19,18 @@ RATE_PPS = 50_000.0  # a busy gateway: 2M packets span 40 s, so sessions close a
 
 
 def synth_pcap(
-    path: Path, packets: int, flows: int, seed: int = 1, rate_pps: float = RATE_PPS
+    path: Path,
+    packets: int,
+    flows: int,
+    seed: int = 1,
+    rate_pps: float = RATE_PPS,
+    first_flow: int = 0,
 ) -> int:
-    """Write about `packets` TCP packets in `flows` sessions; returns packets written."""
+    """Write about `packets` TCP packets in `flows` sessions; returns packets written.
+
+    Flow k uses client port 10000 + (first_flow + k) % 50000: files written with first_flow
+    apart by at least `flows` share no session (5-tuple) while they total 50,000 flows or less.
+    """
     rng = np.random.default_rng(seed)
     sizes = np.maximum(6, (rng.pareto(1.2, flows) * 8).astype(np.int64))
     sizes = np.maximum(6, (sizes * packets / sizes.sum()).astype(np.int64))
@@ -53,7 +62,7 @@ def synth_pcap(
     total = 40 + payload
     client = (0x64400000 + 2 + (flow % 200)).astype(np.uint32)  # 100.64.0.x
     server = (0x0A630000 + 5 + (flow % 7)).astype(np.uint32)  # 10.99.0.x
-    cport = (10000 + flow % 50000).astype(np.uint16)
+    cport = (10000 + (first_flow + flow) % 50000).astype(np.uint16)
     sport = np.array([443, 8080, 5432, 22], dtype=np.uint16)[flow % 4]
     hdr = np.zeros((n, 40), dtype=np.uint8)
     hdr[:, 0] = 0x45
