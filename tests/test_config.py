@@ -80,6 +80,7 @@ def test_documented_defaults() -> None:
 FULL = """\
 [database]
 url = "postgresql://acct@db.internal/tunnelacct"
+synchronous = "full"
 
 [timeouts]
 udp_idle = 30
@@ -141,7 +142,7 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
     assert load_config(path, environ={}) == Config(
         path=str(path),
-        database=DatabaseConfig("postgresql://acct@db.internal/tunnelacct"),
+        database=DatabaseConfig("postgresql://acct@db.internal/tunnelacct", "full"),
         timeouts=Timeouts(udp_idle_s=30.0, tcp_idle_s=7200.5, tcp_linger_s=2.0, checkpoint_s=15.0),
         writer=WriterConfig(batch_size=100, flush_interval_s=0.25, max_pending=1000),
         gateway="gw-7",
@@ -303,6 +304,8 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("section-not-table", 'database = "x" #<\n', "database", "x", "write [database]"),
     ("array-as-table", '[orgs] #<\nid = "acme"\n', "orgs", None, "write [[orgs]]"),
     ("url-type", DB + "url = 5 #<\n", "[database] url", 5, "non-empty string"),
+    ("synchronous", DB + 'synchronous = "extra" #<\n', "[database] synchronous", "extra",
+     '"normal" (survives a crash) or "full"'),
     ("url-scheme", DB + 'url = "mysql://d/x" #<\n', "[database] url", "mysql://d/x", "sqlite:///"),
     ("url-sqlite-2-slashes", DB + 'url = "sqlite://a" #<\n', "[database] url", "sqlite://a",
      "expected a file"),

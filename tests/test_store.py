@@ -613,3 +613,17 @@ async def test_serve_creates_today_s_and_the_next_days_partitions_ahead() -> Non
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await engine.dispose()
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("normal", 1), ("full", 2)])
+async def test_a_sqlite_engine_commits_as_durably_as_configured(
+    tmp_path: Path, synchronous: str, level: int
+) -> None:
+    # Oracle: SQLite's own answer on the engine's connection (1 = NORMAL, 2 = FULL).
+    engine = make_engine(f"sqlite:///{tmp_path / 's.db'}", synchronous=synchronous)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == level
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        await engine.dispose()

@@ -25,7 +25,7 @@ DATABASE_URL_ENV = "TUNNELACCT_DATABASE_URL"  # overrides [database] url when se
 
 # Every section and its keys, in documentation order; ARRAY_SECTIONS are written [[name]].
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
-    "database": ("url",),
+    "database": ("url", "synchronous"),
     "timeouts": ("udp_idle", "tcp_idle", "tcp_linger", "checkpoint"),
     "writer": ("batch_size", "flush_interval", "max_pending"),
     "gateway": ("name",),
@@ -48,9 +48,15 @@ ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    """[database]: where session records are stored (SQLAlchemy-style URL)."""
+    """[database]: where session records are stored (SQLAlchemy-style URL), and for SQLite how
+    durable a commit is: "normal" survives a crash of the process (WAL), "full" also a power
+    loss, at the cost of an fsync per commit."""
 
     url: str = DEFAULT_DATABASE_URL
+    synchronous: str = "normal"
+
+
+SYNCHRONOUS_LEVELS = ("normal", "full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +230,8 @@ def load_config(
         problem = database_url_problem(env_url)
         if problem is not None:
             raise ConfigError(f"${DATABASE_URL_ENV}", problem, value=redact_url(env_url))
-        config = dataclasses.replace(config, database=DatabaseConfig(env_url))
+        database = dataclasses.replace(config.database, url=env_url)
+        config = dataclasses.replace(config, database=database)
     return config
 
 

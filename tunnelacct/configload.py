@@ -22,6 +22,7 @@ from tunnelacct.config import (
     DEFAULT_ORG,
     MAX_RETENTION_DAYS,
     SECTION_KEYS,
+    SYNCHRONOUS_LEVELS,
     ApiConfig,
     CaptureConfig,
     ClientConfig,
@@ -109,6 +110,10 @@ class Loader:
         if why is not None:
             self.fail(where, "url", why, redact_url(url))
         url = with_sqlite_base(url, self._base)
+        synchronous = self._text(where, t, "synchronous", "normal")
+        if synchronous not in SYNCHRONOUS_LEVELS:
+            why = 'expected "normal" (survives a crash) or "full" (also a power loss)'
+            self.fail(where, "synchronous", why, synchronous)
         where, t = self._section(doc, "timeouts")
         timeouts = Timeouts(
             udp_idle_s=self._seconds(where, t, "udp_idle", _TIMEOUTS.udp_idle_s),
@@ -177,7 +182,7 @@ class Loader:
             metrics = dataclasses.replace(metrics, host=host, port=port)
         return Config(
             path=self._path,
-            database=DatabaseConfig(url),
+            database=DatabaseConfig(url, synchronous),
             timeouts=timeouts,
             writer=writer,
             gateway=gateway,

@@ -142,7 +142,7 @@ async def _run(
     summary: ImportSummary,
     progress: Callable[[int], None] | None,
 ) -> None:
-    engine = make_engine(config.database.url)
+    engine = make_engine(config.database.url, synchronous=config.database.synchronous)
     try:
         await sync_inventory(engine, config)
         ids = SessionIds()

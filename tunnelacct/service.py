@@ -159,7 +159,7 @@ class Service:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down in order; raises what made it fail."""
         config = self.config
-        engine = make_engine(config.database.url)
+        engine = make_engine(config.database.url, synchronous=config.database.synchronous)
         gateway_lock = GatewayLock(engine, config.gateway)
         try:
             # before any session is touched: another serve of this gateway would be resumed

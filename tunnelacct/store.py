@@ -34,7 +34,14 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlmodel import SQLModel
 
-from tunnelacct.config import Config, OrgConfig, ResourceConfig, shown_database, sqlite_file
+from tunnelacct.config import (
+    SYNCHRONOUS_LEVELS,
+    Config,
+    OrgConfig,
+    ResourceConfig,
+    shown_database,
+    sqlite_file,
+)
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
@@ -151,8 +158,14 @@ def _require_connection(url: str) -> None:
         engine.dispose()
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> AsyncEngine:
-    """Create the async engine for `url`; SQLite connections get WAL and a busy timeout."""
+def make_engine(
+    url: str, *, busy_timeout_ms: int = 5000, synchronous: str = "normal"
+) -> AsyncEngine:
+    """Create the async engine for `url`; SQLite connections get WAL, a busy timeout and
+    `synchronous` ("normal" or "full": [database] synchronous)."""
+    if synchronous not in SYNCHRONOUS_LEVELS:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}, not {synchronous!r}")
+    sqlite_synchronous = synchronous.upper()
     parsed = make_url(async_url(url))
     ensure_sqlite_file(parsed)
     engine = create_async_engine(parsed)
@@ -161,11 +174,12 @@ def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> AsyncEngine:
         def set_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             # WAL lets readers (API, export) run beside the writer; NORMAL is durable in WAL
-            # mode except for the last transactions before a power loss.
+            # mode except for the last transactions before a power loss, FULL also then
+            # (an fsync of the WAL per commit; docs/hardening.md "Durability").
             for pragma in (
                 f"busy_timeout={int(busy_timeout_ms)}",  # first: the others may wait for locks
                 "journal_mode=WAL",
-                "synchronous=NORMAL",
+                f"synchronous={sqlite_synchronous}",
                 "foreign_keys=ON",
                 # Deleted rows are zeroed in the pages a change writes anyway, but whole pages
                 # freed are not rewritten just to zero them (Debian builds default to ON,

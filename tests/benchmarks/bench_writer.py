@@ -165,12 +165,13 @@ async def write_pass(
     config: WriterConfig,
     chunk: int,
     gateway: str = "gw-bench",
+    synchronous: str = "normal",
 ) -> tuple[float, float, GcClock, int]:
     """Submit `events` in chunks to a running writer and drain it.
 
     Returns (wall s, event-loop thread CPU s, its garbage collections, rows written).
     """
-    engine = make_engine(url)
+    engine = make_engine(url, synchronous=synchronous)
     try:
         writer = SessionWriter(engine, config, gateway=gateway)
         async with engine.connect():
@@ -401,7 +402,8 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
     with fresh_store(a.url) as url:
         for name, batch in (("insert", events), ("update", closes)):
             server0, wal0 = server_cpu_s(), wal_bytes(url)
-            report(name, *asyncio.run(write_pass(url, batch, config, a.chunk)))
+            written = write_pass(url, batch, config, a.chunk, synchronous=a.synchronous)
+            report(name, *asyncio.run(written))
             if a.url is not None:
                 wal = wal_bytes(url) - wal0
                 print(
@@ -497,11 +499,17 @@ def main() -> None:
     ap.add_argument("--max-pending", type=int, default=WriterConfig().max_pending)
     ap.add_argument("--url", help="a PostgreSQL server (postgresql://...) instead of SQLite")
     ap.add_argument("--gateways", type=int, default=1, help="writer processes at once")
+    ap.add_argument(
+        "--synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="SQLite: [database] synchronous of the writer's store",
+    )
     a = ap.parse_args()
     if a.url is not None and not a.url.startswith("postgresql"):
         ap.error("--url must be a postgresql:// URL (SQLite is the default)")
     config = WriterConfig(batch_size=a.batch_size, max_pending=a.max_pending)
-    print(f"machine: {machine()}; {load()}")
+    print(f"machine: {machine()}; {load()}; synchronous={a.synchronous}")
     if a.gateways > 1:
         gateways(a, config)
     else:
