@@ -17,24 +17,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.benchmarks.synth import synth_pcap
+from tests.helpers.faults import (
+    assert_every_session_once_as_tshark_counts,
+    paced_replay,
+    wait_drained,
+    wait_nothing_written_while_held,
+)
 from tests.helpers.needs import not_root, require
-from tests.helpers.oracle import tshark_sessions
-from tests.helpers.serving import Serve, write_config
-from tests.helpers.stores import session_rows
+from tests.helpers.serving import Serve
 from tests.helpers.waiting import WAIT_S
 
 pytestmark = pytest.mark.hardening
 
-DATA = Path(__file__).parents[1] / "data"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-FLOWS = 120
-PACKETS = 4000
-PACE_PPS = 500.0  # 8 s of capture at its recorded pace
 
 
 @dataclass
@@ -108,39 +106,11 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
         shutil.rmtree(home)
 
 
-def _serve_config(tmp_path: Path) -> tuple[Path, Path]:
-    pcap = tmp_path / "traffic.pcap"
-    synth_pcap(pcap, PACKETS, FLOWS, seed=11, rate_pps=PACE_PPS)
-    config = write_config(
-        DATA / "wg-small.toml",
-        tmp_path / "serve.toml",
-        {"timeouts": {"tcp_idle": 60, "checkpoint": 0.5}, "writer": {"flush_interval": 0.1}},
-        captures=[{"pcap": str(pcap), "speed": 1.0}],
-    )
-    return pcap, config
-
-
-def _assert_every_session_once_as_tshark_counts(url: str, pcap: Path) -> None:
-    truth = {s.key: s for s in tshark_sessions(pcap)}
-    rows = session_rows(url)
-    keys = [
-        (r["protocol"], str(r["src_addr"]), r["src_port"], str(r["dst_addr"]), r["dst_port"])
-        for r in rows
-    ]
-    assert sorted(keys) == sorted(set(keys)), "a session stored twice"
-    assert set(keys) == set(truth), "a session lost"
-    for row, key in zip(rows, keys, strict=True):
-        expected = truth[key]
-        counted = (row["bytes_tx"], row["bytes_rx"], row["packets_tx"], row["packets_rx"])
-        oracle = (expected.bytes_tx, expected.bytes_rx, expected.packets_tx, expected.packets_rx)
-        assert counted == oracle, key
-
-
 @pytest.mark.parametrize("fault", ["stop -m immediate", "SIGSTOP"])
 def test_a_stopped_postgresql_holds_sessions_until_it_returns_and_loses_none(
     tmp_path: Path, private_server: PrivateServer, fault: str
 ) -> None:
-    pcap, config = _serve_config(tmp_path)
+    pcap, config = paced_replay(tmp_path, seed=11)
     with Serve(None, config, private_server.url, tmp_path) as serve:
         serve.start()
         serve.wait(lambda s: s["writer"]["rows_written"] > 0, WAIT_S, "first rows")
@@ -150,19 +120,7 @@ def test_a_stopped_postgresql_holds_sessions_until_it_returns_and_loses_none(
                 os.kill(pid, signal.SIGSTOP)
         else:
             private_server.ctl("stop", "-m", "immediate")
-        faulted_at = time.time()
-
-        def since_fault(status: dict[str, Any], pending: int) -> bool:
-            """A status written after the fault (not one from before), holding `pending`."""
-            written_at = serve.status_path.stat().st_mtime
-            return written_at > faulted_at + 0.2 and status["writer"]["pending"] >= pending
-
-        # the replay goes on: its sessions wait in the writer's buffer, and nothing is written
-        held = serve.wait(lambda s: since_fault(s, 5), WAIT_S, "sessions held")
-        more = held["writer"]["pending"] + 5
-        later = serve.wait(lambda s: since_fault(s, more), WAIT_S, "more held")
-        assert later["writer"]["rows_written"] == held["writer"]["rows_written"]
-        assert later["state"] == "running"
+        wait_nothing_written_while_held(serve, time.time())
         if fault == "SIGSTOP":
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
@@ -170,12 +128,6 @@ def test_a_stopped_postgresql_holds_sessions_until_it_returns_and_loses_none(
             status = serve.wait(lambda s: s["writer"]["failed_flushes"] > 0, WAIT_S, "failures")
             assert status["state"] == "running"
             private_server.ctl("start")
-        serve.wait(
-            lambda s: (
-                all(c["state"] == "finished" for c in s["captures"]) and s["writer"]["pending"] == 0
-            ),
-            WAIT_S,
-            "the backlog drained once the server was back",
-        )
+        wait_drained(serve, "the backlog drained once the server was back")
         assert serve.stop() == 0, serve.log()
-    _assert_every_session_once_as_tshark_counts(private_server.url, pcap)
+    assert_every_session_once_as_tshark_counts(private_server.url, pcap)
