@@ -289,7 +289,10 @@ def _retention_days(body: bytes) -> int | None:
     value = doc["retention_days"]
     if value == FOREVER:
         return None
-    # a JSON true is not 1 and 30.0 is not 30 (a float is a typo more often than not)
+    # a JSON true is not 1; 30.0 is 30, as the schema's "integer" says (JSON Schema counts
+    # a number without a fractional part as an integer, and so do clients that send it)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadParameter("retention_days", f"retention_days {_shown(value)}: {_RETENTION_WHY}")
     if not 1 <= value <= MAX_RETENTION_DAYS:

@@ -57,6 +57,7 @@ class WriterFigures:
     write_seconds_total: float = 0.0
     dropped_events: int = 0
     checkpoint_lag_s: float = 0.0
+    store_free_bytes: int | None = None  # SQLite: free space of its filesystem
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,12 @@ class ServiceCollector(Collector):
                 "At most how many seconds of open sessions' counters a crash now would lose",
                 value=figures.checkpoint_lag_s,
             )
+            if figures.store_free_bytes is not None:
+                yield GaugeMetricFamily(
+                    "tunnelacct_store_free_bytes",
+                    "Bytes free on the SQLite store's filesystem (for unprivileged writers)",
+                    value=figures.store_free_bytes,
+                )
         purges = self._retention()
         if purges is not None:
             # from purge_runs: the purges of every process and host on the store (issue 15)

@@ -45,6 +45,7 @@ from tunnelacct.store import (
     keep_partitions_ahead,
     make_engine,
     ongoing_sessions,
+    sqlite_free_bytes,
     sync_inventory,
     sync_orgs,
     unlogged_orgs,
@@ -367,9 +368,15 @@ class Service:
         written_before = w.oldest_pending_since
         lag_s = max((p.checkpoint_lag_s(written_before) for p in self.pipelines), default=0.0)
         return WriterFigures(
-            w.pending, w.rows_written, w.failed_flushes, list(w.write_seconds_counts),
-            w.write_seconds_total, w.dropped_events, lag_s,
-        )  # fmt: skip
+            pending=w.pending,
+            rows_written=w.rows_written,
+            failed_flushes=w.failed_flushes,
+            write_seconds_counts=list(w.write_seconds_counts),
+            write_seconds_total=w.write_seconds_total,
+            dropped_events=w.dropped_events,
+            checkpoint_lag_s=lag_s,
+            store_free_bytes=sqlite_free_bytes(self.config.database.url),
+        )
 
     def _traffic_figures(self) -> TrafficFigures:
         tally = TallySnapshot()
@@ -494,6 +501,7 @@ class Service:
                 "failed_flushes": w.failed_flushes,
                 "write_seconds_max": round(w.write_seconds_max, 6),
                 "last_flush_at": w.last_flush_at.isoformat() if w.last_flush_at else None,
+                "store_free_bytes": sqlite_free_bytes(self.config.database.url),
             },
         }
 

@@ -117,6 +117,20 @@ def ensure_sqlite_file(url: URL) -> None:
     os.close(fd)
 
 
+def sqlite_free_bytes(url: str) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem of the SQLite store at
+    `url` (statvfs of its directory); None for PostgreSQL (its disk is the server's) or when
+    the directory cannot be read."""
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    try:
+        fs = os.statvfs(Path(path).expanduser().parent)
+    except OSError:
+        return None
+    return fs.f_bavail * fs.f_frsize
+
+
 def store_why(exc: SQLAlchemyError) -> str:
     """What the driver said, without SQLAlchemy's class prefix and "Background on this error"."""
     orig = getattr(exc, "orig", None)
