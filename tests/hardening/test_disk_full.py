@@ -7,81 +7,28 @@ is stored once, with tshark's counters."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.faults import (
+    TMPFS_BYTES,
     assert_every_session_once_as_tshark_counts,
+    ext4_filesystem,
+    fill,
     paced_replay,
+    small_filesystem,
     wait_drained,
     wait_nothing_written_while_held,
 )
-from tests.helpers.needs import missing_tools, not_root, require
 from tests.helpers.serving import Serve
 from tests.helpers.waiting import WAIT_S
 
 pytestmark = pytest.mark.hardening
-
-TMPFS_BYTES = 8 * 1024 * 1024
-
-
-@contextlib.contextmanager
-def small_filesystem(mountpoint: Path) -> Iterator[Path]:
-    """A tmpfs of TMPFS_BYTES at `mountpoint`, unmounted after."""
-    require(not_root() or missing_tools("mount", "umount"), "disk-full tests")
-    mountpoint.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(mountpoint)],
-        check=True,
-    )
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """A file taking every free byte of `directory`'s filesystem: written until ENOSPC, in
-    smaller and smaller writes down to one byte."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for size in (65536, 4096, 512, 1):
-            block = b"\0" * size
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-                    break
-    finally:
-        os.close(fd)
-    return filler
-
-
-@contextlib.contextmanager
-def ext4_filesystem(image: Path, mountpoint: Path) -> Iterator[Path]:
-    """A 64 MiB ext4 in the file `image`, loop-mounted at `mountpoint`; thawed and unmounted
-    after (a frozen filesystem cannot be unmounted)."""
-    require(not_root() or missing_tools("mkfs.ext4", "fsfreeze", "mount"), "frozen-fs tests")
-    with image.open("wb") as out:
-        out.truncate(64 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["fsfreeze", "-u", str(mountpoint)], check=False, capture_output=True)
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def _assert_whole_and_as_tshark_counts(database: Path, pcap: Path) -> None:

@@ -1,13 +1,20 @@
 """What the store fault tests share (tests/hardening: disk full, frozen filesystem, stopped
-PostgreSQL): a paced replay into `serve`, the wait for sessions held while the store is out,
-the wait for the drain, and the tshark oracle of the result."""
+PostgreSQL) with tests/benchmarks/bench_fault_memory.py: the small and frozen filesystems, a
+paced replay into `serve`, the wait for sessions held while the store is out, the wait for the
+drain, and the tshark oracle of the result. Mounting needs root."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.synth import synth_pcap
+from tests.helpers.needs import missing_tools, not_root, require
 from tests.helpers.oracle import tshark_sessions
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.stores import session_rows
@@ -17,13 +24,69 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 FLOWS = 120
 PACKETS = 4000
 PACE_PPS = 500.0  # 8 s of capture at its recorded pace
+TMPFS_BYTES = 8 * 1024 * 1024
 
 
-def paced_replay(tmp_path: Path, seed: int) -> tuple[Path, Path]:
-    """A capture of FLOWS TCP sessions and a serve config replaying it at its pace, sessions
-    checkpointed every 0.5 s and flushed every 0.1 s: (pcap, config)."""
+@contextlib.contextmanager
+def small_filesystem(mountpoint: Path) -> Iterator[Path]:
+    """A tmpfs of TMPFS_BYTES at `mountpoint`, unmounted after."""
+    require(not_root() or missing_tools("mount", "umount"), "disk-full tests")
+    mountpoint.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(mountpoint)],
+        check=True,
+    )
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """A file taking every free byte of `directory`'s filesystem: written until ENOSPC, in
+    smaller and smaller writes down to one byte."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+@contextlib.contextmanager
+def ext4_filesystem(image: Path, mountpoint: Path) -> Iterator[Path]:
+    """A 64 MiB ext4 in the file `image`, loop-mounted at `mountpoint`; thawed and unmounted
+    after (a frozen filesystem cannot be unmounted)."""
+    require(not_root() or missing_tools("mkfs.ext4", "fsfreeze", "mount"), "frozen-fs tests")
+    with image.open("wb") as out:
+        out.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mountpoint)], check=False, capture_output=True)
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def paced_replay(
+    tmp_path: Path, seed: int, *, scale: int = 1, pace_s: float = PACKETS / PACE_PPS
+) -> tuple[Path, Path]:
+    """A capture of FLOWS x `scale` TCP sessions (PACKETS x `scale` packets over `pace_s`
+    seconds) and a serve config replaying it at its pace, sessions checkpointed every 0.5 s and
+    flushed every 0.1 s: (pcap, config)."""
     pcap = tmp_path / "traffic.pcap"
-    synth_pcap(pcap, PACKETS, FLOWS, seed=seed, rate_pps=PACE_PPS)
+    packets = PACKETS * scale
+    synth_pcap(pcap, packets, FLOWS * scale, seed=seed, rate_pps=packets / pace_s)
     config = write_config(
         DATA / "wg-small.toml",
         tmp_path / "serve.toml",
