@@ -92,6 +92,7 @@ checkpoint = 15
 batch_size = 100
 flush_interval = 0.25
 max_pending = 1000
+write_timeout = 12.5
 
 [gateway]
 name = "gw-7"
@@ -144,7 +145,9 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
         path=str(path),
         database=DatabaseConfig("postgresql://acct@db.internal/tunnelacct", "full"),
         timeouts=Timeouts(udp_idle_s=30.0, tcp_idle_s=7200.5, tcp_linger_s=2.0, checkpoint_s=15.0),
-        writer=WriterConfig(batch_size=100, flush_interval_s=0.25, max_pending=1000),
+        writer=WriterConfig(
+            batch_size=100, flush_interval_s=0.25, max_pending=1000, write_timeout_s=12.5
+        ),
         gateway="gw-7",
         default_org="nobody",
         orgs=(OrgConfig("acme", "Acme Corp", 90), OrgConfig("beta", "beta", None, logging=False)),
@@ -321,6 +324,7 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("batch-bool", WR + "batch_size = true #<\n", "[writer] batch_size", True, "integer"),
     ("pending-float", WR + "max_pending = 1.5 #<\n", "[writer] max_pending", 1.5, "integer"),
     ("flush-zero", WR + "flush_interval = 0 #<\n", "[writer] flush_interval", 0, "> 0"),
+    ("write-timeout-zero", WR + "write_timeout = 0 #<\n", "[writer] write_timeout", 0, "> 0"),
     ("gateway-blank", '[gateway]\nname = " " #<\n', "[gateway] name", " ", "non-empty"),
     ("default-org-id", '[attribution]\ndefault_org = "no org" #<\n', "[attribution] default_org",
      "no org", "letters, digits"),

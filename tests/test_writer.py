@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -118,10 +119,14 @@ def writer_for(
     batch_size: int = 5000,
     flush_interval_s: float = 1.0,
     max_pending: int = 100_000,
+    write_timeout_s: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> SessionWriter:
     config = WriterConfig(
-        batch_size=batch_size, flush_interval_s=flush_interval_s, max_pending=max_pending
+        batch_size=batch_size,
+        flush_interval_s=flush_interval_s,
+        max_pending=max_pending,
+        write_timeout_s=write_timeout_s,
     )
     return SessionWriter(engine, config, gateway="gw-test", clock=clock)
 
@@ -255,6 +260,73 @@ async def test_locked_database_delays_writes_but_loses_nothing(
         assert "database is locked" in warnings[0].getMessage()
     finally:
         locker.close()
+        await engine.dispose()
+
+
+async def test_a_write_stuck_in_the_driver_is_given_up_after_write_timeout_one_at_a_time(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLite's busy wait (60 s here) holds aiosqlite's thread as a frozen filesystem would: a
+    # cancelled write goes on until the lock is freed. The writer gives up on it after
+    # write_timeout, counts it, and waits for it rather than opening another connection.
+    engine = make_engine(f"sqlite:///{db_path}", busy_timeout_ms=60_000)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01, write_timeout_s=0.2)
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+            async with running(writer):
+                await writer.submit([event()])  # the pool's connection, and its thread
+                await wait_until(lambda: writer.pending == 0)
+                threads_before = threading.active_count()
+                locker.execute("BEGIN EXCLUSIVE")
+                await writer.submit([event() for _ in range(300)])
+                await wait_until(lambda: writer.timed_out_flushes >= 3)
+                assert writer.failed_flushes >= 3
+                assert writer.pending == 300 and writer.rows_written == 1
+                assert threading.active_count() <= threads_before + 1  # no pile of writes
+                locker.execute("COMMIT")
+                await wait_until(lambda: writer.pending == 0)
+        assert row_count(f"sqlite:///{db_path}") == 301
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("did not finish within 0.2 s" in w for w in warnings), warnings
+    finally:
+        locker.close()
+        await engine.dispose()
+
+
+async def test_a_write_blocked_on_postgresql_is_cancelled_after_write_timeout_and_retried(
+    pg_url: str,
+) -> None:
+    engine = pg_engine(pg_url)
+    admin = await asyncpg.connect(pg_url)
+    observer = await asyncpg.connect(pg_url)  # outside admin's transaction and its stats snapshot
+    try:
+        writer = writer_for(engine, flush_interval_s=0.01, write_timeout_s=0.3)
+        async with running(writer):
+            lock = admin.transaction()
+            await lock.start()
+            await admin.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+            await writer.submit([event(EventKind.CLOSED) for _ in range(500)])
+            # Each given-up write is cancelled in the server, so the statement waiting on the
+            # lock is a new one per retry (pid, start), and never more than one at a time.
+            statements: set[tuple[int, datetime]] = set()
+            async with asyncio.timeout(WAIT_S):
+                while len(statements) < 3:
+                    waiting = await observer.fetch(
+                        "SELECT pid, query_start FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                    assert len(waiting) <= 1
+                    statements.update((row["pid"], row["query_start"]) for row in waiting)
+                    await asyncio.sleep(0.02)
+            assert writer.timed_out_flushes >= 2
+            assert writer.pending == 500 and writer.rows_written == 0
+            await lock.rollback()
+            await wait_until(lambda: writer.pending == 0)
+        assert row_count(pg_url) == 500 == writer.rows_written
+    finally:
+        await observer.close()
+        await admin.close()
         await engine.dispose()
 
 

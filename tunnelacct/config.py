@@ -27,7 +27,7 @@ DATABASE_URL_ENV = "TUNNELACCT_DATABASE_URL"  # overrides [database] url when se
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "database": ("url", "synchronous"),
     "timeouts": ("udp_idle", "tcp_idle", "tcp_linger", "checkpoint"),
-    "writer": ("batch_size", "flush_interval", "max_pending"),
+    "writer": ("batch_size", "flush_interval", "max_pending", "write_timeout"),
     "gateway": ("name",),
     "attribution": ("default_org",),
     "orgs": ("id", "name", "retention_days", "logging"),
@@ -76,6 +76,9 @@ class WriterConfig:
     batch_size: int = 5000  # rows per transaction
     flush_interval_s: float = 1.0  # longest a pending event waits
     max_pending: int = 100_000  # events held in memory before producers are made to wait
+    # longest one batch's write may take before it is given up and retried (a frozen server,
+    # a dead connection without a reset, a frozen filesystem)
+    write_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ class Loader:
             batch_size=self._count(where, t, "batch_size", _WRITER.batch_size),
             flush_interval_s=self._seconds(where, t, "flush_interval", _WRITER.flush_interval_s),
             max_pending=self._count(where, t, "max_pending", _WRITER.max_pending),
+            write_timeout_s=self._seconds(where, t, "write_timeout", _WRITER.write_timeout_s),
         )
         where, t = self._section(doc, "gateway")
         gateway = self._text(where, t, "name", socket.gethostname())

@@ -499,6 +499,7 @@ class Service:
                 "rows_written": w.rows_written,
                 "flushes": w.flushes,
                 "failed_flushes": w.failed_flushes,
+                "timed_out_flushes": w.timed_out_flushes,
                 "write_seconds_max": round(w.write_seconds_max, 6),
                 "last_flush_at": w.last_flush_at.isoformat() if w.last_flush_at else None,
                 "store_free_bytes": sqlite_free_bytes(self.config.database.url),

@@ -69,9 +69,22 @@ SLOW_FLUSH_S = 1.0  # a flush this long is logged: the store stalled the ingest 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 
+
+class WriteTimeout(TimeoutError):
+    """One batch's write outlived `[writer] write_timeout`: given up, and retried."""
+
+
 # Errors that say "the store is not writable right now" (locked, restarting, network, pool
-# exhausted): the flush is retried. Anything else is a bug or bad data and stops run() loudly.
-RETRYABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError, OSError)
+# exhausted, a write timed out): the flush is retried. Anything else is a bug or bad data and
+# stops run() loudly.
+RETRYABLE = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeoutError,
+    WriteTimeout,
+    OSError,
+)
 
 # PostgreSQL reports its transient failures as a plain DBAPIError (SQLAlchemy's asyncpg adapter
 # maps every server error but integrity and syntax/access ones to its generic `Error`), so they
@@ -116,7 +129,8 @@ class SessionWriter:
     Usage: start `run()` as a task, `submit()` events, then `await close()` at shutdown.
     The engine must be SQLite or PostgreSQL (StoreError otherwise).
     Stats: `rows_written`, `flushes`, `failed_flushes`, `write_seconds_total`,
-    `write_seconds_max`, `recent_write_seconds` (the last 4096 flushes) and
+    `write_seconds_max`, `timed_out_flushes` (the failed flushes that outlived `write_timeout`),
+    `recent_write_seconds` (the last 4096 flushes) and
     `write_seconds_counts` (every flush, per WRITE_BUCKETS_S bucket, +Inf last), `last_flush_at`,
     `dropped_events` (events lost because close() ran out of time), `replaced_rows` (rows of an
     earlier capture that an import's sessions replaced: `reimport`),
@@ -174,11 +188,13 @@ class SessionWriter:
         self._space = asyncio.Condition()  # submit(): a flush freed room
         self._abandon = asyncio.Event()  # close() timed out: stop retrying
         self._loop_lock = asyncio.Lock()
+        self._given_up: asyncio.Task[None] | None = None  # a write that outlived write_timeout
         self._waiting = 0  # submit() calls blocked on back-pressure
         self._closing = False
         self.rows_written = 0
         self.flushes = 0
         self.failed_flushes = 0
+        self.timed_out_flushes = 0
         self.stale_events = 0
         self.write_seconds_total = 0.0
         self.write_seconds_max = 0.0  # the longest flush: what a stall of the store costs
@@ -310,12 +326,54 @@ class SessionWriter:
         """Write the oldest pending sessions: `batch_size` of them in one transaction, or on
         PostgreSQL up to PG_FLIGHTS such batches at once, each in its own transaction.
 
-        Batches in flight together hold distinct sessions, so they never touch the same row.
-        Raises the first error that is not transient, else the first error.
+        The write is bounded by `[writer] write_timeout`: past it, it is cancelled and
+        WriteTimeout raised (retried like any outage). A cancelled write may still be stuck
+        (a frozen filesystem holds SQLite's thread until it thaws), so the next flush first
+        waits for it, again at most `write_timeout`: one write at a time, never a pile of them.
         """
+        timeout_s = self._config.write_timeout_s
+        if self._given_up is not None:
+            await self._wait_given_up(timeout_s)
         size = self._config.batch_size
         keys = list(itertools.islice(self._pending, size * self._flights))
         batches = [keys[start : start + size] for start in range(0, len(keys), size)]
+        write = asyncio.create_task(self._write_batches(batches))
+        try:
+            done, _ = await asyncio.wait({write}, timeout=timeout_s)
+        except asyncio.CancelledError:  # close() ran out of time
+            write.cancel()
+            raise
+        if write in done:
+            write.result()  # raises its error
+            return
+        write.cancel()
+        self._given_up = write
+        self.timed_out_flushes += 1
+        raise WriteTimeout(
+            f"a write of {len(keys)} sessions did not finish within {timeout_s:g} s "
+            "([writer] write_timeout)"
+        )
+
+    async def _wait_given_up(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the write a flush gave up on to end; raise WriteTimeout
+        if it is still stuck, or its error if that is not an outage."""
+        given_up = self._given_up
+        assert given_up is not None
+        done, _ = await asyncio.wait({given_up}, timeout=timeout_s)
+        if not done:
+            self.timed_out_flushes += 1
+            raise WriteTimeout(
+                f"the write given up on has not returned after another {timeout_s:g} s "
+                "([writer] write_timeout): the store is still stuck"
+            )
+        self._given_up = None
+        error = None if given_up.cancelled() else given_up.exception()
+        if error is not None and not transient_store_error(error):
+            raise error
+
+    async def _write_batches(self, batches: list[list[int]]) -> None:
+        """Write `batches` under the write lock, each in its own transaction; raise the first
+        error that is not transient, else the first error."""
         async with self._write_lock:
             if len(batches) == 1:
                 await self._write_batch(batches[0])
@@ -461,8 +519,16 @@ class SessionWriter:
                 await driver.copy_records_to_table(STAGING_TABLE, records=rows, columns=ROW_COLUMNS)
                 await driver.execute(self._sql)
             return replaced
-        except Exception as exc:
+        except BaseException as exc:
+            if not driver.is_closed() and driver.is_in_transaction():
+                # The rollback did not happen (a write cancelled by write_timeout on a server
+                # that does not answer): in the pool, the open transaction and its staged rows
+                # would be inherited by the next write. Close the connection instead.
+                driver.terminate()
             if driver.is_closed():
+                if not isinstance(exc, Exception):  # cancelled: the caller gave up on it
+                    await conn.invalidate()
+                    raise
                 await conn.invalidate(exc)
                 first = exc  # the server's reason, not the failed rollback it caused
                 while first.__context__ is not None:

@@ -1,7 +1,8 @@
 """Disk full and a frozen filesystem (issue 16, the fault suite): the SQLite store on a small
 tmpfs, filled up while `serve` records a paced replay, or on a loop-mounted ext4 frozen with
-`fsfreeze`. The service stays up, holds the sessions in its bounded buffer (and, when full,
-counts the failed flushes and shows the free bytes); once space returns or the filesystem
+`fsfreeze`. The service stays up, holds the sessions in its bounded buffer (when full, counts
+the failed flushes and shows the free bytes; when frozen, gives up each write after
+`[writer] write_timeout` and counts it); once space returns or the filesystem
 thaws everything drains, the file passes `integrity_check`, and every session of the capture
 is stored once, with tshark's counters."""
 
@@ -24,6 +25,7 @@ from tests.helpers.faults import (
     small_filesystem,
     wait_drained,
     wait_nothing_written_while_held,
+    wait_writes_given_up,
 )
 from tests.helpers.serving import Serve
 from tests.helpers.waiting import WAIT_S
@@ -51,6 +53,7 @@ def test_a_frozen_filesystem_holds_sessions_until_it_thaws_and_loses_none(
             serve.wait(lambda s: s["writer"]["rows_written"] > 0, WAIT_S, "first rows")
             subprocess.run(["fsfreeze", "-f", str(ext4)], check=True)
             wait_nothing_written_while_held(serve, time.time())  # the status is not on ext4
+            wait_writes_given_up(serve)
             subprocess.run(["fsfreeze", "-u", str(ext4)], check=True)
             wait_drained(serve, "the backlog drained once the filesystem thawed")
             assert serve.stop() == 0, serve.log()

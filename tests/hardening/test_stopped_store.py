@@ -1,7 +1,8 @@
 """Stopped stores (issue 16, the fault suite): a PostgreSQL server of the test's own (initdb in
 a temporary directory, its own port) is stopped with `pg_ctl stop -m immediate` (a crash: no
 shutdown checkpoint) or frozen with SIGSTOP while `serve` records a paced replay into it. The
-service stays up and keeps the sessions in its bounded buffer; once the server is back every
+service stays up and keeps the sessions in its bounded buffer (a write to the frozen server is
+given up after `[writer] write_timeout`, counted, and retried); once the server is back every
 session of the capture is stored once, with tshark's counters."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.helpers.faults import (
     paced_replay,
     wait_drained,
     wait_nothing_written_while_held,
+    wait_writes_given_up,
 )
 from tests.helpers.needs import not_root, require
 from tests.helpers.serving import Serve
@@ -122,6 +124,7 @@ def test_a_stopped_postgresql_holds_sessions_until_it_returns_and_loses_none(
             private_server.ctl("stop", "-m", "immediate")
         wait_nothing_written_while_held(serve, time.time())
         if fault == "SIGSTOP":
+            wait_writes_given_up(serve)  # a frozen server never answers: bounded by write_timeout
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
         else:

@@ -25,6 +25,7 @@ FLOWS = 120
 PACKETS = 4000
 PACE_PPS = 500.0  # 8 s of capture at its recorded pace
 TMPFS_BYTES = 8 * 1024 * 1024
+WRITE_TIMEOUT_S = 2.0  # [writer] write_timeout: a frozen store's writes are given up and counted
 
 
 @contextlib.contextmanager
@@ -82,15 +83,18 @@ def paced_replay(
     tmp_path: Path, seed: int, *, scale: int = 1, pace_s: float = PACKETS / PACE_PPS
 ) -> tuple[Path, Path]:
     """A capture of FLOWS x `scale` TCP sessions (PACKETS x `scale` packets over `pace_s`
-    seconds) and a serve config replaying it at its pace, sessions checkpointed every 0.5 s and
-    flushed every 0.1 s: (pcap, config)."""
+    seconds) and a serve config replaying it at its pace, sessions checkpointed every 0.5 s,
+    flushed every 0.1 s, a write given up after WRITE_TIMEOUT_S: (pcap, config)."""
     pcap = tmp_path / "traffic.pcap"
     packets = PACKETS * scale
     synth_pcap(pcap, packets, FLOWS * scale, seed=seed, rate_pps=packets / pace_s)
     config = write_config(
         DATA / "wg-small.toml",
         tmp_path / "serve.toml",
-        {"timeouts": {"tcp_idle": 60, "checkpoint": 0.5}, "writer": {"flush_interval": 0.1}},
+        {
+            "timeouts": {"tcp_idle": 60, "checkpoint": 0.5},
+            "writer": {"flush_interval": 0.1, "write_timeout": WRITE_TIMEOUT_S},
+        },
         captures=[{"pcap": str(pcap), "speed": 1.0}],
     )
     return pcap, config
@@ -111,6 +115,17 @@ def wait_nothing_written_while_held(serve: Serve, faulted_at: float) -> dict[str
     assert later["writer"]["rows_written"] == held["writer"]["rows_written"], "written while out"
     assert later["state"] == "running"
     return later
+
+
+def wait_writes_given_up(serve: Serve) -> dict[str, Any]:
+    """Wait until the writer has given up on writes that outlived WRITE_TIMEOUT_S (a frozen
+    store): counted as failed, timed-out flushes, serve still running; return that status."""
+    given_up = serve.wait(
+        lambda s: s["writer"]["timed_out_flushes"] >= 2, WAIT_S, "writes given up"
+    )
+    assert given_up["writer"]["failed_flushes"] >= given_up["writer"]["timed_out_flushes"]
+    assert given_up["state"] == "running"
+    return given_up
 
 
 def wait_drained(serve: Serve, what: str) -> dict[str, Any]:
