@@ -113,7 +113,9 @@ TERM_VALUES: dict[str, st.SearchStrategy[str]] = {
     "sport": _ports(),
     "dport": _ports(),
     "status": st.sampled_from(("ongoing", "completed")),
-    "close_reason": st.sampled_from(("fin", "rst", "idle", "shutdown", "end_of_capture")),
+    "close_reason": st.sampled_from(
+        ("fin", "rst", "idle", "shutdown", "end_of_capture", "evicted")
+    ),
     "started_after": _times(),
     "started_before": _times(),
     "bytes": st.builds(

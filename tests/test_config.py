@@ -506,7 +506,7 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("refresh-bool", WG + "refresh = true #<\n", "[wireguard] refresh", True, "seconds"),
     ("service-not-table", "service = 1 #<\n", "service", 1, "write [service]"),
     ("service-typo", SV + "queue_size = 5 #<\n", "[service] queue_size", 5,
-     "allowed: queue_packets, shutdown_timeout, status_interval, session_events"),
+     "allowed: queue_packets, max_sessions, shutdown_timeout, status_interval, session_events"),
     ("api-listen-no-port", "[api]\nlisten = \"127.0.0.1\" #<\n", "[api] listen", "127.0.0.1",
      'expected "host:port"'),
     ("api-listen-big-port", "[api]\nlisten = \"127.0.0.1:70000\" #<\n", "[api] listen",
@@ -538,6 +538,8 @@ INVALID: list[tuple[str, str, str, object, str]] = [
      "[service] session_events", "no/such/dir/events.jsonl", "no such directory"),
     ("queue-zero", SV + "queue_packets = 0 #<\n", "[service] queue_packets", 0, "integer >= 1"),
     ("queue-float", SV + "queue_packets = 1.5 #<\n", "[service] queue_packets", 1.5, "integer"),
+    ("max-sessions-zero", SV + "max_sessions = 0 #<\n", "[service] max_sessions", 0,
+     "integer >= 1"),
     ("queue-bool", SV + "queue_packets = true #<\n", "[service] queue_packets", True,
      "integer"),
     ("shutdown-zero", SV + "shutdown_timeout = 0 #<\n", "[service] shutdown_timeout", 0,
@@ -719,6 +721,7 @@ refresh = 5
 
 [service]
 queue_packets = 1024
+max_sessions = 5000
 shutdown_timeout = 7.5
 status_interval = 10
 """
@@ -733,7 +736,7 @@ status_interval = 10
     # an interface listed twice is read once, in the order first written
     assert config.wireguard == WireguardConfig(interfaces=("wg0", "wg1"), refresh_s=5.0)
     assert config.service == ServiceConfig(
-        queue_packets=1024, shutdown_timeout_s=7.5, status_interval_s=10.0
+        queue_packets=1024, max_sessions=5000, shutdown_timeout_s=7.5, status_interval_s=10.0
     )
 
 

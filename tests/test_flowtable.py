@@ -973,3 +973,82 @@ def test_emit_opened_announces_each_session_once_when_it_opens(tmp_path: Path) -
     assert [(e.kind, e.src_port) for e in events] == [(EventKind.CLOSED, 40101)]
     (last,) = table.close_all(CloseReason.SHUTDOWN)
     assert (last.src_port, last.packets_tx, last.packets_rx) == (40100, 3, 2)
+
+
+# -- a full table (issue 16: a flood of new flows) ---------------------------------------------
+
+
+def feed_capped(
+    tmp_path: Path, pkts: Sequence[Timed], max_sessions: int, timeouts: Timeouts = TIMEOUTS
+) -> tuple[Run, list[int]]:
+    """Run `pkts` through a table of `max_sessions` in batches of 50 packets; the closed
+    sessions, and the table's size after each batch."""
+    table = FlowTable(timeouts, attribute=attribute, is_client=is_client, max_sessions=max_sessions)
+    (raw,) = read_raw(write(tmp_path / "cap.pcap", pkts))
+    events: list[SessionEvent] = []
+    sizes = []
+    for batch in split_raw(raw, [50] * (len(pkts) // 50)):
+        events += table.process(decode(batch))
+        sizes.append(len(table))
+    events += table.close_all(CloseReason.END_OF_CAPTURE)
+    return Run([e for e in events if e.kind is EventKind.CLOSED], table), sizes
+
+
+def flood(flows: int, rounds: int) -> list[Packet]:
+    """`rounds` UDP packets of each of `flows` client ports, round after round, so a small
+    table evicts a flow before its next packet comes; one keep-alive flow in every 10 packets."""
+    keepalive = udp(CLIENT4, SERVER4, 5353, 53, 7)
+    pkts: list[Packet] = []
+    for r in range(rounds):
+        for i in range(flows):
+            pkts.append(udp(CLIENT4, SERVER4, 10_000 + i, 53, 10 + (i + r) % 90))
+            if i % 10 == 0:
+                pkts.append(keepalive)
+    return pkts
+
+
+def test_a_flood_of_flows_never_grows_the_table_past_max_sessions_and_loses_no_packet(
+    tmp_path: Path,
+) -> None:
+    pkts = flood(1000, 2)
+    run, sizes = feed_capped(tmp_path, timed(T0, pkts, "0.0001"), max_sessions=100)
+    assert max(sizes) <= 100
+    # every packet in some session of its 5-tuple: summed per 5-tuple, scapy's counters
+    oracle: Counter[tuple[int, str]] = Counter()
+    for p in pkts:
+        oracle[(p[UDP].sport, "packets")] += 1
+        oracle[(p[UDP].sport, "bytes")] += seen(p).ip_bytes
+    stored: Counter[tuple[int, str]] = Counter()
+    for ev in run.closed:
+        stored[(ev.src_port, "packets")] += ev.packets_tx
+        stored[(ev.src_port, "bytes")] += ev.bytes_tx
+    assert stored == oracle
+    reasons = Counter(ev.close_reason for ev in run.closed)
+    assert reasons[CloseReason.EVICTED] >= 1000  # each flow's first session, at least
+    assert run.table.stats.closed["evicted"] == reasons[CloseReason.EVICTED]
+    assert len({ev.session_id for ev in run.closed}) == len(run.closed)  # none overwritten
+
+
+def test_a_full_table_evicts_the_least_recently_active_sessions(tmp_path: Path) -> None:
+    run, _ = feed_capped(tmp_path, timed(T0, flood(1000, 2), "0.0001"), max_sessions=100)
+    keepalive = [ev for ev in run.closed if ev.src_port == 5353]
+    (session,) = keepalive  # active all along: never evicted, one session
+    assert session.close_reason is CloseReason.END_OF_CAPTURE
+    assert session.packets_tx == 200
+    evicted = [ev for ev in run.closed if ev.close_reason is CloseReason.EVICTED]
+    assert all(ev.last_ts < session.last_ts for ev in evicted)
+
+
+def test_a_full_table_ends_idle_sessions_as_idle_before_evicting_any(tmp_path: Path) -> None:
+    early = [udp(CLIENT4, SERVER4, 20_000 + i, 53, 20) for i in range(100)]
+    late = [udp(CLIENT4, SERVER4, 30_000 + i, 53, 20) for i in range(100)]
+    pkts = timed(T0, early, "0.001") + timed(T0 + 100, late, "0.001")  # udp_idle is 30 s
+    table = FlowTable(TIMEOUTS, attribute=attribute, is_client=is_client, max_sessions=100)
+    (raw,) = read_raw(write(tmp_path / "cap.pcap", pkts))
+    first, second = split_raw(raw, [100])
+    events = table.process(decode(first))
+    events += table.process(decode(second))  # the late flows open before this batch's sweep
+    closed = [ev for ev in events if ev.kind is EventKind.CLOSED]
+    assert sorted(ev.src_port for ev in closed) == [20_000 + i for i in range(100)]
+    assert {ev.close_reason for ev in closed} == {CloseReason.IDLE}
+    assert table.stats.table_full >= 1

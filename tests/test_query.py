@@ -157,7 +157,7 @@ KEYS_EXPECTED = (
         (
             "close_reason:timeout",
             "close_reason:timeout",
-            "one of fin, rst, idle, shutdown, end_of_capture",
+            "one of fin, rst, idle, shutdown, end_of_capture, evicted",
         ),
         ("client:", "client:", "a client id"),
         ('user:""', 'user:""', "a user id"),

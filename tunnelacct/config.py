@@ -35,7 +35,13 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "resources": ("id", "org", "name", "address", "ports", "protocols"),
     "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
     "wireguard": ("interfaces", "refresh"),
-    "service": ("queue_packets", "shutdown_timeout", "status_interval", "session_events"),
+    "service": (
+        "queue_packets",
+        "max_sessions",
+        "shutdown_timeout",
+        "status_interval",
+        "session_events",
+    ),
     "api": ("listen", "export_workers"),
     "retention": ("interval",),
     "metrics": ("listen", "client_labels", "max_series"),
@@ -145,6 +151,9 @@ class ServiceConfig:
     """[service]: limits of `serve`."""
 
     queue_packets: int = 262_144  # decoded packets waiting for the sessionizer, per capture
+    # open sessions per capture (and per import): past it the least recently active are
+    # evicted, so a flood of new flows cannot grow memory without bound (~600 B a session)
+    max_sessions: int = 262_144
     shutdown_timeout_s: float = 30.0  # longest a SIGTERM waits for the store
     status_interval_s: float = 60.0  # how often status (and any dropped packets) is logged
     session_events: str | None = None  # JSON lines of opens and closes: a file, or "-" = stdout

@@ -148,6 +148,7 @@ class Loader:
         where, t = self._section(doc, "service")
         service = ServiceConfig(
             queue_packets=self._count(where, t, "queue_packets", _SERVICE.queue_packets),
+            max_sessions=self._count(where, t, "max_sessions", _SERVICE.max_sessions),
             shutdown_timeout_s=self._seconds(
                 where, t, "shutdown_timeout", _SERVICE.shutdown_timeout_s
             ),

@@ -39,6 +39,9 @@ class CloseReason(StrEnum):
     IDLE = "idle"  # no packet for the protocol's idle timeout
     SHUTDOWN = "shutdown"  # the service stopped while the session was open
     END_OF_CAPTURE = "end_of_capture"  # an imported file ended while the session was open
+    # the flow table was full ([service] max_sessions): among the least recently active,
+    # ended early; a later packet of its 5-tuple opens a new session
+    EVICTED = "evicted"
 
 
 class EventKind(StrEnum):

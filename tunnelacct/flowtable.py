@@ -13,6 +13,10 @@ both sides or RST, after a linger that still counts late ACKs and retransmits; a
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -43,11 +47,15 @@ from tunnelacct.flowkey import (
 )
 from tunnelacct.traffic import NO_STATS, KeyStats, TrafficTally
 
+log = logging.getLogger(__name__)
+
 AttributeFn = Callable[[int, int, int, int, IpProto], Attribution]
 IsClientFn = Callable[[int, int], bool]
 SWEEP_INTERVAL_S = 1.0  # packet time between expiry sweeps
 FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later ones
 LATE_S = 1.0  # a packet this much older than one before it is counted late
+EVICT_SHARE = 64  # a full table evicts 1/64 of max_sessions at once: one scan per that many opens
+FULL_LOG_INTERVAL_S = 60.0  # a full table is logged at most once a minute
 _M1, _M2, _M3 = (
     np.uint64(0x9E3779B97F4A7C15),
     np.uint64(0xBF58476D1CE4E5B9),
@@ -106,6 +114,9 @@ class FlowStats:
     # packets more than LATE_S older than a packet before them: merged or reordered captures, a
     # clock stepped back (still accounted, in their session; issue 16)
     late_packets: int = 0
+    # times the table was full ([service] max_sessions) when a session opened; the sessions it
+    # ended early are in `closed["evicted"]`
+    table_full: int = 0
 
 
 class FlowTable:
@@ -120,8 +131,13 @@ class FlowTable:
         ids: SessionIds | None = None,
         emit_opened: bool = False,
         tally: TrafficTally | None = None,
+        max_sessions: int = 262_144,
     ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, not {max_sessions}")
         self.timeouts = timeouts
+        self.max_sessions = max_sessions
+        self._full_logged_at = float("-inf")
         self.tally = tally
         self._linger_s = timeouts.tcp_linger_s
         self._attribute = attribute
@@ -351,6 +367,9 @@ class FlowTable:
             if p_frag[j] == FRAG_FIRST and frag_src is not None:
                 i = sp_l[j]
                 fk = (key[0] >> 40, (key[0] >> 32) & 0xFF, *(int(a[i]) for a in frag_src))
+                if len(self._frags) >= self.max_sessions:  # the oldest first fragments go
+                    for old in list(itertools.islice(self._frags, self._evict_count())):
+                        del self._frags[old]
                 self._frags[fk] = (flow, p_d[j], p_ts[j])
             n = rlen[j]
             if not n:
@@ -422,6 +441,8 @@ class FlowTable:
         else:
             initiator, responder, responder_port = bb, a, a_port
         attribution = self._attribute(family, initiator, responder, responder_port, _PROTOS[proto])
+        if len(self._flows) >= self.max_sessions:
+            self._make_room(ts)
         sid = self.ids.new(ts)
         flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
         flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
@@ -464,6 +485,43 @@ class FlowTable:
             else:
                 flow.pk0, flow.by0, flow.pl0 = flow.pk0 + 1, flow.by0 + ipb, flow.pl0 + pay
             flow.last_ts = max(flow.last_ts, ts)
+
+    def _evict_count(self) -> int:
+        return max(1, self.max_sessions // EVICT_SHARE)
+
+    def _make_room(self, ts: float) -> None:
+        """The table holds max_sessions: end the sessions that have ended by packet time `ts`
+        (idle, or lingering past tcp_linger), and if that frees less than 1/EVICT_SHARE of the
+        table, end the least recently active ones until it has, as `evicted`.
+
+        Nothing is lost: an evicted session is stored with its counters so far, and a later
+        packet of its 5-tuple opens a new session. One scan of the table per 1/EVICT_SHARE of
+        it keeps a flood of new flows at a constant cost per flow.
+        """
+        self.stats.table_full += 1
+        linger_s = self.timeouts.tcp_linger_s
+        for flow in list(self._flows.values()):
+            if flow.closed:
+                if ts > flow.close_ts + linger_s:
+                    self._finish(flow, flow.close_reason or CloseReason.FIN)
+            elif ts - flow.last_ts > flow.idle_s:
+                self._finish(flow, CloseReason.IDLE)
+        wanted = self.max_sessions - self._evict_count()
+        excess = len(self._flows) - wanted
+        if excess <= 0:
+            return
+        oldest = heapq.nsmallest(excess, self._flows.values(), key=lambda flow: flow.last_ts)
+        for flow in oldest:
+            self._finish(flow, CloseReason.EVICTED)
+        now = time.monotonic()
+        if now - self._full_logged_at >= FULL_LOG_INTERVAL_S:
+            self._full_logged_at = now
+            log.warning(
+                "flow table full (%d open sessions, [service] max_sessions): ended the %d least"
+                " recently active as evicted (logged once a minute; counted in closed by reason)",
+                self.max_sessions,
+                excess,
+            )
 
     # -- events --------------------------------------------------------------------------------
 

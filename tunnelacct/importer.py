@@ -98,6 +98,7 @@ async def import_files(
         attribute=inventory.attribute,
         is_client=inventory.is_client_address,
         ids=ids,
+        max_sessions=config.service.max_sessions,
     )
     done_bytes = [0] * len(files)
     try:
@@ -131,6 +132,13 @@ async def import_files(
     summary.unattributed_sessions = st.unattributed_sessions
     summary.closed = Counter(st.closed)
     summary.late_packets = st.late_packets
+    evicted = st.closed[str(CloseReason.EVICTED)]
+    if evicted:
+        summary.warnings.append(
+            f"{evicted:,} sessions were ended early as evicted: more than [service] max_sessions "
+            f"({table.max_sessions:,}) were open at once; each was stored with its counters so "
+            "far and its later packets opened a new session"
+        )
     if st.fragments_unattributed:
         summary.decode_errors["fragment_unattributed"] += st.fragments_unattributed
 

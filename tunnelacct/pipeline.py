@@ -168,6 +168,7 @@ class CapturePipeline:
         attribute: AttributeFn,
         is_client: IsClientFn,
         queue_packets: int,
+        max_sessions: int = 262_144,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         tally: TrafficTally | None = None,
@@ -181,6 +182,7 @@ class CapturePipeline:
             is_client=is_client,
             emit_opened=True,
             tally=tally,
+            max_sessions=max_sessions,
         )
         self._timeouts = timeouts
         self._queue_packets = queue_packets

@@ -184,6 +184,7 @@ class Service:
                     attribute=self._attribute,
                     is_client=self._is_client,
                     queue_packets=config.service.queue_packets,
+                    max_sessions=config.service.max_sessions,
                     tally=TrafficTally(self._labels),
                 )
                 for capture in config.captures
