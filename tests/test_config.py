@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
-from tunnelacct.config import (
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import (
     ARRAY_SECTIONS,
     SECTION_KEYS,
     CaptureConfig,
@@ -26,7 +27,6 @@ from tunnelacct.config import (
     Timeouts,
     WireguardConfig,
     WriterConfig,
-    load_config,
     parse_ports,
 )
 from tunnelacct.enums import IpProto

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnelacct.config import ARRAY_SECTIONS, SECTION_KEYS
+from tunnelacct.config.model import ARRAY_SECTIONS, SECTION_KEYS
 from tunnelacct.decode import REASONS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.stores import ENGINES, empty_store, execute, migrated_store
-from tunnelacct.config import Config, DatabaseConfig, OrgConfig
+from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.export import CSV_COLUMNS, ExportWorkers, csv_pages, export_org, export_org_csv
 from tunnelacct.models import SessionRecord

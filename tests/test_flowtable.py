@@ -26,7 +26,7 @@ from scapy.packet import Packet, Raw
 
 from tests.helpers.pcapwrite import DEFAULT_SNAPLEN, LINKTYPE_RAW, write_pcap
 from tunnelacct.community_id import community_id
-from tunnelacct.config import Timeouts
+from tunnelacct.config.model import Timeouts
 from tunnelacct.decode import decode
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent

@@ -9,14 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelacct.config import (
-    ClientConfig,
-    Config,
-    OrgConfig,
-    ResourceConfig,
-    load_config,
-    parse_ports,
-)
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig, parse_ports
 from tunnelacct.enums import IpProto
 from tunnelacct.events import Attribution
 from tunnelacct.identity import Inventory

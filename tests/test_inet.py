@@ -20,7 +20,7 @@ from tests.helpers.pg import add_partitions, fresh_database, read_rows
 from tests.helpers.stores import alembic_to, execute
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
-from tunnelacct.config import Config, OrgConfig, WriterConfig
+from tunnelacct.config.model import Config, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.export import export_org_csv

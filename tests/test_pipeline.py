@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.oracle import tshark_sessions
-from tunnelacct.config import CaptureConfig, Timeouts
+from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.pipeline import CapturePipeline

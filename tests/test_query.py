@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tests.helpers.pg import add_partitions
 from tests.helpers.stores import ENGINES, imported_store, migrated_store, session_rows
 from tunnelacct.errors import FilterError, TunnelacctError
-from tunnelacct.models import SessionRecord
+from tunnelacct.models import SessionRecord, table_of
 from tunnelacct.query import (
     Compare,
     Filter,
@@ -35,7 +35,7 @@ from tunnelacct.query import (
     parse_bytes,
     parse_filter,
 )
-from tunnelacct.store import make_engine, sync_url, table_of
+from tunnelacct.store import make_engine, sync_url
 
 DATA = Path(__file__).resolve().parent / "data"
 TABLE = table_of(SessionRecord)

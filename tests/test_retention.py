@@ -22,7 +22,7 @@ from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.retention import NOW, session
 from tests.helpers.stores import execute
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.config import Config, DatabaseConfig, OrgConfig
+from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.models import PurgeRun, SessionRecord
 from tunnelacct.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease

@@ -34,7 +34,7 @@ from tests.helpers.retention import (
 from tests.helpers.serving import Serve
 from tests.helpers.stores import ENGINES, empty_store, execute, query
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.config import load_config
+from tunnelacct.config.load import load_config
 from tunnelacct.retention import STOPPING
 from tunnelacct.service import Service
 from tunnelacct.store import ensure_partitions, make_engine

@@ -24,7 +24,7 @@ from tests.helpers.sqlite import raw_query
 from tests.helpers.stores import alembic_to
 from tests.helpers.waiting import WAIT_S
 from tunnelacct import sqliteparts, sqlitepurge
-from tunnelacct.config import Config, DatabaseConfig, OrgConfig, WriterConfig
+from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.models import SessionRecord

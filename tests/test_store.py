@@ -27,7 +27,7 @@ from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
 from tests.helpers.stores import alembic_to
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
+from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.models import Client as ClientRow

@@ -15,7 +15,8 @@ from scapy.packet import Packet
 from scapy.utils import rdpcap
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
-from tunnelacct.config import CaptureConfig, Timeouts, load_config
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.decode import decode
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netlab import TUNNEL_V4, TUNNEL_V6, WITH_UAPI_DIR, WireguardLab
-from tunnelacct.config import ClientConfig
+from tunnelacct.config.model import ClientConfig
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.wgpeers import WireGuardError, clients_with_peers, parse_wg_dump, read_wg_peers
 

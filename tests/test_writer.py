@@ -32,11 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.sqlite import raw_query
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.config import WriterConfig
+from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.models import SessionRecord, UtcDateTime
+from tunnelacct.models import SessionRecord, UtcDateTime, table_of
 from tunnelacct.rows import (
     ROW_COLUMNS,
     bulk_upsert_sql,
@@ -46,7 +46,7 @@ from tunnelacct.rows import (
     upsert_sql,
 )
 from tunnelacct.schema import migrate
-from tunnelacct.store import async_url, ensure_partitions, make_engine, table_of
+from tunnelacct.store import async_url, ensure_partitions, make_engine
 from tunnelacct.writer import PG_FLIGHTS, SessionWriter, sqlstate, transient_store_error
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z

@@ -55,15 +55,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunnelacct import __version__
 from tunnelacct.auth import Principal, Role, authenticate
-from tunnelacct.config import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
+from tunnelacct.config.model import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
 from tunnelacct.httpguards import STALLED_SEND_S, HttpGuards
 from tunnelacct.metrics import service_registry
-from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord
+from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
 from tunnelacct.query import filter_clause, parse_filter
 from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy
-from tunnelacct.store import table_of
 
 COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
 MAX_LIMIT = 1000

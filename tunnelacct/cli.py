@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from tunnelacct import __version__
-from tunnelacct.config import Config, load_config
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import Config
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.log import setup_logging
 
@@ -48,7 +49,7 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from tunnelacct.config import shown_database
+        from tunnelacct.config.database_url import shown_database
         from tunnelacct.errors import StoreError
         from tunnelacct.store import store_why
 
@@ -341,7 +342,7 @@ def db_group() -> None:
 @config_option
 def db_upgrade(config_path: Path | None) -> None:
     """Create or migrate the schema to the latest revision."""
-    from tunnelacct.config import shown_database
+    from tunnelacct.config.database_url import shown_database
     from tunnelacct.schema import migrate
 
     config = _config(config_path)
@@ -390,7 +391,7 @@ def config_group() -> None:
 @config_option
 def config_check(config_path: Path | None) -> None:
     """Validate the config file and print what it declares."""
-    from tunnelacct.config import shown_database
+    from tunnelacct.config.database_url import shown_database
 
     c = _config(config_path)
     if c.path is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tunnelacct.community_id import community_id
-from tunnelacct.config import Timeouts
+from tunnelacct.config.model import Timeouts
 from tunnelacct.decode import (
     FRAG_FIRST,
     FRAG_LATER,

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import TypeVar
 
-from tunnelacct.config import ClientConfig, Config, OrgConfig, ResourceConfig
+from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.events import Attribution
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunnelacct.config import Config
+from tunnelacct.config.model import Config
 from tunnelacct.decode import SKIPPED_REASONS
 from tunnelacct.decodeproc import Decoded, DecodeProcess, first_timestamp
 from tunnelacct.enums import CloseReason

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     TypeDecorator,
     Uuid,
@@ -265,3 +266,11 @@ class PurgeLock(TableBase, table=True):
     name: str = Field(sa_type=String(32), primary_key=True)
     holder: str | None = Field(default=None, sa_type=String, nullable=True)
     expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind a SQLModel table class."""
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
-from tunnelacct.config import CaptureConfig, Timeouts
+from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.decode import (
     MAX_TS,
     SKIPPED_REASONS,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.errors import StoreError
 from tunnelacct.models import PurgeLock as PurgeLockRow
-from tunnelacct.store import table_of
+from tunnelacct.models import table_of
 
 log = logging.getLogger(__name__)
 

@@ -63,9 +63,9 @@ from sqlalchemy.sql.expression import Executable, TableClause
 from tunnelacct import sqlitepurge
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import Org, PurgeRun, SessionRecord, UtcDateTime
+from tunnelacct.models import Org, PurgeRun, SessionRecord, UtcDateTime, table_of
 from tunnelacct.purgelock import PurgeLock, renew_lease
-from tunnelacct.store import partition_day, table_of
+from tunnelacct.store import partition_day
 
 log = logging.getLogger(__name__)
 

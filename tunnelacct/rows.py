@@ -29,8 +29,7 @@ from sqlalchemy import Dialect
 from tunnelacct.enums import CloseReason, EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.events import SessionEvent
-from tunnelacct.models import IpAddress, SessionRecord
-from tunnelacct.store import table_of
+from tunnelacct.models import IpAddress, SessionRecord, table_of
 
 T = TypeVar("T")
 

@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct import metrics
-from tunnelacct.config import ClientConfig, Config, load_config
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import ClientConfig, Config
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.events import SessionEvent

@@ -20,10 +20,9 @@ from sqlalchemy.sql.expression import TableClause
 
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import SessionRecord
+from tunnelacct.models import SessionRecord, table_of
 from tunnelacct.purgelock import renew_lease
 from tunnelacct.sqliteparts import DEFAULT_TABLE, Partition, begin_write, partitions, rebuild_view
-from tunnelacct.store import table_of
 
 log = logging.getLogger("tunnelacct.retention")  # one logger for the whole purge
 

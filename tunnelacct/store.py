@@ -32,20 +32,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
-from sqlmodel import SQLModel
 
-from tunnelacct.config import (
-    SYNCHRONOUS_LEVELS,
-    Config,
-    OrgConfig,
-    ResourceConfig,
-    shown_database,
-    sqlite_file,
-)
+from tunnelacct.config.database_url import shown_database, sqlite_file
+from tunnelacct.config.model import SYNCHRONOUS_LEVELS, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.models import Client, Org, Resource, SessionRecord
+from tunnelacct.models import Client, Org, Resource, SessionRecord, table_of
 
 log = logging.getLogger(__name__)
 
@@ -220,14 +213,6 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Consecutive slices of at most `size` items."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def table_of(model: type[SQLModel]) -> Table:
-    """The Core table behind a SQLModel table class."""
-    table = getattr(model, "__table__", None)
-    if not isinstance(table, Table):
-        raise TypeError(f"{model.__name__} is not a table model")
-    return table
 
 
 # PostgreSQL (issue 7): sessions is partitioned by range of started_at, one partition per UTC

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tunnelacct.config.model import MIN_SERIES
 from tunnelacct.enums import CloseReason, IpProto
 from tunnelacct.events import Attribution
 
@@ -32,7 +33,6 @@ SIZE_BUCKETS_BYTES = (100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10)
 PROTOCOLS = tuple(p.label for p in IpProto)
 _PROTO_LABEL = {p: p.label for p in IpProto}
 CLOSE_REASONS = tuple(r.value for r in CloseReason)
-MIN_SERIES = 100  # room for the overflow series of every metric
 # Open flows are folded in at most this often (wall clock): under the 1 s sweep interval, so a
 # live capture, which sweeps about once a second, folds at every sweep.
 FOLD_EVERY_S = 0.5

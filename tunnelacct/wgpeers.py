@@ -16,7 +16,7 @@ import logging
 import subprocess
 from collections.abc import Callable, Mapping
 
-from tunnelacct.config import ClientConfig
+from tunnelacct.config.model import ClientConfig
 from tunnelacct.errors import TunnelacctError
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tunnelacct.config import WriterConfig
+from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
 from tunnelacct.events import SessionEvent

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
 from tests.benchmarks.synth import synth_pcap  # noqa: E402
-from tunnelacct.config import Timeouts  # noqa: E402
+from tunnelacct.config.model import Timeouts  # noqa: E402
 from tunnelacct.decode import DecodedBatch, decode  # noqa: E402
 from tunnelacct.enums import CloseReason, IpProto  # noqa: E402
 from tunnelacct.events import Attribution  # noqa: E402

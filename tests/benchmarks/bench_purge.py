@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 from tests.benchmarks.bench_query import build  # noqa: E402
 from tests.benchmarks.bench_writer import make_events  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
-from tunnelacct.config import WriterConfig  # noqa: E402
+from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.retention import purge  # noqa: E402
 from tunnelacct.schema import migrate  # noqa: E402
 from tunnelacct.store import make_engine  # noqa: E402

@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from tests.benchmarks.machine import machine  # noqa: E402
-from tunnelacct.config import Config, DatabaseConfig, OrgConfig  # noqa: E402
+from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig  # noqa: E402
 from tunnelacct.models import SessionRecord  # noqa: E402
 from tunnelacct.purgelock import acquire_lease  # noqa: E402
 from tunnelacct.retention import BATCH_SIZE, _delete_expired, purge  # noqa: E402

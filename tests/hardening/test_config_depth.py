@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnelacct.config import load_config
+from tunnelacct.config.load import load_config
 from tunnelacct.schema import migrate
 from tunnelacct.service import Service
 from tunnelacct.store import make_engine

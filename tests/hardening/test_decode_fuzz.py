@@ -51,7 +51,7 @@ from tests.helpers.pcapwrite import (
     sll2,
     write_pcap,
 )
-from tunnelacct.config import Timeouts
+from tunnelacct.config.model import Timeouts
 from tunnelacct.decode import REASONS, decode
 from tunnelacct.events import Attribution
 from tunnelacct.flowtable import FlowTable

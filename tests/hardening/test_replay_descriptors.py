@@ -24,7 +24,7 @@ PCAP = ROOT / "tests" / "data" / "wg-small.pcap"
 
 SCRIPT = r"""
 import asyncio, json, os, resource, sys, time
-from tunnelacct.config import CaptureConfig, Timeouts
+from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
 from tunnelacct.events import Attribution
 from tunnelacct.pipeline import CapturePipeline

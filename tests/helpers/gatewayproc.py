@@ -33,7 +33,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunnelacct.config import WriterConfig
+from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.store import make_engine, ongoing_sessions

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -175,6 +176,27 @@ class Serve:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
+
+    def peak_rss_growth_while(self, work: Callable[[], None]) -> int:
+        """Run `work()` while sampling this serve's resident memory every 50 ms; return its
+        peak over the resident memory at the start, in bytes."""
+        baseline = peak = self.rss_bytes()
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, self.rss_bytes())
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            work()
+        finally:
+            done.set()
+            sampler.join()
+        return peak - baseline
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

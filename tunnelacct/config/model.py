@@ -1,23 +1,15 @@
-"""Configuration: one TOML file, validated once, returned as frozen dataclasses.
-
-load_config(path, environ) reads the file and applies the environment; tunnelacct.configload
-checks every key. Every other module receives the section it needs. Every problem is a
-ConfigError naming the file, the line, the key, the value and why.
+"""The config model: every section of the TOML file as a frozen dataclass, with its defaults
+and limits. `config.load` builds a Config from a file; every other module receives the section
+it needs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
-import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tunnelacct.enums import IpProto
-from tunnelacct.errors import ConfigError
-from tunnelacct.tomllines import KeyLines
 
 DEFAULT_DATABASE_URL = "sqlite:///tunnelacct.db"
 DEFAULT_ORG = "unattributed"
@@ -50,6 +42,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
 # cutoff (now - days) a valid date and the value within PostgreSQL's INTEGER.
 MAX_RETENTION_DAYS = 36_500
 ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
+MIN_SERIES = 100  # [metrics] max_series: room for the overflow series of every metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,43 +201,6 @@ class Config:
 
 _PORT_PART = re.compile(r"([0-9]{1,9})(?:\s*-\s*([0-9]{1,9}))?")
 _PORTS_WHY = "expected a port or a range like 8000-8100"
-_URL = re.compile(r"(sqlite|postgresql)(\+[A-Za-z0-9_]+)?://(.*)", re.DOTALL)
-_URL_WHY = "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://host/dbname"
-
-
-def load_config(
-    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
-) -> Config:
-    """Read and validate the TOML file at `path` (None = all defaults) into a frozen Config.
-
-    `environ` defaults to os.environ; a non-empty $TUNNELACCT_DATABASE_URL replaces [database] url.
-    CIDRs may have host bits set: "10.99.0.5/24" is accepted and stored as "10.99.0.0/24".
-    """
-    env = os.environ if environ is None else environ
-    if path is None:
-        config = Config(gateway=socket.gethostname())
-    else:
-        shown = os.fspath(path)
-        text = _read(shown)
-        from tunnelacct.configload import Loader  # not at the top: configload imports this module
-
-        try:
-            doc = tomllib.loads(text)
-            config = Loader(shown, KeyLines(text)).config(doc)
-        except tomllib.TOMLDecodeError as exc:
-            raise _syntax_error(shown, text, exc) from None
-        except RecursionError:
-            # tomllib parses nested arrays and inline tables recursively (issue 16, item 8)
-            why = "arrays or inline tables nested too deeply to read (thousands of levels)"
-            raise ConfigError("TOML syntax", why, path=shown) from None
-    env_url = env.get(DATABASE_URL_ENV)
-    if env_url:
-        problem = database_url_problem(env_url)
-        if problem is not None:
-            raise ConfigError(f"${DATABASE_URL_ENV}", problem, value=redact_url(env_url))
-        database = dataclasses.replace(config.database, url=env_url)
-        config = dataclasses.replace(config, database=database)
-    return config
 
 
 def parse_ports(text: str) -> tuple[tuple[int, int], ...]:
@@ -273,79 +229,3 @@ def parse_ports(text: str) -> tuple[tuple[int, int], ...]:
         else:
             merged.append((lo, hi))
     return tuple(merged)
-
-
-def _read(path: str) -> str:
-    """The file's text, or a ConfigError when it cannot be read or is not UTF-8."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError("file", f"cannot read: {exc.strerror}", path=path) from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError("file", "not valid UTF-8", path=path, line=line) from None
-
-
-def _syntax_error(path: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
-    """A ConfigError at the line tomllib reports ("... (at line 3, column 7)")."""
-    message = str(exc)
-    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-    if match is not None:
-        why = f"{message[: match.start()]} (column {match[2]})"
-        return ConfigError("TOML syntax", why, path=path, line=int(match[1]))
-    why = message.replace(" (at end of document)", " at the end of the file")
-    return ConfigError("TOML syntax", why, path=path, line=text.count("\n") + 1)
-
-
-def database_url_problem(url: str) -> str | None:
-    """Why `url` is not a database URL tunnelacct can use, or None when it is."""
-    match = _URL.fullmatch(url)
-    if match is None:
-        return _URL_WHY
-    rest = match[3]
-    if match[1] == "sqlite" and (not rest.startswith("/") or rest == "/"):
-        return "expected a file after sqlite:/// (relative) or sqlite://// (absolute)"
-    if match[1] == "postgresql" and not rest:
-        return _URL_WHY
-    return None
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by ***, for error messages."""
-    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
-
-
-def sqlite_file(url: str) -> str | None:
-    """The file path of a SQLite URL as written (`sqlite:///x.db` -> `x.db`, `sqlite:////a/x.db`
-    -> `/a/x.db`, any query string cut); None for PostgreSQL, `:memory:` and `file:` URIs."""
-    match = _URL.fullmatch(url)
-    if match is None or match[1] != "sqlite":
-        return None
-    path = match[3].removeprefix("/").split("?", 1)[0]
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return None
-    return path
-
-
-def with_sqlite_base(url: str, base: str) -> str:
-    """`url` with a relative SQLite file (and `~`) resolved against the directory `base`;
-    any other URL unchanged."""
-    path = sqlite_file(url)
-    if path is None:
-        return url
-    absolute = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
-    prefix = url[: url.index("://") + 3]
-    query = url[len(prefix) + 1 + len(path) :]
-    return f"{prefix}/{absolute}{query}"
-
-
-def shown_database(url: str) -> str:
-    """How messages name the store: a SQLite file as its path, anything else as its URL with
-    the password masked."""
-    path = sqlite_file(url)
-    if path is None:
-        return redact_url(url)
-    return os.path.abspath(os.path.expanduser(path))

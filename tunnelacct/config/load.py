@@ -1,6 +1,9 @@
-"""The rules of every config key: a parsed TOML document becomes a Config or a ConfigError.
+"""Loading the config: one TOML file, validated once, returned as a frozen Config.
 
-Each error names the key as written ([[resources]] "pg-primary" ports) and the line it is on.
+`load_config(path, environ)` reads the file and applies the environment; `Loader` holds the
+rule of every key, so a parsed TOML document becomes a Config or a ConfigError. Each error
+names the file, the key as written ([[resources]] "pg-primary" ports), the line it is on, the
+value and why.
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import math
 import os
 import re
 import socket
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn, TypeGuard
 
-from tunnelacct.config import (
+from tunnelacct.config.database_url import database_url_problem, redact_url, with_sqlite_base
+from tunnelacct.config.model import (
+    DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
     DEFAULT_ORG,
     MAX_RETENTION_DAYS,
+    MIN_SERIES,
     SECTION_KEYS,
     SYNCHRONOUS_LEVELS,
     ApiConfig,
@@ -36,15 +43,11 @@ from tunnelacct.config import (
     Timeouts,
     WireguardConfig,
     WriterConfig,
-    database_url_problem,
     parse_ports,
-    redact_url,
-    with_sqlite_base,
 )
+from tunnelacct.config.tomllines import KeyLines
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
-from tunnelacct.tomllines import KeyLines
-from tunnelacct.traffic import MIN_SERIES
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 _ID_WHY = "expected a non-empty id of letters, digits, '.', '_' or '-'"
@@ -58,6 +61,64 @@ _CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConf
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
 _IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
 _WG_KEY_CHARS = 44  # base64 of a 32-byte Curve25519 key, with one "=" of padding
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read and validate the TOML file at `path` (None = all defaults) into a frozen Config.
+
+    `environ` defaults to os.environ; a non-empty $TUNNELACCT_DATABASE_URL replaces [database] url.
+    CIDRs may have host bits set: "10.99.0.5/24" is accepted and stored as "10.99.0.0/24".
+    """
+    env = os.environ if environ is None else environ
+    if path is None:
+        config = Config(gateway=socket.gethostname())
+    else:
+        shown = os.fspath(path)
+        text = _read(shown)
+        try:
+            doc = tomllib.loads(text)
+            config = Loader(shown, KeyLines(text)).config(doc)
+        except tomllib.TOMLDecodeError as exc:
+            raise _syntax_error(shown, text, exc) from None
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively (issue 16, item 8)
+            why = "arrays or inline tables nested too deeply to read (thousands of levels)"
+            raise ConfigError("TOML syntax", why, path=shown) from None
+    env_url = env.get(DATABASE_URL_ENV)
+    if env_url:
+        problem = database_url_problem(env_url)
+        if problem is not None:
+            raise ConfigError(f"${DATABASE_URL_ENV}", problem, value=redact_url(env_url))
+        database = dataclasses.replace(config.database, url=env_url)
+        config = dataclasses.replace(config, database=database)
+    return config
+
+
+def _read(path: str) -> str:
+    """The file's text, or a ConfigError when it cannot be read or is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError("file", f"cannot read: {exc.strerror}", path=path) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError("file", "not valid UTF-8", path=path, line=line) from None
+
+
+def _syntax_error(path: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    """A ConfigError at the line tomllib reports ("... (at line 3, column 7)")."""
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if match is not None:
+        why = f"{message[: match.start()]} (column {match[2]})"
+        return ConfigError("TOML syntax", why, path=path, line=int(match[1]))
+    why = message.replace(" (at end of document)", " at the end of the file")
+    return ConfigError("TOML syntax", why, path=path, line=text.count("\n") + 1)
 
 
 def _shown(value: object) -> object:

@@ -1,0 +1,1 @@
+"""The config: its model (frozen sections), loading a TOML file into it, and database URLs."""
