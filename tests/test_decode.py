@@ -52,10 +52,17 @@ from tests.helpers.pcapwrite import (
     write_pcap,
     write_pcapng,
 )
-from tunnelacct.decode import FRAG_FIRST, FRAG_LATER, FRAG_NONE, REASONS, DecodedBatch, decode
+from tunnelacct.capture.batch import RawBatch
+from tunnelacct.capture.decode import (
+    FRAG_FIRST,
+    FRAG_LATER,
+    FRAG_NONE,
+    REASONS,
+    DecodedBatch,
+    decode,
+)
+from tunnelacct.capture.pcapfile import CHUNK_BYTES, CaptureReader, open_capture
 from tunnelacct.errors import CaptureFormatError
-from tunnelacct.sources import RawBatch
-from tunnelacct.sources.pcapfile import CHUNK_BYTES, CaptureReader, open_capture
 
 T0 = 1_700_000_000.0
 AF_INET6_DARWIN = 30

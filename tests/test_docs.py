@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tunnelacct.capture.decode import REASONS
 from tunnelacct.config.model import ARRAY_SECTIONS, SECTION_KEYS
-from tunnelacct.decode import REASONS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

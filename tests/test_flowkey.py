@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-from tunnelacct.flowkey import SessionIds, id_range, id_tag, start_ms
+from tunnelacct.sessions.flowkey import SessionIds, id_range, id_tag, start_ms
 
 TS = 1_764_000_000.123456
 

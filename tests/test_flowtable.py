@@ -25,14 +25,14 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, frag
 from scapy.packet import Packet, Raw
 
 from tests.helpers.pcapwrite import DEFAULT_SNAPLEN, LINKTYPE_RAW, write_pcap
-from tunnelacct.community_id import community_id
+from tunnelacct.capture.batch import RawBatch
+from tunnelacct.capture.decode import decode
+from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.model import Timeouts
-from tunnelacct.decode import decode
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.flowtable import FlowTable
-from tunnelacct.sources import RawBatch
-from tunnelacct.sources.pcapfile import open_capture
+from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.sessions.flowkey import community_id
+from tunnelacct.sessions.flowtable import FlowTable
 
 T0 = Decimal(1_700_000_000)
 TIMEOUTS = Timeouts(udp_idle_s=30.0, tcp_idle_s=120.0, tcp_linger_s=5.0, checkpoint_s=30.0)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig, parse_ports
 from tunnelacct.enums import IpProto
-from tunnelacct.events import Attribution
-from tunnelacct.identity import Inventory
+from tunnelacct.sessions.attribution import Inventory
+from tunnelacct.sessions.events import Attribution
 
 TCP, UDP = IpProto.TCP, IpProto.UDP
 

@@ -22,11 +22,11 @@ from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
 from tunnelacct.config.model import Config, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.export import export_org_csv
 from tunnelacct.models import SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
 from tunnelacct.schema import migrate
+from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store import ongoing_sessions, sync_inventory
 from tunnelacct.writer import SessionWriter
 

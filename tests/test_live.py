@@ -23,8 +23,8 @@ import pytest
 from tests.helpers.netlab import LineReader, WireguardLab, wait_written
 from tests.helpers.oracle import tshark_sessions
 from tests.helpers.waiting import WAIT_S
+from tunnelacct.capture.live import LiveSource
 from tunnelacct.errors import CaptureError
-from tunnelacct.sources.live import LiveSource
 
 ROOT = Path(__file__).resolve().parent.parent
 # each skips when the machine lacks it, or under CI fails (tests/helpers/needs.py)
@@ -255,7 +255,7 @@ def drop_cap_net_raw() -> None:
 def test_capture_without_cap_net_raw_raises_permission_denied() -> None:
     code = (
         "from tunnelacct.errors import CaptureError\n"
-        "from tunnelacct.sources.live import LiveSource\n"
+        "from tunnelacct.capture.live import LiveSource\n"
         "try:\n    LiveSource('lo')\nexcept CaptureError as e:\n    print(e)\n"
     )
     done = subprocess.run(
@@ -282,7 +282,7 @@ def test_deleting_the_interface_mid_capture_raises_capture_error() -> None:
     code = (
         "import subprocess\n"
         "from tunnelacct.errors import CaptureError\n"
-        "from tunnelacct.sources.live import LiveSource\n"
+        "from tunnelacct.capture.live import LiveSource\n"
         "with LiveSource('v1') as source:\n"
         "    subprocess.run(['ip', 'link', 'del', 'v1'], check=True)\n"
         "    try:\n        source.read_batch(5.0)\n"

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.helpers.waiting import WAIT_S
+from tunnelacct.capture.livechild import LiveProcessSource
 from tunnelacct.errors import CaptureError
-from tunnelacct.sources.liveproc import LiveProcessSource
 
 # AF_PACKET capture needs root or CAP_NET_RAW: skips without, or under CI fails
 needs_root = pytest.mark.usefixtures("require_root")

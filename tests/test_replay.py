@@ -20,9 +20,9 @@ from scapy.packet import Raw
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap, write_pcapng
 from tests.helpers.waiting import WAIT_S
+from tunnelacct.capture.batch import RawBatch
+from tunnelacct.capture.replay import ReplaySource
 from tunnelacct.errors import CaptureError
-from tunnelacct.sources import RawBatch
-from tunnelacct.sources.replay import ReplaySource
 
 T0 = 1_700_000_000.0  # recorded time of the first packet
 OFFSETS = (0.0, 0.5, 0.5, 1.25, 4.0, 10.0)  # recorded times after T0; the span is 10 s
@@ -364,7 +364,7 @@ def test_a_truncated_last_record_is_logged_and_the_packets_before_it_replayed(
     records = recorded()
     path = write_capture(tmp_path / "cut.pcapng", records)
     path.write_bytes(path.read_bytes()[:-10])  # tcpdump killed while writing the last block
-    with caplog.at_level("WARNING", logger="tunnelacct.sources.replay"):
+    with caplog.at_level("WARNING", logger="tunnelacct.capture.replay"):
         got = read_all(ReplaySource(path))
     assert got == records[:-1]
     assert [r.getMessage().startswith(f"{path}: ") for r in caplog.records] == [True]

@@ -26,10 +26,10 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct import sqliteparts, sqlitepurge
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.models import SessionRecord
 from tunnelacct.retention import purge
 from tunnelacct.schema import migrate
+from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sqliteparts import DEFAULT_TABLE, Partition, move_default_rows, partition_name
 from tunnelacct.store import keep_partitions_ahead, sync_inventory, sync_url
 from tunnelacct.writer import SessionWriter

@@ -15,18 +15,18 @@ from scapy.packet import Packet
 from scapy.utils import rdpcap
 
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
+from tunnelacct.capture.batch import RawBatch
+from tunnelacct.capture.decode import decode
+from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import CaptureConfig, Timeouts
-from tunnelacct.decode import decode
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.flowtable import FlowTable
-from tunnelacct.identity import Inventory
-from tunnelacct.metrics import TrafficFigures, service_registry
+from tunnelacct.metrics.collectors import TrafficFigures, service_registry
+from tunnelacct.metrics.tally import OVERFLOW, UNMATCHED, MetricLabels, TrafficTally
 from tunnelacct.pipeline import CapturePipeline
-from tunnelacct.sources import RawBatch
-from tunnelacct.sources.pcapfile import open_capture
-from tunnelacct.traffic import OVERFLOW, UNMATCHED, MetricLabels, TrafficTally
+from tunnelacct.sessions.attribution import Inventory
+from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.sessions.flowtable import FlowTable
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"

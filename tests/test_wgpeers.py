@@ -11,7 +11,12 @@ import pytest
 from tests.helpers.netlab import TUNNEL_V4, TUNNEL_V6, WITH_UAPI_DIR, WireguardLab
 from tunnelacct.config.model import ClientConfig
 from tunnelacct.errors import TunnelacctError
-from tunnelacct.wgpeers import WireGuardError, clients_with_peers, parse_wg_dump, read_wg_peers
+from tunnelacct.sessions.wgpeers import (
+    WireGuardError,
+    clients_with_peers,
+    parse_wg_dump,
+    read_wg_peers,
+)
 
 needs_lab = pytest.mark.usefixtures("require_lab")  # skips, or under CI fails
 

@@ -35,7 +35,6 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
-from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.models import SessionRecord, UtcDateTime, table_of
 from tunnelacct.rows import (
     ROW_COLUMNS,
@@ -46,6 +45,7 @@ from tunnelacct.rows import (
     upsert_sql,
 )
 from tunnelacct.schema import migrate
+from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store import async_url, ensure_partitions, make_engine
 from tunnelacct.writer import PG_FLIGHTS, SessionWriter, sqlstate, transient_store_error
 

@@ -59,7 +59,7 @@ from tunnelacct.config.model import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
 from tunnelacct.httpguards import STALLED_SEND_S, HttpGuards
-from tunnelacct.metrics import service_registry
+from tunnelacct.metrics.collectors import service_registry
 from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
 from tunnelacct.query import filter_clause, parse_filter
 from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy

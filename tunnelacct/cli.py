@@ -133,7 +133,7 @@ def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: t
     for w in s.warnings:
         echo(f"warning: {w}", err=True)
     if metrics_textfile is not None:
-        from tunnelacct.metrics_textfile import write_import_metrics
+        from tunnelacct.metrics.textfile import write_import_metrics
 
         write_import_metrics(summary, metrics_textfile)
     if s.failed_files:
@@ -412,7 +412,7 @@ def config_check(config_path: Path | None) -> None:
 @click.option("--all-reasons", is_flag=True, help="Also show valid non-TCP/UDP packets.")
 def inspect_cmd(file: Path, limit: int, all_reasons: bool) -> None:
     """Show the packets of FILE that were not decoded, why, and what scapy makes of them."""
-    from tunnelacct.inspect import failed_packets
+    from tunnelacct.capture.inspect import failed_packets
 
     n = 0
     for number, ts, reason, text in failed_packets(file, limit=limit, include_skipped=all_reasons):

@@ -16,16 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunnelacct.capture.child import Decoded, DecodeProcess, first_timestamp
+from tunnelacct.capture.decode import SKIPPED_REASONS
+from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.model import Config
-from tunnelacct.decode import SKIPPED_REASONS
-from tunnelacct.decodeproc import Decoded, DecodeProcess, first_timestamp
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
-from tunnelacct.flowkey import SessionIds
-from tunnelacct.flowtable import FlowTable
-from tunnelacct.identity import Inventory
 from tunnelacct.reimport import Reimport
-from tunnelacct.sources.pcapfile import open_capture
+from tunnelacct.sessions.attribution import Inventory
+from tunnelacct.sessions.flowkey import SessionIds
+from tunnelacct.sessions.flowtable import FlowTable
 from tunnelacct.store import make_engine, sync_inventory, unlogged_orgs
 from tunnelacct.writer import SessionWriter
 

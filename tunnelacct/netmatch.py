@@ -18,7 +18,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from tunnelacct.flowkey import addr_text
+from tunnelacct.sessions.flowkey import addr_text
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

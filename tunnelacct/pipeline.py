@@ -27,22 +27,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
-from tunnelacct.config.model import CaptureConfig, Timeouts
-from tunnelacct.decode import (
+from tunnelacct.capture.batch import RawBatch
+from tunnelacct.capture.decode import (
     MAX_TS,
     SKIPPED_REASONS,
     DecodedBatch,
     decode,
     plausible_until,
 )
+from tunnelacct.capture.livechild import LiveProcessSource
+from tunnelacct.capture.replay import ReplaySource
+from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureError
-from tunnelacct.events import SessionEvent
-from tunnelacct.flowtable import AttributeFn, FlowTable, IsClientFn
-from tunnelacct.sources import RawBatch
-from tunnelacct.sources.liveproc import LiveProcessSource
-from tunnelacct.sources.replay import ReplaySource
-from tunnelacct.traffic import TrafficTally
+from tunnelacct.metrics.tally import TrafficTally
+from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.sessions.flowtable import AttributeFn, FlowTable, IsClientFn
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from tunnelacct.events import SessionEvent
-from tunnelacct.flowkey import id_range
+from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.sessions.flowkey import id_range
 
 MATCH_TOLERANCE_S = 0.001  # two captures of one interface differ by microseconds
 WINDOW_GAP_S = 1.0  # starts further apart than this are looked up in separate id ranges

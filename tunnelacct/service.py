@@ -27,19 +27,26 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tunnelacct import metrics
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import ClientConfig, Config
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
-from tunnelacct.events import SessionEvent
 from tunnelacct.export import ExportWorkers
 from tunnelacct.gatewaylock import GatewayLock
 from tunnelacct.httpconn import RateLimitedLoopErrors
-from tunnelacct.identity import Inventory
-from tunnelacct.metrics import RetentionFigures, TrafficFigures, WriterFigures
+from tunnelacct.metrics.collectors import (
+    RetentionFigures,
+    TrafficFigures,
+    WriterFigures,
+    metrics_app,
+    service_registry,
+)
+from tunnelacct.metrics.tally import MetricLabels, TallySnapshot, TrafficTally
 from tunnelacct.pipeline import CapturePipeline, CaptureStatus
 from tunnelacct.retention import PURGE_RUNS_POLL_S, PurgeRunTally, purge
+from tunnelacct.sessions.attribution import Inventory
+from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.sessions.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.siem import SessionEventLog
 from tunnelacct.store import (
     configured_orgs,
@@ -51,8 +58,6 @@ from tunnelacct.store import (
     sync_orgs,
     unlogged_orgs,
 )
-from tunnelacct.traffic import MetricLabels, TallySnapshot, TrafficTally
-from tunnelacct.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.writer import SessionWriter
 
 log = logging.getLogger(__name__)
@@ -192,7 +197,7 @@ class Service:
             ]
             for p in self.pipelines:
                 p.start()  # raises CaptureError when a capture cannot ever work
-            registry = metrics.service_registry(
+            registry = service_registry(
                 self._capture_statuses, self._writer_figures, self._retention_figures,
                 self._traffic_figures,
             )  # fmt: skip
@@ -298,7 +303,7 @@ class Service:
             return None
         sock = listen_socket("metrics", m.host, m.port)
         log.info("metrics on http://%s:%d/metrics", m.host, m.port)
-        return _uvicorn(metrics.metrics_app(registry)), sock
+        return _uvicorn(metrics_app(registry)), sock
 
     # -- retention -----------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from tunnelacct.enums import EventKind
-from tunnelacct.events import SessionEvent
 from tunnelacct.export import CSV_COLUMNS, json_duration, json_value, unix_time
 from tunnelacct.rows import event_row
+from tunnelacct.sessions.events import SessionEvent
 
 
 def event_line(event: SessionEvent, gateway: str) -> str:

@@ -37,8 +37,8 @@ from tunnelacct.config.database_url import shown_database, sqlite_file
 from tunnelacct.config.model import SYNCHRONOUS_LEVELS, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.events import Attribution, SessionEvent
 from tunnelacct.models import Client, Org, Resource, SessionRecord, table_of
+from tunnelacct.sessions.events import Attribution, SessionEvent
 
 log = logging.getLogger(__name__)
 

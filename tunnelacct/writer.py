@@ -46,7 +46,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
-from tunnelacct.events import SessionEvent
 from tunnelacct.reimport import Reimport
 from tunnelacct.rows import (
     ROW_COLUMNS,
@@ -57,6 +56,7 @@ from tunnelacct.rows import (
     staging_table_sql,
     upsert_sql,
 )
+from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sqliteparts import DEFAULT_TABLE, begin_write, routes, schema_version
 from tunnelacct.sqliteparts import partitions as sqlite_partitions
 from tunnelacct.store import ensure_partitions

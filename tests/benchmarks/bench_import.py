@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
 from tests.benchmarks.synth import synth_pcap  # noqa: E402
+from tunnelacct.capture.decode import DecodedBatch  # noqa: E402
 from tunnelacct.config.model import Timeouts  # noqa: E402
-from tunnelacct.decode import DecodedBatch  # noqa: E402
-from tunnelacct.events import Attribution  # noqa: E402
-from tunnelacct.flowtable import FlowTable  # noqa: E402
+from tunnelacct.sessions.events import Attribution  # noqa: E402
+from tunnelacct.sessions.flowtable import FlowTable  # noqa: E402
 
 # Runs the real CLI and reports its own peak RSS and its decode child's: measuring from here
 # would count the memory this process had when it forked (the synthetic capture's arrays).

@@ -2,7 +2,7 @@
 
 Decodes a synthetic headers-only capture once, then sessionizes it again and again with a
 FlowTable without a tally (metrics off) and with one (on: the per-sweep fold and the
-per-session counts of tunnelacct.traffic), alternating the order each round so that neither
+per-session counts of tunnelacct.metrics.tally), alternating the order each round so that neither
 profits from a warm cache. Prints packets/s of the sessionizer alone (the part that changes)
 and of decode + sessionizer (the whole packet path), fastest and median of `--rounds`, and the
 difference.
@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
 from tests.benchmarks.synth import synth_pcap  # noqa: E402
+from tunnelacct.capture.decode import DecodedBatch, decode  # noqa: E402
+from tunnelacct.capture.pcapfile import open_capture  # noqa: E402
 from tunnelacct.config.model import Timeouts  # noqa: E402
-from tunnelacct.decode import DecodedBatch, decode  # noqa: E402
 from tunnelacct.enums import CloseReason, IpProto  # noqa: E402
-from tunnelacct.events import Attribution  # noqa: E402
-from tunnelacct.flowtable import FlowTable  # noqa: E402
-from tunnelacct.sources.pcapfile import open_capture  # noqa: E402
-from tunnelacct.traffic import MetricLabels, TrafficTally  # noqa: E402
+from tunnelacct.metrics.tally import MetricLabels, TrafficTally  # noqa: E402
+from tunnelacct.sessions.events import Attribution  # noqa: E402
+from tunnelacct.sessions.flowtable import FlowTable  # noqa: E402
 
 RESOURCES = {443: "web", 8080: "intranet", 5432: "postgres", 22: "ssh"}
 

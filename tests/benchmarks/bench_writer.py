@@ -59,7 +59,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
-from tunnelacct.events import Attribution, SessionEvent  # noqa: E402
 from tunnelacct.rows import (  # noqa: E402
     ROW_COLUMNS,
     STAGING_TABLE,
@@ -72,6 +71,7 @@ from tunnelacct.rows import (  # noqa: E402
     upsert_sql,
 )
 from tunnelacct.schema import migrate  # noqa: E402
+from tunnelacct.sessions.events import Attribution, SessionEvent  # noqa: E402
 from tunnelacct.store import ensure_partitions, make_engine, sync_url  # noqa: E402
 from tunnelacct.writer import SessionWriter  # noqa: E402
 

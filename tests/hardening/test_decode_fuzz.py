@@ -51,11 +51,11 @@ from tests.helpers.pcapwrite import (
     sll2,
     write_pcap,
 )
+from tunnelacct.capture.decode import REASONS, decode
+from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.model import Timeouts
-from tunnelacct.decode import REASONS, decode
-from tunnelacct.events import Attribution
-from tunnelacct.flowtable import FlowTable
-from tunnelacct.sources.pcapfile import open_capture
+from tunnelacct.sessions.events import Attribution
+from tunnelacct.sessions.flowtable import FlowTable
 
 pytestmark = pytest.mark.hardening
 

@@ -26,7 +26,7 @@ SCRIPT = r"""
 import asyncio, json, os, resource, sys, time
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
-from tunnelacct.events import Attribution
+from tunnelacct.sessions.events import Attribution
 from tunnelacct.pipeline import CapturePipeline
 
 class Sink:

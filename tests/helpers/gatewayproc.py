@@ -3,7 +3,7 @@
 A *plan* is a deterministic list of sessions per gateway and generation: a third of them share
 their 5-tuple and start time with the same index on every other gateway (two gateways seeing
 the same connection), the rest are the gateway's own. Session ids come from the gateway's
-namespace exactly as the flow table derives them (`tunnelacct.flowkey`). Each session gets
+namespace exactly as the flow table derives them (`tunnelacct.sessions.flowkey`). Each session gets
 OPENED, then CHECKPOINT, then CLOSED (or a second CHECKPOINT: it stays ongoing), in three
 rounds, so rows are inserted and then updated across flushes. Counters depend on the gateway,
 so a row written by the wrong gateway shows.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.events import Attribution, SessionEvent
+from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store import make_engine, ongoing_sessions
 from tunnelacct.writer import SessionWriter
 

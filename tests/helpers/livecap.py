@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from tunnelacct.sources.live import LINKTYPE_RAW, LiveSource
+from tunnelacct.capture.live import LINKTYPE_RAW, LiveSource
 
 PCAP_MAGIC_NS = 0xA1B23C4D
 DRAIN_S = 0.5  # after a stop signal, keep reading until the ring is quiet this long

@@ -1,6 +1,6 @@
 """Minimal, independent writers of pcap and pcapng files and link-layer wrappers, for tests.
 
-Shares no code with `tunnelacct.sources`: the file formats are written from their specs
+Shares no code with `tunnelacct.capture`: the file formats are written from their specs
 (tcpdump.org/manpages/pcap-savefile.5.html, IETF draft-ietf-opsawg-pcapng) with struct::
 
     write_pcap(tmp_path / "a.pcap", [(1.5, eth(bytes(ip_pkt)))], LINKTYPE_ETHERNET)

@@ -1,10 +1,13 @@
-"""Flow keys, address ints and session ids: the identities the flow table works with."""
+"""Flow keys, address ints, session ids and Community IDs: the identities of sessions."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import os
 import socket
+import struct
 import uuid
 from collections.abc import Callable
 
@@ -21,8 +24,10 @@ def unpack_key(key: FlowKey) -> tuple[int, int, int, int, int, int]:
     """(family, proto, A address, A port, B address, B port) of a flow key."""
     meta, a_hi, a_lo, b_hi, b_lo = key
     family = meta >> 40
-    return (family, (meta >> 32) & 0xFF, addr_of(family, a_hi, a_lo), (meta >> 16) & 0xFFFF,
-            addr_of(family, b_hi, b_lo), meta & 0xFFFF)  # fmt: skip
+    proto = (meta >> 32) & 0xFF
+    a_port = (meta >> 16) & 0xFFFF
+    b_port = meta & 0xFFFF
+    return (family, proto, addr_of(family, a_hi, a_lo), a_port, addr_of(family, b_hi, b_lo), b_port)
 
 
 LO64 = (1 << 64) - 1
@@ -120,3 +125,30 @@ def id_range(first_ms: int, last_ms: int) -> tuple[uuid.UUID, uuid.UUID]:
     low = uuid.UUID(int=(first_ms & _MS_MASK) << 80)
     high = uuid.UUID(int=((last_ms & _MS_MASK) << 80) | ((1 << 80) - 1))
     return low, high
+
+
+# -- Community ID v1 (corelight/community-id-spec): rows join Zeek and Suricata logs ------------
+
+_PORTS = struct.Struct(">HH")
+
+
+def community_id(
+    family: int, proto: int, src: int, sport: int, dst: int, dport: int, seed: int = 0
+) -> str:
+    """`1:<base64 sha1>` of the ordered 5-tuple; addresses are unsigned ints of their family."""
+    width = 4 if family == 4 else 16
+    first_addr = src.to_bytes(width, "big")
+    second_addr = dst.to_bytes(width, "big")
+    first_port, second_port = sport, dport
+    # the spec orders endpoints so that both directions hash alike: smaller (addr, port) first
+    if (first_addr, first_port) > (second_addr, second_port):
+        first_addr, second_addr = second_addr, first_addr
+        first_port, second_port = second_port, first_port
+    data = (
+        seed.to_bytes(2, "big")
+        + first_addr
+        + second_addr
+        + bytes((proto, 0))
+        + _PORTS.pack(first_port, second_port)
+    )
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")

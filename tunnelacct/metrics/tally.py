@@ -23,7 +23,7 @@ from typing import Protocol
 
 from tunnelacct.config.model import MIN_SERIES
 from tunnelacct.enums import CloseReason, IpProto
-from tunnelacct.events import Attribution
+from tunnelacct.sessions.events import Attribution
 
 OVERFLOW = "_overflow"
 UNMATCHED = "unmatched"  # the resource (or client) label of sessions that matched none

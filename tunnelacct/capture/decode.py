@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from tunnelacct.sources import BUF_PAD, RawBatch
+from tunnelacct.capture.batch import BUF_PAD, RawBatch
 
 # LINKTYPE_* values (tcpdump.org/linktypes.html); DLT_RAW is 12 or 14 depending on the OS.
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP = 0, 1, 108

@@ -2,7 +2,7 @@
 
 Nothing here runs per packet: the collectors copy the counters that the pipelines and the
 writer keep anyway (the same ones the status file shows) and the flow tables' traffic tallies
-(tunnelacct.traffic: folded about once a second). Labels are bounded: the interface (one per
+(tunnelacct.metrics.tally: folded about once a second). Labels are bounded: the interface (one per
 configured capture), fixed vocabularies (reason, protocol, direction), and config ids (org,
 resource, client) under a per-metric series cap; never an address, port, session or user.
 """
@@ -23,9 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tunnelacct import __version__
-from tunnelacct.decode import OK, REASONS, SKIPPED_REASONS
-from tunnelacct.pipeline import CaptureStatus
-from tunnelacct.traffic import (
+from tunnelacct.capture.decode import OK, REASONS, SKIPPED_REASONS
+from tunnelacct.metrics.tally import (
     DIRECTIONS,
     DURATION_BUCKETS_S,
     SIZE_BUCKETS_BYTES,
@@ -33,6 +32,7 @@ from tunnelacct.traffic import (
     MetricLabels,
     TallySnapshot,
 )
+from tunnelacct.pipeline import CaptureStatus
 from tunnelacct.writer import WRITE_BUCKETS_S
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tunnelacct.decode import DecodedBatch, decode, plausible_until
+from tunnelacct.capture.decode import DecodedBatch, decode, plausible_until
+from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.errors import CaptureFormatError, TunnelacctError
-from tunnelacct.sources.pcapfile import open_capture
 
 QUEUE_BATCHES = 4  # decoded batches in flight (each from ~4 MB of capture)
 POLL_S = 0.5

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunnelacct.decode import REASONS, SKIPPED_REASONS, decode, plausible_until
-from tunnelacct.sources.pcapfile import open_capture
+from tunnelacct.capture.decode import REASONS, SKIPPED_REASONS, decode, plausible_until
+from tunnelacct.capture.pcapfile import open_capture
 
 
 def _dissect(linktype: int, data: bytes) -> str:

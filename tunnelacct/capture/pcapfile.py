@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tunnelacct.capture.batch import BUF_PAD, RawBatch
 from tunnelacct.errors import CaptureFormatError
-from tunnelacct.sources import BUF_PAD, RawBatch
 
 log = logging.getLogger(__name__)
 

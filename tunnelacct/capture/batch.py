@@ -1,4 +1,4 @@
-"""Packet sources: capture files now, live interfaces later; each yields RawBatch objects."""
+"""RawBatch: undecoded packets sharing one buffer, as every packet source yields them."""
 
 from __future__ import annotations
 

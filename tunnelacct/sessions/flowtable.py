@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tunnelacct.community_id import community_id
-from tunnelacct.config.model import Timeouts
-from tunnelacct.decode import (
+from tunnelacct.capture.decode import (
     FRAG_FIRST,
     FRAG_LATER,
     TCP_ACK,
@@ -35,17 +33,19 @@ from tunnelacct.decode import (
     TCP_SYN,
     DecodedBatch,
 )
+from tunnelacct.config.model import Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.events import Attribution, SessionEvent
-from tunnelacct.flowkey import (
+from tunnelacct.metrics.tally import NO_STATS, KeyStats, TrafficTally
+from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.sessions.flowkey import (
     LO64,
     FlowKey,
     SessionIds,
     addr_int,
     addr_text,
+    community_id,
     unpack_key,
 )
-from tunnelacct.traffic import NO_STATS, KeyStats, TrafficTally
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
+from tunnelacct.capture.batch import BUF_PAD, RawBatch
 from tunnelacct.errors import CaptureError
-from tunnelacct.sources import BUF_PAD, RawBatch
 
 log = logging.getLogger(__name__)
 

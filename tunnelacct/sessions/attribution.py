@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
-from tunnelacct.events import Attribution
+from tunnelacct.sessions.events import Attribution
 
 DEFAULT_CACHE_SIZE = 65_536  # attribute() results kept before the cache is cleared
 _ALL_PORTS = 65_536  # the width of "all ports", wider than any configured range

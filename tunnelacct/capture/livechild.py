@@ -23,10 +23,10 @@ import threading
 import time
 from typing import Any
 
-from tunnelacct.decode import DecodedBatch, decode, plausible_until
-from tunnelacct.decodeproc import narrow, widen
+from tunnelacct.capture.child import narrow, widen
+from tunnelacct.capture.decode import DecodedBatch, decode, plausible_until
+from tunnelacct.capture.live import LiveSource
 from tunnelacct.errors import CaptureError
-from tunnelacct.sources.live import LiveSource
 
 log = logging.getLogger(__name__)
 

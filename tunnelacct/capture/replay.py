@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tunnelacct.capture.batch import RawBatch
+from tunnelacct.capture.pcapfile import CaptureReader, open_capture
 from tunnelacct.errors import CaptureError, CaptureFormatError
-from tunnelacct.sources import RawBatch
-from tunnelacct.sources.pcapfile import CaptureReader, open_capture
 
 log = logging.getLogger(__name__)
 
