@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.helpers.needs import INSTALL_HINT, missing_tools, not_root, require
 from tests.helpers.netlab import WireguardLab
 from tests.helpers.pg import fresh_database
-from tunnelacct.schema import migrate
-from tunnelacct.store import make_engine
+from tunnelacct.store.engine import make_engine
+from tunnelacct.store.migrate import migrate
 
 
 @pytest.fixture(scope="session")

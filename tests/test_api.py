@@ -31,9 +31,9 @@ from tunnelacct import api as api_module
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token, revoke_token
 from tunnelacct.export import export_org_csv
-from tunnelacct.models import SessionRecord, table_of
 from tunnelacct.retention import purge
-from tunnelacct.store import make_engine, sync_url
+from tunnelacct.store.engine import make_engine, sync_url
+from tunnelacct.store.models import SessionRecord, table_of
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"

@@ -37,7 +37,7 @@ from tests.helpers.stores import ENGINES, execute, imported_store, query
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import TOKEN_PREFIX, Role, create_token, revoke_token
 from tunnelacct.retention import purge
-from tunnelacct.store import make_engine
+from tunnelacct.store.engine import make_engine
 
 OPERATIONS = (
     "GET /healthz",

@@ -24,9 +24,9 @@ from tests.helpers.stores import ENGINES, empty_store, execute, migrated_store
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.export import CSV_COLUMNS, ExportWorkers, csv_pages, export_org, export_org_csv
-from tunnelacct.models import SessionRecord
 from tunnelacct.query import parse_filter
-from tunnelacct.store import ensure_partitions, make_engine
+from tunnelacct.store.engine import ensure_partitions, make_engine
+from tunnelacct.store.models import SessionRecord
 
 BASE = datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC)
 

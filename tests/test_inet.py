@@ -23,12 +23,12 @@ from tunnelacct.auth import Role, create_token
 from tunnelacct.config.model import Config, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.export import export_org_csv
-from tunnelacct.models import SessionRecord
 from tunnelacct.query import filter_clause, parse_filter
-from tunnelacct.schema import migrate
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store import ongoing_sessions, sync_inventory
-from tunnelacct.writer import SessionWriter
+from tunnelacct.store.engine import ongoing_sessions, sync_inventory
+from tunnelacct.store.migrate import migrate
+from tunnelacct.store.models import SessionRecord
+from tunnelacct.store.writer import SessionWriter
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 GATEWAY = "gw-inet"

@@ -23,8 +23,8 @@ import pytest
 from tests.helpers.gatewayproc import RESUME_DELTA, plan, resumed_close
 from tests.helpers.pg import fresh_database, plain, read_rows
 from tunnelacct.enums import EventKind
-from tunnelacct.schema import migrate
 from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.store.migrate import migrate
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tests.helpers.pg import add_partitions
 from tests.helpers.stores import ENGINES, imported_store, migrated_store, session_rows
 from tunnelacct.errors import FilterError, TunnelacctError
-from tunnelacct.models import SessionRecord, table_of
 from tunnelacct.query import (
     Compare,
     Filter,
@@ -35,7 +34,8 @@ from tunnelacct.query import (
     parse_bytes,
     parse_filter,
 )
-from tunnelacct.store import make_engine, sync_url
+from tunnelacct.store.engine import make_engine, sync_url
+from tunnelacct.store.models import SessionRecord, table_of
 
 DATA = Path(__file__).resolve().parent / "data"
 TABLE = table_of(SessionRecord)

@@ -24,11 +24,11 @@ from tests.helpers.stores import execute
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.models import PurgeRun, SessionRecord
-from tunnelacct.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
 from tunnelacct.retention import PurgeRunTally, purge
-from tunnelacct.schema import migrate
-from tunnelacct.store import ensure_partitions, make_engine, sync_inventory, sync_url
+from tunnelacct.store.engine import ensure_partitions, make_engine, sync_inventory, sync_url
+from tunnelacct.store.migrate import migrate
+from tunnelacct.store.models import PurgeRun, SessionRecord
+from tunnelacct.store.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
 
 ORGS = (
     OrgConfig("weekly", "Weekly", retention_days=7),

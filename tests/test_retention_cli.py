@@ -37,7 +37,7 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.load import load_config
 from tunnelacct.retention import STOPPING
 from tunnelacct.service import Service
-from tunnelacct.store import ensure_partitions, make_engine
+from tunnelacct.store.engine import ensure_partitions, make_engine
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,7 +1,7 @@
-"""SQLite's sessions layout (tunnelacct/sqliteparts.py, migration 0006): a few tables per org,
-each of a span of UTC days, behind the sessions view. serve creates them ahead, the writer
-routes rows into them (or into sessions_default), a purge empties or drops the expired ones and
-deletes the rest in batches, and the view reads like a table. SQLite only: PostgreSQL
+"""SQLite's sessions layout (tunnelacct/store/sqlite/layout.py, migration 0006): a few tables
+per org, each of a span of UTC days, behind the sessions view. serve creates them ahead, the
+writer routes rows into them (or into sessions_default), a purge empties or drops the expired
+ones and deletes the rest in batches, and the view reads like a table. SQLite only: PostgreSQL
 partitions sessions itself (tests/test_retention.py)."""
 
 from __future__ import annotations
@@ -23,16 +23,22 @@ from tests.helpers.retention import NOW, session
 from tests.helpers.sqlite import raw_query
 from tests.helpers.stores import alembic_to
 from tests.helpers.waiting import WAIT_S
-from tunnelacct import sqliteparts, sqlitepurge
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.models import SessionRecord
 from tunnelacct.retention import purge
-from tunnelacct.schema import migrate
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.sqliteparts import DEFAULT_TABLE, Partition, move_default_rows, partition_name
-from tunnelacct.store import keep_partitions_ahead, sync_inventory, sync_url
-from tunnelacct.writer import SessionWriter
+from tunnelacct.store.engine import keep_partitions_ahead, sync_inventory, sync_url
+from tunnelacct.store.migrate import migrate
+from tunnelacct.store.models import SessionRecord
+from tunnelacct.store.sqlite import layout as sqliteparts
+from tunnelacct.store.sqlite import purge as sqlitepurge
+from tunnelacct.store.sqlite.layout import (
+    DEFAULT_TABLE,
+    Partition,
+    move_default_rows,
+    partition_name,
+)
+from tunnelacct.store.writer import SessionWriter
 
 ORGS = (
     OrgConfig("weekly", "Weekly", retention_days=7),

@@ -30,14 +30,8 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
-from tunnelacct.models import Client as ClientRow
-from tunnelacct.models import Org as OrgRow
-from tunnelacct.models import Resource as ResourceRow
-from tunnelacct.models import SessionRecord, TableBase
 from tunnelacct.retention import purge
-from tunnelacct.schema import check_schema, include_name, migrate
-from tunnelacct.sqliteparts import is_layout_name, parse_partition
-from tunnelacct.store import (
+from tunnelacct.store.engine import (
     async_url,
     ensure_partitions,
     keep_partitions_ahead,
@@ -45,6 +39,12 @@ from tunnelacct.store import (
     sync_inventory,
     sync_url,
 )
+from tunnelacct.store.migrate import check_schema, include_name, migrate
+from tunnelacct.store.models import Client as ClientRow
+from tunnelacct.store.models import Org as OrgRow
+from tunnelacct.store.models import Resource as ResourceRow
+from tunnelacct.store.models import SessionRecord, TableBase
+from tunnelacct.store.sqlite.layout import is_layout_name, parse_partition
 
 
 def record(**overrides: Any) -> SessionRecord:

@@ -35,8 +35,8 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
-from tunnelacct.models import SessionRecord, UtcDateTime, table_of
-from tunnelacct.rows import (
+from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.store.codec import (
     ROW_COLUMNS,
     bulk_upsert_sql,
     event_row,
@@ -44,10 +44,10 @@ from tunnelacct.rows import (
     sqlite_time_text,
     upsert_sql,
 )
-from tunnelacct.schema import migrate
-from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store import async_url, ensure_partitions, make_engine
-from tunnelacct.writer import PG_FLIGHTS, SessionWriter, sqlstate, transient_store_error
+from tunnelacct.store.engine import async_url, ensure_partitions, make_engine
+from tunnelacct.store.migrate import migrate
+from tunnelacct.store.models import SessionRecord, UtcDateTime, table_of
+from tunnelacct.store.writer import PG_FLIGHTS, SessionWriter, sqlstate, transient_store_error
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 
@@ -246,7 +246,7 @@ async def test_locked_database_delays_writes_but_loses_nothing(
     locker = sqlite3.connect(db_path, isolation_level=None)
     try:
         writer = writer_for(engine, flush_interval_s=0.01)
-        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.store.writer"):
             async with running(writer):
                 locker.execute("BEGIN EXCLUSIVE")
                 await writer.submit([event() for _ in range(500)])
@@ -273,7 +273,7 @@ async def test_a_write_stuck_in_the_driver_is_given_up_after_write_timeout_one_a
     locker = sqlite3.connect(db_path, isolation_level=None)
     try:
         writer = writer_for(engine, flush_interval_s=0.01, write_timeout_s=0.2)
-        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.store.writer"):
             async with running(writer):
                 await writer.submit([event()])  # the pool's connection, and its thread
                 await wait_until(lambda: writer.pending == 0)
@@ -659,7 +659,7 @@ def test_row_arrays_are_the_columns_of_the_rows() -> None:
 async def test_ongoing_sessions_reads_back_this_gateways_ongoing_rows_as_written(
     store_engine: AsyncEngine,
 ) -> None:
-    from tunnelacct.store import ongoing_sessions
+    from tunnelacct.store.engine import ongoing_sessions
 
     ongoing = [event(EventKind.CHECKPOINT, n=n, last_ts=T0 + n) for n in (1, 2)]
     closed = event(EventKind.CLOSED, n=3, last_ts=T0 + 3)
@@ -727,7 +727,7 @@ async def test_backend_terminated_mid_flush_is_retried_and_loses_nothing(
     try:
         writer = writer_for(engine, flush_interval_s=0.01)
         ids = [uuid.uuid4() for _ in range(300)]
-        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.store.writer"):
             async with running(writer):
                 await writer.submit([event(EventKind.OPENED, sid) for sid in ids[:100]])
                 await wait_until(lambda: writer.pending == 0)
@@ -788,7 +788,7 @@ async def test_lock_and_statement_timeouts_delay_writes_but_lose_nothing(
     admin = await asyncpg.connect(pg_url)
     try:
         writer = writer_for(engine, flush_interval_s=0.01)
-        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.store.writer"):
             async with running(writer):
                 lock = admin.transaction()
                 await lock.start()
@@ -814,7 +814,7 @@ async def test_deadlock_victim_flush_is_retried_with_the_newest_counters(
     a, b = uuid.uuid4(), uuid.uuid4()
     try:
         writer = writer_for(engine, flush_interval_s=0.01)
-        with caplog.at_level(logging.WARNING, logger="tunnelacct.writer"):
+        with caplog.at_level(logging.WARNING, logger="tunnelacct.store.writer"):
             async with running(writer):
                 await writer.submit([event(EventKind.OPENED, a), event(EventKind.OPENED, b)])
                 await wait_until(lambda: writer.pending == 0)

@@ -60,9 +60,9 @@ from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
 from tunnelacct.httpguards import STALLED_SEND_S, HttpGuards
 from tunnelacct.metrics.collectors import service_registry
-from tunnelacct.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
 from tunnelacct.query import filter_clause, parse_filter
 from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy
+from tunnelacct.store.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
 
 COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
 MAX_LIMIT = 1000

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.errors import TunnelacctError
-from tunnelacct.models import ApiToken, table_of
+from tunnelacct.store.models import ApiToken, table_of
 
 TOKEN_PREFIX = "tat_"
 _TOKEN = re.compile(r"tat_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")

@@ -51,7 +51,7 @@ class _Commands(click.Group):
 
         from tunnelacct.config.database_url import shown_database
         from tunnelacct.errors import StoreError
-        from tunnelacct.store import store_why
+        from tunnelacct.store.engine import store_why
 
         try:
             return super().invoke(ctx)
@@ -166,7 +166,7 @@ def export_cmd(
     from tunnelacct.export import export_org
     from tunnelacct.query import parse_filter
     from tunnelacct.replacefile import replacing
-    from tunnelacct.store import require_database
+    from tunnelacct.store.engine import require_database
 
     flt = parse_filter(q) if q else None  # a bad filter fails before any file is created
     config = _config(config_path)
@@ -199,8 +199,8 @@ def export_cmd(
 )
 def serve_cmd(config_path: Path | None, status_file: Path | None) -> None:
     """Capture every [[capture]] and record sessions live until SIGTERM/SIGINT."""
-    from tunnelacct.schema import migrate
     from tunnelacct.service import serve
+    from tunnelacct.store.migrate import migrate
 
     config = _config(config_path)
     migrate(config.database.url)
@@ -220,7 +220,7 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.export import format_time
     from tunnelacct.retention import PurgeResult, purge
-    from tunnelacct.store import configured_orgs, stored_org_ids, sync_inventory
+    from tunnelacct.store.engine import configured_orgs, stored_org_ids, sync_inventory
 
     config = _config(config_path)
 
@@ -255,8 +255,8 @@ def _with_engine(config: Config, work: Any) -> Any:
     read or purge and never create one), then run `await work(engine)`; return its result."""
     import asyncio
 
-    from tunnelacct.schema import migrate
-    from tunnelacct.store import make_engine, require_database
+    from tunnelacct.store.engine import make_engine, require_database
+    from tunnelacct.store.migrate import migrate
 
     require_database(config.database.url)
     migrate(config.database.url)
@@ -281,7 +281,7 @@ def token_create(config_path: Path | None, role: str, org: str | None, name: str
     """Create a token and print it once (only its hash is stored)."""
     from tunnelacct.auth import Role, create_token
     from tunnelacct.errors import UnknownOrgError
-    from tunnelacct.store import stored_org_ids
+    from tunnelacct.store.engine import stored_org_ids
 
     config = _config(config_path)
 
@@ -343,7 +343,7 @@ def db_group() -> None:
 def db_upgrade(config_path: Path | None) -> None:
     """Create or migrate the schema to the latest revision."""
     from tunnelacct.config.database_url import shown_database
-    from tunnelacct.schema import migrate
+    from tunnelacct.store.migrate import migrate
 
     config = _config(config_path)
     migrate(config.database.url)
@@ -362,8 +362,8 @@ def db_partition(config_path: Path | None) -> None:
     """
     from sqlalchemy import create_engine, pool
 
-    from tunnelacct.sqliteparts import move_default_rows
-    from tunnelacct.store import sync_inventory, sync_url
+    from tunnelacct.store.engine import sync_inventory, sync_url
+    from tunnelacct.store.sqlite.layout import move_default_rows
 
     config = _config(config_path)
 

@@ -38,12 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
 from tunnelacct.errors import StoreError, UnknownOrgError
+from tunnelacct.query import Filter, filter_clause
+from tunnelacct.store.engine import make_engine, stored_org_ids, sync_url
+from tunnelacct.store.migrate import check_schema
 
 # The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
-from tunnelacct.models import SessionRecord, table_of
-from tunnelacct.query import Filter, filter_clause
-from tunnelacct.schema import check_schema
-from tunnelacct.store import make_engine, stored_org_ids, sync_url
+from tunnelacct.store.models import SessionRecord, table_of
 
 # The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
 # initiator -> responder, rx the reverse; empty cells are NULLs (e.g. ended_at of an ongoing

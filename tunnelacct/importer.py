@@ -22,12 +22,12 @@ from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.model import Config
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
-from tunnelacct.reimport import Reimport
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowtable import FlowTable
-from tunnelacct.store import make_engine, sync_inventory, unlogged_orgs
-from tunnelacct.writer import SessionWriter
+from tunnelacct.store.engine import make_engine, sync_inventory, unlogged_orgs
+from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.writer import SessionWriter
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def import_captures(
     worker = DecodeProcess(files)
     try:
         # imported here, once the decoder runs: Alembic alone takes ~0.3 s to import
-        from tunnelacct.schema import migrate
+        from tunnelacct.store.migrate import migrate
 
         migrate(config.database.url)
         asyncio.run(_run(config, files, worker, summary, progress))

@@ -60,12 +60,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import Executable, TableClause
 
-from tunnelacct import sqlitepurge
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import Org, PurgeRun, SessionRecord, UtcDateTime, table_of
-from tunnelacct.purgelock import PurgeLock, renew_lease
-from tunnelacct.store import partition_day
+from tunnelacct.store.engine import partition_day
+from tunnelacct.store.models import Org, PurgeRun, SessionRecord, UtcDateTime, table_of
+from tunnelacct.store.purgelock import PurgeLock, renew_lease
+from tunnelacct.store.sqlite.purge import batch_tables, empty_expired, shaped_like_sessions
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ async def purge(
                         engine, cutoffs, dropped, holder, clock, lock, on_deleted
                     )
                 else:
-                    await sqlitepurge.empty_expired(
+                    await empty_expired(
                         engine, cutoffs, dropped, emptied, holder, clock, lock, on_deleted,
                         budget_s=DROP_BUDGET_S,
                     )  # fmt: skip
@@ -390,7 +390,7 @@ async def _delete_expired(
             if day_end is None or day_end - timedelta(days=1) < cutoff
         ]
     else:
-        names = await sqlitepurge.batch_tables(engine, org_id, cutoff, emptied)
+        names = await batch_tables(engine, org_id, cutoff, emptied)
         statements = [_sqlite_delete(name, org_id, cutoff, batch_size) for name in names]
     for stmt in statements:
         while True:
@@ -408,7 +408,7 @@ async def _delete_expired(
 def _sqlite_delete(name: str, org_id: str, cutoff: datetime, batch_size: int) -> Executable:
     """One batch of `_delete_expired()` in SQLite table `name` (sessions_default or a
     partition), by rowid: the table's own key, so no primary-key index lookup per row (+10%)."""
-    t = sqlitepurge.shaped_like_sessions(name)
+    t = shaped_like_sessions(name)
     rowid = literal_column("rowid", Integer)
     batch = select(rowid).select_from(t).where(*_expired(org_id, cutoff, t))
     batch = batch.order_by(t.c.ended_at).limit(batch_size)

@@ -32,7 +32,6 @@ from tunnelacct.config.model import ClientConfig, Config
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.export import ExportWorkers
-from tunnelacct.gatewaylock import GatewayLock
 from tunnelacct.httpconn import RateLimitedLoopErrors
 from tunnelacct.metrics.collectors import (
     RetentionFigures,
@@ -48,7 +47,7 @@ from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.siem import SessionEventLog
-from tunnelacct.store import (
+from tunnelacct.store.engine import (
     configured_orgs,
     keep_partitions_ahead,
     make_engine,
@@ -58,7 +57,8 @@ from tunnelacct.store import (
     sync_orgs,
     unlogged_orgs,
 )
-from tunnelacct.writer import SessionWriter
+from tunnelacct.store.gatewaylock import GatewayLock
+from tunnelacct.store.writer import SessionWriter
 
 log = logging.getLogger(__name__)
 

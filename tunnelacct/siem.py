@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from tunnelacct.enums import EventKind
 from tunnelacct.export import CSV_COLUMNS, json_duration, json_value, unix_time
-from tunnelacct.rows import event_row
 from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.store.codec import event_row
 
 
 def event_line(event: SessionEvent, gateway: str) -> str:

@@ -25,7 +25,7 @@ from tests.benchmarks.machine import machine  # noqa: E402
 from tests.helpers.replicate import replicate  # noqa: E402
 from tests.helpers.stores import ENGINES, imported_store, query  # noqa: E402
 from tunnelacct.export import ExportWorkers, export_org_csv  # noqa: E402
-from tunnelacct.store import make_engine  # noqa: E402
+from tunnelacct.store.engine import make_engine  # noqa: E402
 
 
 async def export_once(url: str, workers: int) -> tuple[int, float, str]:

@@ -33,9 +33,9 @@ from tests.benchmarks.bench_writer import make_events  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.retention import purge  # noqa: E402
-from tunnelacct.schema import migrate  # noqa: E402
-from tunnelacct.store import make_engine  # noqa: E402
-from tunnelacct.writer import SessionWriter  # noqa: E402
+from tunnelacct.store.engine import make_engine  # noqa: E402
+from tunnelacct.store.migrate import migrate  # noqa: E402
+from tunnelacct.store.writer import SessionWriter  # noqa: E402
 
 RETENTION = {"acme": 30, "globex": 7, "initech": None}
 

@@ -41,17 +41,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig  # noqa: E402
-from tunnelacct.models import SessionRecord  # noqa: E402
-from tunnelacct.purgelock import acquire_lease  # noqa: E402
 from tunnelacct.retention import BATCH_SIZE, _delete_expired, purge  # noqa: E402
-from tunnelacct.schema import alembic_config  # noqa: E402
-from tunnelacct.store import (  # noqa: E402
+from tunnelacct.store.engine import (  # noqa: E402
     ensure_partitions,
     make_engine,
     sync_inventory,
     sync_url,
     table_of,
 )
+from tunnelacct.store.migrate import alembic_config  # noqa: E402
+from tunnelacct.store.models import SessionRecord  # noqa: E402
+from tunnelacct.store.purgelock import acquire_lease  # noqa: E402
 
 ORGS = (
     OrgConfig("acme", "Acme", retention_days=30),

@@ -36,7 +36,7 @@ from tests.helpers.retention import (  # noqa: E402
     purged_orgs,
 )
 from tests.helpers.serving import Serve  # noqa: E402
-from tunnelacct.schema import migrate  # noqa: E402
+from tunnelacct.store.migrate import migrate  # noqa: E402
 
 WAIT_S = 1800.0  # a run that has not ended by then is stuck
 

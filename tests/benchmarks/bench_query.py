@@ -57,10 +57,10 @@ from tests.helpers.replicate import replicate  # noqa: E402
 from tunnelacct.api import ApiContext, create_app  # noqa: E402
 from tunnelacct.auth import Role, create_token  # noqa: E402
 from tunnelacct.export import ExportWorkers  # noqa: E402
-from tunnelacct.models import Org, SessionRecord, table_of  # noqa: E402
-from tunnelacct.schema import migrate  # noqa: E402
-from tunnelacct.sqliteparts import move_default_rows  # noqa: E402
-from tunnelacct.store import make_engine, sync_url  # noqa: E402
+from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
+from tunnelacct.store.migrate import migrate  # noqa: E402
+from tunnelacct.store.models import Org, SessionRecord, table_of  # noqa: E402
+from tunnelacct.store.sqlite.layout import move_default_rows  # noqa: E402
 
 SEEDS = 1000
 STEP_S = 1037  # seeds span < STEP_S; 10,000 copies span 120 days

@@ -59,7 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
-from tunnelacct.rows import (  # noqa: E402
+from tunnelacct.sessions.events import Attribution, SessionEvent  # noqa: E402
+from tunnelacct.store.codec import (  # noqa: E402
     ROW_COLUMNS,
     STAGING_TABLE,
     bulk_upsert_sql,
@@ -70,10 +71,9 @@ from tunnelacct.rows import (  # noqa: E402
     staging_table_sql,
     upsert_sql,
 )
-from tunnelacct.schema import migrate  # noqa: E402
-from tunnelacct.sessions.events import Attribution, SessionEvent  # noqa: E402
-from tunnelacct.store import ensure_partitions, make_engine, sync_url  # noqa: E402
-from tunnelacct.writer import SessionWriter  # noqa: E402
+from tunnelacct.store.engine import ensure_partitions, make_engine, sync_url  # noqa: E402
+from tunnelacct.store.migrate import migrate  # noqa: E402
+from tunnelacct.store.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0
 CLOSE_REASONS = (CloseReason.FIN, CloseReason.FIN, CloseReason.RST, CloseReason.IDLE)

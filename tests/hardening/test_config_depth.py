@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tunnelacct.config.load import load_config
-from tunnelacct.schema import migrate
 from tunnelacct.service import Service
-from tunnelacct.store import make_engine
+from tunnelacct.store.engine import make_engine
+from tunnelacct.store.migrate import migrate
 
 pytestmark = pytest.mark.hardening
 

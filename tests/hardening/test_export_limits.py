@@ -28,7 +28,7 @@ from tests.helpers.stores import empty_store, query
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
 from tunnelacct.querylimits import QueryLimits
-from tunnelacct.store import make_engine
+from tunnelacct.store.engine import make_engine
 
 pytestmark = pytest.mark.hardening
 

@@ -15,7 +15,7 @@ from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
 from tunnelacct.httpguards import MAX_BODY_BYTES
 from tunnelacct.service import listen_socket
-from tunnelacct.store import make_engine
+from tunnelacct.store.engine import make_engine
 
 pytestmark = pytest.mark.hardening
 

@@ -19,7 +19,7 @@ from tests.helpers.stores import imported_store
 from tunnelacct.api import ApiContext, create_app
 from tunnelacct.auth import Role, create_token
 from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy
-from tunnelacct.store import make_engine
+from tunnelacct.store.engine import make_engine
 
 pytestmark = pytest.mark.hardening
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store import make_engine, ongoing_sessions
-from tunnelacct.writer import SessionWriter
+from tunnelacct.store.engine import make_engine, ongoing_sessions
+from tunnelacct.store.writer import SessionWriter
 
 T0 = 1_795_430_445.0
 ATTRIBUTION = Attribution("acme", "c1", "laptop", "alice", "r1", "web")

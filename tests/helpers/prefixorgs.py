@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, insert, pool, select
 
+from tunnelacct.store.engine import sync_url
+
 # "acme2" starts with "acme", and "acme" with "acm": one of them leaks under either direction
-from tunnelacct.models import Client, Org, Resource, SessionRecord, table_of
-from tunnelacct.store import sync_url
+from tunnelacct.store.models import Client, Org, Resource, SessionRecord, table_of
 
 # "acme2" starts with "acme", and "acme" with "acm": one of them leaks under either direction
 # of a prefix test.

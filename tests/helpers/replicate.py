@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers.pg import add_partitions
 from tests.helpers.sqlite import replicate_sessions
-from tunnelacct.store import sync_url
+from tunnelacct.store.engine import sync_url
 
 # The columns a copy changes; every other column is copied as it is, whatever its type.
 SHIFTED = ("id", "src_port", "started_at", "ended_at", "last_seen_at")

@@ -22,9 +22,9 @@ from tests.helpers.pg import read_rows
 from tests.helpers.replicate import replicate
 from tests.helpers.serving import dump_toml
 from tests.helpers.stores import query
-from tunnelacct.models import SessionRecord
-from tunnelacct.purgelock import ADVISORY_LOCK_KEY, acquire_lease, release_lease
-from tunnelacct.store import make_engine, sync_url
+from tunnelacct.store.engine import make_engine, sync_url
+from tunnelacct.store.models import SessionRecord
+from tunnelacct.store.purgelock import ADVISORY_LOCK_KEY, acquire_lease, release_lease
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -60,7 +60,7 @@ def counts(url: str) -> dict[str, int]:
 def purge_lock_held(url: str, holder: str) -> Iterator[None]:
     """The purge lock held by `holder` (another process) until the block ends: the lease row
     on SQLite; on PostgreSQL the advisory lock, on a connection of its own, and the lock row
-    naming `holder`, as a running purge holds them (tunnelacct/purgelock.py)."""
+    naming `holder`, as a running purge holds them (tunnelacct/store/purgelock.py)."""
     if make_url(url).get_backend_name() != "postgresql":
 
         async def lease(take: bool) -> None:

@@ -33,7 +33,7 @@ def replicate_sessions(
 
     For tests and benchmarks that need millions of real-looking rows in seconds; `chunk`
     copies per transaction keep the WAL small. The copies go into sessions_default (past the
-    view's row-by-row trigger; `tunnelacct.sqliteparts.move_default_rows()` moves them into
+    view's row-by-row trigger; `tunnelacct.store.sqlite.layout.move_default_rows()` moves them into
     partitions), the stored sessions are read through the view.
     """
 

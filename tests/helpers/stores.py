@@ -22,8 +22,8 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.pg import ADMIN_URL, PREFIX, fresh_database, read_rows, require_postgresql
-from tunnelacct.schema import alembic_config, migrate
-from tunnelacct.store import sync_url
+from tunnelacct.store.engine import sync_url
+from tunnelacct.store.migrate import alembic_config, migrate
 
 ENGINES = ("sqlite", "postgresql")
 DATA = Path(__file__).resolve().parent.parent / "data"

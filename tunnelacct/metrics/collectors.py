@@ -33,7 +33,7 @@ from tunnelacct.metrics.tally import (
     TallySnapshot,
 )
 from tunnelacct.pipeline import CaptureStatus
-from tunnelacct.writer import WRITE_BUCKETS_S
+from tunnelacct.store.writer import WRITE_BUCKETS_S
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)
 

@@ -46,8 +46,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
-from tunnelacct.reimport import Reimport
-from tunnelacct.rows import (
+from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.store.codec import (
     ROW_COLUMNS,
     STAGING_TABLE,
     driver_values,
@@ -56,10 +56,10 @@ from tunnelacct.rows import (
     staging_table_sql,
     upsert_sql,
 )
-from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.sqliteparts import DEFAULT_TABLE, begin_write, routes, schema_version
-from tunnelacct.sqliteparts import partitions as sqlite_partitions
-from tunnelacct.store import ensure_partitions
+from tunnelacct.store.engine import ensure_partitions
+from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.sqlite.layout import DEFAULT_TABLE, begin_write, routes, schema_version
+from tunnelacct.store.sqlite.layout import partitions as sqlite_partitions
 
 log = logging.getLogger(__name__)
 

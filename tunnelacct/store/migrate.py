@@ -1,8 +1,9 @@
 """Schema migrations with Alembic: `migrate()` to head, `check_schema()` before reading.
 
-Migrations live in `migrations/` at the repository root (Alembic `env.py`, `versions/`). They are
-found next to the `tunnelacct` package, which holds for a checkout and an editable install
-(`pip install -e .`); other layouts pass `script_location=` or get a StoreError naming the path.
+The migrations (Alembic `env.py`, `versions/`) ship inside the package, in
+`tunnelacct/store/migrations/`, so every install can create and upgrade a database: a
+checkout, an editable install, a wheel. The repository's top-level `migrations` is a link to
+them, for Alembic's own command line.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import tunnelacct
 from tunnelacct.errors import StoreError
-from tunnelacct.sqliteparts import is_layout_name
-from tunnelacct.store import ensure_sqlite_file, partition_day, store_why, sync_url
+from tunnelacct.store.engine import ensure_sqlite_file, partition_day, store_why, sync_url
+from tunnelacct.store.sqlite.layout import is_layout_name
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,10 @@ NOT_MIGRATED = "database is not migrated: run `tunnelacct db upgrade`"
 
 
 def migrations_dir() -> Path:
-    """Locate the Alembic scripts: `migrations/` next to the `tunnelacct` package."""
-    path = Path(tunnelacct.__file__).resolve().parent.parent / "migrations"
+    """The Alembic scripts shipped with the package (`tunnelacct/store/migrations/`)."""
+    path = Path(__file__).resolve().parent / "migrations"
     if not (path / "env.py").is_file():
-        raise StoreError(
-            f"Alembic migrations not found at {path}: run tunnelacct from a checkout or an "
-            "editable install (pip install -e .)"
-        )
+        raise StoreError(f"Alembic migrations not found at {path}: the installation is incomplete")
     return path
 
 

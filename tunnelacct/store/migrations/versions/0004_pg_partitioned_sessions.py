@@ -81,7 +81,7 @@ def upgrade() -> None:
 
 
 def _create_partition(day: date) -> None:
-    # The same names and bounds as tunnelacct.store.ensure_partitions() (not imported: a
+    # The same names and bounds as tunnelacct.store.engine.ensure_partitions() (not imported: a
     # migration stays as it was written).
     op.execute(
         f"CREATE TABLE sessions_p{day:%Y%m%d} PARTITION OF sessions"

@@ -28,8 +28,8 @@ from sqlalchemy import Dialect
 
 from tunnelacct.enums import CloseReason, EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import IpAddress, SessionRecord, table_of
 from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.store.models import IpAddress, SessionRecord, table_of
 
 T = TypeVar("T")
 

@@ -17,8 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.errors import StoreError
-from tunnelacct.models import PurgeLock as PurgeLockRow
-from tunnelacct.models import table_of
+from tunnelacct.store.models import PurgeLock as PurgeLockRow
+from tunnelacct.store.models import table_of
 
 log = logging.getLogger(__name__)
 

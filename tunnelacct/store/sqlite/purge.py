@@ -20,9 +20,15 @@ from sqlalchemy.sql.expression import TableClause
 
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import SessionRecord, table_of
-from tunnelacct.purgelock import renew_lease
-from tunnelacct.sqliteparts import DEFAULT_TABLE, Partition, begin_write, partitions, rebuild_view
+from tunnelacct.store.models import SessionRecord, table_of
+from tunnelacct.store.purgelock import renew_lease
+from tunnelacct.store.sqlite.layout import (
+    DEFAULT_TABLE,
+    Partition,
+    begin_write,
+    partitions,
+    rebuild_view,
+)
 
 log = logging.getLogger("tunnelacct.retention")  # one logger for the whole purge
 

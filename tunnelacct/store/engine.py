@@ -37,8 +37,9 @@ from tunnelacct.config.database_url import shown_database, sqlite_file
 from tunnelacct.config.model import SYNCHRONOUS_LEVELS, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.models import Client, Org, Resource, SessionRecord, table_of
 from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.store.models import Client, Org, Resource, SessionRecord, table_of
+from tunnelacct.store.sqlite.layout import cover_days, org_periods
 
 log = logging.getLogger(__name__)
 
@@ -330,12 +331,10 @@ async def keep_partitions_ahead(
 async def _ensure_sqlite_days(engine: AsyncEngine, days: list[date]) -> None:
     """SQLite: the partitions covering `days` for every org that logs and purges (see
     keep_partitions_ahead), none starting before the first of `days`."""
-    from tunnelacct import sqliteparts  # it imports this module
-
     async with engine.begin() as conn:
-        periods = await conn.run_sync(sqliteparts.org_periods, True)
+        periods = await conn.run_sync(org_periods, True)
         keys = {(org, day) for org in periods for day in days}
-        made, _ = await conn.run_sync(sqliteparts.cover_days, keys, periods, min(days))
+        made, _ = await conn.run_sync(cover_days, keys, periods, min(days))
     if made:
         log.info("created %d sessions partitions (%s)", len(made), ", ".join(made))
 

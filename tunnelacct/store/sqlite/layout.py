@@ -34,7 +34,7 @@ from sqlalchemy import CheckConstraint, Connection, Engine, Index, MetaData, Tab
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tunnelacct.enums import SessionStatus
-from tunnelacct.models import Org, SessionRecord, table_of
+from tunnelacct.store.models import Org, SessionRecord, table_of
 
 VIEW = "sessions"
 DEFAULT_TABLE = "sessions_default"

@@ -1,5 +1,5 @@
 """SQLite: sessions becomes a view over tables of one org and a span of UTC days each, so that
-retention can empty or drop whole expired tables (issue 5; tunnelacct/sqliteparts.py).
+retention can empty or drop whole expired tables (issue 5; tunnelacct/store/sqlite/layout.py).
 PostgreSQL is unchanged (a no-op there: its sessions is partitioned by day since 0004).
 
 Upgrade renames the sessions table to sessions_default (its rows stay there; the indexes keep
@@ -25,7 +25,7 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The sessions columns as of 0005 (the same as tunnelacct.sqliteparts.columns() then; not
+# The sessions columns as of 0005 (the same as tunnelacct.store.sqlite.layout.columns() then; not
 # imported, so that this revision stays what it was when later ones change the model).
 _COLUMNS = (
     "id, org_id, client_id, client_name, user_id, resource_id, resource_name, protocol, "
@@ -43,7 +43,7 @@ def _sqlite() -> bool:
 
 def _begin() -> None:
     """One transaction for all of it: Python's sqlite3 commits each CREATE, DROP and ALTER on
-    its own outside one (tunnelacct.sqliteparts.begin_write)."""
+    its own outside one (tunnelacct.store.sqlite.layout.begin_write)."""
     bind = op.get_bind()
     if not bind.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
         bind.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,6 +1,6 @@
 """Alembic environment for tunnelacct: sync driver, batch mode for SQLite, no alembic.ini.
 
-`tunnelacct.schema.migrate(url)` builds the Alembic config in code and hands over an open
+`tunnelacct.store.migrate.migrate(url)` builds the Alembic config in code and hands over an open
 connection in `config.attributes["connection"]`; a `sqlalchemy.url` main option also works.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from tunnelacct.models import TableBase
-from tunnelacct.schema import include_name
+from tunnelacct.store.migrate import include_name
+from tunnelacct.store.models import TableBase
 
 config = context.config
 target_metadata = TableBase.metadata
@@ -50,7 +50,7 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        raise RuntimeError("no database URL: use tunnelacct.schema.migrate(url)")
+        raise RuntimeError("no database URL: use tunnelacct.store.migrate.migrate(url)")
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:
