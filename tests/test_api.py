@@ -27,13 +27,13 @@ from tests.helpers.prefixorgs import PREFIX_ORGS, add_prefix_orgs
 from tests.helpers.serving import dump_toml
 from tests.helpers.stores import ENGINES, copied_store, execute, imported_store
 from tests.helpers.stores import query as raw_query
-from tunnelacct import api as api_module
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import Role, create_token, revoke_token
-from tunnelacct.export import export_org_csv
-from tunnelacct.retention import purge
+from tunnelacct.query.export import export_org_csv
+from tunnelacct.retention.purge import purge
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.models import SessionRecord, table_of
+from tunnelacct.web import app as api_module
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import Role, create_token, revoke_token
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
@@ -104,8 +104,9 @@ async def test_health_needs_no_token_and_reveals_no_data(client: Client) -> None
     assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
-                                     {"Authorization": "Basic dXNlcjpwdw=="}])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dXNlcjpwdw=="}]
+)
 async def test_no_or_a_bad_token_is_401(client: Client, headers: dict[str, str]) -> None:
     c, _ = client
     for path in ("/api/v1/orgs", "/api/v1/orgs/acme/sessions", "/api/v1/orgs/acme/sessions.csv"):
@@ -133,22 +134,25 @@ async def test_an_auditor_sees_its_org_only_and_others_look_absent(client: Clien
     assert {"acme", "globex", *PREFIX_ORGS} <= orgs
     # wg-small.toml: acme keeps 30 days, globex 7; both log
     assert {(o["id"], o["retention_days"], o["logging"]) for o in listed} >= {
-        ("acme", 30, True), ("globex", 7, True)
-    }  # fmt: skip
+        ("acme", 30, True),
+        ("globex", 7, True),
+    }
     assert (await c.get("/api/v1/orgs/globex/sessions", headers=admin)).status_code == 200
 
 
 async def test_pages_visit_every_session_once_in_start_order(client: Client, imported: str) -> None:
     c, tokens = client
-    expected = ids_of(imported, "select id from sessions where org_id = 'acme' "
-                                "order by started_at, id")  # fmt: skip
+    expected = ids_of(
+        imported, "select id from sessions where org_id = 'acme' order by started_at, id"
+    )
     assert len(expected) > 5
     seen: list[str] = []
     cursor = None
     while True:
         params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
-        page = (await c.get("/api/v1/orgs/acme/sessions", params=params,
-                            headers=bearer(tokens["acme"]))).json()  # fmt: skip
+        page = (
+            await c.get("/api/v1/orgs/acme/sessions", params=params, headers=bearer(tokens["acme"]))
+        ).json()
         assert page["count"] == len(expected) and page["count_capped"] is False
         seen += [s["session_id"] for s in page["sessions"]]
         cursor = page["next_cursor"]
@@ -161,20 +165,27 @@ async def test_a_filter_selects_what_sql_selects_and_a_bad_one_is_400(
     client: Client, imported: str
 ) -> None:
     c, tokens = client
-    r = await c.get("/api/v1/orgs/acme/sessions", params={"q": "protocol:udp", "limit": 1000},
-                    headers=bearer(tokens["acme"]))  # fmt: skip
+    r = await c.get(
+        "/api/v1/orgs/acme/sessions",
+        params={"q": "protocol:udp", "limit": 1000},
+        headers=bearer(tokens["acme"]),
+    )
     got = sorted(s["session_id"] for s in r.json()["sessions"])
     want = sorted(
         ids_of(imported, "select id from sessions where org_id = 'acme' and protocol = 'udp'")
     )
     assert got == want and len(want) > 0
-    bad = await c.get("/api/v1/orgs/acme/sessions", params={"q": "dport:70000"},
-                      headers=bearer(tokens["acme"]))  # fmt: skip
+    bad = await c.get(
+        "/api/v1/orgs/acme/sessions", params={"q": "dport:70000"}, headers=bearer(tokens["acme"])
+    )
     assert bad.status_code == 400
     assert bad.json()["token"] == "dport:70000" and "0-65535" in bad.json()["expected"]
     assert (bad.json()["error"], bad.json()["parameter"]) == ("bad_parameter", "q")
-    sneaky = await c.get("/api/v1/orgs/acme/sessions", params={"q": "client:\"x' OR 1=1 --\""},
-                         headers=bearer(tokens["acme"]))  # fmt: skip
+    sneaky = await c.get(
+        "/api/v1/orgs/acme/sessions",
+        params={"q": 'client:"x\' OR 1=1 --"'},
+        headers=bearer(tokens["acme"]),
+    )
     assert sneaky.status_code == 200 and sneaky.json()["sessions"] == []
 
 
@@ -201,7 +212,8 @@ async def test_csv_download_is_the_export_streamed_as_an_attachment(
         await engine.dispose()
     assert r.text == out.getvalue()
     assert len(list(csv.DictReader(io.StringIO(r.text)))) == len(
-        raw_query(imported, "select 1 from sessions where org_id = 'acme'"))  # fmt: skip
+        raw_query(imported, "select 1 from sessions where org_id = 'acme'")
+    )
 
 
 async def test_inventory_lists_the_orgs_clients_and_resources(client: Client) -> None:
@@ -231,15 +243,17 @@ def add_session_like_one_of_acme(url: str, started_at: datetime) -> None:
 
 async def test_paging_stays_exact_while_new_sessions_arrive(client: Client, imported: str) -> None:
     c, tokens = client
-    original = ids_of(imported, "select id from sessions where org_id = 'acme' "
-                                "order by started_at, id")  # fmt: skip
+    original = ids_of(
+        imported, "select id from sessions where org_id = 'acme' order by started_at, id"
+    )
     seen: list[str] = []
     cursor = None
     added = 0
     while True:
         params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
-        page = (await c.get("/api/v1/orgs/acme/sessions", params=params,
-                            headers=bearer(tokens["acme"]))).json()  # fmt: skip
+        page = (
+            await c.get("/api/v1/orgs/acme/sessions", params=params, headers=bearer(tokens["acme"]))
+        ).json()
         seen += [s["session_id"] for s in page["sessions"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -287,8 +301,11 @@ async def test_non_ascii_names_download_as_utf8_intact(kind: str, tmp_path: Path
                 page = (await c.get("/api/v1/orgs/acme/sessions", headers=bearer(token))).json()
         finally:
             await engine.dispose()
-        expected = raw_query(db, "SELECT client_name, resource_name FROM sessions"
-                             " WHERE org_id = 'acme' ORDER BY started_at, id")  # fmt: skip
+        expected = raw_query(
+            db,
+            "SELECT client_name, resource_name FROM sessions"
+            " WHERE org_id = 'acme' ORDER BY started_at, id",
+        )
     assert r.headers["content-type"] == "text/csv; charset=utf-8"
     rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8"), newline="")))
     as_cells = [tuple("" if n is None else n for n in row) for row in expected]
@@ -304,8 +321,11 @@ async def test_metrics_need_no_token_and_reveal_no_session_data(
     r = await c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert 'tunnelacct_build_info{version="' in r.text
-    rows = raw_query(imported, "SELECT id, src_addr, dst_addr, client_id, client_name, user_id,"
-                               " resource_id, community_id FROM sessions")  # fmt: skip
+    rows = raw_query(
+        imported,
+        "SELECT id, src_addr, dst_addr, client_id, client_name, user_id,"
+        " resource_id, community_id FROM sessions",
+    )
     secrets = {str(v) for row in rows for v in row if v is not None}
     assert secrets and not [s for s in secrets if s in r.text]
 
@@ -329,8 +349,9 @@ def b64(value: object) -> str:
 )
 async def test_a_malformed_cursor_is_400_naming_it(client: Client, cursor: str) -> None:
     c, tokens = client
-    r = await c.get("/api/v1/orgs/acme/sessions", params={"cursor": cursor},
-                    headers=bearer(tokens["acme"]))  # fmt: skip
+    r = await c.get(
+        "/api/v1/orgs/acme/sessions", params={"cursor": cursor}, headers=bearer(tokens["acme"])
+    )
     assert r.status_code == 400 and cursor in r.json()["detail"]
     assert (r.json()["error"], r.json()["parameter"]) == ("bad_parameter", "cursor")
 
@@ -343,8 +364,12 @@ def add_org(db: str, org_id: str, retention_days: int | None) -> None:
     execute(
         db,
         "insert into orgs (id, name, retention_days, updated_at, logging) values (?, ?, ?, ?, ?)",
-        org_id, org_id.title(), retention_days, datetime(2026, 1, 1, tzinfo=UTC), True,
-    )  # fmt: skip
+        org_id,
+        org_id.title(),
+        retention_days,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        True,
+    )
 
 
 def org_rows(db: str) -> list[tuple[object, ...]]:
@@ -369,10 +394,13 @@ async def test_an_auditor_token_is_403_and_no_token_401_on_admin_routes(
     for method, path, body in RETENTION_ROUTES:
         r = await c.request(method, path, json=body, headers=bearer(tokens["acme"]))
         # whatever the org, even one that does not exist: an auditor learns nothing from a 403
-        assert (r.status_code, r.json()) == (403, {
-            "error": "forbidden",
-            "detail": "this needs an admin token; this one is an auditor token of org 'acme'",
-        }), path  # fmt: skip
+        assert (r.status_code, r.json()) == (
+            403,
+            {
+                "error": "forbidden",
+                "detail": "this needs an admin token; this one is an auditor token of org 'acme'",
+            },
+        ), path
         for headers in ({}, bearer(tokens["revoked"])):
             r = await c.request(method, path, json=body, headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
@@ -387,10 +415,15 @@ async def test_purge_runs_list_what_real_purges_recorded_newest_first(
     # rule over the stored text (fixed width, so text order is time order)
     cutoffs = {org: NOW - timedelta(days=days) for org, days in RETENTION_IN_CONFIG.items()}
     expired = {
-        org: raw_query(imported, "select count(*) from sessions where org_id = ? and status ="
-                       " 'completed' and ended_at < ?", org, cutoff)
+        org: raw_query(
+            imported,
+            "select count(*) from sessions where org_id = ? and status ="
+            " 'completed' and ended_at < ?",
+            org,
+            cutoff,
+        )
         for org, cutoff in cutoffs.items()
-    }  # fmt: skip
+    }
     assert expired == {"acme": [(0,)], "globex": [(7,)], "unattributed": [(0,)]}  # 7 < 30 days
     engine = make_engine(imported)
     try:
@@ -426,8 +459,9 @@ async def test_purge_runs_list_what_real_purges_recorded_newest_first(
     two = await c.get("/api/v1/purge-runs", params={"limit": 2}, headers=bearer(tokens["admin"]))
     assert two.json() == runs[:2]
     for limit in (0, 1001, "x"):
-        r = await c.get("/api/v1/purge-runs", params={"limit": limit},
-                        headers=bearer(tokens["admin"]))  # fmt: skip
+        r = await c.get(
+            "/api/v1/purge-runs", params={"limit": limit}, headers=bearer(tokens["admin"])
+        )
         assert (r.status_code, r.json()["parameter"]) == (400, "limit"), limit
 
 
@@ -438,15 +472,25 @@ async def test_an_org_shows_its_retention_logging_and_who_sets_it(
     add_org(imported, "initech", None)
     auditor, admin = bearer(tokens["acme"]), bearer(tokens["admin"])
     r = await c.get("/api/v1/orgs/acme", headers=auditor)
-    assert r.json() == {"id": "acme", "name": "Acme Corp", "retention_days": 30,
-                        "logging": True, "source": "config"}  # fmt: skip
+    assert r.json() == {
+        "id": "acme",
+        "name": "Acme Corp",
+        "retention_days": 30,
+        "logging": True,
+        "source": "config",
+    }
     for org in ("globex", "initech", *PREFIX_ORGS, "no-such-org"):
         r = await c.get(f"/api/v1/orgs/{org}", headers=auditor)
         assert (r.status_code, r.json()) == (404, not_found(org))
     assert (await c.get("/api/v1/orgs/globex", headers=admin)).json()["retention_days"] == 7
     r = await c.get("/api/v1/orgs/initech", headers=admin)
-    assert r.json() == {"id": "initech", "name": "Initech", "retention_days": "forever",
-                        "logging": True, "source": "api"}  # fmt: skip
+    assert r.json() == {
+        "id": "initech",
+        "name": "Initech",
+        "retention_days": "forever",
+        "logging": True,
+        "source": "api",
+    }
     assert (await c.get("/api/v1/orgs/no-such-org", headers=admin)).status_code == 404
     assert (await c.get("/api/v1/orgs/acme")).status_code == 401
 
@@ -456,8 +500,12 @@ async def test_a_patched_retention_is_what_the_next_purge_applies(imported: str)
     engine = make_engine(imported)
     admin, _ = await create_token(engine, Role.ADMIN)
     ctx = ApiContext(engine, config_orgs=frozenset({"globex", "unattributed"}), clock=lambda: NOW)
-    ends = [str(e) for (e,) in raw_query(imported, "select ended_at from sessions"
-                                         " where org_id = 'acme' order by ended_at")]  # fmt: skip
+    ends = [
+        str(e)
+        for (e,) in raw_query(
+            imported, "select ended_at from sessions where org_id = 'acme' order by ended_at"
+        )
+    ]
     pivot = datetime.fromisoformat(ends[len(ends) // 2]).replace(tzinfo=UTC)
     now = pivot + timedelta(days=2)  # so that 2 days keeps the later half, 30 days keeps all
     acme_ids = "select id from sessions where org_id = 'acme' order by id"
@@ -466,30 +514,41 @@ async def test_a_patched_retention_is_what_the_next_purge_applies(imported: str)
     doomed = raw_query(
         imported,
         "select id from sessions where org_id = 'acme' and status = 'completed'"
-        " and ended_at < ? order by id", pivot,
-    )  # fmt: skip
+        " and ended_at < ? order by id",
+        pivot,
+    )
     assert 0 < len(doomed) < len(before)
     try:
         unchanged = await purge(engine, org_id="acme", dry_run=True, now=now)
         assert [(o.org_id, o.deleted) for o in unchanged.orgs] == [("acme", 0)]  # 30 days
         transport = httpx.ASGITransport(app=create_app(ctx))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            r = await c.patch("/api/v1/orgs/acme", json={"retention_days": 2},
-                              headers=bearer(admin))  # fmt: skip
-            assert (r.status_code, r.json()) == (200, {
-                "id": "acme", "name": "Acme Corp", "retention_days": 2, "logging": True,
-                "source": "api"})  # fmt: skip
+            r = await c.patch(
+                "/api/v1/orgs/acme", json={"retention_days": 2}, headers=bearer(admin)
+            )
+            assert (r.status_code, r.json()) == (
+                200,
+                {
+                    "id": "acme",
+                    "name": "Acme Corp",
+                    "retention_days": 2,
+                    "logging": True,
+                    "source": "api",
+                },
+            )
             assert r.json() == (await c.get("/api/v1/orgs/acme", headers=bearer(admin))).json()
-            stored = raw_query(imported, "select retention_days, updated_at from orgs"
-                                         " where id = 'acme'")  # fmt: skip
+            stored = raw_query(
+                imported, "select retention_days, updated_at from orgs where id = 'acme'"
+            )
             assert stored == [(2, "2026-12-01 00:00:00.000000")]  # updated_at: the app's clock
             result = await purge(engine, now=now)
             acme = [o for o in result.orgs if o.org_id == "acme"]
             assert [(o.cutoff, o.deleted) for o in acme] == [(pivot, len(doomed))]
             assert raw_query(imported, acme_ids) == sorted(set(before) - set(doomed))
 
-            r = await c.patch("/api/v1/orgs/acme", json={"retention_days": "forever"},
-                              headers=bearer(admin))  # fmt: skip
+            r = await c.patch(
+                "/api/v1/orgs/acme", json={"retention_days": "forever"}, headers=bearer(admin)
+            )
             assert r.json()["retention_days"] == "forever"
             assert raw_query(imported, "select retention_days from orgs where id = 'acme'") == [
                 (None,)
@@ -521,8 +580,10 @@ BAD_BODIES = [
     (b"", "the body is not JSON: "),
     (b"[" * 60_000, "the body is not JSON: "),  # under the body cap, far past recursion
 ]
-WHY_DAYS = ('expected days 1-36500 or "forever" (to store none of an org\'s sessions,'
-            " set logging = false in its [[orgs]] entry)")  # fmt: skip
+WHY_DAYS = (
+    'expected days 1-36500 or "forever" (to store none of an org\'s sessions,'
+    " set logging = false in its [[orgs]] entry)"
+)
 WHY_SHAPE = 'send {"retention_days": N or "forever"}'
 
 
@@ -562,8 +623,9 @@ async def test_a_good_retention_is_stored(client: Client, imported: str) -> None
     c, tokens = client
     add_org(imported, "initech", 90)
     for days in (1, 36500, "forever", 30):
-        r = await c.patch("/api/v1/orgs/initech", json={"retention_days": days},
-                          headers=bearer(tokens["admin"]))  # fmt: skip
+        r = await c.patch(
+            "/api/v1/orgs/initech", json={"retention_days": days}, headers=bearer(tokens["admin"])
+        )
         assert (r.status_code, r.json()["retention_days"]) == (200, days)
         stored = raw_query(imported, "select retention_days from orgs where id = 'initech'")
         assert stored == [(None if days == "forever" else days,)]
@@ -578,9 +640,16 @@ async def test_a_config_orgs_retention_is_409_and_changes_nothing(
     for org in ("acme", "globex"):
         for days in (5, "forever"):
             r = await c.patch(f"/api/v1/orgs/{org}", json={"retention_days": days}, headers=admin)
-            assert (r.status_code, r.json()) == (409, {"error": "conflict", "detail": (
-                f"org {org!r} is defined in the config file, which sets its retention: "
-                "edit retention_days in its [[orgs]] entry there")})  # fmt: skip
+            assert (r.status_code, r.json()) == (
+                409,
+                {
+                    "error": "conflict",
+                    "detail": (
+                        f"org {org!r} is defined in the config file, which sets its retention: "
+                        "edit retention_days in its [[orgs]] entry there"
+                    ),
+                },
+            )
     # the default org: wg-small.toml has no [[orgs]] entry for it, so it has no entry to edit;
     # the config sets its retention all the same (README: [attribution] default_org; 30 days,
     # the [[orgs]] default), and an entry of its own would set it

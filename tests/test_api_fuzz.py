@@ -34,10 +34,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.helpers.prefixorgs import PREFIX_ORGS, add_prefix_orgs
 from tests.helpers.stores import ENGINES, execute, imported_store, query
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import TOKEN_PREFIX, Role, create_token, revoke_token
-from tunnelacct.retention import purge
+from tunnelacct.retention.purge import purge
 from tunnelacct.store.engine import make_engine
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import TOKEN_PREFIX, Role, create_token, revoke_token
 
 OPERATIONS = (
     "GET /healthz",
@@ -66,7 +66,7 @@ FREE_TEXT_EXAMPLES = 500
 
 # --- free text: the filter language and cursors ----------------------------------------------
 
-# The filter language as README.md's table documents it (not imported from tunnelacct.query,
+# The filter language as README.md's table documents it (not imported from tunnelacct.query.filters,
 # so the fuzz also notices when the two drift apart).
 SUFFIXES = ("", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti")
 IDS = ("alice-laptop", "bob-desktop", "alice", "intranet-web", "udp-echo")

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.helpers.accuracy import run_cli
 from tests.helpers.stores import ENGINES, empty_store
 from tests.helpers.stores import query as raw_query
-from tunnelacct.auth import Role, TokenError, authenticate, create_token, revoke_token
+from tunnelacct.web.auth import Role, TokenError, authenticate, create_token, revoke_token
 
 CONFIG = Path(__file__).parent / "data" / "wg-small.toml"
 
@@ -107,8 +107,17 @@ def test_token_commands_create_list_and_revoke(kind: str, tmp_path: Path) -> Non
     with empty_store(kind, tmp_path) as url:
         env = {"TUNNELACCT_DATABASE_URL": url}
         run_cli("db", "upgrade", env=env)  # token commands never create a store
-        created = run_cli("token", "create", "--config", str(CONFIG), "--org", "acme",
-                          "--name", "auditor 2026", env=env)  # fmt: skip
+        created = run_cli(
+            "token",
+            "create",
+            "--config",
+            str(CONFIG),
+            "--org",
+            "acme",
+            "--name",
+            "auditor 2026",
+            env=env,
+        )
         text = created.stdout.strip()
         assert text.startswith("tat_") and "not shown again" in created.stderr
         listed = run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
@@ -118,8 +127,20 @@ def test_token_commands_create_list_and_revoke(kind: str, tmp_path: Path) -> Non
         run_cli("token", "revoke", "--config", str(CONFIG), token_id, env=env)
         assert "\tactive" not in run_cli("token", "list", "--config", str(CONFIG), env=env).stdout
         done = subprocess.run(
-            [sys.executable, "-m", "tunnelacct", "token", "create", "--config", str(CONFIG),
-             "--org", "acm"], capture_output=True, text=True, env={**os.environ, **env},
+            [
+                sys.executable,
+                "-m",
+                "tunnelacct",
+                "token",
+                "create",
+                "--config",
+                str(CONFIG),
+                "--org",
+                "acm",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         assert done.returncode == 2 and "unknown org 'acm'" in done.stderr and done.stdout == ""

@@ -26,9 +26,13 @@ CONFIG = DATA / "wg-small.toml"
 def _run(*args: str, **env: str) -> tuple[int, str, str]:
     """Run the CLI without asserting success: (exit code, stdout, stderr)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tunnelacct", *args], capture_output=True, text=True,
-        stdin=subprocess.DEVNULL, env={**os.environ, **env}, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "tunnelacct", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -36,8 +40,14 @@ def stderr_on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, byt
     """Run argv with stderr on a pseudo-terminal: (exit code, what the terminal received)."""
     master, slave = pty.openpty()
     try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=slave, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            timeout=120,
+        )
         os.close(slave)
         seen = b""
         while True:
@@ -66,8 +76,14 @@ def test_import_of_a_non_capture_file_fails_clearly_and_imports_the_rest(tmp_pat
     junk = tmp_path / "notes.txt"
     junk.write_text("not a capture\n")
     db = tmp_path / "s.db"
-    code, out, err = _run("import", "--config", str(CONFIG), str(junk), str(DATA / "wg-small.pcap"),
-                          TUNNELACCT_DATABASE_URL=f"sqlite:///{db}")  # fmt: skip
+    code, out, err = _run(
+        "import",
+        "--config",
+        str(CONFIG),
+        str(junk),
+        str(DATA / "wg-small.pcap"),
+        TUNNELACCT_DATABASE_URL=f"sqlite:///{db}",
+    )
     assert code == 1
     assert "notes.txt: not a pcap or pcapng file" in err
     assert "imported 1 file(s): 1,294 packets" in out
@@ -87,8 +103,15 @@ def test_inspect_names_the_reason_of_each_rejected_packet(tmp_path: Path) -> Non
 def test_metrics_textfile_holds_the_import_figures(tmp_path: Path) -> None:
     prom = tmp_path / "import.prom"
     pcap = DATA / "wg-small.pcap"
-    run_cli("import", "--config", str(CONFIG), "--metrics-textfile", str(prom), str(pcap),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"})  # fmt: skip
+    run_cli(
+        "import",
+        "--config",
+        str(CONFIG),
+        "--metrics-textfile",
+        str(prom),
+        str(pcap),
+        env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"},
+    )
     samples = {
         s.name: s.value
         for family in text_string_to_metric_families(prom.read_text())
@@ -120,19 +143,38 @@ def test_export_with_a_filter_writes_exactly_the_matching_sessions(tmp_path: Pat
     out = run_cli("export", "--config", str(CONFIG), "--org", "acme", "-q", flt, env=env).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     with sqlite3.connect(db) as conn:
-        expected = {r[0] for r in conn.execute(
-            "select id from sessions where org_id = 'acme' and protocol = 'udp' and dst_port = 5353"
-        )}  # fmt: skip
+        expected = {
+            r[0]
+            for r in conn.execute(
+                "select id from sessions"
+                " where org_id = 'acme' and protocol = 'udp' and dst_port = 5353"
+            )
+        }
     conn.close()
     assert rows and {r["session_id"].replace("-", "") for r in rows} == expected
-    assert len(rows) < len(list(csv.DictReader(io.StringIO(run_cli(
-        "export", "--config", str(CONFIG), "--org", "acme", env=env).stdout))))  # fmt: skip
+    assert len(rows) < len(
+        list(
+            csv.DictReader(
+                io.StringIO(
+                    run_cli("export", "--config", str(CONFIG), "--org", "acme", env=env).stdout
+                )
+            )
+        )
+    )
 
 
 def test_export_with_a_bad_filter_names_the_term_and_writes_no_file(tmp_path: Path) -> None:
     out_file = tmp_path / "out.csv"
-    code, out, err = _run("export", "--org", "acme", "-q", "dport:70000", "-o", str(out_file),
-                          TUNNELACCT_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}")  # fmt: skip
+    code, out, err = _run(
+        "export",
+        "--org",
+        "acme",
+        "-q",
+        "dport:70000",
+        "-o",
+        str(out_file),
+        TUNNELACCT_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}",
+    )
     assert code == 2
     assert "error: bad filter term 'dport:70000': expected a port 0-65535 or a range a-b" in err
     assert not out_file.exists()
@@ -159,8 +201,15 @@ def test_export_of_an_unknown_org_is_an_error_listing_the_known_ones(tmp_path: P
 def test_import_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     db_url = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
     env = {**os.environ, **db_url}
-    argv = [sys.executable, "-m", "tunnelacct", "--log-level", "WARNING", "import",
-            str(DATA / "wg-small.pcap")]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "tunnelacct",
+        "--log-level",
+        "WARNING",
+        "import",
+        str(DATA / "wg-small.pcap"),
+    ]
     returncode, seen = stderr_on_a_terminal(argv, env)
     assert returncode == 0
     assert b"importing" in seen and b"100%" in seen
@@ -172,26 +221,48 @@ def test_export_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
     db_url = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
     run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"), env=db_url)
     out_file = tmp_path / "acme.csv"
-    argv = [sys.executable, "-m", "tunnelacct", "export", "--config", str(CONFIG), "--org",
-            "acme", "-o", str(out_file)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "tunnelacct",
+        "export",
+        "--config",
+        str(CONFIG),
+        "--org",
+        "acme",
+        "-o",
+        str(out_file),
+    ]
     returncode, seen = stderr_on_a_terminal(argv, {**os.environ, **db_url})
     assert returncode == 0
     with out_file.open(newline="") as f:
         rows = len(list(csv.DictReader(f)))
     assert f"exporting: {rows:,} rows".encode() in seen
-    piped = _run("export", "--config", str(CONFIG), "--org", "acme", "-o", str(out_file),
-                 **db_url)[2]  # fmt: skip
+    piped = _run("export", "--config", str(CONFIG), "--org", "acme", "-o", str(out_file), **db_url)[
+        2
+    ]
     assert "exporting" not in piped
 
 
 def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
     once, twice = tmp_path / "once.db", tmp_path / "twice.db"
     pcap = DATA / "wg-small.pcap"
-    run_cli("import", "--config", str(CONFIG), str(pcap),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{once}"})  # fmt: skip
+    run_cli(
+        "import",
+        "--config",
+        str(CONFIG),
+        str(pcap),
+        env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{once}"},
+    )
     same_again = pcap.parent / ".." / "data" / pcap.name
-    code, _, err = _run("import", "--config", str(CONFIG), str(pcap), str(same_again),
-                        TUNNELACCT_DATABASE_URL=f"sqlite:///{twice}")  # fmt: skip
+    code, _, err = _run(
+        "import",
+        "--config",
+        str(CONFIG),
+        str(pcap),
+        str(same_again),
+        TUNNELACCT_DATABASE_URL=f"sqlite:///{twice}",
+    )
     assert code == 0 and "given more than once; imported once" in err
     counts = "select count(*), sum(packets_tx + packets_rx) from sessions"
     assert raw_query(twice, counts) == raw_query(once, counts)

@@ -69,8 +69,11 @@ def ensure_prometheus() -> str:
         return binary
     run = subprocess.run(
         ["bash", str(ROOT / "scripts" / "install-system-deps.sh")],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+    )
     binary = prometheus_binary()
     if binary is None:
         why = (
@@ -98,10 +101,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("dashboards")
     port = free_port()
     config = write_config(
-        DATA / "wg-small.toml", tmp / "serve.toml",
+        DATA / "wg-small.toml",
+        tmp / "serve.toml",
         {"api": {"listen": f"127.0.0.1:{port}"}, "retention": {"interval": 3}},
         captures=[{"pcap": str(DATA / "wg-small.pcap"), "speed": 0.2, "loop": True}],
-    )  # fmt: skip
+    )
     target = f"127.0.0.1:{port}"
     with Serve(None, config, tmp / "serve.db", tmp) as serve:
         serve.start()
@@ -252,15 +256,25 @@ def test_a_dashboard_over_todays_metrics_passes_in_every_variable_form(
                 'sum(increase(tunnelacct_capture_packets_total{interface=~"${interface}"}'
                 "[$__range])) / $__range_s",
             ),
-            {"type": "row", "title": "Writer", "collapsed": True, "panels": [
-                panel("Queue", "tunnelacct_writer_queue_depth"),
-                panel("Rows", "increase(tunnelacct_store_rows_written_total[${__range}])"),
-                panel("Decode errors",
-                      'sum(tunnelacct_decode_errors_total{interface=~"[[interface]]"})',
-                      'tunnelacct_capture_open_sessions{interface=~"${interface:regex}"}'),
-            ]},
-            panel("Deleted", 'sum(tunnelacct_retention_deleted_sessions_total{org=~"$org"})',
-                  "sum(increase(tunnelacct_retention_deleted_sessions_total[$window]))"),
+            {
+                "type": "row",
+                "title": "Writer",
+                "collapsed": True,
+                "panels": [
+                    panel("Queue", "tunnelacct_writer_queue_depth"),
+                    panel("Rows", "increase(tunnelacct_store_rows_written_total[${__range}])"),
+                    panel(
+                        "Decode errors",
+                        'sum(tunnelacct_decode_errors_total{interface=~"[[interface]]"})',
+                        'tunnelacct_capture_open_sessions{interface=~"${interface:regex}"}',
+                    ),
+                ],
+            },
+            panel(
+                "Deleted",
+                'sum(tunnelacct_retention_deleted_sessions_total{org=~"$org"})',
+                "sum(increase(tunnelacct_retention_deleted_sessions_total[$window]))",
+            ),
         ],
         [
             {"name": "datasource", "type": "datasource", "query": "prometheus"},
@@ -268,7 +282,7 @@ def test_a_dashboard_over_todays_metrics_passes_in_every_variable_form(
             query_variable("org", {"query": "label_values(org)", "refId": "V"}),  # Grafana 10
             {"name": "window", "type": "interval", "query": "5m,1h", "current": {"value": "5m"}},
         ],
-    )  # fmt: skip
+    )
     (tmp_path / "capture.json").write_text(json.dumps(good), encoding="utf-8")
     docs = load_dashboards(tmp_path)
     assert [e.panel for e in expressions(docs["capture.json"])] == (
@@ -291,7 +305,7 @@ def test_each_kind_of_broken_dashboard_is_reported(stack: Stack) -> None:
             query_variable("interface", INTERFACES),
             query_variable("org", "label_values(tunnelacct_no_such_series_total, org)"),
         ],
-    )  # fmt: skip
+    )
     problems = dashboard_problems(stack, {"broken.json": bad})
     expected = [
         ("'Unclosed'", "parse error: unclosed left parenthesis"),

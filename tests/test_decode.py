@@ -81,10 +81,14 @@ TCP6 = IPv6(src="fd00:64::3", dst="fd00:99::5") / TCP(sport=50001, dport=22, fla
 UDP4 = IP(src="100.64.0.3", dst="10.99.0.5") / UDP(sport=12345, dport=5353) / Raw(b"u" * 1200)
 TCP4_BULK = (
     IP(src="10.99.0.5", dst="100.64.0.2")
-    / TCP(sport=443, dport=40000, flags="A", options=[("NOP", None), ("NOP", None),
-                                                     ("Timestamp", (1, 2))])
+    / TCP(
+        sport=443,
+        dport=40000,
+        flags="A",
+        options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))],
+    )
     / Raw(b"B" * 1400)
-)  # fmt: skip
+)
 
 # scapy's dissector for each link type (LINKTYPE_RAW 14 is the OpenBSD spelling of 12)
 SCAPY_LAYER = {**conf.l2types.num2layer, LINKTYPE_RAW_14: conf.l2types.num2layer[LINKTYPE_RAW]}
@@ -258,9 +262,12 @@ def test_pcap_variants_give_packet_times_to_the_microsecond_and_scapy_fields(
 ) -> None:
     frames = [(ts, eth(bytes(p))) for ts, p in TIMED]
     path = write_pcap(
-        tmp_path / "t.pcap", frames, LINKTYPE_ETHERNET, nanosecond=nanosecond,
+        tmp_path / "t.pcap",
+        frames,
+        LINKTYPE_ETHERNET,
+        nanosecond=nanosecond,
         big_endian=big_endian,
-    )  # fmt: skip
+    )
     d = one_batch(path)
     assert len(d) == len(TIMED)
     for i, (ts, frame) in enumerate(frames):
@@ -300,8 +307,9 @@ def test_pcapng_two_interfaces_with_own_link_types_and_time_resolutions(
 def test_pcapng_binary_time_resolution_and_single_interface_name(tmp_path: Path) -> None:
     tsresol = 0x80 | 20  # 2^-20 s per tick
     ts = Decimal(1_700_000_000) + Decimal(777_777) / Decimal(2**20)
-    path = write_pcapng(tmp_path / "b.pcapng", [(LINKTYPE_RAW, tsresol, "wg0")],
-                        [(0, ts, bytes(TCP4))])  # fmt: skip
+    path = write_pcapng(
+        tmp_path / "b.pcapng", [(LINKTYPE_RAW, tsresol, "wg0")], [(0, ts, bytes(TCP4))]
+    )
     d = one_batch(path)
     assert abs(float(d.ts[0]) - float(ts)) < 1e-6
     assert d.interface == "wg0"
@@ -421,8 +429,12 @@ MALFORMED: dict[str, tuple[int, bytes, int | None, str]] = {
     "ipv6-header-cut": (LINKTYPE_RAW, IP6[:30], len(IP6), "truncated_ip_header"),
     "ip-version-5": (LINKTYPE_RAW, b"\x55" + IP4[1:], None, "bad_ip_version"),
     "ipv6-on-ipv4-linktype": (LINKTYPE_IPV4, IP6, None, "bad_ip_version"),
-    "ipv6-behind-ipv4-ethertype": (LINKTYPE_ETHERNET, eth(IP6, ethertype=0x0800), None,
-                                   "bad_ip_version"),
+    "ipv6-behind-ipv4-ethertype": (
+        LINKTYPE_ETHERNET,
+        eth(IP6, ethertype=0x0800),
+        None,
+        "bad_ip_version",
+    ),
     "ihl-below-5": (LINKTYPE_RAW, b"\x44" + IP4[1:], None, "bad_ip_header_length"),
     "options-cut": (
         LINKTYPE_RAW,
@@ -430,14 +442,25 @@ MALFORMED: dict[str, tuple[int, bytes, int | None, str]] = {
         60,
         "truncated_ip_header",
     ),
-    "total-length-below-header": (LINKTYPE_RAW, _with(IP4, 2, struct.pack(">H", 12)), None,
-                                  "bad_ip_total_length"),
-    "ipv6-payload-length-zero": (LINKTYPE_RAW, _with(IP6, 4, b"\0\0"), None,
-                                 "bad_ip_total_length"),
-    "total-length-beyond-frame": (LINKTYPE_RAW, _with(IP4, 2, struct.pack(">H", 1500)), None,
-                                  "ip_length_exceeds_frame"),
-    "ipv6-payload-length-beyond-frame": (LINKTYPE_RAW, _with(IP6, 4, struct.pack(">H", 900)),
-                                         None, "ip_length_exceeds_frame"),
+    "total-length-below-header": (
+        LINKTYPE_RAW,
+        _with(IP4, 2, struct.pack(">H", 12)),
+        None,
+        "bad_ip_total_length",
+    ),
+    "ipv6-payload-length-zero": (LINKTYPE_RAW, _with(IP6, 4, b"\0\0"), None, "bad_ip_total_length"),
+    "total-length-beyond-frame": (
+        LINKTYPE_RAW,
+        _with(IP4, 2, struct.pack(">H", 1500)),
+        None,
+        "ip_length_exceeds_frame",
+    ),
+    "ipv6-payload-length-beyond-frame": (
+        LINKTYPE_RAW,
+        _with(IP6, 4, struct.pack(">H", 900)),
+        None,
+        "ip_length_exceeds_frame",
+    ),
     "ipv6-extension-cut": (
         LINKTYPE_RAW,
         bytes(IPv6(nh=60, plen=16) / Raw(b"\x11\x01\0\0")),
@@ -446,8 +469,12 @@ MALFORMED: dict[str, tuple[int, bytes, int | None, str]] = {
     ),
     "nine-ipv6-extensions": (LINKTYPE_RAW, _ipv6_ext_chain(9), None, "too_many_ipv6_extensions"),
     "icmp": (LINKTYPE_RAW, bytes(IP(dst="10.99.0.5") / ICMP()), None, "other_protocol"),
-    "icmpv6": (LINKTYPE_RAW, bytes(IPv6(dst="fd00:99::5") / ICMPv6EchoRequest()), None,
-               "other_protocol"),
+    "icmpv6": (
+        LINKTYPE_RAW,
+        bytes(IPv6(dst="fd00:99::5") / ICMPv6EchoRequest()),
+        None,
+        "other_protocol",
+    ),
     "tcp-header-cut-by-ip-length": (
         LINKTYPE_RAW,
         bytes(IP(len=30) / TCP())[:30],
@@ -455,15 +482,26 @@ MALFORMED: dict[str, tuple[int, bytes, int | None, str]] = {
         "truncated_tcp_header",
     ),
     "tcp-header-cut-by-capture": (LINKTYPE_RAW, IP4[:30], len(IP4), "truncated_tcp_header"),
-    "tcp-data-offset-below-5": (LINKTYPE_RAW, bytes(IP() / TCP(dataofs=2)), None,
-                                "bad_tcp_header_length"),
-    "tcp-data-offset-beyond-ip-payload": (LINKTYPE_RAW, bytes(IP() / TCP(dataofs=15)), None,
-                                          "bad_tcp_header_length"),
-    "udp-header-cut": (LINKTYPE_RAW, bytes(IP(len=24) / UDP())[:24], None,
-                       "truncated_udp_header"),
-    "udp-length-below-8": (LINKTYPE_RAW, bytes(IP() / UDP(len=4) / Raw(b"abcd")), None,
-                           "bad_udp_length"),
-}  # fmt: skip
+    "tcp-data-offset-below-5": (
+        LINKTYPE_RAW,
+        bytes(IP() / TCP(dataofs=2)),
+        None,
+        "bad_tcp_header_length",
+    ),
+    "tcp-data-offset-beyond-ip-payload": (
+        LINKTYPE_RAW,
+        bytes(IP() / TCP(dataofs=15)),
+        None,
+        "bad_tcp_header_length",
+    ),
+    "udp-header-cut": (LINKTYPE_RAW, bytes(IP(len=24) / UDP())[:24], None, "truncated_udp_header"),
+    "udp-length-below-8": (
+        LINKTYPE_RAW,
+        bytes(IP() / UDP(len=4) / Raw(b"abcd")),
+        None,
+        "bad_udp_length",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -485,8 +523,10 @@ def test_malformed_packets_among_good_ones_are_each_counted_once(tmp_path: Path)
     for i, (lt, data, wirelen, _reason) in enumerate(cases):
         records.append((lt, data, wirelen))
         records.append((LINKTYPE_RAW, bytes(TCP4 if i % 2 else UDP6), None))
-    recs = [(T0 + i, data) if w is None else (T0 + i, data, w)
-            for i, (_lt, data, w) in enumerate(records)]  # fmt: skip
+    recs = [
+        (T0 + i, data) if w is None else (T0 + i, data, w)
+        for i, (_lt, data, w) in enumerate(records)
+    ]
     d = one_batch(write_pcap(tmp_path / "mix.pcap", recs, LINKTYPE_RAW))
     expected: dict[str, int] = {}
     for _lt, _data, _w, reason in cases:
@@ -659,9 +699,11 @@ def _decode_pcapng(
         path = write_pcapng(
             Path(tmp) / "fuzz.pcapng",
             [(lt, 6, None) for lt in interfaces],
-            [(iface, T0 + i, data, len(data) + extra)
-             for i, (iface, data, extra) in enumerate(packets)],
-        )  # fmt: skip
+            [
+                (iface, T0 + i, data, len(data) + extra)
+                for i, (iface, data, extra) in enumerate(packets)
+            ],
+        )
         return decode_file(path)
 
 
@@ -695,8 +737,11 @@ def scapy_fuzzed(draw: st.DrawFn) -> list[tuple[int, bytes, int]]:
     random.seed(rng_seed)  # scapy's RandField draws from the global generator
     try:
         templates = [
-            IP() / TCP(), IPv6() / UDP(), IP(version=4) / TCP(), IPv6(version=6) / UDP(),
-        ]  # fmt: skip
+            IP() / TCP(),
+            IPv6() / UDP(),
+            IP(version=4) / TCP(),
+            IPv6(version=6) / UDP(),
+        ]
         pkts = [bytes(fuzz(random.choice(templates))) for _ in range(25)]
     finally:
         random.setstate(state)

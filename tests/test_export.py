@@ -23,8 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tests.helpers.stores import ENGINES, empty_store, execute, migrated_store
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.export import CSV_COLUMNS, ExportWorkers, csv_pages, export_org, export_org_csv
-from tunnelacct.query import parse_filter
+from tunnelacct.query.export import (
+    CSV_COLUMNS,
+    ExportWorkers,
+    csv_pages,
+    export_org,
+    export_org_csv,
+)
+from tunnelacct.query.filters import parse_filter
 from tunnelacct.store.engine import ensure_partitions, make_engine
 from tunnelacct.store.models import SessionRecord
 
@@ -111,13 +117,37 @@ def parse(text: str) -> list[dict[str, str]]:
 
 def test_header_is_the_documented_column_order() -> None:
     assert CSV_COLUMNS == (
-        "session_id", "org_id", "client_id", "client_name", "user_id", "resource_id",
-        "resource_name", "protocol", "ip_version", "src_addr", "src_port", "dst_addr",
-        "dst_port", "started_at", "started_at_unix", "ended_at", "last_seen_at", "duration_s",
+        "session_id",
+        "org_id",
+        "client_id",
+        "client_name",
+        "user_id",
+        "resource_id",
+        "resource_name",
+        "protocol",
+        "ip_version",
+        "src_addr",
+        "src_port",
+        "dst_addr",
+        "dst_port",
+        "started_at",
+        "started_at_unix",
+        "ended_at",
+        "last_seen_at",
+        "duration_s",
         "bytes_tx",
-        "bytes_rx", "packets_tx", "packets_rx", "payload_bytes_tx", "payload_bytes_rx",
-        "status", "close_reason", "midstream", "community_id", "gateway", "interface",
-    )  # fmt: skip
+        "bytes_rx",
+        "packets_tx",
+        "packets_rx",
+        "payload_bytes_tx",
+        "payload_bytes_rx",
+        "status",
+        "close_reason",
+        "midstream",
+        "community_id",
+        "gateway",
+        "interface",
+    )
 
 
 async def test_export_writes_header_then_rows_with_crlf_line_ends(engine: AsyncEngine) -> None:
@@ -193,12 +223,32 @@ async def test_ongoing_session_has_empty_ended_at_and_false_booleans(engine: Asy
     assert (row["ended_at"], row["midstream"], row["status"]) == ("", "false", "ongoing")
 
 
-GUARDED = ["client_id", "client_name", "user_id", "resource_id", "resource_name", "gateway",
-           "interface", "community_id"]  # fmt: skip
+GUARDED = [
+    "client_id",
+    "client_name",
+    "user_id",
+    "resource_id",
+    "resource_name",
+    "gateway",
+    "interface",
+    "community_id",
+]
 
 
-FORMULA_LIKE = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "\n=1+1",
-                " =1+1", "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff20SUM(A1)"]  # fmt: skip
+FORMULA_LIKE = [
+    "=cmd|' /C calc'!A0",
+    "+1+1",
+    "-2+3",
+    "@SUM(A1)",
+    "\tx",
+    "\rx",
+    "\n=1+1",
+    " =1+1",
+    "\uff1d1+1",
+    "\uff0b1",
+    "\uff0d1",
+    "\uff20SUM(A1)",
+]
 
 
 @pytest.mark.parametrize("name", FORMULA_LIKE)
@@ -283,8 +333,10 @@ async def test_worker_processes_write_the_same_bytes_as_one_process(
     engine: AsyncEngine, workers: ExportWorkers
 ) -> None:
     # ties in started_at across range boundaries, another org in between, and a filter
-    records = [record(started_at=BASE + timedelta(microseconds=i % 10), dst_port=400 + i % 3)
-               for i in range(120)]  # fmt: skip
+    records = [
+        record(started_at=BASE + timedelta(microseconds=i % 10), dst_port=400 + i % 3)
+        for i in range(120)
+    ]
     others = [
         record(org_id="globex", started_at=BASE + timedelta(microseconds=i)) for i in range(9)
     ]
@@ -367,17 +419,23 @@ def odd_records() -> list[SessionRecord]:
     names = ["=1+1", "-x", "a,b", 'q"q', "line\nbreak", "Ærø 東京", "\tx", "@", "plain"]
     records = [
         record(
-            id=uuid.UUID(int=i + 1), client_name=name, resource_name=name[::-1],
+            id=uuid.UUID(int=i + 1),
+            client_name=name,
+            resource_name=name[::-1],
             user_id=name if i % 2 else None,
             started_at=BASE + timedelta(days=300 * i, microseconds=999_999 * (i % 2)),
             ended_at=BASE + timedelta(days=300 * i, seconds=1) if i % 3 else None,
-            duration_s=NEAR_TIES[i % len(NEAR_TIES)] + i, midstream=i % 2 == 0,
-            ip_version=4, src_addr=f"100.64.0.{i}", dst_addr="10.99.0.5",
-            bytes_tx=2**62 + i, close_reason="fin" if i % 3 else None,
+            duration_s=NEAR_TIES[i % len(NEAR_TIES)] + i,
+            midstream=i % 2 == 0,
+            ip_version=4,
+            src_addr=f"100.64.0.{i}",
+            dst_addr="10.99.0.5",
+            bytes_tx=2**62 + i,
+            close_reason="fin" if i % 3 else None,
             status="completed" if i % 3 else "ongoing",
         )
         for i, name in enumerate(names)
-    ]  # fmt: skip
+    ]
     far = (datetime(1970, 1, 2, tzinfo=UTC), datetime(2199, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
     records += [record(id=uuid.UUID(int=100 + i), started_at=t) for i, t in enumerate(far)]
     return records

@@ -113,8 +113,12 @@ class Tcp:
         return [self.seg(a, "FA"), self.seg(not a, "A"), self.seg(not a, "FA"), self.seg(a, "A")]
 
     def simultaneous_close(self) -> list[Packet]:
-        return [self.seg(True, "FA"), self.seg(False, "FA"), self.seg(True, "A"),
-                self.seg(False, "A")]  # fmt: skip
+        return [
+            self.seg(True, "FA"),
+            self.seg(False, "FA"),
+            self.seg(True, "A"),
+            self.seg(False, "A"),
+        ]
 
 
 def udp(src: str, dst: str, sport: int, dport: int, n: int) -> Packet:
@@ -166,9 +170,16 @@ def seen(p: Packet) -> Seen:
 def direction_totals(pkts: Sequence[Packet], initiator: str) -> dict[str, int]:
     """Counters of a session as scapy sees its packets: tx = sent by `initiator`."""
     out = dict.fromkeys(
-        ("packets_tx", "bytes_tx", "payload_bytes_tx", "packets_rx", "bytes_rx",
-         "payload_bytes_rx"), 0,
-    )  # fmt: skip
+        (
+            "packets_tx",
+            "bytes_tx",
+            "payload_bytes_tx",
+            "packets_rx",
+            "bytes_rx",
+            "payload_bytes_rx",
+        ),
+        0,
+    )
     for p in pkts:
         s = seen(p)
         d = "tx" if ipaddress.ip_address(s.src) == ipaddress.ip_address(initiator) else "rx"
@@ -179,8 +190,17 @@ def direction_totals(pkts: Sequence[Packet], initiator: str) -> dict[str, int]:
 
 
 def counters(ev: SessionEvent) -> dict[str, int]:
-    return {k: getattr(ev, k) for k in ("packets_tx", "bytes_tx", "payload_bytes_tx",
-                                        "packets_rx", "bytes_rx", "payload_bytes_rx")}  # fmt: skip
+    return {
+        k: getattr(ev, k)
+        for k in (
+            "packets_tx",
+            "bytes_tx",
+            "payload_bytes_tx",
+            "packets_rx",
+            "bytes_rx",
+            "payload_bytes_rx",
+        )
+    }
 
 
 # -- running captures through the table --------------------------------------------------------
@@ -203,9 +223,16 @@ def split_raw(raw: RawBatch, sizes: Sequence[int]) -> list[RawBatch]:
         j = min(len(raw), i + n)
         if j > i:
             out.append(
-                RawBatch(raw.buf, raw.offsets[i:j], raw.caplens[i:j], raw.wirelens[i:j],
-                         raw.ts[i:j], raw.linktypes[i:j], raw.interface)
-            )  # fmt: skip
+                RawBatch(
+                    raw.buf,
+                    raw.offsets[i:j],
+                    raw.caplens[i:j],
+                    raw.wirelens[i:j],
+                    raw.ts[i:j],
+                    raw.linktypes[i:j],
+                    raw.interface,
+                )
+            )
         i = j
     return out
 
@@ -318,8 +345,15 @@ def test_retransmitted_syn_with_the_same_seq_stays_one_session(tmp_path: Path) -
     syn = c.syn()
     retransmit = syn.copy()
     assert retransmit[TCP].seq == syn[TCP].seq
-    pkts = [syn, retransmit, retransmit.copy(), c.seg(False, "SA"), c.seg(True, "A"),
-            *c.request(10), *c.close()]  # fmt: skip
+    pkts = [
+        syn,
+        retransmit,
+        retransmit.copy(),
+        c.seg(False, "SA"),
+        c.seg(True, "A"),
+        *c.request(10),
+        *c.close(),
+    ]
     # the retransmits follow the 1 s / 2 s backoff of a real stack
     times = [T0, T0 + 1, T0 + 3] + [T0 + 3 + Decimal("0.01") * i for i in range(1, len(pkts) - 2)]
     ev = only(run_capture(tmp_path, list(zip(times, pkts, strict=True))).closed)
@@ -594,16 +628,28 @@ def test_ipv6_tcp_and_udp_sessions_with_counts_each_way(tmp_path: Path) -> None:
 COMMUNITY_ID_VECTORS = [
     ("128.232.110.120", 34855, "66.35.250.204", 80, 6, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
     ("192.168.1.52", 54585, "8.8.8.8", 53, 17, "1:d/FP5EW3wiY1vCndhwleRRKHowQ="),
-    ("2001:470:e5bf:dead:4957:2174:e82c:4887", 63943, "2607:f8b0:400c:c03::1a", 25, 6,
-     "1:/qFaeAR+gFe1KYjMzVDsMv+wgU4="),
-]  # fmt: skip
+    (
+        "2001:470:e5bf:dead:4957:2174:e82c:4887",
+        63943,
+        "2607:f8b0:400c:c03::1a",
+        25,
+        6,
+        "1:/qFaeAR+gFe1KYjMzVDsMv+wgU4=",
+    ),
+]
 # baseline_seed1.json (seed 1)
 COMMUNITY_ID_SEED1 = [
     ("128.232.110.120", 34855, "66.35.250.204", 80, 6, "1:3V71V58M3Ksw/yuFALMcW0LAHvc="),
     ("192.168.1.52", 54585, "8.8.8.8", 53, 17, "1:Q9We8WO3piVF8yEQBNJF4uiSVrI="),
-    ("2001:470:e5bf:dead:4957:2174:e82c:4887", 63943, "2607:f8b0:400c:c03::1a", 25, 6,
-     "1:eJYTW6AOzFLlSUoESovMjnu7rMw="),
-]  # fmt: skip
+    (
+        "2001:470:e5bf:dead:4957:2174:e82c:4887",
+        63943,
+        "2607:f8b0:400c:c03::1a",
+        25,
+        6,
+        "1:eJYTW6AOzFLlSUoESovMjnu7rMw=",
+    ),
+]
 
 
 @pytest.mark.parametrize(("src", "sport", "dst", "dport", "proto", "want"), COMMUNITY_ID_VECTORS)
@@ -746,14 +792,18 @@ def scenarios(draw: st.DrawFn, noise: bool = False) -> list[Step]:
     for _ in range(draw(st.integers(1, 16))):
         pause = draw(PAUSES_US)
         size = draw(st.integers(1, 1400))
-        spacing = tuple(draw(st.lists(st.sampled_from([0, 1, 1000, 20_000]), min_size=6,
-                                      max_size=6)))  # fmt: skip
+        spacing = tuple(
+            draw(st.lists(st.sampled_from([0, 1, 1000, 20_000]), min_size=6, max_size=6))
+        )
         kind = draw(st.sampled_from(["tcp", "udp", "icmp"] if noise else ["tcp", "udp"]))
         if kind == "tcp":
             index = draw(st.integers(0, len(TCP_TUPLES) - 1))
             action = draw(st.sampled_from(TCP_ACTIONS))
-            isn = draw(st.integers(0, 2**31)) if action == "handshake" and draw(
-                st.booleans()) else None  # fmt: skip
+            isn = (
+                draw(st.integers(0, 2**31))
+                if action == "handshake" and draw(st.booleans())
+                else None
+            )
         else:
             index = draw(st.integers(0, len(UDP_TUPLES) - 1))
             action = draw(st.sampled_from(UDP_ACTIONS))
@@ -777,8 +827,11 @@ def build(steps: Sequence[Step]) -> list[Timed]:
             pkts = _udp_step(UDP_TUPLES[step.index], step.action, step.size, ident=k + 1)
         else:
             cl, sv = UDP_TUPLES[step.index][:2]
-            pkts = [IPv6(src=cl, dst=sv) / ICMPv6EchoRequest() if ":" in cl
-                    else IP(src=cl, dst=sv) / ICMP()]  # fmt: skip
+            pkts = [
+                IPv6(src=cl, dst=sv) / ICMPv6EchoRequest()
+                if ":" in cl
+                else IP(src=cl, dst=sv) / ICMP()
+            ]
         for i, p in enumerate(pkts):
             out.append((T0 + Decimal(t_us) / 10**6, p))
             t_us += step.spacing_us[i % len(step.spacing_us)]
@@ -826,8 +879,11 @@ def test_idle_session_at_the_end_of_the_capture_closes_as_idle_whatever_the_batc
     idle = Decimal(str(TIMEOUTS.udp_idle_s))
     quiet = udp(CLIENT4, SERVER4, 5353, 53, 10)  # then nothing for longer than udp_idle_s
     busy = [udp(CLIENT4_B, SERVER4, 6000, 53, 10 + i) for i in range(2)]
-    pkts = [(T0, quiet), (T0 + idle - Decimal("0.2"), busy[0]),
-            (T0 + idle + Decimal("0.5"), busy[1])]  # fmt: skip
+    pkts = [
+        (T0, quiet),
+        (T0 + idle - Decimal("0.2"), busy[0]),
+        (T0 + idle + Decimal("0.5"), busy[1]),
+    ]
     (raw,) = read_raw(write(tmp_path / "q.pcap", pkts))
     for sizes in ([3], [2, 1], [1, 1, 1]):
         run = feed(split_raw(raw, sizes))
@@ -840,9 +896,11 @@ def test_out_of_order_timestamps_give_the_same_sessions_whatever_the_batches(
     tmp_path: Path,
 ) -> None:
     # two capture rings can hand packets over slightly out of order: 10 s, then 5 s, then 38 s
-    pkts = [(T0 + 10, udp(CLIENT4, SERVER4, 5353, 53, 10)),
-            (T0 + 5, udp(SERVER4, CLIENT4, 53, 5353, 20)),
-            (T0 + 38, udp(CLIENT4, SERVER4, 5353, 53, 30))]  # fmt: skip
+    pkts = [
+        (T0 + 10, udp(CLIENT4, SERVER4, 5353, 53, 10)),
+        (T0 + 5, udp(SERVER4, CLIENT4, 53, 5353, 20)),
+        (T0 + 38, udp(CLIENT4, SERVER4, 5353, 53, 30)),
+    ]
     (raw,) = read_raw(write(tmp_path / "o.pcap", pkts))
     runs = [feed(split_raw(raw, sizes)) for sizes in ([3], [1, 2], [1, 1, 1])]
     for run in runs:
@@ -869,8 +927,9 @@ def test_sessions_split_across_batches_count_every_packet_once(
     ids = [e.session_id for e in run.closed]
     assert len(ids) == len(set(ids)) == 3
     by_reason = Counter(e.close_reason for e in run.closed)
-    assert by_reason == Counter({CloseReason.FIN: 1, CloseReason.RST: 1,
-                                 CloseReason.END_OF_CAPTURE: 1})  # fmt: skip
+    assert by_reason == Counter(
+        {CloseReason.FIN: 1, CloseReason.RST: 1, CloseReason.END_OF_CAPTURE: 1}
+    )
     total = sum(seen(p).ip_bytes for _, p in pkts)
     assert sum(e.bytes_tx + e.bytes_rx for e in run.closed) == total
     assert run.table.stats.bytes == total
@@ -888,8 +947,16 @@ def test_sessions_split_across_batches_count_every_packet_once(
 def test_a_resumed_session_continues_with_the_same_id_and_counters(
     tmp_path: Path, conv: Tcp
 ) -> None:
-    pkts = timed(T0, [*conv.handshake(), *conv.request(300), *conv.response(900),
-                      *conv.request(20), *conv.close()])  # fmt: skip
+    pkts = timed(
+        T0,
+        [
+            *conv.handshake(),
+            *conv.request(300),
+            *conv.response(900),
+            *conv.request(20),
+            *conv.close(),
+        ],
+    )
     cut = 7
     whole = only(run_capture(tmp_path, pkts).closed)
     # first run: the packets before the cut, then the service stops (a checkpoint is saved)
@@ -964,8 +1031,9 @@ def test_emit_opened_announces_each_session_once_when_it_opens(tmp_path: Path) -
     table = FlowTable(TIMEOUTS, attribute=attribute, is_client=is_client, emit_opened=True)
     events = sorted(table.process(decode(raws[0])), key=lambda e: e.src_port)
     assert [(e.kind, e.src_port) for e in events] == [
-        (EventKind.OPENED, 40100), (EventKind.OPENED, 40101)
-    ]  # fmt: skip
+        (EventKind.OPENED, 40100),
+        (EventKind.OPENED, 40101),
+    ]
     # counters as of the end of the batch that opened them
     assert [(e.packets_tx, e.packets_rx) for e in events] == [(2, 1), (5, 4)]
     # later packets are not announced again; the closed one ends after its linger

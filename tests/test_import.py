@@ -177,8 +177,13 @@ def test_a_reimport_keeps_the_counters_of_the_last_capture(
 def test_session_ids_begin_with_the_start_in_unix_milliseconds(tmp_path: Path) -> None:
     # Time-ordered ids keep the primary key index in start order (appends, range purges).
     db = tmp_path / "ids.db"
-    run_cli("import", "--config", str(CONFIG), str(DATA / "wg-small.pcap"),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
+    run_cli(
+        "import",
+        "--config",
+        str(CONFIG),
+        str(DATA / "wg-small.pcap"),
+        env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"},
+    )
     rows = read_session_rows(db)
     assert len(rows) > 10
     for row in rows:
@@ -201,8 +206,13 @@ def _pcap_records(path: Path) -> int:
 def test_import_summary_reports_packets_sessions_and_rate(tmp_path: Path) -> None:
     pcap = DATA / "wg-small.pcap"
     db = tmp_path / "s.db"
-    out = run_cli("import", "--config", str(CONFIG), str(pcap),
-                  env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}).stdout  # fmt: skip
+    out = run_cli(
+        "import",
+        "--config",
+        str(CONFIG),
+        str(pcap),
+        env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"},
+    ).stdout
     assert f"{_pcap_records(pcap):,} packets in" in out
     assert f"sessions: {len(read_session_rows(db)):,} " in out
     assert "packets/s" in out and "decode errors: none" in out

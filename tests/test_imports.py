@@ -1,6 +1,6 @@
-"""The package's imports form no cycle (issue 17): read from the source with `ast`, every
-`import tunnelacct...` and `from tunnelacct... import ...`, at module level or inside a
-function, is an edge between two modules."""
+"""The package's imports form no cycle and point down the flow (issue 17): read from the
+source with `ast`, every `import tunnelacct...` and `from tunnelacct... import ...`, at module
+level or inside a function, is an edge between two modules."""
 
 from __future__ import annotations
 
@@ -71,10 +71,73 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# The rooms in the order data flows through them: packets are captured, become sessions, are
+# written to the store (ingest wires the first three together), and are read back by query,
+# retention, metrics and the web API; service wires everything. A room imports only rooms
+# before it. BASE is imported by any room; cli and __main__ import anything, and nothing but
+# __main__ imports cli.
+BASE = ("tunnelacct", "tunnelacct.errors", "tunnelacct.enums", "tunnelacct.log")
+ROOMS = (
+    "config",
+    "capture",
+    "sessions",
+    "store",
+    "ingest",
+    "query",
+    "retention",
+    "metrics",
+    "web",
+    "service",
+)
+TOP = ("tunnelacct.cli", "tunnelacct.__main__")
+
+
+def room_of(module: str) -> str | None:
+    """The room of a module (`tunnelacct.store.sqlite.layout` -> "store"); None for BASE and TOP."""
+    if module in BASE or module in TOP:
+        return None
+    return module.split(".")[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a room's module from a later room, or of cli, as "importer -> imported"."""
+    wrong = []
+    for importer, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            if target in TOP:
+                if importer not in TOP:
+                    wrong.append(f"{importer} -> {target}")
+                continue
+            source_room, target_room = room_of(importer), room_of(target)
+            if source_room is None or target_room is None:
+                continue
+            if ROOMS.index(target_room) > ROOMS.index(source_room):
+                wrong.append(f"{importer} -> {target}")
+    return wrong
+
+
+def test_every_module_lives_in_a_room() -> None:
+    homeless = [m for m in import_graph() if m not in BASE + TOP and room_of(m) not in ROOMS]
+    assert homeless == []
+
+
+def test_imports_point_down_the_flow() -> None:
+    assert upward_imports(import_graph()) == []
+
+
 def test_the_package_imports_form_no_cycle() -> None:
     graph = import_graph()
     assert len(graph) > 40  # the whole package was read
     assert cycles(graph) == []
+
+
+def test_an_upward_import_is_found() -> None:
+    graph = {
+        "tunnelacct.capture.decode": {"tunnelacct.store.writer"},
+        "tunnelacct.store.writer": set(),
+    }
+    assert upward_imports(graph) == ["tunnelacct.capture.decode -> tunnelacct.store.writer"]
+    assert upward_imports({"tunnelacct.store.writer": {"tunnelacct.capture.decode"}}) == []
 
 
 @pytest.mark.parametrize(

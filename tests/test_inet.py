@@ -18,17 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.pg import add_partitions, fresh_database, read_rows
 from tests.helpers.stores import alembic_to, execute
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import Role, create_token
 from tunnelacct.config.model import Config, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.export import export_org_csv
-from tunnelacct.query import filter_clause, parse_filter
+from tunnelacct.query.export import export_org_csv
+from tunnelacct.query.filters import filter_clause, parse_filter
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store.engine import ongoing_sessions, sync_inventory
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import SessionRecord
 from tunnelacct.store.writer import SessionWriter
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import Role, create_token
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 GATEWAY = "gw-inet"
@@ -51,22 +51,47 @@ def v6(*groups: int) -> bytes:
 # first of two equal zero runs, a lone zero group (never `::`, RFC 5952), IPv4-mapped
 # (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d) tails, and the longest texts.
 TRICKY = [
-    ntop(bytes(4)), ntop(b"\xff" * 4), ntop(bytes([10, 0, 0, 1])), ntop(bytes([100, 64, 0, 2])),
-    ntop(bytes(16)), ntop(v6(0, 0, 0, 0, 0, 0, 0, 1)), ntop(v6(1, 0, 0, 0, 0, 0, 0, 0)),
-    ntop(v6(0, 0, 0, 0, 0, 0xFFFF, 0x0102, 0x0304)), ntop(v6(0, 0, 0, 0, 0, 0xFFFF, 0, 0)),
-    ntop(v6(0, 0, 0, 0, 0, 0, 0x0102, 0x0304)), ntop(v6(0, 0, 0, 0, 0, 0, 1, 2)),
-    ntop(v6(0, 0, 0, 0, 0, 0, 0, 0xFFFF)), ntop(v6(0, 0, 0, 0, 0xFFFF, 0, 0x0102, 0x0304)),
-    ntop(v6(0x64, 0xFF9B, 0, 0, 0, 0, 0x0102, 0x0304)), ntop(v6(1, 0, 0, 1, 0, 0, 0, 0)),
-    ntop(v6(1, 0, 0, 1, 0, 0, 1, 1)), ntop(v6(1, 0, 2, 3, 4, 5, 6, 7)),
-    ntop(v6(0xFD00, 0x64, 0, 0, 0, 0, 0, 2)), ntop(v6(0x2001, 0xDB8, 0, 0, 1, 0, 0, 5)),
-    ntop(v6(*[0xFFFF] * 8)), ntop(v6(0xFE80, 0, 0, 0, 0xAB, 0xCDEF, 0, 0x0A)),
-]  # fmt: skip
+    ntop(bytes(4)),
+    ntop(b"\xff" * 4),
+    ntop(bytes([10, 0, 0, 1])),
+    ntop(bytes([100, 64, 0, 2])),
+    ntop(bytes(16)),
+    ntop(v6(0, 0, 0, 0, 0, 0, 0, 1)),
+    ntop(v6(1, 0, 0, 0, 0, 0, 0, 0)),
+    ntop(v6(0, 0, 0, 0, 0, 0xFFFF, 0x0102, 0x0304)),
+    ntop(v6(0, 0, 0, 0, 0, 0xFFFF, 0, 0)),
+    ntop(v6(0, 0, 0, 0, 0, 0, 0x0102, 0x0304)),
+    ntop(v6(0, 0, 0, 0, 0, 0, 1, 2)),
+    ntop(v6(0, 0, 0, 0, 0, 0, 0, 0xFFFF)),
+    ntop(v6(0, 0, 0, 0, 0xFFFF, 0, 0x0102, 0x0304)),
+    ntop(v6(0x64, 0xFF9B, 0, 0, 0, 0, 0x0102, 0x0304)),
+    ntop(v6(1, 0, 0, 1, 0, 0, 0, 0)),
+    ntop(v6(1, 0, 0, 1, 0, 0, 1, 1)),
+    ntop(v6(1, 0, 2, 3, 4, 5, 6, 7)),
+    ntop(v6(0xFD00, 0x64, 0, 0, 0, 0, 0, 2)),
+    ntop(v6(0x2001, 0xDB8, 0, 0, 1, 0, 0, 5)),
+    ntop(v6(*[0xFFFF] * 8)),
+    ntop(v6(0xFE80, 0, 0, 0, 0xAB, 0xCDEF, 0, 0x0A)),
+]
 
 
 def test_tricky_addresses_cover_the_special_spellings() -> None:
-    wanted = {"0.0.0.0", "::", "::1", "1::", "::ffff:1.2.3.4", "::ffff:0.0.0.0", "::1.2.3.4",
-              "::0.1.0.2", "::ffff", "::ffff:0:102:304", "1:0:0:1::", "1::1:0:0:1:1",
-              "1:0:2:3:4:5:6:7", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"}  # fmt: skip
+    wanted = {
+        "0.0.0.0",
+        "::",
+        "::1",
+        "1::",
+        "::ffff:1.2.3.4",
+        "::ffff:0.0.0.0",
+        "::1.2.3.4",
+        "::0.1.0.2",
+        "::ffff",
+        "::ffff:0:102:304",
+        "1:0:0:1::",
+        "1::1:0:0:1:1",
+        "1:0:2:3:4:5:6:7",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    }
     assert wanted <= set(TRICKY) and len(set(TRICKY)) == len(TRICKY)
 
 
@@ -94,8 +119,9 @@ def test_postgresql_address_columns_are_inet_on_the_parent_and_new_partitions() 
         )
         types = address_types(url)
     assert sorted(schema) == [("dst_addr", "inet"), ("src_addr", "inet")]
-    assert types == {(t, c): "inet" for t in ("sessions", "sessions_p20261123")
-                     for c in ("src_addr", "dst_addr")}  # fmt: skip
+    assert types == {
+        (t, c): "inet" for t in ("sessions", "sessions_p20261123") for c in ("src_addr", "dst_addr")
+    }
 
 
 def random_addresses(rng: random.Random, count: int) -> list[bytes]:
@@ -103,9 +129,12 @@ def random_addresses(rng: random.Random, count: int) -> list[bytes]:
     found = []
     for _ in range(count):
         zero_share = rng.choice((0.2, 0.5, 0.8))
-        groups = [0 if rng.random() < zero_share
-                  else rng.choice((1, 0xFFFF, rng.randrange(16), rng.randrange(65536)))
-                  for _ in range(8)]  # fmt: skip
+        groups = [
+            0
+            if rng.random() < zero_share
+            else rng.choice((1, 0xFFFF, rng.randrange(16), rng.randrange(65536)))
+            for _ in range(8)
+        ]
         found.append(v6(*groups))
     for start in range(8):  # a zero run of every place and length, between nonzero groups
         for length in range(1, 9 - start):
@@ -146,13 +175,29 @@ def test_postgresql_prints_inet_as_inet_ntop_does() -> None:
 def event(i: int, src: str, dst: str, kind: EventKind) -> SessionEvent:
     closed = kind is EventKind.CLOSED
     return SessionEvent(
-        kind=kind, session_id=uuid.UUID(int=(i + 1) << 80 | 0x8000 << 48), proto=IpProto.UDP,
-        family=6 if ":" in src else 4, src_addr=src, src_port=1000 + i, dst_addr=dst,
-        dst_port=53, started_ts=T0 + i, last_ts=T0 + i + 1, ended_ts=T0 + i + 1 if closed else None,
-        bytes_tx=1, bytes_rx=2, packets_tx=1, packets_rx=1, payload_bytes_tx=0,
-        payload_bytes_rx=0, close_reason=CloseReason.IDLE if closed else None, midstream=False,
-        community_id="1:x=", attribution=Attribution("acme"), interface="wg0",
-    )  # fmt: skip
+        kind=kind,
+        session_id=uuid.UUID(int=(i + 1) << 80 | 0x8000 << 48),
+        proto=IpProto.UDP,
+        family=6 if ":" in src else 4,
+        src_addr=src,
+        src_port=1000 + i,
+        dst_addr=dst,
+        dst_port=53,
+        started_ts=T0 + i,
+        last_ts=T0 + i + 1,
+        ended_ts=T0 + i + 1 if closed else None,
+        bytes_tx=1,
+        bytes_rx=2,
+        packets_tx=1,
+        packets_rx=1,
+        payload_bytes_tx=0,
+        payload_bytes_rx=0,
+        close_reason=CloseReason.IDLE if closed else None,
+        midstream=False,
+        community_id="1:x=",
+        attribution=Attribution("acme"),
+        interface="wg0",
+    )
 
 
 def tricky_events() -> list[SessionEvent]:
@@ -161,8 +206,10 @@ def tricky_events() -> list[SessionEvent]:
     v6_ = [a for a in TRICKY if ":" in a]
     pairs = [(a, v4[-1 - i % len(v4)]) for i, a in enumerate(v4)]
     pairs += [(a, v6_[-1 - i]) for i, a in enumerate(v6_)]
-    return [event(i, s, d, (EventKind.CHECKPOINT, EventKind.CLOSED)[i % 2])
-            for i, (s, d) in enumerate(pairs)]  # fmt: skip
+    return [
+        event(i, s, d, (EventKind.CHECKPOINT, EventKind.CLOSED)[i % 2])
+        for i, (s, d) in enumerate(pairs)
+    ]
 
 
 async def test_addresses_read_back_as_the_text_the_writer_wrote(
@@ -185,19 +232,25 @@ async def test_addresses_read_back_as_the_text_the_writer_wrote(
     # the CSV export (byte-identical across engines: the same text on both)
     out = io.StringIO()
     assert await export_org_csv(store_engine, "acme", out) == len(events)
-    cells = {uuid.UUID(r["session_id"]): (r["src_addr"], r["dst_addr"])
-             for r in csv.DictReader(io.StringIO(out.getvalue()))}  # fmt: skip
+    cells = {
+        uuid.UUID(r["session_id"]): (r["src_addr"], r["dst_addr"])
+        for r in csv.DictReader(io.StringIO(out.getvalue()))
+    }
     assert cells == want
     # the REST API's JSON
     await sync_inventory(store_engine, Config(orgs=(OrgConfig(id="acme", name="Acme"),)))
     token, _ = await create_token(store_engine, Role.ADMIN)
     app = create_app(ApiContext(store_engine))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        r = await c.get("/api/v1/orgs/acme/sessions", params={"limit": 1000},
-                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        r = await c.get(
+            "/api/v1/orgs/acme/sessions",
+            params={"limit": 1000},
+            headers={"Authorization": f"Bearer {token}"},
+        )
     assert r.status_code == 200
-    assert {uuid.UUID(s["session_id"]): (s["src_addr"], s["dst_addr"])
-            for s in r.json()["sessions"]} == want  # fmt: skip
+    assert {
+        uuid.UUID(s["session_id"]): (s["src_addr"], s["dst_addr"]) for s in r.json()["sessions"]
+    } == want
     # filters: each address as a bare term (/32, /128: equality) and in its /31 or /127
     # (PostgreSQL: inet <<=), against ipaddress
     table = SessionRecord.__table__  # type: ignore[attr-defined]
@@ -233,9 +286,13 @@ def test_migration_0005_up_down_up_keeps_every_address_text(database_url: str) -
             " packets_tx, packets_rx, payload_bytes_tx, payload_bytes_rx, status, midstream,"
             " community_id, gateway, interface) VALUES (?, 'acme', 'tcp', ?, ?, ?, 1, 2, ?, ?,"
             " 0, 0, 0, 0, 0, 0, 0, 'ongoing', false, '', 'gw', 'wg0')",
-            uuid.UUID(int=i + 1).hex, 6 if ":" in addr else 4, addr, TRICKY[-1 - i],
-            days[i % 2], days[i % 2],
-        )  # fmt: skip
+            uuid.UUID(int=i + 1).hex,
+            6 if ":" in addr else 4,
+            addr,
+            TRICKY[-1 - i],
+            days[i % 2],
+            days[i % 2],
+        )
     want = sorted((uuid.UUID(int=i + 1).hex, a, TRICKY[-1 - i]) for i, a in enumerate(TRICKY))
     postgresql = database_url.startswith("postgresql")
     partitions = ("sessions", "sessions_p20261123", "sessions_p20261124")

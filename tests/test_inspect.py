@@ -54,8 +54,12 @@ def test_inspect_names_the_layers_scapy_dissects_in_rejected_ethernet_frames(
     )
     lines = inspect_lines(pcap)
     assert sorted(lines) == [2, 3, 4, 5], lines
-    reasons = {2: "bad_ip_header_length", 3: "truncated_ip_header",
-               4: "truncated_tcp_header", 5: "not_ip"}  # fmt: skip
+    reasons = {
+        2: "bad_ip_header_length",
+        3: "truncated_ip_header",
+        4: "truncated_tcp_header",
+        5: "not_ip",
+    }
     outermost = {2: "Ether / IP /", 3: "Ether / Raw", 4: "Ether / IPv6 /", 5: "Ether / ARP"}
     for n, line in lines.items():
         assert f" {reasons[n]}: " in line, line

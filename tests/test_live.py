@@ -206,8 +206,11 @@ def test_filter_keeps_only_tcp_udp_cut_to_snaplen_on_ethernet(tmp_path: Path) ->
         reader.start()
         try:
             assert reader.seen.wait(WAIT_S), "".join(reader.lines)
-            subprocess.run(["ip", "netns", "exec", sender, sys.executable, "-c", TRAFFIC],
-                           check=True, timeout=30)  # fmt: skip
+            subprocess.run(
+                ["ip", "netns", "exec", sender, sys.executable, "-c", TRAFFIC],
+                check=True,
+                timeout=30,
+            )
             wait_written(dump, reader, 1.0, "tcpdump on v1")
         finally:
             dump.send_signal(signal.SIGINT)
@@ -259,9 +262,13 @@ def test_capture_without_cap_net_raw_raises_permission_denied() -> None:
         "try:\n    LiveSource('lo')\nexcept CaptureError as e:\n    print(e)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
         preexec_fn=drop_cap_net_raw,
-    )  # fmt: skip
+    )
     assert done.stdout.strip() == "capture on lo: permission denied (needs root or CAP_NET_RAW)", (
         done.stderr
     )
@@ -291,6 +298,9 @@ def test_deleting_the_interface_mid_capture_raises_capture_error() -> None:
     with veth_pair(f"tg{os.getpid()}") as (_sender, receiver):
         done = subprocess.run(
             ["ip", "netns", "exec", receiver, sys.executable, "-c", code],
-            cwd=ROOT, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert done.stdout.strip() == "capture on v1: interface went down or was deleted", done.stderr

@@ -59,7 +59,7 @@ def run_gateways(barrier: Path, *commands: tuple[str, ...]) -> list[dict[str, ob
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
-        )  # fmt: skip
+        )
         for cmd in commands
     ]
     results = []
@@ -96,11 +96,21 @@ def expected_row(gateway: str, e: SessionEvent) -> tuple[str, Row]:
         return plain(datetime.fromtimestamp(ts, UTC))
 
     return e.session_id.hex, (
-        gateway, e.proto.label, e.src_addr, e.src_port, e.dst_addr, e.dst_port,
-        at(e.started_ts), at(e.last_ts), e.bytes_tx, e.bytes_rx, e.packets_tx, e.packets_rx,
+        gateway,
+        e.proto.label,
+        e.src_addr,
+        e.src_port,
+        e.dst_addr,
+        e.dst_port,
+        at(e.started_ts),
+        at(e.last_ts),
+        e.bytes_tx,
+        e.bytes_rx,
+        e.packets_tx,
+        e.packets_rx,
         "completed" if e.kind is EventKind.CLOSED else "ongoing",
         e.close_reason.value if e.close_reason else None,
-    )  # fmt: skip
+    )
 
 
 def stored(url: str) -> dict[str, Row]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.helpers.oracle import tshark_sessions
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
-from tunnelacct.pipeline import CapturePipeline
+from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.sessions.events import Attribution, SessionEvent
 
 PCAP = Path(__file__).parent / "data" / "wg-small.pcap"

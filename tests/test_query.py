@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tests.helpers.pg import add_partitions
 from tests.helpers.stores import ENGINES, imported_store, migrated_store, session_rows
 from tunnelacct.errors import FilterError, TunnelacctError
-from tunnelacct.query import (
+from tunnelacct.query.filters import (
     Compare,
     Filter,
     InNetwork,
@@ -389,15 +389,44 @@ def test_sql_binds_user_values_as_parameters(dialect: Dialect, bound: str) -> No
 # --- SQL against tricky address spellings -------------------------------------------------------
 
 PREFIXES = [
-    "10.0.0.0/8", "10.99.0.0/20", "10.99.0.0/24", "10.99.0.4/30", "10.99.0.5/32",
-    "10.99.0.128/25", "2.0.0.0/7", "0.0.0.0/0", "100.64.0.0/10", "192.168.1.0/31",
-    "::/0", "::/96", "::/64", "::ffff:0:0/96", "::ffff:10.0.0.0/104", "::ffff:10.99.0.5/128",
-    "::ffff:10.99.0.0/118", "::1:0/112", "::/127", "fd00::/8", "fd00:64::/64", "fd00:64::/63",
-    "fd00:64::/65", "fd00:64::/49", "fd00:64:0:ab00::/56", "fd00:64:0:a000::/52",
-    "fd00:64:0:0:1::/80", "fd00:64::1:0:0:0/81", "2001:db8::/32", "2001:db8:f::/48",
-    "2001:db8::/29", "fe80::/10", "fd00:64::2/128", "fd00:64::8/125",
-    "fd00:64:0:a000::/51", "fd00:64:0:a8::/62", "fd00:64::/79",
-]  # fmt: skip
+    "10.0.0.0/8",
+    "10.99.0.0/20",
+    "10.99.0.0/24",
+    "10.99.0.4/30",
+    "10.99.0.5/32",
+    "10.99.0.128/25",
+    "2.0.0.0/7",
+    "0.0.0.0/0",
+    "100.64.0.0/10",
+    "192.168.1.0/31",
+    "::/0",
+    "::/96",
+    "::/64",
+    "::ffff:0:0/96",
+    "::ffff:10.0.0.0/104",
+    "::ffff:10.99.0.5/128",
+    "::ffff:10.99.0.0/118",
+    "::1:0/112",
+    "::/127",
+    "fd00::/8",
+    "fd00:64::/64",
+    "fd00:64::/63",
+    "fd00:64::/65",
+    "fd00:64::/49",
+    "fd00:64:0:ab00::/56",
+    "fd00:64:0:a000::/52",
+    "fd00:64:0:0:1::/80",
+    "fd00:64::1:0:0:0/81",
+    "2001:db8::/32",
+    "2001:db8:f::/48",
+    "2001:db8::/29",
+    "fe80::/10",
+    "fd00:64::2/128",
+    "fd00:64::8/125",
+    "fd00:64:0:a000::/51",
+    "fd00:64:0:a8::/62",
+    "fd00:64::/79",
+]
 
 
 def spelled(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -424,11 +453,28 @@ def tricky_addresses() -> list[str]:
                 kind = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
                 found.add(kind(value))
     for text in (
-        "::", "::1", "::2", "::1:2", "1::", "::ffff:0.0.0.0", "10.99.0.50", "10.99.0.55",
-        "110.99.0.5", "100.64.0.23", "fd00:64::1:0:0:2", "fd00:64:0:0:1::", "fd0:64::1",
-        "fd00:640::1", "fd00:64:0:abcd::1", "fd00:64:0:ab::1", "fd00:64:0:a::1",
-        "fd00:64:0:fff::1", "1:2:3:4:5:6:7:8", "fd00:64::ab00:0:0:1", "2001:db8:f:0:0:0:0:1",
-    ):  # fmt: skip
+        "::",
+        "::1",
+        "::2",
+        "::1:2",
+        "1::",
+        "::ffff:0.0.0.0",
+        "10.99.0.50",
+        "10.99.0.55",
+        "110.99.0.5",
+        "100.64.0.23",
+        "fd00:64::1:0:0:2",
+        "fd00:64:0:0:1::",
+        "fd0:64::1",
+        "fd00:640::1",
+        "fd00:64:0:abcd::1",
+        "fd00:64:0:ab::1",
+        "fd00:64:0:a::1",
+        "fd00:64:0:fff::1",
+        "1:2:3:4:5:6:7:8",
+        "fd00:64::ab00:0:0:1",
+        "2001:db8:f:0:0:0:0:1",
+    ):
         found.add(ipaddress.ip_address(text))
     return sorted({spelled(a) for a in found})
 
@@ -455,18 +501,39 @@ def address_rows() -> list[Row]:
     rows = []
     for i, addr in enumerate(tricky_addresses()):
         ongoing = i % 2 == 0
-        rows.append({
-            "id": uuid.uuid4(), "org_id": "acme", "client_id": None, "client_name": None,
-            "user_id": None, "resource_id": None, "resource_name": None, "protocol": "udp",
-            "ip_version": ipaddress.ip_address(addr).version, "src_addr": addr,
-            "dst_addr": addr, "src_port": 1, "dst_port": 2,
-            "started_at": start + timedelta(seconds=i), "ended_at": None if ongoing else start,
-            "last_seen_at": start, "duration_s": 0.0, "bytes_tx": 0, "bytes_rx": 0,
-            "packets_tx": 0, "packets_rx": 0, "payload_bytes_tx": 0, "payload_bytes_rx": 0,
-            "status": "ongoing" if ongoing else "completed",
-            "close_reason": None if ongoing else "idle", "midstream": False,
-            "community_id": "", "gateway": "gw", "interface": "wg0",
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "org_id": "acme",
+                "client_id": None,
+                "client_name": None,
+                "user_id": None,
+                "resource_id": None,
+                "resource_name": None,
+                "protocol": "udp",
+                "ip_version": ipaddress.ip_address(addr).version,
+                "src_addr": addr,
+                "dst_addr": addr,
+                "src_port": 1,
+                "dst_port": 2,
+                "started_at": start + timedelta(seconds=i),
+                "ended_at": None if ongoing else start,
+                "last_seen_at": start,
+                "duration_s": 0.0,
+                "bytes_tx": 0,
+                "bytes_rx": 0,
+                "packets_tx": 0,
+                "packets_rx": 0,
+                "payload_bytes_tx": 0,
+                "payload_bytes_rx": 0,
+                "status": "ongoing" if ongoing else "completed",
+                "close_reason": None if ongoing else "idle",
+                "midstream": False,
+                "community_id": "",
+                "gateway": "gw",
+                "interface": "wg0",
+            }
+        )
     return rows
 
 
@@ -501,10 +568,12 @@ def test_cidr_terms_select_exactly_the_addresses_ipaddress_puts_in_the_network(
         ("close_reason:idle", lambda r: r["close_reason"] == "idle"),
         ("-close_reason:idle", lambda r: r["close_reason"] != "idle"),  # NULLs kept
         ("-client:x", lambda r: r["client_id"] != "x"),  # every client_id is NULL
-        ("status:ongoing src:::/64",
-         lambda r: r["status"] == "ongoing" and net("::/64")(r["src_addr"])),
+        (
+            "status:ongoing src:::/64",
+            lambda r: r["status"] == "ongoing" and net("::/64")(r["src_addr"]),
+        ),
     ],
-)  # fmt: skip
+)
 def test_status_and_nullable_terms_select_what_the_oracle_selects(
     address_db: tuple[Engine, list[Row]], text: str, oracle: Predicate
 ) -> None:

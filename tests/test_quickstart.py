@@ -16,9 +16,14 @@ def test_quickstart_serves_the_bundled_capture_and_exports_acme(tmp_path: Path) 
     env.pop("TUNNELACCT_CONFIG", None)
     env.pop("TUNNELACCT_DATABASE_URL", None)
     done = subprocess.run(
-        ["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        ["bash", "scripts/quickstart.sh"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "stopped"

@@ -24,7 +24,7 @@ from tests.helpers.stores import execute
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.retention import PurgeRunTally, purge
+from tunnelacct.retention.purge import PurgeRunTally, purge
 from tunnelacct.store.engine import ensure_partitions, make_engine, sync_inventory, sync_url
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import PurgeRun, SessionRecord
@@ -98,8 +98,10 @@ async def test_purge_keeps_exactly_what_each_org_allows(engine: AsyncEngine, db:
     result = await purge(engine, now=NOW, batch_size=97)
     left = remaining(db)
     assert left == expected_left(oracle)
-    gone = {org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
-            for org in ("weekly", "monthly")}  # fmt: skip
+    gone = {
+        org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
+        for org in ("weekly", "monthly")
+    }
     # orgs with a retention, in id order; "keeper" (forever) is not purged at all
     assert {p.org_id: p.deleted for p in result.orgs} == {**gone, "quiet": 0, "unattributed": 0}
     assert [p.org_id for p in result.orgs] == ["monthly", "quiet", "unattributed", "weekly"]
@@ -125,8 +127,11 @@ async def test_every_run_is_recorded_with_cutoff_count_and_outcome(
     await store(engine, spread(("weekly",)))
     result = await purge(engine, now=NOW, dry_run=True)
     await purge(engine, now=NOW)
-    runs = read_rows(db, "SELECT run_id, cutoff, dry_run, deleted, outcome, ended_at"
-                         " FROM purge_runs WHERE org_id = 'weekly' ORDER BY id")  # fmt: skip
+    runs = read_rows(
+        db,
+        "SELECT run_id, cutoff, dry_run, deleted, outcome, ended_at"
+        " FROM purge_runs WHERE org_id = 'weekly' ORDER BY id",
+    )
     assert [(r[2], r[4]) for r in runs] == [(1, "ok"), (0, "ok")]
     assert runs[0][0] == result.run_id and runs[0][1] == "2026-11-18 12:00:00.000000"
     assert runs[0][3] == runs[1][3] > 0 and all(r[5] is not None for r in runs)
@@ -207,9 +212,14 @@ async def test_the_purge_run_tally_counts_each_part_once_whoever_ran_it_and_neve
     other = make_engine(db)
     try:
         cancelled = asyncio.create_task(
-            purge(other, org_id="weekly", now=NOW, batch_size=5,
-                  on_deleted=lambda _org, _n: cancelled.cancel())
-        )  # fmt: skip
+            purge(
+                other,
+                org_id="weekly",
+                now=NOW,
+                batch_size=5,
+                on_deleted=lambda _org, _n: cancelled.cancel(),
+            )
+        )
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         cut = len(oracle) - len(remaining(db))
@@ -225,8 +235,10 @@ async def test_the_purge_run_tally_counts_each_part_once_whoever_ran_it_and_neve
     await tally.refresh(engine)
     await tally.refresh(engine)  # nothing new: nothing counted again
     left = remaining(db)
-    gone = {org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
-            for org in DAYS}  # fmt: skip
+    gone = {
+        org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
+        for org in DAYS
+    }
     assert {org: tally.deleted_by_org[org] for org in DAYS} == gone  # the dry run added nothing
     assert tally.deleted_by_org["keeper"] == 0
     assert set(tally.last_success_by_org) == {"weekly", "monthly", "quiet", "unattributed"}
@@ -244,9 +256,15 @@ async def test_the_purge_run_tally_counts_each_part_once_whoever_ran_it_and_neve
 
     # a part still running when read counts once it has ended, once
     running = PurgeRun(
-        run_id="f" * 32, org_id="monthly", host="cron-host/1", started_at=datetime.now(UTC),
-        cutoff=NOW, dry_run=False, deleted=0, outcome="running",
-    )  # fmt: skip
+        run_id="f" * 32,
+        org_id="monthly",
+        host="cron-host/1",
+        started_at=datetime.now(UTC),
+        cutoff=NOW,
+        dry_run=False,
+        deleted=0,
+        outcome="running",
+    )
     async with AsyncSession(engine, expire_on_commit=False) as s:
         s.add(running)
         await s.commit()
@@ -254,8 +272,12 @@ async def test_the_purge_run_tally_counts_each_part_once_whoever_ran_it_and_neve
     await tally.refresh(engine)
     assert tally.deleted_by_org["monthly"] == gone["monthly"]
     finished = datetime.now(UTC) + timedelta(seconds=1)
-    execute(db, "UPDATE purge_runs SET outcome = 'ok', deleted = 4, ended_at = ? WHERE id = ?",
-            finished, part)  # fmt: skip
+    execute(
+        db,
+        "UPDATE purge_runs SET outcome = 'ok', deleted = 4, ended_at = ? WHERE id = ?",
+        finished,
+        part,
+    )
     await tally.refresh(engine)
     await tally.refresh(engine)
     assert tally.deleted_by_org["monthly"] == gone["monthly"] + 4
@@ -290,8 +312,12 @@ async def test_on_postgresql_the_lock_is_the_holders_connection_not_the_lease() 
             oracle = await store(engine, spread(("weekly",)))
             with other.connect() as conn:
                 conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                conn.execute(sql_text("UPDATE purge_locks SET holder = 'other-host/1', "
-                                  "expires_at = now() + interval '1 hour'"))  # fmt: skip
+                conn.execute(
+                    sql_text(
+                        "UPDATE purge_locks SET holder = 'other-host/1', "
+                        "expires_at = now() + interval '1 hour'"
+                    )
+                )
                 conn.commit()
                 locked = await purge(engine, now=NOW, holder="gw-b/2")
                 assert locked.locked_by == "other-host/1" and locked.orgs == ()
@@ -354,8 +380,10 @@ async def test_on_postgresql_expired_days_are_dropped_with_the_figures_of_batche
 
             result = await purge(engine, now=NOW, batch_size=97, on_deleted=on_deleted)
             assert remaining(url) == left
-            gone = {org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
-                    for org in ("weekly", "monthly")}  # fmt: skip
+            gone = {
+                org: sum(1 for sid, (o, _) in oracle.items() if o == org and sid not in left)
+                for org in ("weekly", "monthly")
+            }
             figures = {**gone, "quiet": 0, "unattributed": 0}  # every org with a retention
             assert {p.org_id: p.deleted for p in result.orgs} == figures
             assert {org: n for org, n in seen.items() if n} == gone

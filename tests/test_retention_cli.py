@@ -35,8 +35,8 @@ from tests.helpers.serving import Serve
 from tests.helpers.stores import ENGINES, empty_store, execute, query
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.load import load_config
-from tunnelacct.retention import STOPPING
-from tunnelacct.service import Service
+from tunnelacct.retention.purge import STOPPING
+from tunnelacct.service.service import Service
 from tunnelacct.store.engine import ensure_partitions, make_engine
 
 DATA = Path(__file__).parent / "data"
@@ -74,8 +74,11 @@ def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
     def purge_cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config), *args],
-            capture_output=True, text=True, env=os.environ, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            stdin=subprocess.DEVNULL,
+        )
 
     with purge_lock_held(store_url, "other-host/1"):
         locked = purge_cli()
@@ -99,8 +102,13 @@ def test_an_org_with_logging_off_stores_no_session_through_the_real_import(
         config.write_text(text, encoding="utf-8")
         (tmp_path / name).mkdir()
         with empty_store(kind, tmp_path / name) as url:
-            run_cli("import", "--config", str(config), str(DATA / "wg-small.pcap"),
-                    env={"TUNNELACCT_DATABASE_URL": url})  # fmt: skip
+            run_cli(
+                "import",
+                "--config",
+                str(config),
+                str(DATA / "wg-small.pcap"),
+                env={"TUNNELACCT_DATABASE_URL": url},
+            )
             stored[name] = counts(url)
     assert stored["on"]["globex"] > 0  # the capture has globex traffic
     assert "globex" not in stored["off"]
@@ -147,17 +155,21 @@ def test_serve_purges_every_interval_with_the_retention_the_config_says_now(
 
         wait_for("first purge", first_purge_done)
         # an edit of the file takes effect at the next purge, without a restart
-        config.write_text(config.read_text().replace("retention_days = 30",
-                                                     "retention_days = 10"))  # fmt: skip
-        wait_for("purge with the edited retention",
-                 lambda: counts(store_url).get("globex") == per_copy[3]["globex"])  # fmt: skip
+        config.write_text(config.read_text().replace("retention_days = 30", "retention_days = 10"))
+        wait_for(
+            "purge with the edited retention",
+            lambda: counts(store_url).get("globex") == per_copy[3]["globex"],
+        )
 
         def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             url = f"http://127.0.0.1:{port}/metrics"
             with urllib.request.urlopen(url, timeout=10) as r:
                 text = r.read().decode()
-            return {(s.name, tuple(s.labels.items())): s.value
-                    for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+            return {
+                (s.name, tuple(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+            }
 
         def deleted(org: str) -> float | None:
             return samples.get(("tunnelacct_retention_deleted_sessions_total", (("org", org),)))
@@ -184,8 +196,11 @@ def scrape(url: str) -> Samples:
     """Every sample of a GET /metrics, by (name, labels)."""
     with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
-    return {(s.name, tuple(s.labels.items())): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    return {
+        (s.name, tuple(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
 
 
 async def test_serve_shows_the_purges_of_other_processes_once_each_and_never_less(
@@ -259,8 +274,9 @@ async def test_serve_shows_the_purges_of_other_processes_once_each_and_never_les
     finally:
         stop.set()
         await serving
-    weekly = [s.get(("tunnelacct_retention_deleted_sessions_total", (("org", "weekly"),)))
-              for s in seen]  # fmt: skip
+    weekly = [
+        s.get(("tunnelacct_retention_deleted_sessions_total", (("org", "weekly"),))) for s in seen
+    ]
     assert weekly == sorted(weekly)  # never less
 
 
@@ -282,8 +298,11 @@ def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_leaves_no_e
         # machine may leave the drops to the batched deletes, which take minutes there
         serve.wait(lambda _s: purged_orgs(store_url) == PURGED_ORGS, 600, "a purge of every org")
         assert expired_rows(store_url, cutoff) == 0
-        status = serve.wait(lambda s: s["writer"]["rows_written"] > first["writer"][
-            "rows_written"] + 1000, WAIT_S, "writing after the purge")  # fmt: skip
+        status = serve.wait(
+            lambda s: s["writer"]["rows_written"] > first["writer"]["rows_written"] + 1000,
+            WAIT_S,
+            "writing after the purge",
+        )
         assert serve.stop() == 0, serve.log()
     writer = status["writer"]
     assert writer["failed_flushes"] == 0  # no write failed, nothing retried

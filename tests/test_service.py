@@ -58,12 +58,22 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
     db, imported = tmp_path / "live.db", tmp_path / "import.db"
     with serving(tmp_path, replay_config(tmp_path), db) as serve:
         final = serve.wait(
-            lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
-            and s["writer"]["rows_written"] > 0, WAIT_S, "replay finished and written",
-        )  # fmt: skip
+            lambda s: (
+                s["captures"][0]["state"] == "finished"
+                and s["writer"]["pending"] == 0
+                and s["writer"]["rows_written"] > 0
+            ),
+            WAIT_S,
+            "replay finished and written",
+        )
         assert serve.stop() == 0, serve.log()
-    run_cli("import", "--config", str(BASE), str(PCAP),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{imported}"})  # fmt: skip
+    run_cli(
+        "import",
+        "--config",
+        str(BASE),
+        str(PCAP),
+        env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{imported}"},
+    )
     live_rows, import_rows = rows_by_session(all_rows(db)), rows_by_session(all_rows(imported))
     assert live_rows == import_rows
     assert len(live_rows) == final["captures"][0]["sessions_opened"] > 10
@@ -74,12 +84,18 @@ def test_serve_writes_the_rows_of_import_into_postgresql(tmp_path: Path) -> None
     with fresh_database() as live, fresh_database() as imported:
         with serving(tmp_path, replay_config(tmp_path), live) as serve:
             serve.wait(
-                lambda s: s["captures"][0]["state"] == "finished" and s["writer"]["pending"] == 0
-                and s["writer"]["rows_written"] > 0, WAIT_S, "replay finished and written",
-            )  # fmt: skip
+                lambda s: (
+                    s["captures"][0]["state"] == "finished"
+                    and s["writer"]["pending"] == 0
+                    and s["writer"]["rows_written"] > 0
+                ),
+                WAIT_S,
+                "replay finished and written",
+            )
             assert serve.stop() == 0, serve.log()
-        run_cli("import", "--config", str(BASE), str(PCAP),
-                env={"TUNNELACCT_DATABASE_URL": imported})  # fmt: skip
+        run_cli(
+            "import", "--config", str(BASE), str(PCAP), env={"TUNNELACCT_DATABASE_URL": imported}
+        )
         live_rows = rows_by_session(session_rows(live))
         import_rows = rows_by_session(session_rows(imported))
     assert live_rows == import_rows and len(live_rows) > 10
@@ -196,10 +212,15 @@ def namespace(name: str) -> Iterator[str]:
 @needs_root
 def test_a_missing_interface_is_logged_and_captured_once_it_appears(tmp_path: Path) -> None:
     config = write_config(BASE, tmp_path / "serve.toml", captures=[{"interface": "tad0"}])
-    with namespace(f"tasvc{os.getpid()}") as ns, serving(tmp_path, config, tmp_path / "d.db",
-                                                          netns=ns) as serve:  # fmt: skip
-        serve.wait(lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
-                   WAIT_S, "waiting for the interface")  # fmt: skip
+    with (
+        namespace(f"tasvc{os.getpid()}") as ns,
+        serving(tmp_path, config, tmp_path / "d.db", netns=ns) as serve,
+    ):
+        serve.wait(
+            lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
+            WAIT_S,
+            "waiting for the interface",
+        )
         assert "capture on tad0: no such interface; retrying every 5 s" in serve.log()
         link = ["ip", "-n", ns, "link"]
         subprocess.run([*link, "add", "tad0", "type", "veth", "peer", "name", "tad1"], check=True)
@@ -233,13 +254,21 @@ def test_session_events_are_json_lines_with_the_fields_and_values_of_the_csv(
 
     db, log = tmp_path / "live.db", tmp_path / "events.jsonl"
     config = write_config(
-        BASE, tmp_path / "serve.toml", {"service": {"session_events": str(log)}},
+        BASE,
+        tmp_path / "serve.toml",
+        {"service": {"session_events": str(log)}},
         captures=[{"pcap": str(PCAP)}],
-    )  # fmt: skip
+    )
     with serving(tmp_path, config, db) as serve:
-        serve.wait(lambda s: s["captures"][0]["state"] == "finished"
-                   and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   WAIT_S, "replay written")  # fmt: skip
+        serve.wait(
+            lambda s: (
+                s["captures"][0]["state"] == "finished"
+                and s["writer"]["pending"] == 0
+                and s["writer"]["rows_written"] > 0
+            ),
+            WAIT_S,
+            "replay written",
+        )
         assert serve.stop() == 0, serve.log()
     lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     rows = all_rows(db)
@@ -274,8 +303,12 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     db = tmp_path / "live.db"
-    config = write_config(BASE, tmp_path / "serve.toml", {"api": {"listen": f"127.0.0.1:{port}"}},
-                          captures=[{"pcap": str(PCAP)}])  # fmt: skip
+    config = write_config(
+        BASE,
+        tmp_path / "serve.toml",
+        {"api": {"listen": f"127.0.0.1:{port}"}},
+        captures=[{"pcap": str(PCAP)}],
+    )
     env = {"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
     run_cli("db", "upgrade", env=env)  # token commands never create a store
     token = run_cli("token", "create", "--config", str(config), "--org", "acme", env=env).stdout
@@ -293,18 +326,26 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
                 return e.code, json.loads(e.read())
 
     with serving(tmp_path, config, db) as serve:
-        serve.wait(lambda s: s["captures"][0]["state"] == "finished"
-                   and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   WAIT_S, "replay written")  # fmt: skip
+        serve.wait(
+            lambda s: (
+                s["captures"][0]["state"] == "finished"
+                and s["writer"]["pending"] == 0
+                and s["writer"]["rows_written"] > 0
+            ),
+            WAIT_S,
+            "replay written",
+        )
         assert get("/healthz", auth=False) == (200, {"status": "ok"})
         assert get("/readyz", auth=False) == (200, {"ready": True, "reasons": []})
         assert get("/api/v1/orgs/acme/sessions", auth=False)[0] == 401
         code, page = get("/api/v1/orgs/acme/sessions?limit=1000")
         assert get("/api/v1/orgs/globex/sessions")[0] == 404
         with urllib.request.urlopen(base + "/metrics", timeout=10) as r:  # no token needed
-            metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                       for f in text_string_to_metric_families(r.read().decode())
-                       for s in f.samples}  # fmt: skip
+            metrics = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(r.read().decode())
+                for s in f.samples
+            }
         assert serve.stop() == 0, serve.log()
     acme = [r for r in all_rows(db) if r["org_id"] == "acme"]
     assert code == 200 and page["count"] == len(acme) == len(page["sessions"]) > 0
@@ -314,8 +355,10 @@ def test_serve_answers_the_rest_api_over_http(tmp_path: Path) -> None:
     assert metrics["tunnelacct_capture_kernel_drops_total", iface] == 0
     assert metrics["tunnelacct_capture_open_sessions", iface] == 0
     assert metrics["tunnelacct_decode_errors_total", (*iface, ("reason", "bad_ip_version"))] == 0
-    assert not any(name == "tunnelacct_decode_errors_total" and ("reason", "ok") in labels
-                   for name, labels in metrics)  # fmt: skip
+    assert not any(
+        name == "tunnelacct_decode_errors_total" and ("reason", "ok") in labels
+        for name, labels in metrics
+    )
     assert metrics["tunnelacct_writer_queue_depth", ()] == 0
     assert metrics["tunnelacct_store_rows_written_total", ()] >= len(all_rows(db))
 
@@ -335,9 +378,15 @@ def test_metrics_listen_serves_only_metrics_with_the_stored_rows_byte_totals(
     metrics = {"metrics": {"listen": f"127.0.0.1:{port}"}}
     config = write_config(BASE, tmp_path / "serve.toml", metrics, captures=[{"pcap": str(PCAP)}])
     with serving(tmp_path, config, db) as serve:
-        serve.wait(lambda s: s["captures"][0]["state"] == "finished"
-                   and s["writer"]["pending"] == 0 and s["writer"]["rows_written"] > 0,
-                   WAIT_S, "replay written")  # fmt: skip
+        serve.wait(
+            lambda s: (
+                s["captures"][0]["state"] == "finished"
+                and s["writer"]["pending"] == 0
+                and s["writer"]["rows_written"] > 0
+            ),
+            WAIT_S,
+            "replay written",
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -370,8 +419,9 @@ def test_an_api_address_in_use_is_a_clear_error_at_start(tmp_path: Path) -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write_config(BASE, tmp_path / "serve.toml",
-                              {"api": {"listen": f"127.0.0.1:{port}"}})  # fmt: skip
+        config = write_config(
+            BASE, tmp_path / "serve.toml", {"api": {"listen": f"127.0.0.1:{port}"}}
+        )
         with serving(tmp_path, config, tmp_path / "a.db") as serve:
             assert serve.proc is not None and serve.proc.wait(WAIT_S) == 2
     assert f"error: [api] listen 127.0.0.1:{port}: Address already in use" in serve.log()

@@ -25,7 +25,7 @@ from tests.helpers.stores import alembic_to
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.retention import purge
+from tunnelacct.retention.purge import purge
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store.engine import keep_partitions_ahead, sync_inventory, sync_url
 from tunnelacct.store.migrate import migrate
@@ -80,13 +80,29 @@ def event(
     ts = start.timestamp() + n
     done = kind is EventKind.CLOSED
     return SessionEvent(
-        kind=kind, session_id=sid or uuid.uuid4(), proto=IpProto.TCP, family=4,
-        src_addr="100.64.0.2", src_port=40000 + n, dst_addr="10.99.0.5", dst_port=443,
-        started_ts=ts, last_ts=ts + 1, ended_ts=ts + 1 if done else None, bytes_tx=100,
-        bytes_rx=1000, packets_tx=1, packets_rx=2, payload_bytes_tx=60, payload_bytes_rx=960,
-        close_reason=CloseReason.FIN if done else None, midstream=False, community_id="1:x",
-        attribution=Attribution(org), interface="wg0",
-    )  # fmt: skip
+        kind=kind,
+        session_id=sid or uuid.uuid4(),
+        proto=IpProto.TCP,
+        family=4,
+        src_addr="100.64.0.2",
+        src_port=40000 + n,
+        dst_addr="10.99.0.5",
+        dst_port=443,
+        started_ts=ts,
+        last_ts=ts + 1,
+        ended_ts=ts + 1 if done else None,
+        bytes_tx=100,
+        bytes_rx=1000,
+        packets_tx=1,
+        packets_rx=2,
+        payload_bytes_tx=60,
+        payload_bytes_rx=960,
+        close_reason=CloseReason.FIN if done else None,
+        midstream=False,
+        community_id="1:x",
+        attribution=Attribution(org),
+        interface="wg0",
+    )
 
 
 def closed(org: str, start: datetime, n: int) -> SessionEvent:
@@ -235,7 +251,7 @@ async def test_a_purge_drops_expired_tables_and_deletes_the_rest(
     is emptied with those 2 copied back (KEEP_MAX 2000), or left to batched deletes (KEEP_MAX
     1); either way exactly the expired rows go, in tables and in sessions_default."""
     monkeypatch.setattr(sqlitepurge, "KEEP_MAX", keep_max)
-    caplog.set_level(logging.INFO, logger="tunnelacct.retention")
+    caplog.set_level(logging.INFO, logger="tunnelacct.retention.purge")
     rows = spread(("weekly", "monthly", "quarterly", "keeper"))
     await store_into_partitions(store, db_path, rows)
     # and some expired rows no table covers: a day before the first table of weekly
@@ -250,10 +266,12 @@ async def test_a_purge_drops_expired_tables_and_deletes_the_rest(
     assert before == set(placed.values()) - {DEFAULT_TABLE}
     assert {p.days for p in parts(db_path)} == {1, 3}
     left = {
-        r.id.hex for r in rows
-        if r.ended_at is None or r.org_id not in DAYS
+        r.id.hex
+        for r in rows
+        if r.ended_at is None
+        or r.org_id not in DAYS
         or NOW - r.ended_at <= timedelta(days=DAYS[r.org_id])
-    }  # fmt: skip
+    }
     droppable = before - {placed[h] for h in left}
     seen: dict[str, int] = {}
 
@@ -363,8 +381,11 @@ def test_db_partition_moves_old_rows_and_downgrade_restores_one_table(tmp_path: 
     # weekly's rows, in one table per day they started on
     days = {r.started_at.astimezone(UTC).date() for r in rows if r.org_id == "weekly"}
     assert {(p.org_id, p.start, p.days) for p in parts(path)} == {("weekly", d, 1) for d in days}
-    assert all(ids(path, home(path, "weekly", r.started_at)) >= {r.id.hex} for r in rows
-               if r.org_id == "weekly")  # fmt: skip
+    assert all(
+        ids(path, home(path, "weekly", r.started_at)) >= {r.id.hex}
+        for r in rows
+        if r.org_id == "weekly"
+    )
     assert raw_query(path, "SELECT * FROM sessions ORDER BY id") == before
     alembic_to(url, "0005", down=True)
     assert not partition_tables(path) and DEFAULT_TABLE not in tables(path)

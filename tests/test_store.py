@@ -30,7 +30,7 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceConfig
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
-from tunnelacct.retention import purge
+from tunnelacct.retention.purge import purge
 from tunnelacct.store.engine import (
     async_url,
     ensure_partitions,
@@ -119,8 +119,16 @@ HEAD = max(
 )
 
 
-TABLES = {"alembic_version", "orgs", "clients", "resources", "sessions", "api_tokens",
-          "purge_runs", "purge_locks"}  # fmt: skip
+TABLES = {
+    "alembic_version",
+    "orgs",
+    "clients",
+    "resources",
+    "sessions",
+    "api_tokens",
+    "purge_runs",
+    "purge_locks",
+}
 
 
 def table_names(url: str) -> set[str]:
@@ -292,8 +300,13 @@ def test_drift_check_notices_a_model_change(store_url: str) -> None:
 
 def test_migrations_go_from_the_first_revision_to_head_and_back_down(database_url: str) -> None:
     alembic_to(database_url, "0001")
-    assert table_names(database_url) == {"alembic_version", "orgs", "clients", "resources",
-                                         "sessions"}  # fmt: skip
+    assert table_names(database_url) == {
+        "alembic_version",
+        "orgs",
+        "clients",
+        "resources",
+        "sessions",
+    }
     alembic_to(database_url, "head")
     assert table_names(database_url) == TABLES
     assert _drift(database_url, TableBase.metadata) == []
@@ -338,13 +351,21 @@ async def test_sqlite_purged_rows_leave_no_readable_content_in_their_pages(
     # leaves purged rows readable in the file), without rewriting whole freed pages (not ON)
     ended = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [
-        record(client_name=f"marker-{k:03d}-", status="completed", ended_at=ended,
-               org_id="gone" if k % 10 == 3 else "acme")
+        record(
+            client_name=f"marker-{k:03d}-",
+            status="completed",
+            ended_at=ended,
+            org_id="gone" if k % 10 == 3 else "acme",
+        )
         for k in range(60)
-    ]  # fmt: skip
+    ]
     async with AsyncSession(engine) as db:
-        db.add_all([OrgRow(id=o, name=o, retention_days=d, updated_at=ended)
-                    for o, d in (("acme", None), ("gone", 1))])  # fmt: skip
+        db.add_all(
+            [
+                OrgRow(id=o, name=o, retention_days=d, updated_at=ended)
+                for o, d in (("acme", None), ("gone", 1))
+            ]
+        )
         db.add_all(rows)
         await db.commit()
     async with engine.connect() as conn:
@@ -561,8 +582,9 @@ def test_upgrade_to_0004_moves_sessions_into_day_partitions_and_downgrade_back(
     engine = create_engine(sync_url(database_url), poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:
-            conn.execute(table.insert(), [{c.name: getattr(r, c.name) for c in table.columns}
-                                          for r in rows])  # fmt: skip
+            conn.execute(
+                table.insert(), [{c.name: getattr(r, c.name) for c in table.columns} for r in rows]
+            )
         everything = "SELECT * FROM sessions ORDER BY id"
         before = read_rows(database_url, everything)
         alembic_to(database_url, "0004")
@@ -575,8 +597,10 @@ def test_upgrade_to_0004_moves_sessions_into_day_partitions_and_downgrade_back(
         )
         if postgresql:
             assert dict(read_rows(database_url, partitions)) == {
-                "sessions_p20261123": 1, "sessions_p20261124": 1, "sessions_p20261125": 1
-            }  # fmt: skip
+                "sessions_p20261123": 1,
+                "sessions_p20261124": 1,
+                "sessions_p20261125": 1,
+            }
         key = {"sqlite": ["id"], "postgresql": ["id", "started_at"]}[engine.dialect.name]
         assert inspect(engine).get_pk_constraint("sessions")["constrained_columns"] == key
         alembic_to(database_url, "0003", down=True)
@@ -592,8 +616,12 @@ async def test_serve_creates_today_s_and_the_next_days_partitions_ahead() -> Non
     """PostgreSQL: today's (UTC) partition and the next 3 days' exist before any row needs
     them, created at once when the loop starts."""
     late_evening = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
-    expected = {"sessions_p20261130", "sessions_p20261201", "sessions_p20261202",
-                "sessions_p20261203"}  # fmt: skip
+    expected = {
+        "sessions_p20261130",
+        "sessions_p20261201",
+        "sessions_p20261202",
+        "sessions_p20261203",
+    }
     query = (
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = CAST('sessions' AS regclass)"

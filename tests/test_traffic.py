@@ -21,9 +21,9 @@ from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.metrics.collectors import TrafficFigures, service_registry
 from tunnelacct.metrics.tally import OVERFLOW, UNMATCHED, MetricLabels, TrafficTally
-from tunnelacct.pipeline import CapturePipeline
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sessions.flowtable import FlowTable
@@ -38,14 +38,16 @@ LONG = Timeouts(udp_idle_s=1e6, tcp_idle_s=1e6)  # nothing expires mid-test
 def table_for(guard: MetricLabels, timeouts: Timeouts = DEFAULT) -> FlowTable:
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     return FlowTable(
-        timeouts, attribute=inventory.attribute, is_client=inventory.is_client_address,
-        tally=TrafficTally(guard, fold_every_s=0),
-    )  # fmt: skip
+        timeouts,
+        attribute=inventory.attribute,
+        is_client=inventory.is_client_address,
+        observer=TrafficTally(guard, fold_every_s=0),
+    )
 
 
 def registry_of(table: FlowTable) -> CollectorRegistry:
-    assert table.tally is not None
-    tally = table.tally
+    tally = table.observer
+    assert isinstance(tally, TrafficTally)
 
     def figures() -> TrafficFigures:
         return TrafficFigures(tally.snapshot(), tally.guard, table.stats.unattributed_sessions)
@@ -103,17 +105,22 @@ def test_metrics_equal_the_flow_engines_session_totals_after_a_capture(tmp_path:
 
     reasons = Counter((e.attribution.org_id, e.proto.label, str(e.close_reason)) for e in closed)
     for (org, protocol, reason), n in reasons.items():
-        got_n = sum(v for k, v in samples(registry, "tunnelacct_sessions_total").items()
-                    if dict(k).items() >= {"org": org, "protocol": protocol,
-                                           "close_reason": reason}.items())  # fmt: skip
+        got_n = sum(
+            v
+            for k, v in samples(registry, "tunnelacct_sessions_total").items()
+            if dict(k).items() >= {"org": org, "protocol": protocol, "close_reason": reason}.items()
+        )
         assert got_n == n
     assert set(samples(registry, "tunnelacct_sessions_active").values()) == {0.0}
     per_org = Counter((e.attribution.org_id, e.proto.label) for e in closed)
     for (org, protocol), n in per_org.items():
         labels = {"org": org, "protocol": protocol}
         assert registry.get_sample_value("tunnelacct_session_duration_seconds_count", labels) == n
-        size = sum(e.bytes_tx + e.bytes_rx for e in closed
-                   if (e.attribution.org_id, e.proto.label) == (org, protocol))  # fmt: skip
+        size = sum(
+            e.bytes_tx + e.bytes_rx
+            for e in closed
+            if (e.attribution.org_id, e.proto.label) == (org, protocol)
+        )
         assert registry.get_sample_value("tunnelacct_session_bytes_sum", labels) == size
         top = registry.get_sample_value("tunnelacct_session_bytes_bucket", {**labels, "le": "+Inf"})
         assert top == n
@@ -126,11 +133,25 @@ def halves() -> tuple[RawBatch, RawBatch]:
     (raw,) = list(open_capture(PCAP).batches())
     h = len(raw) // 2
     return (
-        RawBatch(raw.buf, raw.offsets[:h], raw.caplens[:h], raw.wirelens[:h], raw.ts[:h],
-                 raw.linktypes[:h], raw.interface),
-        RawBatch(raw.buf, raw.offsets[h:], raw.caplens[h:], raw.wirelens[h:], raw.ts[h:],
-                 raw.linktypes[h:], raw.interface),
-    )  # fmt: skip
+        RawBatch(
+            raw.buf,
+            raw.offsets[:h],
+            raw.caplens[:h],
+            raw.wirelens[:h],
+            raw.ts[:h],
+            raw.linktypes[:h],
+            raw.interface,
+        ),
+        RawBatch(
+            raw.buf,
+            raw.offsets[h:],
+            raw.caplens[h:],
+            raw.wirelens[h:],
+            raw.ts[h:],
+            raw.linktypes[h:],
+            raw.interface,
+        ),
+    )
 
 
 def test_traffic_is_counted_while_sessions_are_still_open() -> None:
@@ -154,8 +175,11 @@ def test_open_flows_are_folded_in_at_most_once_per_interval_of_the_clock() -> No
     tally = TrafficTally(MetricLabels(), fold_every_s=0.5, clock=lambda: clock[0])
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     table = FlowTable(
-        LONG, attribute=inventory.attribute, is_client=inventory.is_client_address, tally=tally,
-    )  # fmt: skip
+        LONG,
+        attribute=inventory.attribute,
+        is_client=inventory.is_client_address,
+        observer=tally,
+    )
     registry = registry_of(table)
     first, second = halves()
     table.process(decode(first))  # its sweep folds the first half
@@ -190,11 +214,19 @@ def many_sessions(tmp_path: Path, n: int) -> list[RawBatch]:
     """One UDP packet each from n client addresses to n resource addresses."""
     base_c, base_r = int(ipaddress.ip_address("100.64.0.0")), int(ipaddress.ip_address("10.0.0.0"))
     pkts = [
-        (1_700_000_000 + i / n, bytes(IP(src=str(ipaddress.ip_address(base_c + i)),
-                                          dst=str(ipaddress.ip_address(base_r + i)))
-                                       / UDP(sport=40000, dport=53) / (b"x" * (i % 50))))
+        (
+            1_700_000_000 + i / n,
+            bytes(
+                IP(
+                    src=str(ipaddress.ip_address(base_c + i)),
+                    dst=str(ipaddress.ip_address(base_r + i)),
+                )
+                / UDP(sport=40000, dport=53)
+                / (b"x" * (i % 50))
+            ),
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     path = write_pcap(tmp_path / "many.pcap", pkts, LINKTYPE_RAW)
     return list(open_capture(path).batches())
 
@@ -207,14 +239,19 @@ def test_ten_thousand_clients_and_resources_stay_within_the_series_cap(
     r0, c0 = int(ipaddress.ip_address("10.0.0.0")), int(ipaddress.ip_address("100.64.0.0"))
 
     def attribute(family: int, src: int, dst: int, dport: int, proto: IpProto) -> Attribution:
-        return Attribution(org_id=f"org{(dst - r0) % 40}", client_id=f"client{src - c0}",
-                           resource_id=f"res{dst - r0}")  # fmt: skip
+        return Attribution(
+            org_id=f"org{(dst - r0) % 40}",
+            client_id=f"client{src - c0}",
+            resource_id=f"res{dst - r0}",
+        )
 
     guard = MetricLabels(client_labels=client_labels, max_series=cap)
     table = FlowTable(
-        Timeouts(), attribute=attribute, is_client=lambda f, a: False,
-        tally=TrafficTally(guard, fold_every_s=0),
-    )  # fmt: skip
+        Timeouts(),
+        attribute=attribute,
+        is_client=lambda f, a: False,
+        observer=TrafficTally(guard, fold_every_s=0),
+    )
     raw = many_sessions(tmp_path, n)
     total_ip = sum(int(b.ip_bytes.sum()) for b in map(decode, raw))
     for batch in raw:
@@ -271,10 +308,13 @@ def test_checkpoint_lag_is_the_age_of_the_newest_checkpoint_the_store_holds() ->
     now = [1000.0]
     inventory = Inventory.from_config(load_config(DATA / "wg-small.toml"))
     pipeline = CapturePipeline(
-        CaptureConfig(pcap=str(PCAP)), LONG, attribute=inventory.attribute,
-        is_client=inventory.is_client_address, queue_packets=1000,
+        CaptureConfig(pcap=str(PCAP)),
+        LONG,
+        attribute=inventory.attribute,
+        is_client=inventory.is_client_address,
+        queue_packets=1000,
         monotonic=lambda: now[0],
-    )  # fmt: skip
+    )
     assert pipeline.checkpoint_lag_s(None) == 0.0  # nothing open: nothing to lose
     for raw in open_capture(PCAP).batches():
         pipeline.table.process(decode(raw))

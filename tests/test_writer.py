@@ -535,8 +535,12 @@ async def test_fast_path_rows_read_back_through_the_model_equal_the_events(
 
     v6 = records[V6_ID]
     assert (v6.org_id, v6.client_id, v6.client_name, v6.user_id, v6.resource_id) == (
-        "acme", "c1", "laptop", "alice", "r1"
-    )  # fmt: skip
+        "acme",
+        "c1",
+        "laptop",
+        "alice",
+        "r1",
+    )
     assert (v6.resource_name, v6.protocol, v6.ip_version) == ("web", "udp", 6)
     assert (v6.src_addr, v6.src_port) == ("fd7a:115c:a1e0:ab12:4843:cd96:6258:b240", 51820)
     assert (v6.dst_addr, v6.dst_port) == ("2001:db8::5", 53)
@@ -545,26 +549,32 @@ async def test_fast_path_rows_read_back_through_the_model_equal_the_events(
     assert v6.ended_at == v6.last_seen_at == at_utc(2026, 11, 23, 10, 41, 27, 623456)
     assert v6.duration_s == pytest.approx(42.5)
     assert (v6.bytes_tx, v6.bytes_rx, v6.packets_tx, v6.packets_rx) == (
-        BIG, BIG + 1, BIG + 2, BIG + 3
-    )  # fmt: skip
+        BIG,
+        BIG + 1,
+        BIG + 2,
+        BIG + 3,
+    )
     assert (v6.payload_bytes_tx, v6.payload_bytes_rx) == (BIG + 4, BIG + 5)
     assert (v6.status, v6.close_reason, v6.midstream) == ("completed", "rst", True)
     assert (v6.community_id, v6.gateway, v6.interface) == (
-        "1:hO+sN4H+MG5MY/8hIrXPqc4ZQz0=", "gw-test", "wg1"
-    )  # fmt: skip
+        "1:hO+sN4H+MG5MY/8hIrXPqc4ZQz0=",
+        "gw-test",
+        "wg1",
+    )
 
     v4 = records[V4_ID]
     assert (v4.org_id, v4.client_id, v4.client_name, v4.user_id) == ("globex", None, None, None)
     assert (v4.resource_id, v4.resource_name) == (None, None)
     assert (v4.protocol, v4.ip_version, v4.src_addr, v4.dst_addr) == (
-        "tcp", 4, "100.64.0.2", "10.1.0.5"
-    )  # fmt: skip
+        "tcp",
+        4,
+        "100.64.0.2",
+        "10.1.0.5",
+    )
     assert v4.started_at == at_utc(2026, 11, 23, 10, 40, 0, 0)
     assert v4.last_seen_at == at_utc(2026, 11, 23, 10, 41, 0, 0)
     assert v4.last_seen_at.tzinfo is UTC
-    assert (v4.ended_at, v4.status, v4.close_reason, v4.midstream) == (
-        None, "ongoing", None, False
-    )  # fmt: skip
+    assert (v4.ended_at, v4.status, v4.close_reason, v4.midstream) == (None, "ongoing", None, False)
     assert (v4.bytes_tx, v4.bytes_rx, v4.packets_tx, v4.packets_rx) == (300, 3000, 3, 6)
     assert (v4.payload_bytes_tx, v4.payload_bytes_rx, v4.interface) == (180, 2880, "wg0")
 
@@ -903,8 +913,18 @@ async def test_a_failed_batch_in_flight_beside_a_written_one_is_retried_alone(
 
 # SQLSTATEs the server raises itself (a DO block), as the writer receives them through
 # SQLAlchemy and asyncpg: transient failures retry, bugs and bad data do not.
-TRANSIENT_SQLSTATES = ["08006", "25006", "40001", "40P01", "53100", "53300", "55P03", "57014",
-                       "57P01", "57P03"]  # fmt: skip
+TRANSIENT_SQLSTATES = [
+    "08006",
+    "25006",
+    "40001",
+    "40P01",
+    "53100",
+    "53300",
+    "55P03",
+    "57014",
+    "57P01",
+    "57P03",
+]
 FATAL_SQLSTATES = ["22001", "23502", "23505", "3D000", "42501", "42P01", "XX000"]
 
 
@@ -955,8 +975,10 @@ async def test_postgresql_writer_creates_each_days_partition_and_again_after_a_d
         try:
             writer = writer_for(engine, flush_interval_s=0.0)
             task = asyncio.create_task(writer.run())
-            first = [replace(event(EventKind.CLOSED), started_ts=midnight - 0.5),
-                     replace(event(EventKind.CLOSED), started_ts=midnight + 0.5)]  # fmt: skip
+            first = [
+                replace(event(EventKind.CLOSED), started_ts=midnight - 0.5),
+                replace(event(EventKind.CLOSED), started_ts=midnight + 0.5),
+            ]
             await writer.submit(first)
             await wait_until(lambda: writer.pending == 0)
             days = {"sessions_p20261122", "sessions_p20261123"}

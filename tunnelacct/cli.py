@@ -97,7 +97,7 @@ def cli(context: click.Context, config_path: Path | None, log_level: str | None)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def import_cmd(config_path: Path | None, metrics_textfile: Path | None, files: tuple[Path]) -> None:
     """Import pcap/pcapng FILES (one continuous capture, ordered by first packet time)."""
-    from tunnelacct.importer import import_captures
+    from tunnelacct.ingest.importer import import_captures
 
     config = _config(config_path)
     total = sum(f.stat().st_size for f in files if f.is_file())
@@ -163,9 +163,9 @@ def export_cmd(
     config_path: Path | None, org: str, output: Path | None, q: str | None, workers: int
 ) -> None:
     """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
-    from tunnelacct.export import export_org
-    from tunnelacct.query import parse_filter
-    from tunnelacct.replacefile import replacing
+    from tunnelacct.query.export import export_org
+    from tunnelacct.query.filters import parse_filter
+    from tunnelacct.query.outfile import replacing
     from tunnelacct.store.engine import require_database
 
     flt = parse_filter(q) if q else None  # a bad filter fails before any file is created
@@ -199,7 +199,7 @@ def export_cmd(
 )
 def serve_cmd(config_path: Path | None, status_file: Path | None) -> None:
     """Capture every [[capture]] and record sessions live until SIGTERM/SIGINT."""
-    from tunnelacct.service import serve
+    from tunnelacct.service.service import serve
     from tunnelacct.store.migrate import migrate
 
     config = _config(config_path)
@@ -218,8 +218,8 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     works, another reports that and exits 0.
     """
     from tunnelacct.errors import UnknownOrgError
-    from tunnelacct.export import format_time
-    from tunnelacct.retention import PurgeResult, purge
+    from tunnelacct.query.export import format_time
+    from tunnelacct.retention.purge import PurgeResult, purge
     from tunnelacct.store.engine import configured_orgs, stored_org_ids, sync_inventory
 
     config = _config(config_path)
@@ -273,15 +273,20 @@ def _with_engine(config: Config, work: Any) -> Any:
 
 @token_group.command("create")
 @config_option
-@click.option("--role", type=click.Choice(["auditor", "admin"]), default="auditor",
-              show_default=True, help="auditor: one org's data; admin: every org.")  # fmt: skip
+@click.option(
+    "--role",
+    type=click.Choice(["auditor", "admin"]),
+    default="auditor",
+    show_default=True,
+    help="auditor: one org's data; admin: every org.",
+)
 @click.option("--org", help="The org an auditor token may read.")
 @click.option("--name", help="A note saying whose token this is.")
 def token_create(config_path: Path | None, role: str, org: str | None, name: str | None) -> None:
     """Create a token and print it once (only its hash is stored)."""
-    from tunnelacct.auth import Role, create_token
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.store.engine import stored_org_ids
+    from tunnelacct.web.auth import Role, create_token
 
     config = _config(config_path)
 
@@ -301,7 +306,7 @@ def token_create(config_path: Path | None, role: str, org: str | None, name: str
 @config_option
 def token_list(config_path: Path | None) -> None:
     """Every token: id, role, org, name, created, revoked (never the secret)."""
-    from tunnelacct.auth import list_tokens
+    from tunnelacct.web.auth import list_tokens
 
     for t in _with_engine(_config(config_path), list_tokens):
         revoked = t.revoked_at.isoformat() if t.revoked_at else "active"
@@ -327,7 +332,7 @@ def _one_line(text: str) -> str:
 @click.argument("token_id")
 def token_revoke(config_path: Path | None, token_id: str) -> None:
     """Revoke a token by its id (from `token list`); it stops working at once."""
-    from tunnelacct.auth import revoke_token
+    from tunnelacct.web.auth import revoke_token
 
     _with_engine(_config(config_path), lambda engine: revoke_token(engine, token_id))
     click.echo(f"revoked {token_id}", err=True)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.benchmarks.machine import machine  # noqa: E402
 from tests.helpers.replicate import replicate  # noqa: E402
 from tests.helpers.stores import ENGINES, imported_store, query  # noqa: E402
-from tunnelacct.export import ExportWorkers, export_org_csv  # noqa: E402
+from tunnelacct.query.export import ExportWorkers, export_org_csv  # noqa: E402
 from tunnelacct.store.engine import make_engine  # noqa: E402
 
 
@@ -63,8 +63,10 @@ def main() -> None:
                         rows, seconds, texts[kind] = asyncio.run(export_once(url, workers))
                         rates.append(rows / seconds)
                     best, worst = max(rates), min(rates)
-                    print(f"{kind:10s} workers={workers}: {rows:,} rows, "
-                          f"best {best:,.0f} rows/s, worst {worst:,.0f} rows/s")  # fmt: skip
+                    print(
+                        f"{kind:10s} workers={workers}: {rows:,} rows, "
+                        f"best {best:,.0f} rows/s, worst {worst:,.0f} rows/s"
+                    )
     # The copies' ids are random: compare everything but the id column.
     same = [{line.partition(",")[2] for line in text.split("\r\n")} for text in texts.values()]
     print("same CSV on both engines (ids aside):", same[0] == same[1])

@@ -64,14 +64,20 @@ def bench_import(pcap: Path, workdir: Path, packets: int) -> None:
     t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", _RUNNER, "--log-level", "WARNING", "import", str(pcap)],
-        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
     wall = time.perf_counter() - t0
     own, child = (float(x) for x in done.stderr.split("PEAK ")[1].split())
     print(done.stdout.rstrip())
-    print(f"RESULT import: {packets:,} packets, {wall:.2f} s wall including interpreter start "
-          f"and migration, {packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB "
-          f"(+ decode process {child:,.0f} MiB)")  # fmt: skip
+    print(
+        f"RESULT import: {packets:,} packets, {wall:.2f} s wall including interpreter start "
+        f"and migration, {packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB "
+        f"(+ decode process {child:,.0f} MiB)"
+    )
 
 
 def bench_flow_memory(flows: int) -> None:
@@ -81,18 +87,28 @@ def bench_flow_memory(flows: int) -> None:
     u64 = np.uint64
     batch = DecodedBatch(
         ts=1.7e9 + np.arange(n) * 1e-5,
-        family=np.full(n, 4), proto=np.full(n, 6),
-        src_hi=np.zeros(n, u64), src_lo=(0x64400000 + rng.integers(2, 60000, n)).astype(u64),
-        dst_hi=np.zeros(n, u64), dst_lo=np.full(n, 0x0A630005, u64),
-        sport=10000 + np.arange(n) % 50000, dport=np.full(n, 443) + np.arange(n) // 50000,
-        ip_bytes=np.full(n, 60), payload_bytes=np.zeros(n, np.int64),
-        flags=np.full(n, 0x02), frag=np.zeros(n, np.int64), frag_id=np.zeros(n, np.int64),
-        interface="bench", packets_in=n,
-    )  # fmt: skip
+        family=np.full(n, 4),
+        proto=np.full(n, 6),
+        src_hi=np.zeros(n, u64),
+        src_lo=(0x64400000 + rng.integers(2, 60000, n)).astype(u64),
+        dst_hi=np.zeros(n, u64),
+        dst_lo=np.full(n, 0x0A630005, u64),
+        sport=10000 + np.arange(n) % 50000,
+        dport=np.full(n, 443) + np.arange(n) // 50000,
+        ip_bytes=np.full(n, 60),
+        payload_bytes=np.zeros(n, np.int64),
+        flags=np.full(n, 0x02),
+        frag=np.zeros(n, np.int64),
+        frag_id=np.zeros(n, np.int64),
+        interface="bench",
+        packets_in=n,
+    )
     attribution = Attribution(org_id="acme", client_id="c", resource_id="r")
     table = FlowTable(
-        Timeouts(), attribute=lambda *a: attribution, is_client=lambda f, a: False,
-    )  # fmt: skip
+        Timeouts(),
+        attribute=lambda *a: attribution,
+        is_client=lambda f, a: False,
+    )
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -102,8 +118,10 @@ def bench_flow_memory(flows: int) -> None:
     tracemalloc.stop()
     del batch
     per = (after - before) / len(table)
-    print(f"RESULT memory: {len(table):,} active sessions hold {(after - before) / 2**20:.1f} MiB: "
-          f"{per:,.0f} bytes per active session")  # fmt: skip
+    print(
+        f"RESULT memory: {len(table):,} active sessions hold {(after - before) / 2**20:.1f} MiB: "
+        f"{per:,.0f} bytes per active session"
+    )
 
 
 def main() -> None:
@@ -121,8 +139,10 @@ def main() -> None:
         else:
             pcap = work / "synthetic-s96.pcap"
             packets = synth_pcap(pcap, a.packets, a.flows)
-            print(f"capture: {packets:,} packets, {a.flows:,} TCP sessions, headers only, "
-                  f"{pcap.stat().st_size / 2**20:.0f} MiB")  # fmt: skip
+            print(
+                f"capture: {packets:,} packets, {a.flows:,} TCP sessions, headers only, "
+                f"{pcap.stat().st_size / 2**20:.0f} MiB"
+            )
         bench_import(pcap, work, packets or 0)
     bench_flow_memory(a.concurrent)
 

@@ -184,8 +184,10 @@ def inject_step(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             c = serve.capture()
-            if (c["kernel_packets"] - before["kernel_packets"] >= step.sent
-                    and c["packets"] + c["kernel_drops"] >= c["kernel_packets"]):  # fmt: skip
+            if (
+                c["kernel_packets"] - before["kernel_packets"] >= step.sent
+                and c["packets"] + c["kernel_drops"] >= c["kernel_packets"]
+            ):
                 break
             time.sleep(0.1)
         t2 = time.monotonic()
@@ -231,9 +233,14 @@ def print_step(s: Step) -> None:
 def bench_inject(pair: VethPair, workdir: Path, a: argparse.Namespace) -> list[Step]:
     pcap = workdir / "flows.pcap"
     t0 = time.perf_counter()
-    facts = synth_ethernet_pcap(pcap, pair.receiver_mac, bulk_flows=a.bulk_flows,
-                                short_flows=a.short_flows, mss=a.mss,
-                                bulk_segments=a.bulk_segments)  # fmt: skip
+    facts = synth_ethernet_pcap(
+        pcap,
+        pair.receiver_mac,
+        bulk_flows=a.bulk_flows,
+        short_flows=a.short_flows,
+        mss=a.mss,
+        bulk_segments=a.bulk_segments,
+    )
     print(
         f"pcap: {facts.packets:,} Ethernet frames, {facts.flows:,} TCP sessions "
         f"({a.bulk_flows:,} bulk, {a.short_flows:,} short), mean frame "
@@ -325,12 +332,17 @@ def print_latency(what: str, latencies: list[float]) -> None:
     def pcts(xs: list[float]) -> str:
         xs = sorted(xs)
         p95 = xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
-        return (f"p50 {statistics.median(xs):.2f} s, p95 {p95:.2f} s, max {xs[-1]:.2f} s, "
-                f"min {xs[0]:.2f} s")  # fmt: skip
+        return (
+            f"p50 {statistics.median(xs):.2f} s, p95 {p95:.2f} s, max {xs[-1]:.2f} s, "
+            f"min {xs[0]:.2f} s"
+        )
 
-    print(f"RESULT latency {what} ({len(latencies)} connections): close -> completed row: "
-          f"{pcts(latencies)}; minus tcp_linger {LATENCY_LINGER_S} s: "
-          f"{pcts([x - LATENCY_LINGER_S for x in latencies])}", flush=True)  # fmt: skip
+    print(
+        f"RESULT latency {what} ({len(latencies)} connections): close -> completed row: "
+        f"{pcts(latencies)}; minus tcp_linger {LATENCY_LINGER_S} s: "
+        f"{pcts([x - LATENCY_LINGER_S for x in latencies])}",
+        flush=True,
+    )
 
 
 def bench_latencies(pair: VethPair, workdir: Path, count: int) -> None:
@@ -340,13 +352,19 @@ def bench_latencies(pair: VethPair, workdir: Path, count: int) -> None:
     expires the session. Paced: later connections' packets move packet time on, so sweeps
     also run from the packet path; the last few connections again wait for the ticker.
     """
-    print(f"latency: [timeouts] tcp_linger = {LATENCY_LINGER_S} s, [writer] flush_interval = "
-          "1.0 s (default) unless said", flush=True)  # fmt: skip
-    print_latency("isolated (next connection once the row is seen)",
-                  bench_latency(pair, workdir, count, -1))  # fmt: skip
+    print(
+        f"latency: [timeouts] tcp_linger = {LATENCY_LINGER_S} s, [writer] flush_interval = "
+        "1.0 s (default) unless said",
+        flush=True,
+    )
+    print_latency(
+        "isolated (next connection once the row is seen)", bench_latency(pair, workdir, count, -1)
+    )
     print_latency("paced (a connection every 0.1 s)", bench_latency(pair, workdir, count, 0.1))
-    print_latency("paced, flush_interval = 0.1 s",
-                  bench_latency(pair, workdir, count, 0.1, flush_interval_s=0.1))  # fmt: skip
+    print_latency(
+        "paced, flush_interval = 0.1 s",
+        bench_latency(pair, workdir, count, 0.1, flush_interval_s=0.1),
+    )
 
 
 # -- 3. WireGuard tunnel ---------------------------------------------------------------------
@@ -413,8 +431,10 @@ def bench_tunnel(workdir: Path, seconds: int) -> None:
             final = serve.stop()
         rows, row_packets, _ = db_totals(serve.db)
         c = final["captures"][0]
-        print(f"tunnel: serve read {c['packets']:,} packets in all, rows hold {row_packets:,} "
-              f"packets in {rows} sessions (the rest: not TCP/UDP {c['skipped']})")  # fmt: skip
+        print(
+            f"tunnel: serve read {c['packets']:,} packets in all, rows hold {row_packets:,} "
+            f"packets in {rows} sessions (the rest: not TCP/UDP {c['skipped']})"
+        )
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -423,20 +443,32 @@ def bench_tunnel(workdir: Path, seconds: int) -> None:
 def main() -> int:
     """Run the steps chosen by the flags; returns 1 when rows and packets disagree."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rates", default="100k,200k,250k,300k,400k,600k,top",
-                    help="tcpreplay --pps steps, comma-separated; 'top' = --topspeed")  # fmt: skip
-    ap.add_argument("--packets", type=int, default=10_000_000,
-                    help="packets sent per rate step; short steps hide a deficit in serve's "
-                    "buffers (262,144 queued packets, the 64 MiB ring)")  # fmt: skip
+    ap.add_argument(
+        "--rates",
+        default="100k,200k,250k,300k,400k,600k,top",
+        help="tcpreplay --pps steps, comma-separated; 'top' = --topspeed",
+    )
+    ap.add_argument(
+        "--packets",
+        type=int,
+        default=10_000_000,
+        help="packets sent per rate step; short steps hide a deficit in serve's "
+        "buffers (262,144 queued packets, the 64 MiB ring)",
+    )
     ap.add_argument("--bulk-flows", type=int, default=3000, help="bulk TCP sessions in the pcap")
     ap.add_argument("--short-flows", type=int, default=5000, help="short TCP sessions in the pcap")
-    ap.add_argument("--bulk-segments", type=int, default=80,
-                    help="a bulk session sends 10 to this many full segments")  # fmt: skip
+    ap.add_argument(
+        "--bulk-segments",
+        type=int,
+        default=80,
+        help="a bulk session sends 10 to this many full segments",
+    )
     ap.add_argument("--mss", type=int, default=1448, help="TCP payload of a full segment")
     ap.add_argument("--latency-count", type=int, default=50, help="connections per latency run")
     ap.add_argument("--iperf-seconds", type=int, default=10)
-    ap.add_argument("--pin", action="store_true",
-                    help="tcpreplay on CPU 0 and serve on the others (taskset)")  # fmt: skip
+    ap.add_argument(
+        "--pin", action="store_true", help="tcpreplay on CPU 0 and serve on the others (taskset)"
+    )
     ap.add_argument("--skip-inject", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-lab", action="store_true", help="no WireGuard tunnel step")
@@ -465,17 +497,26 @@ def main() -> int:
                         steps = bench_inject(pair, workdir, a)
                         good = [s for s in steps if s.zero_drop]
                         best = max(good, key=lambda s: s.achieved_pps, default=None)
-                        print("RESULT inject: highest rate with zero drops: "
-                              + (f"{best.label} ({best.achieved_pps:,.0f} pps achieved)"
-                                 if best else "none"))  # fmt: skip
+                        print(
+                            "RESULT inject: highest rate with zero drops: "
+                            + (
+                                f"{best.label} ({best.achieved_pps:,.0f} pps achieved)"
+                                if best
+                                else "none"
+                            )
+                        )
                         for s in good:
                             if s.row_packets != s.sent:
                                 failed = True
-                                print(f"MISMATCH {s.label}: rows hold {s.row_packets:,} "
-                                      f"packets, {s.sent:,} were sent")  # fmt: skip
+                                print(
+                                    f"MISMATCH {s.label}: rows hold {s.row_packets:,} "
+                                    f"packets, {s.sent:,} were sent"
+                                )
                         if good and not failed:
-                            print(f"CHECK rows = packets sent in every zero-drop step "
-                                  f"({len(good)} of {len(steps)})")  # fmt: skip
+                            print(
+                                f"CHECK rows = packets sent in every zero-drop step "
+                                f"({len(good)} of {len(steps)})"
+                            )
                     if not a.skip_latency:
                         bench_latencies(pair, workdir, a.latency_count)
             if not a.skip_lab:

@@ -37,17 +37,21 @@ RESOURCES = {443: "web", 8080: "intranet", 5432: "postgres", 22: "ssh"}
 
 def attribute(family: int, src: int, dst: int, dport: int, proto: IpProto) -> Attribution:
     """Like an inventory: a client per tunnel address, a resource per service port."""
-    return Attribution(org_id=f"org{dst % 3}", client_id=f"c{src & 0xFF}",
-                       resource_id=RESOURCES.get(dport))  # fmt: skip
+    return Attribution(
+        org_id=f"org{dst % 3}", client_id=f"c{src & 0xFF}", resource_id=RESOURCES.get(dport)
+    )
 
 
 def sessionize(batches: list[DecodedBatch], metrics: bool) -> float:
     """Seconds to sessionize every batch and close what is left."""
     tally = TrafficTally(MetricLabels()) if metrics else None
     table = FlowTable(
-        Timeouts(), attribute=attribute, is_client=lambda f, a: a >> 24 == 100,
-        emit_opened=True, tally=tally,
-    )  # fmt: skip
+        Timeouts(),
+        attribute=attribute,
+        is_client=lambda f, a: a >> 24 == 100,
+        emit_opened=True,
+        observer=tally,
+    )
     started = time.perf_counter()
     for batch in batches:
         table.process(batch)
@@ -78,12 +82,16 @@ def main() -> None:
         print(f"{how} of {args.rounds} rounds each:")
         for metrics, label in ((False, "metrics off"), (True, "metrics on")):
             whole = n / (decode_s + best[metrics])
-            print(f"  {label:12s} sessionizer {n / best[metrics]:12,.0f} packets/s   "
-                  f"decode + sessionizer {whole:12,.0f} packets/s")  # fmt: skip
+            print(
+                f"  {label:12s} sessionizer {n / best[metrics]:12,.0f} packets/s   "
+                f"decode + sessionizer {whole:12,.0f} packets/s"
+            )
         slower = best[True] / best[False] - 1
         whole = (decode_s + best[True]) / (decode_s + best[False]) - 1
-        print(f"  metrics on costs {slower:+.1%} of the sessionizer's time, "
-              f"{whole:+.1%} of the packet path's")  # fmt: skip
+        print(
+            f"  metrics on costs {slower:+.1%} of the sessionizer's time, "
+            f"{whole:+.1%} of the packet path's"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tests.benchmarks.bench_query import build  # noqa: E402
 from tests.benchmarks.bench_writer import make_events  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import WriterConfig  # noqa: E402
-from tunnelacct.retention import purge  # noqa: E402
+from tunnelacct.retention.purge import purge  # noqa: E402
 from tunnelacct.store.engine import make_engine  # noqa: E402
 from tunnelacct.store.migrate import migrate  # noqa: E402
 from tunnelacct.store.writer import SessionWriter  # noqa: E402
@@ -73,8 +73,10 @@ async def write_while(
 
 def report(label: str, flushes: list[float]) -> None:
     ms = [f * 1000 for f in flushes]
-    print(f"{label:34s} {len(ms):5d} flushes: p50 {statistics.median(ms):6.1f} ms, "
-          f"p99 {quantile(ms, 99):6.1f} ms, max {max(ms):6.1f} ms")  # fmt: skip
+    print(
+        f"{label:34s} {len(ms):5d} flushes: p50 {statistics.median(ms):6.1f} ms, "
+        f"p99 {quantile(ms, 99):6.1f} ms, max {max(ms):6.1f} ms"
+    )
 
 
 async def run(db: Path, rate: int, batch_size: int) -> None:
@@ -98,8 +100,10 @@ async def run(db: Path, rate: int, batch_size: int) -> None:
     elapsed = time.perf_counter() - started
     await engine.dispose()
     report("writer during the purge", flushes)
-    print(f"purge: {result.deleted:,} of {before:,} sessions deleted in {elapsed:.1f} s: "
-          f"{result.deleted / elapsed:,.0f} sessions/s (batches of {batch_size})")  # fmt: skip
+    print(
+        f"purge: {result.deleted:,} of {before:,} sessions deleted in {elapsed:.1f} s: "
+        f"{result.deleted / elapsed:,.0f} sessions/s (batches of {batch_size})"
+    )
     for p in result.orgs:
         print(f"  {p.org_id}: {p.deleted:,} ended before {p.cutoff.isoformat()}")
 

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig  # noqa: E402
-from tunnelacct.retention import BATCH_SIZE, _delete_expired, purge  # noqa: E402
+from tunnelacct.retention.purge import BATCH_SIZE, _delete_expired, purge  # noqa: E402
 from tunnelacct.store.engine import (  # noqa: E402
     ensure_partitions,
     make_engine,
@@ -110,9 +110,14 @@ def database(admin_url: str, revision: str) -> Iterator[str]:
 def fill(url: str, n: int) -> float:
     """Insert the n sessions (and ANALYZE); return the seconds it took."""
     start = NOW - timedelta(days=SPAN_DAYS)
-    params = {"salt": "x", "recent": NOW - timedelta(days=20), "today": NOW - timedelta(days=1),
-              "start": start,
-              "step": SPAN_DAYS * 86400 / n, "n": n}  # fmt: skip
+    params = {
+        "salt": "x",
+        "recent": NOW - timedelta(days=20),
+        "today": NOW - timedelta(days=1),
+        "start": start,
+        "step": SPAN_DAYS * 86400 / n,
+        "n": n,
+    }
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     began = time.perf_counter()
     try:
@@ -145,8 +150,9 @@ async def batches_only(engine: AsyncEngine) -> dict[str, int]:
     for org in ORGS:
         if org.retention_days is not None:
             cutoff = NOW - timedelta(days=org.retention_days)
-            batches = _delete_expired(engine, org.id, cutoff, BATCH_SIZE, "bench", clock,
-                                      asyncio.Lock())  # fmt: skip
+            batches = _delete_expired(
+                engine, org.id, cutoff, BATCH_SIZE, "bench", clock, asyncio.Lock()
+            )
             deleted[org.id] = sum([n async for n in batches])
     return deleted
 
@@ -221,8 +227,10 @@ def main() -> None:
             figures[how] = asyncio.run(run(url, args.sessions, how))
     counts = {how: deleted for how, (deleted, _, _) in figures.items()}
     prints = {how: fingerprint for how, (_, _, fingerprint) in figures.items()}
-    print(f"same per-org counts: {len({str(sorted(c.items())) for c in counts.values()}) == 1}; "
-          f"same rows left: {len(set(prints.values())) == 1} ({prints['drops']})")  # fmt: skip
+    print(
+        f"same per-org counts: {len({str(sorted(c.items())) for c in counts.values()}) == 1}; "
+        f"same rows left: {len(set(prints.values())) == 1} ({prints['drops']})"
+    )
     seconds = {how: took for how, (_, took, _) in figures.items()}
     for how in ("batches only", "plain table"):
         print(f"RESULT drops vs {how}: {seconds[how] / seconds['drops']:.1f}x faster")

@@ -54,13 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.benchmarks.machine import machine  # noqa: E402
 from tests.helpers.pg import add_partitions, read_rows  # noqa: E402
 from tests.helpers.replicate import replicate  # noqa: E402
-from tunnelacct.api import ApiContext, create_app  # noqa: E402
-from tunnelacct.auth import Role, create_token  # noqa: E402
-from tunnelacct.export import ExportWorkers  # noqa: E402
+from tunnelacct.query.export import ExportWorkers  # noqa: E402
 from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
 from tunnelacct.store.migrate import migrate  # noqa: E402
 from tunnelacct.store.models import Org, SessionRecord, table_of  # noqa: E402
 from tunnelacct.store.sqlite.layout import move_default_rows  # noqa: E402
+from tunnelacct.web.app import ApiContext, create_app  # noqa: E402
+from tunnelacct.web.auth import Role, create_token  # noqa: E402
 
 SEEDS = 1000
 STEP_S = 1037  # seeds span < STEP_S; 10,000 copies span 120 days
@@ -92,21 +92,39 @@ def seed_rows(rng: random.Random) -> list[dict[str, Any]]:
         end = start + timedelta(seconds=dur)
         ongoing = rng.random() < 0.02
         pkts = rng.randrange(2, 400)
-        rows.append({
-            "id": time_ordered(start), "org_id": org, "client_id": f"{org}-c{client}",
-            "client_name": f"{org} laptop {client}", "user_id": f"user{client}",
-            "resource_id": f"{org}-r{resource}", "resource_name": f"{org} service {resource}",
-            "protocol": "udp" if udp else "tcp", "ip_version": 4,
-            "src_addr": f"100.64.{client}.2", "dst_addr": f"10.99.{resource}.5",
-            "src_port": rng.randrange(1024, 65536), "dst_port": (53, 443, 5432, 22)[resource],
-            "started_at": start, "ended_at": None if ongoing else end, "last_seen_at": end,
-            "duration_s": dur, "bytes_tx": pkts * 90, "bytes_rx": pkts * 700,
-            "packets_tx": pkts, "packets_rx": pkts, "payload_bytes_tx": pkts * 50,
-            "payload_bytes_rx": pkts * 660, "status": "ongoing" if ongoing else "completed",
-            "close_reason": None if ongoing else rng.choice(("fin", "fin", "rst", "idle")),
-            "midstream": False, "community_id": "1:" + uuid.uuid4().hex[:27] + "=",
-            "gateway": "gw1", "interface": "wg0",
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": time_ordered(start),
+                "org_id": org,
+                "client_id": f"{org}-c{client}",
+                "client_name": f"{org} laptop {client}",
+                "user_id": f"user{client}",
+                "resource_id": f"{org}-r{resource}",
+                "resource_name": f"{org} service {resource}",
+                "protocol": "udp" if udp else "tcp",
+                "ip_version": 4,
+                "src_addr": f"100.64.{client}.2",
+                "dst_addr": f"10.99.{resource}.5",
+                "src_port": rng.randrange(1024, 65536),
+                "dst_port": (53, 443, 5432, 22)[resource],
+                "started_at": start,
+                "ended_at": None if ongoing else end,
+                "last_seen_at": end,
+                "duration_s": dur,
+                "bytes_tx": pkts * 90,
+                "bytes_rx": pkts * 700,
+                "packets_tx": pkts,
+                "packets_rx": pkts,
+                "payload_bytes_tx": pkts * 50,
+                "payload_bytes_rx": pkts * 660,
+                "status": "ongoing" if ongoing else "completed",
+                "close_reason": None if ongoing else rng.choice(("fin", "fin", "rst", "idle")),
+                "midstream": False,
+                "community_id": "1:" + uuid.uuid4().hex[:27] + "=",
+                "gateway": "gw1",
+                "interface": "wg0",
+            }
+        )
     return rows
 
 
@@ -118,8 +136,10 @@ def build(url: str, sessions: int, retention: dict[str, int | None] | None = Non
     add_partitions(url, [T0])  # PostgreSQL: the seeds' day (nothing on SQLite)
     now = datetime.now(UTC)
     days = retention or {}
-    orgs = [{"id": org, "name": org.title(), "retention_days": days.get(org, 365),
-             "updated_at": now} for org in sorted(set(ORGS))]  # fmt: skip
+    orgs = [
+        {"id": org, "name": org.title(), "retention_days": days.get(org, 365), "updated_at": now}
+        for org in sorted(set(ORGS))
+    ]
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:
@@ -182,8 +202,10 @@ async def latencies(url: str, runs: int) -> None:
                     assert r.status_code == 200, r.text
                 ms = (statistics.median(times), pct(times, 99), max(times))
                 count = f"{first['count']}{'+' if first['count_capped'] else ''}"
-                print(f"{label:36s} p50 {ms[0]:6.1f} ms  p99 {ms[1]:6.1f} ms  "
-                      f"max {ms[2]:6.1f} ms  (count {count})")  # fmt: skip
+                print(
+                    f"{label:36s} p50 {ms[0]:6.1f} ms  p99 {ms[1]:6.1f} ms  "
+                    f"max {ms[2]:6.1f} ms  (count {count})"
+                )
     await engine.dispose()
 
 
@@ -197,9 +219,10 @@ async def api_export(url: str, workers: int) -> tuple[int, float]:
     started = time.perf_counter()
     async with (
         httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=None) as http,
-        http.stream("GET", "/api/v1/orgs/acme/sessions.csv",
-                    headers={"Authorization": f"Bearer {token}"}) as r,
-    ):  # fmt: skip
+        http.stream(
+            "GET", "/api/v1/orgs/acme/sessions.csv", headers={"Authorization": f"Bearer {token}"}
+        ) as r,
+    ):
         async for chunk in r.aiter_bytes():
             lines += chunk.count(b"\n")
     elapsed = time.perf_counter() - started
@@ -228,8 +251,20 @@ def cli_export(
     The peak is VmHWM read until the process ends (ru_maxrss of a child would include this
     process's memory from before its exec).
     """
-    argv = [sys.executable, "-m", "tunnelacct", "export", "--config", str(config),
-            "--org", "acme", "-o", str(out), "--workers", str(workers)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "tunnelacct",
+        "export",
+        "--config",
+        str(config),
+        "--org",
+        "acme",
+        "-o",
+        str(out),
+        "--workers",
+        str(workers),
+    ]
     if q:
         argv += ["-q", q]
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": url}
@@ -314,12 +349,13 @@ def main() -> None:
         config = tmp / "bench.toml"
         config.write_text('[[orgs]]\nid = "acme"\nname = "Acme"\n', encoding="utf-8")
         what, rows_all, floor_s = floor(url)
-        print(f"{what:32s} {rows_all:,} rows in {floor_s:.1f} s: "
-              f"{rows_all / floor_s:,.0f} rows/s")  # fmt: skip
+        print(f"{what:32s} {rows_all:,} rows in {floor_s:.1f} s: {rows_all / floor_s:,.0f} rows/s")
         for workers in (0, 1, 2):
             rows, secs = asyncio.run(api_export(url, workers))
-            print(f"API sessions.csv, {workers} workers {rows:,} rows in {secs:.1f} s: "
-                  f"{rows / secs:,.0f} rows/s ({secs / floor_s:.1f}x the floor)")  # fmt: skip
+            print(
+                f"API sessions.csv, {workers} workers {rows:,} rows in {secs:.1f} s: "
+                f"{rows / secs:,.0f} rows/s ({secs / floor_s:.1f}x the floor)"
+            )
         day = middle_day(url)
         for label, q, workers in (
             ("one day", f"started_after:{day} started_before:{day + timedelta(1)}", 2),
@@ -328,9 +364,11 @@ def main() -> None:
             ("whole org", None, 2),
         ):
             rows, secs, rss = cli_export(url, config, q, tmp / "out.csv", workers)
-            print(f"CLI export, {label}, {workers} workers: {rows:,} rows in {secs:.1f} s: "
-                  f"{rows / secs:,.0f} rows/s ({secs / floor_s * rows_all / rows:.1f}x), "
-                  f"peak RSS {rss / 2**20:.0f} MiB (the CLI process)")  # fmt: skip
+            print(
+                f"CLI export, {label}, {workers} workers: {rows:,} rows in {secs:.1f} s: "
+                f"{rows / secs:,.0f} rows/s ({secs / floor_s * rows_all / rows:.1f}x), "
+                f"peak RSS {rss / 2**20:.0f} MiB (the CLI process)"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -318,9 +318,11 @@ def pg_size(url: str) -> str:
             ).one()
     finally:
         engine.dispose()
-    return (f"{rows:,} rows: heap {heap / 2**20:,.1f} MiB, indexes {indexes / 2**20:,.1f} MiB, "
-            f"total {total / 2**20:,.1f} MiB = {total / rows:,.0f} bytes/row "
-            f"(heap {heap / rows:,.0f}, indexes {indexes / rows:,.0f})")  # fmt: skip
+    return (
+        f"{rows:,} rows: heap {heap / 2**20:,.1f} MiB, indexes {indexes / 2**20:,.1f} MiB, "
+        f"total {total / 2**20:,.1f} MiB = {total / rows:,.0f} bytes/row "
+        f"(heap {heap / rows:,.0f}, indexes {indexes / rows:,.0f})"
+    )
 
 
 def closing_updates(events: Sequence[SessionEvent]) -> list[SessionEvent]:
@@ -419,9 +421,12 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
             floor_db = Path(tmp) / "floor.db"
             migrate(f"sqlite:///{floor_db}")
             floors = [
-                ("sqlite floor", "stdlib sqlite3 alone, same upsert and rows",
-                 sqlite_floor(floor_db, events, config.batch_size)),
-            ]  # fmt: skip
+                (
+                    "sqlite floor",
+                    "stdlib sqlite3 alone, same upsert and rows",
+                    sqlite_floor(floor_db, events, config.batch_size),
+                ),
+            ]
     else:
         floors = []
         for name, note, floor in (
@@ -431,8 +436,10 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
             with fresh_store(a.url) as url:
                 floors.append((name, note, asyncio.run(floor(url, events, config.batch_size))))
     for name, note, wall in floors:
-        print(f"RESULT {name}: {len(events):,} rows in {wall:.2f} s = "
-              f"{len(events) / wall:,.0f} rows/s ({note})")  # fmt: skip
+        print(
+            f"RESULT {name}: {len(events):,} rows in {wall:.2f} s = "
+            f"{len(events) / wall:,.0f} rows/s ({note})"
+        )
 
 
 def gateway_process(
@@ -451,8 +458,10 @@ def gateway_process(
 def gateways(a: argparse.Namespace, config: WriterConfig) -> None:
     """N writer processes at once into one store: per-process and sustained rows/s."""
     ctx = multiprocessing.get_context("spawn")
-    print(f"{a.gateways} gateway processes, {a.events:,} new sessions each (insert pass), "
-          f"batch_size={config.batch_size}")  # fmt: skip
+    print(
+        f"{a.gateways} gateway processes, {a.events:,} new sessions each (insert pass), "
+        f"batch_size={config.batch_size}"
+    )
     with fresh_store(a.url) as url:
         go, out = ctx.Barrier(a.gateways + 1), ctx.Queue()
         procs = [
@@ -478,11 +487,15 @@ def gateways(a: argparse.Namespace, config: WriterConfig) -> None:
             )
         first, last = min(r[1] for r in results), max(r[2] for r in results)
         total = sum(r[6] for r in results)
-        print(f"RESULT {a.gateways} gateways: {total:,} rows in {last - first:.2f} s = "
-              f"{total / (last - first):,.0f} rows/s sustained, all gateways together")  # fmt: skip
+        print(
+            f"RESULT {a.gateways} gateways: {total:,} rows in {last - first:.2f} s = "
+            f"{total / (last - first):,.0f} rows/s sustained, all gateways together"
+        )
         if a.url is not None:
-            print(f"  server: postgres processes {server:.2f} s CPU "
-                  f"({server / (last - first):.0%} of one core)")  # fmt: skip
+            print(
+                f"  server: postgres processes {server:.2f} s CPU "
+                f"({server / (last - first):.0%} of one core)"
+            )
         count, _, per_gateway = count_rows(url)
         print(f"check: {count:,} rows; per gateway {per_gateway}")
 

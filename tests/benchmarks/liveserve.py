@@ -122,8 +122,23 @@ class VethPair:
                 sysctls = [f"net.ipv6.conf.{c}.disable_ipv6=1" for c in no_ipv6]
                 run(["ip", "netns", "exec", ns, "sysctl", "-qw", *sysctls])
                 run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            run(["ip", "-n", self.sender, "link", "add", self.sender_if, "type", "veth",
-                 "peer", "name", self.receiver_if, "netns", self.receiver])  # fmt: skip
+            run(
+                [
+                    "ip",
+                    "-n",
+                    self.sender,
+                    "link",
+                    "add",
+                    self.sender_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.receiver_if,
+                    "netns",
+                    self.receiver,
+                ]
+            )
             for ns, dev, addr in (
                 (self.sender, self.sender_if, self.sender_ip),
                 (self.receiver, self.receiver_if, self.receiver_ip),
@@ -205,8 +220,16 @@ class ServeProcess:
 
     def __enter__(self) -> ServeProcess:
         env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{self.db}"}
-        argv = [str(TUNNELACCT), "--log-level", "INFO", "serve", "--config", str(self._config),
-                "--status-file", str(self.status_path)]  # fmt: skip
+        argv = [
+            str(TUNNELACCT),
+            "--log-level",
+            "INFO",
+            "serve",
+            "--config",
+            str(self._config),
+            "--status-file",
+            str(self.status_path),
+        ]
         self._log = self.log_path.open("w")
         kwargs: dict[str, Any] = {"stdout": self._log, "stderr": subprocess.STDOUT, "env": env}
         if self._popen is not None:  # the lab's popen: it also ends the PID at teardown

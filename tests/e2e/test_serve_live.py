@@ -108,9 +108,13 @@ def test_serve_records_live_tunnel_traffic_exactly_as_tcpdump_and_wg_see_it(
     with WireguardLab() as lab:
         # bob is declared by his WireGuard key alone: his addresses come from `wg show dump`
         config = write_config(
-            BASE, tmp_path / "serve.toml", FAST, captures=LIVE,
-            client_keys={"bob-desktop": lab.public_keys["bob"]}, wireguard=["wg0"],
-        )  # fmt: skip
+            BASE,
+            tmp_path / "serve.toml",
+            FAST,
+            captures=LIVE,
+            client_keys={"bob-desktop": lab.public_keys["bob"]},
+            wireguard=["wg0"],
+        )
         assert "100.64.0.3" not in config.read_text()
         mtu = int(lab.run("gw", ["cat", "/sys/class/net/wg0/mtu"]).stdout)
         before = lab.wg_transfer()
@@ -120,8 +124,9 @@ def test_serve_records_live_tunnel_traffic_exactly_as_tcpdump_and_wg_see_it(
             # UDP idle (3 s) + the expiry lag (2 s) + a tick: every session has ended
             final = serve.wait(
                 lambda s: s["captures"][0]["open_sessions"] == 0 and s["writer"]["pending"] == 0,
-                WAIT_S, "all sessions closed and written",
-            )  # fmt: skip
+                WAIT_S,
+                "all sessions closed and written",
+            )
             assert serve.stop() == 0, serve.log()
         after = lab.wg_transfer()
 
@@ -136,9 +141,10 @@ def test_serve_records_live_tunnel_traffic_exactly_as_tcpdump_and_wg_see_it(
     assert len(rows) == len(oracle) == len({r["id"] for r in rows})
     for row in rows:
         (o,) = [
-            o for o in oracle
+            o
+            for o in oracle
             if o.key == _row_key(row) and abs(o.first_ts - _epoch(row["started_at"])) < 1e-3
-        ]  # fmt: skip
+        ]
         assert row["status"] == "completed", row
         assert row["close_reason"] == expected_reason(o), (row, o)
         assert row["interface"] == "wg0"
@@ -321,8 +327,17 @@ def _row_key(r: dict[str, Any]) -> tuple[str, str, int, str, int]:
 def _packet_times(pcap: Path) -> list[tuple[tuple[str, str, int, str, int], float]]:
     """(session key as the initiator wrote it, time) per TCP/UDP packet, both directions."""
     argv = ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=|"]
-    for f in ("frame.time_epoch", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "tcp.srcport",
-              "tcp.dstport", "udp.srcport", "udp.dstport"):  # fmt: skip
+    for f in (
+        "frame.time_epoch",
+        "ip.src",
+        "ipv6.src",
+        "ip.dst",
+        "ipv6.dst",
+        "tcp.srcport",
+        "tcp.dstport",
+        "udp.srcport",
+        "udp.dstport",
+    ):
         argv += ["-e", f]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     result = []
@@ -368,8 +383,9 @@ def test_a_locked_store_loses_nothing_and_recovers(tmp_path: Path) -> None:
                     other.rollback()
             final = serve.wait(
                 lambda s: s["captures"][0]["open_sessions"] == 0 and s["writer"]["pending"] == 0,
-                WAIT_S, "all sessions written after the stall",
-            )  # fmt: skip
+                WAIT_S,
+                "all sessions written after the stall",
+            )
             assert serve.stop() == 0, serve.log()
     assert stats.problems() == [] and stats.drops == {pcap: 0}, stats
     assert stalled["writer"]["failed_flushes"] >= 1, stalled
@@ -385,8 +401,11 @@ def test_a_locked_store_loses_nothing_and_recovers(tmp_path: Path) -> None:
 def test_a_store_stalled_beyond_its_bounds_drops_only_counted_packets(tmp_path: Path) -> None:
     pcap = tmp_path / "oracle.pcap"
     db = tmp_path / "live.db"
-    tight = {**FAST, "writer": {"flush_interval": 0.2, "max_pending": 2},
-             "service": {"status_interval": 1, "queue_packets": 64}}  # fmt: skip
+    tight = {
+        **FAST,
+        "writer": {"flush_interval": 0.2, "max_pending": 2},
+        "service": {"status_interval": 1, "queue_packets": 64},
+    }
     # a 1 MiB ring: the stalled pipeline's backlog overflows it, and the kernel counts drops
     captures = [{"interface": "wg0", "ring_mib": 1}]
     with WireguardLab() as lab:
@@ -431,9 +450,13 @@ def test_wireguard_peers_are_reread_and_new_allowed_ips_attribute_new_sessions(
     with WireguardLab() as lab:
         settings = {**FAST, "wireguard": {"refresh": 1}}
         config = write_config(
-            BASE, tmp_path / "serve.toml", settings, captures=LIVE,
-            client_keys={"bob-desktop": lab.public_keys["bob"]}, wireguard=["wg0"],
-        )  # fmt: skip
+            BASE,
+            tmp_path / "serve.toml",
+            settings,
+            captures=LIVE,
+            client_keys={"bob-desktop": lab.public_keys["bob"]},
+            wireguard=["wg0"],
+        )
         with Serve(lab, config, db, tmp_path) as serve:
             serve.start()
             assert _stored_addresses(db, "bob-desktop") == ["100.64.0.3/32", "fd00:64::3/128"]

@@ -32,7 +32,8 @@ def test_tunnel_traffic_imports_exactly_from_full_and_headers_only_captures(
     assert facts(rows_full) == facts(rows_s96)
     http = [r for r in rows_full if r["dst_port"] == ran["http_port"]]
     assert len(http) == sum(ran["http_connections"].values()) + 1  # + one over IPv6
-    assert any(r["close_reason"] == "rst" and r["dst_port"] == ran["refused"]["port"]
-               for r in rows_full)  # fmt: skip
+    assert any(
+        r["close_reason"] == "rst" and r["dst_port"] == ran["refused"]["port"] for r in rows_full
+    )
     assert {r["protocol"] for r in rows_full} == {"tcp", "udp"}
     assert any(":" in r["src_addr"] for r in rows_full)

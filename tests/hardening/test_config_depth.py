@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tunnelacct.config.load import load_config
-from tunnelacct.service import Service
+from tunnelacct.service.service import Service
 from tunnelacct.store.engine import make_engine
 from tunnelacct.store.migrate import migrate
 

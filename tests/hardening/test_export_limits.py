@@ -25,10 +25,10 @@ from tests.helpers.prometheus import free_port
 from tests.helpers.replicate import replicate
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.stores import empty_store, query
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import Role, create_token
-from tunnelacct.querylimits import QueryLimits
 from tunnelacct.store.engine import make_engine
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import Role, create_token
+from tunnelacct.web.limits import QueryLimits
 
 pytestmark = pytest.mark.hardening
 

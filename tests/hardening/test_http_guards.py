@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from tests.helpers.stores import imported_store
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import Role, create_token
-from tunnelacct.httpguards import MAX_BODY_BYTES
-from tunnelacct.service import listen_socket
+from tunnelacct.service.service import listen_socket
 from tunnelacct.store.engine import make_engine
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import Role, create_token
+from tunnelacct.web.guards import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.hardening
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from tests.helpers.stores import imported_store
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import Role, create_token
 from tunnelacct.store.engine import make_engine
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import Role, create_token
 
 pytestmark = pytest.mark.hardening
 

@@ -16,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.stores import imported_store
-from tunnelacct.api import ApiContext, create_app
-from tunnelacct.auth import Role, create_token
-from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy
 from tunnelacct.store.engine import make_engine
+from tunnelacct.web.app import ApiContext, create_app
+from tunnelacct.web.auth import Role, create_token
+from tunnelacct.web.limits import ClientGone, QueryLimits, QueryTimeout, TooBusy
 
 pytestmark = pytest.mark.hardening
 

@@ -27,7 +27,7 @@ import asyncio, json, os, resource, sys, time
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
 from tunnelacct.sessions.events import Attribution
-from tunnelacct.pipeline import CapturePipeline
+from tunnelacct.ingest.pipeline import CapturePipeline
 
 class Sink:
     def __init__(self):

@@ -93,10 +93,23 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
     os.chown(home, postgres.pw_uid, postgres.pw_gid)
     server = PrivateServer(home / "data", _free_port())
     subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(server.data),
-         "--auth=trust", "-U", "postgres", "--no-sync"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(server.data),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     try:
         server.ctl("start")
         yield server

@@ -13,27 +13,49 @@ from typing import Any
 from tests.helpers.oracle import compare_sessions, read_session_rows, tshark_sessions
 
 SESSION_FACTS = (
-    "protocol", "src_addr", "src_port", "dst_addr", "dst_port", "packets_tx", "packets_rx",
-    "bytes_tx", "bytes_rx", "payload_bytes_tx", "payload_bytes_rx", "org_id", "client_id",
-    "user_id", "resource_id", "status", "close_reason",
-)  # fmt: skip
+    "protocol",
+    "src_addr",
+    "src_port",
+    "dst_addr",
+    "dst_port",
+    "packets_tx",
+    "packets_rx",
+    "bytes_tx",
+    "bytes_rx",
+    "payload_bytes_tx",
+    "payload_bytes_rx",
+    "org_id",
+    "client_id",
+    "user_id",
+    "resource_id",
+    "status",
+    "close_reason",
+)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real `tunnelacct` CLI in a subprocess (no stdin); fails loudly on non-zero exit."""
     done = subprocess.run(
         [sys.executable, "-m", "tunnelacct", *args],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     assert done.returncode == 0, f"tunnelacct {args} exited {done.returncode}:\n{done.stderr}"
     return done
 
 
 def import_file(pcap: Path, config: Path, db: Path) -> list[dict[str, Any]]:
     """Import `pcap` with the CLI into a fresh SQLite file and return every session row."""
-    run_cli("import", "--config", str(config), str(pcap),
-            env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"})  # fmt: skip
+    run_cli(
+        "import",
+        "--config",
+        str(config),
+        str(pcap),
+        env={"TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"},
+    )
     return read_session_rows(db)
 
 
@@ -88,16 +110,27 @@ def check_import(pcap: Path, config: Path, db: Path) -> list[dict[str, Any]]:
     assert oracle, f"tshark found no sessions in {pcap}"
     problems = compare_sessions(oracle, rows)
     assert problems == [], "\n".join(problems)
-    by_key = {(o.protocol, o.src_addr, o.src_port, o.dst_addr, o.dst_port, round(o.first_ts, 6)): o
-              for o in oracle}  # fmt: skip
+    by_key = {
+        (o.protocol, o.src_addr, o.src_port, o.dst_addr, o.dst_port, round(o.first_ts, 6)): o
+        for o in oracle
+    }
     for row in rows:
         assert {k: row[k] for k in ("org_id", "client_id", "user_id", "resource_id")} == (
             expected_attribution(config, row)
         ), row
         assert row["status"] == "completed"
-        o = next(o for k, o in by_key.items() if k[:5] == (
-            row["protocol"], str(ipaddress.ip_address(row["src_addr"])), row["src_port"],
-            str(ipaddress.ip_address(row["dst_addr"])), row["dst_port"]))  # fmt: skip
+        o = next(
+            o
+            for k, o in by_key.items()
+            if k[:5]
+            == (
+                row["protocol"],
+                str(ipaddress.ip_address(row["src_addr"])),
+                row["src_port"],
+                str(ipaddress.ip_address(row["dst_addr"])),
+                row["dst_port"],
+            )
+        )
         if o.protocol == "tcp" and o.rst and not o.fin_both:
             assert row["close_reason"] == "rst", row
         elif o.protocol == "tcp" and o.fin_both and not o.rst:

@@ -117,9 +117,13 @@ class Prometheus:
         ]
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen(
-                argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.dir, start_new_session=True,
-            )  # fmt: skip
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                start_new_session=True,
+            )
         self.wait_until(self._ready, timeout_s, "/-/ready")
         return self
 

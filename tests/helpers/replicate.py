@@ -80,7 +80,7 @@ def _replicate_pg(url: str, copies: int, step_s: int, org_id: str | None) -> int
                        (src_port + k) % 65536, started_at + {shift}, ended_at + {shift},
                        last_seen_at + {shift}
                 FROM seeds, generate_series(CAST(:first AS int), CAST(:last AS int)) AS k
-            """)  # fmt: skip
+            """)
             per_statement = max(1, ROWS_PER_STATEMENT // int(seeds))
             added = 0
             for first in range(1, copies + 1, per_statement):

@@ -37,15 +37,31 @@ def session(
     ended = None if ended_days_ago is None else now - timedelta(days=ended_days_ago)
     started = (ended or now) - timedelta(minutes=5)
     values: dict[str, Any] = {
-        "id": uuid.uuid4(), "org_id": org, "protocol": "tcp", "ip_version": 4,
-        "src_addr": "100.64.0.2", "dst_addr": "10.99.0.5", "src_port": 40000, "dst_port": 443,
-        "started_at": started, "ended_at": ended, "last_seen_at": ended or now,
-        "duration_s": 300.0, "bytes_tx": 1, "bytes_rx": 1, "packets_tx": 1, "packets_rx": 1,
-        "payload_bytes_tx": 0, "payload_bytes_rx": 0,
+        "id": uuid.uuid4(),
+        "org_id": org,
+        "protocol": "tcp",
+        "ip_version": 4,
+        "src_addr": "100.64.0.2",
+        "dst_addr": "10.99.0.5",
+        "src_port": 40000,
+        "dst_port": 443,
+        "started_at": started,
+        "ended_at": ended,
+        "last_seen_at": ended or now,
+        "duration_s": 300.0,
+        "bytes_tx": 1,
+        "bytes_rx": 1,
+        "packets_tx": 1,
+        "packets_rx": 1,
+        "payload_bytes_tx": 0,
+        "payload_bytes_rx": 0,
         "status": "ongoing" if ended is None else "completed",
-        "close_reason": None if ended is None else "fin", "midstream": False,
-        "community_id": "1:x", "gateway": "gw1", "interface": "wg0",
-    }  # fmt: skip
+        "close_reason": None if ended is None else "fin",
+        "midstream": False,
+        "community_id": "1:x",
+        "gateway": "gw1",
+        "interface": "wg0",
+    }
     values.update(overrides)
     return SessionRecord(**values)
 
@@ -117,8 +133,11 @@ def shifted_store(
     for days in (100, 20, 3):
         shifted = tmp_path / f"d{days}.pcap"
         offset = now - days * 86400 - last  # the last packet lands `days` days ago
-        subprocess.run(["editcap", "-t", f"{offset:.6f}", str(DATA / "wg-small.pcap"),
-                        str(shifted)], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["editcap", "-t", f"{offset:.6f}", str(DATA / "wg-small.pcap"), str(shifted)],
+            check=True,
+            capture_output=True,
+        )
         before = counts(url)
         run_cli("import", "--config", str(config), str(shifted), env=env)
         per_copy[days] = {org: n - before.get(org, 0) for org, n in counts(url).items()}

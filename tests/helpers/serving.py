@@ -120,9 +120,13 @@ class Serve:
                 if self.netns is not None:
                     argv = ["ip", "netns", "exec", self.netns, *argv]
                 self.proc = subprocess.Popen(
-                    argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, preexec_fn=self.preexec,
-                )  # fmt: skip
+                    argv,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    preexec_fn=self.preexec,
+                )
         if wait_for:
             self.wait(
                 lambda s: (

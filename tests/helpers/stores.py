@@ -50,8 +50,7 @@ def migrated_store(kind: str, tmp_dir: Path) -> Iterator[str]:
 
 def import_capture(url: str, pcap: Path = DATA / "wg-small.pcap", config: Path = CONFIG) -> None:
     """Import `pcap` with the real CLI into the store at `url` ($TUNNELACCT_DATABASE_URL)."""
-    run_cli("import", "--config", str(config), str(pcap),
-            env={"TUNNELACCT_DATABASE_URL": url})  # fmt: skip
+    run_cli("import", "--config", str(config), str(pcap), env={"TUNNELACCT_DATABASE_URL": url})
 
 
 @contextmanager

@@ -1,2 +1,3 @@
-"""Packet capture: sources (capture files, live interfaces, replays), the decoder, and the child
-process that reads and decodes off the event loop."""
+"""Packet capture: the sources (capture files, live interfaces, paced replays) yielding RawBatch
+objects, the vectorised decoder, the child processes that read and decode off the event loop,
+and `inspect`."""

@@ -48,10 +48,16 @@ class Decoded:
 # Narrow dtypes for the trip through the pipe (half the bytes of int64 everywhere); the
 # parent widens them back, so the flow engine always sees int64.
 _NARROW = {
-    "family": np.uint8, "proto": np.uint8, "sport": np.uint16, "dport": np.uint16,
-    "ip_bytes": np.int32, "payload_bytes": np.int32, "flags": np.uint8, "frag": np.uint8,
+    "family": np.uint8,
+    "proto": np.uint8,
+    "sport": np.uint16,
+    "dport": np.uint16,
+    "ip_bytes": np.int32,
+    "payload_bytes": np.int32,
+    "flags": np.uint8,
+    "frag": np.uint8,
     "frag_id": np.uint32,
-}  # fmt: skip
+}
 
 
 def narrow(b: DecodedBatch) -> DecodedBatch:

@@ -145,8 +145,11 @@ class LiveSource:
         self._poll.register(self._sock, select.POLLIN | select.POLLERR)
         log.info(
             "capture started on %s (snaplen=%d, ring=%d x %d KiB)",
-            interface, snaplen, block_count, block_size // 1024,
-        )  # fmt: skip
+            interface,
+            snaplen,
+            block_count,
+            block_size // 1024,
+        )
 
     def stop(self) -> None:
         """Accept no further packets (a reject-all filter); those in the ring can still be read.

@@ -85,9 +85,13 @@ class LiveProcessSource:
     """Decoded TCP/UDP headers of `interface`, captured and decoded in a child process."""
 
     def __init__(
-        self, interface: str, *, snaplen: int = 96, block_size: int = 1 << 20,
+        self,
+        interface: str,
+        *,
+        snaplen: int = 96,
+        block_size: int = 1 << 20,
         block_count: int = 64,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.interface = interface
         try:
             socket.if_nametoindex(interface)  # no process for an interface that is not there
@@ -99,9 +103,11 @@ class LiveProcessSource:
         self._counts = ctx.Array("q", 2)  # kernel ring (packets, drops), kept by the child
         options = {"snaplen": snaplen, "block_size": block_size, "block_count": block_count}
         self._proc = ctx.Process(
-            target=_child, args=(interface, options, child_conn, self._stop, self._counts),
-            name=f"tunnelacct-capture-{interface}", daemon=True,
-        )  # fmt: skip
+            target=_child,
+            args=(interface, options, child_conn, self._stop, self._counts),
+            name=f"tunnelacct-capture-{interface}",
+            daemon=True,
+        )
         self._proc.start()
         child_conn.close()
         self._ended = False
@@ -126,9 +132,10 @@ class LiveProcessSource:
         except (EOFError, OSError):
             code = self._proc.exitcode if not self._proc.is_alive() else None
             raise CaptureError(
-                self.interface, f"capture process ended unexpectedly (exit code {code})",
+                self.interface,
+                f"capture process ended unexpectedly (exit code {code})",
                 transient=True,
-            ) from None  # fmt: skip
+            ) from None
 
     def read_batch(self, timeout_s: float) -> DecodedBatch | None:
         """The next decoded batch within `timeout_s`, or None; after stop(), None once drained."""

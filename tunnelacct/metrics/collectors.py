@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from tunnelacct import __version__
 from tunnelacct.capture.decode import OK, REASONS, SKIPPED_REASONS
+from tunnelacct.ingest.pipeline import CaptureStatus
 from tunnelacct.metrics.tally import (
     DIRECTIONS,
     DURATION_BUCKETS_S,
@@ -32,7 +33,6 @@ from tunnelacct.metrics.tally import (
     MetricLabels,
     TallySnapshot,
 )
-from tunnelacct.pipeline import CaptureStatus
 from tunnelacct.store.writer import WRITE_BUCKETS_S
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)
@@ -193,9 +193,10 @@ class TrafficCollector(Collector):
             labels=[*names, "direction"],
         )
         packets = CounterMetricFamily(
-            "tunnelacct_packets", "Packets of sessions; tx = initiator to responder",
+            "tunnelacct_packets",
+            "Packets of sessions; tx = initiator to responder",
             labels=[*names, "direction"],
-        )  # fmt: skip
+        )
         for labels, (b_tx, b_rx, p_tx, p_rx) in t.traffic.items():
             for direction, b, p in zip(DIRECTIONS, (b_tx, b_rx), (p_tx, p_rx), strict=True):
                 bytes_.add_metric([*labels, direction], b)
@@ -208,20 +209,27 @@ class TrafficCollector(Collector):
         for labels, n in t.opened.items():
             opened.add_metric(list(labels), n)
         closed = CounterMetricFamily(
-            "tunnelacct_sessions", "Sessions closed, by close reason",
+            "tunnelacct_sessions",
+            "Sessions closed, by close reason",
             labels=[*names, "close_reason"],
-        )  # fmt: skip
+        )
         for labels, n in t.closed.items():
             closed.add_metric(list(labels), n)
         yield from (active, opened, closed)
         yield _histogram(
-            "tunnelacct_session_duration_seconds", "Duration of closed sessions",
-            DURATION_BUCKETS_S, _series(t.duration), ["org", "protocol"],
-        )  # fmt: skip
+            "tunnelacct_session_duration_seconds",
+            "Duration of closed sessions",
+            DURATION_BUCKETS_S,
+            _series(t.duration),
+            ["org", "protocol"],
+        )
         yield _histogram(
-            "tunnelacct_session_bytes", "Bytes both ways of closed sessions",
-            SIZE_BUCKETS_BYTES, _series(t.size), ["org", "protocol"],
-        )  # fmt: skip
+            "tunnelacct_session_bytes",
+            "Bytes both ways of closed sessions",
+            SIZE_BUCKETS_BYTES,
+            _series(t.size),
+            ["org", "protocol"],
+        )
         yield CounterMetricFamily(
             "tunnelacct_unattributed_sessions",
             "Sessions opened that no client or resource matched",
@@ -233,10 +241,11 @@ class TrafficCollector(Collector):
             labels=["metric"],
         )
         for metric, cap in (
-            ("tunnelacct_bytes_total", g.traffic), ("tunnelacct_sessions_active", g.sessions),
+            ("tunnelacct_bytes_total", g.traffic),
+            ("tunnelacct_sessions_active", g.sessions),
             ("tunnelacct_sessions_total", g.closed),
             ("tunnelacct_session_duration_seconds", g.histograms),
-        ):  # fmt: skip
+        ):
             overflow.add_metric([metric], cap.overflowed)
         yield overflow
 

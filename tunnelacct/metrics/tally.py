@@ -1,9 +1,9 @@
 """Traffic tallies for metrics: what the flow engine carried, by bounded label sets.
 
-The flow engine never counts per packet for metrics. Each flow remembers how much of its
-counters it has already reported; at the expiry sweep (at most every FOLD_EVERY_S) the table
-folds the difference of every changed flow into its `TrafficTally`, and the rest when the
-session closes. `collect()` reads the tallies on scrape.
+A `TrafficTally` is a flow table's FlowObserver: the table never counts per packet for
+metrics. The tally keeps, per flow, how much of its counters it has already reported; at the
+expiry sweep (at most every FOLD_EVERY_S) it folds the difference of every changed flow in,
+and the rest when the session closes. `collect()` reads the tallies on scrape.
 
 Labels are bounded twice. They are only ever config values (org, resource and client ids) or
 fixed vocabularies (protocol, direction, close reason), never an address, port or session. And a
@@ -17,13 +17,12 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from tunnelacct.config.model import MIN_SERIES
 from tunnelacct.enums import CloseReason, IpProto
-from tunnelacct.sessions.events import Attribution
+from tunnelacct.sessions.flowtable import Flow
 
 OVERFLOW = "_overflow"
 UNMATCHED = "unmatched"  # the resource (or client) label of sessions that matched none
@@ -38,24 +37,6 @@ CLOSE_REASONS = tuple(r.value for r in CloseReason)
 FOLD_EVERY_S = 0.5
 
 Labels = tuple[str, ...]
-
-
-class TalliedFlow(Protocol):
-    """What a tally reads of a flow (flowtable.Flow): counters per endpoint, A = 0."""
-
-    pk0: int
-    pk1: int
-    by0: int
-    by1: int
-    mpk0: int  # the part of pk0 already tallied, and so on
-    mpk1: int
-    mby0: int
-    mby1: int
-    mstats: KeyStats
-    init_a: bool
-    started_ts: float
-    last_ts: float
-    close_reason: CloseReason | None
 
 
 class SeriesCap:
@@ -112,11 +93,13 @@ class MetricLabels:
         set_(self, "traffic", SeriesCap(self.max_series, free=free, width=2, fixed=n))
         set_(self, "sessions", SeriesCap(self.max_series, free=free, fixed=n))
         # a session label set makes one series per close reason
-        set_(self, "closed", SeriesCap(self.max_series, free=free, width=len(CLOSE_REASONS),
-                                       fixed=n))  # fmt: skip
+        set_(
+            self, "closed", SeriesCap(self.max_series, free=free, width=len(CLOSE_REASONS), fixed=n)
+        )
         width = len(max(DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES, key=len)) + 3  # +Inf, sum, count
-        set_(self, "histograms", SeriesCap(self.max_series, free=(True, False), width=width,
-                                           fixed=n))  # fmt: skip
+        set_(
+            self, "histograms", SeriesCap(self.max_series, free=(True, False), width=width, fixed=n)
+        )
 
     @property
     def session_label_names(self) -> tuple[str, ...]:
@@ -161,12 +144,17 @@ class TallySnapshot:
             mine = self.traffic.setdefault(key, [0, 0, 0, 0])
             for i in range(4):
                 mine[i] += v[i]
-        for target, source in ((self.active, other.active), (self.opened, other.opened),
-                               (self.closed, other.closed)):  # fmt: skip
+        for target, source in (
+            (self.active, other.active),
+            (self.opened, other.opened),
+            (self.closed, other.closed),
+        ):
             for key, n in source.items():
                 target[key] = target.get(key, 0) + n
-        for hists, theirs, bounds in ((self.duration, other.duration, DURATION_BUCKETS_S),
-                                      (self.size, other.size, SIZE_BUCKETS_BYTES)):  # fmt: skip
+        for hists, theirs, bounds in (
+            (self.duration, other.duration, DURATION_BUCKETS_S),
+            (self.size, other.size, SIZE_BUCKETS_BYTES),
+        ):
             for key, h in theirs.items():
                 hists.setdefault(key, Histogram(len(bounds))).merge(h)
 
@@ -181,14 +169,32 @@ class KeyStats:
     __slots__ = ("traffic", "sessions", "closed", "duration", "size")
 
     def __init__(
-        self, traffic: list[int], sessions: list[int], closed: list[int],
-        duration: Histogram, size: Histogram,
-    ) -> None:  # fmt: skip
+        self,
+        traffic: list[int],
+        sessions: list[int],
+        closed: list[int],
+        duration: Histogram,
+        size: Histogram,
+    ) -> None:
         self.traffic = traffic  # bytes tx, rx, packets tx, rx
         self.sessions = sessions  # active, opened
         self.closed = closed  # per CLOSE_REASONS
         self.duration = duration
         self.size = size
+
+
+class Tallied:
+    """A flow's state in its tally (`Flow.observed`): its series, and how much of its counters
+    is already counted in them."""
+
+    __slots__ = ("stats", "packets_a", "packets_b", "bytes_a", "bytes_b")
+
+    def __init__(self, stats: KeyStats) -> None:
+        self.stats = stats
+        self.packets_a = 0
+        self.packets_b = 0
+        self.bytes_a = 0
+        self.bytes_b = 0
 
 
 _REASONS = tuple(CloseReason)  # in CLOSE_REASONS order; identity tests beat Enum.__hash__
@@ -246,21 +252,33 @@ class TrafficTally:
                 )
         return ks
 
-    def opened(
-        self, attribution: Attribution, proto: IpProto, *, resumed: bool = False
-    ) -> KeyStats:
-        """A session opened (or resumed after a restart: active, not newly opened)."""
-        org, resource, client = attribution.org_id, attribution.resource_id, attribution.client_id
+    def opened(self, flow: Flow, *, resumed: bool) -> None:
+        """A session opened (or resumed after a restart: active, not newly opened, and its
+        traffic before the restart was tallied back then)."""
+        attribution = flow.attribution
+        proto = _PROTO_LABEL[IpProto((flow.key[0] >> 32) & 0xFF)]
+        resource = attribution.resource_id or UNMATCHED
         raw: Labels = (
-            (org, resource or UNMATCHED, _PROTO_LABEL[proto], client or UNMATCHED)
+            (attribution.org_id, resource, proto, attribution.client_id or UNMATCHED)
             if self._client_labels
-            else (org, resource or UNMATCHED, _PROTO_LABEL[proto])
+            else (attribution.org_id, resource, proto)
         )
-        ks = self._stats.get(raw) or self.stats_for(raw)
-        ks.sessions[0] += 1
-        if not resumed:
-            ks.sessions[1] += 1
-        return ks
+        stats = self._stats.get(raw) or self.stats_for(raw)
+        stats.sessions[0] += 1
+        state = Tallied(stats)
+        if resumed:
+            state.packets_a = flow.packets_a
+            state.packets_b = flow.packets_b
+            state.bytes_a = flow.bytes_a
+            state.bytes_b = flow.bytes_b
+        else:
+            stats.sessions[1] += 1
+        flow.observed = state
+
+    def swept(self, flows: Collection[Flow]) -> None:
+        """An expiry sweep: fold the open sessions in, when a fold is due."""
+        if self.fold_due():
+            self.fold(flows)
 
     def fold_due(self) -> bool:
         """True at most once per `fold_every_s` of the clock (not of packet time): a replay
@@ -272,48 +290,37 @@ class TrafficTally:
         return True
 
     @staticmethod
-    def fold(flows: Iterable[TalliedFlow]) -> None:
+    def fold(flows: Iterable[Flow]) -> None:
         """Tally what each flow carried since it was last folded (once a sweep, not per packet)."""
-        for f in flows:
-            pk0, pk1 = f.pk0, f.pk1
-            if pk0 == f.mpk0 and pk1 == f.mpk1:
-                continue
-            by0, by1 = f.by0, f.by1
-            v = f.mstats.traffic
-            tx, rx = (0, 1) if f.init_a else (1, 0)  # endpoint A sent tx when it initiated
-            v[tx] += by0 - f.mby0
-            v[rx] += by1 - f.mby1
-            v[2 + tx] += pk0 - f.mpk0
-            v[2 + rx] += pk1 - f.mpk1
-            f.mpk0, f.mpk1, f.mby0, f.mby1 = pk0, pk1, by0, by1
+        for flow in flows:
+            state = flow.observed
+            assert isinstance(state, Tallied)
+            if flow.packets_a != state.packets_a or flow.packets_b != state.packets_b:
+                _count_traffic(flow, state)
 
     @staticmethod
-    def closed(flows: Sequence[TalliedFlow]) -> None:
+    def closed(flows: Sequence[Flow]) -> None:
         """Sessions closed: the rest of their traffic, then counts and histograms."""
-        dur_bounds, size_bounds, reasons = DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES, _REASONS
-        for f in flows:
-            ks = f.mstats
-            by0, by1 = f.by0, f.by1
-            v = ks.traffic
-            tx, rx = (0, 1) if f.init_a else (1, 0)
-            v[tx] += by0 - f.mby0
-            v[rx] += by1 - f.mby1
-            v[2 + tx] += f.pk0 - f.mpk0
-            v[2 + rx] += f.pk1 - f.mpk1
-            f.mpk0, f.mpk1, f.mby0, f.mby1 = f.pk0, f.pk1, by0, by1
-            ks.sessions[0] -= 1
-            reason = f.close_reason or CloseReason.FIN
+        duration_bounds, size_bounds, reasons = DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES, _REASONS
+        for flow in flows:
+            state = flow.observed
+            assert isinstance(state, Tallied)
+            _count_traffic(flow, state)
+            stats = state.stats
+            stats.sessions[0] -= 1
+            reason = flow.close_reason or CloseReason.FIN
             i = 0
             while reasons[i] is not reason and i < _LAST_REASON:  # members are singletons
                 i += 1
-            ks.closed[i] += 1
-            duration_s, size_bytes = f.last_ts - f.started_ts, by0 + by1
-            h = ks.duration
-            h.counts[bisect.bisect_left(dur_bounds, duration_s)] += 1  # le: value <= bound
-            h.sum += duration_s
-            h = ks.size
-            h.counts[bisect.bisect_left(size_bounds, size_bytes)] += 1
-            h.sum += size_bytes
+            stats.closed[i] += 1
+            duration_s = flow.last_ts - flow.started_ts
+            size_bytes = flow.bytes_a + flow.bytes_b
+            histogram = stats.duration
+            histogram.counts[bisect.bisect_left(duration_bounds, duration_s)] += 1  # le: <= bound
+            histogram.sum += duration_s
+            histogram = stats.size
+            histogram.counts[bisect.bisect_left(size_bounds, size_bytes)] += 1
+            histogram.sum += size_bytes
 
     def snapshot(self) -> TallySnapshot:
         """A copy of every series."""
@@ -322,14 +329,29 @@ class TrafficTally:
             out.traffic = {k: list(v) for k, v in self._traffic.items()}
             out.active = {k: v[0] for k, v in self._sessions.items()}
             out.opened = {k: v[1] for k, v in self._sessions.items()}
-            out.closed = {(*k, r): n for k, v in self._closed.items()
-                          for r, n in zip(CLOSE_REASONS, v, strict=True)}  # fmt: skip
-            for mine, theirs, bounds in ((out.duration, self._duration, DURATION_BUCKETS_S),
-                                         (out.size, self._size, SIZE_BUCKETS_BYTES)):  # fmt: skip
+            out.closed = {
+                (*k, r): n
+                for k, v in self._closed.items()
+                for r, n in zip(CLOSE_REASONS, v, strict=True)
+            }
+            for mine, theirs, bounds in (
+                (out.duration, self._duration, DURATION_BUCKETS_S),
+                (out.size, self._size, SIZE_BUCKETS_BYTES),
+            ):
                 for k, h in theirs.items():
                     mine.setdefault(k, Histogram(len(bounds))).merge(h)
         return out
 
 
-# series that count nowhere: what flows of a table without a tally point at
-NO_STATS = KeyStats([0] * 4, [0, 0], [0] * len(CLOSE_REASONS), Histogram(0), Histogram(0))
+def _count_traffic(flow: Flow, state: Tallied) -> None:
+    """Add to the flow's series what it carried since `state` last counted it."""
+    traffic = state.stats.traffic  # bytes tx, rx, packets tx, rx
+    tx, rx = (0, 1) if flow.initiator_is_a else (1, 0)  # endpoint A sent tx when it initiated
+    traffic[tx] += flow.bytes_a - state.bytes_a
+    traffic[rx] += flow.bytes_b - state.bytes_b
+    traffic[2 + tx] += flow.packets_a - state.packets_a
+    traffic[2 + rx] += flow.packets_b - state.packets_b
+    state.packets_a = flow.packets_a
+    state.packets_b = flow.packets_b
+    state.bytes_a = flow.bytes_a
+    state.bytes_b = flow.bytes_b

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
 
-from tunnelacct.importer import ImportSummary
+from tunnelacct.ingest.importer import ImportSummary
 
 
 def write_import_metrics(summary: ImportSummary, path: Path) -> None:

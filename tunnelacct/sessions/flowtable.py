@@ -19,8 +19,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -35,7 +36,6 @@ from tunnelacct.capture.decode import (
 )
 from tunnelacct.config.model import Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
-from tunnelacct.metrics.tally import NO_STATS, KeyStats, TrafficTally
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sessions.flowkey import (
     LO64,
@@ -66,38 +66,86 @@ _PROTOS = {int(p): p for p in IpProto}
 
 
 class Flow:
-    """Live state of one session; counters are per endpoint (0 = A, the lower endpoint)."""
+    """Live state of one session. Its two endpoints are A, the lower (address, port), and B; its
+    counters are per endpoint: `packets_a` are the packets A sent, and so on."""
 
     __slots__ = (
-        "key", "sid", "init_a", "started_ts", "last_ts", "checkpoint_ts",
-        "pk0", "pk1", "by0", "by1", "pl0", "pl1", "fins", "closed", "close_ts",
-        "close_reason", "midstream", "attribution", "interface", "cid", "finished", "idle_s",
-        "mstats", "mpk0", "mpk1", "mby0", "mby1",
-    )  # fmt: skip
+        "key",
+        "session_id",
+        "initiator_is_a",
+        "started_ts",
+        "last_ts",
+        "checkpoint_ts",
+        "packets_a",
+        "packets_b",
+        "bytes_a",
+        "bytes_b",
+        "payload_a",
+        "payload_b",
+        "fin_senders",
+        "closed",
+        "close_ts",
+        "close_reason",
+        "midstream",
+        "attribution",
+        "interface",
+        "community_id",
+        "finished",
+        "idle_s",
+        "observed",
+    )
 
     def __init__(
-        self, key: FlowKey, sid: uuid.UUID, init_a: bool, ts: float, midstream: bool,
-        attribution: Attribution, interface: str,
-    ) -> None:  # fmt: skip
+        self,
+        key: FlowKey,
+        session_id: uuid.UUID,
+        initiator_is_a: bool,
+        ts: float,
+        midstream: bool,
+        attribution: Attribution,
+        interface: str,
+    ) -> None:
         self.key = key
-        self.sid = sid
-        self.init_a = init_a
-        self.started_ts = self.last_ts = ts
+        self.session_id = session_id
+        self.initiator_is_a = initiator_is_a
+        self.started_ts = ts
+        self.last_ts = ts
         self.checkpoint_ts = -1.0
-        self.pk0 = self.pk1 = self.by0 = self.by1 = self.pl0 = self.pl1 = 0
-        self.fins = 0
+        self.packets_a = 0
+        self.packets_b = 0
+        self.bytes_a = 0  # IP total length of the packets A sent
+        self.bytes_b = 0
+        self.payload_a = 0  # their L4 payload bytes
+        self.payload_b = 0
+        self.fin_senders = 0  # bit 0: A sent a FIN, bit 1: B did
         self.closed = False
         self.close_ts = 0.0
         self.close_reason: CloseReason | None = None
         self.midstream = midstream
         self.attribution = attribution
         self.interface = interface
-        self.cid: str | None = None
+        self.community_id: str | None = None
         self.finished = False
         self.idle_s = 0.0  # the protocol's idle timeout, set by the table
-        # metrics: the flow's label set and the part of its counters already tallied
-        self.mstats: KeyStats = NO_STATS
-        self.mpk0 = self.mpk1 = self.mby0 = self.mby1 = 0
+        self.observed: object = None  # the FlowObserver's own state of this flow
+
+
+class FlowObserver(Protocol):
+    """What watches a flow table's sessions (metrics does), called on the table's thread.
+
+    Per session it is told once when it opens and once when it closes; in between it sees the
+    open sessions at each expiry sweep (at most once per SWEEP_INTERVAL_S of packet time), never
+    per packet. `Flow.observed` is its own to keep per-session state in.
+    """
+
+    def opened(self, flow: Flow, *, resumed: bool) -> None:
+        """A session opened, or was resumed after a restart with its counters so far."""
+
+    def swept(self, flows: Collection[Flow]) -> None:
+        """The open sessions at an expiry sweep."""
+
+    def closed(self, flows: Sequence[Flow]) -> None:
+        """Sessions that ended, their close_reason set."""
 
 
 @dataclass(slots=True)
@@ -130,7 +178,7 @@ class FlowTable:
         is_client: IsClientFn,
         ids: SessionIds | None = None,
         emit_opened: bool = False,
-        tally: TrafficTally | None = None,
+        observer: FlowObserver | None = None,
         max_sessions: int = 262_144,
     ) -> None:
         if max_sessions < 1:
@@ -138,7 +186,7 @@ class FlowTable:
         self.timeouts = timeouts
         self.max_sessions = max_sessions
         self._full_logged_at = float("-inf")
-        self.tally = tally
+        self.observer = observer
         self._linger_s = timeouts.tcp_linger_s
         self._attribute = attribute
         self._is_client = is_client
@@ -155,10 +203,6 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self._flows)
-
-    def set_identity(self, attribute: AttributeFn, is_client: IsClientFn) -> None:
-        """Use a new inventory for sessions opened from now on (open ones keep theirs)."""
-        self._attribute, self._is_client = attribute, is_client
 
     @property
     def now_ts(self) -> float:
@@ -209,11 +253,15 @@ class FlowTable:
                         self._finish(flow, flow.close_reason or CloseReason.FIN)
                 elif now - flow.last_ts > flow.idle_s:
                     self._finish(flow, CloseReason.IDLE)
-            if self.tally is not None and self.tally.fold_due():
-                self.tally.fold(self._flows.values())
-            stale = [k for k, (_f, _d, ts) in self._frags.items() if now - ts > FRAGMENT_TIMEOUT_S]
-            for k in stale:
-                del self._frags[k]
+            if self.observer is not None:
+                self.observer.swept(self._flows.values())
+            stale = [
+                fragment_key
+                for fragment_key, (_flow, _from_b, first_ts) in self._frags.items()
+                if now - first_ts > FRAGMENT_TIMEOUT_S
+            ]
+            for fragment_key in stale:
+                del self._frags[fragment_key]
         return self._drain()
 
     def resume(self, e: SessionEvent) -> None:
@@ -221,29 +269,51 @@ class FlowTable:
 
         Later packets on its 5-tuple within the idle timeout add to the same session and row.
         """
-        split = (lambda a: (a >> 64, a & LO64)) if e.family == 6 else (lambda a: (0, a))
         src, dst = addr_int(e.src_addr), addr_int(e.dst_addr)
-        (s_hi, s_lo), (d_hi, d_lo) = split(src), split(dst)
-        init_a = (s_hi, s_lo, e.src_port) <= (d_hi, d_lo, e.dst_port)
-        a_hi, a_lo, a_port, b_hi, b_lo, b_port = (
-            (s_hi, s_lo, e.src_port, d_hi, d_lo, e.dst_port) if init_a
-            else (d_hi, d_lo, e.dst_port, s_hi, s_lo, e.src_port)
-        )  # fmt: skip
+        if e.family == 6:
+            src_hi, src_lo, dst_hi, dst_lo = src >> 64, src & LO64, dst >> 64, dst & LO64
+        else:
+            src_hi, src_lo, dst_hi, dst_lo = 0, src, 0, dst
+        initiator_is_a = (src_hi, src_lo, e.src_port) <= (dst_hi, dst_lo, e.dst_port)
+        if initiator_is_a:
+            a_endpoint = (src_hi, src_lo, e.src_port)
+            b_endpoint = (dst_hi, dst_lo, e.dst_port)
+        else:
+            a_endpoint = (dst_hi, dst_lo, e.dst_port)
+            b_endpoint = (src_hi, src_lo, e.src_port)
+        a_hi, a_lo, a_port = a_endpoint
+        b_hi, b_lo, b_port = b_endpoint
         meta = (e.family << 40) | (int(e.proto) << 32) | (a_port << 16) | b_port
-        flow = Flow((meta, a_hi, a_lo, b_hi, b_lo), e.session_id, init_a, e.started_ts,
-                    e.midstream, e.attribution, e.interface)  # fmt: skip
-        flow.last_ts = flow.checkpoint_ts = e.last_ts
-        tx, rx = (e.packets_tx, e.bytes_tx, e.payload_bytes_tx), (
-            e.packets_rx, e.bytes_rx, e.payload_bytes_rx)  # fmt: skip
-        (flow.pk0, flow.by0, flow.pl0), (flow.pk1, flow.by1, flow.pl1) = (
-            (tx, rx) if init_a else (rx, tx)
+        flow = Flow(
+            (meta, a_hi, a_lo, b_hi, b_lo),
+            e.session_id,
+            initiator_is_a,
+            e.started_ts,
+            e.midstream,
+            e.attribution,
+            e.interface,
         )
+        flow.last_ts = e.last_ts
+        flow.checkpoint_ts = e.last_ts
+        if initiator_is_a:  # tx was sent by A
+            flow.packets_a = e.packets_tx
+            flow.bytes_a = e.bytes_tx
+            flow.payload_a = e.payload_bytes_tx
+            flow.packets_b = e.packets_rx
+            flow.bytes_b = e.bytes_rx
+            flow.payload_b = e.payload_bytes_rx
+        else:
+            flow.packets_a = e.packets_rx
+            flow.bytes_a = e.bytes_rx
+            flow.payload_a = e.payload_bytes_rx
+            flow.packets_b = e.packets_tx
+            flow.bytes_b = e.bytes_tx
+            flow.payload_b = e.payload_bytes_tx
         t = self.timeouts
         flow.idle_s = t.tcp_idle_s if e.proto == IpProto.TCP else t.udp_idle_s
         self._flows[flow.key] = flow
-        if self.tally is not None:  # the traffic before the restart was tallied back then
-            flow.mpk0, flow.mpk1, flow.mby0, flow.mby1 = flow.pk0, flow.pk1, flow.by0, flow.by1
-            flow.mstats = self.tally.opened(e.attribution, e.proto, resumed=True)
+        if self.observer is not None:
+            self.observer.opened(flow, resumed=True)
 
     def checkpoint(self) -> list[SessionEvent]:
         """Snapshots of the open sessions that changed since their last checkpoint."""
@@ -281,209 +351,277 @@ class FlowTable:
 
     # -- per batch -----------------------------------------------------------------------------
 
-    def _process_keyed(self, b: DecodedBatch, idx: np.ndarray | None) -> None:
-        def pick(a: np.ndarray) -> np.ndarray:
-            return a if idx is None else a[idx]
+    def _process_keyed(self, batch: DecodedBatch, index: np.ndarray | None) -> None:
+        """Account the packets `index` of `batch` (all when None), none a later fragment."""
 
-        ts, proto, fam = pick(b.ts), pick(b.proto), pick(b.family)
-        s_hi, s_lo, d_hi, d_lo = pick(b.src_hi), pick(b.src_lo), pick(b.dst_hi), pick(b.dst_lo)
-        sport, dport = pick(b.sport), pick(b.dport)
-        m = len(ts)
+        def pick(column: np.ndarray) -> np.ndarray:
+            return column if index is None else column[index]
+
+        ts, proto, family = pick(batch.ts), pick(batch.proto), pick(batch.family)
+        src_hi, src_lo = pick(batch.src_hi), pick(batch.src_lo)
+        dst_hi, dst_lo = pick(batch.dst_hi), pick(batch.dst_lo)
+        sport, dport = pick(batch.sport), pick(batch.dport)
+        count = len(ts)
         # A = the lower (address, port) endpoint, so both directions share one key
-        a_src = (s_hi < d_hi) | (
-            (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport)))
+        src_is_a = (src_hi < dst_hi) | (
+            (src_hi == dst_hi) & ((src_lo < dst_lo) | ((src_lo == dst_lo) & (sport <= dport)))
         )
-        a_hi, a_lo = np.where(a_src, s_hi, d_hi), np.where(a_src, s_lo, d_lo)
-        b_hi, b_lo = np.where(a_src, d_hi, s_hi), np.where(a_src, d_lo, s_lo)
-        a_p, b_p = np.where(a_src, sport, dport), np.where(a_src, dport, sport)
-        meta = (fam << 40) | (proto << 32) | (a_p << 16) | b_p
-        cols = (meta, a_hi, a_lo, b_hi, b_lo)
-        h = (a_lo * _M1) ^ (b_lo * _M2) ^ (a_hi * _M3) ^ (b_hi * _M1 * _M2)
-        h ^= meta.astype(np.uint64) * _M3
-        h ^= h >> np.uint64(31)
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
-        start = np.empty(m, dtype=bool)
-        start[0] = True
-        np.not_equal(hs[1:], hs[:-1], out=start[1:])
-        rep = np.flatnonzero(start)[np.cumsum(start) - 1]
-        s_cols = [c[order] for c in cols]
-        if any(np.any(c != c[rep]) for c in s_cols):  # a 64-bit hash collision: sort exactly
-            order = np.lexsort((np.arange(m), *reversed(cols)))
-            s_cols = [c[order] for c in cols]
-            start[1:] = np.any([c[1:] != c[:-1] for c in s_cols], axis=0)
-        ts_s = ts[order]
-        d_s = (~a_src[order]).astype(np.int64)  # 0 = sent by A
-        ipb_s, pay_s = pick(b.ip_bytes)[order], pick(b.payload_bytes)[order]
-        fl_s, frag_s = pick(b.flags)[order], pick(b.frag)[order]
-        t = self.timeouts
-        tcp_s = ((s_cols[0] >> 32) & 0xFF) == 6
-        special = start.copy()
-        special |= tcp_s & ((fl_s & (TCP_SYN | TCP_FIN | TCP_RST)) != 0)
-        special |= frag_s == FRAG_FIRST
-        thr = np.where(tcp_s[1:], t.tcp_idle_s, t.udp_idle_s)
-        gap = ts_s[1:] - ts_s[:-1]
-        special[1:] |= (gap > thr) | (gap < 0)  # idle gaps, and out-of-order times
-        sp = np.flatnonzero(special)
-        run_end = np.append(sp[1:], m)
-        run_start = sp + 1
+        a_hi = np.where(src_is_a, src_hi, dst_hi)
+        a_lo = np.where(src_is_a, src_lo, dst_lo)
+        b_hi = np.where(src_is_a, dst_hi, src_hi)
+        b_lo = np.where(src_is_a, dst_lo, src_lo)
+        a_port = np.where(src_is_a, sport, dport)
+        b_port = np.where(src_is_a, dport, sport)
+        meta = (family << 40) | (proto << 32) | (a_port << 16) | b_port
+        key_columns = (meta, a_hi, a_lo, b_hi, b_lo)
+        key_hash = (a_lo * _M1) ^ (b_lo * _M2) ^ (a_hi * _M3) ^ (b_hi * _M1 * _M2)
+        key_hash ^= meta.astype(np.uint64) * _M3
+        key_hash ^= key_hash >> np.uint64(31)
+        order = np.argsort(key_hash, kind="stable")
+        sorted_hash = key_hash[order]
+        starts_flow = np.empty(count, dtype=bool)  # the first packet of its flow in the batch
+        starts_flow[0] = True
+        np.not_equal(sorted_hash[1:], sorted_hash[:-1], out=starts_flow[1:])
+        first_of_flow = np.flatnonzero(starts_flow)[np.cumsum(starts_flow) - 1]
+        sorted_keys = [column[order] for column in key_columns]
+        if any(np.any(column != column[first_of_flow]) for column in sorted_keys):
+            # a 64-bit hash collision: sort exactly
+            order = np.lexsort((np.arange(count), *reversed(key_columns)))
+            sorted_keys = [column[order] for column in key_columns]
+            starts_flow[1:] = np.any([column[1:] != column[:-1] for column in sorted_keys], axis=0)
+        sorted_ts = ts[order]
+        sorted_from_b = (~src_is_a[order]).astype(np.int64)  # 0 = sent by A, 1 = by B
+        sorted_ip_bytes = pick(batch.ip_bytes)[order]
+        sorted_payload = pick(batch.payload_bytes)[order]
+        sorted_flags = pick(batch.flags)[order]
+        sorted_frag = pick(batch.frag)[order]
+        timeouts = self.timeouts
+        sorted_tcp = ((sorted_keys[0] >> 32) & 0xFF) == 6
+        special = starts_flow.copy()
+        special |= sorted_tcp & ((sorted_flags & (TCP_SYN | TCP_FIN | TCP_RST)) != 0)
+        special |= sorted_frag == FRAG_FIRST
+        idle_s = np.where(sorted_tcp[1:], timeouts.tcp_idle_s, timeouts.udp_idle_s)
+        gap_s = sorted_ts[1:] - sorted_ts[:-1]
+        special[1:] |= (gap_s > idle_s) | (gap_s < 0)  # idle gaps, and out-of-order times
+        special_at = np.flatnonzero(special)
+        # the plain packets after each special one, up to the next: [run_start, run_end)
+        run_end = np.append(special_at[1:], count)
+        run_start = special_at + 1
 
-        def sums(w: np.ndarray) -> tuple[list[int], ...]:
-            out = []
-            for vals in (w, np.where(w, ipb_s, 0), np.where(w, pay_s, 0)):
-                c = np.zeros(m + 1, dtype=np.int64)
-                np.cumsum(vals, out=c[1:])
-                out.append((c[run_end] - c[run_start]).tolist())
-            return tuple(out)
+        def run_sums(sent: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+            """Packets, IP bytes and payload bytes of each run's packets where `sent`."""
+            sums = []
+            for values in (
+                sent,
+                np.where(sent, sorted_ip_bytes, 0),
+                np.where(sent, sorted_payload, 0),
+            ):
+                cumulative = np.zeros(count + 1, dtype=np.int64)
+                np.cumsum(values, out=cumulative[1:])
+                sums.append((cumulative[run_end] - cumulative[run_start]).tolist())
+            return sums[0], sums[1], sums[2]
 
-        rpk0, rby0, rpl0 = sums(d_s == 0)
-        rpk1, rby1, rpl1 = sums(d_s == 1)
-        rlen = (run_end - run_start).tolist()
-        rlast = ts_s[run_end - 1].tolist()
-        sp_l = sp.tolist()
-        st = start[sp].tolist()
-        at_start = sp[start[sp]]
-        keys = iter(list(zip(*(c[at_start].tolist() for c in s_cols), strict=True)))
-        p_ts, p_d = ts_s[sp].tolist(), d_s[sp].tolist()
-        p_ipb, p_pay, p_fl = ipb_s[sp].tolist(), pay_s[sp].tolist(), fl_s[sp].tolist()
-        p_frag = frag_s[sp].tolist()
-        frag_src = None
-        if FRAG_FIRST in p_frag:
-            fid = pick(b.frag_id)[order]
-            src_hi_s, src_lo_s = s_hi[order], s_lo[order]
-            dst_hi_s, dst_lo_s = d_hi[order], d_lo[order]
-            frag_src = (fid, src_hi_s, src_lo_s, dst_hi_s, dst_lo_s)
+        run_packets_a, run_bytes_a, run_payload_a = run_sums(sorted_from_b == 0)
+        run_packets_b, run_bytes_b, run_payload_b = run_sums(sorted_from_b == 1)
+        run_lengths = (run_end - run_start).tolist()
+        run_last_ts = sorted_ts[run_end - 1].tolist()
+        special_positions = special_at.tolist()
+        special_starts_flow = starts_flow[special_at].tolist()
+        flow_starts = special_at[starts_flow[special_at]]
+        keys = iter(
+            list(zip(*(column[flow_starts].tolist() for column in sorted_keys), strict=True))
+        )
+        special_ts = sorted_ts[special_at].tolist()
+        special_from_b = sorted_from_b[special_at].tolist()
+        special_ip_bytes = sorted_ip_bytes[special_at].tolist()
+        special_payload = sorted_payload[special_at].tolist()
+        special_flags = sorted_flags[special_at].tolist()
+        special_frag = sorted_frag[special_at].tolist()
+        fragment_columns = None
+        if FRAG_FIRST in special_frag:
+            fragment_columns = (
+                pick(batch.frag_id)[order],
+                src_hi[order],
+                src_lo[order],
+                dst_hi[order],
+                dst_lo[order],
+            )
 
         flows = self._flows
         packet = self._packet
-        iface = b.interface
+        interface = batch.interface
         flow: Flow | None = None
         key: FlowKey = (0, 0, 0, 0, 0)
-        for j in range(len(sp_l)):
-            if st[j]:
+        for j in range(len(special_positions)):
+            if special_starts_flow[j]:
                 key = next(keys)
                 flow = flows.get(key)
-            flow = packet(flow, key, p_ts[j], p_d[j], p_ipb[j], p_pay[j], p_fl[j], iface)
-            if p_frag[j] == FRAG_FIRST and frag_src is not None:
-                i = sp_l[j]
-                fk = (key[0] >> 40, (key[0] >> 32) & 0xFF, *(int(a[i]) for a in frag_src))
+            flow = packet(
+                flow,
+                key,
+                special_ts[j],
+                special_from_b[j],
+                special_ip_bytes[j],
+                special_payload[j],
+                special_flags[j],
+                interface,
+            )
+            if special_frag[j] == FRAG_FIRST and fragment_columns is not None:
+                position = special_positions[j]
+                fragment_key = (
+                    key[0] >> 40,
+                    (key[0] >> 32) & 0xFF,
+                    *(int(column[position]) for column in fragment_columns),
+                )
                 if len(self._frags) >= self.max_sessions:  # the oldest first fragments go
                     for old in list(itertools.islice(self._frags, self._evict_count())):
                         del self._frags[old]
-                self._frags[fk] = (flow, p_d[j], p_ts[j])
-            n = rlen[j]
-            if not n:
+                self._frags[fragment_key] = (flow, special_from_b[j], special_ts[j])
+            run_length = run_lengths[j]
+            if not run_length:
                 continue
             if flow.closed:  # lingering after FIN/RST: each packet may end it
-                for i in range(sp_l[j] + 1, sp_l[j] + 1 + n):
+                first = special_positions[j] + 1
+                for position in range(first, first + run_length):
                     flow = packet(
-                        flow, key, float(ts_s[i]), int(d_s[i]), int(ipb_s[i]), int(pay_s[i]),
-                        int(fl_s[i]), iface,
-                    )  # fmt: skip
+                        flow,
+                        key,
+                        float(sorted_ts[position]),
+                        int(sorted_from_b[position]),
+                        int(sorted_ip_bytes[position]),
+                        int(sorted_payload[position]),
+                        int(sorted_flags[position]),
+                        interface,
+                    )
             else:
-                flow.pk0 += rpk0[j]
-                flow.by0 += rby0[j]
-                flow.pl0 += rpl0[j]
-                flow.pk1 += rpk1[j]
-                flow.by1 += rby1[j]
-                flow.pl1 += rpl1[j]
-                if rlast[j] > flow.last_ts:  # runs are in time order, but may follow a later one
-                    flow.last_ts = rlast[j]
+                flow.packets_a += run_packets_a[j]
+                flow.bytes_a += run_bytes_a[j]
+                flow.payload_a += run_payload_a[j]
+                flow.packets_b += run_packets_b[j]
+                flow.bytes_b += run_bytes_b[j]
+                flow.payload_b += run_payload_b[j]
+                if run_last_ts[j] > flow.last_ts:  # runs are in time order, may follow a later one
+                    flow.last_ts = run_last_ts[j]
 
     def _packet(
-        self, flow: Flow | None, key: FlowKey, ts: float, d: int, ipb: int, pay: int, fl: int,
-        iface: str,
-    ) -> Flow:  # fmt: skip
+        self,
+        flow: Flow | None,
+        key: FlowKey,
+        ts: float,
+        from_b: int,
+        ip_bytes: int,
+        payload_bytes: int,
+        tcp_flags: int,
+        interface: str,
+    ) -> Flow:
         """Account one packet that may open or close a session; returns its session."""
         if flow is not None:
             if flow.closed:
                 # RFC 793: a SYN on a closed 5-tuple opens a new session (port reuse)
-                if ts > flow.close_ts + self._linger_s or (fl & _SYN_MASK) == TCP_SYN:
+                if ts > flow.close_ts + self._linger_s or (tcp_flags & _SYN_MASK) == TCP_SYN:
                     self._finish(flow, flow.close_reason or CloseReason.FIN)
                     flow = None
             elif ts - flow.last_ts > flow.idle_s:
                 self._finish(flow, CloseReason.IDLE)
                 flow = None
         if flow is None:
-            flow = self._open(key, ts, d, fl, iface)
-        if d:
-            flow.pk1 += 1
-            flow.by1 += ipb
-            flow.pl1 += pay
+            flow = self._open(key, ts, from_b, tcp_flags, interface)
+        if from_b:
+            flow.packets_b += 1
+            flow.bytes_b += ip_bytes
+            flow.payload_b += payload_bytes
         else:
-            flow.pk0 += 1
-            flow.by0 += ipb
-            flow.pl0 += pay
+            flow.packets_a += 1
+            flow.bytes_a += ip_bytes
+            flow.payload_a += payload_bytes
         if ts > flow.last_ts:
             flow.last_ts = ts
-        if fl & (TCP_FIN | TCP_RST):
-            if fl & TCP_FIN:
-                flow.fins |= 1 << d
-            if not flow.closed and (fl & TCP_RST or flow.fins == 3):
+        if tcp_flags & (TCP_FIN | TCP_RST):
+            if tcp_flags & TCP_FIN:
+                flow.fin_senders |= 1 << from_b
+            if not flow.closed and (tcp_flags & TCP_RST or flow.fin_senders == 3):
                 flow.closed = True
                 flow.close_ts = ts
-                flow.close_reason = CloseReason.RST if fl & TCP_RST else CloseReason.FIN
+                flow.close_reason = CloseReason.RST if tcp_flags & TCP_RST else CloseReason.FIN
         return flow
 
-    def _open(self, key: FlowKey, ts: float, d: int, fl: int, iface: str) -> Flow:
-        family, proto, a, a_port, bb, b_port = unpack_key(key)
-        sender_a = d == 0
-        if proto == 6 and fl & TCP_SYN:
-            init_a = sender_a if not fl & TCP_ACK else not sender_a
-            midstream = bool(fl & TCP_ACK)  # a SYN-ACK first: the SYN was missed
+    def _open(self, key: FlowKey, ts: float, from_b: int, tcp_flags: int, interface: str) -> Flow:
+        """A new session of `key`, opened by a packet sent by B when `from_b`, else by A."""
+        family, proto, a_addr, a_port, b_addr, b_port = unpack_key(key)
+        sent_by_a = from_b == 0
+        if proto == 6 and tcp_flags & TCP_SYN:
+            syn_ack = bool(tcp_flags & TCP_ACK)
+            initiator_is_a = sent_by_a != syn_ack  # a SYN-ACK comes from the responder
+            midstream = syn_ack  # a SYN-ACK first: the SYN was missed
         else:
-            sender, receiver = (a, bb) if sender_a else (bb, a)
+            sender, receiver = (a_addr, b_addr) if sent_by_a else (b_addr, a_addr)
+            # prefer the side inside a client's tunnel addresses as the initiator
             flip = self._is_client(family, receiver) and not self._is_client(family, sender)
-            init_a = sender_a != flip
+            initiator_is_a = sent_by_a != flip
             midstream = flip or proto == 6
-        if init_a:
-            initiator, responder, responder_port = a, bb, b_port
+        if initiator_is_a:
+            initiator, responder, responder_port = a_addr, b_addr, b_port
         else:
-            initiator, responder, responder_port = bb, a, a_port
+            initiator, responder, responder_port = b_addr, a_addr, a_port
         attribution = self._attribute(family, initiator, responder, responder_port, _PROTOS[proto])
         if len(self._flows) >= self.max_sessions:
             self._make_room(ts)
-        sid = self.ids.new(ts)
-        flow = Flow(key, sid, init_a, ts, midstream, attribution, iface)
+        session_id = self.ids.new(ts)
+        flow = Flow(key, session_id, initiator_is_a, ts, midstream, attribution, interface)
         flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
         self._flows[key] = flow
         self.stats.sessions_opened += 1
         if not attribution.attributed:
             self.stats.unattributed_sessions += 1
-        if self.tally is not None:
-            flow.mstats = self.tally.opened(attribution, _PROTOS[proto])
+        if self.observer is not None:
+            self.observer.opened(flow, resumed=False)
         if self._emit_opened:
             self._opened.append(flow)
         return flow
 
-    def _process_later_fragments(self, b: DecodedBatch, idx: np.ndarray) -> None:
+    def _process_later_fragments(self, batch: DecodedBatch, index: np.ndarray) -> None:
         """Fragments after the first carry no ports: account them through their first fragment."""
-        cols = [
-            a[idx].tolist()
-            for a in (
-                b.family,
-                b.proto,
-                b.frag_id,
-                b.src_hi,
-                b.src_lo,
-                b.dst_hi,
-                b.dst_lo,
-                b.ip_bytes,
-                b.payload_bytes,
-                b.ts,
+        columns = [
+            column[index].tolist()
+            for column in (
+                batch.family,
+                batch.proto,
+                batch.frag_id,
+                batch.src_hi,
+                batch.src_lo,
+                batch.dst_hi,
+                batch.dst_lo,
+                batch.ip_bytes,
+                batch.payload_bytes,
+                batch.ts,
             )
         ]
-        for fam, proto, fid, sh, sl, dh, dl, ipb, pay, ts in zip(*cols, strict=True):
-            entry = self._frags.get((fam, proto, fid, sh, sl, dh, dl))
+        for (
+            family,
+            proto,
+            frag_id,
+            src_hi,
+            src_lo,
+            dst_hi,
+            dst_lo,
+            ip_bytes,
+            payload_bytes,
+            ts,
+        ) in zip(*columns, strict=True):
+            entry = self._frags.get((family, proto, frag_id, src_hi, src_lo, dst_hi, dst_lo))
             if entry is None or entry[0].finished:
                 self.stats.fragments_unattributed += 1
-                self.stats.fragment_bytes_unattributed += ipb
+                self.stats.fragment_bytes_unattributed += ip_bytes
                 continue
-            flow, d, _ = entry
-            if d:
-                flow.pk1, flow.by1, flow.pl1 = flow.pk1 + 1, flow.by1 + ipb, flow.pl1 + pay
+            flow, from_b, _first_ts = entry
+            if from_b:
+                flow.packets_b += 1
+                flow.bytes_b += ip_bytes
+                flow.payload_b += payload_bytes
             else:
-                flow.pk0, flow.by0, flow.pl0 = flow.pk0 + 1, flow.by0 + ipb, flow.pl0 + pay
+                flow.packets_a += 1
+                flow.bytes_a += ip_bytes
+                flow.payload_a += payload_bytes
             flow.last_ts = max(flow.last_ts, ts)
 
     def _evict_count(self) -> int:
@@ -543,43 +681,45 @@ class FlowTable:
                 f.finished = True
                 self.stats.closed[str(f.close_reason)] += 1
                 out.append(self._event(f, EventKind.CLOSED))
-            if self.tally is not None:
-                self.tally.closed(self._finished)
+            if self.observer is not None:
+                self.observer.closed(self._finished)
             self._finished = []
         return out
 
-    def _event(self, f: Flow, kind: EventKind) -> SessionEvent:
-        family, proto, a, a_port, bb, b_port = unpack_key(f.key)
-        if f.init_a:
-            src, sport, dst, dport = a, a_port, bb, b_port
-            tx, rx = (f.pk0, f.by0, f.pl0), (f.pk1, f.by1, f.pl1)
+    def _event(self, flow: Flow, kind: EventKind) -> SessionEvent:
+        family, proto, a_addr, a_port, b_addr, b_port = unpack_key(flow.key)
+        if flow.initiator_is_a:
+            src, sport, dst, dport = a_addr, a_port, b_addr, b_port
+            packets_tx, bytes_tx, payload_tx = flow.packets_a, flow.bytes_a, flow.payload_a
+            packets_rx, bytes_rx, payload_rx = flow.packets_b, flow.bytes_b, flow.payload_b
         else:
-            src, sport, dst, dport = bb, b_port, a, a_port
-            tx, rx = (f.pk1, f.by1, f.pl1), (f.pk0, f.by0, f.pl0)
-        if f.cid is None:
-            f.cid = community_id(family, proto, src, sport, dst, dport)
+            src, sport, dst, dport = b_addr, b_port, a_addr, a_port
+            packets_tx, bytes_tx, payload_tx = flow.packets_b, flow.bytes_b, flow.payload_b
+            packets_rx, bytes_rx, payload_rx = flow.packets_a, flow.bytes_a, flow.payload_a
+        if flow.community_id is None:
+            flow.community_id = community_id(family, proto, src, sport, dst, dport)
         closed = kind is EventKind.CLOSED
         return SessionEvent(
             kind=kind,
-            session_id=f.sid,
+            session_id=flow.session_id,
             proto=_PROTOS[proto],
             family=family,
             src_addr=addr_text(family, src),
             src_port=sport,
             dst_addr=addr_text(family, dst),
             dst_port=dport,
-            started_ts=f.started_ts,
-            last_ts=f.last_ts,
-            ended_ts=f.last_ts if closed else None,
-            packets_tx=tx[0],
-            bytes_tx=tx[1],
-            payload_bytes_tx=tx[2],
-            packets_rx=rx[0],
-            bytes_rx=rx[1],
-            payload_bytes_rx=rx[2],
-            close_reason=f.close_reason if closed else None,
-            midstream=f.midstream,
-            community_id=f.cid,
-            attribution=f.attribution,
-            interface=f.interface,
+            started_ts=flow.started_ts,
+            last_ts=flow.last_ts,
+            ended_ts=flow.last_ts if closed else None,
+            packets_tx=packets_tx,
+            bytes_tx=bytes_tx,
+            payload_bytes_tx=payload_tx,
+            packets_rx=packets_rx,
+            bytes_rx=bytes_rx,
+            payload_bytes_rx=payload_rx,
+            close_reason=flow.close_reason if closed else None,
+            midstream=flow.midstream,
+            community_id=flow.community_id,
+            attribution=flow.attribution,
+            interface=flow.interface,
         )

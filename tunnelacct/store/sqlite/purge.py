@@ -30,7 +30,7 @@ from tunnelacct.store.sqlite.layout import (
     rebuild_view,
 )
 
-log = logging.getLogger("tunnelacct.retention")  # one logger for the whole purge
+log = logging.getLogger("tunnelacct.retention.purge")  # one logger for the whole purge
 
 # a partition whose expired rows are emptied at once keeps at most this many rows (copied)
 KEEP_MAX = 2000
@@ -81,10 +81,7 @@ async def empty_expired(
     """
     async with engine.connect() as conn:
         parts = await conn.run_sync(partitions)
-    old = [
-        p for p in parts
-        if p.org_id in cutoffs and p.begins < naive_utc(cutoffs[p.org_id])
-    ]  # fmt: skip
+    old = [p for p in parts if p.org_id in cutoffs and p.begins < naive_utc(cutoffs[p.org_id])]
     todo = list(old)
     while todo:
         done: list[tuple[Partition, int]] = []

@@ -160,9 +160,16 @@ async def purge(
                     )
                 else:
                     await empty_expired(
-                        engine, cutoffs, dropped, emptied, holder, clock, lock, on_deleted,
+                        engine,
+                        cutoffs,
+                        dropped,
+                        emptied,
+                        holder,
+                        clock,
+                        lock,
+                        on_deleted,
                         budget_s=DROP_BUDGET_S,
-                    )  # fmt: skip
+                    )
             except (SQLAlchemyError, StoreError) as exc:
                 # the batched deletes below delete what the drops did not
                 log.warning("purge: dropping expired partitions stopped: %s", exc)
@@ -174,9 +181,15 @@ async def purge(
                 raise
         for org, cutoff in cutoffs.items():
             record = PurgeRun(
-                run_id=run_id, org_id=org, host=holder, started_at=clock(), cutoff=cutoff,
-                dry_run=dry_run, deleted=0, outcome="running",
-            )  # fmt: skip
+                run_id=run_id,
+                org_id=org,
+                host=holder,
+                started_at=clock(),
+                cutoff=cutoff,
+                dry_run=dry_run,
+                deleted=0,
+                outcome="running",
+            )
             run_pk = await _record(engine, record)
             deleted = dropped.pop(org, 0)
             try:
@@ -210,8 +223,11 @@ async def purge(
             await _finish(engine, run_pk, clock(), "ok", deleted, None)
             log.info(
                 "purge: org %s: %s %d sessions that ended before %s",
-                org, "would delete" if dry_run else "deleted", deleted, cutoff.isoformat(),
-            )  # fmt: skip
+                org,
+                "would delete" if dry_run else "deleted",
+                deleted,
+                cutoff.isoformat(),
+            )
             done.append(OrgPurge(org, cutoff, deleted))
     finally:
         await purge_lock.release()
@@ -231,9 +247,17 @@ async def _unreported(
     """Record, as a failed run, the rows of `org` that dropped partitions took, when the run
     stopped (`error`) before the org's own part."""
     record = PurgeRun(
-        run_id=run_id, org_id=org, host=holder, started_at=now, ended_at=now, cutoff=cutoff,
-        dry_run=False, deleted=deleted, outcome="failed", error=error,
-    )  # fmt: skip
+        run_id=run_id,
+        org_id=org,
+        host=holder,
+        started_at=now,
+        ended_at=now,
+        cutoff=cutoff,
+        dry_run=False,
+        deleted=deleted,
+        outcome="failed",
+        error=error,
+    )
     await _record(engine, record)
 
 

@@ -54,15 +54,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunnelacct import __version__
-from tunnelacct.auth import Principal, Role, authenticate
 from tunnelacct.config.model import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
-from tunnelacct.export import ExportWorkers, csv_pages, json_value, record_fields
-from tunnelacct.httpguards import STALLED_SEND_S, HttpGuards
 from tunnelacct.metrics.collectors import service_registry
-from tunnelacct.query import filter_clause, parse_filter
-from tunnelacct.querylimits import ClientGone, QueryLimits, QueryTimeout, TooBusy
+from tunnelacct.query.export import ExportWorkers, csv_pages, json_value, record_fields
+from tunnelacct.query.filters import filter_clause, parse_filter
 from tunnelacct.store.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
+from tunnelacct.web.auth import Principal, Role, authenticate
+from tunnelacct.web.guards import STALLED_SEND_S, HttpGuards
+from tunnelacct.web.limits import ClientGone, QueryLimits, QueryTimeout, TooBusy
 
 COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
 MAX_LIMIT = 1000
@@ -521,8 +521,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
         async with AsyncSession(ctx.engine) as db:
             stmt = select(PurgeRun).order_by(t.c.id.desc()).limit(limit)
             rows = (await db.scalars(stmt)).all()
-        names = ("id", "run_id", "org_id", "host", "started_at", "ended_at", "cutoff",
-                 "dry_run", "deleted", "outcome", "error")  # fmt: skip
+        names = (
+            "id",
+            "run_id",
+            "org_id",
+            "host",
+            "started_at",
+            "ended_at",
+            "cutoff",
+            "dry_run",
+            "deleted",
+            "outcome",
+            "error",
+        )
         return [{name: json_value(getattr(r, name)) for name in names} for r in rows]
 
     @app.get("/api/v1/orgs/{org}/clients", responses=_ORG_ERRORS)
@@ -533,10 +544,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 await db.scalars(select(Client).where(t.c.org_id == org).order_by(t.c.id))
             ).all()
         return [
-            {"id": c.id, "name": c.name, "user_id": c.user_id,
-             "addresses": json.loads(c.addresses), "active": c.active}
+            {
+                "id": c.id,
+                "name": c.name,
+                "user_id": c.user_id,
+                "addresses": json.loads(c.addresses),
+                "active": c.active,
+            }
             for c in rows
-        ]  # fmt: skip
+        ]
 
     @app.get("/api/v1/orgs/{org}/resources", responses=_ORG_ERRORS)
     async def resources(org: OrgId) -> list[dict[str, Any]]:
@@ -545,10 +561,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
             stmt = select(Resource).where(t.c.org_id == org).order_by(t.c.id)
             rows = (await db.scalars(stmt)).all()
         return [
-            {"id": r.id, "name": r.name, "address": r.address, "ports": r.ports,
-             "protocols": r.protocols.split(","), "active": r.active}
+            {
+                "id": r.id,
+                "name": r.name,
+                "address": r.address,
+                "ports": r.ports,
+                "protocols": r.protocols.split(","),
+                "active": r.active,
+            }
             for r in rows
-        ]  # fmt: skip
+        ]
 
     @app.get("/api/v1/orgs/{org}/sessions", responses=_QUERY_ERRORS)
     async def sessions(

@@ -40,9 +40,8 @@ from tunnelacct.capture.replay import ReplaySource
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureError
-from tunnelacct.metrics.tally import TrafficTally
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.sessions.flowtable import AttributeFn, FlowTable, IsClientFn
+from tunnelacct.sessions.flowtable import AttributeFn, FlowObserver, FlowTable, IsClientFn
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ class CapturePipeline:
         max_sessions: int = 262_144,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        tally: TrafficTally | None = None,
+        observer: FlowObserver | None = None,
     ) -> None:
         self.capture = capture
         self.live = capture.interface is not None
@@ -181,7 +180,7 @@ class CapturePipeline:
             attribute=attribute,
             is_client=is_client,
             emit_opened=True,
-            tally=tally,
+            observer=observer,
             max_sessions=max_sessions,
         )
         self._timeouts = timeouts
@@ -197,10 +196,6 @@ class CapturePipeline:
         # monotonic times of the latest checkpoints (the start counts as one: opened events
         # are written at once), for checkpoint_lag_s()
         self._checkpoints: collections.deque[float] = collections.deque(maxlen=64)
-
-    def set_identity(self, attribute: AttributeFn, is_client: IsClientFn) -> None:
-        """Attribute sessions opened from now on with a new inventory (wg peers changed)."""
-        self.table.set_identity(attribute, is_client)
 
     def start(self) -> None:
         """Open the source and start the reader thread; must run on the event loop.

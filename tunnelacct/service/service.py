@@ -31,8 +31,7 @@ from tunnelacct.config.load import load_config
 from tunnelacct.config.model import ClientConfig, Config
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
-from tunnelacct.export import ExportWorkers
-from tunnelacct.httpconn import RateLimitedLoopErrors
+from tunnelacct.ingest.pipeline import CapturePipeline, CaptureStatus
 from tunnelacct.metrics.collectors import (
     RetentionFigures,
     TrafficFigures,
@@ -41,12 +40,13 @@ from tunnelacct.metrics.collectors import (
     service_registry,
 )
 from tunnelacct.metrics.tally import MetricLabels, TallySnapshot, TrafficTally
-from tunnelacct.pipeline import CapturePipeline, CaptureStatus
-from tunnelacct.retention import PURGE_RUNS_POLL_S, PurgeRunTally, purge
+from tunnelacct.query.export import ExportWorkers
+from tunnelacct.retention.purge import PURGE_RUNS_POLL_S, PurgeRunTally, purge
+from tunnelacct.service.listeners import RateLimitedLoopErrors
+from tunnelacct.service.sinks import SessionEventLog
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
-from tunnelacct.siem import SessionEventLog
 from tunnelacct.store.engine import (
     configured_orgs,
     keep_partitions_ahead,
@@ -103,7 +103,7 @@ def _uvicorn(app: Any) -> Any:
     connection guards of httpconn.py (header timeout, a cap that evicts idle connections)."""
     import uvicorn  # imported only when something listens
 
-    from tunnelacct.httpconn import connection_cap, guarded_protocol
+    from tunnelacct.service.listeners import connection_cap, guarded_protocol
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -157,6 +157,7 @@ class Service:
         self._failure: BaseException | None = None
         self._labels = MetricLabels(config.metrics.client_labels, config.metrics.max_series)
         self._declared = TrafficTally(self._labels)  # configured resources at 0 from the start
+        self._tallies: list[TrafficTally] = []
         self._declared.declare(
             self._labels.session_labels(r.org, r.id, proto, None)
             for r in config.resources
@@ -183,6 +184,8 @@ class Service:
             if config.service.session_events is not None:
                 self.event_log = SessionEventLog(config.service.session_events, config.gateway)
             sink = _Tee(writer, self.event_log)
+            # one tally per capture: each is written by its own flow table's thread
+            self._tallies = [TrafficTally(self._labels) for _ in config.captures]
             self.pipelines = [
                 CapturePipeline(
                     capture,
@@ -191,19 +194,24 @@ class Service:
                     is_client=self._is_client,
                     queue_packets=config.service.queue_packets,
                     max_sessions=config.service.max_sessions,
-                    tally=TrafficTally(self._labels),
+                    observer=tally,
                 )
-                for capture in config.captures
+                for capture, tally in zip(config.captures, self._tallies, strict=True)
             ]
             for p in self.pipelines:
                 p.start()  # raises CaptureError when a capture cannot ever work
             registry = service_registry(
-                self._capture_statuses, self._writer_figures, self._retention_figures,
+                self._capture_statuses,
+                self._writer_figures,
+                self._retention_figures,
                 self._traffic_figures,
-            )  # fmt: skip
+            )
             # the listeners are bound here, so an address in use is a clear error at start
-            servers = [s for s in (self._api_server(engine, registry),
-                                   self._metrics_server(registry)) if s is not None]  # fmt: skip
+            servers = [
+                s
+                for s in (self._api_server(engine, registry), self._metrics_server(registry))
+                if s is not None
+            ]
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(writer.run())
                 await self._resume(engine, sink)  # before any packet reaches a flow table
@@ -279,7 +287,7 @@ class Service:
         api = self.config.api
         if api.host is None:
             return None
-        from tunnelacct.api import ApiContext, create_app  # imported only when the API is on
+        from tunnelacct.web.app import ApiContext, create_app  # imported only when the API is on
 
         sock = listen_socket("api", api.host, api.port)
         if api.export_workers > 0:
@@ -387,9 +395,8 @@ class Service:
 
     def _traffic_figures(self) -> TrafficFigures:
         tally = TallySnapshot()
-        for t in (self._declared, *(p.table.tally for p in self.pipelines)):
-            if t is not None:
-                tally.merge(t.snapshot())
+        for capture_tally in (self._declared, *self._tallies):
+            tally.merge(capture_tally.snapshot())
         unattributed = sum(p.table.stats.unattributed_sessions for p in self.pipelines)
         return TrafficFigures(tally, self._labels, unattributed)
 
@@ -551,22 +558,30 @@ class Service:
                 seen[s.name] = (s.packets, s.kernel_drops, s.queue_drops)
                 log.info(
                     "capture on %s %s: %d packets (+%d), %d open sessions, %d opened",
-                    s.name, s.state, s.packets, s.packets - packets0,
-                    s.open_sessions, s.sessions_opened,
-                )  # fmt: skip
+                    s.name,
+                    s.state,
+                    s.packets,
+                    s.packets - packets0,
+                    s.open_sessions,
+                    s.sessions_opened,
+                )
                 if s.kernel_drops > kernel0:
                     log.warning(
                         "capture on %s: the kernel dropped %d packets in the last %.0f s "
                         "(ring full: raise [[capture]] ring_mib)",
-                        s.name, s.kernel_drops - kernel0, interval_s,
-                    )  # fmt: skip
+                        s.name,
+                        s.kernel_drops - kernel0,
+                        interval_s,
+                    )
                 if s.queue_drops > queue0:
                     log.warning(
                         "capture on %s: dropped %d packets in the last %.0f s: the store "
                         "fell behind and %d sessions are waiting to be written",
-                        s.name, s.queue_drops - queue0, interval_s,
+                        s.name,
+                        s.queue_drops - queue0,
+                        interval_s,
                         self.writer.pending if self.writer else 0,
-                    )  # fmt: skip
+                    )
 
 
 def serve(config: Config, *, status_path: Path | None = None) -> None:

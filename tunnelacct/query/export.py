@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
 from tunnelacct.errors import StoreError, UnknownOrgError
-from tunnelacct.query import Filter, filter_clause
+from tunnelacct.query.filters import Filter, filter_clause
 from tunnelacct.store.engine import make_engine, stored_org_ids, sync_url
 from tunnelacct.store.migrate import check_schema
 
@@ -104,9 +104,18 @@ FORMULA_PREFIXES = (
     "\uff20",
 )
 _GUARDED = frozenset(
-    {"org_id", "client_id", "client_name", "user_id", "resource_id", "resource_name",
-     "community_id", "gateway", "interface"}
-)  # fmt: skip
+    {
+        "org_id",
+        "client_id",
+        "client_name",
+        "user_id",
+        "resource_id",
+        "resource_name",
+        "community_id",
+        "gateway",
+        "interface",
+    }
+)
 _TIMES = frozenset({"started_at", "ended_at", "last_seen_at"})
 _ADDRESSES = frozenset({"src_addr", "dst_addr"})
 _STARTED_AT = CSV_COLUMNS.index("started_at")
