@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import pytest
 CHECKOUT = Path(__file__).resolve().parent.parent
 DATA = CHECKOUT / "tests" / "data"
 VERSIONS = CHECKOUT / "tunnelacct" / "store" / "migrations" / "versions"
+
+IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__")
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +46,9 @@ def installed() -> Iterator[Path]:
     """The bin/ directory of a fresh venv outside the checkout holding the wheel, non-editable."""
     with tempfile.TemporaryDirectory(prefix="tunnelacct-wheel-") as tmp:
         home = Path(tmp)
+        # built from a copy, so that the build leaves nothing in the checkout
+        source = home / "source"
+        shutil.copytree(CHECKOUT, source, symlinks=True, ignore=IGNORED)
         run(
             [
                 sys.executable,
@@ -53,7 +59,7 @@ def installed() -> Iterator[Path]:
                 "-q",
                 "-w",
                 str(home),
-                str(CHECKOUT),
+                str(source),
             ],
             home,
         )

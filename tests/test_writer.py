@@ -38,9 +38,7 @@ from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store.codec import (
     ROW_COLUMNS,
-    bulk_upsert_sql,
     event_row,
-    row_arrays,
     sqlite_time_text,
     upsert_sql,
 )
@@ -648,22 +646,6 @@ def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
     # the primary key of the partitioned table (migration 0004)
     assert f"VALUES ({placeholders}) ON CONFLICT (id, started_at) DO UPDATE" in sql
     assert "?" not in sql
-
-
-def test_postgresql_bulk_upsert_binds_one_typed_array_per_column() -> None:
-    sql = bulk_upsert_sql(PGDialect_asyncpg())  # type: ignore[no-untyped-call]
-    assert "SELECT * FROM unnest($1::UUID[], $2::VARCHAR[], " in sql
-    assert f"${len(ROW_COLUMNS)}::VARCHAR[]) ON CONFLICT (id, started_at) DO UPDATE" in sql
-    assert "$14::TIMESTAMP WITH TIME ZONE[]" in sql  # started_at
-    assert f"${len(ROW_COLUMNS) + 1}" not in sql
-    with pytest.raises(StoreError, match="no bulk upsert"):
-        bulk_upsert_sql(sqlite.dialect())
-
-
-def test_row_arrays_are_the_columns_of_the_rows() -> None:
-    rows = [(1, "a", None), (2, "b", True)]
-    assert row_arrays(rows) == ([1, 2], ["a", "b"], [None, True])
-    assert row_arrays([]) == tuple([] for _ in ROW_COLUMNS)
 
 
 async def test_ongoing_sessions_reads_back_this_gateways_ongoing_rows_as_written(

@@ -15,10 +15,8 @@ PostgreSQL (`--url postgresql://user@host/db`, any database the user may connect
 benchmark creates its own database `tunnelacct_bench_<random>` on that server, migrates it and
 drops it at the end. It also prints the CPU the server's processes used (from /proc, so only
 for a server on this machine) and the WAL written, both server-wide, so other databases' work
-counts too; the size of the table after the insert pass; the "pg floor": the writer's COPY and
-upsert with prebuilt rows through asyncpg alone, one batch at a time; and the "unnest
-reference": the previous writer path (one upsert of `unnest()` of column arrays), also through
-asyncpg alone.
+counts too; the size of the table after the insert pass; and the "pg floor": the writer's COPY and
+upsert with prebuilt rows through asyncpg alone, one batch at a time.
 
 `--gateways N` runs N writer processes at once (gateways gw-bench-1..N, each with its own
 events), released together, and prints each one's rows/s and the sustained total: all rows over
@@ -63,9 +61,7 @@ from tunnelacct.sessions.events import Attribution, SessionEvent  # noqa: E402
 from tunnelacct.store.codec import (  # noqa: E402
     ROW_COLUMNS,
     STAGING_TABLE,
-    bulk_upsert_sql,
     driver_values,
-    row_arrays,
     session_values,
     staged_upsert_sql,
     staging_table_sql,
@@ -371,27 +367,6 @@ async def pg_floor(url: str, events: Sequence[SessionEvent], batch_size: int) ->
         await conn.close()
 
 
-async def unnest_reference(url: str, events: Sequence[SessionEvent], batch_size: int) -> float:
-    """Seconds for the writer's path before issue 7, also through asyncpg alone with prebuilt
-    rows: one upsert of `unnest()` of one array per column (rows.bulk_upsert_sql)."""
-    import asyncpg
-
-    driver = driver_values("postgresql")
-    rows = [session_values(e, "gw-floor", driver) for e in events]
-    await partitions_for(url, rows)
-    sql = bulk_upsert_sql(postgresql_asyncpg.dialect())  # asyncpg takes its $n as they are
-    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
-    try:
-        statement = await conn.prepare(sql)
-        started = time.perf_counter()
-        for start in range(0, len(rows), batch_size):
-            async with conn.transaction():
-                await statement.fetch(*row_arrays(rows[start : start + batch_size]))
-        return time.perf_counter() - started
-    finally:
-        await conn.close()
-
-
 def single(a: argparse.Namespace, config: WriterConfig) -> None:
     """One writer: the insert pass, the update pass, then the floor of the engine."""
     events = make_events(a.events, a.closed_share)
@@ -431,7 +406,6 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
         floors = []
         for name, note, floor in (
             ("pg floor", "asyncpg alone, COPY + upsert, one batch at a time", pg_floor),
-            ("unnest reference", "asyncpg alone, the previous unnest upsert", unnest_reference),
         ):
             with fresh_store(a.url) as url:
                 floors.append((name, note, asyncio.run(floor(url, events, config.batch_size))))

@@ -6,11 +6,9 @@ included; tests/benchmarks/bench_writer.py): the upsert is plain SQL in the driv
 and each row is a tuple of the values the driver takes, built straight from the event. On SQLite
 those are exactly what SQLAlchemy's types would store (`driver_values()`).
 
-Three upserts: `upsert_sql()` binds one row (DBAPI executemany of a batch; SQLite),
-`staged_upsert_sql()` upserts what a binary COPY put into a temporary staging table (PostgreSQL,
-the writer's path), and `bulk_upsert_sql()` binds one array per column and inserts `unnest(...)`
-of them (PostgreSQL: one statement per batch; the writer's path before issue 7, kept as the
-benchmark's reference).
+Two upserts: `upsert_sql()` binds one row (DBAPI executemany of a batch; SQLite), and
+`staged_upsert_sql()` upserts what a binary COPY put into a temporary staging table
+(PostgreSQL, the writer's path).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import functools
 import math
 import operator
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -146,23 +144,6 @@ def upsert_sql(dialect: Dialect, into: str | None = None) -> str:
     return _upsert(dialect, f"VALUES ({', '.join(_placeholders(dialect))})", into)
 
 
-def bulk_upsert_sql(dialect: Dialect) -> str:
-    """The upsert of a whole batch in one statement: parameter i is the array of the i-th
-    ROW_COLUMNS column's values (`row_arrays()`); PostgreSQL only (`unnest`).
-
-    Ids must be unique within a batch (ON CONFLICT cannot touch a row twice in one statement);
-    the writer's pending map is keyed by session id, so they are.
-    """
-    if dialect.name != "postgresql":
-        raise StoreError(f"no bulk upsert for database dialect {dialect.name!r}")
-    # Each array is typed, so NULLs and empty batches need no inference.
-    arrays = []
-    for p, c in zip(_placeholders(dialect), ROW_COLUMNS, strict=True):
-        held, stored = _types(c, dialect)
-        arrays.append(f"{p}::{held}[]" if held == stored else f"CAST({p}::{held}[] AS {stored}[])")
-    return _upsert(dialect, f"SELECT * FROM unnest({', '.join(arrays)})")
-
-
 def _types(name: str, dialect: Dialect) -> tuple[str, str]:
     """(SQL type of the values rows hold, SQL type of the column) of sessions column `name`.
 
@@ -201,23 +182,17 @@ def staging_table_sql(dialect: Dialect) -> str:
 
 
 def staged_upsert_sql(dialect: Dialect) -> str:
-    """The upsert of every row in STAGING_TABLE (ids unique, as for `bulk_upsert_sql()`)."""
+    """The upsert of every row in STAGING_TABLE.
+
+    Ids must be unique within a batch (ON CONFLICT cannot touch a row twice in one statement);
+    the writer's pending map is keyed by session id, so they are.
+    """
     quote = dialect.identifier_preparer.quote
     values = []
     for c in ROW_COLUMNS:
         held, stored = _types(c, dialect)
         values.append(quote(c) if held == stored else f"CAST({quote(c)} AS {stored})")
     return _upsert(dialect, f"SELECT {', '.join(values)} FROM {quote(STAGING_TABLE)}")
-
-
-def row_arrays(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
-    """The parameters of `bulk_upsert_sql()` for `rows`: one list per ROW_COLUMNS column.
-
-    A tuple, so that the DBAPI layer runs one statement rather than one per list.
-    """
-    if not rows:
-        return tuple([] for _ in ROW_COLUMNS)
-    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 def sqlite_time_text(cache_size: int = 4096) -> Callable[[float], str]:
