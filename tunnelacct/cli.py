@@ -217,10 +217,11 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     Safe while the service writes and when run from several machines at once: one purge
     works, another reports that and exits 0.
     """
+    from tunnelacct.config.orgs import configured_orgs
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.query.export import format_time
     from tunnelacct.retention.purge import PurgeResult, purge
-    from tunnelacct.store.engine import configured_orgs, stored_org_ids, sync_inventory
+    from tunnelacct.store.engine import stored_org_ids, sync_inventory
 
     config = _config(config_path)
 
@@ -284,6 +285,7 @@ def _with_engine(config: Config, work: Any) -> Any:
 @click.option("--name", help="A note saying whose token this is.")
 def token_create(config_path: Path | None, role: str, org: str | None, name: str | None) -> None:
     """Create a token and print it once (only its hash is stored)."""
+    from tunnelacct.config.orgs import configured_org_ids
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.store.engine import stored_org_ids
     from tunnelacct.web.auth import Role, create_token
@@ -292,7 +294,7 @@ def token_create(config_path: Path | None, role: str, org: str | None, name: str
 
     async def work(engine: Any) -> str:
         if org is not None:
-            known = {o.id for o in config.orgs} | await stored_org_ids(engine)
+            known = configured_org_ids(config) | await stored_org_ids(engine)
             if org not in known:
                 raise UnknownOrgError(org, sorted(known))
         text, _row = await create_token(engine, Role(role), org_id=org, name=name)

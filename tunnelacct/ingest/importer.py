@@ -20,12 +20,13 @@ from tunnelacct.capture.child import Decoded, DecodeProcess, first_timestamp
 from tunnelacct.capture.decode import SKIPPED_REASONS
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.model import Config
+from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowtable import FlowTable
-from tunnelacct.store.engine import make_engine, sync_inventory, unlogged_orgs
+from tunnelacct.store.engine import make_engine, sync_inventory
 from tunnelacct.store.reimport import Reimport
 from tunnelacct.store.writer import SessionWriter
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
+from tunnelacct.config.orgs import configured_org_ids
 from tunnelacct.errors import StoreError, UnknownOrgError
 from tunnelacct.query.filters import Filter, filter_clause
 from tunnelacct.store.engine import make_engine, stored_org_ids, sync_url
@@ -473,8 +474,7 @@ def export_org(
         pool = ExportWorkers(workers) if workers > 0 else None
         try:
             await check_schema(engine)
-            known = {o.id for o in config.orgs} | {config.default_org}
-            known |= await stored_org_ids(engine)
+            known = configured_org_ids(config) | await stored_org_ids(engine)
             if org_id not in known:
                 raise UnknownOrgError(org_id, sorted(known))
             return await export_org_csv(

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import ClientConfig, Config
+from tunnelacct.config.orgs import configured_org_ids, configured_orgs, unlogged_orgs
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
 from tunnelacct.ingest.pipeline import CapturePipeline, CaptureStatus
@@ -48,14 +49,12 @@ from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
 from tunnelacct.store.engine import (
-    configured_orgs,
     keep_partitions_ahead,
     make_engine,
     ongoing_sessions,
     sqlite_free_bytes,
     sync_inventory,
     sync_orgs,
-    unlogged_orgs,
 )
 from tunnelacct.store.gatewaylock import GatewayLock
 from tunnelacct.store.writer import SessionWriter
@@ -298,7 +297,7 @@ class Service:
             metrics=registry,
             export_workers=self.export_workers,
             # the default org too: the config writes its row (and retention) when undeclared
-            config_orgs=frozenset({o.id for o in self.config.orgs} | {self.config.default_org}),
+            config_orgs=configured_org_ids(self.config),
             default_org=self.config.default_org,
         )
         log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)

@@ -34,7 +34,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from tunnelacct.config.database_url import shown_database, sqlite_file
-from tunnelacct.config.model import SYNCHRONOUS_LEVELS, Config, OrgConfig, ResourceConfig
+from tunnelacct.config.model import SYNCHRONOUS_LEVELS, Config, ResourceConfig
+from tunnelacct.config.orgs import configured_orgs
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
@@ -343,18 +344,6 @@ def _ports_text(resource: ResourceConfig) -> str | None:
     if resource.ports is None:
         return None
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in resource.ports)
-
-
-def configured_orgs(config: Config) -> tuple[OrgConfig, ...]:
-    """The declared orgs plus the default org (named after its id) when it is not declared."""
-    if any(o.id == config.default_org for o in config.orgs):
-        return config.orgs
-    return (*config.orgs, OrgConfig(id=config.default_org, name=config.default_org))
-
-
-def unlogged_orgs(config: Config) -> frozenset[str]:
-    """The orgs whose sessions are not stored (`logging = false`)."""
-    return frozenset(o.id for o in configured_orgs(config) if not o.logging)
 
 
 def inventory_rows(config: Config, now: datetime) -> dict[Table, list[dict[str, Any]]]:

@@ -303,7 +303,7 @@ def _set_in_config(org: str, default_org: str) -> str:
     """The 409 of a PATCH of an org the config file defines: where the file sets its retention."""
     if org == default_org:
         # the default org needs no [[orgs]] entry: without one the file writes it with the
-        # [[orgs]] defaults (store.configured_orgs), so "its entry" may not exist (issue 15)
+        # [[orgs]] defaults (config.orgs.configured_orgs), so "its entry" may not exist (issue 15)
         kept = OrgConfig(id=org, name=org).retention_days
         shown = FOREVER if kept is None else f"{kept} days"
         return (
