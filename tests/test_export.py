@@ -31,8 +31,9 @@ from tunnelacct.query.export import (
     export_org_csv,
 )
 from tunnelacct.query.filters import parse_filter
-from tunnelacct.store.engine import ensure_partitions, make_engine
+from tunnelacct.store.engine import make_engine
 from tunnelacct.store.models import SessionRecord
+from tunnelacct.store.postgres.partitions import ensure_partitions
 
 BASE = datetime(2026, 11, 23, 10, 40, 45, 123456, tzinfo=UTC)
 

@@ -25,9 +25,10 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.retention.purge import PurgeRunTally, purge
-from tunnelacct.store.engine import ensure_partitions, make_engine, sync_inventory, sync_url
+from tunnelacct.store.engine import make_engine, sync_inventory, sync_url
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import PurgeRun, SessionRecord
+from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
 
 ORGS = (

@@ -37,7 +37,8 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.load import load_config
 from tunnelacct.retention.purge import STOPPING
 from tunnelacct.service.service import Service
-from tunnelacct.store.engine import ensure_partitions, make_engine
+from tunnelacct.store.engine import make_engine
+from tunnelacct.store.postgres.partitions import ensure_partitions
 
 DATA = Path(__file__).parent / "data"
 

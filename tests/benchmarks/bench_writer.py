@@ -67,8 +67,9 @@ from tunnelacct.store.codec import (  # noqa: E402
     staging_table_sql,
     upsert_sql,
 )
-from tunnelacct.store.engine import ensure_partitions, make_engine, sync_url  # noqa: E402
+from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
 from tunnelacct.store.migrate import migrate  # noqa: E402
+from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0

@@ -24,7 +24,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from tests.helpers.needs import require
-from tunnelacct.store.engine import ensure_partitions, make_engine, sync_url
+from tunnelacct.store.engine import make_engine, sync_url
+from tunnelacct.store.postgres.partitions import ensure_partitions
 
 ADMIN_URL = os.environ.get(
     "TUNNELACCT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

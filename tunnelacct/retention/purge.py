@@ -62,8 +62,9 @@ from sqlalchemy.sql.expression import Executable, TableClause
 
 from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
-from tunnelacct.store.engine import partition_day
 from tunnelacct.store.models import Org, PurgeRun, SessionRecord, UtcDateTime, table_of
+from tunnelacct.store.postgres.errors import sqlstate
+from tunnelacct.store.postgres.partitions import attached_partitions, partition_day
 from tunnelacct.store.purgelock import PurgeLock, renew_lease
 from tunnelacct.store.sqlite.purge import batch_tables, empty_expired, shaped_like_sessions
 
@@ -266,12 +267,8 @@ async def _partitions(
 ) -> list[tuple[str, datetime | None]]:
     """(name, end of its UTC day) of every day partition of sessions, oldest first; with
     `named_only` false, then (name, None) of every other partition (made by hand)."""
-    stmt = text(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = CAST(:parent AS regclass)"
-    )
     async with engine.connect() as conn:
-        names = (await conn.scalars(stmt, {"parent": table_of(SessionRecord).name})).all()
+        names = await attached_partitions(conn)
     days = [(day, str(name)) for name in names if (day := partition_day(str(name))) is not None]
     parts: list[tuple[str, datetime | None]] = [
         (name, datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1))
@@ -312,7 +309,7 @@ async def _drop_expired_partitions(
                     async with conn.begin_nested():  # a busy day undoes only its own part
                         rows = await _drop_if_expired(conn, name, cutoffs)
                 except DBAPIError as exc:
-                    if getattr(exc.orig, "sqlstate", None) not in _LOCK_SQLSTATES:
+                    if sqlstate(exc) not in _LOCK_SQLSTATES:
                         raise
                     log.info("purge: partition %s is busy; deleting its rows in batches", name)
                     continue

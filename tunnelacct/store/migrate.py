@@ -22,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.errors import StoreError
-from tunnelacct.store.engine import ensure_sqlite_file, partition_day, store_why, sync_url
+from tunnelacct.store.engine import ensure_sqlite_file, store_why, sync_url
+from tunnelacct.store.postgres.partitions import partition_day
 from tunnelacct.store.sqlite.layout import is_layout_name
 
 log = logging.getLogger(__name__)

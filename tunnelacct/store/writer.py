@@ -56,7 +56,8 @@ from tunnelacct.store.codec import (
     staging_table_sql,
     upsert_sql,
 )
-from tunnelacct.store.engine import ensure_partitions
+from tunnelacct.store.postgres.errors import sqlstate
+from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.reimport import Reimport
 from tunnelacct.store.sqlite.layout import DEFAULT_TABLE, begin_write, routes, schema_version
 from tunnelacct.store.sqlite.layout import partitions as sqlite_partitions
@@ -565,14 +566,6 @@ class SessionWriter:
             self.flushes,
             self.write_seconds_total,
         )
-
-
-def sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE (e.g. "55P03") of a DBAPIError or of an asyncpg error raised
-    directly (the COPY path); None for other errors."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return code if isinstance(code, str) else None
 
 
 def transient_store_error(exc: BaseException) -> bool:
