@@ -57,11 +57,11 @@ from tunnelacct.capture.decode import (
     FRAG_FIRST,
     FRAG_LATER,
     FRAG_NONE,
-    REASONS,
     DecodedBatch,
     decode,
 )
 from tunnelacct.capture.pcapfile import CHUNK_BYTES, CaptureReader, open_capture
+from tunnelacct.capture.reasons import REASONS
 from tunnelacct.errors import CaptureFormatError
 
 T0 = 1_700_000_000.0

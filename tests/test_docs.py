@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnelacct.capture.decode import REASONS
+from tunnelacct.capture.reasons import REASONS
 from tunnelacct.config.model import ARRAY_SECTIONS, SECTION_KEYS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

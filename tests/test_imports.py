@@ -5,6 +5,8 @@ level or inside a function, is an edge between two modules."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,22 @@ def test_the_cycle_finder_finds_cycles(
     graph: dict[str, set[str]], expected: list[list[str]]
 ) -> None:
     assert cycles(graph) == expected
+
+
+def test_the_web_app_loads_no_capture_path_numpy_or_writer() -> None:
+    # a query-only node serves the API: it should not pay for the capture path (issue 17)
+    heavy = (
+        "numpy",
+        "tunnelacct.capture.decode",
+        "tunnelacct.ingest.pipeline",
+        "tunnelacct.sessions.flowtable",
+        "tunnelacct.store.writer",
+    )
+    probe = (
+        "import sys, tunnelacct.web.app\n"
+        f"print(' '.join(sorted(m for m in sys.modules if m in {heavy!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.split() == []

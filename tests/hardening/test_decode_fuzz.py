@@ -51,8 +51,9 @@ from tests.helpers.pcapwrite import (
     sll2,
     write_pcap,
 )
-from tunnelacct.capture.decode import REASONS, decode
+from tunnelacct.capture.decode import decode
 from tunnelacct.capture.pcapfile import open_capture
+from tunnelacct.capture.reasons import REASONS
 from tunnelacct.config.model import Timeouts
 from tunnelacct.sessions.events import Attribution
 from tunnelacct.sessions.flowtable import FlowTable

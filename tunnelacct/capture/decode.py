@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tunnelacct.capture.batch import BUF_PAD, RawBatch
+from tunnelacct.capture.reasons import OK, REASONS
 
 # LINKTYPE_* values (tcpdump.org/linktypes.html); DLT_RAW is 12 or 14 depending on the OS.
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP = 0, 1, 108
@@ -28,27 +29,6 @@ ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 FRAG_NONE, FRAG_FIRST, FRAG_LATER = 0, 1, 2
 
-# Reason codes. 0 = decoded. "Skipped" reasons are valid traffic that is not TCP/UDP.
-OK = 0
-REASONS = (
-    "ok",
-    "unsupported_linktype",
-    "truncated_link_header",
-    "not_ip",
-    "truncated_ip_header",
-    "bad_ip_version",
-    "bad_ip_header_length",
-    "bad_ip_total_length",
-    "ip_length_exceeds_frame",
-    "truncated_ipv6_extension",
-    "too_many_ipv6_extensions",
-    "other_protocol",
-    "truncated_tcp_header",
-    "bad_tcp_header_length",
-    "truncated_udp_header",
-    "bad_udp_length",
-    "bad_timestamp",  # before 1970, after the year 9999, or over a day after it was decoded
-)
 REASON = {name: code for code, name in enumerate(REASONS)}
 # The last second a stored time can hold (datetime's year 9999), epoch seconds.
 MAX_TS = 253_402_300_799.0
@@ -62,8 +42,6 @@ def plausible_until(now_ts: float) -> float:
     """The latest packet time `decode()` accepts when decoding at wall time `now_ts`."""
     return min(now_ts + FUTURE_SLACK_S, MAX_TS)
 
-
-SKIPPED_REASONS = frozenset({"not_ip", "other_protocol"})
 
 IPV6_EXT_GENERIC = (
     0,

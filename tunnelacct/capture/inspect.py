@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunnelacct.capture.decode import REASONS, SKIPPED_REASONS, decode, plausible_until
+from tunnelacct.capture.decode import decode, plausible_until
 from tunnelacct.capture.pcapfile import open_capture
+from tunnelacct.capture.reasons import REASONS, SKIPPED_REASONS
 
 
 def _dissect(linktype: int, data: bytes) -> str:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunnelacct.capture.child import Decoded, DecodeProcess, first_timestamp
-from tunnelacct.capture.decode import SKIPPED_REASONS
 from tunnelacct.capture.pcapfile import open_capture
+from tunnelacct.capture.reasons import SKIPPED_REASONS
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason

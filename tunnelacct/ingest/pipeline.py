@@ -24,22 +24,23 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 from tunnelacct.capture.batch import RawBatch
 from tunnelacct.capture.decode import (
     MAX_TS,
-    SKIPPED_REASONS,
     DecodedBatch,
     decode,
     plausible_until,
 )
 from tunnelacct.capture.livechild import LiveProcessSource
+from tunnelacct.capture.reasons import SKIPPED_REASONS
 from tunnelacct.capture.replay import ReplaySource
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureError
+from tunnelacct.ingest.status import CaptureStatus
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowtable import AttributeFn, FlowObserver, FlowTable, IsClientFn
 
@@ -68,33 +69,6 @@ class SessionSink(Protocol):
     """Where session events go (the SessionWriter)."""
 
     async def submit(self, events: list[SessionEvent]) -> None: ...
-
-
-@dataclass(slots=True)
-class CaptureStatus:
-    """Counters of one capture since the service started (read by status and metrics)."""
-
-    name: str
-    kind: str  # "interface" or "pcap"
-    state: str = "starting"  # starting, waiting (for the interface), capturing, finished, stopped
-    packets: int = 0  # packets read from the source (decoded or not)
-    kernel_packets: int = 0  # live: packets the kernel passed to the ring, incl. drops
-    kernel_drops: int = 0  # live: packets the ring had no room for
-    queue_drops: int = 0  # packets dropped because shutdown ran out of time
-    decode_errors: Counter[str] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)  # valid packets that are not TCP/UDP
-    open_sessions: int = 0
-    sessions_opened: int = 0
-    closed: Counter[str] = field(default_factory=Counter)
-    late_packets: int = 0  # more than flowtable.LATE_S older than a packet before them
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        """JSON-ready copy (dataclasses.asdict would mangle the Counters)."""
-        return {
-            f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v
-            for f in fields(self)
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tunnelacct import __version__
-from tunnelacct.capture.decode import OK, REASONS, SKIPPED_REASONS
-from tunnelacct.ingest.pipeline import CaptureStatus
+from tunnelacct.capture.reasons import OK, REASONS, SKIPPED_REASONS
+from tunnelacct.ingest.status import CaptureStatus
 from tunnelacct.metrics.tally import (
     DIRECTIONS,
     DURATION_BUCKETS_S,
@@ -33,7 +33,6 @@ from tunnelacct.metrics.tally import (
     MetricLabels,
     TallySnapshot,
 )
-from tunnelacct.store.writer import WRITE_BUCKETS_S
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)
 
@@ -53,7 +52,8 @@ class WriterFigures:
     pending: int
     rows_written: int
     failed_flushes: int
-    write_seconds_counts: Sequence[int] = ()  # per WRITE_BUCKETS_S bucket, +Inf last
+    write_buckets_s: Sequence[float] = ()  # upper bounds of the flush-duration buckets
+    write_seconds_counts: Sequence[int] = ()  # per bucket of write_buckets_s, +Inf last
     write_seconds_total: float = 0.0
     dropped_events: int = 0
     checkpoint_lag_s: float = 0.0
@@ -134,7 +134,7 @@ class ServiceCollector(Collector):
             yield _histogram(
                 "tunnelacct_store_write_seconds",
                 "Duration of each writer flush (one transaction), failed ones included",
-                WRITE_BUCKETS_S,
+                figures.write_buckets_s,
                 [((), figures.write_seconds_counts, figures.write_seconds_total)],
             )
             yield CounterMetricFamily(

@@ -19,10 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tunnelacct.config.model import MIN_SERIES
 from tunnelacct.enums import CloseReason, IpProto
-from tunnelacct.sessions.flowtable import Flow
+
+if TYPE_CHECKING:  # for annotations only: reading tallies (metrics, the API) needs no numpy
+    from tunnelacct.sessions.flowtable import Flow
 
 OVERFLOW = "_overflow"
 UNMATCHED = "unmatched"  # the resource (or client) label of sessions that matched none

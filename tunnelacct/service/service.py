@@ -32,7 +32,8 @@ from tunnelacct.config.model import ClientConfig, Config
 from tunnelacct.config.orgs import configured_org_ids, configured_orgs, unlogged_orgs
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import ConfigError, StoreError, TunnelacctError
-from tunnelacct.ingest.pipeline import CapturePipeline, CaptureStatus
+from tunnelacct.ingest.pipeline import CapturePipeline
+from tunnelacct.ingest.status import CaptureStatus
 from tunnelacct.metrics.collectors import (
     RetentionFigures,
     TrafficFigures,
@@ -57,7 +58,7 @@ from tunnelacct.store.engine import (
     sync_orgs,
 )
 from tunnelacct.store.gatewaylock import GatewayLock
-from tunnelacct.store.writer import SessionWriter
+from tunnelacct.store.writer import WRITE_BUCKETS_S, SessionWriter
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +386,7 @@ class Service:
             pending=w.pending,
             rows_written=w.rows_written,
             failed_flushes=w.failed_flushes,
+            write_buckets_s=WRITE_BUCKETS_S,
             write_seconds_counts=list(w.write_seconds_counts),
             write_seconds_total=w.write_seconds_total,
             dropped_events=w.dropped_events,
