@@ -23,14 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tests.helpers.stores import ENGINES, empty_store, execute, migrated_store
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.query.export import (
-    CSV_COLUMNS,
-    ExportWorkers,
-    csv_pages,
-    export_org,
-    export_org_csv,
-)
+from tunnelacct.query.export import ExportWorkers, csv_pages, export_org, export_org_csv
 from tunnelacct.query.filters import parse_filter
+from tunnelacct.query.records import CSV_COLUMNS
 from tunnelacct.store.engine import make_engine
 from tunnelacct.store.models import SessionRecord
 from tunnelacct.store.postgres.partitions import ensure_partitions

@@ -17,7 +17,7 @@ from tests.helpers.replicate import replicate
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.stores import ENGINES, empty_store, query
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.query.export import CSV_COLUMNS
+from tunnelacct.query.records import CSV_COLUMNS
 
 DATA = Path(__file__).parent / "data"
 BASE = DATA / "wg-small.toml"

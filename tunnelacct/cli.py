@@ -219,7 +219,7 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     """
     from tunnelacct.config.orgs import configured_orgs
     from tunnelacct.errors import UnknownOrgError
-    from tunnelacct.query.export import format_time
+    from tunnelacct.query.records import format_time
     from tunnelacct.retention.purge import PurgeResult, purge
     from tunnelacct.store.engine import stored_org_ids, sync_inventory
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from tunnelacct.enums import EventKind
-from tunnelacct.query.export import CSV_COLUMNS, json_duration, json_value, unix_time
+from tunnelacct.query.records import CSV_COLUMNS, json_duration, json_value, unix_time
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.codec import event_row
 

@@ -57,8 +57,9 @@ from tunnelacct import __version__
 from tunnelacct.config.model import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.metrics.collectors import service_registry
-from tunnelacct.query.export import ExportWorkers, csv_pages, json_value, record_fields
+from tunnelacct.query.export import ExportWorkers, csv_pages
 from tunnelacct.query.filters import filter_clause, parse_filter
+from tunnelacct.query.records import json_value, record_fields
 from tunnelacct.store.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
 from tunnelacct.web.auth import Principal, Role, authenticate
 from tunnelacct.web.guards import STALLED_SEND_S, HttpGuards
