@@ -1,11 +1,12 @@
-"""The flow table's work alone, for `perf stat` (tests/benchmarks/bench_revisions.py).
+"""The flow table's work alone, for an instruction count (tests/benchmarks/bench_revisions.py).
 
 Reads and decodes a capture into memory, then (unless `--decode-only`) runs every batch
-through a flow table and closes what is left. `perf stat -e instructions:u` of a run minus
-that of a `--decode-only` run is the flow table's instruction count. Works with the package
-of any revision on `sys.path` (the flow table moved to `tunnelacct.sessions` in issue 17).
+through a flow table and closes what is left. The instructions of a run minus those of a
+`--decode-only` run are the flow table's. Works with the package of any revision on
+`sys.path` (the flow table moved to `tunnelacct.sessions` in issue 17).
 
-    perf stat -e instructions:u .venv/bin/python tests/benchmarks/flowtable_work.py CAPTURE
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        .venv/bin/python tests/benchmarks/flowtable_work.py CAPTURE [--decode-only]
 """
 
 from __future__ import annotations
