@@ -15,11 +15,9 @@ import io
 import multiprocessing as mp
 import os
 import signal
-import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -31,19 +29,17 @@ from sqlalchemy import (
     create_engine,
     event,
     literal_column,
-    select,
-    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import configured_org_ids
 from tunnelacct.errors import StoreError, UnknownOrgError
-from tunnelacct.query.filters import Filter, filter_clause
+from tunnelacct.query.filters import Filter
+from tunnelacct.query.pages import Key, bound_after, first_and_last, in_range
 from tunnelacct.query.records import CSV_COLUMNS
 from tunnelacct.store.engine import make_engine, stored_org_ids, sync_url
 from tunnelacct.store.migrate import check_schema
-from tunnelacct.store.models import SessionRecord, table_of
 
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP), some
 # after leading blanks or a line break, some for the fullwidth forms too; a leading single
@@ -175,9 +171,6 @@ def _encode(rows: Sequence[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
-Key = tuple[datetime, uuid.UUID]  # (started_at, id): the export's order, unique
-
-
 @dataclass(frozen=True, slots=True)
 class _Range:
     """Sessions of one org with lo <= key < hi, or lo <= key <= last when hi is None."""
@@ -189,13 +182,7 @@ class _Range:
     last: Key
 
     def select(self, dialect: str) -> Select[Any]:
-        t = table_of(SessionRecord)
-        key = tuple_(t.c.started_at, t.c.id)
-        stmt = select(*_cells(dialect)).where(t.c.org_id == self.org_id, key >= self.lo)
-        stmt = stmt.where(key < self.hi if self.hi is not None else key <= self.last)
-        if self.flt is not None:
-            stmt = stmt.where(filter_clause(self.flt, t))
-        return stmt.order_by(t.c.started_at, t.c.id)
+        return in_range(_cells(dialect), self.org_id, self.flt, self.lo, self.hi, self.last)
 
 
 @functools.cache
@@ -264,16 +251,12 @@ class ExportWorkers:
 async def _first_last(
     engine: AsyncEngine, org_id: str, flt: Filter | None
 ) -> tuple[Key, Key] | None:
-    t = table_of(SessionRecord)
-    stmt = select(t.c.started_at, t.c.id).where(t.c.org_id == org_id)
-    if flt is not None:
-        stmt = stmt.where(filter_clause(flt, t))
+    first_read, last_read = first_and_last(org_id, flt)
     async with engine.connect() as conn:
-        first = (await conn.execute(stmt.order_by(t.c.started_at, t.c.id).limit(1))).first()
+        first = (await conn.execute(first_read)).first()
         if first is None:
             return None
-        desc = stmt.order_by(t.c.started_at.desc(), t.c.id.desc()).limit(1)
-        last = (await conn.execute(desc)).one()
+        last = (await conn.execute(last_read)).one()
     return (first[0], first[1]), (last[0], last[1])
 
 
@@ -281,17 +264,8 @@ async def _next_bound(
     engine: AsyncEngine, org_id: str, lo: Key, last: Key, size: int
 ) -> Key | None:
     """The key `size` sessions of the org after `lo` (an index-only walk), None past `last`."""
-    t = table_of(SessionRecord)
-    key = tuple_(t.c.started_at, t.c.id)
-    stmt = (
-        select(t.c.started_at, t.c.id)
-        .where(t.c.org_id == org_id, key >= lo, key <= last)
-        .order_by(t.c.started_at, t.c.id)
-        .offset(size)
-        .limit(1)
-    )
     async with engine.connect() as conn:
-        row = (await conn.execute(stmt)).first()
+        row = (await conn.execute(bound_after(org_id, lo, last, size))).first()
     return None if row is None else (row[0], row[1])
 
 

@@ -49,7 +49,7 @@ from fastapi.responses import (
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,7 +58,8 @@ from tunnelacct.config.model import DEFAULT_ORG, MAX_RETENTION_DAYS, OrgConfig
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.metrics.collectors import service_registry
 from tunnelacct.query.export import ExportWorkers, csv_pages
-from tunnelacct.query.filters import filter_clause, parse_filter
+from tunnelacct.query.filters import parse_filter
+from tunnelacct.query.pages import capped_count, page
 from tunnelacct.query.records import json_value, record_fields
 from tunnelacct.store.models import Client, Org, PurgeRun, Resource, SessionRecord, table_of
 from tunnelacct.web.auth import Principal, Role, authenticate
@@ -384,7 +385,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # HEAD, relative redirects, a body cap, stalled readers cut (issue 16)
     app.add_middleware(HttpGuards, stalled_send_s=ctx.stalled_send_s)
     _add_docs(app)
-    sessions_table = table_of(SessionRecord)
     for error in (
         BadParameter,
         ClientGone,
@@ -582,31 +582,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        t = sessions_table
-        where = [t.c.org_id == org]
-        if q.strip():
-            where.append(filter_clause(parse_filter(q), t))
-        page_where = list(where)
-        if cursor:
-            page_where.append(tuple_(t.c.started_at, t.c.id) > _decode_cursor(cursor))
-        stmt = (
-            select(SessionRecord)
-            .where(*page_where)
-            .order_by(t.c.started_at, t.c.id)
-            .limit(limit + 1)
-        )
-        capped = select(func.count()).select_from(
-            select(t.c.id).where(*where).limit(COUNT_CAP + 1).subquery()
-        )
+        flt = parse_filter(q) if q.strip() else None
+        after = _decode_cursor(cursor) if cursor else None
+        stmt = page(org, flt, after, limit)
+        capped = capped_count(org, flt, COUNT_CAP)
 
-        async def page(db: AsyncSession) -> tuple[list[SessionRecord], int]:
+        async def read(db: AsyncSession) -> tuple[list[SessionRecord], int]:
             rows = list((await db.scalars(stmt)).all())
             if cursor is None and len(rows) <= limit:
                 return rows, len(rows)  # a first page that holds every match needs no count
             return rows, int((await db.execute(capped)).scalar_one())
 
         async with ctx.limits.slot(who.token_id):
-            rows, count = await ctx.limits.run(ctx.engine, request.receive, page)
+            rows, count = await ctx.limits.run(ctx.engine, request.receive, read)
         more = len(rows) > limit
         rows = rows[:limit]
         return {
