@@ -112,7 +112,7 @@ def test_idle_connections_neither_take_the_api_down_nor_stay_open(tmp_path: Path
 
 
 def test_the_example_unit_gives_serve_descriptors_for_its_full_connection_cap() -> None:
-    unit = (Path(__file__).parents[2] / "examples" / "tunnelacct.service.service").read_text()
+    unit = (Path(__file__).parents[2] / "examples" / "tunnelacct.service").read_text()
     limits = [
         line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")
     ]

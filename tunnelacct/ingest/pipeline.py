@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures.thread  # noqa: F401  asyncio.to_thread's executor: see below
 import functools
 import logging
 import threading
@@ -45,6 +46,10 @@ from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowtable import AttributeFn, FlowObserver, FlowTable, IsClientFn
 
 log = logging.getLogger(__name__)
+
+# concurrent.futures.thread, asyncio.to_thread's executor, is imported above rather than on the
+# first to_thread: a process that has run out of descriptors (a connection flood) cannot open
+# a module's file, and its capture must still hand batches to threads (issue 16).
 
 TICK_S = 1.0
 # Live packets reach the flow table up to a ring block timeout (0.1 s) plus a hand-off later
