@@ -521,10 +521,13 @@ class SessionWriter:
                 await driver.execute(self._sql)
             return replaced
         except BaseException as exc:
-            if not driver.is_closed() and driver.is_in_transaction():
-                # The rollback did not happen (a write cancelled by write_timeout on a server
-                # that does not answer): in the pool, the open transaction and its staged rows
-                # would be inherited by the next write. Close the connection instead.
+            cancelled = not isinstance(exc, Exception)  # given up on by write_timeout
+            if not driver.is_closed() and (cancelled or driver.is_in_transaction()):
+                # A write cancelled mid-way (a server that does not answer) or a rollback that
+                # did not happen leaves the connection in a state the pool cannot reset: the
+                # server's open transaction with its staged rows, or asyncpg's record of one
+                # that the server no longer has (the next write's BEGIN became a SAVEPOINT and
+                # failed). Close it rather than hand it to the next write.
                 driver.terminate()
             if driver.is_closed():
                 if not isinstance(exc, Exception):  # cancelled: the caller gave up on it
