@@ -20,6 +20,7 @@ Key = tuple[datetime, uuid.UUID]  # (started_at, id): unique, the order of every
 
 
 def sessions_table() -> Table:
+    """The sessions table every read here pages through."""
     return table_of(SessionRecord)
 
 
@@ -54,6 +55,7 @@ def capped_count(org_id: str, flt: Filter | None, cap: int) -> Select[Any]:
 
 
 def key_order(table: Table) -> tuple[ColumnElement[Any], ...]:
+    """ORDER BY of every read: the key, ascending."""
     return (table.c.started_at, table.c.id)
 
 
