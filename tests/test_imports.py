@@ -173,3 +173,49 @@ def test_the_web_app_loads_no_capture_path_numpy_or_writer() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.split() == []
+
+
+# Only store/ knows the engines apart (issue 17): what differs is behind store/backend.py.
+ENGINE_MODULES = ("tunnelacct.store.sqlite", "tunnelacct.store.postgres", "sqlalchemy.dialects")
+
+
+def engine_questions(path: Path) -> list[str]:
+    """Where the module at `path` asks which engine it talks to: a read of `.dialect.name`, or
+    an import of an engine's own modules, as "line: what"."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr == "name":
+            value = node.value
+            if isinstance(value, ast.Attribute) and value.attr == "dialect":
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module]
+        for module in modules:
+            if module.startswith(ENGINE_MODULES):
+                found.append(f"{node.lineno}: import {module}")
+    return found
+
+
+def test_nothing_outside_the_store_asks_which_engine_it_talks_to() -> None:
+    outside = [p for p in PACKAGE.rglob("*.py") if room_of(module_name(p)) != "store"]
+    assert len(outside) > 30
+    asked = {
+        module_name(path): questions for path in outside if (questions := engine_questions(path))
+    }
+    assert asked == {}
+
+
+def test_an_engine_question_is_found(tmp_path: Path) -> None:
+    source = tmp_path / "asks.py"
+    source.write_text(
+        "from sqlalchemy.dialects.postgresql import INET\n"
+        "def f(engine):\n"
+        "    return engine.dialect.name == 'sqlite'\n"
+    )
+    assert engine_questions(source) == [
+        "1: import sqlalchemy.dialects.postgresql",
+        "3: engine.dialect.name",
+    ]

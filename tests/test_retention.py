@@ -28,8 +28,9 @@ from tunnelacct.retention.purge import PurgeRunTally, purge
 from tunnelacct.store.engine import make_engine, sync_inventory, sync_url
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import PurgeRun, SessionRecord
+from tunnelacct.store.postgres.lock import ADVISORY_LOCK_KEY
 from tunnelacct.store.postgres.partitions import ensure_partitions
-from tunnelacct.store.purgelock import ADVISORY_LOCK_KEY, LEASE_S, acquire_lease
+from tunnelacct.store.purgelock import LEASE_S, acquire_lease
 
 ORGS = (
     OrgConfig("weekly", "Weekly", retention_days=7),

@@ -33,7 +33,6 @@ from tunnelacct.errors import StoreError
 from tunnelacct.retention.purge import purge
 from tunnelacct.store.engine import (
     async_url,
-    ensure_partitions,
     keep_partitions_ahead,
     make_engine,
     sync_inventory,
@@ -44,6 +43,7 @@ from tunnelacct.store.models import Client as ClientRow
 from tunnelacct.store.models import Org as OrgRow
 from tunnelacct.store.models import Resource as ResourceRow
 from tunnelacct.store.models import SessionRecord, TableBase
+from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.sqlite.layout import is_layout_name, parse_partition
 
 

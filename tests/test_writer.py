@@ -47,7 +47,8 @@ from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import SessionRecord, UtcDateTime, table_of
 from tunnelacct.store.postgres.errors import sqlstate
 from tunnelacct.store.postgres.partitions import ensure_partitions
-from tunnelacct.store.writer import PG_FLIGHTS, SessionWriter, transient_store_error
+from tunnelacct.store.postgres.write import PG_FLIGHTS
+from tunnelacct.store.writer import SessionWriter, transient_store_error
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 

@@ -369,23 +369,23 @@ def db_partition(config_path: Path | None) -> None:
     """
     from sqlalchemy import create_engine, pool
 
-    from tunnelacct.store.engine import sync_inventory, sync_url
-    from tunnelacct.store.sqlite.layout import move_default_rows
+    from tunnelacct.store.engine import backend_of, sync_inventory, sync_url
 
     config = _config(config_path)
 
-    async def work(engine: Any) -> str:
+    async def work(engine: Any) -> None:
         await sync_inventory(engine, config)  # the orgs' retention, which sizes partitions
-        return str(engine.dialect.name)
 
-    if _with_engine(config, work) != "sqlite":
-        click.echo("nothing to do: PostgreSQL stores sessions in day partitions already")
-        return
+    _with_engine(config, work)
+    backend = backend_of(config.database.url)
     engine = create_engine(sync_url(config.database.url), poolclass=pool.NullPool)
     try:
-        moved = move_default_rows(engine)
+        moved = backend.place_unpartitioned_rows(engine)
     finally:
         engine.dispose()
+    if moved is None:
+        click.echo(f"nothing to do: {backend.label} stores sessions in day partitions already")
+        return
     click.echo(f"moved {moved:,} sessions into partitions")
 
 

@@ -9,7 +9,7 @@ after:
 - "drops": a store at head (sessions partitioned by day, issue 7) and `purge()`: expired days
   dropped whole, the rest deleted in batches of 5,000, partition by partition;
 - "batches only": the same store and data, every org's expired rows deleted by the purge's
-  batched deletes alone (`retention._delete_expired`), no drop;
+  batched deletes alone (`retention.purge._delete_expired`), no drop;
 - "plain table": a store at 0003 (one table, as before issue 7) and the purge's delete
   statement of then (by id, in `ended_at` order, batches of 5,000).
 
@@ -43,7 +43,6 @@ from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig  # noqa: E402
 from tunnelacct.retention.purge import BATCH_SIZE, _delete_expired, purge  # noqa: E402
 from tunnelacct.store.engine import (  # noqa: E402
-    ensure_partitions,
     make_engine,
     sync_inventory,
     sync_url,
@@ -51,7 +50,9 @@ from tunnelacct.store.engine import (  # noqa: E402
 )
 from tunnelacct.store.migrate import alembic_config  # noqa: E402
 from tunnelacct.store.models import SessionRecord  # noqa: E402
+from tunnelacct.store.postgres.partitions import ensure_partitions  # noqa: E402
 from tunnelacct.store.purgelock import acquire_lease  # noqa: E402
+from tunnelacct.store.purgework import PurgeWork  # noqa: E402
 
 ORGS = (
     OrgConfig("acme", "Acme", retention_days=30),
@@ -150,9 +151,8 @@ async def batches_only(engine: AsyncEngine) -> dict[str, int]:
     for org in ORGS:
         if org.retention_days is not None:
             cutoff = NOW - timedelta(days=org.retention_days)
-            batches = _delete_expired(
-                engine, org.id, cutoff, BATCH_SIZE, "bench", clock, asyncio.Lock()
-            )
+            work = PurgeWork(engine, "bench", clock, asyncio.Lock(), {org.id: cutoff})
+            batches = _delete_expired(work, org.id, cutoff, BATCH_SIZE, asyncio.Lock())
             deleted[org.id] = sum([n async for n in batches])
     return deleted
 

@@ -24,7 +24,8 @@ from tests.helpers.serving import dump_toml
 from tests.helpers.stores import query
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.models import SessionRecord
-from tunnelacct.store.purgelock import ADVISORY_LOCK_KEY, acquire_lease, release_lease
+from tunnelacct.store.postgres.lock import ADVISORY_LOCK_KEY
+from tunnelacct.store.purgelock import acquire_lease, release_lease
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 DATA = Path(__file__).resolve().parent.parent / "data"

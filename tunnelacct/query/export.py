@@ -26,19 +26,19 @@ from sqlalchemy import (
     Engine,
     Select,
     String,
-    create_engine,
-    event,
     literal_column,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import configured_org_ids
-from tunnelacct.errors import StoreError, UnknownOrgError
+from tunnelacct.errors import UnknownOrgError
 from tunnelacct.query.filters import Filter
 from tunnelacct.query.pages import Key, bound_after, first_and_last, in_range
 from tunnelacct.query.records import CSV_COLUMNS
-from tunnelacct.store.engine import make_engine, stored_org_ids, sync_url
+from tunnelacct.store.backend import StoreBackend
+from tunnelacct.store.cells import CellKind
+from tunnelacct.store.engine import backend_of, make_engine, make_sync_engine, stored_org_ids
 from tunnelacct.store.migrate import check_schema
 
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP), some
@@ -60,7 +60,7 @@ FORMULA_PREFIXES = (
     "\uff0d",
     "\uff20",
 )
-_GUARDED = frozenset(
+_FREE_TEXT = frozenset(
     {
         "org_id",
         "client_id",
@@ -73,9 +73,21 @@ _GUARDED = frozenset(
         "interface",
     }
 )
-_TIMES = frozenset({"started_at", "ended_at", "last_seen_at"})
-_ADDRESSES = frozenset({"src_addr", "dst_addr"})
+# CSV columns read from a stored column of another name, and what kind of cell each is
+_SOURCES = {"session_id": "id", "started_at_unix": "started_at"}
+_KINDS = {
+    "session_id": CellKind.SESSION_ID,
+    "started_at_unix": CellKind.UNIX_TIME,
+    "started_at": CellKind.TIME,
+    "ended_at": CellKind.TIME,
+    "last_seen_at": CellKind.TIME,
+    "src_addr": CellKind.ADDRESS,
+    "dst_addr": CellKind.ADDRESS,
+    "midstream": CellKind.FLAG,
+    **dict.fromkeys(_FREE_TEXT, CellKind.FREE_TEXT),
+}
 _STARTED_AT = CSV_COLUMNS.index("started_at")
+_DURATION = CSV_COLUMNS.index("duration_s")
 
 _HEADER = ",".join(CSV_COLUMNS) + "\r\n"  # no name needs quoting
 
@@ -83,75 +95,14 @@ PAGE_SIZE = 5000  # rows per range quoted in this process (~10 MB of row objects
 WORKER_RANGE_SIZE = 20_000  # rows per range quoted by an export worker (~7 MB of CSV back)
 
 
-def _sqlite_cell(name: str) -> str:
-    """SQL rendering column `name` as its CSV cell on SQLite (NULL stays NULL: an empty cell).
-
-    SQLite keeps times as fixed-width naive UTC text "2026-11-23 10:40:45.123456" and UUIDs as
-    32 hex digits (models.UtcDateTime, sqlalchemy.Uuid), so cells are cut from that text in
-    SQL and Python's per-row work is only the csv module's quoting (3x faster than formatting
-    SessionRecord objects in Python).
-    """
-    if name == "session_id":
-        groups = [f"substr(id, {a}, {n})" for a, n in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))]
-        return "(" + " || '-' || ".join(groups) + ")"
-    if name == "started_at_unix":
-        # whole seconds only: SQLite's date functions round to milliseconds (.9995 -> +1 s)
-        return "(strftime('%s', substr(started_at, 1, 19)) || substr(started_at, 20))"
-    if name in _TIMES:
-        return f"(substr({name}, 1, 10) || 'T' || substr({name}, 12) || 'Z')"
-    if name == "midstream":
-        return "(CASE WHEN midstream THEN 'true' ELSE 'false' END)"
-    if name in _GUARDED:
-        return _guarded(name, "char")
-    return name
-
-
-def _postgresql_cell(name: str) -> str:
-    """SQL rendering column `name` as its CSV cell on PostgreSQL: the text SQLite's gives.
-
-    Times are `timestamptz`, rendered at UTC whatever the connection's TimeZone; the epoch
-    seconds are whole seconds (exact: extract() returns numeric) then the microseconds.
-    Addresses are `inet`: host() prints them as inet_ntop does (tests/test_inet.py), without
-    the /32 or /128 a text cast would add, and as text whatever the driver does with inet.
-    """
-    if name in _ADDRESSES:
-        return f"host({name})"
-    if name == "session_id":
-        return "CAST(id AS TEXT)"  # dashed lower-case hex
-    if name == "started_at_unix":
-        utc = "(started_at AT TIME ZONE 'UTC')"
-        whole = f"CAST(CAST(extract(epoch FROM date_trunc('second', {utc})) AS BIGINT) AS TEXT)"
-        return f"({whole} || to_char({utc}, '.US'))"
-    if name in _TIMES:
-        return f"""to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-    if name == "midstream":
-        return "(CASE WHEN midstream THEN 'true' ELSE 'false' END)"
-    if name in _GUARDED:
-        return _guarded(name, "chr")
-    return name
-
-
-def _guarded(name: str, char: str) -> str:
-    """SQL for the free-text column `name` behind the formula guard; `char` is the dialect's
-    code-to-character function (SQLite's char(), PostgreSQL's chr())."""
-    firsts = ", ".join(f"{char}({ord(p)})" for p in FORMULA_PREFIXES)
-    quoted = f"'''' || {name}"
-    return f"(CASE WHEN substr({name}, 1, 1) IN ({firsts}) THEN {quoted} ELSE {name} END)"
-
-
-_CELL_SQL: dict[str, Callable[[str], str]] = {
-    "sqlite": _sqlite_cell,
-    "postgresql": _postgresql_cell,
-}
-_DURATION = CSV_COLUMNS.index("duration_s")
-
-
-def _cells(dialect: str) -> list[ColumnElement[Any]]:
-    """The CSV_COLUMNS cells as SQL expressions for `dialect` (duration_s left a float)."""
-    cell = _CELL_SQL.get(dialect)
-    if cell is None:
-        raise StoreError(f"CSV export from {dialect} is not supported: use SQLite or PostgreSQL")
-    return [literal_column(cell(name), String).label(name) for name in CSV_COLUMNS]
+def _cells(backend: StoreBackend) -> list[ColumnElement[Any]]:
+    """The CSV_COLUMNS cells as SQL expressions of `backend`'s engine (duration_s left a float)."""
+    cells: list[ColumnElement[Any]] = []
+    for name in CSV_COLUMNS:
+        kind = _KINDS.get(name, CellKind.PLAIN)
+        sql = backend.cell_sql(_SOURCES.get(name, name), kind, FORMULA_PREFIXES)
+        cells.append(literal_column(sql, String).label(name))
+    return cells
 
 
 def _encode(rows: Sequence[Sequence[Any]]) -> str:
@@ -181,24 +132,21 @@ class _Range:
     hi: Key | None
     last: Key
 
-    def select(self, dialect: str) -> Select[Any]:
-        return in_range(_cells(dialect), self.org_id, self.flt, self.lo, self.hi, self.last)
+    def select(self, backend: StoreBackend) -> Select[Any]:
+        return in_range(_cells(backend), self.org_id, self.flt, self.lo, self.hi, self.last)
 
 
 @functools.cache
 def _worker_engine(url: str) -> Engine:
     """This worker process's own sync engine for `url` (one per process, kept for its life)."""
-    engine = create_engine(sync_url(url))
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA busy_timeout = 5000"))
-    return engine
+    return make_sync_engine(url)
 
 
 def _encode_range(url: str, part: _Range) -> tuple[str, int]:
     """In a worker process: the CSV rows of `part` and how many there are."""
     engine = _worker_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(part.select(engine.dialect.name)).all()
+        rows = conn.execute(part.select(backend_of(engine))).all()
     return _encode(rows), len(rows)
 
 
@@ -294,10 +242,11 @@ async def csv_pages(
         return
     first, last = ends
     url = engine.url.render_as_string(hide_password=False)
+    backend = backend_of(engine)
 
     async def inline(part: _Range) -> tuple[str, int]:
         async with engine.connect() as conn:
-            rows = (await conn.execute(part.select(engine.dialect.name))).all()
+            rows = (await conn.execute(part.select(backend))).all()
         return await asyncio.to_thread(_encode, rows), len(rows)
 
     window = 2 * workers.size if workers is not None else 2

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Table, and_, not_, true
 
 from tunnelacct.enums import CloseReason, IpProto, SessionStatus
 from tunnelacct.errors import FilterError
-from tunnelacct.query.netmatch import IpNetwork, network_clause
+from tunnelacct.store.addresses import IpNetwork, network_clause
 
 
 @dataclass(frozen=True, slots=True)

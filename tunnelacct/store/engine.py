@@ -1,7 +1,8 @@
-"""The store: database URLs, the async engine, dialect upserts, inventory sync, keyset reads,
-and the day partitions of sessions on PostgreSQL.
+"""The store's engines: database URLs, the async engine, the backend of each engine
+(`backend_of`, store/backend.py), the partitions kept ahead of the days, inventory sync and the
+reads of ongoing sessions and known orgs.
 
-Schema migrations are in `schema.py` (Alembic is slow to import and only needed there).
+Schema migrations are in `migrate.py` (Alembic is slow to import and only needed there).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Engine,
     Table,
     create_engine,
     event,
@@ -36,9 +38,11 @@ from tunnelacct.config.orgs import configured_orgs
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.store.backend import StoreBackend
 from tunnelacct.store.models import Client, Org, Resource, SessionRecord, table_of
-from tunnelacct.store.postgres.partitions import ensure_partitions, utc_days
-from tunnelacct.store.sqlite.layout import cover_days, org_periods
+from tunnelacct.store.postgres.backend import PostgresBackend
+from tunnelacct.store.postgres.partitions import utc_days
+from tunnelacct.store.sqlite.backend import SqliteBackend
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,29 @@ def async_url(url: str) -> str:
     """Return the async-driver form of `url`: `sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`."""
     parsed = _parse(url)
     return _render(parsed.set(drivername=_ASYNC_DRIVERS[_backend(parsed)]))
+
+
+_BACKENDS: dict[str, StoreBackend] = {"sqlite": SqliteBackend(), "postgresql": PostgresBackend()}
+
+
+def backend_of(store: AsyncEngine | AsyncConnection | Engine | str) -> StoreBackend:
+    """The backend of the engine `store` talks to: an engine, a connection, or a database URL
+    (raises StoreError for any other engine)."""
+    name = _backend(_parse(store)) if isinstance(store, str) else store.dialect.name
+    backend = _BACKENDS.get(name)
+    if backend is None:
+        raise StoreError(f"unsupported database {name!r}: use SQLite or PostgreSQL")
+    return backend
+
+
+def make_sync_engine(url: str, *, busy_timeout_ms: int = 5000) -> Engine:
+    """A sync engine for `url` (a process of its own, a CLI command); SQLite connections wait
+    up to `busy_timeout_ms` for a lock rather than fail at once."""
+    engine = create_engine(sync_url(url))
+    if engine.dialect.name == "sqlite":
+        timeout = int(busy_timeout_ms)
+        event.listen(engine, "connect", lambda c, _r: c.execute(f"PRAGMA busy_timeout = {timeout}"))
+    return engine
 
 
 # A new SQLite store is readable by its owner only: it holds who reached what, and when.
@@ -227,35 +254,17 @@ async def keep_partitions_ahead(
     interval_s: float = PARTITION_CHECK_S,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
-    """Forever: create the sessions partitions of today and the next `days_ahead` UTC days,
-    now and every `interval_s` seconds. On PostgreSQL one per day: a day's first rows then
-    never wait for its partition (the writer creates a missing one itself). On SQLite those
-    of each org with logging on and a retention (sqliteparts.py), from tomorrow: today's rows
-    stay where they are (sessions_default at first), a move that would stall the writer.
-    Failures are logged and retried next time."""
+    """Forever: create the sessions partitions of today and the next `days_ahead` UTC days
+    where the engine's layout wants them (`StoreBackend.ensure_days_ahead`), now and every
+    `interval_s` seconds. Failures are logged and retried next time."""
+    backend = backend_of(engine)
     while True:
         days = utc_days(clock(), days_ahead + 1)
         try:
-            if engine.dialect.name == "postgresql":
-                await ensure_partitions(engine, days)
-            elif engine.dialect.name == "sqlite":
-                await _ensure_sqlite_days(engine, days[1:])
-            else:
-                return
+            await backend.ensure_days_ahead(engine, days)
         except SQLAlchemyError as exc:
             log.warning("could not create the next days' sessions partitions: %s", exc)
         await asyncio.sleep(interval_s)
-
-
-async def _ensure_sqlite_days(engine: AsyncEngine, days: list[date]) -> None:
-    """SQLite: the partitions covering `days` for every org that logs and purges (see
-    keep_partitions_ahead), none starting before the first of `days`."""
-    async with engine.begin() as conn:
-        periods = await conn.run_sync(org_periods, True)
-        keys = {(org, day) for org in periods for day in days}
-        made, _ = await conn.run_sync(cover_days, keys, periods, min(days))
-    if made:
-        log.info("created %d sessions partitions (%s)", len(made), ", ".join(made))
 
 
 def _ports_text(resource: ResourceConfig) -> str | None:

@@ -1,18 +1,19 @@
-"""The purge lock: one retention purge at a time per store (retention.py).
+"""The purge lock: one retention purge at a time per store (retention/purge.py).
 
-On SQLite a lease row in `purge_locks`, taken by an UPDATE that only succeeds when the lease
-is free or expired and renewed between batches (a crashed holder's lease expires). On
-PostgreSQL a session-level advisory lock on a connection held for the purge, which the server
-frees when that connection ends; the holder is still written to the `purge_locks` row, so a
-purge that finds the lock taken can say who has it.
+Every engine keeps the lock's row in `purge_locks`: its holder, and a lease renewed between
+batches. On SQLite the row is the lock itself (`sqlite/lock.py`): taken by an UPDATE that only
+succeeds when the lease is free or expired, so a crashed holder's lease expires. On PostgreSQL
+the lock is a session-level advisory lock (`postgres/lock.py`) and the row only says who holds
+it. This module has the row's lease functions, which both use, and the lock's protocol.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,83 +24,17 @@ from tunnelacct.store.models import table_of
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "retention"
-# The PostgreSQL advisory lock's key: "tunnelac" in ASCII, a fixed bigint (per database).
-ADVISORY_LOCK_KEY = 0x74756E6E656C6163
 LEASE_S = 120.0  # a holder renews it every batch; a crashed one's lease expires after this
 
 
-class PurgeLock:
-    """The purge lock of one purge run: the lease row (SQLite) or an advisory lock held on a
-    connection of its own (PostgreSQL)."""
-
-    def __init__(self, engine: AsyncEngine, holder: str) -> None:
-        self._engine = engine
-        self._holder = holder
-        self._conn: AsyncConnection | None = None  # PostgreSQL: holds the advisory lock
-        self._held = False
+class PurgeLock(Protocol):
+    """The purge lock of one purge run, as its store engine takes it."""
 
     async def acquire(self, now: datetime) -> str | None:
         """Take the lock; None when taken, else who holds it."""
-        if self._engine.dialect.name != "postgresql":
-            other = await acquire_lease(self._engine, self._holder, now)
-            self._held = other is None
-            return other
-        conn = await self._engine.connect()
-        try:
-            other = await _acquire_advisory(conn, self._holder, now)
-        except BaseException:
-            await conn.close()
-            raise
-        if other is not None:
-            await conn.close()
-            return other
-        self._conn, self._held = conn, True
-        return None
 
     async def release(self) -> None:
-        """Free the lock taken by `acquire()`; failures are logged (the lease expires, and a
-        connection that could not unlock is discarded, which frees the advisory lock)."""
-        if not self._held:
-            return
-        self._held = False
-        conn, self._conn = self._conn, None
-        if conn is None:
-            await release_lease(self._engine, self._holder)
-            return
-        try:
-            await release_lease(self._engine, self._holder)  # the reporting row
-            await conn.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
-            await conn.commit()
-        except SQLAlchemyError as exc:
-            log.warning("purge: could not release the purge lock: %s", exc)
-            # never hand a connection that may still hold the lock back to the pool
-            await conn.invalidate()
-        finally:
-            await conn.close()
-
-
-async def _acquire_advisory(conn: AsyncConnection, holder: str, now: datetime) -> str | None:
-    """Take the advisory lock on `conn` and name `holder` in the lock row; None when taken,
-    else who holds it (as its row says)."""
-    got = (await conn.execute(select(func.pg_try_advisory_lock(ADVISORY_LOCK_KEY)))).scalar_one()
-    # Session-level: the lock outlives this transaction. Ending it now keeps the held connection
-    # idle rather than idle in a transaction, which would hold back VACUUM during the purge.
-    await conn.commit()
-    t = table_of(PurgeLockRow)
-    if not got:
-        row = (await conn.execute(select(t.c.holder).where(t.c.name == LOCK_NAME))).first()
-        await conn.commit()
-        # The holder writes its name just after taking the lock: it may not be there yet.
-        return str(row[0]) if row is not None and row[0] is not None else "a purge starting now"
-    expires_at = now + timedelta(seconds=LEASE_S)
-    stmt = update(t).where(t.c.name == LOCK_NAME).values(holder=holder, expires_at=expires_at)
-    if (await conn.execute(stmt)).rowcount != 1:
-        await conn.rollback()
-        await conn.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
-        await conn.commit()
-        raise StoreError("purge: no purge lock row; run `tunnelacct db upgrade`")
-    await conn.commit()
-    return None
+        """Free the lock taken by `acquire()` (nothing when it was not); failures are logged."""
 
 
 async def acquire_lease(engine: AsyncEngine, holder: str, now: datetime) -> str | None:

@@ -3,29 +3,9 @@
 The writer is the only code that writes session records. Producers `submit()` events into a
 bounded pending map keyed by session id (a newer event for a pending session replaces the older
 one in place), and `run()` flushes it in batches: one transaction per batch, one upsert of all of
-the batch's rows. Rows and SQL come from `rows.py`.
-
-On SQLite the upsert binds one row and runs as DBAPI executemany. A multi-row VALUES statement
-was slower (~10x through SQLAlchemy, which recompiles it per batch; ~10% as plain SQL) and needs
-chunking under the bound parameter limit (SQLite 32766).
-
-On SQLite sessions is a view over a few tables per org, each of a span of UTC days
-(sqliteparts.py): a flush routes each row to the table covering its org and start day, or to
-sessions_default when none does, and runs one executemany per table. It never creates one
-(serve does, ahead of the day): a schema change would cost the flush, and every connection,
-tens of milliseconds.
-
-On PostgreSQL a flush COPYs a batch (binary, asyncpg's copy_records_to_table on the pooled
-connection's driver) into a temporary staging table and upserts from it, in one transaction,
-and writes up to PG_FLIGHTS batches at once. Issue 7 measured both with
-tests/benchmarks/bench_writer.py (200,000 events, batches of 5,000, PostgreSQL 15 on the same
-2-vCPU VM). Through asyncpg alone with prebuilt rows, one batch at a time, the COPY path did
-57,000-64,000 rows/s and the previous path, one `unnest()` of one array per column,
-37,500-40,700: asyncpg encodes the COPY's records in ~3 µs a row of client CPU, the arrays in
-~9.5 µs, at about the same server CPU (~14 µs a row, mostly the indexes). With one batch in
-flight, the writer did 46,500-53,300 rows/s: the server was busy ~70% of the time and the event
-loop ~30%, one after the other. With two batches in flight, which overlaps the two, it did
-59,500-69,700.
+the batch's rows. Rows come from `codec.py`; each engine writes a batch its own way
+(`StoreBackend.batch_write`: `sqlite/write.py`, `postgres/write.py`), this module decides what
+is written when, and what a failure means.
 """
 
 from __future__ import annotations
@@ -37,30 +17,20 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.store.codec import (
-    ROW_COLUMNS,
-    STAGING_TABLE,
-    driver_values,
-    session_values,
-    staged_upsert_sql,
-    staging_table_sql,
-    upsert_sql,
-)
+from tunnelacct.store.codec import driver_values, session_values
+from tunnelacct.store.engine import backend_of
 from tunnelacct.store.postgres.errors import sqlstate
-from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.reimport import Reimport
-from tunnelacct.store.sqlite.layout import DEFAULT_TABLE, begin_write, routes, schema_version
-from tunnelacct.store.sqlite.layout import partitions as sqlite_partitions
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +81,6 @@ RETRYABLE_SQLSTATES = frozenset(
     }
 )
 
-# Batches a PostgreSQL flush writes at once, on as many connections: while the server works on
-# one, the event loop builds and sends the other (issue 7, tests/benchmarks/bench_writer.py).
-PG_FLIGHTS = 2
-
-# PostgreSQL: a row for a UTC day without a sessions partition fails with check_violation
-# ("no partition of relation ... found for row"); sessions has no CHECK constraint of its own.
-NO_PARTITION_SQLSTATE = "23514"
-_STARTED_AT = ROW_COLUMNS.index("started_at")
-_ORG_ID = ROW_COLUMNS.index("org_id")
-
 _CLOSED = EventKind.CLOSED
 
 
@@ -155,19 +115,10 @@ class SessionWriter:
         self._engine = engine
         self._config = config
         self._gateway = gateway
-        # PostgreSQL: COPY into a staging table, then one upsert; SQLite: executemany of rows.
-        self._copy = engine.dialect.name == "postgresql"
-        self._sql = staged_upsert_sql(engine.dialect) if self._copy else ""
-        self._sqlite_sql: dict[str, str] = {}  # SQLite: the upsert into each partition
-        self._staging_sql = staging_table_sql(engine.dialect) if self._copy else ""
-        self._flights = PG_FLIGHTS if self._copy else 1  # SQLite has one writer at a time
-        self._driver = driver_values(engine.dialect.name)
-        # PostgreSQL: the UTC days whose sessions partition this writer has made sure of, so that
-        # only the first batch of a day asks the store (issue 7).
-        self._days: set[date] = set()
-        # SQLite: (org, ISO day) -> its partition, as of schema version _routed_at
-        self._routes: dict[tuple[str, str], str] = {}
-        self._routed_at: int | None = None
+        backend = backend_of(engine)
+        self._batch_write = backend.batch_write(engine, reimport)  # the engine's own way
+        self._flights = self._batch_write.flights
+        self._driver = driver_values(backend.name)
         self._clock = clock
         self._unlogged = unlogged_orgs  # orgs with logging = false: their events are not stored
         # Shared with the purge in the same process: asyncio.Lock is first come, first served,
@@ -324,8 +275,9 @@ class SessionWriter:
                 failures = 0
 
     async def _flush(self) -> None:
-        """Write the oldest pending sessions: `batch_size` of them in one transaction, or on
-        PostgreSQL up to PG_FLIGHTS such batches at once, each in its own transaction.
+        """Write the oldest pending sessions: `batch_size` of them in one transaction, or as many
+        such batches at once as the engine writes (`BatchWrite.flights`; PostgreSQL's 2), each
+        in its own transaction.
 
         The write is bounded by `[writer] write_timeout`: past it, it is cancelled and
         WriteTimeout raised (retried like any outage). A cancelled write may still be stuck
@@ -398,10 +350,7 @@ class SessionWriter:
             fresh = [e for e in events if e.session_id.int not in written]
         started = time.perf_counter()
         try:
-            if self._copy:
-                replaced = await self._write_partitioned(rows, fresh)
-            else:
-                replaced = await self._write_routed(rows, fresh)
+            replaced = await self._batch_write.write(rows, fresh)
         finally:
             took = time.perf_counter() - started
             if took >= SLOW_FLUSH_S:
@@ -427,119 +376,6 @@ class SessionWriter:
                 del since[key]
         async with self._space:
             self._space.notify_all()
-
-    async def _write_partitioned(
-        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]
-    ) -> int:
-        """PostgreSQL: make sure the partitions of the rows' days exist, then COPY and upsert;
-        first, for an import, delete the rows that `fresh` sessions replace (returns how many).
-
-        A day seen before may have lost its partition since: retention drops a day's partition
-        once every row in it has expired, and a late row (an old capture imported now) may
-        follow. Then the write fails on the missing partition, which is created again, once.
-        """
-        days = {row[_STARTED_AT].date() for row in rows}  # type: ignore[attr-defined]
-        if not days <= self._days:
-            await ensure_partitions(self._engine, days - self._days)
-            self._days |= days
-        try:
-            async with self._engine.connect() as conn:
-                return await self._copy_upsert(conn, rows, fresh)
-        except Exception as exc:
-            if sqlstate(exc) != NO_PARTITION_SQLSTATE:
-                raise
-            self._days -= days
-            await ensure_partitions(self._engine, days)
-            self._days |= days
-            async with self._engine.connect() as conn:
-                return await self._copy_upsert(conn, rows, fresh)
-
-    async def _write_routed(self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]) -> int:
-        """SQLite: upsert each row into the partition covering its org and UTC start day, or
-        into sessions_default, in one transaction; first, for an import, delete the rows that
-        `fresh` sessions replace (returns how many).
-
-        The routes are read again whenever the schema changed (a partition created or dropped
-        by serve, a purge, `db partition`): under the write lock, taken first, so they hold
-        for the whole flush.
-        """
-        async with self._engine.begin() as conn:
-            await conn.run_sync(begin_write)
-            version = await conn.run_sync(schema_version)
-            if version != self._routed_at:
-                self._routes = routes(await conn.run_sync(sqlite_partitions))
-                self._routed_at = version
-            replaced = 0
-            if fresh and self._reimport is not None:
-                replaced = await conn.run_sync(self._reimport.replace_sqlite, fresh, self._route)
-            groups: dict[str, list[tuple[object, ...]]] = {}
-            for row in rows:
-                key = (row[_ORG_ID], row[_STARTED_AT][:10])  # type: ignore[index]
-                name = self._routes.get(key, DEFAULT_TABLE)  # type: ignore[arg-type]
-                group = groups.get(name)
-                if group is None:
-                    groups[name] = group = []
-                group.append(row)
-            for name, group in groups.items():
-                await conn.exec_driver_sql(self._upsert_into(name), group)
-        return replaced
-
-    def _route(self, org_id: str, day: str) -> str:
-        """SQLite: the table that holds the sessions of `org_id` that started on `day`."""
-        return self._routes.get((org_id, day), DEFAULT_TABLE)
-
-    def _upsert_into(self, name: str) -> str:
-        sql = self._sqlite_sql.get(name)
-        if sql is None:
-            if len(self._sqlite_sql) >= 4096:  # years of partitions of many orgs: start over
-                self._sqlite_sql.clear()
-            sql = self._sqlite_sql[name] = upsert_sql(self._engine.dialect, name)
-        return sql
-
-    async def _copy_upsert(
-        self, conn: AsyncConnection, rows: list[tuple[object, ...]], fresh: list[SessionEvent]
-    ) -> int:
-        """COPY `rows` into the connection's staging table and upsert them, in one transaction,
-        after deleting the rows that `fresh` sessions of an import replace (returns how many).
-
-        Runs on the asyncpg connection itself (SQLAlchemy has no COPY), so its errors are
-        asyncpg's: those with a SQLSTATE are judged by it, and a connection lost meanwhile is
-        invalidated in the pool and raised as DisconnectionError.
-        """
-        pooled = await conn.get_raw_connection()
-        driver = pooled.driver_connection
-        assert driver is not None  # a checked-out connection has its driver connection
-        try:
-            async with driver.transaction():
-                replaced = 0
-                if fresh and self._reimport is not None:
-                    replaced = await self._reimport.replace_postgresql(driver, fresh)
-                # IF NOT EXISTS: the table lasts as long as the connection, so this creates it
-                # on a connection's first flush and costs one round trip (of 5,000 rows) after.
-                await driver.execute(self._staging_sql)
-                await driver.copy_records_to_table(STAGING_TABLE, records=rows, columns=ROW_COLUMNS)
-                await driver.execute(self._sql)
-            return replaced
-        except BaseException as exc:
-            cancelled = not isinstance(exc, Exception)  # given up on by write_timeout
-            if not driver.is_closed() and (cancelled or driver.is_in_transaction()):
-                # A write cancelled mid-way (a server that does not answer) or a rollback that
-                # did not happen leaves the connection in a state the pool cannot reset: the
-                # server's open transaction with its staged rows, or asyncpg's record of one
-                # that the server no longer has (the next write's BEGIN became a SAVEPOINT and
-                # failed). Close it rather than hand it to the next write.
-                driver.terminate()
-            if driver.is_closed():
-                if not isinstance(exc, Exception):  # cancelled: the caller gave up on it
-                    await conn.invalidate()
-                    raise
-                await conn.invalidate(exc)
-                first = exc  # the server's reason, not the failed rollback it caused
-                while first.__context__ is not None:
-                    first = first.__context__  # type: ignore[assignment]
-                lost = f"connection lost while writing sessions: {first}"
-                raise DisconnectionError(lost) from exc
-            raise
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting events, write everything pending and end `run()`; idempotent.

@@ -23,10 +23,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.errors import TunnelacctError
+from tunnelacct.store.engine import backend_of
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class QueryLimits:
         try:
             async with AsyncSession(engine) as db:
                 conn = await db.connection()
-                interrupt = await _interrupter(conn, self.timeout_s)
+                interrupt = await backend_of(conn).statement_interrupter(conn, self.timeout_s)
                 if interrupt is not None:
                     stoppers.append(interrupt)
                 return await work(db)
@@ -203,15 +203,3 @@ async def _disconnect(receive: Receive) -> None:
     """Return when the client disconnects (the request has no body left to read)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _interrupter(conn: AsyncConnection, timeout_s: float) -> Callable[[], None] | None:
-    """How to stop the statement running on `conn` from the event loop: SQLite's interrupt();
-    on PostgreSQL, the same limit as the server's statement_timeout (the task's cancel stops
-    it sooner), and nothing to call."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000) + 1}"))
-        return None
-    raw = await conn.get_raw_connection()
-    sqlite = raw.driver_connection._conn  # type: ignore[union-attr]
-    return sqlite.interrupt  # type: ignore[no-any-return]

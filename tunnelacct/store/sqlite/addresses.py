@@ -1,76 +1,20 @@
-"""Addresses in networks as SQL: `network_clause(column, ip_version, network)` for the filter
-language's `src:`/`dst:` terms (query.py).
+"""Addresses in networks on SQLite: LIKE patterns on the address text (store/addresses.py).
 
-The address columns hold what the writer wrote (`flowkey.addr_text`, inet_ntop): `inet` on
-PostgreSQL, the text itself on SQLite (models.IpAddress, migration 0005). One exact inet
-comparison per term on PostgreSQL, portable LIKE patterns on the text elsewhere.
+The address columns hold the text the writer wrote (`flowkey.addr_text`, inet_ntop).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, String, and_, case, cast, func, or_, true
-from sqlalchemy.dialects.postgresql import INET
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import literal
-from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy import ColumnElement, and_, case, func, or_, true
 
 from tunnelacct.sessions.flowkey import addr_text
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class _AddrIn(ColumnElement[bool]):
-    """An address term compiled per dialect: `portable` (LIKE SQL) or `inet` on PostgreSQL."""
-
-    __visit_name__ = "tunnelacct_addr_in"
-    inherit_cache = True
-    _traverse_internals = [
-        ("portable", InternalTraversal.dp_clauseelement),
-        ("inet", InternalTraversal.dp_clauseelement),
-    ]
-    type = Boolean()
-
-    def __init__(self, portable: ColumnElement[bool], inet: ColumnElement[bool]) -> None:
-        self.portable = portable
-        self.inet = inet
-
-
-@compiles(_AddrIn)
-def _addr_in_portable(element: _AddrIn, compiler: SQLCompiler, **kw: Any) -> str:
-    return "(" + compiler.process(element.portable, **kw) + ")"
-
-
-@compiles(_AddrIn, "postgresql")
-def _addr_in_inet(element: _AddrIn, compiler: SQLCompiler, **kw: Any) -> str:
-    return "(" + compiler.process(element.inet, **kw) + ")"
-
-
-def network_clause(
-    column: ColumnElement[str], ip_version: ColumnElement[int], network: IpNetwork
-) -> ColumnElement[bool]:
-    """Whether the address in `column` (models.IpAddress) lies in `network`.
-
-    A /32 or /128 is one equality with the text the writer would have written (inet_ntop:
-    dotted quads; RFC 5952 IPv6 with `::ffff:a.b.c.d` and `::a.b.c.d` for IPv4-embedded
-    addresses), which PostgreSQL reads as an inet. A shorter prefix compiles per dialect:
-
-    - PostgreSQL: `column <<= CAST(:network AS INET)` on the inet column, one exact test whose
-      family rule is the one below (a GiST index with inet_ops could serve it; there is none,
-      callers scope by org and time, whose index does the narrowing);
-    - elsewhere (SQLite): `portable_network_clause`, LIKE patterns on the text.
-    """
-    if network.prefixlen == network.max_prefixlen:
-        return column == addr_text(network.version, int(network.network_address))
-    # PostgreSQL's inet never mixes families either (10.0.0.0/8 does not contain ::ffff:a00:1).
-    inet = column.op("<<=", is_comparison=True)(cast(literal(str(network), String), INET))
-    return _AddrIn(portable_network_clause(column, ip_version, network), inet)
-
-
-def portable_network_clause(
+def text_network_clause(
     column: ColumnElement[str], ip_version: ColumnElement[int], network: IpNetwork
 ) -> ColumnElement[bool]:
     """Whether the address text in `column` lies in `network`, in portable SQL (a text

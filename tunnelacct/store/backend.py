@@ -1,0 +1,79 @@
+"""One backend per store engine: what SQLite and PostgreSQL do differently, behind one protocol.
+
+`store.engine.backend_of()` chooses the backend of an engine, a connection or a database URL,
+once; nothing outside `store/` asks which engine it is talking to. A backend writes a batch of
+session rows, creates the partitions of the coming days, takes the purge lock, drops expired
+partitions and deletes expired rows in batches, renders CSV cells in SQL, bounds a reading
+statement in time, and moves rows that no partition holds. The implementations are
+`sqlite/backend.py` and `postgres/backend.py`; address matching, which a filter builds before
+it knows its engine, is compiled per dialect instead (`store/addresses.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Executable
+
+from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.store.cells import CellKind
+from tunnelacct.store.purgelock import PurgeLock
+from tunnelacct.store.purgework import PurgeWork
+from tunnelacct.store.reimport import Reimport
+
+
+class BatchWrite(Protocol):
+    """How one writer writes batches of session rows (codec.session_values) to its store."""
+
+    flights: int  # batches written at once, on as many connections
+
+    async def write(self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]) -> int:
+        """Write `rows` in one transaction, after deleting the stored rows that `fresh`
+        sessions of an import replace; return how many were replaced."""
+
+
+class StoreBackend(Protocol):
+    """What one store engine does its own way."""
+
+    name: str  # the SQLAlchemy dialect's name
+    label: str  # its name in messages
+    # whether each batch of a purge's deletes takes the writer's lock (SQLite: one writer at a
+    # time; PostgreSQL locks only the batch's rows)
+    purge_batches_take_write_lock: bool
+
+    def batch_write(self, engine: AsyncEngine, reimport: Reimport | None) -> BatchWrite:
+        """A new writer's way to write batches to `engine`."""
+
+    async def ensure_days_ahead(self, engine: AsyncEngine, days: list[date]) -> None:
+        """Create the sessions partitions of `days` (today first, then the next ones) ahead of
+        their rows, where the layout wants them."""
+
+    def purge_lock(self, engine: AsyncEngine, holder: str) -> PurgeLock:
+        """The purge lock of one purge run by `holder`."""
+
+    async def drop_expired(self, work: PurgeWork) -> None:
+        """Drop or empty the partitions whose rows have expired (store/purgework.py)."""
+
+    async def expired_batches(
+        self, engine: AsyncEngine, org_id: str, cutoff: datetime, batch_size: int, emptied: set[str]
+    ) -> Sequence[Executable]:
+        """The statements that each delete a batch of at most `batch_size` expired rows of
+        `org_id`, to run until one deletes fewer; tables in `emptied` have none left."""
+
+    def cell_sql(self, column: str, kind: CellKind, formula_prefixes: Sequence[str]) -> str:
+        """SQL rendering `column` of sessions as its CSV cell text (NULL stays NULL); a
+        FREE_TEXT cell starting with one of `formula_prefixes` gets a leading single quote."""
+
+    async def statement_interrupter(
+        self, conn: AsyncConnection, timeout_s: float
+    ) -> Callable[[], None] | None:
+        """Bound the statements of `conn`'s transaction to `timeout_s`; return how to stop the
+        running one from the event loop, or None when the server stops it itself."""
+
+    def place_unpartitioned_rows(self, engine: Engine) -> int | None:
+        """Move the sessions that no partition holds into partitions, on the sync `engine`,
+        returning how many; None when the layout has no such rows."""
