@@ -137,7 +137,7 @@ def _upsert(dialect: Dialect, rows: str, into: str | None = None) -> str:
 
 def upsert_sql(dialect: Dialect, into: str | None = None) -> str:
     """INSERT ... ON CONFLICT (primary key) DO UPDATE of one session row, as driver SQL for
-    `dialect`, into sessions or table `into` (on SQLite, a partition: sqliteparts.py).
+    `dialect`, into sessions or table `into` (on SQLite, a partition: sqlite/layout.py).
 
     Parameters are the ROW_COLUMNS values in order; a batch runs it as DBAPI executemany.
     """

@@ -42,7 +42,7 @@ def migrations_dir() -> Path:
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Alembic's filter of reflected names: everything but the sessions partitions
     (`sessions_pYYYYMMDD` on PostgreSQL; on SQLite `sessions_pYYYYMMDD_<N>d_<org>` and
-    `sessions_default`, sqliteparts.py), which the service creates and retention drops, and
+    `sessions_default`, sqlite/layout.py), which the service creates and retention drops, and
     which no model describes."""
     if type_ != "table" or name is None:
         return True

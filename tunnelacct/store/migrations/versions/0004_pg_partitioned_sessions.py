@@ -81,8 +81,8 @@ def upgrade() -> None:
 
 
 def _create_partition(day: date) -> None:
-    # The same names and bounds as tunnelacct.store.engine.ensure_partitions() (not imported: a
-    # migration stays as it was written).
+    # The same names and bounds as ensure_partitions() in tunnelacct/store/postgres/partitions.py
+    # (not imported: a migration stays as it was written).
     op.execute(
         f"CREATE TABLE sessions_p{day:%Y%m%d} PARTITION OF sessions"
         f" FOR VALUES FROM ('{day.isoformat()} 00:00:00+00')"
