@@ -31,9 +31,9 @@ from tunnelacct.query.export import export_org_csv
 from tunnelacct.retention.purge import purge
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.models import SessionRecord, table_of
-from tunnelacct.web import app as api_module
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token, revoke_token
+from tunnelacct.web.routes import sessions as api_module
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
