@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers.stores import imported_store
-from tunnelacct.service.service import listen_socket
+from tunnelacct.service.listeners import listen_socket
 from tunnelacct.store.engine import make_engine
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token

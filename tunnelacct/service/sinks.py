@@ -19,6 +19,7 @@ from tunnelacct.enums import EventKind
 from tunnelacct.query.records import CSV_COLUMNS, json_duration, json_value, unix_time
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.codec import event_row
+from tunnelacct.store.writer import SessionWriter
 
 
 def event_line(event: SessionEvent, gateway: str) -> str:
@@ -61,3 +62,17 @@ class SessionEventLog:
         """Flush and close the file (standard output stays open); idempotent."""
         if self._out is not sys.stdout and not self._out.closed:
             self._out.close()
+
+
+class WriterAndEventLog:
+    """Where serve's session events go: the writer, and the session event log when one is
+    configured (written first: a line per open and close)."""
+
+    def __init__(self, writer: SessionWriter, events: SessionEventLog | None) -> None:
+        self._writer = writer
+        self._events = events
+
+    async def submit(self, events: list[SessionEvent]) -> None:
+        if self._events is not None:
+            await self._events.write(events)
+        await self._writer.submit(events)
