@@ -23,9 +23,10 @@ from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.query.export import export_org_csv
 from tunnelacct.query.filters import filter_clause, parse_filter
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store.engine import ongoing_sessions, sync_inventory
+from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import SessionRecord
+from tunnelacct.store.ongoing import ongoing_sessions
 from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token

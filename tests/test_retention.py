@@ -25,7 +25,8 @@ from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
 from tunnelacct.retention.purge import PurgeRunTally, purge
-from tunnelacct.store.engine import make_engine, sync_inventory, sync_url
+from tunnelacct.store.engine import make_engine, sync_url
+from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import PurgeRun, SessionRecord
 from tunnelacct.store.postgres.lock import ADVISORY_LOCK_KEY

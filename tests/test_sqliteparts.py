@@ -27,7 +27,8 @@ from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterCon
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.retention.purge import purge
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store.engine import keep_partitions_ahead, sync_inventory, sync_url
+from tunnelacct.store.engine import keep_partitions_ahead, sync_url
+from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import SessionRecord
 from tunnelacct.store.sqlite import layout as sqliteparts

@@ -31,13 +31,8 @@ from tunnelacct.config.model import ClientConfig, Config, OrgConfig, ResourceCon
 from tunnelacct.enums import IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.retention.purge import purge
-from tunnelacct.store.engine import (
-    async_url,
-    keep_partitions_ahead,
-    make_engine,
-    sync_inventory,
-    sync_url,
-)
+from tunnelacct.store.engine import async_url, keep_partitions_ahead, make_engine, sync_url
+from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import check_schema, include_name, migrate
 from tunnelacct.store.models import Client as ClientRow
 from tunnelacct.store.models import Org as OrgRow

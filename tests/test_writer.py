@@ -654,7 +654,7 @@ def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
 async def test_ongoing_sessions_reads_back_this_gateways_ongoing_rows_as_written(
     store_engine: AsyncEngine,
 ) -> None:
-    from tunnelacct.store.engine import ongoing_sessions
+    from tunnelacct.store.ongoing import ongoing_sessions
 
     ongoing = [event(EventKind.CHECKPOINT, n=n, last_ts=T0 + n) for n in (1, 2)]
     closed = event(EventKind.CLOSED, n=3, last_ts=T0 + 3)

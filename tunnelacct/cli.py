@@ -221,7 +221,7 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.query.records import format_time
     from tunnelacct.retention.purge import PurgeResult, purge
-    from tunnelacct.store.engine import stored_org_ids, sync_inventory
+    from tunnelacct.store.inventory import stored_org_ids, sync_inventory
 
     config = _config(config_path)
 
@@ -287,7 +287,7 @@ def token_create(config_path: Path | None, role: str, org: str | None, name: str
     """Create a token and print it once (only its hash is stored)."""
     from tunnelacct.config.orgs import configured_org_ids
     from tunnelacct.errors import UnknownOrgError
-    from tunnelacct.store.engine import stored_org_ids
+    from tunnelacct.store.inventory import stored_org_ids
     from tunnelacct.web.auth import Role, create_token
 
     config = _config(config_path)
@@ -369,7 +369,8 @@ def db_partition(config_path: Path | None) -> None:
     """
     from sqlalchemy import create_engine, pool
 
-    from tunnelacct.store.engine import backend_of, sync_inventory, sync_url
+    from tunnelacct.store.engine import backend_of, sync_url
+    from tunnelacct.store.inventory import sync_inventory
 
     config = _config(config_path)
 

@@ -42,14 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig  # noqa: E402
 from tunnelacct.retention.purge import BATCH_SIZE, _delete_expired, purge  # noqa: E402
-from tunnelacct.store.engine import (  # noqa: E402
-    make_engine,
-    sync_inventory,
-    sync_url,
-    table_of,
-)
+from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
+from tunnelacct.store.inventory import sync_inventory  # noqa: E402
 from tunnelacct.store.migrate import alembic_config  # noqa: E402
-from tunnelacct.store.models import SessionRecord  # noqa: E402
+from tunnelacct.store.models import SessionRecord, table_of  # noqa: E402
 from tunnelacct.store.postgres.partitions import ensure_partitions  # noqa: E402
 from tunnelacct.store.purgelock import acquire_lease  # noqa: E402
 from tunnelacct.store.purgework import PurgeWork  # noqa: E402

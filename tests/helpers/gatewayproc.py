@@ -36,7 +36,8 @@ from pathlib import Path
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store.engine import make_engine, ongoing_sessions
+from tunnelacct.store.engine import make_engine
+from tunnelacct.store.ongoing import ongoing_sessions
 from tunnelacct.store.writer import SessionWriter
 
 T0 = 1_795_430_445.0

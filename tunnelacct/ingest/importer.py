@@ -26,7 +26,8 @@ from tunnelacct.errors import CaptureFormatError
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowtable import FlowTable
-from tunnelacct.store.engine import make_engine, sync_inventory
+from tunnelacct.store.engine import make_engine
+from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.reimport import Reimport
 from tunnelacct.store.writer import SessionWriter
 

@@ -38,7 +38,8 @@ from tunnelacct.query.pages import Key, bound_after, first_and_last, in_range
 from tunnelacct.query.records import CSV_COLUMNS
 from tunnelacct.store.backend import StoreBackend
 from tunnelacct.store.cells import CellKind
-from tunnelacct.store.engine import backend_of, make_engine, make_sync_engine, stored_org_ids
+from tunnelacct.store.engine import backend_of, make_engine, make_sync_engine
+from tunnelacct.store.inventory import stored_org_ids
 from tunnelacct.store.migrate import check_schema
 
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP), some

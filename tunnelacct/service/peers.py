@@ -15,7 +15,7 @@ from tunnelacct.config.model import ClientConfig, Config
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.wgpeers import WireGuardError, clients_with_peers, read_wg_peers
-from tunnelacct.store.engine import sync_inventory
+from tunnelacct.store.inventory import sync_inventory
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from tunnelacct.config.orgs import configured_orgs
 from tunnelacct.errors import ConfigError, StoreError
 from tunnelacct.metrics.collectors import RetentionFigures
 from tunnelacct.retention.purge import PURGE_RUNS_POLL_S, PurgeRunTally, purge
-from tunnelacct.store.engine import sync_orgs
+from tunnelacct.store.inventory import sync_orgs
 
 log = logging.getLogger(__name__)
 

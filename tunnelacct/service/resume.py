@@ -15,7 +15,7 @@ from tunnelacct.config.model import Config
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.service.sinks import WriterAndEventLog
-from tunnelacct.store.engine import ongoing_sessions
+from tunnelacct.store.ongoing import ongoing_sessions
 
 log = logging.getLogger(__name__)
 
