@@ -1,28 +1,67 @@
-"""Read and decode capture files in a child process, so decoding overlaps sessionizing.
+"""The one decoder child: a spawned process that reads a packet source and decodes its batches,
+so reading and decoding use their own core and GIL and leave the parent's to the flow table and
+the writer. Every source runs in it the same way (`FileSource` for capture files, in
+`filechild.py`; `LiveRingSource` for an interface, in `livechild.py`).
 
-The parent's event loop runs the flow table and the writer; the child walks the files and
-decodes batches (the pcap record walk is Python and would otherwise share the parent's GIL).
-Messages flow one way through a bounded queue, so a slow parent stops the child reading.
+One protocol, one way: the child puts messages on a bounded queue, the parent reads them.
+
+    Started                      the source opened; or
+    Failed(why, transient)       it could not open, or failed later (the last message)
+    Decoded(index, batch, bytes_read)   a decoded batch (narrow dtypes on the way)
+    FileDone(...)                a capture file was read to its end
+    Ended                        the source is done: every file read, or drained after stop()
+
+A full queue blocks the child: a slow parent stops it reading (a file waits; a live ring
+fills and the kernel counts what overflows it). The child dies with its parent
+(PR_SET_PDEATHSIG), so a `kill -9` of the parent leaves no child behind, and leaves SIGINT to
+the parent. `stop()` asks the source to end; `counts()` reads the two counters a source may
+keep (the live ring's packets and drops).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import queue
+import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from tunnelacct.capture.decode import DecodedBatch, decode, plausible_until
-from tunnelacct.capture.pcapfile import open_capture
-from tunnelacct.errors import CaptureFormatError, TunnelacctError
+from tunnelacct.capture.decode import DecodedBatch
+from tunnelacct.errors import CaptureError, CaptureFormatError
 
 QUEUE_BATCHES = 4  # decoded batches in flight (each from ~4 MB of capture)
-POLL_S = 0.5
+POLL_S = 0.5  # how often a waiting parent checks that the child still runs
+CLOSE_GRACE_S = 0.5  # close(): how long a child that was asked to stop may take to end
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(slots=True)
+class Started:
+    """The source opened in the child."""
+
+
+@dataclass(slots=True)
+class Failed:
+    """The source could not open, or failed: the child's last message."""
+
+    why: str
+    transient: bool = False  # retrying may help (an interface that is missing or went down)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One decoded batch, of file `index` (0 for a live source), and how far into that file
+    reading has got."""
+
+    index: int
+    batch: DecodedBatch
+    bytes_read: int
 
 
 @dataclass(slots=True)
@@ -37,12 +76,29 @@ class FileDone:
 
 
 @dataclass(slots=True)
-class Decoded:
-    """One decoded batch of file `index`, and how far into that file reading has got."""
+class Ended:
+    """The source is done; nothing follows."""
 
-    index: int
-    batch: DecodedBatch
-    bytes_read: int
+
+Message = Started | Failed | Decoded | FileDone | Ended
+
+
+class ChildSource(Protocol):
+    """A packet source as the decoder child runs it. It is pickled to the child, so it holds
+    only what opens it (paths, an interface and its options)."""
+
+    name: str  # the child process's name, after "tunnelacct-"
+
+    def open(self) -> None:
+        """In the child: open the source; raises CaptureError or CaptureFormatError."""
+
+    def messages(self, stop: Any, counts: Any) -> Iterator[Decoded | FileDone]:
+        """In the child: the source's Decoded and FileDone messages, until it is done or, once
+        the event `stop` is set, drained; `counts` is a shared array of two counters it may
+        keep current. Raises CaptureError when it fails."""
+
+    def close(self) -> None:
+        """In the child: release what open() took."""
 
 
 # Narrow dtypes for the trip through the pipe (half the bytes of int64 everywhere); the
@@ -70,73 +126,109 @@ def widen(b: DecodedBatch) -> DecodedBatch:
     return replace(b, **{k: getattr(b, k).astype(np.int64) for k in _NARROW})
 
 
-def first_timestamp(path: Path) -> float:
-    """Time of the first packet of a capture file (inf if it has none or is unreadable)."""
+def _run_in_child(source: ChildSource, out: Any, stop: Any, counts: Any, parent_pid: int) -> None:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        for raw in open_capture(path).batches():
-            if len(raw):
-                return float(raw.ts[0])
-    except CaptureFormatError:
-        pass
-    return float("inf")
+        source.open()
+    except CaptureError as e:
+        out.put(Failed(e.why, e.transient))
+        return
+    except CaptureFormatError as e:
+        out.put(Failed(str(e)))
+        return
+    out.put(Started())
+    try:
+        for message in source.messages(stop, counts):
+            out.put(message)
+        out.put(Ended())
+    except CaptureError as e:
+        out.put(Failed(e.why, e.transient))
+    finally:
+        source.close()
 
 
-def _child(paths: list[Path], out: Any) -> None:
-    for index, path in enumerate(paths):
-        reader = open_capture(path)
-        error = None
-        try:
-            for raw in reader.batches():
-                decoded = decode(raw, not_after_ts=plausible_until(time.time()))
-                out.put(Decoded(index, narrow(decoded), reader.stats.bytes_read))
-        except CaptureFormatError as e:
-            error = str(e)
-        warnings = reader.stats.warnings
-        tail = reader.stats.tail
-        if error is None and tail is not None:
-            # A cut file lost its last packet: damage, as an import reports it (exit 1), not a
-            # warning to miss (issue 15). A replay in serve only logs it.
-            error = str(CaptureFormatError(str(path), f"truncated: {tail}"))
-            warnings = [w for w in warnings if w != tail]
-        if error is not None:
-            error += f"; the {reader.stats.packets:,} packets before it were imported"
-        out.put(FileDone(index, reader.stats.packets, reader.size_bytes, warnings, error))
-    out.put(None)
+class ChildEnded(Exception):
+    """The decoder child ended without a last message (killed, or a crash)."""
+
+    def __init__(self, exit_code: int | None) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"exit code {exit_code}")
 
 
-class DecodeProcess:
-    """Iterate Decoded and FileDone messages for `paths`, decoded in a child process."""
+class DecoderChild:
+    """A `source` run by the decoder child; `next_message()` reads what it sends."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, source: ChildSource, *, queue_batches: int = QUEUE_BATCHES) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs threads and an event loop
-        self._queue: Any = ctx.Queue(maxsize=QUEUE_BATCHES)
+        self._queue: Any = ctx.Queue(maxsize=queue_batches)
+        self._stop = ctx.Event()
+        self._counts = ctx.Array("q", 2)
         self._proc = ctx.Process(
-            target=_child, args=(list(paths), self._queue), name="tunnelacct-decode", daemon=True
+            target=_run_in_child,
+            args=(source, self._queue, self._stop, self._counts, os.getpid()),
+            name=f"tunnelacct-{source.name}",
+            daemon=True,
         )
         self._proc.start()
+        self.ended = False  # Ended or Failed was read: nothing follows
 
-    def get(self) -> Decoded | FileDone | None:
-        """The next message, None at the end; raises if the child died without finishing."""
+    def next_message(self, timeout_s: float | None = None) -> Message | None:
+        """The child's next message within `timeout_s` (None: wait as long as it runs), or
+        None; a Decoded batch comes back widened. Raises ChildEnded when the child is gone
+        without its last message."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            wait_s = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
             try:
-                msg: Decoded | FileDone | None = self._queue.get(timeout=POLL_S)
-                if isinstance(msg, Decoded):
-                    msg.batch = widen(msg.batch)
-                return msg
+                message: Message = self._queue.get(timeout=max(0.0, wait_s))
             except queue.Empty:
                 if not self._proc.is_alive():
-                    raise TunnelacctError(
-                        f"decoder process ended unexpectedly (exit code {self._proc.exitcode})"
-                    ) from None
+                    return self._last_words()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            return self._received(message)
 
-    def __iter__(self) -> Iterator[Decoded | FileDone]:
-        while (msg := self.get()) is not None:
-            yield msg
+    def _last_words(self) -> Message:
+        """What a child that is no longer running left on the queue; ChildEnded if nothing."""
+        try:
+            message: Message = self._queue.get(timeout=POLL_S)
+        except queue.Empty:
+            raise ChildEnded(self._proc.exitcode) from None
+        return self._received(message)
+
+    def _received(self, message: Message) -> Message:
+        if isinstance(message, Decoded):
+            message.batch = widen(message.batch)
+        elif isinstance(message, Ended | Failed):
+            self.ended = True
+        return message
+
+    def stop(self) -> None:
+        """Ask the source to end: a live one is drained, then Ended follows."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop.is_set())
+
+    def counts(self) -> tuple[int, int]:
+        """The two counters the source keeps (the live ring's packets and drops)."""
+        return int(self._counts[0]), int(self._counts[1])
 
     def close(self) -> None:
-        """Stop the child (if still running) and release the queue; idempotent."""
+        """End the child, however far it got, and release the queue; idempotent."""
+        self._stop.set()
+        self._proc.join(timeout=CLOSE_GRACE_S if self.ended else 0)
         if self._proc.is_alive():
             self._proc.terminate()
-        self._proc.join(timeout=5)
+            self._proc.join(timeout=2)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
         self._queue.close()
         self._queue.join_thread()

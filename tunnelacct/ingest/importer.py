@@ -2,8 +2,8 @@
 
 Files are ordered by their first packet time, so the parts of a rotated capture
 (`tcpdump -C/-G`) join up and a session spanning two files stays one session. Reading and
-decoding run in a child process (decodeproc) that feeds a bounded queue; the flow table runs
-on the event loop and hands events to the writer.
+decoding run in the decoder child (capture/filechild.py), which feeds a bounded queue; the
+flow table runs on the event loop and hands events to the writer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunnelacct.capture.child import Decoded, DecodeProcess, first_timestamp
+from tunnelacct.capture.child import Decoded
+from tunnelacct.capture.filechild import DecodeProcess, first_timestamp
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.capture.reasons import SKIPPED_REASONS
 from tunnelacct.config.model import Config
