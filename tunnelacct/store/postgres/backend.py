@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date
 
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.expression import Executable
 
-from tunnelacct.store.cells import CellKind
 from tunnelacct.store.postgres import cells, purge
 from tunnelacct.store.postgres.lock import AdvisoryLock
 from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.postgres.write import CopyWrite
-from tunnelacct.store.purgework import PurgeWork
 from tunnelacct.store.reimport import Reimport
 
 
@@ -36,16 +33,10 @@ class PostgresBackend:
     def purge_lock(self, engine: AsyncEngine, holder: str) -> AdvisoryLock:
         return AdvisoryLock(engine, holder)
 
-    async def drop_expired(self, work: PurgeWork) -> None:
-        await purge.drop_expired(work)
-
-    async def expired_batches(
-        self, engine: AsyncEngine, org_id: str, cutoff: datetime, batch_size: int, emptied: set[str]
-    ) -> Sequence[Executable]:
-        return await purge.expired_batches(engine, org_id, cutoff, batch_size, emptied)
-
-    def cell_sql(self, column: str, kind: CellKind, formula_prefixes: Sequence[str]) -> str:
-        return cells.cell_sql(column, kind, formula_prefixes)
+    # the engine's own modules do these
+    drop_expired = staticmethod(purge.drop_expired)
+    expired_batches = staticmethod(purge.expired_batches)
+    cell_sql = staticmethod(cells.cell_sql)
 
     async def statement_interrupter(
         self, conn: AsyncConnection, timeout_s: float
