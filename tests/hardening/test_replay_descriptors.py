@@ -54,15 +54,27 @@ async def main():
     status = pipeline.status
     await until(lambda: status.packets > 0, "packets", status)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # RLIMIT_NOFILE bounds descriptor numbers: below the lowest free one and below the one the
-    # replay holds on its file now (freed at the end of its pass), no open can succeed
-    probe = os.open(os.devnull, os.O_RDONLY)
-    os.close(probe)
     pcap = os.path.realpath(sys.argv[1])
-    held = [int(fd) for fd in os.listdir("/proc/self/fd")
-            if os.path.realpath(f"/proc/self/fd/{fd}") == pcap]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min([probe, *held]), hard))
-    await until(lambda: status.state == "waiting", "waiting for descriptors", status)
+
+    def limit_descriptors():
+        # RLIMIT_NOFILE bounds descriptor numbers: below the lowest free one and below the one
+        # the replay holds on its file now (freed at the end of its pass), no open can succeed.
+        # The replay opens and closes its file in its own thread meanwhile, so this is tried
+        # again while the replay is not waiting; the limit only ever goes down.
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            held = [int(fd) for fd in os.listdir("/proc/self/fd")
+                    if os.path.realpath(f"/proc/self/fd/{fd}") == pcap]
+            probe = os.open(os.devnull, os.O_RDONLY)
+        except OSError:  # no descriptor is free below the limit now
+            return
+        os.close(probe)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min([limit, probe, *held]), hard))
+
+    limit_descriptors()
+    await until(
+        lambda: status.state == "waiting" or limit_descriptors(), "waiting for descriptors", status
+    )
     stalled = status.packets
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     await until(
