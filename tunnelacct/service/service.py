@@ -111,16 +111,20 @@ class Service:
                 resumed = await resume_sessions(engine, config, self.pipelines, sink)
                 self.resumed = resumed.continued
                 self.closed_at_start = resumed.closed
-                tasks = [tg.create_task(self._guard(p, sink, stop)) for p in self.pipelines]
-                helpers = [
+                capture_tasks = [
+                    tg.create_task(self._guard(pipeline, sink, stop)) for pipeline in self.pipelines
+                ]
+                background_tasks = [
                     tg.create_task(self._status_loop()),
                     tg.create_task(self.purges.every_interval(engine)),
                     tg.create_task(self.purges.poll_purge_runs(engine)),
                     tg.create_task(keep_partitions_ahead(engine)),
                 ]
-                server_tasks = [tg.create_task(srv.serve(sockets=[sock])) for srv, sock in servers]
+                server_tasks = [
+                    tg.create_task(server.serve(sockets=[sock])) for server, sock in servers
+                ]
                 if config.wireguard.interfaces:
-                    helpers.append(tg.create_task(self.identity.keep_current(engine)))
+                    background_tasks.append(tg.create_task(self.identity.keep_current(engine)))
                 self.state = "running"
                 log.info(
                     "serving gateway %r: %d capture(s), store %s",
@@ -129,18 +133,18 @@ class Service:
                     engine.url.render_as_string(hide_password=True),
                 )
                 await stop.wait()
-                await self._shutdown(tasks, writer)
-                for server, _sock in servers:  # after the writer drained
-                    server.should_exit = True
-                if server_tasks:
-                    await asyncio.wait(server_tasks, timeout=5)
-                for task in helpers:
-                    task.cancel()
+                await self._shutdown(
+                    capture_tasks,
+                    writer,
+                    servers=servers,
+                    server_tasks=server_tasks,
+                    background_tasks=background_tasks,
+                )
         except* TunnelacctError as group:
             raise group.exceptions[0] from None  # rendered once by the CLI
         finally:
-            for p in self.pipelines:
-                p.stop()
+            for pipeline in self.pipelines:
+                pipeline.stop()
             self.state = "stopped"
             if self.event_log is not None:
                 self.event_log.close()
@@ -183,8 +187,8 @@ class Service:
             )
             for capture, tally in zip(config.captures, self._tallies, strict=True)
         ]
-        for p in self.pipelines:
-            p.start()  # raises CaptureError when a capture cannot ever work
+        for pipeline in self.pipelines:
+            pipeline.start()  # raises CaptureError when a capture cannot ever work
         registry = service_registry(
             self._capture_statuses,
             self._writer_figures,
@@ -194,32 +198,49 @@ class Service:
         servers = [self._api_server(engine, registry), self._metrics_server(registry)]
         return writer, sink, [server for server in servers if server is not None]
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]], writer: SessionWriter) -> None:
+    async def _shutdown(
+        self,
+        capture_tasks: list[asyncio.Task[None]],
+        writer: SessionWriter,
+        *,
+        servers: list[Server],
+        server_tasks: list[asyncio.Task[None]],
+        background_tasks: list[asyncio.Task[None]],
+    ) -> None:
+        """Stop in the order the data flows: captures read to their end, open sessions
+        checkpointed, the writer drained (all within [service] shutdown_timeout); then the
+        listeners stop and the background tasks are cancelled."""
         self.state = "stopping"
         budget_s = self.config.service.shutdown_timeout_s
         deadline = time.monotonic() + budget_s
         log.info("stopping: reading the rest of each capture, then checkpointing open sessions")
-        for p in self.pipelines:
-            p.stop()
-        if tasks:
-            _done, late = await asyncio.wait(tasks, timeout=budget_s)
+        for pipeline in self.pipelines:
+            pipeline.stop()
+        if capture_tasks:
+            _done, late = await asyncio.wait(capture_tasks, timeout=budget_s)
             if late:
                 log.error("%d capture(s) did not finish within %.0f s", len(late), budget_s)
-                for p in self.pipelines:
-                    p.abandon()
+                for pipeline in self.pipelines:
+                    pipeline.abandon()
         remaining_s = max(1.0, deadline - time.monotonic())
         await writer.close(timeout_s=remaining_s)  # StoreError names what stays unwritten
-        for p in self.pipelines:
-            p.join(1.0)
+        for pipeline in self.pipelines:
+            pipeline.join(1.0)
+        for server, _sock in servers:  # after the writer drained
+            server.should_exit = True
+        if server_tasks:
+            await asyncio.wait(server_tasks, timeout=5)
+        for task in background_tasks:
+            task.cancel()
 
     async def _guard(
-        self, p: CapturePipeline, sink: WriterAndEventLog, stop: asyncio.Event
+        self, pipeline: CapturePipeline, sink: WriterAndEventLog, stop: asyncio.Event
     ) -> None:
         """Run one pipeline; its failure stops the whole service in order (never silently)."""
         try:
-            await p.run(sink)
+            await pipeline.run(sink)
         except Exception as e:  # noqa: BLE001 - reported, then raised by run() after shutdown
-            log.error("capture on %s failed: %s", p.capture.name, e)
+            log.error("capture on %s failed: %s", pipeline.capture.name, e)
             if self._failure is None:
                 self._failure = e
             stop.set()
