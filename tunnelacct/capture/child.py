@@ -3,7 +3,7 @@ so reading and decoding use their own core and GIL and leave the parent's to the
 the writer. Every source runs in it the same way (`FileSource` for capture files, in
 `filechild.py`; `LiveRingSource` for an interface, in `livechild.py`).
 
-One protocol, one way: the child puts messages on a bounded queue, the parent reads them.
+One protocol, one way: the child sends messages down a pipe, the parent reads them.
 
     Started                      the source opened; or
     Failed(why, transient)       it could not open, or failed later (the last message)
@@ -11,11 +11,14 @@ One protocol, one way: the child puts messages on a bounded queue, the parent re
     FileDone(...)                a capture file was read to its end
     Ended                        the source is done: every file read, or drained after stop()
 
-A full queue blocks the child: a slow parent stops it reading (a file waits; a live ring
-fills and the kernel counts what overflows it). The child dies with its parent
-(PR_SET_PDEATHSIG), so a `kill -9` of the parent leaves no child behind, and leaves SIGINT to
-the parent. `stop()` asks the source to end; `counts()` reads the two counters a source may
-keep (the live ring's packets and drops).
+The child holds the pipe's only write end, so a child that dies, even in the middle of a
+message, is an end of file to the parent (ChildEnded), never a read that waits for ever. In the
+child a sender thread writes what the decoder pickled, with at most a few batches waiting, so
+decoding goes on while a batch is on its way; a full pipe blocks the child: a slow parent stops
+it reading (a file waits; a live ring fills and the kernel counts what overflows it). The child
+dies with its parent (PR_SET_PDEATHSIG), so a `kill -9` of the parent leaves no child behind,
+and leaves SIGINT to the parent. `stop()` asks the source to end; `counts()` reads the two
+counters a source may keep (the live ring's packets and drops).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -35,7 +40,7 @@ import numpy as np
 from tunnelacct.capture.decode import DecodedBatch
 from tunnelacct.errors import CaptureError, CaptureFormatError
 
-QUEUE_BATCHES = 4  # decoded batches in flight (each from ~4 MB of capture)
+QUEUE_BATCHES = 4  # decoded batches waiting in the child to be sent (each from ~4 MB of capture)
 POLL_S = 0.5  # how often a waiting parent checks that the child still runs
 CLOSE_GRACE_S = 0.5  # close(): how long a child that was asked to stop may take to end
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -126,27 +131,69 @@ def widen(b: DecodedBatch) -> DecodedBatch:
     return replace(b, **{k: getattr(b, k).astype(np.int64) for k in _NARROW})
 
 
-def _run_in_child(source: ChildSource, out: Any, stop: Any, counts: Any, parent_pid: int) -> None:
+class _Sender:
+    """The child's end of the pipe: messages are pickled by the caller and written by a thread,
+    at most `depth` of them waiting. Once the parent is gone, or has closed its end, what is
+    sent is dropped, so the child never blocks on a pipe that nobody reads."""
+
+    def __init__(self, conn: Any, depth: int) -> None:
+        self._conn = conn
+        self._waiting: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._write, name="sender", daemon=True)
+        self._thread.start()
+
+    def send(self, message: Message) -> None:
+        """Queue `message`; blocks while `depth` messages wait to be written."""
+        self._waiting.put(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _write(self) -> None:
+        reader_gone = False
+        while (payload := self._waiting.get()) is not None:
+            if reader_gone:
+                continue
+            try:
+                self._conn.send_bytes(payload)
+            except OSError:  # EPIPE: nobody will read the rest
+                reader_gone = True
+        self._conn.close()
+
+    def finish(self) -> None:
+        """Write what waits, then close the pipe: the parent reads its end of file."""
+        self._waiting.put(None)
+        self._thread.join()
+
+
+def _run_in_child(
+    source: ChildSource, conn: Any, stop: Any, counts: Any, parent_pid: int, depth: int
+) -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    out = _Sender(conn, depth)
+    try:
+        _send_messages(source, out, stop, counts)
+    finally:
+        out.finish()
+
+
+def _send_messages(source: ChildSource, out: _Sender, stop: Any, counts: Any) -> None:
     try:
         source.open()
     except CaptureError as e:
-        out.put(Failed(e.why, e.transient))
+        out.send(Failed(e.why, e.transient))
         return
     except CaptureFormatError as e:
-        out.put(Failed(str(e)))
+        out.send(Failed(str(e)))
         return
-    out.put(Started())
+    out.send(Started())
     try:
         for message in source.messages(stop, counts):
-            out.put(message)
-        out.put(Ended())
+            out.send(message)
+        out.send(Ended())
     except CaptureError as e:
-        out.put(Failed(e.why, e.transient))
+        out.send(Failed(e.why, e.transient))
     finally:
         source.close()
 
@@ -164,16 +211,19 @@ class DecoderChild:
 
     def __init__(self, source: ChildSource, *, queue_batches: int = QUEUE_BATCHES) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs threads and an event loop
-        self._queue: Any = ctx.Queue(maxsize=queue_batches)
+        self._conn, child_conn = ctx.Pipe(duplex=False)
         self._stop = ctx.Event()
         self._counts = ctx.Array("q", 2)
         self._proc = ctx.Process(
             target=_run_in_child,
-            args=(source, self._queue, self._stop, self._counts, os.getpid()),
+            args=(source, child_conn, self._stop, self._counts, os.getpid(), queue_batches),
             name=f"tunnelacct-{source.name}",
             daemon=True,
         )
-        self._proc.start()
+        try:
+            self._proc.start()
+        finally:
+            child_conn.close()  # the child holds the only write end: its exit ends the pipe
         self.ended = False  # Ended or Failed was read: nothing follows
 
     def next_message(self, timeout_s: float | None = None) -> Message | None:
@@ -183,23 +233,21 @@ class DecoderChild:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             wait_s = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-            try:
-                message: Message = self._queue.get(timeout=max(0.0, wait_s))
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    return self._last_words()
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
-                continue
-            return self._received(message)
+            if self._conn.poll(max(0.0, wait_s)):
+                return self._received(self._receive())
+            if not self._proc.is_alive() and not self._conn.poll(0):
+                raise ChildEnded(self._proc.exitcode)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
-    def _last_words(self) -> Message:
-        """What a child that is no longer running left on the queue; ChildEnded if nothing."""
+    def _receive(self) -> Message:
+        """One whole message; ChildEnded at the end of the pipe, even inside a message."""
         try:
-            message: Message = self._queue.get(timeout=POLL_S)
-        except queue.Empty:
+            message: Message = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(timeout=CLOSE_GRACE_S)  # for its exit code
             raise ChildEnded(self._proc.exitcode) from None
-        return self._received(message)
+        return message
 
     def _received(self, message: Message) -> Message:
         if isinstance(message, Decoded):
@@ -221,8 +269,9 @@ class DecoderChild:
         return int(self._counts[0]), int(self._counts[1])
 
     def close(self) -> None:
-        """End the child, however far it got, and release the queue; idempotent."""
+        """End the child, however far it got, and close the pipe; idempotent."""
         self._stop.set()
+        self._conn.close()  # a child still sending is told nobody reads (EPIPE)
         self._proc.join(timeout=CLOSE_GRACE_S if self.ended else 0)
         if self._proc.is_alive():
             self._proc.terminate()
@@ -230,5 +279,8 @@ class DecoderChild:
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(timeout=5)
-        self._queue.close()
-        self._queue.join_thread()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before it started)."""
+        return self._proc.pid
