@@ -734,6 +734,24 @@ async def test_every_other_error_has_the_same_shape(client: Client) -> None:
         assert isinstance(body["detail"], str) and body["detail"], body
 
 
+async def test_a_405_allows_every_method_the_path_has(client: Client) -> None:
+    """RFC 9110: a 405 lists in Allow every method the resource supports, here as the OpenAPI
+    description documents them, not only the first route's."""
+    c, tokens = client
+    admin = bearer(tokens["admin"])
+    spec = (await c.get("/openapi.json")).json()
+    for path, item in spec["paths"].items():
+        concrete = path.replace("{org}", "acme")
+        answer = await c.request("PUT", concrete, headers=admin)
+        assert answer.status_code == 405, (path, answer.status_code)
+        allowed = {method.strip() for method in answer.headers["allow"].split(",")}
+        documented = {method.upper() for method in item}
+        assert allowed - {"HEAD"} == documented, (path, allowed, documented)
+        if "GET" in documented:  # and HEAD too, since it is answered
+            assert "HEAD" in allowed, (path, allowed)
+            assert (await c.head(concrete, headers=admin)).status_code != 405, path
+
+
 async def test_the_openapi_description_documents_the_400s_and_no_422(client: Client) -> None:
     c, _ = client
     spec = (await c.get("/openapi.json")).json()

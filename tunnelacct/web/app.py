@@ -103,6 +103,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _add_docs(app)
     for error in HANDLED_ERRORS:
         app.add_exception_handler(error, render_error)
-    for routes in (probe_routes, org_routes, admin_routes, session_routes):
-        app.include_router(routes(ctx))
+    routers = [routes(ctx) for routes in (probe_routes, org_routes, admin_routes, session_routes)]
+    for router in routers:
+        app.include_router(router)
+    # the routes as written, for a 405 that names every method at its path (web/errors.py)
+    app.state.method_routes = [route for router in routers for route in router.routes]
     return app

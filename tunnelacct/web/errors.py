@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
 from tunnelacct.web.limits import ClientGone, QueryTimeout, TooBusy
@@ -20,7 +21,8 @@ class BadParameter(TunnelacctError):
     """A request parameter the API cannot take (query, body or cursor): names it and says why."""
 
     def __init__(self, parameter: str, detail: str) -> None:
-        self.parameter, self.detail = parameter, detail
+        self.parameter = parameter
+        self.detail = detail
         super().__init__(detail)
 
 
@@ -84,7 +86,7 @@ def _invalid(exc: RequestValidationError) -> BadParameter:
     return BadParameter(parameter, f"{parameter} {shown(first['input'])}: {why}")
 
 
-async def render_error(_request: Request, exc: Exception) -> Response:
+async def render_error(request: Request, exc: Exception) -> Response:
     """The app's one error handler: core and API errors to HTTP, in the one JSON shape."""
     if isinstance(exc, RequestValidationError):
         exc = _invalid(exc)
@@ -106,8 +108,25 @@ async def render_error(_request: Request, exc: Exception) -> Response:
     if isinstance(exc, StarletteHTTPException):
         # 401, 403, 404, 409 of the routes, and Starlette's own 404 and 405
         error = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-        return error_response(exc.status_code, error, str(exc.detail), headers=exc.headers)
+        headers = exc.headers
+        allowed = _allowed_methods(request) if exc.status_code == 405 else None
+        if allowed is not None:
+            headers = {**(headers or {}), "Allow": allowed}
+        return error_response(exc.status_code, error, str(exc.detail), headers=headers)
     raise exc  # not registered for anything else
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method of the API's routes at the request's path (None if it has none): Starlette's
+    own 405 names only the first route's (the GET of an org, not its PATCH)."""
+    methods: set[str] = set()
+    for route in getattr(request.app.state, "method_routes", []):
+        match, _child_scope = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")  # HttpGuards answers a HEAD as the GET, without its body
+    return ", ".join(sorted(methods)) if methods else None
 
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {

@@ -19,6 +19,7 @@ _PURGE_RUNS_ERRORS = {**ADMIN_ERRORS, 400: bad_doc("limit")}
 
 
 def admin_routes(ctx: ApiContext) -> APIRouter:
+    """What only an admin reads: the purge runs, newest first."""
     router = APIRouter()
 
     @router.get("/api/v1/purge-runs", responses=_PURGE_RUNS_ERRORS)

@@ -104,6 +104,8 @@ def _set_in_config(org: str, default_org: str) -> str:
 
 
 def org_routes(ctx: ApiContext) -> APIRouter:
+    """The organisations a caller may see, an org's retention (set by an admin), and its
+    clients and resources."""
     router = APIRouter()
 
     def org_fields(o: Org) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from tunnelacct.web.errors import error_doc
 
 
 def probe_routes(ctx: ApiContext) -> APIRouter:
+    """Liveness, readiness and the Prometheus metrics: no token needed."""
     router = APIRouter()
 
     @router.get("/healthz")

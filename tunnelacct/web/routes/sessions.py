@@ -84,6 +84,8 @@ class _ClosingStream(StreamingResponse):
 
 
 def session_routes(ctx: ApiContext) -> APIRouter:
+    """An org's sessions: a filtered page (cursor-paged, oldest first) and the CSV export
+    of every match, both with the one filter language."""
     router = APIRouter()
 
     @router.get("/api/v1/orgs/{org}/sessions", responses=_QUERY_ERRORS)
