@@ -31,7 +31,8 @@ class CaptureFormatError(TunnelacctError):
     """A capture file is not a pcap/pcapng file or is broken beyond its last good record."""
 
     def __init__(self, path: str, why: str) -> None:
-        self.path, self.why = path, why
+        self.path = path
+        self.why = why
         super().__init__(f"{path}: {why}")
 
 
@@ -54,7 +55,8 @@ class UnknownOrgError(TunnelacctError):
     """An org id that neither the config nor the store knows (a typo, usually)."""
 
     def __init__(self, org_id: str, known: list[str]) -> None:
-        self.org_id, self.known = org_id, known
+        self.org_id = org_id
+        self.known = known
         super().__init__(f"unknown org {org_id!r}; known orgs: {', '.join(known) or 'none'}")
 
 
@@ -62,5 +64,6 @@ class FilterError(TunnelacctError):
     """A session filter term cannot be parsed: names the term as written and what was expected."""
 
     def __init__(self, token: str, expected: str) -> None:
-        self.token, self.expected = token, expected
+        self.token = token
+        self.expected = expected
         super().__init__(f"bad filter term {token!r}: expected {expected}")

@@ -17,7 +17,10 @@ revision's. Per round and revision:
 It prints each figure per revision and round, and the median per revision. Asserts nothing.
 
     .venv/bin/python tests/benchmarks/bench_revisions.py BEFORE AFTER [--rounds 3]
-        [--sessions 10000000] [--store /var/tmp/bench-10m.db]
+        [--sessions 10000000] [--store /var/tmp/bench-10m.db] [--only import]
+
+`--only` keeps the figures whose name starts with it (`import`: the two imports only, for a
+change that touches only the decoder's path).
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 PYTHON = CHECKOUT / ".venv" / "bin" / "python"
 BULK = ["--packets", "2000000", "--flows", "20000"]
 SESSION_HEAVY = ["--flows", "200000"]
+FIGURES = (
+    "import bulk (packets/s)",
+    "import session-heavy (packets/s)",
+    "flow table (M instructions)",
+    "CSV export (rows/s)",
+    "filtered page p99 (ms)",
+)
 
 
 def run(argv: list[str], tree: Path, cwd: Path | None = None) -> str:
@@ -105,7 +115,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=10_000_000)
     parser.add_argument("--store", type=Path, default=Path("/var/tmp/tunnelacct-bench-query.db"))
+    parser.add_argument("--only", default="", help="the figures whose name starts with this")
     args = parser.parse_args()
+    wanted = [what for what in FIGURES if what.startswith(args.only)]
+    if not wanted:
+        parser.error(f"--only {args.only!r} names no figure")
     with tempfile.TemporaryDirectory(prefix="tunnelacct-revisions-") as tmp:
         home = Path(tmp)
         trees = {}
@@ -126,6 +140,8 @@ def main() -> None:
             "CSV export (rows/s)": export_rate,
             "filtered page p99 (ms)": lambda tree: filtered_p99_ms(tree, args.sessions, args.store),
         }
+        assert list(measures) == list(FIGURES), "FIGURES names every measure, in order"
+        measures = {what: measure for what, measure in measures.items() if what in wanted}
         _write_flow_capture(capture)
         try:
             for round_no in range(args.rounds):

@@ -65,7 +65,8 @@ class ReplaySource:
         self.path = Path(path)
         self.interface = str(self.path)
         self.speed, self.loop, self.loop_gap_s = speed, loop, loop_gap_s
-        self._clock, self._sleep = clock, sleep
+        self._clock = clock
+        self._sleep = sleep
         self._first_ts, self._span_s = self._extent()
         self.passes = 0  # passes started
         self.packets = 0  # packets handed out

@@ -141,7 +141,8 @@ class Loader:
     __slots__ = ("_path", "_lines")
 
     def __init__(self, path: str, lines: KeyLines) -> None:
-        self._path, self._lines = path, lines
+        self._path = path
+        self._lines = lines
 
     def fail(self, where: _Where, key: str | None, why: str, value: object = None) -> NoReturn:
         """Raise the ConfigError for `key` of `where`, at the line the key is written on."""
@@ -415,7 +416,8 @@ class Loader:
             if ("interface" in t) == ("pcap" in t):
                 self.fail(where, None, "expected exactly one of interface or pcap")
             if "interface" in t:
-                key, name = "interface", t["interface"]
+                key = "interface"
+                name = t["interface"]
                 if not _is_ifname(name):
                     self.fail(where, key, _IFNAME_WHY, _shown(name))
                 for replay_only in ("speed", "loop"):

@@ -26,7 +26,8 @@ class KeyLines:
     def __init__(self, text: str) -> None:
         self._where: dict[tuple[str, int, str | None], int] = {}
         counts: dict[str, int] = {}
-        table, index = "", 0
+        table = ""
+        index = 0
         closing: str | None = None  # the delimiter of the multi-line string being skipped
         for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.strip()
@@ -46,11 +47,13 @@ class KeyLines:
                     counts[head] = index + 1
                     table = head
                 elif len(names) == 1:
-                    table, index = head, 0
+                    table = head
+                    index = 0
                 else:  # [database.extra]: report it as key "extra" of [database]
                     parent = max(counts.get(head, 0) - 1, 0)
                     self._where.setdefault((head, parent, names[1]), number)
-                    table, index = ".".join(names), 0
+                    table = ".".join(names)
+                    index = 0
                 self._where.setdefault((table, index, None), number)
                 continue
             match = _KEY.match(line)

@@ -164,7 +164,8 @@ class CapturePipeline:
         )
         self._timeouts = timeouts
         self._queue_packets = queue_packets
-        self._clock, self._monotonic = clock, monotonic
+        self._clock = clock
+        self._monotonic = monotonic
         # a paced source stamps packets with the wall clock, so the ticker may expire by it
         self.realtime = self.live or capture.speed > 0
         self._stop = threading.Event()
@@ -259,7 +260,8 @@ class CapturePipeline:
                     if not self.live:
                         # a damaged file: what came before the damage counts, as in import
                         log.error("%s (packets before it were accounted)", e)
-                        self.status.error, self.status.state = str(e), "finished"
+                        self.status.error = str(e)
+                        self.status.state = "finished"
                         end = _End(finished=True)
                         break
                     if not e.transient:

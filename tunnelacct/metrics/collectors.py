@@ -185,8 +185,9 @@ class TrafficCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every label set of the tallies (already within each metric's cap)."""
         figures = self._traffic()
-        t, g = figures.tally, figures.guard
-        names = list(g.session_label_names)
+        tally = figures.tally
+        guard = figures.guard
+        names = list(guard.session_label_names)
         bytes_ = CounterMetricFamily(
             "tunnelacct_bytes",
             "IP bytes (IP total length) of sessions; tx = initiator to responder",
@@ -197,37 +198,37 @@ class TrafficCollector(Collector):
             "Packets of sessions; tx = initiator to responder",
             labels=[*names, "direction"],
         )
-        for labels, (b_tx, b_rx, p_tx, p_rx) in t.traffic.items():
+        for labels, (b_tx, b_rx, p_tx, p_rx) in tally.traffic.items():
             for direction, b, p in zip(DIRECTIONS, (b_tx, b_rx), (p_tx, p_rx), strict=True):
                 bytes_.add_metric([*labels, direction], b)
                 packets.add_metric([*labels, direction], p)
         yield from (bytes_, packets)
         active = GaugeMetricFamily("tunnelacct_sessions_active", "Sessions open now", labels=names)
         opened = CounterMetricFamily("tunnelacct_sessions_opened", "Sessions opened", labels=names)
-        for labels, n in t.active.items():
+        for labels, n in tally.active.items():
             active.add_metric(list(labels), n)
-        for labels, n in t.opened.items():
+        for labels, n in tally.opened.items():
             opened.add_metric(list(labels), n)
         closed = CounterMetricFamily(
             "tunnelacct_sessions",
             "Sessions closed, by close reason",
             labels=[*names, "close_reason"],
         )
-        for labels, n in t.closed.items():
+        for labels, n in tally.closed.items():
             closed.add_metric(list(labels), n)
         yield from (active, opened, closed)
         yield _histogram(
             "tunnelacct_session_duration_seconds",
             "Duration of closed sessions",
             DURATION_BUCKETS_S,
-            _series(t.duration),
+            _series(tally.duration),
             ["org", "protocol"],
         )
         yield _histogram(
             "tunnelacct_session_bytes",
             "Bytes both ways of closed sessions",
             SIZE_BUCKETS_BYTES,
-            _series(t.size),
+            _series(tally.size),
             ["org", "protocol"],
         )
         yield CounterMetricFamily(
@@ -241,10 +242,10 @@ class TrafficCollector(Collector):
             labels=["metric"],
         )
         for metric, cap in (
-            ("tunnelacct_bytes_total", g.traffic),
-            ("tunnelacct_sessions_active", g.sessions),
-            ("tunnelacct_sessions_total", g.closed),
-            ("tunnelacct_session_duration_seconds", g.histograms),
+            ("tunnelacct_bytes_total", guard.traffic),
+            ("tunnelacct_sessions_active", guard.sessions),
+            ("tunnelacct_sessions_total", guard.closed),
+            ("tunnelacct_session_duration_seconds", guard.histograms),
         ):
             overflow.add_metric([metric], cap.overflowed)
         yield overflow
@@ -268,7 +269,8 @@ def _histogram(
     family = HistogramMetricFamily(name, documentation, labels=labels)
     for values, counts, total in series:
         counts = counts or [0] * (len(bounds) + 1)
-        cumulative, running = [], 0
+        cumulative = []
+        running = 0
         for bound, n in zip([*map(_le, bounds), "+Inf"], counts, strict=True):
             running += n
             cumulative.append((bound, running))

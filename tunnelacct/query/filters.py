@@ -295,7 +295,8 @@ _TERM = re.compile(r"(-?)([a-z_]+)([:<>])(.*)", re.DOTALL)
 def _tokens(text: str) -> list[tuple[str, str]]:
     """Split on whitespace outside double quotes: [(as written, value without the quotes)]."""
     tokens: list[tuple[str, str]] = []
-    i, n = 0, len(text)
+    i = 0
+    n = len(text)
     while i < n:
         if text[i].isspace():
             i += 1

@@ -274,7 +274,8 @@ class PurgeRunTally:
         StoreError when the store fails, counting nothing."""
         t = table_of(PurgeRun)
         async with self._refreshing:
-            max_id, newest_start = self._max_id, self._newest_start
+            max_id = self._max_id
+            newest_start = self._newest_start
             wanted = t.c.id > max_id
             if newest_start is not None:
                 wanted = wanted | (t.c.started_at > newest_start)

@@ -37,7 +37,8 @@ class SessionEventLog:
     """Appends the opens and closes of submitted events to a file or standard output."""
 
     def __init__(self, path: str, gateway: str) -> None:
-        self.path, self._gateway = path, gateway
+        self.path = path
+        self._gateway = gateway
         self._out: TextIO = (
             sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
         )

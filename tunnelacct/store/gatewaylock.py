@@ -41,7 +41,8 @@ class GatewayInUse(TunnelacctError):
     """Another process serves this gateway on this store: named in the message."""
 
     def __init__(self, gateway: str, holder: str) -> None:
-        self.gateway, self.holder = gateway, holder
+        self.gateway = gateway
+        self.holder = holder
         super().__init__(
             f"gateway {gateway!r} is already served on this store by {holder}: stop that "
             "process first, or give this one another [gateway] name"

@@ -174,7 +174,8 @@ class SessionWriter:
             raise StoreError("session writer is closed")
         limit = self._config.max_pending
         batch_size = self._config.batch_size
-        pending, since = self._pending, self._since
+        pending = self._pending
+        since = self._since
         unlogged = self._unlogged
         for event in events:
             if unlogged and event.attribution.org_id in unlogged:
@@ -340,9 +341,11 @@ class SessionWriter:
 
     async def _write_batch(self, keys: list[int]) -> None:
         """Write the pending sessions `keys` in one transaction."""
-        pending, since = self._pending, self._since
+        pending = self._pending
+        since = self._since
         events = [pending[key] for key in keys]
-        gateway, driver = self._gateway, self._driver
+        gateway = self._gateway
+        driver = self._driver
         rows = [session_values(event, gateway, driver) for event in events]
         fresh: list[SessionEvent] = []
         if self._reimport is not None:

@@ -56,7 +56,8 @@ class TooBusy(TunnelacctError):
     def __init__(
         self, limit: int, retry_after_s: int = RETRY_AFTER_S, *, exports: bool = False
     ) -> None:
-        self.limit, self.retry_after_s = limit, retry_after_s
+        self.limit = limit
+        self.retry_after_s = retry_after_s
         if exports:
             why = f"{limit} CSV exports are streaming already: try again shortly"
         else:

@@ -132,7 +132,8 @@ async def _empty(conn: AsyncConnection, part: Partition, cutoff: datetime) -> in
     name, held = quote(part.name), f"temp.{quote(KEEP_TABLE)}"
     cols = ", ".join(quote(c.name) for c in table_of(SessionRecord).columns)
     at = naive_utc(cutoff).isoformat(" ", "microseconds")  # as UtcDateTime stores it
-    org, ongoing = part.org_id, SessionStatus.ONGOING.value
+    org = part.org_id
+    ongoing = SessionStatus.ONGOING.value
 
     async def count(where: str, *args: object) -> int:
         sql = f"SELECT count(*) FROM {name}" + (f" WHERE {where}" if where else "")
@@ -140,7 +141,8 @@ async def _empty(conn: AsyncConnection, part: Partition, cutoff: datetime) -> in
 
     # Each by an index: (org_id, ended_at), or with `+` kept off it, the partial index of
     # ongoing sessions (the planner took the former and read every row's status: 30-60 ms).
-    null_end, late = "org_id = ? AND ended_at IS NULL", "org_id = ? AND ended_at >= ?"
+    null_end = "org_id = ? AND ended_at IS NULL"
+    late = "org_id = ? AND ended_at >= ?"
     if await count(null_end, org) + await count(late, org, at) > KEEP_MAX:
         return None  # the day the cutoff falls in, or later
     if await count("org_id < ? OR org_id > ?", org, org):
