@@ -2,7 +2,7 @@
 
 Files are ordered by their first packet time, so the parts of a rotated capture
 (`tcpdump -C/-G`) join up and a session spanning two files stays one session. Reading and
-decoding run in the decoder child (capture/filechild.py), which feeds a bounded queue; the
+decoding run in the decoder child (capture/filechild.py), which sends batches down a pipe; the
 flow table runs on the event loop and hands events to the writer.
 """
 
