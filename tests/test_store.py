@@ -123,6 +123,7 @@ TABLES = {
     "api_tokens",
     "purge_runs",
     "purge_locks",
+    "usage_days",
 }
 
 
@@ -576,9 +577,14 @@ def test_upgrade_to_0004_moves_sessions_into_day_partitions_and_downgrade_back(
     rows = [record(started_at=at, last_seen_at=at) for at in starts]
     engine = create_engine(sync_url(database_url), poolclass=pool.NullPool)
     try:
+        present = {column["name"] for column in inspect(engine).get_columns("sessions")}
         with engine.begin() as conn:
             conn.execute(
-                table.insert(), [{c.name: getattr(r, c.name) for c in table.columns} for r in rows]
+                table.insert(),
+                [
+                    {c.name: getattr(r, c.name) for c in table.columns if c.name in present}
+                    for r in rows
+                ],
             )
         everything = "SELECT * FROM sessions ORDER BY id"
         before = read_rows(database_url, everything)

@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +129,57 @@ class _Packet:
 
 def tshark_sessions(pcap: Path, *, tshark: str = "tshark") -> list[OracleSession]:
     """Sessions in a capture per tshark stream index, ordered by first packet time."""
+    streams = tshark_streams(pcap, tshark=tshark)
+    sessions = [_summarise(protocol, packets) for (protocol, _), packets in streams.items()]
+    return sorted(sessions, key=lambda s: (s.first_ts, s.key))
+
+
+DAY_S = 86_400
+
+
+@dataclass
+class DailyUsage:
+    """What a group moved on one UTC day, by tshark: packets count on their own day."""
+
+    bytes_tx: int = 0
+    bytes_rx: int = 0
+    packets_tx: int = 0
+    packets_rx: int = 0
+    sessions_started: int = 0  # on the day of their first packet
+    sessions_completed: int = 0  # on the day of their last (the capture ended them all)
+
+
+def tshark_daily_usage(
+    pcap: Path, group_of: Callable[[str, str], str], *, tshark: str = "tshark"
+) -> dict[tuple[str, str], DailyUsage]:
+    """(ISO day, group) -> DailyUsage of the capture's streams, each packet on the UTC day of
+    its own frame.time_epoch; tx = sent by the stream's initiator (the SYN sender, else the
+    first packet's sender, as tshark_sessions). `group_of(initiator, responder)` names a
+    stream's group from its addresses."""
+    usage: dict[tuple[str, str], DailyUsage] = defaultdict(DailyUsage)
+    for (protocol, _stream), packets in tshark_streams(pcap, tshark=tshark).items():
+        session = _summarise(protocol, packets)
+        group = group_of(session.src_addr, session.dst_addr)
+        initiator = (session.src_addr, session.src_port)
+        for packet in packets:
+            day = _iso_day(packet.ts)
+            if packet.src == initiator:
+                usage[(day, group)].bytes_tx += packet.ip_bytes
+                usage[(day, group)].packets_tx += 1
+            else:
+                usage[(day, group)].bytes_rx += packet.ip_bytes
+                usage[(day, group)].packets_rx += 1
+        usage[(_iso_day(session.first_ts), group)].sessions_started += 1
+        usage[(_iso_day(session.last_ts), group)].sessions_completed += 1
+    return dict(usage)
+
+
+def _iso_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts // DAY_S * DAY_S, UTC).date().isoformat()
+
+
+def tshark_streams(pcap: Path, *, tshark: str = "tshark") -> dict[tuple[str, int], list[_Packet]]:
+    """The capture's TCP and UDP packets per (protocol, tshark stream index)."""
     argv = [tshark, "-r", str(pcap), "-n"]
     argv += ["-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE"]
     argv += ["-o", "tcp.analyze_sequence_numbers:TRUE"]
@@ -146,8 +197,7 @@ def tshark_sessions(pcap: Path, *, tshark: str = "tshark") -> list[OracleSession
     for line in done.stdout.splitlines():
         protocol, stream, packet = _parse_line(line)
         streams[(protocol, stream)].append(packet)
-    sessions = [_summarise(protocol, packets) for (protocol, _), packets in streams.items()]
-    return sorted(sessions, key=lambda s: (s.first_ts, s.key))
+    return dict(streams)
 
 
 def _parse_line(line: str) -> tuple[str, int, _Packet]:

@@ -47,7 +47,9 @@ async def resume_sessions(
     now_ts = time.time()
     stale = []
     continued = 0
-    for event in await ongoing_sessions(engine, config.gateway):
+    stored = await ongoing_sessions(engine, config.gateway)
+    sink.seed(stored)  # the usage rollup holds their share already
+    for event in stored:
         pipeline = live.get(event.interface)
         idle_s = timeouts.tcp_idle_s if event.proto is IpProto.TCP else timeouts.udp_idle_s
         if pipeline is None or now_ts - event.last_ts > idle_s:

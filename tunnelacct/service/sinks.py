@@ -73,6 +73,10 @@ class WriterAndEventLog:
         self._writer = writer
         self._events = events
 
+    def seed(self, stored: list[SessionEvent]) -> None:
+        """Sessions as the store holds them, which later events continue (SessionWriter.seed)."""
+        self._writer.seed(stored)
+
     async def submit(self, events: list[SessionEvent]) -> None:
         if self._events is not None:
             await self._events.write(events)

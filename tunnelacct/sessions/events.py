@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.sessions.days import DayMark
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,5 @@ class SessionEvent:
     community_id: str
     attribution: Attribution
     interface: str
+    # its counters at the end of each UTC day before its last packet's (sessions/days.py)
+    day_marks: tuple[DayMark, ...] = ()

@@ -36,6 +36,7 @@ from tunnelacct.capture.decode import (
 )
 from tunnelacct.config.model import Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.sessions.days import DAY_S, DayMark, day_of, trimmed
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sessions.flowkey import (
     LO64,
@@ -93,6 +94,7 @@ class Flow:
         "finished",
         "idle_s",
         "observed",
+        "day_marks",
     )
 
     def __init__(
@@ -128,6 +130,9 @@ class Flow:
         self.finished = False
         self.idle_s = 0.0  # the protocol's idle timeout, set by the table
         self.observed: object = None  # the FlowObserver's own state of this flow
+        # per UTC day before the last one it had packets on: (day, bytes_a, bytes_b, packets_a,
+        # packets_b) as they stood at the end of that day (sessions/days.py); None: one day
+        self.day_marks: list[DayMark] | None = None
 
 
 class FlowObserver(Protocol):
@@ -199,6 +204,7 @@ class FlowTable:
         self._opened: list[Flow] = []
         self._now = float("-inf")
         self._last_sweep = float("-inf")
+        self._day: int | None = None  # the UTC day of packet time; None before any packet
         self.stats = FlowStats()
 
     def __len__(self) -> int:
@@ -210,31 +216,69 @@ class FlowTable:
         return self._now
 
     def process(self, b: DecodedBatch) -> list[SessionEvent]:
-        """Account one batch of packets; returns events for sessions opened or closed by it."""
-        m = len(b)
-        if m:
-            later = b.frag == FRAG_LATER
-            if not later.any():
-                self._process_keyed(b, None)
-            else:
-                # capture order matters (fragments refresh idle timers): alternate runs of
-                # ordinary packets and of fragments after the first
-                cuts = (np.flatnonzero(later[1:] != later[:-1]) + 1).tolist()
-                for lo, hi in zip([0, *cuts], [*cuts, m], strict=True):
-                    run = np.arange(lo, hi)
-                    if later[lo]:
-                        self._process_later_fragments(b, run)
-                    else:
-                        self._process_keyed(b, run)
-            self.stats.packets += m
-            self.stats.bytes += int(b.ip_bytes.sum())
-            newest_before = np.maximum.accumulate(b.ts)
-            newest_before[1:] = newest_before[:-1]
-            newest_before[0] = self._now
-            np.maximum(newest_before, self._now, out=newest_before)
-            self.stats.late_packets += int(np.count_nonzero(b.ts < newest_before - LATE_S))
-            self._now = max(self._now, float(b.ts.max()))
+        """Account one batch of packets; returns events for sessions opened or closed by it.
+
+        A batch whose packets fall on two UTC days is accounted a day at a time, and the open
+        sessions take a day mark when packet time crosses midnight (sessions/days.py)."""
+        if len(b):
+            for day, part in self._day_parts(b):
+                if self._day is None:
+                    self._day = day
+                elif day > self._day:
+                    self._cross_midnight(day)
+                self._account(part)
         return self.advance(self._now)
+
+    def _day_parts(self, b: DecodedBatch) -> list[tuple[int, DecodedBatch]]:
+        """The batch's packets per UTC day, earliest day first, each day in capture order."""
+        first_day = day_of(float(b.ts.min()))
+        if first_day == day_of(float(b.ts.max())):
+            return [(first_day, b)]
+        days = np.floor_divide(b.ts, DAY_S).astype(np.int64)
+        parts = []
+        for day in np.unique(days).tolist():
+            index = np.flatnonzero(days == day)
+            parts.append((int(day), _packets_at(b, index)))
+        return parts
+
+    def _cross_midnight(self, day: int) -> None:
+        """Packet time enters UTC day `day`: every open session that had packets on an earlier
+        day marks its counters as they stood at that day's end."""
+        for flow in self._flows.values():
+            last_day = day_of(flow.last_ts)
+            if last_day >= day:
+                continue  # a packet from the future (a clock stepped): it marks nothing
+            mark = (last_day, flow.bytes_a, flow.bytes_b, flow.packets_a, flow.packets_b)
+            if flow.day_marks is None:
+                flow.day_marks = [mark]
+            elif flow.day_marks[-1][0] != last_day:
+                flow.day_marks.append(mark)
+        self._day = day
+
+    def _account(self, b: DecodedBatch) -> None:
+        """Account the packets of `b`, all on one UTC day."""
+        m = len(b)
+        later = b.frag == FRAG_LATER
+        if not later.any():
+            self._process_keyed(b, None)
+        else:
+            # capture order matters (fragments refresh idle timers): alternate runs of
+            # ordinary packets and of fragments after the first
+            cuts = (np.flatnonzero(later[1:] != later[:-1]) + 1).tolist()
+            for lo, hi in zip([0, *cuts], [*cuts, m], strict=True):
+                run = np.arange(lo, hi)
+                if later[lo]:
+                    self._process_later_fragments(b, run)
+                else:
+                    self._process_keyed(b, run)
+        self.stats.packets += m
+        self.stats.bytes += int(b.ip_bytes.sum())
+        newest_before = np.maximum.accumulate(b.ts)
+        newest_before[1:] = newest_before[:-1]
+        newest_before[0] = self._now
+        np.maximum(newest_before, self._now, out=newest_before)
+        self.stats.late_packets += int(np.count_nonzero(b.ts < newest_before - LATE_S))
+        self._now = max(self._now, float(b.ts.max()))
 
     def advance(self, now_ts: float, *, force: bool = False) -> list[SessionEvent]:
         """Expire sessions idle (or lingering after close) as of packet time `now_ts`.
@@ -295,6 +339,15 @@ class FlowTable:
         )
         flow.last_ts = e.last_ts
         flow.checkpoint_ts = e.last_ts
+        if e.day_marks:
+            flow.day_marks = [
+                (day, bytes_tx, bytes_rx, packets_tx, packets_rx)
+                if initiator_is_a
+                else (day, bytes_rx, bytes_tx, packets_rx, packets_tx)
+                for day, bytes_tx, bytes_rx, packets_tx, packets_rx in e.day_marks
+            ]
+        # a resumed session marks its day when the next packet comes on a later one
+        self._day = max(self._day if self._day is not None else -1, day_of(e.last_ts))
         if initiator_is_a:  # tx was sent by A
             flow.packets_a = e.packets_tx
             flow.bytes_a = e.bytes_tx
@@ -698,6 +751,17 @@ class FlowTable:
             packets_rx, bytes_rx, payload_rx = flow.packets_a, flow.bytes_a, flow.payload_a
         if flow.community_id is None:
             flow.community_id = community_id(family, proto, src, sport, dst, dport)
+        day_marks: tuple[DayMark, ...] = ()
+        if flow.day_marks is not None:
+            day_marks = trimmed(
+                tuple(
+                    (day, bytes_a, bytes_b, packets_a, packets_b)
+                    if flow.initiator_is_a
+                    else (day, bytes_b, bytes_a, packets_b, packets_a)
+                    for day, bytes_a, bytes_b, packets_a, packets_b in flow.day_marks
+                ),
+                (bytes_tx, bytes_rx, packets_tx, packets_rx),
+            )
         closed = kind is EventKind.CLOSED
         return SessionEvent(
             kind=kind,
@@ -722,4 +786,27 @@ class FlowTable:
             community_id=flow.community_id,
             attribution=flow.attribution,
             interface=flow.interface,
+            day_marks=day_marks,
         )
+
+
+def _packets_at(b: DecodedBatch, index: np.ndarray) -> DecodedBatch:
+    """The packets `index` of `b`, as a batch of their own (one day of a batch)."""
+    return DecodedBatch(
+        ts=b.ts[index],
+        family=b.family[index],
+        proto=b.proto[index],
+        src_hi=b.src_hi[index],
+        src_lo=b.src_lo[index],
+        dst_hi=b.dst_hi[index],
+        dst_lo=b.dst_lo[index],
+        sport=b.sport[index],
+        dport=b.dport[index],
+        ip_bytes=b.ip_bytes[index],
+        payload_bytes=b.payload_bytes[index],
+        flags=b.flags[index],
+        frag=b.frag[index],
+        frag_id=b.frag_id[index],
+        interface=b.interface,
+        packets_in=len(index),
+    )

@@ -24,6 +24,7 @@ from tunnelacct.store.cells import CellKind
 from tunnelacct.store.purgelock import PurgeLock
 from tunnelacct.store.purgework import PurgeWork
 from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.usage import UsageChanges
 
 
 class BatchWrite(Protocol):
@@ -31,9 +32,12 @@ class BatchWrite(Protocol):
 
     flights: int  # batches written at once, on as many connections
 
-    async def write(self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]) -> int:
-        """Write `rows` in one transaction, after deleting the stored rows that `fresh`
-        sessions of an import replace; return how many were replaced."""
+    async def write(
+        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent], usage: UsageChanges
+    ) -> int:
+        """Write `rows` and add `usage` to the rollup in one transaction, after deleting the
+        stored rows that `fresh` sessions of an import replace (whose share `usage` loses);
+        return how many were replaced."""
 
 
 class StoreBackend(Protocol):

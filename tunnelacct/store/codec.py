@@ -14,6 +14,7 @@ Two upserts: `upsert_sql()` binds one row (DBAPI executemany of a batch; SQLite)
 from __future__ import annotations
 
 import functools
+import json
 import math
 import operator
 import uuid
@@ -26,6 +27,7 @@ from sqlalchemy import Dialect
 
 from tunnelacct.enums import CloseReason, EventKind, IpProto, SessionStatus
 from tunnelacct.errors import StoreError
+from tunnelacct.sessions.days import DayMark, day_date, day_of
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.models import IpAddress, SessionRecord, table_of
 
@@ -62,6 +64,7 @@ ROW_COLUMNS = (
     "community_id",
     "gateway",
     "interface",
+    "day_split",
 )
 
 # Columns a newer snapshot of an existing session may change; attribution, addresses and
@@ -78,6 +81,7 @@ UPDATED_COLUMNS = (
     "payload_bytes_rx",
     "status",
     "close_reason",
+    "day_split",
 )
 
 # Placeholder for the i-th (1-based) parameter, by DBAPI paramstyle: aiosqlite takes qmark,
@@ -306,7 +310,27 @@ def session_values(event: SessionEvent, gateway: str, driver: DriverValues) -> t
         event.community_id,
         gateway,
         event.interface,
+        day_split_text(event.day_marks) if event.day_marks else None,
     )
+
+
+def day_split_text(marks: tuple[DayMark, ...]) -> str:
+    """A session's day marks as the day_split column holds them: JSON, days as ISO dates."""
+    return json.dumps(
+        [[day_date(day).isoformat(), *counters] for day, *counters in marks],
+        separators=(",", ":"),
+    )
+
+
+def day_marks_of(day_split: str | None) -> tuple[DayMark, ...]:
+    """The day marks a day_split column holds (none for NULL)."""
+    if not day_split:
+        return ()
+    marks = []
+    for iso_day, bytes_tx, bytes_rx, packets_tx, packets_rx in json.loads(day_split):
+        day = day_of(datetime.fromisoformat(iso_day).replace(tzinfo=UTC).timestamp())
+        marks.append((day, int(bytes_tx), int(bytes_rx), int(packets_tx), int(packets_rx)))
+    return tuple(marks)
 
 
 def event_row(event: SessionEvent, gateway: str) -> dict[str, Any]:

@@ -212,6 +212,36 @@ class SessionRecord(TableBase, table=True):
     community_id: str = Field(sa_type=String)
     gateway: str = Field(sa_type=String)
     interface: str = Field(sa_type=String)
+    # A session across midnight: its counters at the end of each UTC day before its last
+    # packet's, as JSON [["2026-11-30", bytes_tx, bytes_rx, packets_tx, packets_rx], ...]
+    # (sessions/days.py); NULL for a session on one day. The usage rollup splits it by them.
+    day_split: str | None = Field(default=None, sa_type=Text, nullable=True)
+
+
+class UsageDay(TableBase, table=True):
+    """The usage rollup (issue 18): what one group moved on one UTC day, kept by the writer.
+
+    A group is an org's client, user, resource, protocol and gateway ('' where a session had
+    none, so that the key has no NULLs). Bytes and packets count on the day of their packets;
+    a session counts as started on its first packet's day and as completed on its last's.
+    Kept for the org's usage retention, not its session retention.
+    """
+
+    __tablename__: ClassVar[Any] = "usage_days"
+
+    org_id: str = Field(sa_type=String, primary_key=True)
+    day: str = Field(sa_type=String(10), primary_key=True)  # ISO date: "2026-11-30"
+    client_id: str = Field(sa_type=String, primary_key=True)
+    user_id: str = Field(sa_type=String, primary_key=True)
+    resource_id: str = Field(sa_type=String, primary_key=True)
+    protocol: str = Field(sa_type=String(8), primary_key=True)
+    gateway: str = Field(sa_type=String, primary_key=True)
+    bytes_tx: int = Field(sa_type=BigInteger)
+    bytes_rx: int = Field(sa_type=BigInteger)
+    packets_tx: int = Field(sa_type=BigInteger)
+    packets_rx: int = Field(sa_type=BigInteger)
+    sessions_started: int = Field(sa_type=BigInteger)
+    sessions_completed: int = Field(sa_type=BigInteger)
 
 
 class ApiToken(TableBase, table=True):

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.store.codec import day_marks_of
 from tunnelacct.store.models import SessionRecord, table_of
 
 
@@ -56,4 +57,5 @@ def _stored_event(row: SessionRecord) -> SessionEvent:
             resource_name=row.resource_name,
         ),
         interface=row.interface,
+        day_marks=day_marks_of(row.day_split),
     )

@@ -30,8 +30,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from tunnelacct.enums import SessionStatus
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import id_range
+from tunnelacct.store.codec import day_marks_of
+from tunnelacct.store.usage import StoredShare, UsageChanges
 
 MATCH_TOLERANCE_S = 0.001  # two captures of one interface differ by microseconds
 WINDOW_GAP_S = 1.0  # starts further apart than this are looked up in separate id ranges
@@ -39,15 +42,20 @@ WINDOW_GAP_S = 1.0  # starts further apart than this are looked up in separate i
 # (protocol, src address, src port, dst address, dst port), addresses as inet_ntop text
 _Key = tuple[str, str, int, str, int]
 
+# what pairing needs, then what the usage rollup held of the row (store/usage.py)
+_SHARE_COLUMNS = (
+    "client_id, user_id, resource_id, last_seen_at, status, bytes_tx, bytes_rx, packets_tx, "
+    "packets_rx, day_split"
+)
 _CANDIDATES_SQLITE = (
-    "SELECT id, org_id, started_at, protocol, src_addr, src_port, dst_addr, dst_port "
-    "FROM sessions WHERE id >= ? AND id <= ? AND gateway = ?"
+    "SELECT id, org_id, started_at, protocol, src_addr, src_port, dst_addr, dst_port, "
+    f"{_SHARE_COLUMNS} FROM sessions WHERE id >= ? AND id <= ? AND gateway = ?"
 )
 # started_at bounds too, so that PostgreSQL reads only the partitions of those days; host()
 # prints an address as inet_ntop does (tests/test_inet.py)
 _CANDIDATES_POSTGRESQL = (
     "SELECT id, org_id, started_at, protocol, host(src_addr), src_port, host(dst_addr), "
-    "dst_port FROM sessions WHERE id >= $1 AND id <= $2 AND gateway = $3 "
+    f"dst_port, {_SHARE_COLUMNS} FROM sessions WHERE id >= $1 AND id <= $2 AND gateway = $3 "
     "AND started_at >= $4 AND started_at <= $5"
 )
 _DELETE_POSTGRESQL = "DELETE FROM sessions WHERE id = $1 AND started_at = $2"
@@ -64,6 +72,7 @@ class StoredSession:
     ident: uuid.UUID
     started_ts: float
     key: _Key
+    share: StoredShare  # what the usage rollup holds of it
 
 
 def _key(event: SessionEvent) -> _Key:
@@ -137,27 +146,33 @@ class Reimport:
         conn: Connection,
         fresh: Sequence[SessionEvent],
         table_of_row: Callable[[str, str], str],
+        usage: UsageChanges,
     ) -> int:
         """SQLite: delete the rows `fresh` replace, each from the table that holds it
-        (`table_of_row(org, ISO start day)`: its partition or sessions_default); returns how
-        many. Runs in the caller's write transaction."""
+        (`table_of_row(org, ISO start day)`: its partition or sessions_default), and take
+        their share out of the rollup (`usage`); returns how many. Runs in the caller's write
+        transaction."""
         candidates = []
         for first_ts, last_ts in windows(fresh):
             low, high = id_range(_ms(first_ts), _ms(last_ts))
             result = conn.exec_driver_sql(_CANDIDATES_SQLITE, (low.hex, high.hex, self.gateway))
-            for stored_id, org, started, proto, src, sport, dst, dport in result:
-                begins = datetime.fromisoformat(started).replace(tzinfo=UTC)
+            for stored_id, org, started, proto, src, sport, dst, dport, *rest in result:
+                begins = datetime.fromisoformat(started).replace(tzinfo=UTC).timestamp()
+                last_seen = datetime.fromisoformat(rest[3]).replace(tzinfo=UTC).timestamp()
                 candidates.append(
                     StoredSession(
                         stored_id,
                         org,
                         started,
                         uuid.UUID(hex=stored_id),
-                        begins.timestamp(),
+                        begins,
                         (proto, src, sport, dst, dport),
+                        self._share(org, proto, begins, last_seen, rest),
                     )
                 )
         replaced = pair(fresh, candidates, self.is_own)
+        for stored in replaced:
+            usage.take_stored(stored.share)
         tables: dict[str, list[tuple[str]]] = defaultdict(list)
         for stored in replaced:
             tables[table_of_row(stored.org_id, stored.stored_start[:10])].append(
@@ -168,9 +183,12 @@ class Reimport:
             conn.exec_driver_sql(f"DELETE FROM {quote(name)} WHERE id = ?", ids)
         return len(replaced)
 
-    async def replace_postgresql(self, driver: Any, fresh: Sequence[SessionEvent]) -> int:
+    async def replace_postgresql(
+        self, driver: Any, fresh: Sequence[SessionEvent], usage: UsageChanges
+    ) -> int:
         """PostgreSQL: delete the rows `fresh` replace, on asyncpg connection `driver` inside
-        the caller's transaction; returns how many."""
+        the caller's transaction, and take their share out of the rollup (`usage`); returns
+        how many."""
         candidates = []
         for first_ts, last_ts in windows(fresh):
             low, high = id_range(_ms(first_ts), _ms(last_ts))
@@ -182,20 +200,47 @@ class Reimport:
                 datetime.fromtimestamp(first_ts, UTC),
                 datetime.fromtimestamp(last_ts, UTC),
             )
-            for stored_id, org, started, proto, src, sport, dst, dport in records:
+            for stored_id, org, started, proto, src, sport, dst, dport, *rest in records:
+                begins = started.timestamp()
                 candidates.append(
                     StoredSession(
                         stored_id,
                         org,
                         started,
                         uuid.UUID(bytes=stored_id.bytes),  # asyncpg has a UUID class of its own
-                        started.timestamp(),
+                        begins,
                         (proto, src, sport, dst, dport),
+                        self._share(org, proto, begins, rest[3].timestamp(), rest),
                     )
                 )
         replaced = pair(fresh, candidates, self.is_own)
+        for stored in replaced:
+            usage.take_stored(stored.share)
         if replaced:
             await driver.executemany(
                 _DELETE_POSTGRESQL, [(s.stored_id, s.stored_start) for s in replaced]
             )
         return len(replaced)
+
+    def _share(
+        self, org: str, proto: str, started_ts: float, last_ts: float, rest: Sequence[Any]
+    ) -> StoredShare:
+        """What the rollup holds of a candidate row, from its _SHARE_COLUMNS (`rest`)."""
+        client_id, user_id, resource_id, _last_seen, status = rest[:5]
+        bytes_tx, bytes_rx, packets_tx, packets_rx, day_split = rest[5:]
+        return StoredShare(
+            org_id=org,
+            client_id=client_id,
+            user_id=user_id,
+            resource_id=resource_id,
+            protocol=proto,
+            gateway=self.gateway,
+            started_ts=started_ts,
+            last_ts=last_ts,
+            completed=status == SessionStatus.COMPLETED.value,
+            bytes_tx=bytes_tx,
+            bytes_rx=bytes_rx,
+            packets_tx=packets_tx,
+            packets_rx=packets_rx,
+            day_marks=day_marks_of(day_split),
+        )

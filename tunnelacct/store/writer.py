@@ -31,6 +31,7 @@ from tunnelacct.store.codec import driver_values, session_values
 from tunnelacct.store.engine import backend_of
 from tunnelacct.store.postgres.errors import sqlstate
 from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.usage import UsageChanges
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ class SessionWriter:
         self._reimport = reimport
         self._written_open: set[int] = set()
         self.replaced_rows = 0
+        # session id -> the event last written of each session not yet closed: what the usage
+        # rollup holds of it (store/usage.py); a resumed session's is its stored row (seed())
+        self._last_written: dict[int, SessionEvent] = {}
         # session id -> newest event, and -> clock time it first became pending. Both maps have
         # the same keys in arrival order (replacing a value keeps its position), so the oldest
         # comes first. Keys are the ids' ints: UUID.__hash__ is Python code, an int hashes in C.
@@ -164,6 +168,12 @@ class SessionWriter:
     def oldest_pending_since(self) -> float | None:
         """Clock time at which the oldest unwritten event arrived; None when all are written."""
         return next(iter(self._since.values()), None)
+
+    def seed(self, stored: Sequence[SessionEvent]) -> None:
+        """Sessions resumed from their stored rows (after a restart): the rollup already holds
+        their share, so their next write adds only what came since."""
+        for event in stored:
+            self._last_written[event.session_id.int] = event
 
     async def submit(self, events: Sequence[SessionEvent]) -> None:
         """Queue events for writing; waits while `max_pending` sessions are pending.
@@ -347,13 +357,17 @@ class SessionWriter:
         gateway = self._gateway
         driver = self._driver
         rows = [session_values(event, gateway, driver) for event in events]
+        usage = UsageChanges()
+        last_written = self._last_written
+        for key, event in zip(keys, events, strict=True):
+            usage.add_event(event, last_written.get(key), gateway)
         fresh: list[SessionEvent] = []
         if self._reimport is not None:
             written = self._written_open
             fresh = [e for e in events if e.session_id.int not in written]
         started = time.perf_counter()
         try:
-            replaced = await self._batch_write.write(rows, fresh)
+            replaced = await self._batch_write.write(rows, fresh, usage)
         finally:
             took = time.perf_counter() - started
             if took >= SLOW_FLUSH_S:
@@ -372,6 +386,11 @@ class SessionWriter:
                     self._written_open.discard(event.session_id.int)
                 else:
                     self._written_open.add(event.session_id.int)
+        for key, event in zip(keys, events, strict=True):
+            if event.kind is _CLOSED:
+                last_written.pop(key, None)
+            else:
+                last_written[key] = event
         # Drop only what was written: an event that replaced one in flight stays pending.
         for key, event in zip(keys, events, strict=True):
             if pending.get(key) is event:

@@ -24,6 +24,7 @@ from tunnelacct.store.codec import ROW_COLUMNS, STAGING_TABLE, staged_upsert_sql
 from tunnelacct.store.postgres.errors import sqlstate
 from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
 # Batches a flush writes at once, on as many connections: while the server works on one, the
 # event loop builds and sends the other (issue 7, tests/benchmarks/bench_writer.py).
@@ -45,13 +46,18 @@ class CopyWrite:
         self._reimport = reimport
         self._upsert_sql = staged_upsert_sql(engine.dialect)
         self._staging_sql = staging_table_sql(engine.dialect)
+        placeholders = [f"${number}" for number in range(1, len(USAGE_COLUMNS) + 1)]
+        self._usage_sql = usage_upsert_sql(engine.dialect, placeholders)
         # the UTC days whose sessions partition this writer has made sure of, so that only the
         # first batch of a day asks the store (issue 7)
         self._days: set[date] = set()
 
-    async def write(self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]) -> int:
-        """Make sure the partitions of the rows' days exist, then COPY and upsert; first, for
-        an import, delete the rows that `fresh` sessions replace (returns how many).
+    async def write(
+        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent], usage: UsageChanges
+    ) -> int:
+        """Make sure the partitions of the rows' days exist, then COPY and upsert, and add
+        `usage` to the rollup; first, for an import, delete the rows that `fresh` sessions
+        replace (returns how many).
 
         A day seen before may have lost its partition since: retention drops a day's partition
         once every row in it has expired, and a late row (an old capture imported now) may
@@ -63,7 +69,7 @@ class CopyWrite:
             self._days |= days
         try:
             async with self._engine.connect() as conn:
-                return await self._copy_upsert(conn, rows, fresh)
+                return await self._copy_upsert(conn, rows, fresh, usage)
         except Exception as exc:
             if sqlstate(exc) != NO_PARTITION_SQLSTATE:
                 raise
@@ -71,10 +77,14 @@ class CopyWrite:
             await ensure_partitions(self._engine, days)
             self._days |= days
             async with self._engine.connect() as conn:
-                return await self._copy_upsert(conn, rows, fresh)
+                return await self._copy_upsert(conn, rows, fresh, usage)
 
     async def _copy_upsert(
-        self, conn: AsyncConnection, rows: list[tuple[object, ...]], fresh: list[SessionEvent]
+        self,
+        conn: AsyncConnection,
+        rows: list[tuple[object, ...]],
+        fresh: list[SessionEvent],
+        usage: UsageChanges,
     ) -> int:
         """COPY `rows` into the connection's staging table and upsert them, in one transaction,
         after deleting the rows that `fresh` sessions of an import replace (returns how many).
@@ -90,12 +100,15 @@ class CopyWrite:
             async with driver.transaction():
                 replaced = 0
                 if fresh and self._reimport is not None:
-                    replaced = await self._reimport.replace_postgresql(driver, fresh)
+                    replaced = await self._reimport.replace_postgresql(driver, fresh, usage)
                 # IF NOT EXISTS: the table lasts as long as the connection, so this creates it
                 # on a connection's first flush and costs one round trip (of 5,000 rows) after.
                 await driver.execute(self._staging_sql)
                 await driver.copy_records_to_table(STAGING_TABLE, records=rows, columns=ROW_COLUMNS)
                 await driver.execute(self._upsert_sql)
+                usage_rows = usage.rows()
+                if usage_rows:
+                    await driver.executemany(self._usage_sql, usage_rows)
             return replaced
         except BaseException as exc:
             cancelled = not isinstance(exc, Exception)  # given up on by write_timeout

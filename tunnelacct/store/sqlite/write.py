@@ -25,6 +25,7 @@ from tunnelacct.store.sqlite.layout import (
     routes,
     schema_version,
 )
+from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
 _STARTED_AT = ROW_COLUMNS.index("started_at")
 _ORG_ID = ROW_COLUMNS.index("org_id")
@@ -44,11 +45,14 @@ class RoutedWrite:
         # (org, ISO day) -> its partition, as of schema version _routed_at
         self._routes: dict[tuple[str, str], str] = {}
         self._routed_at: int | None = None
+        self._usage_sql = usage_upsert_sql(engine.dialect, ["?"] * len(USAGE_COLUMNS))
 
-    async def write(self, rows: list[tuple[object, ...]], fresh: list[SessionEvent]) -> int:
+    async def write(
+        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent], usage: UsageChanges
+    ) -> int:
         """Upsert each row into the partition covering its org and UTC start day, or into
-        sessions_default, in one transaction; first, for an import, delete the rows that
-        `fresh` sessions replace (returns how many).
+        sessions_default, and add `usage` to the rollup, in one transaction; first, for an
+        import, delete the rows that `fresh` sessions replace (returns how many).
 
         The routes are read again whenever the schema changed (a partition created or dropped
         by serve, a purge, `db partition`): under the write lock, which the caller holds, so
@@ -62,7 +66,9 @@ class RoutedWrite:
                 self._routed_at = version
             replaced = 0
             if fresh and self._reimport is not None:
-                replaced = await conn.run_sync(self._reimport.replace_sqlite, fresh, self._route)
+                replaced = await conn.run_sync(
+                    self._reimport.replace_sqlite, fresh, self._route, usage
+                )
             groups: dict[str, list[tuple[object, ...]]] = {}
             for row in rows:
                 key = (row[_ORG_ID], row[_STARTED_AT][:10])  # type: ignore[index]
@@ -73,6 +79,9 @@ class RoutedWrite:
                 group.append(row)
             for name, group in groups.items():
                 await conn.exec_driver_sql(self._upsert_into(name), group)
+            usage_rows = usage.rows()
+            if usage_rows:
+                await conn.exec_driver_sql(self._usage_sql, usage_rows)
         return replaced
 
     def _route(self, org_id: str, day: str) -> str:

@@ -1,0 +1,242 @@
+"""The usage rollup (issue 18) against tshark, on a capture moved across midnight.
+
+The test records long-lived TCP and UDP sessions of two users on loopback with tcpdump
+(tests/helpers/loopcapture.py) and moves the capture with editcap so that UTC midnight falls in
+its middle: the sessions run across it. tshark then says, per UTC day of each packet's own
+time, what each user's sessions moved each way; the rollup must hold exactly that, on both
+engines, and hold it still after the file is imported again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.helpers.accuracy import run_cli
+from tests.helpers.loopcapture import first_and_last_ts, record_sessions
+from tests.helpers.oracle import DailyUsage, tshark_daily_usage, tshark_sessions
+from tests.helpers.pg import read_rows
+from tunnelacct.capture.decode import MAX_TS, DecodedBatch, decode
+from tunnelacct.capture.pcapfile import open_capture
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import Config
+from tunnelacct.enums import CloseReason
+from tunnelacct.sessions.attribution import Inventory
+from tunnelacct.sessions.flowtable import FlowTable
+from tunnelacct.store.engine import make_engine
+from tunnelacct.store.inventory import sync_inventory
+from tunnelacct.store.ongoing import ongoing_sessions
+from tunnelacct.store.writer import SessionWriter
+
+MIDNIGHT = datetime(2026, 11, 24, tzinfo=UTC).timestamp()
+ALICE = "127.0.0.2"  # acme's client alice-laptop
+BOB = "127.0.0.4"  # globex's client bob-desktop
+SERVER = "127.0.0.3"  # acme's resource "echo"
+USERS = {ALICE: "alice", BOB: "bob"}
+CONFIG = f"""
+[[orgs]]
+id = "acme"
+name = "Acme Corp"
+
+[[orgs]]
+id = "globex"
+name = "Globex"
+
+[[clients]]
+id = "alice-laptop"
+org = "acme"
+user = "alice"
+addresses = ["{ALICE}/32"]
+
+[[clients]]
+id = "bob-desktop"
+org = "globex"
+user = "bob"
+addresses = ["{BOB}/32"]
+
+[[resources]]
+id = "echo"
+name = "Echo"
+org = "acme"
+address = "{SERVER}/32"
+"""
+FIGURES = (
+    "bytes_tx",
+    "bytes_rx",
+    "packets_tx",
+    "packets_rx",
+    "sessions_started",
+    "sessions_completed",
+)
+
+# skip, or under CI fail, without them
+needs_tools = pytest.mark.usefixtures("require_tshark", "require_tcpdump", "require_root")
+
+
+@pytest.fixture(scope="module")
+def across_midnight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sessions recorded on loopback, moved by editcap so that midnight is their middle."""
+    home = tmp_path_factory.mktemp("usage")
+    recorded = home / "recorded.pcap"
+    record_sessions(recorded, [(ALICE, SERVER), (BOB, SERVER)], rounds=50)
+    first_ts, last_ts = first_and_last_ts(recorded)
+    shift_s = MIDNIGHT - (first_ts + last_ts) / 2
+    shifted = home / "across-midnight.pcap"
+    subprocess.run(
+        ["editcap", "-F", "pcap", "-t", f"{shift_s:.6f}", str(recorded), str(shifted)],
+        check=True,
+        capture_output=True,
+    )
+    return shifted
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("usage-config") / "usage.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def _user_of(initiator: str, responder: str) -> str:
+    return USERS.get(initiator) or USERS.get(responder) or ""
+
+
+def _import(url: str, config: Path, pcap: Path) -> None:
+    run_cli("import", "--config", str(config), str(pcap), env={"TUNNELACCT_DATABASE_URL": url})
+
+
+def _rollup_by_day_and_user(url: str) -> dict[tuple[str, str], DailyUsage]:
+    """The rollup summed per (day, user) over orgs and the other groups."""
+    sums = ", ".join(f"SUM({figure})" for figure in FIGURES)
+    rows = read_rows(url, f"SELECT day, user_id, {sums} FROM usage_days GROUP BY day, user_id")
+    return {
+        (str(day), str(user)): DailyUsage(*(int(str(value)) for value in figures))
+        for day, user, *figures in rows
+    }
+
+
+def _session_totals(url: str) -> tuple[int, ...]:
+    sums = ", ".join(f"SUM({c})" for c in ("bytes_tx", "bytes_rx", "packets_tx", "packets_rx"))
+    (row,) = read_rows(url, f"SELECT {sums}, COUNT(*) FROM sessions")
+    return tuple(int(str(value)) for value in row)
+
+
+@needs_tools
+def test_the_rollup_counts_each_packet_on_its_own_utc_day(
+    database_url: str, across_midnight: Path, config: Path
+) -> None:
+    across = [s for s in tshark_sessions(across_midnight) if s.first_ts < MIDNIGHT <= s.last_ts]
+    assert len(across) >= 2, "sessions run across midnight"
+    oracle = tshark_daily_usage(across_midnight, _user_of)
+    _import(database_url, config, across_midnight)
+    assert _rollup_by_day_and_user(database_url) == oracle
+    # sessions that ran across midnight keep their split in their row
+    split = read_rows(database_url, "SELECT COUNT(*) FROM sessions WHERE day_split IS NOT NULL")
+    assert split == [(len(across),)]
+
+
+@needs_tools
+def test_the_rollup_over_all_days_equals_the_session_rows(
+    database_url: str, across_midnight: Path, config: Path
+) -> None:
+    _import(database_url, config, across_midnight)
+    by_day = _rollup_by_day_and_user(database_url)
+    total: dict[str, int] = defaultdict(int)
+    for usage in by_day.values():
+        for figure in FIGURES:
+            total[figure] += getattr(usage, figure)
+    bytes_tx, bytes_rx, packets_tx, packets_rx, sessions = _session_totals(database_url)
+    assert (total["bytes_tx"], total["bytes_rx"]) == (bytes_tx, bytes_rx)
+    assert (total["packets_tx"], total["packets_rx"]) == (packets_tx, packets_rx)
+    assert total["sessions_started"] == total["sessions_completed"] == sessions
+
+
+@needs_tools
+def test_importing_the_file_again_changes_no_total(
+    database_url: str, across_midnight: Path, config: Path
+) -> None:
+    _import(database_url, config, across_midnight)
+    once = read_rows(database_url, "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7")
+    sessions_once = _session_totals(database_url)
+    _import(database_url, config, across_midnight)
+    assert _session_totals(database_url) == sessions_once  # the rows were replaced, not added
+    assert read_rows(database_url, "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7") == once
+
+
+def _part(batch: DecodedBatch, keep: np.ndarray) -> DecodedBatch:
+    """The packets of `batch` where `keep`."""
+    arrays = {
+        name: getattr(batch, name)[keep]
+        for name in (
+            "ts",
+            "family",
+            "proto",
+            "src_hi",
+            "src_lo",
+            "dst_hi",
+            "dst_lo",
+            "sport",
+            "dport",
+            "ip_bytes",
+            "payload_bytes",
+            "flags",
+            "frag",
+            "frag_id",
+        )
+    }
+    return dataclasses.replace(batch, **arrays, packets_in=int(keep.sum()))
+
+
+async def _one_life(
+    engine: AsyncEngine, config: Config, batch: DecodedBatch, *, last: bool
+) -> None:
+    """What serve does between a start and a stop: resume what the store holds ongoing, take
+    `batch`, then stop (checkpointing what is open) or, when `last`, close everything."""
+    inventory = Inventory.from_config(config)
+    table = FlowTable(
+        config.timeouts, attribute=inventory.attribute, is_client=inventory.is_client_address
+    )
+    writer = SessionWriter(engine, config.writer, gateway=config.gateway)
+    stored = await ongoing_sessions(engine, config.gateway)
+    writer.seed(stored)
+    for event in stored:
+        table.resume(event)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(writer.run())
+        await writer.submit(table.process(batch))
+        ending = table.close_all(CloseReason.END_OF_CAPTURE) if last else table.suspend()
+        await writer.submit(ending)
+        await writer.close()
+
+
+@needs_tools
+@pytest.mark.parametrize("restart_at", [0.25, 0.75])
+async def test_a_restart_changes_no_total(
+    store_url: str, across_midnight: Path, config: Path, restart_at: float
+) -> None:
+    """Sessions checkpointed at a stop and resumed at the next start (before midnight, or after
+    it with their day split stored) count as if the service had run through."""
+    settings = load_config(str(config), environ={"TUNNELACCT_DATABASE_URL": store_url})
+    (raw,) = list(open_capture(across_midnight).batches())
+    batch = decode(raw, not_after_ts=MAX_TS)
+    assert len(batch) == len(raw), "every packet decoded"
+    first_ts, last_ts = first_and_last_ts(across_midnight)
+    restart_ts = first_ts + (last_ts - first_ts) * restart_at
+    engine = make_engine(store_url)
+    try:
+        await sync_inventory(engine, settings)
+        await _one_life(engine, settings, _part(batch, batch.ts < restart_ts), last=False)
+        ongoing = read_rows(store_url, "SELECT COUNT(*) FROM sessions WHERE status = 'ongoing'")
+        assert ongoing[0][0] > 0, "sessions were left ongoing at the stop"
+        await _one_life(engine, settings, _part(batch, batch.ts >= restart_ts), last=True)
+    finally:
+        await engine.dispose()
+    assert _rollup_by_day_and_user(store_url) == tshark_daily_usage(across_midnight, _user_of)

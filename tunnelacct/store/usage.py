@@ -1,0 +1,160 @@
+"""The usage rollup's upkeep (issue 18): what each write of session rows adds to usage_days.
+
+A session's share of the rollup is a function of its row alone (`session_usage`): its bytes
+and packets per UTC day of their packets (sessions/days.py), +1 session started on its first
+packet's day, +1 completed on its last packet's day once it has ended. Each write adds, per
+session written, its share now minus its share as the store held it before (`UsageChanges`),
+in the transaction that writes the rows: a checkpoint adds what came since the last one, a
+re-imported session that replaces a stored row takes that row's share away, and a write
+that failed and is tried again adds nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Dialect
+
+from tunnelacct.enums import EventKind
+from tunnelacct.sessions.days import DayMark, day_date, day_of, traffic_by_day
+from tunnelacct.sessions.events import SessionEvent
+
+# (org_id, day as ISO date, client_id, user_id, resource_id, protocol, gateway); '' for none
+UsageKey = tuple[str, str, str, str, str, str, str]
+KEY_COLUMNS = ("org_id", "day", "client_id", "user_id", "resource_id", "protocol", "gateway")
+FIGURE_COLUMNS = (
+    "bytes_tx",
+    "bytes_rx",
+    "packets_tx",
+    "packets_rx",
+    "sessions_started",
+    "sessions_completed",
+)
+USAGE_COLUMNS = KEY_COLUMNS + FIGURE_COLUMNS
+_CLOSED = EventKind.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class StoredShare:
+    """What the rollup holds of one stored session row: enough of the row to recompute it."""
+
+    org_id: str
+    client_id: str | None
+    user_id: str | None
+    resource_id: str | None
+    protocol: str
+    gateway: str
+    started_ts: float
+    last_ts: float
+    completed: bool
+    bytes_tx: int
+    bytes_rx: int
+    packets_tx: int
+    packets_rx: int
+    day_marks: tuple[DayMark, ...]
+
+
+_ISO_DAYS: dict[int, str] = {}
+
+
+def iso_day(day: int) -> str:
+    """Day number `day` as an ISO date (cached: a writer sees a few days at a time)."""
+    text = _ISO_DAYS.get(day)
+    if text is None:
+        if len(_ISO_DAYS) > 4096:
+            _ISO_DAYS.clear()
+        text = _ISO_DAYS[day] = day_date(day).isoformat()
+    return text
+
+
+class UsageChanges:
+    """The changes one write makes to usage_days, summed per key."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[UsageKey, list[int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def add_event(self, event: SessionEvent, before: SessionEvent | None, gateway: str) -> None:
+        """Add the share of the row `event` writes, less that of the row written before for the
+        same session (`before`; None for its first write)."""
+        who = event.attribution
+        group = (
+            who.client_id or "",
+            who.user_id or "",
+            who.resource_id or "",
+            event.proto.label,
+            gateway,
+        )
+        org = who.org_id
+        totals = (event.bytes_tx, event.bytes_rx, event.packets_tx, event.packets_rx)
+        last_day = day_of(event.last_ts)
+        for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
+            event.day_marks, last_day, totals
+        ):
+            self._add(org, iso_day(day), group, (bytes_tx, bytes_rx, packets_tx, packets_rx, 0, 0))
+        if before is None:
+            self._add(org, iso_day(day_of(event.started_ts)), group, (0, 0, 0, 0, 1, 0))
+        else:
+            before_totals = (before.bytes_tx, before.bytes_rx, before.packets_tx, before.packets_rx)
+            for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
+                before.day_marks, day_of(before.last_ts), before_totals
+            ):
+                taken = (-bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
+                self._add(org, iso_day(day), group, taken)
+        if event.kind is _CLOSED:
+            self._add(org, iso_day(last_day), group, (0, 0, 0, 0, 0, 1))
+
+    def take_stored(self, stored: StoredShare) -> None:
+        """Take away the share of a stored row that is deleted (an import replaces it)."""
+        group = (
+            stored.client_id or "",
+            stored.user_id or "",
+            stored.resource_id or "",
+            stored.protocol,
+            stored.gateway,
+        )
+        totals = (stored.bytes_tx, stored.bytes_rx, stored.packets_tx, stored.packets_rx)
+        last_day = day_of(stored.last_ts)
+        for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
+            stored.day_marks, last_day, totals
+        ):
+            taken = (-bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
+            self._add(stored.org_id, iso_day(day), group, taken)
+        self._add(stored.org_id, iso_day(day_of(stored.started_ts)), group, (0, 0, 0, 0, -1, 0))
+        if stored.completed:
+            self._add(stored.org_id, iso_day(last_day), group, (0, 0, 0, 0, 0, -1))
+
+    def _add(
+        self, org: str, day: str, group: tuple[str, str, str, str, str], figures: Iterable[int]
+    ) -> None:
+        client, user, resource, protocol, gateway = group
+        key = (org, day, client, user, resource, protocol, gateway)
+        sums = self.by_key.get(key)
+        if sums is None:
+            self.by_key[key] = list(figures)
+            return
+        for index, value in enumerate(figures):
+            sums[index] += value
+
+    def rows(self) -> list[tuple[object, ...]]:
+        """The changes as USAGE_COLUMNS rows, in key order (two writes at once lock the rows
+        they share in the same order), without those that change nothing."""
+        return [(*key, *figures) for key, figures in sorted(self.by_key.items()) if any(figures)]
+
+
+def usage_upsert_sql(dialect: Dialect, placeholders: list[str]) -> str:
+    """INSERT one usage_days row of changes, or add them to the row of its key."""
+    quote = dialect.identifier_preparer.quote
+    table = quote("usage_days")
+    columns = ", ".join(quote(c) for c in USAGE_COLUMNS)
+    keys = ", ".join(quote(c) for c in KEY_COLUMNS)
+    sums = ", ".join(
+        f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in FIGURE_COLUMNS
+    )
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(placeholders)}) "
+        f"ON CONFLICT ({keys}) DO UPDATE SET {sums}"
+    )
