@@ -774,6 +774,8 @@ async def test_the_openapi_description_documents_the_400s_and_no_422(client: Cli
     assert takes == {
         "GET /api/v1/orgs/{org}/sessions",
         "GET /api/v1/orgs/{org}/sessions.csv",
+        "GET /api/v1/orgs/{org}/usage",
+        "GET /api/v1/orgs/{org}/usage.csv",
         "GET /api/v1/purge-runs",
         "PATCH /api/v1/orgs/{org}",
     }

@@ -50,6 +50,8 @@ OPERATIONS = (
     "GET /api/v1/orgs/{org}/resources",
     "GET /api/v1/orgs/{org}/sessions",
     "GET /api/v1/orgs/{org}/sessions.csv",
+    "GET /api/v1/orgs/{org}/usage",
+    "GET /api/v1/orgs/{org}/usage.csv",
     "GET /api/v1/purge-runs",
 )
 ADMIN_ONLY = ("PATCH /api/v1/orgs/{org}", "GET /api/v1/purge-runs")  # README: 403 for auditors
@@ -406,7 +408,9 @@ FUZZ = settings(
 )
 
 
-FREE_TEXT = ("q", "cursor")  # a filter and a cursor: their grammar is not in the schema
+# a filter and a cursor: their grammar is not in the schema; and a usage report's days and
+# dimensions, whose patterns cannot rule out 2026-02-30, a from after to or a dimension twice
+FREE_TEXT = ("q", "cursor", "from", "to", "month", "by")
 
 
 def positive_data_accepted(ctx: CheckContext, response: Response, case: Case) -> bool | None:

@@ -75,7 +75,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 # The rooms in the order data flows through them: packets are captured, become sessions, are
 # written to the store (ingest wires the first three together), and are read back by query,
-# retention, metrics and the web API; service wires everything. A room imports only rooms
+# reports, retention, metrics and the web API; service wires everything. A room imports only rooms
 # before it. BASE is imported by any room; cli and __main__ import anything, and nothing but
 # __main__ imports cli.
 BASE = ("tunnelacct", "tunnelacct.errors", "tunnelacct.enums", "tunnelacct.log")
@@ -86,6 +86,7 @@ ROOMS = (
     "store",
     "ingest",
     "query",
+    "reports",
     "retention",
     "metrics",
     "web",

@@ -190,6 +190,72 @@ def export_cmd(
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
 
 
+@cli.command("usage")
+@config_option
+@click.option("--org", required=True, help="Organisation id whose usage to report.")
+@click.option(
+    "--by",
+    default="",
+    help="Group by these, comma-separated: client, user, resource, protocol, gateway.",
+)
+@click.option(
+    "--interval",
+    type=click.Choice(["day", "week", "month"]),
+    default="day",
+    show_default=True,
+    help="One row per group and UTC day, ISO week (from Monday) or month.",
+)
+@click.option("--month", help="The days of this month, YYYY-MM.")
+@click.option("--from", "first", help="First day, YYYY-MM-DD (default: the 1st of --to's month).")
+@click.option("--to", "last", help="Last day, YYYY-MM-DD, inclusive (default: today, UTC).")
+@click.option("-q", "--q", "q", default="", help='Only these groups, e.g. "user:alice".')
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV file to write (default: a table on a terminal, CSV when piped).",
+)
+def usage_cmd(
+    config_path: Path | None,
+    org: str,
+    by: str,
+    interval: str,
+    month: str | None,
+    first: str | None,
+    last: str | None,
+    q: str,
+    output: Path | None,
+) -> None:
+    """Report an organisation's usage: bytes, packets and sessions per group and interval,
+    from the usage rollup (kept for usage_retention_days, after sessions are purged)."""
+    from tunnelacct.errors import UnknownOrgError
+    from tunnelacct.query.outfile import replacing
+    from tunnelacct.reports.render import text_table, write_csv
+    from tunnelacct.reports.usage import UsageRow, read_usage, usage_query
+    from tunnelacct.store.inventory import stored_org_ids, sync_inventory
+
+    # a bad parameter fails before any file is created
+    query = usage_query(org, by=by, interval=interval, month=month, first=first, last=last, q=q)
+    config = _config(config_path)
+
+    async def work(engine: Any) -> list[UsageRow]:
+        await sync_inventory(engine, config)
+        known = await stored_org_ids(engine)
+        if org not in known:
+            raise UnknownOrgError(org, sorted(known))
+        return await read_usage(engine, query)
+
+    rows: list[UsageRow] = _with_engine(config, work)
+    if output is not None:
+        with replacing(output) as f:
+            write_csv(query, rows, f)
+        click.echo(f"wrote {len(rows):,} rows of org {org!r} usage to {output}", err=True)
+    elif sys.stdout.isatty():
+        click.echo(text_table(query, rows), nl=False)
+    else:
+        write_csv(query, rows, sys.stdout)
+
+
 @cli.command("serve")
 @config_option
 @click.option(

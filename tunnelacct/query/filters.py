@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -242,6 +242,7 @@ _MATCH_COLUMNS = {
     "client": "client_id",
     "user": "user_id",
     "resource": "resource_id",
+    "gateway": "gateway",
     "status": "status",
     "close_reason": "close_reason",
 }
@@ -257,6 +258,7 @@ KEYS: dict[str, _Key] = {
     "client": _Key(":", "a client id", _text, _match_clause),
     "user": _Key(":", "a user id", _text, _match_clause),
     "resource": _Key(":", "a resource id", _text, _match_clause),
+    "gateway": _Key(":", "a gateway name", _text, _match_clause),
     "src": _Key(":", "an IPv4/IPv6 address or CIDR", _network, _network_clause),
     "dst": _Key(":", "an IPv4/IPv6 address or CIDR", _network, _network_clause),
     "sport": _Key(":", "a port 0-65535 or a range a-b", _ports, _ports_clause),
@@ -321,8 +323,11 @@ MAX_TERMS = 32
 MAX_ADDRESS_TERMS = 8
 
 
-def parse_filter(text: str) -> Filter:
+def parse_filter(text: str, *, keys: Collection[str] | None = None, reader: str = "") -> Filter:
     """Parse filter text into a Filter; raise FilterError naming the first bad term.
+
+    `keys` (with `reader`, who reads) limits the keys to those a reader can answer: the usage
+    rollup has no ports or addresses, so `dport:22` is an error there, not an empty answer.
 
     >>> parse_filter('dport:443 -client:"bob laptop"').terms
     (PortIn(key='dport', lo=443, hi=443, negated=False),
@@ -340,6 +345,11 @@ def parse_filter(text: str) -> Filter:
         if m is None or spec is None:
             raise FilterError(token=written, expected=f"one of the keys {_KNOWN}")
         negated, key, op, value = m[1] == "-", m[2], m[3], m[4]
+        if keys is not None and key not in keys:
+            answered = _SEP.join(f"{k}:" for k in KEYS if k in keys)
+            raise FilterError(
+                token=written, expected=f"one of the keys {reader} can answer: {answered}"
+            )
         if op not in spec.ops:
             form = f"{key}:VALUE" if spec.ops == ":" else f"{key}>VALUE or {key}<VALUE"
             raise FilterError(token=written, expected=f"{form} with {spec.expected}")

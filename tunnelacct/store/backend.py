@@ -78,6 +78,10 @@ class StoreBackend(Protocol):
         """Bound the statements of `conn`'s transaction to `timeout_s`; return how to stop the
         running one from the event loop, or None when the server stops it itself."""
 
+    def week_start_sql(self, day_column: str) -> str:
+        """SQL of the Monday that begins the week of `day_column`, an ISO date text column,
+        as an ISO date text."""
+
     def place_unpartitioned_rows(self, engine: Engine) -> int | None:
         """Move the sessions that no partition holds into partitions, on the sync `engine`,
         returning how many; None when the layout has no such rows."""

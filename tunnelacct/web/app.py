@@ -39,6 +39,7 @@ from tunnelacct.web.routes.admin import admin_routes
 from tunnelacct.web.routes.orgs import org_routes
 from tunnelacct.web.routes.probes import probe_routes
 from tunnelacct.web.routes.sessions import session_routes
+from tunnelacct.web.routes.usage import usage_routes
 
 __all__ = ["ApiContext", "create_app"]
 
@@ -103,7 +104,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _add_docs(app)
     for error in HANDLED_ERRORS:
         app.add_exception_handler(error, render_error)
-    routers = [routes(ctx) for routes in (probe_routes, org_routes, admin_routes, session_routes)]
+    factories = (probe_routes, org_routes, admin_routes, session_routes, usage_routes)
+    routers = [routes(ctx) for routes in factories]
     for router in routers:
         app.include_router(router)
     # the routes as written, for a 405 that names every method at its path (web/errors.py)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from tunnelacct.errors import FilterError, StoreError, TunnelacctError
+from tunnelacct.reports.usage import UsageQueryError
 from tunnelacct.web.limits import ClientGone, QueryTimeout, TooBusy
 
 
@@ -92,6 +93,8 @@ async def render_error(request: Request, exc: Exception) -> Response:
         exc = _invalid(exc)
     if isinstance(exc, BadParameter):
         return error_response(400, BAD_PARAMETER, exc.detail, parameter=exc.parameter)
+    if isinstance(exc, UsageQueryError):
+        return error_response(400, BAD_PARAMETER, exc.detail, parameter=exc.parameter)
     if isinstance(exc, FilterError):
         return error_response(
             400, BAD_PARAMETER, str(exc), parameter="q", token=exc.token, expected=exc.expected
@@ -152,4 +155,5 @@ HANDLED_ERRORS = (
     StarletteHTTPException,
     StoreError,
     TooBusy,
+    UsageQueryError,
 )

@@ -46,5 +46,9 @@ class PostgresBackend:
         await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000) + 1}"))
         return None
 
+    def week_start_sql(self, day_column: str) -> str:
+        """The Monday of the week of an ISO date column (date_trunc's weeks are ISO weeks)."""
+        return f"to_char(date_trunc('week', CAST({day_column} AS date)), 'YYYY-MM-DD')"
+
     def place_unpartitioned_rows(self, engine: Engine) -> int | None:
         return None  # every row is in its day's partition

@@ -54,6 +54,11 @@ class SqliteBackend:
         sqlite = raw.driver_connection._conn  # type: ignore[union-attr]
         return sqlite.interrupt  # type: ignore[no-any-return]
 
+    def week_start_sql(self, day_column: str) -> str:
+        """The Monday of the week of an ISO date column: the next Sunday (the day itself if a
+        Sunday), less 6 days."""
+        return f"date({day_column}, 'weekday 0', '-6 days')"
+
     def place_unpartitioned_rows(self, engine: Engine) -> int | None:
         """Move the rows of sessions_default into partitions (layout.move_default_rows)."""
         return move_default_rows(engine)

@@ -1,0 +1,116 @@
+"""Usage reports: an org's totals per group and interval, from the usage rollup (issue 18).
+
+GET /api/v1/orgs/{org}/usage?by=user,resource&interval=day|week|month&from=&to=&month=&q=
+GET /api/v1/orgs/{org}/usage.csv?...   the same report as CSV
+
+The same tokens and org scoping as the sessions; `q` takes the filter language's dimension
+terms only (client:, user:, resource:, protocol:, gateway:).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tunnelacct.reports.render import csv_chunks, header, values
+from tunnelacct.reports.usage import (
+    UsageQuery,
+    UsageRow,
+    report_rows,
+    report_statement,
+    usage_query,
+)
+from tunnelacct.web.context import ApiContext, OrgId, Who
+from tunnelacct.web.errors import ORG_ERRORS, bad_doc, error_doc
+
+_USAGE_ERRORS = {
+    **ORG_ERRORS,
+    400: bad_doc("by, interval, month, from, to, or a filter q on dimensions (`token`)"),
+    429: error_doc("the token already runs its most queries and exports at once: see Retry-After"),
+    503: error_doc("the query ran over its time limit (`query_timeout`), or the store is down"),
+}
+Interval = Literal["day", "week", "month"]
+_BY = "comma-separated: client, user, resource, protocol, gateway"
+_Q = "filter on dimensions, e.g. user:alice -protocol:udp"
+
+
+_DIMENSION = "(client|user|resource|protocol|gateway)"
+_DAY = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+By = Annotated[str, Query(description=_BY, pattern=f"^({_DIMENSION}(,{_DIMENSION})*)?$")]
+Month = Annotated[str | None, Query(description="YYYY-MM", pattern="^[0-9]{4}-[0-9]{2}$")]
+FirstDay = Annotated[str | None, Query(alias="from", description="YYYY-MM-DD", pattern=_DAY)]
+LastDay = Annotated[
+    str | None, Query(alias="to", description="YYYY-MM-DD, inclusive", pattern=_DAY)
+]
+
+
+def _usage_query(
+    org: OrgId,
+    by: By = "",
+    interval: Annotated[Interval, Query(description="one row per group and interval")] = "day",
+    month: Month = None,
+    first: FirstDay = None,
+    last: LastDay = None,
+    q: Annotated[str, Query(description=_Q)] = "",
+) -> UsageQuery:
+    """The report a request asks for (UsageQueryError, a 400, naming a bad parameter)."""
+    return usage_query(
+        org, by=by, interval=interval, month=month, first=first, last=last, q=q.strip()
+    )
+
+
+Report = Annotated[UsageQuery, Depends(_usage_query)]
+
+
+def usage_routes(ctx: ApiContext) -> APIRouter:
+    """An org's usage report, as JSON and as CSV."""
+    router = APIRouter()
+
+    async def report(request: Request, who: Who, query: UsageQuery) -> list[UsageRow]:
+        statement = report_statement(ctx.engine, query)
+
+        async def read(db: AsyncSession) -> Sequence[Any]:
+            return (await db.execute(statement)).all()
+
+        async with ctx.limits.slot(who.token_id):
+            result = await ctx.limits.run(ctx.engine, request.receive, read)
+        return report_rows(result, query)
+
+    @router.get("/api/v1/orgs/{org}/usage", responses=_USAGE_ERRORS)
+    async def usage(request: Request, who: Who, query: Report) -> dict[str, Any]:
+        rows = await report(request, who, query)
+        names = header(query)
+        return {
+            "org": query.org_id,
+            "by": list(query.by),
+            "interval": query.interval,
+            "from": query.first_day.isoformat(),
+            "to": query.last_day.isoformat(),
+            "columns": names,
+            "rows": [dict(zip(names, values(row), strict=True)) for row in rows],
+        }
+
+    @router.get(
+        "/api/v1/orgs/{org}/usage.csv",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "the report as CSV (RFC 4180, UTF-8), a row per group and interval",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+            **_USAGE_ERRORS,
+        },
+    )
+    async def usage_csv(request: Request, who: Who, query: Report) -> StreamingResponse:
+        rows = await report(request, who, query)  # read whole: a report is days x groups
+        filename = f"tunnelacct-{query.org_id}-usage-{query.first_day}-{query.last_day}.csv"
+        return StreamingResponse(
+            iter(list(csv_chunks(query, rows))),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    return router
