@@ -150,7 +150,10 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
         ),
         gateway="gw-7",
         default_org="nobody",
-        orgs=(OrgConfig("acme", "Acme Corp", 90), OrgConfig("beta", "beta", None, logging=False)),
+        orgs=(
+            OrgConfig("acme", "Acme Corp", 90),
+            OrgConfig("beta", "beta", None, logging=False, usage_retention_days=None),
+        ),
         clients=(
             ClientConfig(
                 id="alice-laptop",
@@ -401,6 +404,27 @@ INVALID: list[tuple[str, str, str, object, str]] = [
         "Forever",
         '"forever"',
     ),
+    (
+        "usage-retention-zero",
+        ORG + "usage_retention_days = 0 #<\n",
+        f"{OA} usage_retention_days",
+        0,
+        'days 1-36500 or "forever"',
+    ),
+    (
+        "usage-retention-shorter",
+        ORG + "retention_days = 90\nusage_retention_days = 60 #<\n",
+        f"{OA} usage_retention_days",
+        60,
+        "at least retention_days (90 days): the usage rollup outlives the sessions",
+    ),
+    (
+        "usage-retention-sessions-forever",
+        ORG + 'retention_days = "forever"\nusage_retention_days = 400 #<\n',
+        f"{OA} usage_retention_days",
+        400,
+        "at least retention_days (forever)",
+    ),
     ("logging-string", ORG + 'logging = "no" #<\n', f"{OA} logging", "no", "true or false"),
     ("logging-int", ORG + 'name = "A"\nlogging = 1 #<\n', f"{OA} logging", 1, "true or false"),
     ("org-name-type", ORG + "name = 3 #<\n", f"{OA} name", 3, "non-empty string"),
@@ -409,7 +433,7 @@ INVALID: list[tuple[str, str, str, object, str]] = [
         ORG + "retension_days = 9 #<\n",
         f"{OA} retension_days",
         9,
-        "allowed: id, name, retention_days, logging",
+        "allowed: id, name, retention_days, usage_retention_days, logging",
     ),
     ("org-logging-typo", ORG + "loging = false #<\n", f"{OA} loging", False, "logging"),
     (
@@ -1068,6 +1092,24 @@ def test_org_retention_and_logging_load(
 ) -> None:
     org = load_config(write(tmp_path, f"{ORG}{lines}\n"), environ={}).orgs[0]
     assert (org.retention_days, org.logging) == (retention_days, logging)
+
+
+@pytest.mark.parametrize(
+    ("lines", "usage_retention_days"),
+    [
+        ("", 400),  # the default: the longer of 400 days and the session retention
+        ("retention_days = 500", 500),
+        ('retention_days = "forever"', None),  # sessions kept forever: usage too
+        ("usage_retention_days = 3650", 3650),
+        ('usage_retention_days = "forever"', None),
+        ("retention_days = 7\nusage_retention_days = 7", 7),
+    ],
+)
+def test_org_usage_retention_loads_with_its_default(
+    tmp_path: Path, lines: str, usage_retention_days: int | None
+) -> None:
+    org = load_config(write(tmp_path, f"{ORG}{lines}\n"), environ={}).orgs[0]
+    assert org.usage_retention_days == usage_retention_days
 
 
 def test_empty_capture_wireguard_and_service_sections_give_defaults(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import Config
 from tunnelacct.enums import CloseReason
+from tunnelacct.retention.purge import purge
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.flowtable import FlowTable
 from tunnelacct.store.engine import make_engine
@@ -328,3 +329,52 @@ async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
     assert refused.status_code == 400
     assert (refused.json()["parameter"], refused.json()["token"]) == ("q", "dport:22")
     assert other_org.status_code == 404
+
+
+@needs_tools
+async def test_the_purge_keeps_usage_for_its_own_retention(
+    store_url: str, across_midnight: Path, tmp_path: Path
+) -> None:
+    """Sessions kept 30 days, usage 400: a purge 400 days after the second day removes every
+    session and the first day's usage, and leaves the second day's as it was."""
+    config = tmp_path / "retention.toml"
+    config.write_text(
+        CONFIG.replace('name = "Acme Corp"', 'name = "Acme Corp"\nretention_days = 30\n')
+    )
+    _import(store_url, config, across_midnight)
+    usage = "SELECT * FROM usage_days WHERE org_id = 'acme' ORDER BY 1, 2, 3, 4, 5, 6, 7"
+    before = read_rows(store_url, usage)
+    assert {row[1] for row in before} == {"2026-11-23", "2026-11-24"}
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC) + timedelta(days=400)
+    engine = make_engine(store_url)
+    try:
+        await sync_inventory(engine, load_config(str(config), environ={}))
+        dry = await purge(engine, org_id="acme", now=now, dry_run=True)
+        assert read_rows(store_url, usage) == before  # a dry run deletes nothing
+        result = await purge(engine, org_id="acme", now=now)
+    finally:
+        await engine.dispose()
+    first_day_rows = [row for row in before if row[1] == "2026-11-23"]
+    (part,) = result.orgs
+    assert part.usage_cutoff_day == date(2026, 11, 24)
+    assert part.usage_deleted == dry.orgs[0].usage_deleted == len(first_day_rows) > 0
+    assert read_rows(store_url, "SELECT COUNT(*) FROM sessions WHERE org_id = 'acme'") == [(0,)]
+    assert read_rows(store_url, usage) == [row for row in before if row[1] == "2026-11-24"]
+    recorded = read_rows(
+        store_url,
+        "SELECT usage_cutoff_day, usage_deleted FROM purge_runs WHERE org_id = 'acme' "
+        "AND dry_run = :dry",
+        {"dry": False},
+    )
+    assert recorded == [("2026-11-24", len(first_day_rows))]
+
+
+@needs_tools
+def test_an_org_without_logging_has_no_usage(
+    database_url: str, across_midnight: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "unlogged.toml"
+    config.write_text(CONFIG.replace('name = "Acme Corp"', 'name = "Acme Corp"\nlogging = false'))
+    _import(database_url, config, across_midnight)
+    rows = read_rows(database_url, "SELECT org_id, COUNT(*) FROM usage_days GROUP BY org_id")
+    assert rows == []  # every session of the capture is acme's (the echo resource)

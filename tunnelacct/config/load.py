@@ -43,6 +43,7 @@ from tunnelacct.config.model import (
     Timeouts,
     WireguardConfig,
     WriterConfig,
+    default_usage_retention,
     parse_ports,
 )
 from tunnelacct.config.tomllines import KeyLines
@@ -57,6 +58,7 @@ _ORG = OrgConfig(id="", name="")
 _FOREVER = "forever"  # retention_days that never purges (OrgConfig.retention_days = None)
 # retention issue: "off" is logging = false, never retention_days = 0, so 0 is an error
 _RETENTION_WHY = 'expected days 1-36500 or "forever" (to store nothing, set logging = false)'
+_USAGE_RETENTION_WHY = 'expected days 1-36500 or "forever"'
 _CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConfig()
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
 _IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
@@ -327,11 +329,13 @@ class Loader:
         seen: dict[str, _Where] = {}
         for where, t in self._entries(doc, "orgs"):
             ident = self._unique_id(where, t, seen)
+            retention_days = self._retention_days(where, t)
             yield OrgConfig(
                 id=ident,
                 name=self._text(where, t, "name", ident),
-                retention_days=self._retention_days(where, t),
+                retention_days=retention_days,
                 logging=self._flag(where, t, "logging", _ORG.logging),
+                usage_retention_days=self._usage_retention_days(where, t, retention_days),
             )
 
     def _clients(self, doc: Mapping[str, object], known: set[str]) -> Iterator[ClientConfig]:
@@ -545,6 +549,29 @@ class Loader:
             or not 1 <= value <= MAX_RETENTION_DAYS
         ):
             self.fail(where, "retention_days", _RETENTION_WHY, _shown(value))
+        return value
+
+    def _usage_retention_days(
+        self, where: _Where, t: Mapping[str, object], retention_days: int | None
+    ) -> int | None:
+        """An org's usage_retention_days: an integer 1-36500 or "forever" (None), no shorter
+        than its retention_days (the rollup outlives the sessions it sums); absent = the
+        longer of 400 days and retention_days."""
+        if "usage_retention_days" not in t:
+            return default_usage_retention(retention_days)
+        value = t["usage_retention_days"]
+        if value == _FOREVER:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 1 <= value <= MAX_RETENTION_DAYS
+        ):
+            self.fail(where, "usage_retention_days", _USAGE_RETENTION_WHY, _shown(value))
+        if retention_days is None or value < retention_days:
+            kept = "forever" if retention_days is None else f"{retention_days} days"
+            why = f"at least retention_days ({kept}): the usage rollup outlives the sessions"
+            self.fail(where, "usage_retention_days", why, _shown(value))
         return value
 
     def _flag(self, where: _Where, t: Mapping[str, object], key: str, default: bool) -> bool:

@@ -22,7 +22,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "writer": ("batch_size", "flush_interval", "max_pending", "write_timeout"),
     "gateway": ("name",),
     "attribution": ("default_org",),
-    "orgs": ("id", "name", "retention_days", "logging"),
+    "orgs": ("id", "name", "retention_days", "usage_retention_days", "logging"),
     "clients": ("id", "org", "name", "user", "addresses", "public_key"),
     "resources": ("id", "org", "name", "address", "ports", "protocols"),
     "capture": ("interface", "pcap", "snaplen", "ring_mib", "speed", "loop"),
@@ -80,6 +80,17 @@ class WriterConfig:
     write_timeout_s: float = 60.0
 
 
+USAGE_RETENTION_MIN_DAYS = 400  # the default usage retention: a year and its month to compare
+
+
+def default_usage_retention(retention_days: int | None) -> int | None:
+    """The usage retention of an org that sets none: the longer of USAGE_RETENTION_MIN_DAYS
+    and its session retention, forever when its sessions are kept forever."""
+    if retention_days is None:
+        return None
+    return max(USAGE_RETENTION_MIN_DAYS, retention_days)
+
+
 @dataclass(frozen=True, slots=True)
 class OrgConfig:
     """[[orgs]]: one organisation."""
@@ -88,6 +99,10 @@ class OrgConfig:
     name: str
     retention_days: int | None = 30  # completed sessions older than this are purged; None = forever
     logging: bool = True  # False: none of the org's sessions are stored (metrics still count them)
+    # days of the usage rollup kept (issue 18); None = forever. The loader resolves an absent
+    # one to the longer of USAGE_RETENTION_MIN_DAYS and retention_days (forever if that is):
+    # the default here is that of the default retention_days
+    usage_retention_days: int | None = USAGE_RETENTION_MIN_DAYS
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,11 @@ deletes the rest in batches of `batch_size` rows by the (org_id, ended_at) index
 transaction, yielding to the event loop between batches, so the writer is never blocked for
 long. Every org's part of a run is recorded in `purge_runs`.
 
+The usage rollup (issue 18) has its own retention, `usage_retention_days`, never shorter than
+the sessions': in the same run and under the same lock, an org's usage_days rows of the days
+before its first day kept are deleted, a day per transaction. Purging sessions never touches
+the rollup.
+
 Read side: `PurgeRunTally` sums `purge_runs` for the metrics, so that every purge shows, whoever
 ran it (serve, cron, a systemd timer, another host).
 """
@@ -26,15 +31,15 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.errors import StoreError
 from tunnelacct.store.engine import backend_of
-from tunnelacct.store.models import Org, PurgeRun, SessionRecord, table_of
+from tunnelacct.store.models import Org, PurgeRun, SessionRecord, UsageDay, table_of
 from tunnelacct.store.purgework import PurgeWork, expired_conditions, renew_or_stop
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ class OrgPurge:
     org_id: str
     cutoff: datetime
     deleted: int  # rows deleted, or rows a real run would delete (dry run)
+    usage_cutoff_day: date | None = None  # the first day of usage kept; None: kept forever
+    usage_deleted: int = 0  # usage_days rows deleted (or that would be)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +117,13 @@ async def purge(
     lock = write_lock or asyncio.Lock()
     batch_lock = lock if backend.purge_batches_take_write_lock else asyncio.Lock()
     try:
-        cutoffs = {
-            org: now - timedelta(days=days) for org, days in await _retentions(engine, org_id)
+        retentions = await _retentions(engine, org_id)
+        cutoffs = {org: now - timedelta(days=days) for org, days, _usage_days in retentions}
+        # the first day of usage kept (the usage rollup outlives the sessions: config/load.py)
+        usage_cutoffs = {
+            org: (now - timedelta(days=usage_days)).date()
+            for org, _days, usage_days in retentions
+            if usage_days is not None
         }
         work = PurgeWork(engine, holder, clock, lock, cutoffs, on_deleted)
         dropped = work.dropped  # rows of dropped or emptied partitions, per org
@@ -135,35 +147,50 @@ async def purge(
                 deleted=0,
                 outcome="running",
             )
+            usage_cutoff_day = usage_cutoffs.get(org)
+            record.usage_cutoff_day = None if usage_cutoff_day is None else str(usage_cutoff_day)
             run_pk = await _record(engine, record)
             deleted = dropped.pop(org, 0)
+            usage = _UsagePart(usage_cutoff_day)
             try:
                 if dry_run:
                     deleted = await _count_expired(engine, org, cutoff)
+                    usage.deleted = await _count_expired_usage(engine, org, usage_cutoff_day)
                 else:
                     batches = _delete_expired(work, org, cutoff, batch_size, batch_lock)
                     async for n in batches:
                         deleted += n
                         if on_deleted is not None:
                             on_deleted(org, n)
+                    async for n in _delete_expired_usage(work, org, usage_cutoff_day, batch_lock):
+                        usage.deleted += n
             except (SQLAlchemyError, StoreError) as exc:
-                await _finish(engine, run_pk, clock(), "failed", deleted, str(exc))
+                await _finish(engine, run_pk, clock(), "failed", deleted, str(exc), usage)
                 await _unreported(work, run_id, str(exc))  # orgs not reached
                 raise StoreError(f"purge of org {org!r} failed: {exc}") from exc
             except asyncio.CancelledError:
                 # the batches done so far are committed: say so, then stop
-                await _finish(engine, run_pk, clock(), "failed", deleted, STOPPING)
+                await _finish(engine, run_pk, clock(), "failed", deleted, STOPPING, usage)
                 await _unreported(work, run_id, STOPPING)  # orgs not reached
                 raise
-            await _finish(engine, run_pk, clock(), "ok", deleted, None)
+            await _finish(engine, run_pk, clock(), "ok", deleted, None, usage)
+            verb = "would delete" if dry_run else "deleted"
             log.info(
                 "purge: org %s: %s %d sessions that ended before %s",
                 org,
-                "would delete" if dry_run else "deleted",
+                verb,
                 deleted,
                 cutoff.isoformat(),
             )
-            done.append(OrgPurge(org, cutoff, deleted))
+            if usage_cutoff_day is not None:
+                log.info(
+                    "purge: org %s: %s %d usage rows of days before %s",
+                    org,
+                    verb,
+                    usage.deleted,
+                    usage_cutoff_day,
+                )
+            done.append(OrgPurge(org, cutoff, deleted, usage_cutoff_day, usage.deleted))
     finally:
         await purge_lock.release()
     return PurgeResult(run_id, dry_run, tuple(done))
@@ -189,14 +216,63 @@ async def _unreported(work: PurgeWork, run_id: str, error: str) -> None:
         await _record(work.engine, record)
 
 
-async def _retentions(engine: AsyncEngine, org_id: str | None) -> list[tuple[str, int]]:
-    """(org, days) of the orgs to purge: those with a retention, in id order."""
+async def _retentions(engine: AsyncEngine, org_id: str | None) -> list[tuple[str, int, int | None]]:
+    """(org, days, usage days or None for forever) of the orgs to purge: those with a
+    retention, in id order (an org whose sessions are kept forever keeps its usage too)."""
     t = table_of(Org)
-    stmt = select(t.c.id, t.c.retention_days).where(t.c.retention_days.is_not(None))
+    stmt = select(t.c.id, t.c.retention_days, t.c.usage_retention_days)
+    stmt = stmt.where(t.c.retention_days.is_not(None))
     if org_id is not None:
         stmt = stmt.where(t.c.id == org_id)
     async with engine.connect() as conn:
-        return [(org, int(days)) for org, days in (await conn.execute(stmt.order_by(t.c.id)))]
+        rows = await conn.execute(stmt.order_by(t.c.id))
+        return [
+            (org, int(days), None if usage_days is None else int(usage_days))
+            for org, days, usage_days in rows
+        ]
+
+
+@dataclass(slots=True)
+class _UsagePart:
+    """An org's usage rollup part of a purge run: the first day kept, the rows deleted."""
+
+    cutoff_day: date | None
+    deleted: int = 0
+
+
+def _expired_usage(org_id: str, first_kept: date) -> list[ColumnElement[bool]]:
+    t = table_of(UsageDay)
+    return [t.c.org_id == org_id, t.c.day < first_kept.isoformat()]
+
+
+async def _count_expired_usage(engine: AsyncEngine, org_id: str, first_kept: date | None) -> int:
+    if first_kept is None:
+        return 0
+    t = table_of(UsageDay)
+    stmt = select(func.count()).select_from(t).where(*_expired_usage(org_id, first_kept))
+    async with engine.connect() as conn:
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+async def _delete_expired_usage(
+    work: PurgeWork, org_id: str, first_kept: date | None, write_lock: asyncio.Lock
+) -> AsyncIterator[int]:
+    """Delete `org_id`'s usage rows of the days before `first_kept`, a day per short
+    transaction under `write_lock`, renewing the lease; yield each day's row count."""
+    if first_kept is None:
+        return
+    t = table_of(UsageDay)
+    engine = work.engine
+    days_stmt = select(t.c.day).where(*_expired_usage(org_id, first_kept)).distinct()
+    async with engine.connect() as conn:
+        days = sorted(str(day) for day in (await conn.execute(days_stmt)).scalars())
+    for day in days:
+        async with write_lock, engine.begin() as conn:
+            stmt = delete(t).where(t.c.org_id == org_id, t.c.day == day)
+            deleted = (await conn.execute(stmt)).rowcount
+            await renew_or_stop(conn, work)
+        yield deleted
+        await asyncio.sleep(0)  # let the writer and the API run between days
 
 
 async def _count_expired(engine: AsyncEngine, org_id: str, cutoff: datetime) -> int:
@@ -237,11 +313,23 @@ async def _record(engine: AsyncEngine, run: PurgeRun) -> int:
 
 
 async def _finish(
-    engine: AsyncEngine, pk: int, ended_at: datetime, outcome: str, deleted: int, error: str | None
+    engine: AsyncEngine,
+    pk: int,
+    ended_at: datetime,
+    outcome: str,
+    deleted: int,
+    error: str | None,
+    usage: _UsagePart,
 ) -> None:
     t = table_of(PurgeRun)
     stmt = update(t).where(t.c.id == pk)
-    stmt = stmt.values(ended_at=ended_at, outcome=outcome, deleted=deleted, error=error)
+    stmt = stmt.values(
+        ended_at=ended_at,
+        outcome=outcome,
+        deleted=deleted,
+        error=error,
+        usage_deleted=usage.deleted,
+    )
     async with engine.begin() as conn:
         await conn.execute(stmt)
 

@@ -53,6 +53,7 @@ def inventory_rows(config: Config, now: datetime) -> dict[Table, list[dict[str, 
             "name": o.name,
             "retention_days": o.retention_days,
             "logging": o.logging,
+            "usage_retention_days": o.usage_retention_days,
             "updated_at": now,
         }
         for o in configured_orgs(config)

@@ -126,6 +126,8 @@ class Org(TableBase, table=True):
     logging: bool = Field(
         default=True, sa_type=Boolean, sa_column_kwargs={"server_default": sa_true()}
     )
+    # days of the usage rollup kept (issue 18); None: forever
+    usage_retention_days: int | None = Field(default=None, sa_type=Integer, nullable=True)
 
 
 class Client(TableBase, table=True):
@@ -282,6 +284,11 @@ class PurgeRun(TableBase, table=True):
     deleted: int = Field(default=0, sa_type=BigInteger)
     outcome: str = Field(sa_type=String(16))
     error: str | None = Field(default=None, sa_type=Text, nullable=True)
+    # the usage rollup's part (issue 18): its first day kept, and the rollup rows deleted
+    usage_cutoff_day: str | None = Field(default=None, sa_type=String(10), nullable=True)
+    usage_deleted: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")}
+    )
 
 
 class PurgeLock(TableBase, table=True):

@@ -72,7 +72,7 @@ class StoredSession:
     ident: uuid.UUID
     started_ts: float
     key: _Key
-    share: StoredShare  # what the usage rollup holds of it
+    share_values: tuple[Any, ...]  # its _SHARE_COLUMNS: what the usage rollup holds of it
 
 
 def _key(event: SessionEvent) -> _Key:
@@ -157,22 +157,22 @@ class Reimport:
             low, high = id_range(_ms(first_ts), _ms(last_ts))
             result = conn.exec_driver_sql(_CANDIDATES_SQLITE, (low.hex, high.hex, self.gateway))
             for stored_id, org, started, proto, src, sport, dst, dport, *rest in result:
-                begins = datetime.fromisoformat(started).replace(tzinfo=UTC).timestamp()
-                last_seen = datetime.fromisoformat(rest[3]).replace(tzinfo=UTC).timestamp()
+                begins = datetime.fromisoformat(started).replace(tzinfo=UTC)
                 candidates.append(
                     StoredSession(
                         stored_id,
                         org,
                         started,
                         uuid.UUID(hex=stored_id),
-                        begins,
+                        begins.timestamp(),
                         (proto, src, sport, dst, dport),
-                        self._share(org, proto, begins, last_seen, rest),
+                        tuple(rest),
                     )
                 )
         replaced = pair(fresh, candidates, self.is_own)
         for stored in replaced:
-            usage.take_stored(stored.share)
+            last_seen = datetime.fromisoformat(stored.share_values[3]).replace(tzinfo=UTC)
+            usage.take_stored(self._share(stored, last_seen.timestamp()))
         tables: dict[str, list[tuple[str]]] = defaultdict(list)
         for stored in replaced:
             tables[table_of_row(stored.org_id, stored.stored_start[:10])].append(
@@ -201,41 +201,38 @@ class Reimport:
                 datetime.fromtimestamp(last_ts, UTC),
             )
             for stored_id, org, started, proto, src, sport, dst, dport, *rest in records:
-                begins = started.timestamp()
                 candidates.append(
                     StoredSession(
                         stored_id,
                         org,
                         started,
                         uuid.UUID(bytes=stored_id.bytes),  # asyncpg has a UUID class of its own
-                        begins,
+                        started.timestamp(),
                         (proto, src, sport, dst, dport),
-                        self._share(org, proto, begins, rest[3].timestamp(), rest),
+                        tuple(rest),
                     )
                 )
         replaced = pair(fresh, candidates, self.is_own)
         for stored in replaced:
-            usage.take_stored(stored.share)
+            usage.take_stored(self._share(stored, stored.share_values[3].timestamp()))
         if replaced:
             await driver.executemany(
                 _DELETE_POSTGRESQL, [(s.stored_id, s.stored_start) for s in replaced]
             )
         return len(replaced)
 
-    def _share(
-        self, org: str, proto: str, started_ts: float, last_ts: float, rest: Sequence[Any]
-    ) -> StoredShare:
-        """What the rollup holds of a candidate row, from its _SHARE_COLUMNS (`rest`)."""
-        client_id, user_id, resource_id, _last_seen, status = rest[:5]
-        bytes_tx, bytes_rx, packets_tx, packets_rx, day_split = rest[5:]
+    def _share(self, stored: StoredSession, last_ts: float) -> StoredShare:
+        """What the rollup holds of a stored row, from its _SHARE_COLUMNS."""
+        client_id, user_id, resource_id, _last_seen, status = stored.share_values[:5]
+        bytes_tx, bytes_rx, packets_tx, packets_rx, day_split = stored.share_values[5:]
         return StoredShare(
-            org_id=org,
+            org_id=stored.org_id,
             client_id=client_id,
             user_id=user_id,
             resource_id=resource_id,
-            protocol=proto,
+            protocol=stored.key[0],
             gateway=self.gateway,
-            started_ts=started_ts,
+            started_ts=stored.started_ts,
             last_ts=last_ts,
             completed=status == SessionStatus.COMPLETED.value,
             bytes_tx=bytes_tx,

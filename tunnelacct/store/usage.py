@@ -11,7 +11,6 @@ that failed and is tried again adds nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Dialect
@@ -81,34 +80,48 @@ class UsageChanges:
         """Add the share of the row `event` writes, less that of the row written before for the
         same session (`before`; None for its first write)."""
         who = event.attribution
-        group = (
-            who.client_id or "",
-            who.user_id or "",
-            who.resource_id or "",
-            event.proto.label,
-            gateway,
-        )
         org = who.org_id
-        totals = (event.bytes_tx, event.bytes_rx, event.packets_tx, event.packets_rx)
+        client = who.client_id or ""
+        user = who.user_id or ""
+        resource = who.resource_id or ""
+        protocol = event.proto.label
         last_day = day_of(event.last_ts)
+        completed = 1 if event.kind is _CLOSED else 0
+        if before is None and not event.day_marks and day_of(event.started_ts) == last_day:
+            # most writes: a session's only one, all on one day
+            key = (org, iso_day(last_day), client, user, resource, protocol, gateway)
+            self._add(
+                key,
+                event.bytes_tx,
+                event.bytes_rx,
+                event.packets_tx,
+                event.packets_rx,
+                1,
+                completed,
+            )
+            return
+        group = (client, user, resource, protocol, gateway)
+        totals = (event.bytes_tx, event.bytes_rx, event.packets_tx, event.packets_rx)
         for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
             event.day_marks, last_day, totals
         ):
-            self._add(org, iso_day(day), group, (bytes_tx, bytes_rx, packets_tx, packets_rx, 0, 0))
+            key = (org, iso_day(day), *group)
+            self._add(key, bytes_tx, bytes_rx, packets_tx, packets_rx, 0, 0)
         if before is None:
-            self._add(org, iso_day(day_of(event.started_ts)), group, (0, 0, 0, 0, 1, 0))
+            self._add((org, iso_day(day_of(event.started_ts)), *group), 0, 0, 0, 0, 1, 0)
         else:
             before_totals = (before.bytes_tx, before.bytes_rx, before.packets_tx, before.packets_rx)
             for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
                 before.day_marks, day_of(before.last_ts), before_totals
             ):
-                taken = (-bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
-                self._add(org, iso_day(day), group, taken)
-        if event.kind is _CLOSED:
-            self._add(org, iso_day(last_day), group, (0, 0, 0, 0, 0, 1))
+                key = (org, iso_day(day), *group)
+                self._add(key, -bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
+        if completed:
+            self._add((org, iso_day(last_day), *group), 0, 0, 0, 0, 0, 1)
 
     def take_stored(self, stored: StoredShare) -> None:
         """Take away the share of a stored row that is deleted (an import replaces it)."""
+        org = stored.org_id
         group = (
             stored.client_id or "",
             stored.user_id or "",
@@ -121,23 +134,32 @@ class UsageChanges:
         for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
             stored.day_marks, last_day, totals
         ):
-            taken = (-bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
-            self._add(stored.org_id, iso_day(day), group, taken)
-        self._add(stored.org_id, iso_day(day_of(stored.started_ts)), group, (0, 0, 0, 0, -1, 0))
+            key = (org, iso_day(day), *group)
+            self._add(key, -bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
+        self._add((org, iso_day(day_of(stored.started_ts)), *group), 0, 0, 0, 0, -1, 0)
         if stored.completed:
-            self._add(stored.org_id, iso_day(last_day), group, (0, 0, 0, 0, 0, -1))
+            self._add((org, iso_day(last_day), *group), 0, 0, 0, 0, 0, -1)
 
     def _add(
-        self, org: str, day: str, group: tuple[str, str, str, str, str], figures: Iterable[int]
+        self,
+        key: UsageKey,
+        bytes_tx: int,
+        bytes_rx: int,
+        packets_tx: int,
+        packets_rx: int,
+        started: int,
+        completed: int,
     ) -> None:
-        client, user, resource, protocol, gateway = group
-        key = (org, day, client, user, resource, protocol, gateway)
         sums = self.by_key.get(key)
         if sums is None:
-            self.by_key[key] = list(figures)
+            self.by_key[key] = [bytes_tx, bytes_rx, packets_tx, packets_rx, started, completed]
             return
-        for index, value in enumerate(figures):
-            sums[index] += value
+        sums[0] += bytes_tx
+        sums[1] += bytes_rx
+        sums[2] += packets_tx
+        sums[3] += packets_rx
+        sums[4] += started
+        sums[5] += completed
 
     def rows(self) -> list[tuple[object, ...]]:
         """The changes as USAGE_COLUMNS rows, in key order (two writes at once lock the rows

@@ -1,4 +1,5 @@
-"""Usage (issue 18): sessions.day_split, and the usage_days rollup.
+"""Usage (issue 18): sessions.day_split, the usage_days rollup, orgs.usage_retention_days and
+the usage part of purge_runs.
 
 sessions.day_split holds, for a session that ran across midnight, its counters at the end of
 each UTC day before its last packet's; the rollup splits the session's traffic by them. A
@@ -8,6 +9,8 @@ change of the schema only) and then creates the sessions view and its triggers a
 new column list.
 
 usage_days is one row per org, UTC day and group (client, user, resource, protocol, gateway).
+orgs.usage_retention_days (NULL: forever) starts as the default: the longer of 400 days and
+the org's session retention, forever for an org whose sessions are kept forever.
 
 Revision ID: 0007
 Revises: 0006
@@ -126,10 +129,26 @@ def upgrade() -> None:
             name="pk_usage_days",
         ),
     )
+    with op.batch_alter_table("orgs") as batch:
+        batch.add_column(sa.Column("usage_retention_days", sa.Integer(), nullable=True))
+    op.execute(
+        "UPDATE orgs SET usage_retention_days = CASE WHEN retention_days IS NULL THEN NULL "
+        "WHEN retention_days > 400 THEN retention_days ELSE 400 END"
+    )
+    with op.batch_alter_table("purge_runs") as batch:
+        batch.add_column(sa.Column("usage_cutoff_day", sa.String(10), nullable=True))
+        batch.add_column(
+            sa.Column("usage_deleted", sa.BigInteger(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:
-    """Drop usage_days and sessions.day_split."""
+    """Drop usage_days, sessions.day_split and the usage columns of orgs and purge_runs."""
+    with op.batch_alter_table("purge_runs") as batch:
+        batch.drop_column("usage_deleted")
+        batch.drop_column("usage_cutoff_day")
+    with op.batch_alter_table("orgs") as batch:
+        batch.drop_column("usage_retention_days")
     op.drop_table("usage_days")
     if _sqlite():
         _begin()
