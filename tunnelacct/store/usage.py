@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Dialect
 
-from tunnelacct.enums import EventKind
-from tunnelacct.sessions.days import DayMark, day_date, day_of, traffic_by_day
+from tunnelacct.enums import EventKind, IpProto
+from tunnelacct.sessions.days import DAY_S, DayMark, day_date, day_of, traffic_by_day
 from tunnelacct.sessions.events import SessionEvent
 
 # (org_id, day as ISO date, client_id, user_id, resource_id, protocol, gateway); '' for none
@@ -32,6 +32,7 @@ FIGURE_COLUMNS = (
 )
 USAGE_COLUMNS = KEY_COLUMNS + FIGURE_COLUMNS
 _CLOSED = EventKind.CLOSED
+_PROTOCOL_LABELS = {proto: proto.label for proto in IpProto}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,21 +85,30 @@ class UsageChanges:
         client = who.client_id or ""
         user = who.user_id or ""
         resource = who.resource_id or ""
-        protocol = event.proto.label
-        last_day = day_of(event.last_ts)
+        protocol = _PROTOCOL_LABELS[event.proto]
+        last_day = int(event.last_ts // DAY_S)
         completed = 1 if event.kind is _CLOSED else 0
-        if before is None and not event.day_marks and day_of(event.started_ts) == last_day:
-            # most writes: a session's only one, all on one day
-            key = (org, iso_day(last_day), client, user, resource, protocol, gateway)
-            self._add(
-                key,
-                event.bytes_tx,
-                event.bytes_rx,
-                event.packets_tx,
-                event.packets_rx,
-                1,
-                completed,
-            )
+        if before is None and not event.day_marks and int(event.started_ts // DAY_S) == last_day:
+            # most writes: a session's only one, all on one day (inlined: ~2/3 of the cost)
+            day_text = _ISO_DAYS.get(last_day) or iso_day(last_day)
+            key = (org, day_text, client, user, resource, protocol, gateway)
+            sums = self.by_key.get(key)
+            if sums is None:
+                self.by_key[key] = [
+                    event.bytes_tx,
+                    event.bytes_rx,
+                    event.packets_tx,
+                    event.packets_rx,
+                    1,
+                    completed,
+                ]
+            else:
+                sums[0] += event.bytes_tx
+                sums[1] += event.bytes_rx
+                sums[2] += event.packets_tx
+                sums[3] += event.packets_rx
+                sums[4] += 1
+                sums[5] += completed
             return
         group = (client, user, resource, protocol, gateway)
         totals = (event.bytes_tx, event.bytes_rx, event.packets_tx, event.packets_rx)
