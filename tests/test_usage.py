@@ -27,6 +27,7 @@ from tests.helpers.accuracy import run_cli
 from tests.helpers.loopcapture import first_and_last_ts, record_sessions
 from tests.helpers.oracle import DailyUsage, tshark_daily_usage, tshark_sessions
 from tests.helpers.pg import read_rows
+from tests.helpers.stores import execute
 from tunnelacct.capture.decode import MAX_TS, DecodedBatch, decode
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.load import load_config
@@ -378,3 +379,76 @@ def test_an_org_without_logging_has_no_usage(
     _import(database_url, config, across_midnight)
     rows = read_rows(database_url, "SELECT org_id, COUNT(*) FROM usage_days GROUP BY org_id")
     assert rows == []  # every session of the capture is acme's (the echo resource)
+
+
+@needs_tools
+def test_a_rebuild_from_the_sessions_gives_the_rollup_back(
+    database_url: str, across_midnight: Path, config: Path
+) -> None:
+    _import(database_url, config, across_midnight)
+    usage = "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7"
+    kept = read_rows(database_url, usage)
+    env = {"TUNNELACCT_DATABASE_URL": database_url}
+    # a rollup gone wrong: every figure doubled, and a day's rows lost
+    execute(database_url, "UPDATE usage_days SET bytes_tx = 2 * bytes_tx")
+    execute(database_url, "DELETE FROM usage_days WHERE day = '2026-11-24'")
+    assert read_rows(database_url, usage) != kept
+    out = run_cli("usage", "rebuild", "--config", str(config), env=env).stdout
+    assert "org acme: rebuilt 2026-11-23 to " in out, out
+    assert read_rows(database_url, usage) == kept
+    # a range rebuilds only its days
+    execute(database_url, "UPDATE usage_days SET bytes_rx = 0")
+    run_cli(
+        "usage",
+        "rebuild",
+        "--config",
+        str(config),
+        "--org",
+        "acme",
+        "--from",
+        "2026-11-24",
+        "--to",
+        "2026-11-24",
+        env=env,
+    )
+    rows = read_rows(database_url, usage)
+    assert [r for r in rows if r[1] == "2026-11-24"] == [r for r in kept if r[1] == "2026-11-24"]
+    assert {r[8] for r in rows if r[1] == "2026-11-23"} == {0}
+
+
+@needs_tools
+async def test_days_a_purge_reached_are_not_rebuilt(
+    store_url: str, across_midnight: Path, tmp_path: Path
+) -> None:
+    """After a purge whose cutoff is 2026-11-24 12:00, only the days from 2026-11-25 are
+    complete: a rebuild leaves the two days of the capture as they were, and says so."""
+    config = tmp_path / "retention.toml"
+    config.write_text(
+        CONFIG.replace('name = "Acme Corp"', 'name = "Acme Corp"\nretention_days = 30\n')
+    )
+    _import(store_url, config, across_midnight)
+    usage = "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7"
+    kept = read_rows(store_url, usage)
+    engine = make_engine(store_url)
+    try:
+        await sync_inventory(engine, load_config(str(config), environ={}))
+        await purge(engine, org_id="acme", now=datetime(2026, 12, 24, 12, tzinfo=UTC))
+    finally:
+        await engine.dispose()
+    assert read_rows(store_url, "SELECT COUNT(*) FROM sessions WHERE org_id = 'acme'") == [(0,)]
+    env = {"TUNNELACCT_DATABASE_URL": store_url}
+    out = run_cli(
+        "usage",
+        "rebuild",
+        "--config",
+        str(config),
+        "--org",
+        "acme",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-30",
+        env=env,
+    ).stdout
+    assert "org acme: days before 2026-11-25 lost sessions to a purge" in out, out
+    assert read_rows(store_url, usage) == kept

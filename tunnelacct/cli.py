@@ -190,9 +190,9 @@ def export_cmd(
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
 
 
-@cli.command("usage")
+@cli.group("usage", invoke_without_command=True)
 @config_option
-@click.option("--org", required=True, help="Organisation id whose usage to report.")
+@click.option("--org", help="Organisation id whose usage to report (required).")
 @click.option(
     "--by",
     default="",
@@ -215,9 +215,11 @@ def export_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV file to write (default: a table on a terminal, CSV when piped).",
 )
+@click.pass_context
 def usage_cmd(
+    context: click.Context,
     config_path: Path | None,
-    org: str,
+    org: str | None,
     by: str,
     interval: str,
     month: str | None,
@@ -227,7 +229,13 @@ def usage_cmd(
     output: Path | None,
 ) -> None:
     """Report an organisation's usage: bytes, packets and sessions per group and interval,
-    from the usage rollup (kept for usage_retention_days, after sessions are purged)."""
+    from the usage rollup (kept for usage_retention_days, after sessions are purged).
+
+    `tunnelacct usage rebuild` computes the rollup again from the sessions still stored."""
+    if context.invoked_subcommand is not None:
+        return
+    if org is None:
+        raise click.UsageError("Missing option '--org'.")
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.query.outfile import replacing
     from tunnelacct.reports.render import text_table, write_csv
@@ -254,6 +262,51 @@ def usage_cmd(
         click.echo(text_table(query, rows), nl=False)
     else:
         write_csv(query, rows, sys.stdout)
+
+
+@usage_cmd.command("rebuild")
+@config_option
+@click.option("--org", help="Rebuild only this org (default: every org in the store).")
+@click.option("--from", "first", help="First day, YYYY-MM-DD (default: the org's first session).")
+@click.option("--to", "last", help="Last day, YYYY-MM-DD, inclusive (default: today, UTC).")
+def usage_rebuild(
+    config_path: Path | None, org: str | None, first: str | None, last: str | None
+) -> None:
+    """Compute the usage rollup again from the sessions still stored. Days whose sessions a
+    purge deleted cannot come back: they are left as they are, and said so."""
+    from tunnelacct.errors import UnknownOrgError
+    from tunnelacct.reports.usage import usage_days_range
+    from tunnelacct.store.inventory import stored_org_ids, sync_inventory
+    from tunnelacct.store.usagerebuild import Rebuilt, rebuild_usage
+
+    config = _config(config_path)
+
+    async def work(engine: Any) -> list[Rebuilt]:
+        await sync_inventory(engine, config)
+        known = await stored_org_ids(engine)
+        if org is not None and org not in known:
+            raise UnknownOrgError(org, sorted(known))
+        done = []
+        for org_id in [org] if org is not None else sorted(known):
+            days = await usage_days_range(engine, org_id, first, last)
+            if days is not None:
+                done.append(await rebuild_usage(engine, org_id, *days))
+        return done
+
+    rebuilt: list[Rebuilt] = _with_engine(config, work)
+    for r in rebuilt:
+        if r.purged_before is not None:
+            click.echo(
+                f"org {r.org_id}: days before {r.purged_before} lost sessions to a purge: "
+                "their usage cannot be rebuilt and stays as it was"
+            )
+        if r.first_day is None:
+            continue
+        rate = r.sessions / r.seconds if r.seconds else 0.0
+        click.echo(
+            f"org {r.org_id}: rebuilt {r.first_day} to {r.last_day} from {r.sessions:,} "
+            f"sessions: {r.rows:,} usage rows ({r.seconds:.1f} s, {rate:,.0f} sessions/s)"
+        )
 
 
 @cli.command("serve")

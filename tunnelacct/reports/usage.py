@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.query.filters import Filter, filter_clause, parse_filter
 from tunnelacct.store.engine import backend_of
-from tunnelacct.store.models import UsageDay, table_of
+from tunnelacct.store.models import SessionRecord, UsageDay, table_of
 from tunnelacct.store.usage import FIGURE_COLUMNS
 
 DIMENSIONS = {
@@ -187,3 +187,20 @@ async def read_usage(engine: AsyncEngine, query: UsageQuery) -> list[UsageRow]:
     async with engine.connect() as conn:
         result = await conn.execute(report_statement(engine, query))
         return report_rows(result, query)
+
+
+async def usage_days_range(
+    engine: AsyncEngine, org_id: str, first: str | None, last: str | None
+) -> tuple[date, date] | None:
+    """The days a rebuild of `org_id` covers: `first`..`last` (YYYY-MM-DD) as given, else from
+    the org's first stored session to today (UTC); None when it has no session to start from."""
+    last_day = _day("to", last) if last is not None else datetime.now(UTC).date()
+    if first is not None:
+        return _day("from", first), last_day
+    table = table_of(SessionRecord)
+    stmt = select(func.min(table.c.started_at)).where(table.c.org_id == org_id)
+    async with engine.connect() as conn:
+        earliest: datetime | None = (await conn.execute(stmt)).scalar_one()
+    if earliest is None:
+        return None
+    return earliest.astimezone(UTC).date(), last_day

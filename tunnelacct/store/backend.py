@@ -78,6 +78,13 @@ class StoreBackend(Protocol):
         """Bound the statements of `conn`'s transaction to `timeout_s`; return how to stop the
         running one from the event loop, or None when the server stops it itself."""
 
+    def day_text_sql(self, time_column: str) -> str:
+        """SQL of the UTC day of a sessions time column, as an ISO date text."""
+
+    async def lock_usage(self, conn: AsyncConnection) -> None:
+        """Make the transaction of `conn` the only one writing usage_days until it ends (a
+        rebuild: the writer's changes wait, then apply to what it wrote)."""
+
     def week_start_sql(self, day_column: str) -> str:
         """SQL of the Monday that begins the week of `day_column`, an ISO date text column,
         as an ISO date text."""

@@ -100,12 +100,17 @@ _REASON_VALUES: dict[CloseReason | None, str | None] = {r: r.value for r in Clos
 _REASON_VALUES[None] = None
 
 
-def _placeholders(dialect: Dialect) -> list[str]:
-    """The ROW_COLUMNS parameter placeholders of `dialect`'s paramstyle, in order."""
+def placeholders(dialect: Dialect, count: int) -> list[str]:
+    """`count` parameter placeholders in `dialect`'s paramstyle, in order."""
     placeholder = _PLACEHOLDERS.get(dialect.paramstyle)
     if placeholder is None:
         raise StoreError(f"unsupported DBAPI paramstyle {dialect.paramstyle!r} ({dialect.name})")
-    return [placeholder(i) for i in range(1, len(ROW_COLUMNS) + 1)]
+    return [placeholder(i) for i in range(1, count + 1)]
+
+
+def _placeholders(dialect: Dialect) -> list[str]:
+    """The ROW_COLUMNS parameter placeholders of `dialect`'s paramstyle, in order."""
+    return placeholders(dialect, len(ROW_COLUMNS))
 
 
 # The conflict target: the primary key. On PostgreSQL it is (id, started_at), since sessions is

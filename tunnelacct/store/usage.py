@@ -131,6 +131,14 @@ class UsageChanges:
 
     def take_stored(self, stored: StoredShare) -> None:
         """Take away the share of a stored row that is deleted (an import replaces it)."""
+        self._stored(stored, -1, None)
+
+    def add_stored(self, stored: StoredShare, first_day: str, last_day: str) -> None:
+        """Add the share of a stored row on the days `first_day`..`last_day` (ISO, inclusive):
+        a rebuild from the session rows."""
+        self._stored(stored, 1, (first_day, last_day))
+
+    def _stored(self, stored: StoredShare, sign: int, within: tuple[str, str] | None) -> None:
         org = stored.org_id
         group = (
             stored.client_id or "",
@@ -139,16 +147,31 @@ class UsageChanges:
             stored.protocol,
             stored.gateway,
         )
+
+        def counted(day: str) -> bool:
+            return within is None or within[0] <= day <= within[1]
+
         totals = (stored.bytes_tx, stored.bytes_rx, stored.packets_tx, stored.packets_rx)
         last_day = day_of(stored.last_ts)
         for day, bytes_tx, bytes_rx, packets_tx, packets_rx in traffic_by_day(
             stored.day_marks, last_day, totals
         ):
-            key = (org, iso_day(day), *group)
-            self._add(key, -bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
-        self._add((org, iso_day(day_of(stored.started_ts)), *group), 0, 0, 0, 0, -1, 0)
-        if stored.completed:
-            self._add((org, iso_day(last_day), *group), 0, 0, 0, 0, 0, -1)
+            if counted(iso_day(day)):
+                key = (org, iso_day(day), *group)
+                self._add(
+                    key,
+                    sign * bytes_tx,
+                    sign * bytes_rx,
+                    sign * packets_tx,
+                    sign * packets_rx,
+                    0,
+                    0,
+                )
+        started_day = iso_day(day_of(stored.started_ts))
+        if counted(started_day):
+            self._add((org, started_day, *group), 0, 0, 0, 0, sign, 0)
+        if stored.completed and counted(iso_day(last_day)):
+            self._add((org, iso_day(last_day), *group), 0, 0, 0, 0, 0, sign)
 
     def _add(
         self,

@@ -46,6 +46,14 @@ class PostgresBackend:
         await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000) + 1}"))
         return None
 
+    def day_text_sql(self, time_column: str) -> str:
+        return f"to_char({time_column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    async def lock_usage(self, conn: AsyncConnection) -> None:
+        """A table lock that conflicts with the writer's upserts (ROW EXCLUSIVE), not with
+        readers: they wait until the rebuild commits."""
+        await conn.execute(text("LOCK TABLE usage_days IN SHARE ROW EXCLUSIVE MODE"))
+
     def week_start_sql(self, day_column: str) -> str:
         """The Monday of the week of an ISO date column (date_trunc's weeks are ISO weeks)."""
         return f"to_char(date_trunc('week', CAST({day_column} AS date)), 'YYYY-MM-DD')"

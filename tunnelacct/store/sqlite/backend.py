@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.store.reimport import Reimport
 from tunnelacct.store.sqlite import cells, purge
-from tunnelacct.store.sqlite.layout import cover_days, move_default_rows, org_periods
+from tunnelacct.store.sqlite.layout import begin_write, cover_days, move_default_rows, org_periods
 from tunnelacct.store.sqlite.lock import LeaseLock
 from tunnelacct.store.sqlite.write import RoutedWrite
 
@@ -53,6 +53,14 @@ class SqliteBackend:
         raw = await conn.get_raw_connection()
         sqlite = raw.driver_connection._conn  # type: ignore[union-attr]
         return sqlite.interrupt  # type: ignore[no-any-return]
+
+    def day_text_sql(self, time_column: str) -> str:
+        """The first 10 characters: times are stored as UTC text, "2026-11-23 10:40:45.123456"."""
+        return f"substr({time_column}, 1, 10)"
+
+    async def lock_usage(self, conn: AsyncConnection) -> None:
+        """SQLite's write lock (one writer at a time): BEGIN IMMEDIATE."""
+        await conn.run_sync(begin_write)
 
     def week_start_sql(self, day_column: str) -> str:
         """The Monday of the week of an ISO date column: the next Sunday (the day itself if a
