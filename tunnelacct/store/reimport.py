@@ -38,25 +38,30 @@ from tunnelacct.store.usage import StoredShare, UsageChanges
 
 MATCH_TOLERANCE_S = 0.001  # two captures of one interface differ by microseconds
 WINDOW_GAP_S = 1.0  # starts further apart than this are looked up in separate id ranges
+SQLITE_IDS_PER_STATEMENT = 500  # ids in one IN (...) list: far below SQLite's 32,766 parameters
 
 # (protocol, src address, src port, dst address, dst port), addresses as inet_ntop text
 _Key = tuple[str, str, int, str, int]
 
-# what pairing needs, then what the usage rollup held of the row (store/usage.py)
-_SHARE_COLUMNS = (
-    "client_id, user_id, resource_id, last_seen_at, status, bytes_tx, bytes_rx, packets_tx, "
-    "packets_rx, day_split"
-)
 _CANDIDATES_SQLITE = (
-    "SELECT id, org_id, started_at, protocol, src_addr, src_port, dst_addr, dst_port, "
-    f"{_SHARE_COLUMNS} FROM sessions WHERE id >= ? AND id <= ? AND gateway = ?"
+    "SELECT id, org_id, started_at, protocol, src_addr, src_port, dst_addr, dst_port "
+    "FROM sessions WHERE id >= ? AND id <= ? AND gateway = ?"
 )
 # started_at bounds too, so that PostgreSQL reads only the partitions of those days; host()
 # prints an address as inet_ntop does (tests/test_inet.py)
 _CANDIDATES_POSTGRESQL = (
     "SELECT id, org_id, started_at, protocol, host(src_addr), src_port, host(dst_addr), "
-    f"dst_port, {_SHARE_COLUMNS} FROM sessions WHERE id >= $1 AND id <= $2 AND gateway = $3 "
+    "dst_port FROM sessions WHERE id >= $1 AND id <= $2 AND gateway = $3 "
     "AND started_at >= $4 AND started_at <= $5"
+)
+# what the usage rollup holds of a replaced row (store/usage.py), read before it is deleted
+_SHARE_COLUMNS = (
+    "org_id, protocol, started_at, last_seen_at, client_id, user_id, resource_id, status, "
+    "bytes_tx, bytes_rx, packets_tx, packets_rx, day_split"
+)
+_SHARES_POSTGRESQL = (
+    f"SELECT {_SHARE_COLUMNS} FROM sessions WHERE (id, started_at) IN "
+    "(SELECT * FROM unnest($1::uuid[], $2::timestamptz[]))"
 )
 _DELETE_POSTGRESQL = "DELETE FROM sessions WHERE id = $1 AND started_at = $2"
 
@@ -72,7 +77,6 @@ class StoredSession:
     ident: uuid.UUID
     started_ts: float
     key: _Key
-    share_values: tuple[Any, ...]  # its _SHARE_COLUMNS: what the usage rollup holds of it
 
 
 def _key(event: SessionEvent) -> _Key:
@@ -156,7 +160,7 @@ class Reimport:
         for first_ts, last_ts in windows(fresh):
             low, high = id_range(_ms(first_ts), _ms(last_ts))
             result = conn.exec_driver_sql(_CANDIDATES_SQLITE, (low.hex, high.hex, self.gateway))
-            for stored_id, org, started, proto, src, sport, dst, dport, *rest in result:
+            for stored_id, org, started, proto, src, sport, dst, dport in result:
                 begins = datetime.fromisoformat(started).replace(tzinfo=UTC)
                 candidates.append(
                     StoredSession(
@@ -166,21 +170,21 @@ class Reimport:
                         uuid.UUID(hex=stored_id),
                         begins.timestamp(),
                         (proto, src, sport, dst, dport),
-                        tuple(rest),
                     )
                 )
         replaced = pair(fresh, candidates, self.is_own)
+        tables: dict[str, list[str]] = defaultdict(list)
         for stored in replaced:
-            last_seen = datetime.fromisoformat(stored.share_values[3]).replace(tzinfo=UTC)
-            usage.take_stored(self._share(stored, last_seen.timestamp()))
-        tables: dict[str, list[tuple[str]]] = defaultdict(list)
-        for stored in replaced:
-            tables[table_of_row(stored.org_id, stored.stored_start[:10])].append(
-                (stored.stored_id,)
-            )
+            tables[table_of_row(stored.org_id, stored.stored_start[:10])].append(stored.stored_id)
         quote = conn.dialect.identifier_preparer.quote
         for name, ids in tables.items():
-            conn.exec_driver_sql(f"DELETE FROM {quote(name)} WHERE id = ?", ids)
+            for first in range(0, len(ids), SQLITE_IDS_PER_STATEMENT):
+                chunk = ids[first : first + SQLITE_IDS_PER_STATEMENT]
+                marks = ", ".join("?" * len(chunk))
+                shares = f"SELECT {_SHARE_COLUMNS} FROM {quote(name)} WHERE id IN ({marks})"
+                for row in conn.exec_driver_sql(shares, tuple(chunk)):
+                    usage.take_stored(self._share(row, _sqlite_ts))
+            conn.exec_driver_sql(f"DELETE FROM {quote(name)} WHERE id = ?", [(i,) for i in ids])
         return len(replaced)
 
     async def replace_postgresql(
@@ -200,7 +204,7 @@ class Reimport:
                 datetime.fromtimestamp(first_ts, UTC),
                 datetime.fromtimestamp(last_ts, UTC),
             )
-            for stored_id, org, started, proto, src, sport, dst, dport, *rest in records:
+            for stored_id, org, started, proto, src, sport, dst, dport in records:
                 candidates.append(
                     StoredSession(
                         stored_id,
@@ -209,31 +213,32 @@ class Reimport:
                         uuid.UUID(bytes=stored_id.bytes),  # asyncpg has a UUID class of its own
                         started.timestamp(),
                         (proto, src, sport, dst, dport),
-                        tuple(rest),
                     )
                 )
         replaced = pair(fresh, candidates, self.is_own)
-        for stored in replaced:
-            usage.take_stored(self._share(stored, stored.share_values[3].timestamp()))
         if replaced:
+            keys = ([s.stored_id for s in replaced], [s.stored_start for s in replaced])
+            for row in await driver.fetch(_SHARES_POSTGRESQL, *keys):
+                usage.take_stored(self._share(row, _aware_ts))
             await driver.executemany(
                 _DELETE_POSTGRESQL, [(s.stored_id, s.stored_start) for s in replaced]
             )
         return len(replaced)
 
-    def _share(self, stored: StoredSession, last_ts: float) -> StoredShare:
-        """What the rollup holds of a stored row, from its _SHARE_COLUMNS."""
-        client_id, user_id, resource_id, _last_seen, status = stored.share_values[:5]
-        bytes_tx, bytes_rx, packets_tx, packets_rx, day_split = stored.share_values[5:]
+    def _share(self, row: Sequence[Any], timestamp: Callable[[Any], float]) -> StoredShare:
+        """What the rollup holds of a stored row, from its _SHARE_COLUMNS; `timestamp` reads
+        a time as the driver gives it."""
+        org_id, protocol, started_at, last_seen_at, client_id, user_id, resource_id = row[:7]
+        status, bytes_tx, bytes_rx, packets_tx, packets_rx, day_split = row[7:]
         return StoredShare(
-            org_id=stored.org_id,
+            org_id=org_id,
             client_id=client_id,
             user_id=user_id,
             resource_id=resource_id,
-            protocol=stored.key[0],
+            protocol=protocol,
             gateway=self.gateway,
-            started_ts=stored.started_ts,
-            last_ts=last_ts,
+            started_ts=timestamp(started_at),
+            last_ts=timestamp(last_seen_at),
             completed=status == SessionStatus.COMPLETED.value,
             bytes_tx=bytes_tx,
             bytes_rx=bytes_rx,
@@ -241,3 +246,12 @@ class Reimport:
             packets_rx=packets_rx,
             day_marks=day_marks_of(day_split),
         )
+
+
+def _sqlite_ts(text: str) -> float:
+    """A time as SQLite holds it (naive UTC text) in epoch seconds."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def _aware_ts(at: datetime) -> float:
+    return at.timestamp()
