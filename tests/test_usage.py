@@ -112,6 +112,13 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _config_with(tmp_path: Path, acme_setting: str) -> Path:
+    """CONFIG with one more setting of org acme, written in `tmp_path`."""
+    path = tmp_path / "usage-variant.toml"
+    path.write_text(CONFIG.replace('name = "Acme Corp"', f'name = "Acme Corp"\n{acme_setting}'))
+    return path
+
+
 def _user_of(initiator: str, responder: str) -> str:
     return USERS.get(initiator) or USERS.get(responder) or ""
 
@@ -338,10 +345,7 @@ async def test_the_purge_keeps_usage_for_its_own_retention(
 ) -> None:
     """Sessions kept 30 days, usage 400: a purge 400 days after the second day removes every
     session and the first day's usage, and leaves the second day's as it was."""
-    config = tmp_path / "retention.toml"
-    config.write_text(
-        CONFIG.replace('name = "Acme Corp"', 'name = "Acme Corp"\nretention_days = 30\n')
-    )
+    config = _config_with(tmp_path, "retention_days = 30")
     _import(store_url, config, across_midnight)
     usage = "SELECT * FROM usage_days WHERE org_id = 'acme' ORDER BY 1, 2, 3, 4, 5, 6, 7"
     before = read_rows(store_url, usage)
@@ -374,8 +378,7 @@ async def test_the_purge_keeps_usage_for_its_own_retention(
 def test_an_org_without_logging_has_no_usage(
     database_url: str, across_midnight: Path, tmp_path: Path
 ) -> None:
-    config = tmp_path / "unlogged.toml"
-    config.write_text(CONFIG.replace('name = "Acme Corp"', 'name = "Acme Corp"\nlogging = false'))
+    config = _config_with(tmp_path, "logging = false")
     _import(database_url, config, across_midnight)
     rows = read_rows(database_url, "SELECT org_id, COUNT(*) FROM usage_days GROUP BY org_id")
     assert rows == []  # every session of the capture is acme's (the echo resource)
@@ -422,10 +425,7 @@ async def test_days_a_purge_reached_are_not_rebuilt(
 ) -> None:
     """After a purge whose cutoff is 2026-11-24 12:00, only the days from 2026-11-25 are
     complete: a rebuild leaves the two days of the capture as they were, and says so."""
-    config = tmp_path / "retention.toml"
-    config.write_text(
-        CONFIG.replace('name = "Acme Corp"', 'name = "Acme Corp"\nretention_days = 30\n')
-    )
+    config = _config_with(tmp_path, "retention_days = 30")
     _import(store_url, config, across_midnight)
     usage = "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7"
     kept = read_rows(store_url, usage)

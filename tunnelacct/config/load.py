@@ -541,15 +541,7 @@ class Loader:
     def _retention_days(self, where: _Where, t: Mapping[str, object]) -> int | None:
         """An org's retention_days: an integer 1-36500, or "forever" (None); absent = default."""
         value = t.get("retention_days", _ORG.retention_days)
-        if value == _FOREVER:
-            return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not 1 <= value <= MAX_RETENTION_DAYS
-        ):
-            self.fail(where, "retention_days", _RETENTION_WHY, _shown(value))
-        return value
+        return self._days_or_forever(where, "retention_days", value, _RETENTION_WHY)
 
     def _usage_retention_days(
         self, where: _Where, t: Mapping[str, object], retention_days: int | None
@@ -560,6 +552,15 @@ class Loader:
         if "usage_retention_days" not in t:
             return default_usage_retention(retention_days)
         value = t["usage_retention_days"]
+        days = self._days_or_forever(where, "usage_retention_days", value, _USAGE_RETENTION_WHY)
+        if days is not None and (retention_days is None or days < retention_days):
+            kept = "forever" if retention_days is None else f"{retention_days} days"
+            why = f"at least retention_days ({kept}): the usage rollup outlives the sessions"
+            self.fail(where, "usage_retention_days", why, _shown(value))
+        return days
+
+    def _days_or_forever(self, where: _Where, key: str, value: object, why: str) -> int | None:
+        """`value` of `key`: an integer 1-36500, or "forever" (None)."""
         if value == _FOREVER:
             return None
         if (
@@ -567,11 +568,7 @@ class Loader:
             or not isinstance(value, int)
             or not 1 <= value <= MAX_RETENTION_DAYS
         ):
-            self.fail(where, "usage_retention_days", _USAGE_RETENTION_WHY, _shown(value))
-        if retention_days is None or value < retention_days:
-            kept = "forever" if retention_days is None else f"{retention_days} days"
-            why = f"at least retention_days ({kept}): the usage rollup outlives the sessions"
-            self.fail(where, "usage_retention_days", why, _shown(value))
+            self.fail(where, key, why, _shown(value))
         return value
 
     def _flag(self, where: _Where, t: Mapping[str, object], key: str, default: bool) -> bool:
