@@ -9,8 +9,8 @@ copies, about 10 days). Then:
 - rebuild: `rebuild_usage` of the org over every day (`tunnelacct usage rebuild`), the rollup
   written from the sessions: its sessions/s;
 - report: through the real app in-process (httpx ASGI transport: routing, auth, SQL, JSON),
-  `GET /api/v1/orgs/acme/usage?by=user&month=...`, a month of the org grouped by user (10,000
-  rows), timed `--runs` times: p50/p99/max.
+  `GET /api/v1/orgs/acme/usage?by=user&interval=month&month=...`, a month of the org grouped
+  by user (10,000 rows), timed `--runs` times: p50/p99/max.
 
 Asserts nothing about time.
 
@@ -152,7 +152,7 @@ async def report_latencies(url: str, month: str, runs: int) -> None:
         app = create_app(ApiContext(engine, config_orgs=frozenset({ORG})))
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {token}"}
-        params = {"by": "user", "month": month}
+        params = {"by": "user", "interval": "month", "month": month}
         path = f"/api/v1/orgs/{ORG}/usage"
         times = []
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:

@@ -120,8 +120,13 @@ async def _sum_single_day_sessions(
         "COALESCE(resource_id, ''), protocol, gateway"
     ).bindparams(*typed)
     await conn.execute(insert, params)
-    count = text(f"SELECT COUNT(*) FROM sessions WHERE {where}").bindparams(*typed)
-    return int((await conn.execute(count, params)).scalar_one())
+    # the range's rows are these sums alone so far: their sessions_started counts the sessions
+    started = text(
+        "SELECT COALESCE(SUM(sessions_started), 0) FROM usage_days "
+        "WHERE org_id = :org AND day >= :first AND day <= :last"
+    )
+    days = {"org": org_id, "first": first_day.isoformat(), "last": last_day.isoformat()}
+    return int((await conn.execute(started, days)).scalar_one())
 
 
 async def _split_spanning_sessions(
