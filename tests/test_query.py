@@ -138,7 +138,7 @@ def test_byte_suffixes_are_decimal_and_binary_ones_are_spelled_ki_mi_gi(
 BYTES_EXPECTED = "a byte count such as 1500, 10k, 2.5M, 1G or 4Mi"
 DATE_EXPECTED = "an RFC 3339 time with offset or a date YYYY-MM-DD"
 KEYS_EXPECTED = (
-    "one of the keys protocol:, client:, user:, resource:, src:, dst:, sport:, dport:, "
+    "one of the keys protocol:, client:, user:, resource:, gateway:, src:, dst:, sport:, dport:, "
     "status:, close_reason:, started_after:, started_before:, bytes>, bytes<, duration>, "
     "duration<"
 )

@@ -358,10 +358,10 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     purged = {p.org_id for p in result.orgs}
     for p in result.orgs:
         cutoff = format_time(p.cutoff)
-        click.echo(f"org {p.org_id}: {verb} {p.deleted:,} sessions that ended before {cutoff}")
+        line = f"org {p.org_id}: {verb} {p.deleted:,} sessions that ended before {cutoff}"
         if p.usage_cutoff_day is not None:
-            usage_rows = f"{p.usage_deleted:,} usage rows of days before {p.usage_cutoff_day}"
-            click.echo(f"org {p.org_id}: {verb} {usage_rows}")
+            line += f", and {p.usage_deleted:,} usage rows of days before {p.usage_cutoff_day}"
+        click.echo(line)
     for o in configured_orgs(config):
         if o.id not in purged and (org is None or o.id == org) and o.retention_days is None:
             click.echo(f"org {o.id}: kept forever")
