@@ -37,6 +37,7 @@ DASHBOARDS: dict[str, tuple[str, dict[str, tuple[str, ...]], dict[str, str]]] = 
             "org": ("query",),
             "resource": ("query",),
             "protocol": ("custom", "query"),
+            "tunnelacct_api": ("textbox",),
         },
         {"org": "tunnelacct_bytes_total", "resource": "tunnelacct_bytes_total"},
     ),

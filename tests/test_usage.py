@@ -13,10 +13,12 @@ import asyncio
 import csv
 import dataclasses
 import io
+import json
 import subprocess
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -43,6 +45,7 @@ from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token
 
+ROOT = Path(__file__).resolve().parents[1]
 MIDNIGHT = datetime(2026, 11, 24, tzinfo=UTC).timestamp()
 ALICE = "127.0.0.2"  # acme's client alice-laptop
 BOB = "127.0.0.4"  # globex's client bob-desktop
@@ -337,6 +340,66 @@ async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
     assert refused.status_code == 400
     assert (refused.json()["parameter"], refused.json()["token"]) == ("q", "dport:22")
     assert other_org.status_code == 404
+
+
+def _grafana_link(url: str, api: str, org: str, first: datetime, last: datetime) -> str:
+    """A dashboard data link's URL as Grafana expands it for `org`'s bar over `first`..`last`:
+    `:date:iso` is RFC 3339 in UTC with milliseconds, `:percentencode` percent-encodes."""
+    expansions = {
+        "${tunnelacct_api}": api,
+        "${__field.labels.org:percentencode}": quote(org, safe=""),
+        "${__from:date:iso}": first.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "${__to:date:iso}": last.astimezone(UTC).isoformat(timespec="milliseconds"),
+    }
+    for variable, value in expansions.items():
+        url = url.replace(variable, value)
+    assert "$" not in url, f"a variable the test does not expand: {url}"
+    return url.replace("+00:00", "Z")
+
+
+@needs_tools
+async def test_the_dashboard_links_open_the_bars_org_report_for_its_days(
+    store_url: str, across_midnight: Path, config: Path
+) -> None:
+    model = json.loads((ROOT / "grafana/dashboards/tunnelacct-traffic.json").read_text("utf-8"))
+    links = [
+        link["url"]
+        for panel in model["panels"]
+        for link in panel.get("fieldConfig", {}).get("defaults", {}).get("links", [])
+        if "/usage" in link["url"]
+    ]
+    assert links, "no dashboard panel links to the usage report"
+    _import(store_url, config, across_midnight)
+    first_ts, last_ts = first_and_last_ts(across_midnight)
+    # the dashboard's range: from a little before the capture to a little after it
+    first = datetime.fromtimestamp(first_ts - 60, UTC)
+    last = datetime.fromtimestamp(last_ts + 60, UTC)
+    engine = make_engine(store_url)
+    try:
+        token, _row = await create_token(engine, Role.AUDITOR, org_id="acme")
+        app = create_app(ApiContext(engine, config_orgs=frozenset({"acme", "globex"})))
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(transport=transport) as client:
+            answers = [
+                await client.get(
+                    _grafana_link(url, "http://test", "acme", first, last), headers=headers
+                )
+                for url in links
+            ]
+    finally:
+        await engine.dispose()
+    expected = _oracle_report(across_midnight, "day", {"alice", "bob"})
+    assert {row["day"] for row in expected} == {"2026-11-23", "2026-11-24"}
+    for url, answer in zip(links, answers, strict=True):
+        assert answer.status_code == 200, f"{url}: {answer.text}"
+        if answer.headers["content-type"].startswith("text/csv"):
+            rows: list[dict[str, object]] = list(csv.DictReader(io.StringIO(answer.text)))
+            assert rows == [{k: str(v) for k, v in row.items()} for row in expected]
+        else:
+            body = answer.json()
+            assert (body["from"], body["to"]) == (first.date().isoformat(), last.date().isoformat())
+            assert body["rows"] == expected
 
 
 @needs_tools

@@ -126,16 +126,25 @@ def month_days(month: str) -> tuple[date, date]:
 
 
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_RFC3339_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def _day(parameter: str, text: str) -> date:
-    """`text`, a day YYYY-MM-DD; UsageQueryError naming `parameter` otherwise."""
+    """`text`, a day YYYY-MM-DD, or an RFC 3339 time with its offset (what a Grafana link's
+    `${__from:date:iso}` gives) whose UTC day counts; UsageQueryError naming `parameter`
+    otherwise."""
     try:
         if _ISO_DAY.fullmatch(text):
             return date.fromisoformat(text)
+        if _RFC3339_TIME.fullmatch(text):
+            return datetime.fromisoformat(text).astimezone(UTC).date()
     except ValueError:
         pass  # 2026-02-30: the right shape, not a day
-    raise UsageQueryError(parameter, f"{parameter}: {text!r} is not a day YYYY-MM-DD")
+    raise UsageQueryError(
+        parameter, f"{parameter}: {text!r} is not a day YYYY-MM-DD or an RFC 3339 time"
+    )
 
 
 def usage_statement(query: UsageQuery, week_start_sql: str) -> Select[tuple[object, ...]]:

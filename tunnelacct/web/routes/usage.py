@@ -38,12 +38,13 @@ _Q = "filter on dimensions, e.g. user:alice -protocol:udp"
 
 
 _DIMENSION = "(client|user|resource|protocol|gateway)"
-_DAY = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_DAY = "^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2}))?$"
+_DAY_OR_TIME = "YYYY-MM-DD, or an RFC 3339 time (its UTC day)"
 By = Annotated[str, Query(description=_BY, pattern=f"^({_DIMENSION}(,{_DIMENSION})*)?$")]
 Month = Annotated[str | None, Query(description="YYYY-MM", pattern="^[0-9]{4}-[0-9]{2}$")]
-FirstDay = Annotated[str | None, Query(alias="from", description="YYYY-MM-DD", pattern=_DAY)]
+FirstDay = Annotated[str | None, Query(alias="from", description=_DAY_OR_TIME, pattern=_DAY)]
 LastDay = Annotated[
-    str | None, Query(alias="to", description="YYYY-MM-DD, inclusive", pattern=_DAY)
+    str | None, Query(alias="to", description=f"{_DAY_OR_TIME}, inclusive", pattern=_DAY)
 ]
 
 
