@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -26,11 +27,15 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy import event as event_api
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from tests.helpers.faults import ext4_filesystem
 from tests.helpers.pg import fresh_database, read_rows
+from tests.helpers.pgproxy import CommitCutter
 from tests.helpers.sqlite import raw_query
+from tests.helpers.stores import session_totals, usage_totals
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
@@ -293,6 +298,41 @@ async def test_a_write_stuck_in_the_driver_is_given_up_after_write_timeout_one_a
     finally:
         locker.close()
         await engine.dispose()
+
+
+async def test_a_write_given_up_is_retried_with_each_session_once_in_the_rollup(
+    tmp_path: Path,
+) -> None:
+    # A frozen filesystem holds SQLite's write in aiosqlite's thread (its BEGIN IMMEDIATE, on
+    # the -shm file): the writer gives it up after write_timeout, not knowing whether it will
+    # commit, and its retry reads back what the store holds of each session (the first 100
+    # have a stored checkpoint) rather than what it last wrote. Each session counts once: the
+    # session rows are the rollup's oracle. (The PostgreSQL test below makes the commit land.)
+    ids = [uuid.uuid4() for _ in range(200)]
+    with ext4_filesystem(tmp_path / "fs.img", tmp_path / "ext4") as ext4:
+        url = f"sqlite:///{ext4 / 'store.db'}"
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            writer = writer_for(engine, flush_interval_s=0.01, write_timeout_s=0.2)
+            async with running(writer):
+                await writer.submit([event(EventKind.OPENED, sid) for sid in ids[:100]])
+                await wait_until(lambda: writer.pending == 0)
+                subprocess.run(["fsfreeze", "-f", str(ext4)], check=True)
+                try:
+                    closes = [event(EventKind.CLOSED, sid, n=i) for i, sid in enumerate(ids, 1)]
+                    await writer.submit(closes)
+                    await wait_until(lambda: writer.timed_out_flushes >= 1)
+                finally:
+                    subprocess.run(["fsfreeze", "-u", str(ext4)], check=True)
+                await wait_until(lambda: writer.pending == 0)
+        finally:
+            await engine.dispose()
+        every_n = sum(range(1, len(ids) + 1))
+        expected = (100 * every_n, 1000 * every_n, every_n, 2 * every_n, len(ids), len(ids))
+        assert row_count(url) == len(ids)
+        assert session_totals(url) == {"acme": expected}
+        assert usage_totals(url) == {"acme": expected}
 
 
 async def test_a_write_blocked_on_postgresql_is_cancelled_after_write_timeout_and_retried(
@@ -746,6 +786,43 @@ async def test_backend_terminated_mid_flush_is_retried_and_loses_nothing(
     finally:
         await admin.close()
         await engine.dispose()
+
+
+async def test_a_commit_whose_answer_is_lost_counts_each_session_once_in_the_rollup(
+    pg_url: str,
+) -> None:
+    # The connection is lost after the server committed a write and before the writer heard
+    # it: the writer must retry, and its retry must neither write a session twice nor add its
+    # usage twice (session rows are the rollup's oracle: each holds one share of it).
+    server = make_url(pg_url)
+    ids = [uuid.uuid4() for _ in range(200)]
+    async with CommitCutter(server.host or "127.0.0.1", server.port or 5432) as cutter:
+        through_cutter = server.set(host="127.0.0.1", port=cutter.port)
+        engine = create_async_engine(
+            async_url(through_cutter.render_as_string(hide_password=False)),
+            connect_args={"ssl": False},  # the relay reads the protocol: no TLS
+        )
+        try:
+            writer = writer_for(engine, flush_interval_s=0.01)
+            async with running(writer):
+                # first writes: rows the cut write updates (its first 100) beside new ones
+                await writer.submit([event(EventKind.OPENED, sid) for sid in ids[:100]])
+                await wait_until(lambda: writer.pending == 0)
+                cutter.arm()
+                closes = [event(EventKind.CLOSED, sid, n=i) for i, sid in enumerate(ids, 1)]
+                await writer.submit(closes)
+                await asyncio.wait_for(cutter.cut.wait(), WAIT_S)
+                await wait_until(lambda: writer.pending == 0)
+            assert writer.failed_flushes == 1
+        finally:
+            await engine.dispose()
+    assert pg_sessions(pg_url) == {
+        sid.hex: (100 * i, i, "completed") for i, sid in enumerate(ids, 1)
+    }
+    every_n = sum(range(1, len(ids) + 1))
+    expected = (100 * every_n, 1000 * every_n, every_n, 2 * every_n, len(ids), len(ids))
+    assert session_totals(pg_url) == {"acme": expected}
+    assert usage_totals(pg_url) == {"acme": expected}
 
 
 async def test_idle_pooled_connection_killed_between_flushes_is_retried(pg_url: str) -> None:

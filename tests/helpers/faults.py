@@ -17,7 +17,7 @@ from tests.benchmarks.synth import synth_pcap
 from tests.helpers.needs import missing_tools, not_root, require
 from tests.helpers.oracle import tshark_sessions
 from tests.helpers.serving import Serve, write_config
-from tests.helpers.stores import session_rows
+from tests.helpers.stores import session_rows, session_totals, usage_totals
 from tests.helpers.waiting import WAIT_S
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -140,7 +140,8 @@ def wait_drained(serve: Serve, what: str) -> dict[str, Any]:
 
 
 def assert_every_session_once_as_tshark_counts(url: str, pcap: Path) -> None:
-    """Every session of `pcap` has one row in the store at `url`, with tshark's counters."""
+    """Every session of `pcap` has one row in the store at `url`, with tshark's counters, and
+    the usage rollup holds each of them once (retried writes added nothing twice)."""
     truth = {s.key: s for s in tshark_sessions(pcap)}
     rows = session_rows(url)
     keys = [
@@ -154,3 +155,4 @@ def assert_every_session_once_as_tshark_counts(url: str, pcap: Path) -> None:
         counted = (row["bytes_tx"], row["bytes_rx"], row["packets_tx"], row["packets_rx"])
         oracle = (expected.bytes_tx, expected.bytes_rx, expected.packets_tx, expected.packets_rx)
         assert counted == oracle, key
+    assert usage_totals(url) == session_totals(url)

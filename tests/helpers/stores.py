@@ -160,3 +160,27 @@ def session_rows(url: str) -> list[dict[str, Any]]:
         row["id"] = uuid.UUID(hex=str(row["id"]))
         row["started_at"] = datetime.fromisoformat(str(row["started_at"])).replace(tzinfo=UTC)
     return rows
+
+
+_TRAFFIC = ("bytes_tx", "bytes_rx", "packets_tx", "packets_rx")
+
+
+def usage_totals(url: str) -> dict[str, tuple[int, ...]]:
+    """org -> the usage rollup summed over every day and group: bytes and packets each way,
+    sessions started, sessions completed."""
+    sums = ", ".join(
+        f"SUM({name})" for name in (*_TRAFFIC, "sessions_started", "sessions_completed")
+    )
+    rows = read_rows(url, f"SELECT org_id, {sums} FROM usage_days GROUP BY org_id")
+    return {str(org): tuple(int(str(value)) for value in figures) for org, *figures in rows}
+
+
+def session_totals(url: str) -> dict[str, tuple[int, ...]]:
+    """org -> what its session rows add up to, as usage_totals() reads the rollup: the
+    rollup's oracle, which holds each stored session once."""
+    sums = ", ".join(f"SUM({name})" for name in _TRAFFIC)
+    completed = "SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END)"
+    rows = read_rows(
+        url, f"SELECT org_id, {sums}, COUNT(*), {completed} FROM sessions GROUP BY org_id"
+    )
+    return {str(org): tuple(int(str(value)) for value in figures) for org, *figures in rows}

@@ -30,15 +30,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from tunnelacct.enums import SessionStatus
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import id_range
-from tunnelacct.store.codec import day_marks_of
-from tunnelacct.store.usage import StoredShare, UsageChanges
+from tunnelacct.store.shares import take_stored_postgresql, take_stored_sqlite
+from tunnelacct.store.usage import UsageChanges
 
 MATCH_TOLERANCE_S = 0.001  # two captures of one interface differ by microseconds
 WINDOW_GAP_S = 1.0  # starts further apart than this are looked up in separate id ranges
-SQLITE_IDS_PER_STATEMENT = 500  # ids in one IN (...) list: far below SQLite's 32,766 parameters
 
 # (protocol, src address, src port, dst address, dst port), addresses as inet_ntop text
 _Key = tuple[str, str, int, str, int]
@@ -53,15 +51,6 @@ _CANDIDATES_POSTGRESQL = (
     "SELECT id, org_id, started_at, protocol, host(src_addr), src_port, host(dst_addr), "
     "dst_port FROM sessions WHERE id >= $1 AND id <= $2 AND gateway = $3 "
     "AND started_at >= $4 AND started_at <= $5"
-)
-# what the usage rollup holds of a replaced row (store/usage.py), read before it is deleted
-_SHARE_COLUMNS = (
-    "org_id, protocol, started_at, last_seen_at, client_id, user_id, resource_id, status, "
-    "bytes_tx, bytes_rx, packets_tx, packets_rx, day_split"
-)
-_SHARES_POSTGRESQL = (
-    f"SELECT {_SHARE_COLUMNS} FROM sessions WHERE (id, started_at) IN "
-    "(SELECT * FROM unnest($1::uuid[], $2::timestamptz[]))"
 )
 _DELETE_POSTGRESQL = "DELETE FROM sessions WHERE id = $1 AND started_at = $2"
 
@@ -176,14 +165,9 @@ class Reimport:
         tables: dict[str, list[str]] = defaultdict(list)
         for stored in replaced:
             tables[table_of_row(stored.org_id, stored.stored_start[:10])].append(stored.stored_id)
+        take_stored_sqlite(conn, tables, usage)
         quote = conn.dialect.identifier_preparer.quote
         for name, ids in tables.items():
-            for first in range(0, len(ids), SQLITE_IDS_PER_STATEMENT):
-                chunk = ids[first : first + SQLITE_IDS_PER_STATEMENT]
-                marks = ", ".join("?" * len(chunk))
-                shares = f"SELECT {_SHARE_COLUMNS} FROM {quote(name)} WHERE id IN ({marks})"
-                for row in conn.exec_driver_sql(shares, tuple(chunk)):
-                    usage.take_stored(self._share(row, _sqlite_ts))
             conn.exec_driver_sql(f"DELETE FROM {quote(name)} WHERE id = ?", [(i,) for i in ids])
         return len(replaced)
 
@@ -217,41 +201,10 @@ class Reimport:
                 )
         replaced = pair(fresh, candidates, self.is_own)
         if replaced:
-            keys = ([s.stored_id for s in replaced], [s.stored_start for s in replaced])
-            for row in await driver.fetch(_SHARES_POSTGRESQL, *keys):
-                usage.take_stored(self._share(row, _aware_ts))
+            ids = [stored.stored_id for stored in replaced]
+            starts = [stored.stored_start for stored in replaced]
+            await take_stored_postgresql(driver, ids, starts, usage)
             await driver.executemany(
                 _DELETE_POSTGRESQL, [(s.stored_id, s.stored_start) for s in replaced]
             )
         return len(replaced)
-
-    def _share(self, row: Sequence[Any], timestamp: Callable[[Any], float]) -> StoredShare:
-        """What the rollup holds of a stored row, from its _SHARE_COLUMNS; `timestamp` reads
-        a time as the driver gives it."""
-        org_id, protocol, started_at, last_seen_at, client_id, user_id, resource_id = row[:7]
-        status, bytes_tx, bytes_rx, packets_tx, packets_rx, day_split = row[7:]
-        return StoredShare(
-            org_id=org_id,
-            client_id=client_id,
-            user_id=user_id,
-            resource_id=resource_id,
-            protocol=protocol,
-            gateway=self.gateway,
-            started_ts=timestamp(started_at),
-            last_ts=timestamp(last_seen_at),
-            completed=status == SessionStatus.COMPLETED.value,
-            bytes_tx=bytes_tx,
-            bytes_rx=bytes_rx,
-            packets_tx=packets_tx,
-            packets_rx=packets_rx,
-            day_marks=day_marks_of(day_split),
-        )
-
-
-def _sqlite_ts(text: str) -> float:
-    """A time as SQLite holds it (naive UTC text) in epoch seconds."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-
-
-def _aware_ts(at: datetime) -> float:
-    return at.timestamp()

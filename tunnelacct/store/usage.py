@@ -6,7 +6,9 @@ packet's day, +1 completed on its last packet's day once it has ended. Each writ
 session written, its share now minus its share as the store held it before (`UsageChanges`),
 in the transaction that writes the rows: a checkpoint adds what came since the last one, a
 re-imported session that replaces a stored row takes that row's share away, and a write
-that failed and is tried again adds nothing twice.
+that failed and is tried again adds nothing twice: since the failed attempt may have
+committed (a connection lost during COMMIT), the retry adds its sessions' whole shares less
+those of their rows as the store holds them then (`recheck`, store/shares.py).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class UsageChanges:
 
     def __init__(self) -> None:
         self.by_key: dict[UsageKey, list[int]] = {}
+        # session rows (store/codec.py ROW_COLUMNS) whose whole share is added: the write takes
+        # away, in its transaction, the share of the row the store holds for each (if any)
+        self.recheck: list[tuple[object, ...]] = []
 
     def __bool__(self) -> bool:
         return bool(self.by_key)
@@ -128,6 +133,12 @@ class UsageChanges:
                 self._add(key, -bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
         if completed:
             self._add((org, iso_day(last_day), *group), 0, 0, 0, 0, 0, 1)
+
+    def add_rechecked(self, event: SessionEvent, row: tuple[object, ...], gateway: str) -> None:
+        """Add the whole share of the row `event` writes (`row`), to be less that of the row the
+        store holds for the session when the write runs: after a write of unknown outcome."""
+        self.add_event(event, None, gateway)
+        self.recheck.append(row)
 
     def take_stored(self, stored: StoredShare) -> None:
         """Take away the share of a stored row that is deleted (an import replaces it)."""

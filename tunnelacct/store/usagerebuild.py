@@ -20,10 +20,11 @@ from sqlalchemy import bindparam, func, literal_column, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.enums import SessionStatus
-from tunnelacct.store.codec import day_marks_of, placeholders
+from tunnelacct.store.codec import placeholders
 from tunnelacct.store.engine import backend_of
 from tunnelacct.store.models import PurgeRun, SessionRecord, UtcDateTime, table_of
-from tunnelacct.store.usage import USAGE_COLUMNS, StoredShare, UsageChanges, usage_upsert_sql
+from tunnelacct.store.shares import SHARE_COLUMNS, aware_ts, stored_share
+from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
 _COMPLETED = SessionStatus.COMPLETED.value
 
@@ -142,21 +143,7 @@ async def _split_spanning_sessions(
         literal_column(backend.day_text_sql("started_at"))
         != literal_column(backend.day_text_sql("last_seen_at")),
     )
-    stmt = select(
-        t.c.client_id,
-        t.c.user_id,
-        t.c.resource_id,
-        t.c.protocol,
-        t.c.gateway,
-        t.c.started_at,
-        t.c.last_seen_at,
-        t.c.status,
-        t.c.bytes_tx,
-        t.c.bytes_rx,
-        t.c.packets_tx,
-        t.c.packets_rx,
-        t.c.day_split,
-    ).where(
+    stmt = select(*(t.c[name] for name in SHARE_COLUMNS)).where(
         t.c.org_id == org_id,
         t.c.started_at < end,
         or_(t.c.ended_at.is_(None), t.c.ended_at >= start),
@@ -166,21 +153,6 @@ async def _split_spanning_sessions(
     sessions = 0
     for row in await conn.execute(stmt):
         sessions += 1
-        share = StoredShare(
-            org_id=org_id,
-            client_id=row.client_id,
-            user_id=row.user_id,
-            resource_id=row.resource_id,
-            protocol=row.protocol,
-            gateway=row.gateway,
-            started_ts=row.started_at.timestamp(),
-            last_ts=row.last_seen_at.timestamp(),
-            completed=row.status == _COMPLETED,
-            bytes_tx=row.bytes_tx,
-            bytes_rx=row.bytes_rx,
-            packets_tx=row.packets_tx,
-            packets_rx=row.packets_rx,
-            day_marks=day_marks_of(row.day_split),
-        )
+        share = stored_share(row, aware_ts)
         changes.add_stored(share, first_day.isoformat(), last_day.isoformat())
     return sessions, changes

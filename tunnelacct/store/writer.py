@@ -134,6 +134,9 @@ class SessionWriter:
         # session id -> the event last written of each session not yet closed: what the usage
         # rollup holds of it (store/usage.py); a resumed session's is its stored row (seed())
         self._last_written: dict[int, SessionEvent] = {}
+        # the sessions of writes that failed, which may have committed all the same (a
+        # connection lost during COMMIT): their next write reads what the store holds of them
+        self._unsure: set[int] = set()
         # session id -> newest event, and -> clock time it first became pending. Both maps have
         # the same keys in arrival order (replacing a value keeps its position), so the oldest
         # comes first. Keys are the ids' ints: UUID.__hash__ is Python code, an int hashes in C.
@@ -359,8 +362,12 @@ class SessionWriter:
         rows = [session_values(event, gateway, driver) for event in events]
         usage = UsageChanges()
         last_written = self._last_written
-        for key, event in zip(keys, events, strict=True):
-            usage.add_event(event, last_written.get(key), gateway)
+        unsure = self._unsure
+        for key, event, row in zip(keys, events, rows, strict=True):
+            if key in unsure:
+                usage.add_rechecked(event, row, gateway)
+            else:
+                usage.add_event(event, last_written.get(key), gateway)
         fresh: list[SessionEvent] = []
         if self._reimport is not None:
             written = self._written_open
@@ -368,6 +375,9 @@ class SessionWriter:
         started = time.perf_counter()
         try:
             replaced = await self._batch_write.write(rows, fresh, usage)
+        except BaseException:
+            unsure.update(keys)  # it may have committed all the same
+            raise
         finally:
             took = time.perf_counter() - started
             if took >= SLOW_FLUSH_S:
@@ -391,6 +401,8 @@ class SessionWriter:
                 last_written.pop(key, None)
             else:
                 last_written[key] = event
+        if unsure:
+            unsure.difference_update(keys)
         # Drop only what was written: an event that replaced one in flight stays pending.
         for key, event in zip(keys, events, strict=True):
             if pending.get(key) is event:

@@ -24,6 +24,7 @@ from tunnelacct.store.codec import ROW_COLUMNS, STAGING_TABLE, staged_upsert_sql
 from tunnelacct.store.postgres.errors import sqlstate
 from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.shares import take_stored_postgresql
 from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
 # Batches a flush writes at once, on as many connections: while the server works on one, the
@@ -33,6 +34,7 @@ PG_FLIGHTS = 2
 # A row for a UTC day without a sessions partition fails with check_violation ("no partition
 # of relation ... found for row"); sessions has no CHECK constraint of its own.
 NO_PARTITION_SQLSTATE = "23514"
+_ID = ROW_COLUMNS.index("id")
 _STARTED_AT = ROW_COLUMNS.index("started_at")
 
 
@@ -57,7 +59,8 @@ class CopyWrite:
     ) -> int:
         """Make sure the partitions of the rows' days exist, then COPY and upsert, and add
         `usage` to the rollup; first, for an import, delete the rows that `fresh` sessions
-        replace (returns how many).
+        replace (returns how many), and take away the shares of the stored rows of the
+        sessions `usage` rechecks.
 
         A day seen before may have lost its partition since: retention drops a day's partition
         once every row in it has expired, and a late row (an old capture imported now) may
@@ -101,6 +104,10 @@ class CopyWrite:
                 replaced = 0
                 if fresh and self._reimport is not None:
                     replaced = await self._reimport.replace_postgresql(driver, fresh, usage)
+                if usage.recheck:
+                    ids = [row[_ID] for row in usage.recheck]
+                    starts = [row[_STARTED_AT] for row in usage.recheck]
+                    await take_stored_postgresql(driver, ids, starts, usage)
                 # IF NOT EXISTS: the table lasts as long as the connection, so this creates it
                 # on a connection's first flush and costs one round trip (of 5,000 rows) after.
                 await driver.execute(self._staging_sql)

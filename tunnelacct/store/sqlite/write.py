@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.codec import ROW_COLUMNS, upsert_sql
 from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.shares import take_stored_sqlite
 from tunnelacct.store.sqlite.layout import (
     DEFAULT_TABLE,
     begin_write,
@@ -27,6 +28,7 @@ from tunnelacct.store.sqlite.layout import (
 )
 from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
+_ID = ROW_COLUMNS.index("id")
 _STARTED_AT = ROW_COLUMNS.index("started_at")
 _ORG_ID = ROW_COLUMNS.index("org_id")
 UPSERTS_KEPT = 4096  # upserts kept, one per table: years of partitions of many orgs
@@ -52,7 +54,8 @@ class RoutedWrite:
     ) -> int:
         """Upsert each row into the partition covering its org and UTC start day, or into
         sessions_default, and add `usage` to the rollup, in one transaction; first, for an
-        import, delete the rows that `fresh` sessions replace (returns how many).
+        import, delete the rows that `fresh` sessions replace (returns how many), and take
+        away the shares of the stored rows of the sessions `usage` rechecks.
 
         The routes are read again whenever the schema changed (a partition created or dropped
         by serve, a purge, `db partition`): under the write lock, which the caller holds, so
@@ -69,6 +72,8 @@ class RoutedWrite:
                 replaced = await conn.run_sync(
                     self._reimport.replace_sqlite, fresh, self._route, usage
                 )
+            if usage.recheck:
+                await conn.run_sync(take_stored_sqlite, self._tables_of(usage.recheck), usage)
             groups: dict[str, list[tuple[object, ...]]] = {}
             for row in rows:
                 key = (row[_ORG_ID], row[_STARTED_AT][:10])  # type: ignore[index]
@@ -83,6 +88,14 @@ class RoutedWrite:
             if usage_rows:
                 await conn.exec_driver_sql(self._usage_sql, usage_rows)
         return replaced
+
+    def _tables_of(self, rows: list[tuple[object, ...]]) -> dict[str, list[str]]:
+        """The ids of session `rows` by the table that holds them."""
+        ids_by_table: dict[str, list[str]] = {}
+        for row in rows:
+            name = self._route(str(row[_ORG_ID]), str(row[_STARTED_AT])[:10])
+            ids_by_table.setdefault(name, []).append(str(row[_ID]))
+        return ids_by_table
 
     def _route(self, org_id: str, day: str) -> str:
         """The table that holds the sessions of `org_id` that started on `day`."""
