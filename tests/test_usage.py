@@ -26,10 +26,17 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.helpers.accuracy import run_cli
+from tests.helpers.faults import (
+    assert_every_session_once_as_tshark_counts,
+    paced_replay,
+    wait_drained,
+)
 from tests.helpers.loopcapture import first_and_last_ts, record_sessions
 from tests.helpers.oracle import DailyUsage, tshark_daily_usage, tshark_sessions
 from tests.helpers.pg import read_rows
+from tests.helpers.serving import Serve
 from tests.helpers.stores import execute
+from tests.helpers.waiting import WAIT_S
 from tunnelacct.capture.decode import MAX_TS, DecodedBatch, decode
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.load import load_config
@@ -445,6 +452,28 @@ def test_an_org_without_logging_has_no_usage(
     _import(database_url, config, across_midnight)
     rows = read_rows(database_url, "SELECT org_id, COUNT(*) FROM usage_days GROUP BY org_id")
     assert rows == []  # every session of the capture is acme's (the echo resource)
+
+
+@pytest.mark.usefixtures("require_tshark")
+def test_rebuilds_while_serve_writes_change_no_total(database_url: str, tmp_path: Path) -> None:
+    # `usage rebuild`, run again and again, deletes and computes again the rows that serve's
+    # writer adds to (checkpoints every 0.5 s): the writer's changes wait for each rebuild and
+    # then apply on top, so that every session counts once, as tshark and the session rows say.
+    pcap, config = paced_replay(tmp_path, seed=11)
+    env = {"TUNNELACCT_DATABASE_URL": database_url}
+    rebuilds = 0
+    with Serve(None, config, database_url, tmp_path) as serve:
+        serve.start()
+        serve.wait(lambda s: s["writer"]["rows_written"] > 0, WAIT_S, "first rows")
+        while not all(
+            c["state"] == "finished" for c in serve.wait(bool, WAIT_S, "a status")["captures"]
+        ):
+            run_cli("usage", "rebuild", "--config", str(config), env=env)
+            rebuilds += 1
+        wait_drained(serve, "the replay written")
+        assert serve.stop() == 0, serve.log()
+    assert rebuilds >= 2, "the replay ended before two rebuilds ran beside it"
+    assert_every_session_once_as_tshark_counts(database_url, pcap)
 
 
 @needs_tools
