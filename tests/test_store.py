@@ -124,6 +124,7 @@ TABLES = {
     "purge_runs",
     "purge_locks",
     "usage_days",
+    "usage_months",
 }
 
 

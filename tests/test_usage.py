@@ -35,7 +35,7 @@ from tests.helpers.loopcapture import first_and_last_ts, record_sessions
 from tests.helpers.oracle import DailyUsage, tshark_daily_usage, tshark_sessions
 from tests.helpers.pg import read_rows
 from tests.helpers.serving import Serve
-from tests.helpers.stores import execute
+from tests.helpers.stores import assert_months_sum_their_days, execute
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.capture.decode import MAX_TS, DecodedBatch, decode
 from tunnelacct.capture.pcapfile import open_capture
@@ -162,6 +162,7 @@ def test_the_rollup_counts_each_packet_on_its_own_utc_day(
     oracle = tshark_daily_usage(across_midnight, _user_of)
     _import(database_url, config, across_midnight)
     assert _rollup_by_day_and_user(database_url) == oracle
+    assert_months_sum_their_days(database_url)
     # sessions that ran across midnight keep their split in their row
     split = read_rows(database_url, "SELECT COUNT(*) FROM sessions WHERE day_split IS NOT NULL")
     assert split == [(len(across),)]
@@ -193,6 +194,7 @@ def test_importing_the_file_again_changes_no_total(
     _import(database_url, config, across_midnight)
     assert _session_totals(database_url) == sessions_once  # the rows were replaced, not added
     assert read_rows(database_url, "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7") == once
+    assert_months_sum_their_days(database_url)
 
 
 def _part(batch: DecodedBatch, keep: np.ndarray) -> DecodedBatch:
@@ -264,6 +266,7 @@ async def test_a_restart_changes_no_total(
     finally:
         await engine.dispose()
     assert _rollup_by_day_and_user(store_url) == tshark_daily_usage(across_midnight, _user_of)
+    assert_months_sum_their_days(store_url)
 
 
 def _period_of(day: str, interval: str) -> str:
@@ -277,12 +280,16 @@ def _period_of(day: str, interval: str) -> str:
 
 
 def _oracle_report(
-    across_midnight: Path, interval: str, users: set[str]
+    across_midnight: Path,
+    interval: str,
+    users: set[str],
+    days: tuple[str, str] = ("0000-00-00", "9999-99-99"),
 ) -> list[dict[str, object]]:
-    """tshark's daily usage summed per interval and user, as report rows by column name."""
+    """tshark's daily usage of the `days` (first, last: ISO, inclusive) summed per interval
+    and user, as report rows by column name."""
     sums: dict[tuple[str, str], DailyUsage] = defaultdict(DailyUsage)
     for (day, user), usage in tshark_daily_usage(across_midnight, _user_of).items():
-        if user in users:
+        if user in users and days[0] <= day <= days[1]:
             total = sums[(_period_of(day, interval), user)]
             for figure in FIGURES:
                 setattr(total, figure, getattr(total, figure) + getattr(usage, figure))
@@ -295,11 +302,19 @@ def _oracle_report(
 
 @needs_tools
 @pytest.mark.parametrize("interval", ["day", "week", "month"])
+@pytest.mark.parametrize(
+    "days",
+    [
+        ("2026-11-01", "2026-12-31"),  # whole months: usage_months
+        ("2026-11-24", "2026-12-31"),  # part of November (its last days), December whole
+        ("2026-10-15", "2026-11-23"),  # part of October and of November: usage_days alone
+    ],
+)
 async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
-    store_url: str, across_midnight: Path, config: Path, interval: str
+    store_url: str, across_midnight: Path, config: Path, interval: str, days: tuple[str, str]
 ) -> None:
     _import(store_url, config, across_midnight)
-    params = {"by": "user", "interval": interval, "from": "2026-11-01", "to": "2026-12-31"}
+    params = {"by": "user", "interval": interval, "from": days[0], "to": days[1]}
     engine = make_engine(store_url)
     try:
         token, _row = await create_token(engine, Role.AUDITOR, org_id="acme")
@@ -320,8 +335,9 @@ async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
         await engine.dispose()
     assert answer.status_code == 200, answer.text
     rows = answer.json()["rows"]
-    assert rows == _oracle_report(across_midnight, interval, {"alice", "bob"})
-    assert alice.json()["rows"] == _oracle_report(across_midnight, interval, {"alice"})
+    assert rows == _oracle_report(across_midnight, interval, {"alice", "bob"}, days)
+    assert rows, "a range without traffic tells nothing"
+    assert alice.json()["rows"] == _oracle_report(across_midnight, interval, {"alice"}, days)
     # the CSV holds the same rows, and the CLI writes the same CSV
     assert as_csv.status_code == 200
     parsed = list(csv.DictReader(io.StringIO(as_csv.text)))
@@ -337,9 +353,9 @@ async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
         "--interval",
         interval,
         "--from",
-        "2026-11-01",
+        days[0],
         "--to",
-        "2026-12-31",
+        days[1],
         env={"TUNNELACCT_DATABASE_URL": store_url},
     )
     assert cli.stdout == as_csv.text.replace("\r\n", "\n")  # read in text mode: CRLF as LF
@@ -435,6 +451,7 @@ async def test_the_purge_keeps_usage_for_its_own_retention(
     assert part.usage_deleted == dry.orgs[0].usage_deleted == len(first_day_rows) > 0
     assert read_rows(store_url, "SELECT COUNT(*) FROM sessions WHERE org_id = 'acme'") == [(0,)]
     assert read_rows(store_url, usage) == [row for row in before if row[1] == "2026-11-24"]
+    assert_months_sum_their_days(store_url)  # the purged day is out of November's rows
     recorded = read_rows(
         store_url,
         "SELECT usage_cutoff_day, usage_deleted FROM purge_runs WHERE org_id = 'acme' "
@@ -487,10 +504,12 @@ def test_a_rebuild_from_the_sessions_gives_the_rollup_back(
     # a rollup gone wrong: every figure doubled, and a day's rows lost
     execute(database_url, "UPDATE usage_days SET bytes_tx = 2 * bytes_tx")
     execute(database_url, "DELETE FROM usage_days WHERE day = '2026-11-24'")
+    execute(database_url, "UPDATE usage_months SET packets_rx = 0")
     assert read_rows(database_url, usage) != kept
     out = run_cli("usage", "rebuild", "--config", str(config), env=env).stdout
     assert "org acme: rebuilt 2026-11-23 to " in out, out
     assert read_rows(database_url, usage) == kept
+    assert_months_sum_their_days(database_url)
     # a range rebuilds only its days
     execute(database_url, "UPDATE usage_days SET bytes_rx = 0")
     run_cli(

@@ -35,7 +35,7 @@ from tests.helpers.faults import ext4_filesystem
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.pgproxy import CommitCutter
 from tests.helpers.sqlite import raw_query
-from tests.helpers.stores import session_totals, usage_totals
+from tests.helpers.stores import assert_months_sum_their_days, session_totals, usage_totals
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
@@ -333,6 +333,7 @@ async def test_a_write_given_up_is_retried_with_each_session_once_in_the_rollup(
         assert row_count(url) == len(ids)
         assert session_totals(url) == {"acme": expected}
         assert usage_totals(url) == {"acme": expected}
+        assert_months_sum_their_days(url)
 
 
 async def test_a_write_blocked_on_postgresql_is_cancelled_after_write_timeout_and_retried(
@@ -823,6 +824,7 @@ async def test_a_commit_whose_answer_is_lost_counts_each_session_once_in_the_rol
     expected = (100 * every_n, 1000 * every_n, every_n, 2 * every_n, len(ids), len(ids))
     assert session_totals(pg_url) == {"acme": expected}
     assert usage_totals(pg_url) == {"acme": expected}
+    assert_months_sum_their_days(pg_url)
 
 
 async def test_idle_pooled_connection_killed_between_flushes_is_retried(pg_url: str) -> None:

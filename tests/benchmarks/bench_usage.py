@@ -15,6 +15,7 @@ copies, about 10 days). Then:
 Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_usage.py [--sessions 10000000] [--db PATH]
+        [--only rebuild|report] [--runs 200]
     createdb -h 127.0.0.1 -U postgres tunnelacct_bench_usage
     .venv/bin/python tests/benchmarks/bench_usage.py \\
         --url postgresql://postgres@127.0.0.1/tunnelacct_bench_usage
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import statistics
 import sys
@@ -150,6 +152,7 @@ async def report_latencies(url: str, month: str, runs: int) -> None:
     try:
         token, _row = await create_token(engine, Role.AUDITOR, org_id=ORG)
         app = create_app(ApiContext(engine, config_orgs=frozenset({ORG})))
+        gc.freeze()  # as serve does once it runs (tunnelacct/service/service.py)
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {token}"}
         params = {"by": "user", "interval": "month", "month": month}
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help="SQLite file (built when missing)")
     parser.add_argument("--url", help="PostgreSQL URL instead")
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--only", choices=("rebuild", "report"), help="run one of the two")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunnelacct-bench-usage-") as tmp:
         url = args.url or f"sqlite:///{args.db or Path(tmp) / 'usage.db'}"
@@ -185,9 +189,10 @@ def main() -> None:
         if stored_sessions(url) < args.sessions:
             build(url, args.sessions)
         last = (T0 + timedelta(seconds=STEP_S * (args.sessions // USERS))).date()
-        asyncio.run(rebuild(url, T0.date(), last))
-        month = T0.strftime("%Y-%m")
-        asyncio.run(report_latencies(url, month, args.runs))
+        if args.only != "report":
+            asyncio.run(rebuild(url, T0.date(), last))
+        if args.only != "rebuild":
+            asyncio.run(report_latencies(url, T0.strftime("%Y-%m"), args.runs))
 
 
 if __name__ == "__main__":

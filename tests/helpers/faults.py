@@ -17,7 +17,12 @@ from tests.benchmarks.synth import synth_pcap
 from tests.helpers.needs import missing_tools, not_root, require
 from tests.helpers.oracle import tshark_sessions
 from tests.helpers.serving import Serve, write_config
-from tests.helpers.stores import session_rows, session_totals, usage_totals
+from tests.helpers.stores import (
+    assert_months_sum_their_days,
+    session_rows,
+    session_totals,
+    usage_totals,
+)
 from tests.helpers.waiting import WAIT_S
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -156,3 +161,4 @@ def assert_every_session_once_as_tshark_counts(url: str, pcap: Path) -> None:
         oracle = (expected.bytes_tx, expected.bytes_rx, expected.packets_tx, expected.packets_rx)
         assert counted == oracle, key
     assert usage_totals(url) == session_totals(url)
+    assert_months_sum_their_days(url)

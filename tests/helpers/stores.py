@@ -184,3 +184,29 @@ def session_totals(url: str) -> dict[str, tuple[int, ...]]:
         url, f"SELECT org_id, {sums}, COUNT(*), {completed} FROM sessions GROUP BY org_id"
     )
     return {str(org): tuple(int(str(value)) for value in figures) for org, *figures in rows}
+
+
+def assert_months_sum_their_days(url: str) -> None:
+    """usage_months holds, per org, month and group, the sum of its usage_days rows: a row for
+    each month and group that has day rows, and no other."""
+    group = "org_id, client_id, user_id, resource_id, protocol, gateway"
+    figures = (
+        "bytes_tx",
+        "bytes_rx",
+        "packets_tx",
+        "packets_rx",
+        "sessions_started",
+        "sessions_completed",
+    )
+    sums = ", ".join(f"SUM({name})" for name in figures)
+    from_days = read_rows(
+        url,
+        f"SELECT substr(day, 1, 7), {group}, {sums} FROM usage_days "
+        f"GROUP BY substr(day, 1, 7), {group}",
+    )
+    stored = read_rows(url, f"SELECT month, {group}, {', '.join(figures)} FROM usage_months")
+
+    def normal(rows: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
+        return sorted(tuple(str(value) for value in row) for row in rows)
+
+    assert normal(stored) == normal(from_days)

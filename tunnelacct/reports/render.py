@@ -25,24 +25,10 @@ def header(query: UsageQuery) -> list[str]:
     return [first, *query.by, *FIGURE_COLUMNS]
 
 
-def values(row: UsageRow) -> list[object]:
-    """One report row's values, in header order."""
-    return [
-        row.period_start,
-        *row.group,
-        row.bytes_tx,
-        row.bytes_rx,
-        row.packets_tx,
-        row.packets_rx,
-        row.sessions_started,
-        row.sessions_completed,
-    ]
-
-
 def cells(row: UsageRow) -> list[object]:
     """One report row's CSV cells, in header order: its values, a group value that starts
     like a formula quoted."""
-    return [_guarded(value) if isinstance(value, str) else value for value in values(row)]
+    return [_guarded(value) if isinstance(value, str) else value for value in row]
 
 
 def _guarded(text: str) -> str:
@@ -77,7 +63,7 @@ def text_table(query: UsageQuery, rows: Sequence[UsageRow]) -> str:
     names = header(query)
     lines = [names]
     for row in rows:
-        lines.append([_shown(value) for value in values(row)])
+        lines.append([_shown(value) for value in row])
     numeric = [False] * (1 + len(query.by)) + [True] * len(FIGURE_COLUMNS)
     widths = [max(len(line[column]) for line in lines) for column in range(len(names))]
     rendered = []

@@ -1,4 +1,4 @@
-"""Usage reports (issue 18): totals per group and interval, read from the usage_days rollup.
+"""Usage reports (issue 18): totals per group and interval, read from the usage rollup.
 
     query = usage_query("acme", by="user,resource", interval="month", month="2026-11")
     rows = await read_usage(engine, query)
@@ -14,18 +14,30 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Subquery,
+    Table,
+    and_,
+    cast,
+    func,
+    literal_column,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.query.filters import Filter, filter_clause, parse_filter
 from tunnelacct.store.engine import backend_of
-from tunnelacct.store.models import SessionRecord, UsageDay, table_of
+from tunnelacct.store.models import SessionRecord, UsageDay, UsageMonth, table_of
 from tunnelacct.store.usage import FIGURE_COLUMNS
 
 DIMENSIONS = {
@@ -61,18 +73,9 @@ class UsageQuery:
     flt: Filter = field(default_factory=Filter)
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """The totals of one group in one interval (`period_start`: its first day, ISO)."""
-
-    period_start: str
-    group: tuple[str, ...]
-    bytes_tx: int
-    bytes_rx: int
-    packets_tx: int
-    packets_rx: int
-    sessions_started: int
-    sessions_completed: int
+# One row of a report: its interval's first day (ISO), the values of the `by` dimensions in
+# order ('' for none), then the sums of FIGURE_COLUMNS (ints), as the report's SELECT gives it.
+UsageRow = tuple[Any, ...]
 
 
 def usage_query(
@@ -149,28 +152,99 @@ def _day(parameter: str, text: str) -> date:
 
 def usage_statement(query: UsageQuery, week_start_sql: str) -> Select[tuple[object, ...]]:
     """The report's SELECT: one row per interval and group, in that order; `week_start_sql`
-    is the store's SQL for the Monday of the `day` column's week."""
-    table = table_of(UsageDay)
-    first_day_sql: ColumnElement[Any]
+    is the store's SQL for the Monday of the `day` column's week.
+
+    Monthly reports read usage_months for the months the range covers whole, and usage_days
+    only for the days of a month it covers in part (its first and last month)."""
+    days = table_of(UsageDay)
     if query.interval == "day":
-        first_day_sql = table.c.day
-    elif query.interval == "month":
-        first_day_sql = func.substr(table.c.day, 1, 7).concat("-01")
-    else:
-        first_day_sql = literal_column(week_start_sql)
-    period = first_day_sql.label("period_start")
-    groups = [table.c[DIMENSIONS[name]] for name in query.by]
-    sums = [func.sum(table.c[figure]).label(figure) for figure in FIGURE_COLUMNS]
-    return (
-        select(period, *groups, *sums)
-        .where(
-            table.c.org_id == query.org_id,
-            table.c.day >= query.first_day.isoformat(),
-            table.c.day <= query.last_day.isoformat(),
-            filter_clause(query.flt, table),
+        return _summed(
+            query, days, days.c.day, _day_range(query, days, query.first_day, query.last_day)
         )
-        .group_by(period, *groups)
-        .order_by(period, *groups)
+    if query.interval == "week":
+        where = _day_range(query, days, query.first_day, query.last_day)
+        return _summed(query, days, literal_column(week_start_sql), where)
+    whole_first, whole_last = _whole_months(query.first_day, query.last_day)
+    if whole_first is None or whole_last is None:
+        where = _day_range(query, days, query.first_day, query.last_day)
+        return _summed(query, days, _month_start(days.c.day), where)
+    months = table_of(UsageMonth)
+    month_start = months.c.month.concat("-01")
+    in_months = and_(
+        months.c.org_id == query.org_id,
+        months.c.month >= whole_first.strftime("%Y-%m"),
+        months.c.month <= whole_last.strftime("%Y-%m"),
+        filter_clause(query.flt, months),
+    )
+    if whole_first == query.first_day and _month_end(whole_last) == query.last_day:
+        return _summed(query, months, month_start, in_months)
+    parts = [_figures(query, months, month_start, in_months)]
+    if query.first_day < whole_first:
+        head = _day_range(query, days, query.first_day, whole_first - timedelta(days=1))
+        parts.append(_figures(query, days, _month_start(days.c.day), head))
+    if query.last_day > _month_end(whole_last):
+        tail = _day_range(query, days, _month_end(whole_last) + timedelta(days=1), query.last_day)
+        parts.append(_figures(query, days, _month_start(days.c.day), tail))
+    both = union_all(*parts).subquery("usage")
+    return _summed(query, both, both.c.period_start, true())
+
+
+def _whole_months(first_day: date, last_day: date) -> tuple[date | None, date | None]:
+    """The first days of the first and last months that `first_day`..`last_day` covers
+    whole; (None, None) when it covers none."""
+    first = first_day if first_day.day == 1 else _month_end(first_day) + timedelta(days=1)
+    last = last_day.replace(day=1)
+    if _month_end(last_day) != last_day:
+        last = (last - timedelta(days=1)).replace(day=1)
+    if first > last:
+        return None, None
+    return first, last
+
+
+def _month_end(day: date) -> date:
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+def _month_start(day_column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The first day of an ISO date column's month, as ISO text."""
+    return func.substr(day_column, 1, 7).concat("-01")
+
+
+def _day_range(query: UsageQuery, days: Table, first: date, last: date) -> ColumnElement[bool]:
+    """The report's usage_days rows of `first`..`last`."""
+    return and_(
+        days.c.org_id == query.org_id,
+        days.c.day >= first.isoformat(),
+        days.c.day <= last.isoformat(),
+        filter_clause(query.flt, days),
+    )
+
+
+def _figures(
+    query: UsageQuery, source: Table, period: ColumnElement[Any], where: ColumnElement[bool]
+) -> Select[tuple[object, ...]]:
+    """The rows of `source` that `where` takes, as (period_start, the `by` columns, figures)."""
+    groups = [source.c[DIMENSIONS[name]] for name in query.by]
+    figures = [source.c[figure] for figure in FIGURE_COLUMNS]
+    return select(period.label("period_start"), *groups, *figures).where(where)
+
+
+def _summed(
+    query: UsageQuery,
+    source: Table | Subquery,
+    period: ColumnElement[Any],
+    where: ColumnElement[bool],
+) -> Select[tuple[object, ...]]:
+    """`source`'s figures summed per period and `by` group, in that order."""
+    labelled = period.label("period_start")
+    groups = [source.c[DIMENSIONS[name]] for name in query.by]
+    # CAST: PostgreSQL sums BIGINTs as NUMERIC, which its driver reads as Decimal
+    sums = [cast(func.sum(source.c[figure]), BigInteger).label(figure) for figure in FIGURE_COLUMNS]
+    return (
+        select(labelled, *groups, *sums)
+        .where(where)
+        .group_by(labelled, *groups)
+        .order_by(labelled, *groups)
     )
 
 
@@ -179,23 +253,11 @@ def report_statement(engine: AsyncEngine, query: UsageQuery) -> Select[tuple[obj
     return usage_statement(query, backend_of(engine).week_start_sql("day"))
 
 
-def report_rows(result: Iterable[Sequence[Any]], query: UsageQuery) -> list[UsageRow]:
-    """The rows of the report's SELECT as UsageRows."""
-    dimensions = len(query.by)
-    rows = []
-    for row in result:
-        values = list(row)
-        figures = [int(value) for value in values[1 + dimensions :]]
-        group = tuple(str(value) for value in values[1 : 1 + dimensions])
-        rows.append(UsageRow(str(values[0]), group, *figures))
-    return rows
-
-
 async def read_usage(engine: AsyncEngine, query: UsageQuery) -> list[UsageRow]:
     """The report's rows, from the store at `engine`."""
     async with engine.connect() as conn:
         result = await conn.execute(report_statement(engine, query))
-        return report_rows(result, query)
+        return [tuple(row) for row in result]
 
 
 async def usage_days_range(

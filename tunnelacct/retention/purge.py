@@ -41,6 +41,7 @@ from tunnelacct.errors import StoreError
 from tunnelacct.store.engine import backend_of
 from tunnelacct.store.models import Org, PurgeRun, SessionRecord, UsageDay, table_of
 from tunnelacct.store.purgework import PurgeWork, expired_conditions, renew_or_stop
+from tunnelacct.store.usagemonths import take_day_from_months
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +267,11 @@ async def _delete_expired_usage(
     days_stmt = select(t.c.day).where(*_expired_usage(org_id, first_kept)).distinct()
     async with engine.connect() as conn:
         days = sorted(str(day) for day in (await conn.execute(days_stmt)).scalars())
+    backend = backend_of(engine)
     for day in days:
         async with write_lock, engine.begin() as conn:
+            await backend.lock_usage(conn)  # the writer's month rows wait for this day's
+            await take_day_from_months(conn, org_id, day)
             stmt = delete(t).where(t.c.org_id == org_id, t.c.day == day)
             deleted = (await conn.execute(stmt)).rowcount
             await renew_or_stop(conn, work)

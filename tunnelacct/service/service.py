@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -126,6 +127,10 @@ class Service:
                 if config.wireguard.interfaces:
                     background_tasks.append(tg.create_task(self.identity.keep_current(engine)))
                 self.state = "running"
+                # What exists now (modules, the app and its routes, the config) lives as long
+                # as the process: out of the collector's generations, a full collection walks
+                # only what came since (a month's report by user, p99: 116 -> 68 ms, README)
+                gc.freeze()
                 log.info(
                     "serving gateway %r: %d capture(s), store %s",
                     config.gateway,

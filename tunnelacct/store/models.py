@@ -246,6 +246,28 @@ class UsageDay(TableBase, table=True):
     sessions_completed: int = Field(sa_type=BigInteger)
 
 
+class UsageMonth(TableBase, table=True):
+    """The usage rollup per calendar month (issue 18): each row the sum of the usage_days rows
+    of its month and group, kept so by everything that writes usage_days (the writer, a
+    rebuild, a purge); what a report of whole months reads."""
+
+    __tablename__: ClassVar[Any] = "usage_months"
+
+    org_id: str = Field(sa_type=String, primary_key=True)
+    month: str = Field(sa_type=String(7), primary_key=True)  # "2026-11"
+    client_id: str = Field(sa_type=String, primary_key=True)
+    user_id: str = Field(sa_type=String, primary_key=True)
+    resource_id: str = Field(sa_type=String, primary_key=True)
+    protocol: str = Field(sa_type=String(8), primary_key=True)
+    gateway: str = Field(sa_type=String, primary_key=True)
+    bytes_tx: int = Field(sa_type=BigInteger)
+    bytes_rx: int = Field(sa_type=BigInteger)
+    packets_tx: int = Field(sa_type=BigInteger)
+    packets_rx: int = Field(sa_type=BigInteger)
+    sessions_started: int = Field(sa_type=BigInteger)
+    sessions_completed: int = Field(sa_type=BigInteger)
+
+
 class ApiToken(TableBase, table=True):
     """A bearer token of the API, stored as a SHA-256 hash of its secret only.
 

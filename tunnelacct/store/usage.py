@@ -33,6 +33,9 @@ FIGURE_COLUMNS = (
     "sessions_completed",
 )
 USAGE_COLUMNS = KEY_COLUMNS + FIGURE_COLUMNS
+# usage_months: the same with the month ("2026-11") in place of the day
+MONTH_KEY_COLUMNS = ("org_id", "month", *KEY_COLUMNS[2:])
+MONTH_COLUMNS = MONTH_KEY_COLUMNS + FIGURE_COLUMNS
 _CLOSED = EventKind.CLOSED
 _PROTOCOL_LABELS = {proto: proto.label for proto in IpProto}
 
@@ -210,13 +213,28 @@ class UsageChanges:
         they share in the same order), without those that change nothing."""
         return [(*key, *figures) for key, figures in sorted(self.by_key.items()) if any(figures)]
 
+    def month_rows(self) -> list[tuple[object, ...]]:
+        """The changes summed per month, as MONTH_COLUMNS rows for usage_months, in key order,
+        without those that change nothing."""
+        by_month: dict[tuple[str, ...], list[int]] = {}
+        for key, figures in self.by_key.items():
+            month_key = (key[0], key[1][:7], *key[2:])
+            sums = by_month.get(month_key)
+            if sums is None:
+                by_month[month_key] = list(figures)
+                continue
+            for index, figure in enumerate(figures):
+                sums[index] += figure
+        return [(*key, *figures) for key, figures in sorted(by_month.items()) if any(figures)]
 
-def usage_upsert_sql(dialect: Dialect, placeholders: list[str]) -> str:
-    """INSERT one usage_days row of changes, or add them to the row of its key."""
+
+def usage_upsert_sql(dialect: Dialect, placeholders: list[str], *, months: bool = False) -> str:
+    """INSERT one usage_days row of changes (USAGE_COLUMNS), or add them to the row of its
+    key; with `months`, one usage_months row (MONTH_COLUMNS)."""
     quote = dialect.identifier_preparer.quote
-    table = quote("usage_days")
-    columns = ", ".join(quote(c) for c in USAGE_COLUMNS)
-    keys = ", ".join(quote(c) for c in KEY_COLUMNS)
+    table = quote("usage_months" if months else "usage_days")
+    columns = ", ".join(quote(c) for c in (MONTH_COLUMNS if months else USAGE_COLUMNS))
+    keys = ", ".join(quote(c) for c in (MONTH_KEY_COLUMNS if months else KEY_COLUMNS))
     sums = ", ".join(
         f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in FIGURE_COLUMNS
     )

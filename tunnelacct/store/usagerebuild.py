@@ -4,7 +4,8 @@ An org's usage_days rows of a range of days are deleted and computed again from 
 in one transaction that the writer's changes wait for (they then apply on top: a session's
 write adds its share now less its share as last written, which is what the rebuild read).
 Sessions on one day (no day split) are summed by the database; the few that ran across
-midnight are split by their day marks here (store/usage.py).
+midnight are split by their day marks here (store/usage.py). The usage_months rows of the
+range's months are then summed again from usage_days (store/usagemonths.py).
 
 Days whose sessions a purge may have deleted cannot come back: the range starts no earlier than
 the first day after the latest purge cutoff of the org (`purge_runs`), and the rebuild says so.
@@ -25,6 +26,7 @@ from tunnelacct.store.engine import backend_of
 from tunnelacct.store.models import PurgeRun, SessionRecord, UtcDateTime, table_of
 from tunnelacct.store.shares import SHARE_COLUMNS, aware_ts, stored_share
 from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
+from tunnelacct.store.usagemonths import recompute_months
 
 _COMPLETED = SessionStatus.COMPLETED.value
 
@@ -84,6 +86,7 @@ async def rebuild_usage(
             await conn.exec_driver_sql(sql, rows)
         count = text(f"SELECT COUNT(*) FROM usage_days WHERE {in_range}")
         written = int((await conn.execute(count, days)).scalar_one())
+        await recompute_months(conn, org_id, first_day, last_day)
     seconds = time.perf_counter() - started
     return Rebuilt(org_id, first_day, last_day, single + spanning, written, seconds, purged_before)
 

@@ -50,6 +50,7 @@ class CopyWrite:
         self._staging_sql = staging_table_sql(engine.dialect)
         placeholders = [f"${number}" for number in range(1, len(USAGE_COLUMNS) + 1)]
         self._usage_sql = usage_upsert_sql(engine.dialect, placeholders)
+        self._usage_months_sql = usage_upsert_sql(engine.dialect, placeholders, months=True)
         # the UTC days whose sessions partition this writer has made sure of, so that only the
         # first batch of a day asks the store (issue 7)
         self._days: set[date] = set()
@@ -116,6 +117,9 @@ class CopyWrite:
                 usage_rows = usage.rows()
                 if usage_rows:
                     await driver.executemany(self._usage_sql, usage_rows)
+                month_rows = usage.month_rows()
+                if month_rows:
+                    await driver.executemany(self._usage_months_sql, month_rows)
             return replaced
         except BaseException as exc:
             cancelled = not isinstance(exc, Exception)  # given up on by write_timeout

@@ -26,7 +26,7 @@ from tunnelacct.store.sqlite.layout import (
     routes,
     schema_version,
 )
-from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
+from tunnelacct.store.usage import MONTH_COLUMNS, USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
 _ID = ROW_COLUMNS.index("id")
 _STARTED_AT = ROW_COLUMNS.index("started_at")
@@ -48,6 +48,8 @@ class RoutedWrite:
         self._routes: dict[tuple[str, str], str] = {}
         self._routed_at: int | None = None
         self._usage_sql = usage_upsert_sql(engine.dialect, ["?"] * len(USAGE_COLUMNS))
+        marks = ["?"] * len(MONTH_COLUMNS)
+        self._usage_months_sql = usage_upsert_sql(engine.dialect, marks, months=True)
 
     async def write(
         self, rows: list[tuple[object, ...]], fresh: list[SessionEvent], usage: UsageChanges
@@ -87,6 +89,9 @@ class RoutedWrite:
             usage_rows = usage.rows()
             if usage_rows:
                 await conn.exec_driver_sql(self._usage_sql, usage_rows)
+            month_rows = usage.month_rows()
+            if month_rows:
+                await conn.exec_driver_sql(self._usage_months_sql, month_rows)
         return replaced
 
     def _tables_of(self, rows: list[tuple[object, ...]]) -> dict[str, list[str]]:

@@ -8,18 +8,16 @@ terms only (client:, user:, resource:, protocol:, gateway:).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tunnelacct.reports.render import csv_chunks, header, values
+from tunnelacct.reports.render import csv_chunks, header
 from tunnelacct.reports.usage import (
     UsageQuery,
     UsageRow,
-    report_rows,
     report_statement,
     usage_query,
 )
@@ -37,6 +35,23 @@ _BY = "comma-separated: client, user, resource, protocol, gateway"
 _Q = "filter on dimensions, e.g. user:alice -protocol:udp"
 
 
+_REPORT = "totals per group and interval: a row per group and interval, under `columns`"
+_REPORT_SCHEMA = {
+    "type": "object",
+    "required": ["org", "by", "interval", "from", "to", "columns", "rows"],
+    "properties": {
+        "org": {"type": "string"},
+        "by": {"type": "array", "items": {"type": "string"}},
+        "interval": {"type": "string", "enum": ["day", "week", "month"]},
+        "from": {"type": "string", "format": "date"},
+        "to": {"type": "string", "format": "date"},
+        "columns": {"type": "array", "items": {"type": "string"}},
+        "rows": {
+            "type": "array",
+            "items": {"type": "object", "additionalProperties": {"type": ["string", "integer"]}},
+        },
+    },
+}
 _DIMENSION = "(client|user|resource|protocol|gateway)"
 _DAY = "^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2}))?$"
 _DAY_OR_TIME = "YYYY-MM-DD, or an RFC 3339 time (its UTC day)"
@@ -73,26 +88,38 @@ def usage_routes(ctx: ApiContext) -> APIRouter:
     async def report(request: Request, who: Who, query: UsageQuery) -> list[UsageRow]:
         statement = report_statement(ctx.engine, query)
 
-        async def read(db: AsyncSession) -> Sequence[Any]:
-            return (await db.execute(statement)).all()
+        async def read(db: AsyncSession) -> list[UsageRow]:
+            return [tuple(row) for row in await db.execute(statement)]
 
         async with ctx.limits.slot(who.token_id):
-            result = await ctx.limits.run(ctx.engine, request.receive, read)
-        return report_rows(result, query)
+            return await ctx.limits.run(ctx.engine, request.receive, read)
 
-    @router.get("/api/v1/orgs/{org}/usage", responses=_USAGE_ERRORS)
-    async def usage(request: Request, who: Who, query: Report) -> dict[str, Any]:
+    @router.get(
+        "/api/v1/orgs/{org}/usage",
+        response_class=JSONResponse,
+        responses={
+            200: {
+                "description": _REPORT,
+                "content": {"application/json": {"schema": _REPORT_SCHEMA}},
+            },
+            **_USAGE_ERRORS,
+        },
+    )
+    async def usage(request: Request, who: Who, query: Report) -> JSONResponse:
         rows = await report(request, who, query)
         names = header(query)
-        return {
+        body = {
             "org": query.org_id,
             "by": list(query.by),
             "interval": query.interval,
             "from": query.first_day.isoformat(),
             "to": query.last_day.isoformat(),
             "columns": names,
-            "rows": [dict(zip(names, values(row), strict=True)) for row in rows],
+            "rows": [dict(zip(names, row, strict=True)) for row in rows],
         }
+        # JSON of str and int only, encoded once: FastAPI's jsonable_encoder would walk every
+        # value of 10,000 rows again (~130 ms of a month's report by user)
+        return JSONResponse(body)
 
     @router.get(
         "/api/v1/orgs/{org}/usage.csv",
