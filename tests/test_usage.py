@@ -16,6 +16,8 @@ import io
 import json
 import subprocess
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -48,6 +50,7 @@ from tunnelacct.sessions.flowtable import FlowTable
 from tunnelacct.store.engine import make_engine
 from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.ongoing import ongoing_sessions
+from tunnelacct.store.usage import FIGURE_COLUMNS
 from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token
@@ -85,14 +88,7 @@ name = "Echo"
 org = "acme"
 address = "{SERVER}/32"
 """
-FIGURES = (
-    "bytes_tx",
-    "bytes_rx",
-    "packets_tx",
-    "packets_rx",
-    "sessions_started",
-    "sessions_completed",
-)
+FIGURES = FIGURE_COLUMNS
 
 # skip, or under CI fail, without them
 needs_tools = pytest.mark.usefixtures("require_tshark", "require_tcpdump", "require_root")
@@ -315,24 +311,12 @@ async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
 ) -> None:
     _import(store_url, config, across_midnight)
     params = {"by": "user", "interval": interval, "from": days[0], "to": days[1]}
-    engine = make_engine(store_url)
-    try:
-        token, _row = await create_token(engine, Role.AUDITOR, org_id="acme")
-        app = create_app(ApiContext(engine, config_orgs=frozenset({"acme", "globex"})))
-        transport = httpx.ASGITransport(app=app)
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            answer = await client.get("/api/v1/orgs/acme/usage", params=params, headers=headers)
-            as_csv = await client.get("/api/v1/orgs/acme/usage.csv", params=params, headers=headers)
-            alice = await client.get(
-                "/api/v1/orgs/acme/usage", params={**params, "q": "user:alice"}, headers=headers
-            )
-            refused = await client.get(
-                "/api/v1/orgs/acme/usage", params={**params, "q": "dport:22"}, headers=headers
-            )
-            other_org = await client.get("/api/v1/orgs/globex/usage", headers=headers)
-    finally:
-        await engine.dispose()
+    async with _acme_auditor(store_url) as client:
+        answer = await client.get("/api/v1/orgs/acme/usage", params=params)
+        as_csv = await client.get("/api/v1/orgs/acme/usage.csv", params=params)
+        alice = await client.get("/api/v1/orgs/acme/usage", params={**params, "q": "user:alice"})
+        refused = await client.get("/api/v1/orgs/acme/usage", params={**params, "q": "dport:22"})
+        other_org = await client.get("/api/v1/orgs/globex/usage")
     assert answer.status_code == 200, answer.text
     rows = answer.json()["rows"]
     assert rows == _oracle_report(across_midnight, interval, {"alice", "bob"}, days)
@@ -363,6 +347,23 @@ async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
     assert refused.status_code == 400
     assert (refused.json()["parameter"], refused.json()["token"]) == ("q", "dport:22")
     assert other_org.status_code == 404
+
+
+@asynccontextmanager
+async def _acme_auditor(store_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the real app on the store at `store_url`, with an auditor token of acme."""
+    engine = make_engine(store_url)
+    try:
+        token, _row = await create_token(engine, Role.AUDITOR, org_id="acme")
+        app = create_app(ApiContext(engine, config_orgs=frozenset({"acme", "globex"})))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            yield client
+    finally:
+        await engine.dispose()
 
 
 def _grafana_link(url: str, api: str, org: str, first: datetime, last: datetime) -> str:
@@ -397,21 +398,11 @@ async def test_the_dashboard_links_open_the_bars_org_report_for_its_days(
     # the dashboard's range: from a little before the capture to a little after it
     first = datetime.fromtimestamp(first_ts - 60, UTC)
     last = datetime.fromtimestamp(last_ts + 60, UTC)
-    engine = make_engine(store_url)
-    try:
-        token, _row = await create_token(engine, Role.AUDITOR, org_id="acme")
-        app = create_app(ApiContext(engine, config_orgs=frozenset({"acme", "globex"})))
-        transport = httpx.ASGITransport(app=app)
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(transport=transport) as client:
-            answers = [
-                await client.get(
-                    _grafana_link(url, "http://test", "acme", first, last), headers=headers
-                )
-                for url in links
-            ]
-    finally:
-        await engine.dispose()
+    async with _acme_auditor(store_url) as client:
+        answers = [
+            await client.get(_grafana_link(url, "http://test", "acme", first, last))
+            for url in links
+        ]
     expected = _oracle_report(across_midnight, "day", {"alice", "bob"})
     assert {row["day"] for row in expected} == {"2026-11-23", "2026-11-24"}
     for url, answer in zip(links, answers, strict=True):

@@ -24,6 +24,7 @@ from tests.helpers.accuracy import run_cli
 from tests.helpers.pg import ADMIN_URL, PREFIX, fresh_database, read_rows, require_postgresql
 from tunnelacct.store.engine import sync_url
 from tunnelacct.store.migrate import alembic_config, migrate
+from tunnelacct.store.usage import FIGURE_COLUMNS
 
 ENGINES = ("sqlite", "postgresql")
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -190,21 +191,13 @@ def assert_months_sum_their_days(url: str) -> None:
     """usage_months holds, per org, month and group, the sum of its usage_days rows: a row for
     each month and group that has day rows, and no other."""
     group = "org_id, client_id, user_id, resource_id, protocol, gateway"
-    figures = (
-        "bytes_tx",
-        "bytes_rx",
-        "packets_tx",
-        "packets_rx",
-        "sessions_started",
-        "sessions_completed",
-    )
-    sums = ", ".join(f"SUM({name})" for name in figures)
+    sums = ", ".join(f"SUM({name})" for name in FIGURE_COLUMNS)
     from_days = read_rows(
         url,
         f"SELECT substr(day, 1, 7), {group}, {sums} FROM usage_days "
         f"GROUP BY substr(day, 1, 7), {group}",
     )
-    stored = read_rows(url, f"SELECT month, {group}, {', '.join(figures)} FROM usage_months")
+    stored = read_rows(url, f"SELECT month, {group}, {', '.join(FIGURE_COLUMNS)} FROM usage_months")
 
     def normal(rows: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
         return sorted(tuple(str(value) for value in row) for row in rows)

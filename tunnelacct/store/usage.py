@@ -96,26 +96,32 @@ class UsageChanges:
         protocol = _PROTOCOL_LABELS[event.proto]
         last_day = int(event.last_ts // DAY_S)
         completed = 1 if event.kind is _CLOSED else 0
-        if before is None and not event.day_marks and int(event.started_ts // DAY_S) == last_day:
-            # most writes: a session's only one, all on one day (inlined: ~2/3 of the cost)
+        if not event.day_marks and int(event.started_ts // DAY_S) == last_day:
+            # most writes: a session all on one day so far (so was its write before, if any);
+            # inlined, as it is most of the upkeep's cost
+            if before is None:
+                bytes_tx = event.bytes_tx
+                bytes_rx = event.bytes_rx
+                packets_tx = event.packets_tx
+                packets_rx = event.packets_rx
+                started = 1
+            else:
+                bytes_tx = event.bytes_tx - before.bytes_tx
+                bytes_rx = event.bytes_rx - before.bytes_rx
+                packets_tx = event.packets_tx - before.packets_tx
+                packets_rx = event.packets_rx - before.packets_rx
+                started = 0
             day_text = _ISO_DAYS.get(last_day) or iso_day(last_day)
             key = (org, day_text, client, user, resource, protocol, gateway)
             sums = self.by_key.get(key)
             if sums is None:
-                self.by_key[key] = [
-                    event.bytes_tx,
-                    event.bytes_rx,
-                    event.packets_tx,
-                    event.packets_rx,
-                    1,
-                    completed,
-                ]
+                self.by_key[key] = [bytes_tx, bytes_rx, packets_tx, packets_rx, started, completed]
             else:
-                sums[0] += event.bytes_tx
-                sums[1] += event.bytes_rx
-                sums[2] += event.packets_tx
-                sums[3] += event.packets_rx
-                sums[4] += 1
+                sums[0] += bytes_tx
+                sums[1] += bytes_rx
+                sums[2] += packets_tx
+                sums[3] += packets_rx
+                sums[4] += started
                 sums[5] += completed
             return
         group = (client, user, resource, protocol, gateway)
