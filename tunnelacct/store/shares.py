@@ -10,9 +10,12 @@ know what the rollup holds of a session reads the row, in its own transaction:
   session's whole share: the rollup then counts the session once (`UsageChanges.recheck`).
 
 The rows are read with the ids and start times the writer stores (store/codec.py): on
-SQLite hex text and naive UTC text, in the table of the row's org and start day; on
-PostgreSQL UUIDs and aware datetimes, locked (FOR UPDATE) so that a write still in flight on
-another connection is waited for rather than read from before it.
+SQLite hex text and naive UTC text, in the table of the row's org and start day (SQLite has
+one writer at a time: the read sees every write before it); on PostgreSQL UUIDs and aware
+datetimes, locked (FOR UPDATE), so that a row an earlier attempt is still updating on a
+connection the server has not yet seen go is read once that attempt ends. (A first insert of
+that attempt still in flight is not seen; the writer retries after a backoff of 0.1 s and
+more, and a server finishes a COMMIT it has received in far less.)
 """
 
 from __future__ import annotations
