@@ -221,12 +221,18 @@ class FlowTable:
         A batch whose packets fall on two UTC days is accounted a day at a time, and the open
         sessions take a day mark when packet time crosses midnight (sessions/days.py)."""
         if len(b):
-            for day, part in self._day_parts(b):
-                if self._day is None:
-                    self._day = day
-                elif day > self._day:
-                    self._cross_midnight(day)
-                self._account(part)
+            newest = float(b.ts.max())
+            if self._day is not None and day_of(newest) <= self._day:
+                # most batches: nothing past the current day (a late packet of an earlier one
+                # counts on the day its session is on)
+                self._account(b, newest)
+            else:
+                for day, part in self._day_parts(b):
+                    if self._day is None:
+                        self._day = day
+                    elif day > self._day:
+                        self._cross_midnight(day)
+                    self._account(part, float(part.ts.max()))
         return self.advance(self._now)
 
     def _day_parts(self, b: DecodedBatch) -> list[tuple[int, DecodedBatch]]:
@@ -255,8 +261,9 @@ class FlowTable:
                 flow.day_marks.append(mark)
         self._day = day
 
-    def _account(self, b: DecodedBatch) -> None:
-        """Account the packets of `b`, all on one UTC day."""
+    def _account(self, b: DecodedBatch, newest: float) -> None:
+        """Account the packets of `b`, all on one UTC day (or late from an earlier one), whose
+        newest packet time is `newest`."""
         m = len(b)
         later = b.frag == FRAG_LATER
         if not later.any():
@@ -278,7 +285,7 @@ class FlowTable:
         newest_before[0] = self._now
         np.maximum(newest_before, self._now, out=newest_before)
         self.stats.late_packets += int(np.count_nonzero(b.ts < newest_before - LATE_S))
-        self._now = max(self._now, float(b.ts.max()))
+        self._now = max(self._now, newest)
 
     def advance(self, now_ts: float, *, force: bool = False) -> list[SessionEvent]:
         """Expire sessions idle (or lingering after close) as of packet time `now_ts`.
