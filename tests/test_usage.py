@@ -304,6 +304,7 @@ def _oracle_report(
         ("2026-11-01", "2026-12-31"),  # whole months: usage_months
         ("2026-11-24", "2026-12-31"),  # part of November (its last days), December whole
         ("2026-10-15", "2026-11-23"),  # part of October and of November: usage_days alone
+        ("2026-10-01", "2026-11-23"),  # October whole, then part of November (its first days)
     ],
 )
 async def test_the_api_the_csv_and_the_cli_agree_with_tshark(
