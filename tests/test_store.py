@@ -125,6 +125,7 @@ TABLES = {
     "purge_locks",
     "usage_days",
     "usage_months",
+    "users",
 }
 
 

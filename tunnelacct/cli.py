@@ -462,6 +462,62 @@ def token_revoke(config_path: Path | None, token_id: str) -> None:
     click.echo(f"revoked {token_id}", err=True)
 
 
+@cli.group("user")
+def user_group() -> None:
+    """Users of the web UI: create (the password is kept only as a scrypt hash)."""
+
+
+@user_group.command("create")
+@config_option
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["auditor", "admin"]),
+    default="auditor",
+    show_default=True,
+    help="auditor: one org's data; admin: every org.",
+)
+@click.option("--org", help="The org an auditor may read.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input. Without it: asked for on "
+    "a terminal, else generated and printed once.",
+)
+def user_create(
+    config_path: Path | None, name: str, role: str, org: str | None, password_stdin: bool
+) -> None:
+    """Create a user of the web UI."""
+    from tunnelacct.config.orgs import configured_org_ids
+    from tunnelacct.errors import UnknownOrgError
+    from tunnelacct.store.inventory import stored_org_ids
+    from tunnelacct.web.auth import Role
+    from tunnelacct.web.users import create_user, generated_password
+
+    config = _config(config_path)
+    generated = False
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = generated_password()
+        generated = True
+
+    async def work(engine: Any) -> None:
+        if org is not None:
+            known = configured_org_ids(config) | await stored_org_ids(engine)
+            if org not in known:
+                raise UnknownOrgError(org, sorted(known))
+        await create_user(engine, name, Role(role), org_id=org, password=password)
+
+    _with_engine(config, work)
+    click.echo(f"created {role} {name!r}" + (f" of org {org!r}" if org else ""), err=True)
+    if generated:
+        click.echo(password)
+        click.echo("the generated password: store it now, it is not shown again", err=True)
+
+
 @cli.group("db")
 def db_group() -> None:
     """Database maintenance."""

@@ -271,7 +271,9 @@ class Loader:
         m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", str(listen))
         if not isinstance(listen, str) or m is None:
             self.fail(where, "listen", why, _shown(listen))
-        host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        bracketed = m.group(1) is not None  # "[::1]:8080"
+        host = m.group(1) if bracketed else m.group(3)
+        port = m.group(2) if bracketed else m.group(4)
         if not 1 <= int(port) <= 65535:
             self.fail(where, "listen", why, listen)
         return host, int(port)

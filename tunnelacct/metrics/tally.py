@@ -349,7 +349,8 @@ class TrafficTally:
 def _count_traffic(flow: Flow, state: Tallied) -> None:
     """Add to the flow's series what it carried since `state` last counted it."""
     traffic = state.stats.traffic  # bytes tx, rx, packets tx, rx
-    tx, rx = (0, 1) if flow.initiator_is_a else (1, 0)  # endpoint A sent tx when it initiated
+    tx = 0 if flow.initiator_is_a else 1  # endpoint A sent tx when it initiated
+    rx = 1 - tx
     traffic[tx] += flow.bytes_a - state.bytes_a
     traffic[rx] += flow.bytes_b - state.bytes_b
     traffic[2 + tx] += flow.packets_a - state.packets_a

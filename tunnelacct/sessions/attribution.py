@@ -138,7 +138,8 @@ class Inventory:
                     continue
                 width = _ALL_PORTS if ranges is None else _width(ranges, port)
                 if width < best_width:  # strict: an earlier declaration keeps a tie
-                    best, best_width = resource, width
+                    best = resource
+                    best_width = width
             if best is not None:
                 return best
         return None

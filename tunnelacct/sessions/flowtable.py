@@ -320,11 +320,18 @@ class FlowTable:
 
         Later packets on its 5-tuple within the idle timeout add to the same session and row.
         """
-        src, dst = addr_int(e.src_addr), addr_int(e.dst_addr)
+        src = addr_int(e.src_addr)
+        dst = addr_int(e.dst_addr)
         if e.family == 6:
-            src_hi, src_lo, dst_hi, dst_lo = src >> 64, src & LO64, dst >> 64, dst & LO64
+            src_hi = src >> 64
+            src_lo = src & LO64
+            dst_hi = dst >> 64
+            dst_lo = dst & LO64
         else:
-            src_hi, src_lo, dst_hi, dst_lo = 0, src, 0, dst
+            src_hi = 0
+            src_lo = src
+            dst_hi = 0
+            dst_lo = dst
         initiator_is_a = (src_hi, src_lo, e.src_port) <= (dst_hi, dst_lo, e.dst_port)
         if initiator_is_a:
             a_endpoint = (src_hi, src_lo, e.src_port)

@@ -285,6 +285,19 @@ class ApiToken(TableBase, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
 
 
+class User(TableBase, table=True):
+    """A user of the web UI: `role` "admin" (every org, `org_id` NULL) or "auditor" (one org);
+    the password only as a scrypt hash (web/users.py)."""
+
+    __tablename__: ClassVar[Any] = "users"
+
+    name: str = Field(sa_type=String, primary_key=True)
+    role: str = Field(sa_type=String(16))
+    org_id: str | None = Field(default=None, sa_type=String, nullable=True)
+    password_scrypt: str = Field(sa_type=String)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+
+
 class PurgeRun(TableBase, table=True):
     """One org's part of a retention purge: when, the cutoff, rows deleted (or counted), outcome.
 

@@ -64,7 +64,8 @@ async def create_token(
         raise TokenError("an auditor token needs --org")
     if role is Role.ADMIN and org_id is not None:
         raise TokenError("an admin token sees every org: give no --org")
-    token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    token_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
     row = ApiToken(
         id=token_id,
         secret_sha256=_hash(secret),
@@ -102,7 +103,8 @@ async def revoke_token(engine: AsyncEngine, token_id: str) -> None:
 async def authenticate(engine: AsyncEngine, text: str | None) -> Principal | None:
     """The principal of a bearer token, or None when it is missing, malformed, wrong or revoked."""
     m = _TOKEN.fullmatch(text or "")
-    token_id, secret = (m.group(1), m.group(2)) if m else ("", "")
+    token_id = m.group(1) if m else ""
+    secret = m.group(2) if m else ""
     row = None
     if m:
         async with AsyncSession(engine) as db:
