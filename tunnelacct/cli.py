@@ -368,6 +368,15 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     click.echo(f"{verb} {result.deleted:,} sessions in all" + (" (dry run)" if dry_run else ""))
 
 
+role_option = click.option(
+    "--role",
+    type=click.Choice(["auditor", "admin"]),
+    default="auditor",
+    show_default=True,
+    help="auditor: one org's data; admin: every org.",
+)
+
+
 @cli.group("token")
 def token_group() -> None:
     """API bearer tokens: create (shown once), list, revoke."""
@@ -396,13 +405,7 @@ def _with_engine(config: Config, work: Any) -> Any:
 
 @token_group.command("create")
 @config_option
-@click.option(
-    "--role",
-    type=click.Choice(["auditor", "admin"]),
-    default="auditor",
-    show_default=True,
-    help="auditor: one org's data; admin: every org.",
-)
+@role_option
 @click.option("--org", help="The org an auditor token may read.")
 @click.option("--name", help="A note saying whose token this is.")
 def token_create(config_path: Path | None, role: str, org: str | None, name: str | None) -> None:
@@ -470,13 +473,7 @@ def user_group() -> None:
 @user_group.command("create")
 @config_option
 @click.argument("name")
-@click.option(
-    "--role",
-    type=click.Choice(["auditor", "admin"]),
-    default="auditor",
-    show_default=True,
-    help="auditor: one org's data; admin: every org.",
-)
+@role_option
 @click.option("--org", help="The org an auditor may read.")
 @click.option(
     "--password-stdin",
