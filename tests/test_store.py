@@ -126,6 +126,7 @@ TABLES = {
     "usage_days",
     "usage_months",
     "users",
+    "web_logins",
 }
 
 

@@ -298,6 +298,23 @@ class User(TableBase, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime)
 
 
+class WebLogin(TableBase, table=True):
+    """One signed-in browser of the web UI (web/ui/logins.py): its cookie reads
+    `<id>.<secret>`, only the secret's SHA-256 is stored. Idle expiry counts from
+    `last_seen_at`, absolute expiry from `created_at`; logout sets `ended_at`."""
+
+    __tablename__: ClassVar[Any] = "web_logins"
+    __table_args__: ClassVar[Any] = (Index(None, "user_name"),)
+
+    id: str = Field(sa_type=String(16), primary_key=True)
+    secret_sha256: str = Field(sa_type=String(64))
+    user_name: str = Field(sa_type=String)
+    csrf_token: str = Field(sa_type=String(64))
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    last_seen_at: datetime = Field(sa_type=UtcDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
 class PurgeRun(TableBase, table=True):
     """One org's part of a retention purge: when, the cutoff, rows deleted (or counted), outcome.
 
