@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Install the system tools that tunnelacct's lab, oracle and end-to-end tests use, when missing.
+# Install the system tools that tunnelacct's lab, oracle, end-to-end and browser tests use, when
+# missing.
 # Idempotent and non-interactive (Debian/Ubuntu, needs root or password-less sudo). Prints one
 # line per package it installs; exits non-zero, with apt's output, when an install fails.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-# binary:package
+# binary:package (an absolute path stands for a file the package ships)
 DEPS=(
   tcpdump:tcpdump
   tshark:tshark
@@ -17,6 +18,10 @@ DEPS=(
   ip:iproute2
   sqlite3:sqlite3
   prometheus:prometheus
+  # the web UI's browser tests drive Debian's Chromium through Playwright's executable_path,
+  # so no browser is downloaded (issue 19); the font gives its screenshots legible text
+  /usr/lib/chromium/chromium:chromium
+  /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 )
 # Packages that ship a system service: installed for their binary only. The tests start their
 # own prometheus on a free port, and a system one would hold :9090 and scrape on its own.
@@ -25,7 +30,11 @@ SERVICES=(prometheus)
 APT_OPTS=(-y --no-install-recommends -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
 
 have() {  # sbin directories are often missing from a non-root PATH
-  command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
+  if [[ $1 == /* ]]; then
+    [[ -e $1 ]]
+  else
+    command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
+  fi
 }
 
 if [[ $(id -u) -eq 0 ]]; then

@@ -922,6 +922,48 @@ INVALID: list[tuple[str, str, str, object, str]] = [
         "integer 0-64",
     ),
     (
+        "root-path-trailing-slash",
+        '[api]\nroot_path = "/acct/" #<\n',
+        "[api] root_path",
+        "/acct/",
+        "a leading /, no trailing /",
+    ),
+    (
+        "root-path-relative",
+        '[api]\nroot_path = "acct" #<\n',
+        "[api] root_path",
+        "acct",
+        "a leading /",
+    ),
+    (
+        "trusted-proxies-not-a-list",
+        '[api]\ntrusted_proxies = "127.0.0.1" #<\n',
+        "[api] trusted_proxies",
+        "127.0.0.1",
+        "a list of addresses or networks",
+    ),
+    (
+        "trusted-proxies-bad-network",
+        '[api]\ntrusted_proxies = ["10.0.0.0/33"] #<\n',
+        "[api] trusted_proxies",
+        "10.0.0.0/33",
+        "a list of addresses or networks",
+    ),
+    (
+        "login-idle-zero",
+        "[api]\nlogin_idle_timeout = 0 #<\n",
+        "[api] login_idle_timeout",
+        0,
+        "seconds > 0",
+    ),
+    (
+        "login-max-age-string",
+        '[api]\nlogin_max_age = "12h" #<\n',
+        "[api] login_max_age",
+        "12h",
+        "seconds",
+    ),
+    (
         "events-empty",
         SV + 'session_events = "" #<\n',
         "[service] session_events",
@@ -1286,6 +1328,33 @@ def test_api_listen_and_export_workers(tmp_path: Path) -> None:
     api = load_config(path, environ={}).api
     assert (api.host, api.port, api.export_workers) == ("::1", 9090, 0)
     assert load_config(None, environ={}).api.export_workers == 1  # README's default
+
+
+def test_api_web_ui_keys_load_and_default(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[api]\nlisten = "127.0.0.1:8080"\nroot_path = "/tunnelacct"\n'
+        'trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\n'
+        "login_idle_timeout = 600\nlogin_max_age = 7200\n",
+    )
+    api = load_config(path, environ={}).api
+    assert api.root_path == "/tunnelacct"
+    assert api.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert (api.login_idle_timeout_s, api.login_max_age_s) == (600.0, 7200.0)
+    defaults = load_config(None, environ={}).api
+    assert (defaults.root_path, defaults.trusted_proxies) == ("", ())
+    assert (defaults.login_idle_timeout_s, defaults.login_max_age_s) == (1800.0, 43200.0)
+
+
+def test_api_listen_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[api]\nlisten = "127.0.0.1:8080"\n')
+    api = load_config(path, environ={"TUNNELACCT_API_LISTEN": "[::1]:9191"}).api
+    assert (api.host, api.port) == ("::1", 9191)
+    without_section = load_config(None, environ={"TUNNELACCT_API_LISTEN": "0.0.0.0:80"}).api
+    assert (without_section.host, without_section.port) == ("0.0.0.0", 80)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"TUNNELACCT_API_LISTEN": "8080"})
+    assert info.value.key == "$TUNNELACCT_API_LISTEN" and "host:port" in info.value.why
 
 
 def test_retention_interval_defaults_to_an_hour_and_loads(tmp_path: Path) -> None:

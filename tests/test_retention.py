@@ -28,7 +28,7 @@ from tunnelacct.retention.purge import PurgeRunTally, purge
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import migrate
-from tunnelacct.store.models import PurgeRun, SessionRecord
+from tunnelacct.store.models import AccessRecord, PurgeRun, SessionRecord
 from tunnelacct.store.postgres.lock import ADVISORY_LOCK_KEY
 from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.purgelock import LEASE_S, acquire_lease
@@ -122,6 +122,61 @@ async def test_dry_run_deletes_nothing_and_counts_what_a_real_run_deletes(
     real = await purge(engine, now=NOW)
     assert [(p.org_id, p.deleted) for p in dry.orgs] == [(p.org_id, p.deleted) for p in real.orgs]
     assert real.deleted == len(before) - len(remaining(db)) > 0
+
+
+def access_record(org: str, at: datetime) -> AccessRecord:
+    """A read of `org`'s sessions at `at`, as the access log stores it."""
+    return AccessRecord(
+        at=at,
+        org_id=org,
+        actor="token:0123456789abcdef",
+        role="admin",
+        via="api",
+        what="sessions",
+        filter_text=f"read at {at.isoformat()}",
+        rows=1,
+        status=200,
+    )
+
+
+async def store_reads(engine: AsyncEngine, reads: list[AccessRecord]) -> None:
+    async with AsyncSession(engine, expire_on_commit=False) as db:
+        db.add_all(reads)
+        await db.commit()
+
+
+async def test_the_access_log_goes_with_each_orgs_retention_and_a_dry_run_counts_it(
+    engine: AsyncEngine, db: str
+) -> None:
+    """Per org: a read every 12 hours over 60 days, and reads at its cutoff and a microsecond
+    either side of it; a read goes once it is older than the cutoff (issue 19)."""
+    reads = [access_record(org, NOW - timedelta(hours=12 * k)) for org in DAYS for k in range(120)]
+    reads += [access_record("keeper", NOW - timedelta(days=400))]  # kept forever
+    for org, days in DAYS.items():
+        cutoff = NOW - timedelta(days=days)
+        reads += [access_record(org, cutoff + timedelta(microseconds=d)) for d in (-1, 0, 1)]
+    await store_reads(engine, reads)
+    doomed = {org: 0 for org in DAYS}
+    for read in reads:
+        if read.org_id in DAYS and read.at < NOW - timedelta(days=DAYS[read.org_id]):
+            doomed[read.org_id] += 1
+    assert all(count > 1 for count in doomed.values())
+
+    def stored() -> list[tuple[object, ...]]:
+        return read_rows(db, "SELECT org_id, filter_text FROM access_log ORDER BY id")
+
+    before = stored()
+    dry = await purge(engine, now=NOW, dry_run=True)
+    assert stored() == before
+    assert {p.org_id: p.access_deleted for p in dry.orgs if p.org_id in DAYS} == doomed
+    real = await purge(engine, now=NOW)
+    assert {p.org_id: p.access_deleted for p in real.orgs if p.org_id in DAYS} == doomed
+    kept = [
+        (read.org_id, read.filter_text)
+        for read in reads
+        if read.org_id not in DAYS or read.at >= NOW - timedelta(days=DAYS[read.org_id])
+    ]
+    assert stored() == kept
 
 
 async def test_every_run_is_recorded_with_cutoff_count_and_outcome(

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,7 @@ from tunnelacct.config.load import load_config
 from tunnelacct.retention.purge import STOPPING
 from tunnelacct.service.service import Service
 from tunnelacct.store.engine import make_engine
+from tunnelacct.store.models import AccessRecord
 from tunnelacct.store.postgres.partitions import ensure_partitions
 
 DATA = Path(__file__).parent / "data"
@@ -58,19 +59,37 @@ def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
         now = datetime.now(UTC)
         rows = [session("weekly", days, now) for days in (1, 10, 20)]
         rows += [session("keeper", 400, now)]
+        # reads of weekly's sessions 1, 10 and 20 days ago: the last two older than its cutoff
+        reads = [
+            AccessRecord(
+                at=now - timedelta(days=days),
+                org_id="weekly",
+                actor="token:0123456789abcdef",
+                role="auditor",
+                via="api",
+                what="sessions",
+                filter_text="",
+                rows=1,
+                status=200,
+            )
+            for days in (1, 10, 20)
+        ]
         await ensure_partitions(engine, {r.started_at.date() for r in rows})  # PostgreSQL
         async with AsyncSession(engine) as s:
-            s.add_all(rows)
+            s.add_all([*rows, *reads])
             await s.commit()
         await engine.dispose()
 
     asyncio.run(seed())
     dry = run_cli("purge", "--config", str(config), "--dry-run").stdout
     assert "org weekly: would delete 2 sessions that ended before " in dry
+    assert " and 2 access log rows of reads before it, and " in dry
     assert "org keeper: kept forever" in dry and "(dry run)" in dry
     real = run_cli("purge", "--config", str(config)).stdout
     assert "org weekly: deleted 2 sessions" in real
+    assert " and 2 access log rows of reads before it, and " in real
     assert counts(store_url) == {"keeper": 1, "weekly": 1}
+    assert query(store_url, "select count(*) from access_log") == [(1,)]
 
     def purge_cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

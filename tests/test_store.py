@@ -127,6 +127,7 @@ TABLES = {
     "usage_months",
     "users",
     "web_logins",
+    "access_log",
 }
 
 
@@ -188,13 +189,15 @@ def test_sessions_table_has_the_paging_retention_and_resume_indexes(store_url: s
             ["gateway"],  # partial: WHERE status = 'ongoing'
             ["org_id", "client_id", "started_at"],
             ["org_id", "resource_id", "started_at"],
+            ["org_id", "started_at", "id"],  # partial: WHERE status = 'ongoing'
         ]
     )
     definitions = {str(n): str(d) for n, d in read_rows(store_url, INDEX_SQL[dialect])}
     assert set(definitions) == set(indexes)
-    partial = [name for name, sql in definitions.items() if " WHERE " in sql.upper()]
-    assert partial == ["ix_sessions_gateway_ongoing"]
-    assert "'ongoing'" in definitions["ix_sessions_gateway_ongoing"]
+    partial = sorted(name for name, sql in definitions.items() if " WHERE " in sql.upper())
+    assert partial == ["ix_sessions_gateway_ongoing", "ix_sessions_org_id_started_at_id_ongoing"]
+    for name in partial:
+        assert "'ongoing'" in definitions[name]
     assert not foreign_keys
 
 

@@ -359,6 +359,8 @@ def purge_cmd(config_path: Path | None, org: str | None, dry_run: bool) -> None:
     for p in result.orgs:
         cutoff = format_time(p.cutoff)
         line = f"org {p.org_id}: {verb} {p.deleted:,} sessions that ended before {cutoff}"
+        if p.access_deleted:
+            line += f" and {p.access_deleted:,} access log rows of reads before it"
         if p.usage_cutoff_day is not None:
             line += f", and {p.usage_deleted:,} usage rows of days before {p.usage_cutoff_day}"
         click.echo(line)
@@ -408,13 +410,25 @@ def _with_engine(config: Config, work: Any) -> Any:
 @role_option
 @click.option("--org", help="The org an auditor token may read.")
 @click.option("--name", help="A note saying whose token this is.")
-def token_create(config_path: Path | None, role: str, org: str | None, name: str | None) -> None:
+@click.option(
+    "--expires",
+    "lifetime",
+    default="never",
+    show_default=True,
+    help="Refuse the token after this long: days or hours, like 90d or 12h, or never.",
+)
+def token_create(
+    config_path: Path | None, role: str, org: str | None, name: str | None, lifetime: str
+) -> None:
     """Create a token and print it once (only its hash is stored)."""
+    from datetime import UTC, datetime
+
     from tunnelacct.config.orgs import configured_org_ids
     from tunnelacct.errors import UnknownOrgError
     from tunnelacct.store.inventory import stored_org_ids
-    from tunnelacct.web.auth import Role, create_token
+    from tunnelacct.web.auth import Role, create_token, token_expiry
 
+    expires_at = token_expiry(lifetime, datetime.now(UTC))  # a bad --expires fails first
     config = _config(config_path)
 
     async def work(engine: Any) -> str:
@@ -422,22 +436,40 @@ def token_create(config_path: Path | None, role: str, org: str | None, name: str
             known = configured_org_ids(config) | await stored_org_ids(engine)
             if org not in known:
                 raise UnknownOrgError(org, sorted(known))
-        text, _row = await create_token(engine, Role(role), org_id=org, name=name)
+        text, _row = await create_token(
+            engine, Role(role), org_id=org, name=name, expires_at=expires_at
+        )
         return text
 
     click.echo(_with_engine(config, work))
     click.echo("store it now: it is not shown again", err=True)
+    if expires_at is not None:
+        click.echo(f"it stops working at {expires_at.isoformat()}", err=True)
 
 
 @token_group.command("list")
 @config_option
 def token_list(config_path: Path | None) -> None:
-    """Every token: id, role, org, name, created, revoked (never the secret)."""
-    from tunnelacct.web.auth import list_tokens
+    """Every token: id, role, org, name, created, revoked (or expired, or active), expires,
+    last used (never the secret)."""
+    from datetime import UTC, datetime
 
+    from tunnelacct.web.auth import list_tokens, token_state
+
+    now = datetime.now(UTC)
     for t in _with_engine(_config(config_path), list_tokens):
-        revoked = t.revoked_at.isoformat() if t.revoked_at else "active"
-        fields = [t.id, t.role, t.org_id or "*", t.name or "", t.created_at.isoformat(), revoked]
+        # revoked: when; else expired or active
+        state = t.revoked_at.isoformat() if t.revoked_at else token_state(t, now).value
+        fields = [
+            t.id,
+            t.role,
+            t.org_id or "*",
+            t.name or "",
+            t.created_at.isoformat(),
+            state,
+            t.expires_at.isoformat() if t.expires_at else "never",
+            t.last_used_at.isoformat() if t.last_used_at else "never",
+        ]
         click.echo("\t".join(_one_line(field) for field in fields))
 
 

@@ -36,7 +36,7 @@ def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def test_token_list_shows_one_line_of_six_fields_per_token_whatever_the_names(
+def test_token_list_shows_one_line_of_eight_fields_per_token_whatever_the_names(
     tmp_path: Path,
 ) -> None:
     database = tmp_path / "s.db"
@@ -52,7 +52,7 @@ def test_token_list_shows_one_line_of_six_fields_per_token_whatever_the_names(
     assert lines[-1] == ""  # each line ends with a newline, and there is nothing after
     rows = [line.split("\t") for line in lines[:-1]]
     assert len(rows) == len(stored) == len(FORGING_NAMES)
-    assert all(len(row) == 6 for row in rows), rows
+    assert all(len(row) == 8 for row in rows), rows
     assert {row[0] for row in rows} == set(stored)
     for row in rows:
         shown = row[3]

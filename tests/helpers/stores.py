@@ -126,6 +126,32 @@ def execute(url: str, sql: str, *params: object) -> None:
         engine.dispose()
 
 
+REFUSED = "refused by a test trigger"
+
+
+def refuse_writes(url: str, table: str, verb: str) -> None:
+    """Make every `verb` ("INSERT", "UPDATE") of `table` fail from now on, as a store that
+    refuses a write does: a trigger raising REFUSED, on either engine."""
+    trigger = f"refuse_{verb.lower()}_{table}"
+    if not url.startswith("postgresql"):
+        execute(
+            url,
+            f"CREATE TRIGGER {trigger} BEFORE {verb} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END",
+        )
+        return
+    execute(
+        url,
+        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql"
+        f" AS $$ BEGIN RAISE EXCEPTION '{REFUSED}'; END $$",
+    )
+    execute(
+        url,
+        f"CREATE TRIGGER {trigger} BEFORE {verb} ON {table}"
+        f" FOR EACH ROW EXECUTE FUNCTION {trigger}()",
+    )
+
+
 def alembic_to(url: str, revision: str, *, down: bool = False) -> None:
     """Alembic upgrade (or downgrade) of the store at `url` to `revision`."""
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)

@@ -51,6 +51,8 @@ from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
+API_LISTEN_ENV = "TUNNELACCT_API_LISTEN"
+_ROOT_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 _ID_WHY = "expected a non-empty id of letters, digits, '.', '_' or '-'"
 _PROTOCOLS = {p.label: p for p in IpProto}
 _TIMEOUTS, _WRITER = Timeouts(), WriterConfig()
@@ -70,7 +72,8 @@ def load_config(
 ) -> Config:
     """Read and validate the TOML file at `path` (None = all defaults) into a frozen Config.
 
-    `environ` defaults to os.environ; a non-empty $TUNNELACCT_DATABASE_URL replaces [database] url.
+    `environ` defaults to os.environ; a non-empty $TUNNELACCT_DATABASE_URL replaces [database] url,
+    and a non-empty $TUNNELACCT_API_LISTEN replaces [api] listen.
     CIDRs may have host bits set: "10.99.0.5/24" is accepted and stored as "10.99.0.0/24".
     """
     env = os.environ if environ is None else environ
@@ -95,7 +98,26 @@ def load_config(
             raise ConfigError(f"${DATABASE_URL_ENV}", problem, value=redact_url(env_url))
         database = dataclasses.replace(config.database, url=env_url)
         config = dataclasses.replace(config, database=database)
+    env_listen = env.get(API_LISTEN_ENV)
+    if env_listen:
+        address = listen_address(env_listen)
+        if address is None:
+            why = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"'
+            raise ConfigError(f"${API_LISTEN_ENV}", why, value=env_listen)
+        api = dataclasses.replace(config.api, host=address[0], port=address[1])
+        config = dataclasses.replace(config, api=api)
     return config
+
+
+def listen_address(text: str) -> tuple[str, int] | None:
+    """(host, port) of a "host:port" listen address (IPv6 host in brackets); None if not one."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", text)
+    if m is None:
+        return None
+    bracketed = m.group(1) is not None  # "[::1]:8080"
+    host = m.group(1) if bracketed else m.group(3)
+    port = int(m.group(2) if bracketed else m.group(4))
+    return (host, port) if 1 <= port <= 65535 else None
 
 
 def _read(path: str) -> str:
@@ -231,6 +253,15 @@ class Loader:
             if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
                 self.fail(where, "export_workers", "expected an integer 0-64", _shown(workers))
             api = dataclasses.replace(api, export_workers=workers)
+        api = dataclasses.replace(
+            api,
+            root_path=self._root_path(where, t),
+            trusted_proxies=self._proxies(where, t),
+            login_idle_timeout_s=self._seconds(
+                where, t, "login_idle_timeout", api.login_idle_timeout_s
+            ),
+            login_max_age_s=self._seconds(where, t, "login_max_age", api.login_max_age_s),
+        )
         where, t = self._section(doc, "retention")
         retention = RetentionConfig(
             interval_s=self._seconds(where, t, "interval", RetentionConfig().interval_s)
@@ -264,19 +295,37 @@ class Loader:
             metrics=metrics,
         )
 
+    def _root_path(self, where: _Where, t: Mapping[str, object]) -> str:
+        """[api] root_path: "" or a path like /tunnelacct (no trailing slash)."""
+        value = t.get("root_path", "")
+        why = 'expected "" or a path such as "/tunnelacct" (a leading /, no trailing /)'
+        if not isinstance(value, str):
+            self.fail(where, "root_path", why, _shown(value))
+        if value and (not _ROOT_PATH.fullmatch(value) or value.endswith("/")):
+            self.fail(where, "root_path", why, _shown(value))
+        return value
+
+    def _proxies(self, where: _Where, t: Mapping[str, object]) -> tuple[str, ...]:
+        """[api] trusted_proxies: addresses or networks of the proxies in front."""
+        values = t.get("trusted_proxies", [])
+        why = 'expected a list of addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/8"]'
+        if not isinstance(values, list):
+            self.fail(where, "trusted_proxies", why, _shown(values))
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except (TypeError, ValueError):
+                self.fail(where, "trusted_proxies", why, _shown(value))
+        return tuple(values)
+
     def _listen(self, where: _Where, t: Mapping[str, object], port_eg: str) -> tuple[str, int]:
         """A "host:port" (IPv6 host in brackets) listen address."""
         listen = t["listen"]
-        why = f'expected "host:port", e.g. "127.0.0.1:{port_eg}" or "[::1]:{port_eg}"'
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", str(listen))
-        if not isinstance(listen, str) or m is None:
+        address = listen_address(listen) if isinstance(listen, str) else None
+        if address is None:
+            why = f'expected "host:port", e.g. "127.0.0.1:{port_eg}" or "[::1]:{port_eg}"'
             self.fail(where, "listen", why, _shown(listen))
-        bracketed = m.group(1) is not None  # "[::1]:8080"
-        host = m.group(1) if bracketed else m.group(3)
-        port = m.group(2) if bracketed else m.group(4)
-        if not 1 <= int(port) <= 65535:
-            self.fail(where, "listen", why, listen)
-        return host, int(port)
+        return address
 
     def _section(self, doc: Mapping[str, object], name: str) -> tuple[_Where, dict[str, object]]:
         """The [name] table (empty when absent), after checking it has only known keys."""

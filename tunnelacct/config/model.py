@@ -34,7 +34,14 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
         "status_interval",
         "session_events",
     ),
-    "api": ("listen", "export_workers"),
+    "api": (
+        "listen",
+        "export_workers",
+        "root_path",
+        "trusted_proxies",
+        "login_idle_timeout",
+        "login_max_age",
+    ),
     "retention": ("interval",),
     "metrics": ("listen", "client_labels", "max_series"),
 }
@@ -181,6 +188,11 @@ class ApiConfig:
     host: str | None = None
     port: int = 8080
     export_workers: int = 1  # processes quoting CSV downloads (0: in the service's own)
+    root_path: str = ""  # the path prefix a reverse proxy serves the API and UI under
+    # proxies whose X-Forwarded-For/-Proto are believed (the https of a Secure cookie)
+    trusted_proxies: tuple[str, ...] = ()
+    login_idle_timeout_s: float = 30 * 60.0  # a web UI login ends this long after its last page
+    login_max_age_s: float = 12 * 3600.0  # and this long after signing in, whatever
 
 
 @dataclass(frozen=True, slots=True)

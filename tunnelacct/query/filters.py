@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, not_, true
+from sqlalchemy import ColumnElement, Table, and_, literal_column, not_, true
 
 from tunnelacct.enums import CloseReason, IpProto, SessionStatus
 from tunnelacct.errors import FilterError
@@ -208,6 +208,12 @@ class _Key:
 
 def _match_clause(term: Match, table: Table) -> ColumnElement[bool]:
     column = table.c[_MATCH_COLUMNS[term.key]]
+    if term.key == "status":
+        # A literal, not a bound parameter (the value is one of SessionStatus, checked by the
+        # parser): a generic plan of PostgreSQL (asyncpg prepares every statement) uses the
+        # partial index of an org's ongoing sessions only when the WHERE states its
+        # `status = 'ongoing'` (tests/test_query.py, the live log's plan).
+        return column == literal_column(f"'{SessionStatus(term.value).value}'")
     if column.nullable:
         # Two-valued even on NULL, so that `-client:x` keeps the sessions without a client.
         return and_(column.is_not(None), column == term.value)

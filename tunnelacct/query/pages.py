@@ -1,8 +1,9 @@
 """Keyset paging of one org's sessions, in one order for every reader: (started_at, id).
 
-The API's pages (`page()`: the rows after a cursor, and a count capped at a bound) and the
-CSV export's ranges (`first_and_last()`, `bound_after()`, `in_range()`) are all keyset reads
-in that order, so a page or a range is an index walk however deep it starts.
+The API's pages (`page()`: the rows after a cursor, and a count capped at a bound), the web
+UI's newest-first pages (`page_before()`) and the CSV export's ranges (`first_and_last()`,
+`bound_after()`, `in_range()`) are all keyset reads in that order (or its reverse), so a page
+or a range is an index walk however deep it starts.
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ def page(org_id: str, flt: Filter | None, after: Key | None, limit: int) -> Sele
     if after is not None:
         where.append(session_key(table) > after)
     return select(SessionRecord).where(*where).order_by(*key_order(table)).limit(limit + 1)
+
+
+def page_before(org_id: str, flt: Filter | None, before: Key | None, limit: int) -> Select[Any]:
+    """The records of a page newest first: `limit` + 1 matching sessions before `before` (the
+    newest when None), in descending key order (the web UI's log; the same index, backwards)."""
+    table = sessions_table()
+    where = of_org(org_id, flt, table)
+    if before is not None:
+        where.append(session_key(table) < before)
+    newest_first = (table.c.started_at.desc(), table.c.id.desc())
+    return select(SessionRecord).where(*where).order_by(*newest_first).limit(limit + 1)
 
 
 def capped_count(org_id: str, flt: Filter | None, cap: int) -> Select[Any]:

@@ -19,6 +19,11 @@ the sessions': in the same run and under the same lock, an org's usage_days rows
 before its first day kept are deleted, a day per transaction. Purging sessions never touches
 the rollup.
 
+The access log (issue 19: who read an org's sessions or usage) is kept as long as the org's
+sessions: in the same run, an org's access_log rows from before its cutoff are deleted in one
+indexed DELETE (a few rows a read, never millions); a dry run counts them. `purge_runs` has no
+column for them: the log line and `OrgPurge.access_deleted` report them.
+
 Read side: `PurgeRunTally` sums `purge_runs` for the metrics, so that every purge shows, whoever
 ran it (serve, cron, a systemd timer, another host).
 """
@@ -39,7 +44,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.errors import StoreError
 from tunnelacct.store.engine import backend_of
-from tunnelacct.store.models import Org, PurgeRun, SessionRecord, UsageDay, table_of
+from tunnelacct.store.models import (
+    AccessRecord,
+    Org,
+    PurgeRun,
+    SessionRecord,
+    UsageDay,
+    table_of,
+)
 from tunnelacct.store.purgework import PurgeWork, expired_conditions, renew_or_stop
 from tunnelacct.store.usagemonths import take_day_from_months
 
@@ -59,6 +71,7 @@ class OrgPurge:
     deleted: int  # rows deleted, or rows a real run would delete (dry run)
     usage_cutoff_day: date | None = None  # the first day of usage kept; None: kept forever
     usage_deleted: int = 0  # usage_days rows deleted (or that would be)
+    access_deleted: int = 0  # access_log rows from before `cutoff` deleted (or that would be)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +166,12 @@ async def purge(
             run_pk = await _record(engine, record)
             deleted = dropped.pop(org, 0)
             usage = _UsagePart(usage_cutoff_day)
+            access_deleted = 0
             try:
                 if dry_run:
                     deleted = await _count_expired(engine, org, cutoff)
                     usage.deleted = await _count_expired_usage(engine, org, usage_cutoff_day)
+                    access_deleted = await _count_expired_access(engine, org, cutoff)
                 else:
                     batches = _delete_expired(work, org, cutoff, batch_size, batch_lock)
                     async for n in batches:
@@ -165,6 +180,7 @@ async def purge(
                             on_deleted(org, n)
                     async for n in _delete_expired_usage(work, org, usage_cutoff_day, batch_lock):
                         usage.deleted += n
+                    access_deleted = await _delete_expired_access(work, org, cutoff, batch_lock)
             except (SQLAlchemyError, StoreError) as exc:
                 await _finish(engine, run_pk, clock(), "failed", deleted, str(exc), usage)
                 await _unreported(work, run_id, str(exc))  # orgs not reached
@@ -191,7 +207,16 @@ async def purge(
                     usage.deleted,
                     usage_cutoff_day,
                 )
-            done.append(OrgPurge(org, cutoff, deleted, usage_cutoff_day, usage.deleted))
+            log.info(
+                "purge: org %s: %s %d access log rows from before %s",
+                org,
+                verb,
+                access_deleted,
+                cutoff.isoformat(),
+            )
+            done.append(
+                OrgPurge(org, cutoff, deleted, usage_cutoff_day, usage.deleted, access_deleted)
+            )
     finally:
         await purge_lock.release()
     return PurgeResult(run_id, dry_run, tuple(done))
@@ -277,6 +302,30 @@ async def _delete_expired_usage(
             await renew_or_stop(conn, work)
         yield deleted
         await asyncio.sleep(0)  # let the writer and the API run between days
+
+
+def _expired_access(org_id: str, cutoff: datetime) -> list[ColumnElement[bool]]:
+    t = table_of(AccessRecord)
+    return [t.c.org_id == org_id, t.c.at < cutoff]
+
+
+async def _count_expired_access(engine: AsyncEngine, org_id: str, cutoff: datetime) -> int:
+    t = table_of(AccessRecord)
+    stmt = select(func.count()).select_from(t).where(*_expired_access(org_id, cutoff))
+    async with engine.connect() as conn:
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+async def _delete_expired_access(
+    work: PurgeWork, org_id: str, cutoff: datetime, write_lock: asyncio.Lock
+) -> int:
+    """Delete `org_id`'s access log rows from before `cutoff` in one transaction under
+    `write_lock`, renewing the lease; return how many."""
+    t = table_of(AccessRecord)
+    async with write_lock, work.engine.begin() as conn:
+        deleted = (await conn.execute(delete(t).where(*_expired_access(org_id, cutoff)))).rowcount
+        await renew_or_stop(conn, work)
+    return int(deleted)
 
 
 async def _count_expired(engine: AsyncEngine, org_id: str, cutoff: datetime) -> int:

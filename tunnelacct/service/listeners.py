@@ -152,9 +152,10 @@ def listen_socket(section: str, host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Any) -> Any:
+def uvicorn_server(app: Any, *, root_path: str = "", trusted_proxies: tuple[str, ...] = ()) -> Any:
     """A uvicorn server for `app` that leaves SIGTERM/SIGINT to the service, with the
-    connection guards above (header timeout, a cap that evicts idle connections)."""
+    connection guards above (header timeout, a cap that evicts idle connections), served
+    under `root_path`, believing X-Forwarded-* only from `trusted_proxies` (none: never)."""
     import uvicorn  # imported only when something listens
 
     class Server(uvicorn.Server):
@@ -172,5 +173,8 @@ def uvicorn_server(app: Any) -> Any:
         # asyncio accepts up to `backlog` sockets per wakeup before any of them reaches the
         # protocol and its cap: uvicorn's 2048 took every descriptor (issue 16)
         backlog=cap,
+        root_path=root_path,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=",".join(trusted_proxies) or None,
     )
     return Server(config)

@@ -255,7 +255,9 @@ class Service:
         api = self.config.api
         if api.host is None:
             return None
-        from tunnelacct.web.app import ApiContext, create_app  # imported only when the API is on
+        # imported only when the API is on
+        from tunnelacct.web.app import ApiContext, create_app
+        from tunnelacct.web.ui.logins import LoginExpiry
 
         sock = listen_socket("api", api.host, api.port)
         if api.export_workers > 0:
@@ -268,9 +270,21 @@ class Service:
             # the default org too: the config writes its row (and retention) when undeclared
             config_orgs=configured_org_ids(self.config),
             default_org=self.config.default_org,
+            login_expiry=LoginExpiry(
+                idle_s=api.login_idle_timeout_s, max_age_s=api.login_max_age_s
+            ),
+            purge_interval_s=self.config.retention.interval_s,
         )
-        log.info("REST API on http://%s:%d/ (OpenAPI at /docs)", api.host, api.port)
-        return uvicorn_server(create_app(ctx)), sock
+        log.info(
+            "REST API and web UI on http://%s:%d%s/ (OpenAPI at /docs)",
+            api.host,
+            api.port,
+            api.root_path,
+        )
+        server = uvicorn_server(
+            create_app(ctx), root_path=api.root_path, trusted_proxies=api.trusted_proxies
+        )
+        return server, sock
 
     def _metrics_server(self, registry: CollectorRegistry) -> Server | None:
         """A listener serving only /metrics, when [metrics] listen is set."""

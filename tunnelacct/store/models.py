@@ -183,6 +183,16 @@ class SessionRecord(TableBase, table=True):
         ),
         Index(None, "org_id", "client_id", "started_at"),
         Index(None, "org_id", "resource_id", "started_at"),
+        # An org's ongoing sessions, newest first (the web UI's live log and its count): only
+        # those are indexed, like the one above (migration 0012).
+        Index(
+            "ix_sessions_org_id_started_at_id_ongoing",
+            "org_id",
+            "started_at",
+            "id",
+            sqlite_where=text("status = 'ongoing'"),
+            postgresql_where=text("status = 'ongoing'"),
+        ),
     )
 
     id: uuid.UUID = Field(sa_type=Uuid, primary_key=True)
@@ -283,6 +293,10 @@ class ApiToken(TableBase, table=True):
     name: str | None = Field(default=None, sa_type=String, nullable=True)
     created_at: datetime = Field(sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    # refused from then on; None: never expires
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    # when a request last carried it, to within LAST_USED_RESOLUTION_S (web/auth.py)
+    last_used_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
 
 
 class User(TableBase, table=True):
@@ -313,6 +327,35 @@ class WebLogin(TableBase, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime)
     last_seen_at: datetime = Field(sa_type=UtcDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
+class AccessRecord(TableBase, table=True):
+    """One read of an org's sessions or usage (issue 19, web/accesslog.py): when, by whom
+    (`actor` "token:<id>" or "user:<name>", and its role), through the API or the UI (`via`),
+    what (`what`: "sessions", "sessions.csv", "session", "usage", "usage.csv"), the filter as
+    given, the rows answered and the HTTP status. Purged with the org's sessions."""
+
+    __tablename__: ClassVar[Any] = "access_log"
+    __table_args__: ClassVar[Any] = (
+        # the retention purge deletes an org's rows by time
+        Index(None, "org_id", "at"),
+        # ids never given again after a purge, so that newest-first pages by id stay exact
+        {"sqlite_autoincrement": True},
+    )
+
+    # BIGINT on PostgreSQL (a row per read for years); SQLite's rowid is 64-bit already
+    id: int | None = Field(
+        default=None, sa_type=BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    at: datetime = Field(sa_type=UtcDateTime)
+    org_id: str = Field(sa_type=String)
+    actor: str = Field(sa_type=String)
+    role: str = Field(sa_type=String(16))
+    via: str = Field(sa_type=String(8))  # AccessVia: "api" or "ui"
+    what: str = Field(sa_type=String(32))  # AccessTarget
+    filter_text: str = Field(sa_type=Text)
+    rows: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
+    status: int = Field(sa_type=Integer)
 
 
 class PurgeRun(TableBase, table=True):

@@ -28,7 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from tunnelacct import __version__
@@ -40,6 +40,7 @@ from tunnelacct.web.routes.orgs import org_routes
 from tunnelacct.web.routes.probes import probe_routes
 from tunnelacct.web.routes.sessions import session_routes
 from tunnelacct.web.routes.usage import usage_routes
+from tunnelacct.web.ui.site import UI_ERRORS, add_ui
 
 __all__ = ["ApiContext", "create_app"]
 
@@ -102,12 +103,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # HEAD, relative redirects, a body cap, stalled readers cut (issue 16)
     app.add_middleware(HttpGuards, stalled_send_s=ctx.stalled_send_s)
     _add_docs(app)
-    for error in HANDLED_ERRORS:
-        app.add_exception_handler(error, render_error)
     factories = (probe_routes, org_routes, admin_routes, session_routes, usage_routes)
     routers = [routes(ctx) for routes in factories]
     for router in routers:
         app.include_router(router)
+    site = add_ui(app, ctx)  # the web UI: pages over the same routes' functions (issue 19)
+
+    async def answer_error(request: Request, exc: Exception) -> Response:
+        """A UI request's error as a page; every other as the API's JSON."""
+        if site.owns(request):
+            return await site.error_page(request, exc)
+        return await render_error(request, exc)
+
+    for error in (*HANDLED_ERRORS, *UI_ERRORS):
+        app.add_exception_handler(error, answer_error)
     # the routes as written, for a 405 that names every method at its path (web/errors.py)
     app.state.method_routes = [route for router in routers for route in router.routes]
     return app

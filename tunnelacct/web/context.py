@@ -20,6 +20,7 @@ from tunnelacct.store.models import Org
 from tunnelacct.web.auth import Principal, Role, authenticate
 from tunnelacct.web.guards import STALLED_SEND_S
 from tunnelacct.web.limits import QueryLimits
+from tunnelacct.web.ui.logins import LoginExpiry
 
 MAX_LIMIT = 1000  # rows of one page of any list
 
@@ -42,11 +43,15 @@ class ApiContext:
     # The config's [attribution] default_org: the file sets its retention with or without an
     # [[orgs]] entry (without one, the [[orgs]] default), so a 409 for it says so (issue 15).
     default_org: str = DEFAULT_ORG
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # for updated_at
+    # now: for updated_at, the tokens' expiry and last use, and the access log's times
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # time limit, client disconnect and per-token concurrency of the reads (issue 16)
     limits: QueryLimits = field(default_factory=QueryLimits)
     # a response whose client reads nothing for this long is cut (a stalled CSV reader)
     stalled_send_s: float = STALLED_SEND_S
+    # the web UI: how long a sign-in lasts, and how often serve purges (None: it does not)
+    login_expiry: LoginExpiry = field(default_factory=LoginExpiry)
+    purge_interval_s: float | None = None
 
 
 def context_of(request: Request) -> ApiContext:
@@ -65,8 +70,10 @@ async def principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The principal of a valid bearer token; 401 otherwise."""
-    engine = context_of(request).engine
-    who = await authenticate(engine, credentials.credentials) if credentials else None
+    ctx = context_of(request)
+    who = None
+    if credentials is not None:
+        who = await authenticate(ctx.engine, credentials.credentials, now=ctx.clock())
     if who is None:
         raise HTTPException(
             401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"}
@@ -77,16 +84,22 @@ async def principal(
 Who = Annotated[Principal, Depends(principal)]
 
 
-async def visible_org(request: Request, org: str, who: Who) -> str:
-    """`org` when the token may read it and it exists; 404 either way otherwise, exactly like
-    an org that does not exist.
+async def org_visible(engine: AsyncEngine, who: Principal, org: str) -> bool:
+    """Whether `who` may read `org` and it exists: the one org scoping of the API and the UI.
 
     No org id holds a NUL (the config refuses one), and PostgreSQL text cannot: such an id is
     not looked up (it was a 500 there, issue 16)."""
-    if who.may_see(org) and "\x00" not in org:
-        async with AsyncSession(context_of(request).engine) as db:
-            if await db.get(Org, org) is not None:
-                return org
+    if not who.may_see(org) or "\x00" in org:
+        return False
+    async with AsyncSession(engine) as db:
+        return await db.get(Org, org) is not None
+
+
+async def visible_org(request: Request, org: str, who: Who) -> str:
+    """`org` when the token may read it and it exists; 404 either way otherwise, exactly like
+    an org that does not exist."""
+    if await org_visible(context_of(request).engine, who, org):
+        return org
     raise HTTPException(404, f"no org {org!r}")
 
 

@@ -32,7 +32,7 @@ from tunnelacct.web.errors import (
 
 FOREVER = "forever"  # retention_days of an org whose sessions are never purged (NULL in the store)
 # "off" is logging = false, never retention_days = 0 (as in the config file)
-_RETENTION_WHY = (
+RETENTION_WHY = (
     f'expected days 1-{MAX_RETENTION_DAYS} or "forever" '
     "(to store none of an org's sessions, set logging = false in its [[orgs]] entry)"
 )
@@ -79,9 +79,9 @@ def _retention_days(body: bytes) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadParameter("retention_days", f"retention_days {shown(value)}: {_RETENTION_WHY}")
+        raise BadParameter("retention_days", f"retention_days {shown(value)}: {RETENTION_WHY}")
     if not 1 <= value <= MAX_RETENTION_DAYS:
-        raise BadParameter("retention_days", f"retention_days {value}: {_RETENTION_WHY}")
+        raise BadParameter("retention_days", f"retention_days {value}: {RETENTION_WHY}")
     return value
 
 
@@ -101,6 +101,21 @@ def _set_in_config(org: str, default_org: str) -> str:
         f"org {org!r} is defined in the config file, which sets its retention: "
         "edit retention_days in its [[orgs]] entry there"
     )
+
+
+async def set_retention_days(ctx: ApiContext, org: str, days: int | None) -> Org:
+    """Keep `org`'s sessions `days` days (None: forever), as an admin asked through the API or
+    the UI; 409 for an org the config file defines (it sets the retention there)."""
+    if org in ctx.config_orgs:
+        raise HTTPException(409, _set_in_config(org, ctx.default_org))
+    async with AsyncSession(ctx.engine, expire_on_commit=False) as db:
+        row = await db.get(Org, org)
+        if row is None:  # deleted since it was looked up
+            raise HTTPException(404, f"no org {org!r}")
+        row.retention_days = days
+        row.updated_at = ctx.clock()
+        await db.commit()
+    return row
 
 
 def org_routes(ctx: ApiContext) -> APIRouter:
@@ -154,15 +169,7 @@ def org_routes(ctx: ApiContext) -> APIRouter:
         # Admin before OrgId: an auditor gets its 403 whatever the org, and learns nothing.
         # The body is parsed here, not by FastAPI, so that every bad one is a 400 naming it.
         days = _retention_days(await request.body())
-        if org in ctx.config_orgs:
-            raise HTTPException(409, _set_in_config(org, ctx.default_org))
-        async with AsyncSession(ctx.engine, expire_on_commit=False) as db:
-            row = await db.get(Org, org)
-            if row is None:  # deleted since visible_org looked
-                raise HTTPException(404, f"no org {org!r}")
-            row.retention_days = days
-            row.updated_at = ctx.clock()
-            await db.commit()
+        row = await set_retention_days(ctx, org, days)
         return org_fields(row)
 
     @router.get("/api/v1/orgs/{org}/clients", responses=ORG_ERRORS)

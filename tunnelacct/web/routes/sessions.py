@@ -2,29 +2,27 @@
 
 GET /api/v1/orgs/{org}/sessions?q=&limit=&cursor=   a keyset page + capped count
 GET /api/v1/orgs/{org}/sessions.csv?q=     every matching session, streamed
+
+Each read is written to the access log (web/accesslog.py): a page with its rows, an export
+once its stream ends, with the rows it sent (a stream cut short: the rows so far).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
-import base64
-import binascii
-import contextlib
-import json
-import uuid
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tunnelacct.query.export import csv_pages
 from tunnelacct.query.filters import parse_filter
 from tunnelacct.query.pages import capped_count, page
 from tunnelacct.query.records import record_fields
 from tunnelacct.store.models import SessionRecord
+from tunnelacct.web.accesslog import AccessTarget, api_access, record_access
 from tunnelacct.web.context import MAX_LIMIT, ApiContext, OrgId, Who
-from tunnelacct.web.errors import ORG_ERRORS, BadParameter, bad_doc, error_doc
+from tunnelacct.web.cursors import decode_cursor, encode_cursor
+from tunnelacct.web.errors import ORG_ERRORS, bad_doc, error_doc
+from tunnelacct.web.streaming import ExportProgress, export_stream
 
 COUNT_CAP = 10_000  # counting stops here, so a page stays fast on a huge table
 _QUERY_ERRORS = {
@@ -38,49 +36,6 @@ _CSV_ERRORS = {
     400: bad_doc("a filter q (with the `token` at fault and `expected`)"),
     429: error_doc("as many exports stream already (all tokens, or this one's): see Retry-After"),
 }
-
-
-def _encode_cursor(started_at: datetime, ident: uuid.UUID) -> str:
-    raw = json.dumps([started_at.isoformat(), ident.hex]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, ident = json.loads(raw)
-        if not isinstance(when, str) or not isinstance(ident, str):
-            raise TypeError("a cursor is [started_at, id], both strings")
-        started_at = datetime.fromisoformat(when)
-        if started_at.tzinfo is None:
-            raise ValueError("a cursor's started_at has an offset")
-        return started_at.astimezone(UTC), uuid.UUID(hex=ident)
-    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as e:
-        raise BadParameter("cursor", f"bad cursor {cursor!r}: use next_cursor of a page") from e
-
-
-class _ClosingStream(StreamingResponse):
-    """A StreamingResponse that closes its body iterator, then calls `on_close`, however the
-    response ends.
-
-    A stream cut short (the client left, or stopped reading) left its generator suspended
-    until garbage collection, with its export slots and database connection (issue 16).
-    """
-
-    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            try:
-                close = getattr(self.body_iterator, "aclose", None)
-                if close is not None:
-                    await close()
-            finally:
-                self._on_close()
 
 
 def session_routes(ctx: ApiContext) -> APIRouter:
@@ -98,7 +53,7 @@ def session_routes(ctx: ApiContext) -> APIRouter:
         cursor: str | None = None,
     ) -> dict[str, Any]:
         flt = parse_filter(q) if q.strip() else None
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         stmt = page(org, flt, after, limit)
         capped = capped_count(org, flt, COUNT_CAP)
 
@@ -112,9 +67,11 @@ def session_routes(ctx: ApiContext) -> APIRouter:
             rows, count = await ctx.limits.run(ctx.engine, request.receive, read)
         more = len(rows) > limit
         rows = rows[:limit]
+        access = api_access(who, org, AccessTarget.SESSIONS, q, rows=len(rows), at=ctx.clock())
+        await record_access(ctx.engine, access)
         return {
             "sessions": [record_fields(r) for r in rows],
-            "next_cursor": _encode_cursor(rows[-1].started_at, rows[-1].id) if more else None,
+            "next_cursor": encode_cursor(rows[-1].started_at, rows[-1].id) if more else None,
             "count": min(count, COUNT_CAP),
             "count_capped": count > COUNT_CAP,
         }
@@ -133,19 +90,16 @@ def session_routes(ctx: ApiContext) -> APIRouter:
     async def sessions_csv(who: Who, org: OrgId, q: str = "") -> StreamingResponse:
         flt = parse_filter(q) if q.strip() else None
         release = ctx.limits.reserve_export(who.token_id)  # a 429 before any 200
+        started_at = ctx.clock()
 
-        async def body() -> AsyncIterator[bytes]:
-            pages = csv_pages(ctx.engine, org, flt=flt, workers=ctx.export_workers)
-            async with contextlib.aclosing(pages):
-                async for chunk, _rows in pages:
-                    yield chunk.encode()
+        async def ended(progress: ExportProgress) -> None:
+            what = AccessTarget.SESSIONS_CSV
+            access = api_access(
+                who, org, what, q, rows=progress.rows, at=started_at, status=progress.status
+            )
+            await record_access(ctx.engine, access)
 
         filename = f"tunnelacct-{org}-sessions.csv"
-        return _ClosingStream(
-            body(),
-            on_close=release,
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+        return export_stream(ctx, org, flt, filename, release=release, ended=ended)
 
     return router

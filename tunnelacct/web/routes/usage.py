@@ -4,7 +4,8 @@ GET /api/v1/orgs/{org}/usage?by=user,resource&interval=day|week|month&from=&to=&
 GET /api/v1/orgs/{org}/usage.csv?...   the same report as CSV
 
 The same tokens and org scoping as the sessions; `q` takes the filter language's dimension
-terms only (client:, user:, resource:, protocol:, gateway:).
+terms only (client:, user:, resource:, protocol:, gateway:). Each report is written to the
+access log (web/accesslog.py) with its `q` as given and its rows.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
@@ -21,6 +22,7 @@ from tunnelacct.reports.usage import (
     report_statement,
     usage_query,
 )
+from tunnelacct.web.accesslog import AccessTarget, api_access, record_access
 from tunnelacct.web.context import ApiContext, OrgId, Who
 from tunnelacct.web.errors import ORG_ERRORS, bad_doc, error_doc
 
@@ -85,14 +87,21 @@ def usage_routes(ctx: ApiContext) -> APIRouter:
     """An org's usage report, as JSON and as CSV."""
     router = APIRouter()
 
-    async def report(request: Request, who: Who, query: UsageQuery) -> list[UsageRow]:
+    async def report(
+        request: Request, who: Who, query: UsageQuery, what: AccessTarget
+    ) -> list[UsageRow]:
+        """The report's rows, its read written to the access log."""
         statement = report_statement(ctx.engine, query)
 
         async def read(db: AsyncSession) -> list[UsageRow]:
             return [tuple(row) for row in await db.execute(statement)]
 
         async with ctx.limits.slot(who.token_id):
-            return await ctx.limits.run(ctx.engine, request.receive, read)
+            rows = await ctx.limits.run(ctx.engine, request.receive, read)
+        q = request.query_params.get("q", "")
+        access = api_access(who, query.org_id, what, q, rows=len(rows), at=ctx.clock())
+        await record_access(ctx.engine, access)
+        return rows
 
     @router.get(
         "/api/v1/orgs/{org}/usage",
@@ -106,7 +115,7 @@ def usage_routes(ctx: ApiContext) -> APIRouter:
         },
     )
     async def usage(request: Request, who: Who, query: Report) -> JSONResponse:
-        rows = await report(request, who, query)
+        rows = await report(request, who, query, AccessTarget.USAGE)
         names = header(query)
         body = {
             "org": query.org_id,
@@ -133,7 +142,8 @@ def usage_routes(ctx: ApiContext) -> APIRouter:
         },
     )
     async def usage_csv(request: Request, who: Who, query: Report) -> StreamingResponse:
-        rows = await report(request, who, query)  # read whole: a report is days x groups
+        # read whole: a report is days x groups
+        rows = await report(request, who, query, AccessTarget.USAGE_CSV)
         filename = f"tunnelacct-{query.org_id}-usage-{query.first_day}-{query.last_day}.csv"
         return StreamingResponse(
             iter(list(csv_chunks(query, rows))),
