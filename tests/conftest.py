@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.helpers.browser import PageOpener, launch_chromium
 from tests.helpers.needs import INSTALL_HINT, missing_tools, not_root, require
 from tests.helpers.netlab import WireguardLab
 from tests.helpers.pg import fresh_database
@@ -92,3 +94,19 @@ async def store_engine(store_url: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(store_url)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, once per module of browser tests (never per session:
+    Playwright's sync API holds the main thread's event loop while it runs, see
+    tests/helpers/browser.py)."""
+    with launch_chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[PageOpener]:
+    """Opens pages in fresh browser contexts, closed when the test ends."""
+    with PageOpener(browser) as opener:
+        yield opener

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -25,7 +24,6 @@ from tests.helpers.browser import (
     assert_accessible,
     assert_clean,
     chromium_path,
-    launch_chromium,
     save_screenshot,
     screenshots_dir,
     serve_app,
@@ -100,18 +98,6 @@ def harness_app() -> Starlette:
             Route("/favicon.svg", favicon),
         ]
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def open_page(browser: Browser) -> Iterator[PageOpener]:
-    with PageOpener(browser) as opener:
-        yield opener
 
 
 @pytest.fixture(scope="module")

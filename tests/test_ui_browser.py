@@ -17,14 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.helpers.browser import (
     PageOpener,
     ServedApp,
     assert_accessible,
     assert_clean,
-    launch_chromium,
     save_screenshot,
     serve_app,
 )
@@ -61,18 +60,6 @@ def served(store: str) -> Iterator[tuple[ServedApp, str]]:
         token, _row = served_app.run(create_token(engine, Role.ADMIN))
         yield served_app, token
         served_app.run(engine.dispose())
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def open_page(browser: Browser) -> Iterator[PageOpener]:
-    with PageOpener(browser) as opener:
-        yield opener
 
 
 def api_ids(served: tuple[ServedApp, str], q: str) -> list[str]:
@@ -228,6 +215,9 @@ def test_keyboard_only_pass(served: tuple[ServedApp, str], open_page: PageOpener
     expect(focused).to_have_attribute("aria-expanded", "true")
     expect(panel).to_be_visible()
     checked(page, "sessions-row-open")
+    # the README's picture (docs/images/ui-sessions.png is a copy of it)
+    page.evaluate("window.scrollTo(0, 0)")
+    save_screenshot(page, "readme-ui-sessions", full_page=False)
     panel.get_by_role("link", name="Every field of this session").focus()
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/acct/orgs/acme/sessions/[0-9a-f-]{36}$"))
@@ -270,8 +260,21 @@ def test_admin_pages(served: tuple[ServedApp, str], open_page: PageOpener) -> No
     expect(page.get_by_role("heading", name="Retention")).to_be_visible()
     checked(page, "retention")
     page.goto(f"{app.url}/orgs/acme/usage?from=2026-11-01&to=2026-11-30&by=user")
-    expect(page.locator("svg.chart rect.bar")).not_to_have_count(0)
+    expect(page.locator("svg.chart rect.bar")).to_have_count(30)
     checked(page, "usage")
+    save_screenshot(page, "readme-ui-usage", full_page=False)
+    page.goto(f"{app.url}/access-log")
+    expect(page.get_by_role("heading", name="Access log")).to_be_visible()
+    expect(page.locator("tbody tr").first).to_contain_text("user:admin")
+    checked(page, "access-log")
+    page.goto(f"{app.url}/tokens")
+    checked(page, "tokens")
+    page.get_by_label("Org (auditors)").fill("acme")
+    page.get_by_label("Name").fill("auditor laptop")
+    page.get_by_role("button", name="Create").click()
+    created = page.get_by_label("Token")
+    expect(created).to_have_value(re.compile(r"^tat_[0-9a-f]{16}_"))
+    checked(page, "tokens-created")
 
 
 def test_narrow_viewport_and_auditor(served: tuple[ServedApp, str], open_page: PageOpener) -> None:

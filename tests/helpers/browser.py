@@ -3,17 +3,8 @@
 the checks every page gets: no console errors, page errors or CSP violations, zero axe-core
 WCAG 2.2 AA violations, and a screenshot kept as a CI artifact.
 
-A browser test module launches Chromium once, opens fresh pages per test and serves its app:
-
-    @pytest.fixture(scope="module")
-    def browser() -> Iterator[Browser]:
-        with launch_chromium() as browser:
-            yield browser
-
-    @pytest.fixture
-    def open_page(browser: Browser) -> Iterator[PageOpener]:
-        with PageOpener(browser) as opener:
-            yield opener
+A browser test module uses tests/conftest.py's `browser` (Chromium, launched once per module)
+and `open_page` (fresh pages per test) and serves its app:
 
     @pytest.fixture(scope="module")
     def served() -> Iterator[ServedApp]:
@@ -332,12 +323,15 @@ def screenshots_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return (Path(artifacts) if artifacts else REPO / "artifacts") / "screenshots"
 
 
-def save_screenshot(page: Page, name: str, environ: Mapping[str, str] = os.environ) -> Path:
-    """Save a full-page PNG of `page` as <screenshots_dir>/<name>.png and return its path; a
-    later one of the same name replaces it. save_screenshot(page, "ui-sessions-invalid")"""
+def save_screenshot(
+    page: Page, name: str, environ: Mapping[str, str] = os.environ, *, full_page: bool = True
+) -> Path:
+    """Save a PNG of `page` (the whole page, or the viewport only) as
+    <screenshots_dir>/<name>.png and return its path; a later one of the same name replaces
+    it. save_screenshot(page, "ui-sessions-invalid")"""
     if not _SCREENSHOT_NAME.fullmatch(name):
         raise ValueError(f"screenshot name {name!r}: expected letters, digits, '.', '_' or '-'")
     path = screenshots_dir(environ) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=path, full_page=True)
+    page.screenshot(path=path, full_page=full_page)
     return path

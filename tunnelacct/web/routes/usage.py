@@ -144,11 +144,16 @@ def usage_routes(ctx: ApiContext) -> APIRouter:
     async def usage_csv(request: Request, who: Who, query: Report) -> StreamingResponse:
         # read whole: a report is days x groups
         rows = await report(request, who, query, AccessTarget.USAGE_CSV)
-        filename = f"tunnelacct-{query.org_id}-usage-{query.first_day}-{query.last_day}.csv"
-        return StreamingResponse(
-            iter(list(csv_chunks(query, rows))),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+        return usage_csv_response(query, rows)
 
     return router
+
+
+def usage_csv_response(query: UsageQuery, rows: list[UsageRow]) -> StreamingResponse:
+    """A report as a CSV attachment (the API's usage.csv and the UI's Download CSV)."""
+    filename = f"tunnelacct-{query.org_id}-usage-{query.first_day}-{query.last_day}.csv"
+    return StreamingResponse(
+        iter(list(csv_chunks(query, rows))),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

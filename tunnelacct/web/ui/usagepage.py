@@ -14,14 +14,15 @@ from datetime import date, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tunnelacct.errors import FilterError
-from tunnelacct.reports.render import csv_chunks, header
+from tunnelacct.reports.render import header
 from tunnelacct.reports.usage import UsageQuery, UsageQueryError, report_statement, usage_query
 from tunnelacct.web.accesslog import AccessTarget
 from tunnelacct.web.context import ApiContext
+from tunnelacct.web.routes.usage import usage_csv_response
 from tunnelacct.web.ui.render import Pages, human_bytes
 from tunnelacct.web.ui.sessionlog import quoted
 from tunnelacct.web.ui.viewers import SignedIn, ViewerOrg, log_access
@@ -199,11 +200,6 @@ def usage_page_routes(ctx: ApiContext, pages: Pages) -> APIRouter:
         query_text = form["q"]
         rows = await read(request, viewer.principal.token_id, query)
         await log_access(request, viewer, org, AccessTarget.USAGE_CSV, query_text, rows=len(rows))
-        filename = f"tunnelacct-{org}-usage-{query.first_day}-{query.last_day}.csv"
-        return StreamingResponse(
-            iter(list(csv_chunks(query, rows))),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+        return usage_csv_response(query, rows)
 
     return router
