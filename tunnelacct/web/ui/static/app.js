@@ -21,6 +21,7 @@
     var url = results.getAttribute("data-live-url");
     var status = document.getElementById("live-status");
     var timer = null;
+    var stopped = false;
     var lastCount = null;
     function countOf(root) {
       var marked = root.querySelector("[data-count]");
@@ -29,10 +30,17 @@
     function refresh() {
       fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (response) {
+          if (response.redirected) {  // to the sign-in page: the login ended
+            pause();
+            stopped = true;
+            if (status) status.textContent = "Live refresh stopped: signed out. Reload to sign in.";
+            return null;
+          }
           if (!response.ok) throw new Error("HTTP " + response.status);
           return response.text();
         })
         .then(function (html) {
+          if (html === null) return;
           var doc = new DOMParser().parseFromString(html, "text/html");
           results.replaceChildren.apply(results, Array.from(doc.body.childNodes));
           wireDisclosures(results);
@@ -47,13 +55,13 @@
         });
     }
     function schedule() {
-      if (timer === null && !document.hidden) timer = setInterval(refresh, 5000);
+      if (timer === null && !stopped && !document.hidden) timer = setInterval(refresh, 5000);
     }
     function pause() {
       if (timer !== null) { clearInterval(timer); timer = null; }
     }
     document.addEventListener("visibilitychange", function () {
-      if (document.hidden) { pause(); } else { refresh(); schedule(); }
+      if (document.hidden) { pause(); } else if (!stopped) { refresh(); schedule(); }
     });
     lastCount = countOf(results);
     schedule();
