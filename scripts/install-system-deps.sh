@@ -18,14 +18,23 @@ DEPS=(
   ip:iproute2
   sqlite3:sqlite3
   prometheus:prometheus
+  # the flow-record collector's tests (issue 20): three softflowd exporters on a veth, nfcapd
+  # and nfdump as the oracle, ethtool to turn the veth's offloads off, tcpreplay for replays
+  softflowd:softflowd
+  softflowctl:softflowd
+  nfcapd:nfdump
+  nfdump:nfdump
+  tcpreplay:tcpreplay
+  ethtool:ethtool
   # the web UI's browser tests drive Debian's Chromium through Playwright's executable_path,
   # so no browser is downloaded (issue 19); the font gives its screenshots legible text
   /usr/lib/chromium/chromium:chromium
   /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 )
 # Packages that ship a system service: installed for their binary only. The tests start their
-# own prometheus on a free port, and a system one would hold :9090 and scrape on its own.
-SERVICES=(prometheus)
+# own prometheus on a free port, and a system one would hold :9090 and scrape on its own;
+# likewise a system softflowd or nfcapd would export or collect on its own.
+SERVICES=(prometheus softflowd nfdump)
 # Wait for a concurrent apt/dpkg run instead of failing on its lock.
 APT_OPTS=(-y --no-install-recommends -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
 

@@ -636,3 +636,13 @@ async def test_the_access_log_records_ui_and_api_reads(site: Site) -> None:
     listing = await site.ui.get("/access-log", params={"org": "acme"})
     body = listing.text[listing.text.index("<tbody>") :]
     assert body.count("<tr>") == 2 and "user:admin" in body and "token:" not in body
+
+
+async def test_a_form_of_too_many_fields_is_400_not_500(site: Site) -> None:
+    await site.sign_in()
+    body = "&".join(f"f{n}=x" for n in range(100))
+    r = await site.ui.post(
+        "/logout", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 400 and "more than 32 fields" in r.text
+    assert (await site.ui.get("/orgs")).status_code == 200  # still signed in

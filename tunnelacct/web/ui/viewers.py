@@ -22,6 +22,7 @@ from tunnelacct.web.ui.logins import LOGIN_COOKIE, Viewer, find_login
 
 CSRF_FIELD = "csrf"
 MAX_FIELD_CHARS = 4096  # a filter, a name, a password: none is longer
+MAX_FIELDS = 32  # the UI's largest form has 6
 
 
 class LoginNeeded(Exception):
@@ -91,7 +92,10 @@ async def form_fields(request: Request) -> dict[str, str]:
     """A POST's urlencoded form: the first value of each field, each cut at MAX_FIELD_CHARS
     (the app's guards cap the body at 64 KiB before it is read)."""
     body = (await request.body()).decode("utf-8", errors="replace")
-    fields = parse_qs(body, keep_blank_values=True, max_num_fields=32)
+    try:
+        fields = parse_qs(body, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:  # more fields than any form of the UI has
+        raise HTTPException(400, f"a form of more than {MAX_FIELDS} fields") from None
     return {name: values[0][:MAX_FIELD_CHARS] for name, values in fields.items()}
 
 

@@ -1,0 +1,123 @@
+"""The flow-exporter lab (tests/helpers/flowlab.py) against independent oracles: tshark reads
+the scenario pcap, nfdump reads what nfcapd stored from the same exporters (issue 20)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.flowlab import (
+    EXPORTERS,
+    SHORT_SCENARIO,
+    FiveTuple,
+    FlowLabResult,
+    available,
+    load_datagrams,
+    run_flow_lab,
+)
+from tests.helpers.needs import INSTALL_HINT, missing_tools, require
+
+TSHARK_FIELDS = (
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "ip.len",
+    "ipv6.plen",
+    "ip.proto",
+    "ipv6.nxt",
+    "tcp.srcport",
+    "tcp.dstport",
+    "udp.srcport",
+    "udp.dstport",
+)
+IPV6_HEADER_BYTES = 40
+# ICMP errors quote a UDP header, which tshark would count as UDP
+TSHARK_FILTER = "(tcp or udp) and not icmp and not icmpv6"
+
+
+@pytest.fixture(scope="module")
+def lab_result(tmp_path_factory: pytest.TempPathFactory) -> FlowLabResult:
+    """One short scenario through the whole lab, shared by the module's tests."""
+    require(available(), "flow-exporter lab tests", hint=INSTALL_HINT)
+    require(missing_tools("tshark"), "flow-exporter lab tests", hint=INSTALL_HINT)
+    return run_flow_lab(tmp_path_factory.mktemp("flowlab"), SHORT_SCENARIO)
+
+
+def tshark_totals(pcap: Path, sentinel_port: int) -> dict[FiveTuple, tuple[int, int]]:
+    """(packets, IP bytes) per directed 5-tuple from tshark's reading of the pcap."""
+    argv = ["tshark", "-n", "-r", str(pcap), "-Y", TSHARK_FILTER, "-T", "fields"]
+    argv += ["-E", "separator=,", "-E", "occurrence=f"]
+    for name in TSHARK_FIELDS:
+        argv += ["-e", name]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    totals: dict[FiveTuple, list[int]] = defaultdict(lambda: [0, 0])
+    for line in out.splitlines():
+        src4, dst4, src6, dst6, len4, plen6, proto4, next6, tsport, tdport, usport, udport = (
+            line.split(",")
+        )
+        if src4:
+            src, dst, ip_bytes, proto = src4, dst4, int(len4), int(proto4)
+        else:
+            src, dst, ip_bytes, proto = src6, dst6, int(plen6) + IPV6_HEADER_BYTES, int(next6)
+        sport, dport = (tsport, tdport) if proto == 6 else (usport, udport)
+        if sentinel_port in (int(sport), int(dport)):
+            continue
+        key = (proto, str(ipaddress.ip_address(src)), int(sport))
+        key += (str(ipaddress.ip_address(dst)), int(dport))
+        totals[key][0] += 1
+        totals[key][1] += ip_bytes
+    return {key: (packets, nbytes) for key, (packets, nbytes) in totals.items()}
+
+
+def test_every_exporter_sent_datagrams_of_its_version(lab_result: FlowLabResult) -> None:
+    for exporter in EXPORTERS:
+        datagrams = lab_result.datagrams[exporter.name]
+        assert datagrams, f"no datagram from {exporter.name}"
+        versions = {int.from_bytes(gram.data[:2], "big") for gram in datagrams}
+        assert versions == {exporter.version}, exporter.name
+
+
+@pytest.mark.parametrize("exporter", ["v9", "ipfix"])
+def test_nfdump_per_direction_totals_equal_the_pcaps(
+    lab_result: FlowLabResult, exporter: str
+) -> None:
+    expected = tshark_totals(lab_result.pcap, lab_result.sentinel_port)
+    assert any(key[0] == 6 and key[4] == 5201 for key in expected), "no iperf3 TCP in the pcap"
+    assert any(":" in key[1] for key in expected), "no IPv6 flow in the pcap"
+    assert lab_result.nfdump_totals(exporter) == expected
+
+
+def test_nfdump_biflow_forward_totals_equal_the_pcaps(lab_result: FlowLabResult) -> None:
+    # RFC 5103: forward is the first packet's sender. nfdump 1.7.1 keeps only the forward
+    # counters of softflowd's biflows (reverse IEs are PEN 29305), so only those are compared.
+    expected = tshark_totals(lab_result.pcap, lab_result.sentinel_port)
+    forward = lab_result.nfdump_totals("ipfix-biflow")
+    assert forward
+    assert {key: expected.get(key) for key in forward} == forward
+
+
+def test_saved_datagrams_read_back_unchanged(lab_result: FlowLabResult, tmp_path: Path) -> None:
+    for exporter in EXPORTERS:
+        path = lab_result.save_datagrams(exporter.name, tmp_path / f"{exporter.name}.pcap")
+        back = load_datagrams(path)
+        sent = lab_result.datagrams[exporter.name]
+        assert [gram.data for gram in back] == [gram.data for gram in sent]
+        assert [gram.source for gram in back] == [gram.source for gram in sent]
+        # a pcap keeps microseconds
+        assert [g.arrived_ts for g in back] == pytest.approx([g.arrived_ts for g in sent], abs=2e-6)
+
+
+def test_nothing_is_left_running_after_the_lab(lab_result: FlowLabResult) -> None:
+    alive = [pid for pid in lab_result.pids if Path(f"/proc/{pid}").exists()]
+    assert alive == []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    names = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    assert names.isdisjoint(lab_result.namespaces)
+    assert not any(Path("/run/netns", name).exists() for name in lab_result.namespaces)
+    assert os.getpid() not in lab_result.pids
