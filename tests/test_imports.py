@@ -82,6 +82,7 @@ BASE = ("tunnelacct", "tunnelacct.errors", "tunnelacct.enums", "tunnelacct.log")
 ROOMS = (
     "config",
     "capture",
+    "collector",
     "sessions",
     "store",
     "ingest",

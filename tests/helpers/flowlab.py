@@ -630,7 +630,8 @@ class FlowLab:
         for proc in self._softflowds.values():
             _stop(proc, signal.SIGTERM)
         self._receivers.wait_quiet(self.quiet_s, "datagrams after softflowd stopped")
-        rows, logs = {}, {}
+        rows: dict[str, list[FlowRow]] = {}
+        logs: dict[str, str] = {}
         for name, proc in self._nfcapds.items():
             _stop(proc, signal.SIGTERM)  # flushes its file
             logs[name] = self._log_of(proc)
