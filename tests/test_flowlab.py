@@ -21,25 +21,8 @@ from tests.helpers.flowlab import (
     run_flow_lab,
 )
 from tests.helpers.needs import INSTALL_HINT, missing_tools, require
+from tests.helpers.oracle import tshark_sessions
 from tunnelacct.collector.decode import FlowDecoder
-
-TSHARK_FIELDS = (
-    "ip.src",
-    "ip.dst",
-    "ipv6.src",
-    "ipv6.dst",
-    "ip.len",
-    "ipv6.plen",
-    "ip.proto",
-    "ipv6.nxt",
-    "tcp.srcport",
-    "tcp.dstport",
-    "udp.srcport",
-    "udp.dstport",
-)
-IPV6_HEADER_BYTES = 40
-# ICMP errors quote a UDP header, which tshark would count as UDP
-TSHARK_FILTER = "(tcp or udp) and not icmp and not icmpv6"
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +34,23 @@ def lab_result(tmp_path_factory: pytest.TempPathFactory) -> FlowLabResult:
 
 
 def tshark_totals(pcap: Path, sentinel_port: int) -> dict[FiveTuple, tuple[int, int]]:
-    """(packets, IP bytes) per directed 5-tuple from tshark's reading of the pcap."""
-    argv = ["tshark", "-n", "-r", str(pcap), "-Y", TSHARK_FILTER, "-T", "fields"]
-    argv += ["-E", "separator=,", "-E", "occurrence=f"]
-    for name in TSHARK_FIELDS:
-        argv += ["-e", name]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    """(packets, IP bytes) per directed 5-tuple of tshark's TCP and UDP streams of the pcap
+    (tests/helpers/oracle.py), the sentinel's left out."""
     totals: dict[FiveTuple, list[int]] = defaultdict(lambda: [0, 0])
-    for line in out.splitlines():
-        cell = dict(zip(TSHARK_FIELDS, line.split(","), strict=True))
-        if cell["ip.src"]:
-            src = cell["ip.src"]
-            dst = cell["ip.dst"]
-            ip_bytes = int(cell["ip.len"])
-            proto = int(cell["ip.proto"])
-        else:
-            src = cell["ipv6.src"]
-            dst = cell["ipv6.dst"]
-            ip_bytes = int(cell["ipv6.plen"]) + IPV6_HEADER_BYTES
-            proto = int(cell["ipv6.nxt"])
-        layer = "tcp" if proto == 6 else "udp"
-        sport = int(cell[f"{layer}.srcport"])
-        dport = int(cell[f"{layer}.dstport"])
-        if sentinel_port in (sport, dport):
+    for stream in tshark_sessions(pcap):
+        if sentinel_port in (stream.src_port, stream.dst_port):
             continue
-        key = (proto, str(ipaddress.ip_address(src)), sport, str(ipaddress.ip_address(dst)), dport)
-        totals[key][0] += 1
-        totals[key][1] += ip_bytes
+        proto = 6 if stream.protocol == "tcp" else 17
+        src = str(ipaddress.ip_address(stream.src_addr))
+        dst = str(ipaddress.ip_address(stream.dst_addr))
+        if stream.packets_tx:
+            sent = totals[(proto, src, stream.src_port, dst, stream.dst_port)]
+            sent[0] += stream.packets_tx
+            sent[1] += stream.bytes_tx
+        if stream.packets_rx:
+            answered = totals[(proto, dst, stream.dst_port, src, stream.src_port)]
+            answered[0] += stream.packets_rx
+            answered[1] += stream.bytes_rx
     return {key: (packets, nbytes) for key, (packets, nbytes) in totals.items()}
 
 

@@ -437,6 +437,17 @@ class FlowDecoder:
             self._count(counters, DecodeReason.TEMPLATES_EXPIRED)
         return self.templates.lookup(key, template_id, now)
 
+    def _no_more_templates(
+        self, payload: bytes, offset: int, end: int, template_id: int, counters: dict[str, int]
+    ) -> bool:
+        """Whether a v9 (options) template set ends at `offset`: the rest is zero padding, or
+        the id is below 256, which no template may have (counted)."""
+        if template_id >= MIN_DATA_SET_ID:
+            return False
+        if any(payload[offset:end]):
+            self._count(counters, DecodeReason.BAD_TEMPLATE_ID)
+        return True
+
     def _parse_v9_templates(
         self,
         payload: bytes,
@@ -451,10 +462,7 @@ class FlowDecoder:
             head = FIELD_SPEC.unpack_from(payload, offset)
             template_id = head[0]
             field_count = head[1]
-            if template_id < MIN_DATA_SET_ID:
-                if not any(payload[offset:end]):
-                    return  # padding
-                self._count(counters, DecodeReason.BAD_TEMPLATE_ID)
+            if self._no_more_templates(payload, offset, end, template_id, counters):
                 return
             fields_end = offset + FIELD_SPEC.size * (1 + field_count)
             if field_count == 0 or fields_end > end:
@@ -482,10 +490,7 @@ class FlowDecoder:
             template_id = head[0]
             scope_bytes = head[1]
             option_bytes = head[2]
-            if template_id < MIN_DATA_SET_ID:
-                if not any(payload[offset:end]):
-                    return  # padding
-                self._count(counters, DecodeReason.BAD_TEMPLATE_ID)
+            if self._no_more_templates(payload, offset, end, template_id, counters):
                 return
             fields_start = offset + V9_OPTIONS_HEADER.size
             fields_end = fields_start + scope_bytes + option_bytes
