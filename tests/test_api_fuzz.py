@@ -116,8 +116,10 @@ TERM_VALUES: dict[str, st.SearchStrategy[str]] = {
     "dport": _ports(),
     "status": st.sampled_from(("ongoing", "completed")),
     "close_reason": st.sampled_from(
-        ("fin", "rst", "idle", "shutdown", "end_of_capture", "evicted")
+        ("fin", "rst", "idle", "shutdown", "end_of_capture", "evicted", "exporter_forced")
     ),
+    "estimated": st.sampled_from(("true", "false", "TRUE")),
+    "incomplete": st.sampled_from(("true", "false", "False")),
     "started_after": _times(),
     "started_before": _times(),
     "bytes": st.builds(

@@ -131,7 +131,9 @@ async def test_allowed_v5_datagram_reaches_callback_with_scapy_values() -> None:
             sender_port = sock.getsockname()[1]
         await wait_until(lambda: bool(batches), "the decoded records")
     await asyncio.wait_for(drain, TIMEOUT_S)
-    [(rule, records)] = batches[0]
+    [decoded] = batches[0]
+    rule = decoded.rule
+    records = decoded.records
     assert rule is LOOPBACK_V4
     [record] = records
     assert record.exporter == ("127.0.0.1", sender_port)
@@ -161,7 +163,9 @@ async def test_ipv6_endpoint_receives_from_allowed_ipv6_source() -> None:
             sock.sendto(v5_datagram(), ("::1", port_of(listener)))
         await wait_until(lambda: bool(batches), "the decoded records")
     await asyncio.wait_for(drain, TIMEOUT_S)
-    [(rule, records)] = batches[0]
+    [decoded] = batches[0]
+    rule = decoded.rule
+    records = decoded.records
     assert rule.gateway == "lab-v6" and rule.sampling == 10
     assert records[0].exporter[0] == "::1"
 
@@ -257,7 +261,7 @@ async def test_malformed_datagrams_are_counted_and_the_loop_keeps_running() -> N
             exporter = ("127.0.0.1", sock.getsockname()[1])
         await wait_until(lambda: bool(batches), "the valid datagram after the garbage")
     await asyncio.wait_for(drain, TIMEOUT_S)
-    assert [record.src_port for _rule, records in batches[0] for record in records] == [45678]
+    assert [record.src_port for decoded in batches[0] for record in decoded.records] == [45678]
     stats = decoder.stats(exporter)
     assert stats["datagrams"] == 5 and stats["records"] == 1
     # b"\x00" and b"" are shorter than a version; "\x00\x63" is version 99; 30 bytes of v5
@@ -295,8 +299,10 @@ async def test_drain_after_stop_decodes_everything_queued_then_returns() -> None
     # The queue is full at stop(): drain() still decodes all five, in batches of two.
     await asyncio.wait_for(listener.drain(FlowDecoder(), batches.append, batch_max=2), TIMEOUT_S)
     assert [len(batch) for batch in batches] == [2, 2, 1]
-    decoded = [record.src_port for batch in batches for _rule, recs in batch for record in recs]
-    assert decoded == sent_ports
+    decoded_ports = [
+        record.src_port for batch in batches for decoded in batch for record in decoded.records
+    ]
+    assert decoded_ports == sent_ports
 
 
 async def test_open_reports_an_address_in_use_and_closes_the_others() -> None:

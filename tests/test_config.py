@@ -19,8 +19,10 @@ from tunnelacct.config.model import (
     SECTION_KEYS,
     CaptureConfig,
     ClientConfig,
+    CollectorConfig,
     Config,
     DatabaseConfig,
+    ExporterConfig,
     OrgConfig,
     ResourceConfig,
     ServiceConfig,
@@ -33,6 +35,7 @@ from tunnelacct.enums import IpProto
 from tunnelacct.errors import ConfigError
 
 DOCS = Path(__file__).resolve().parents[1] / "README.md"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tunnelacct.toml"
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(1, 33))).decode()
 MARK = "#<"  # marks the line an error must point at
@@ -136,6 +139,27 @@ id = "net6"
 org = "acme"
 address = "fd00:99::1/64"
 ports = 53
+
+[collector]
+listen = ["127.0.0.1:2055", "[::]:4739"]
+template_timeout = 600
+stitch_gap = 2.5
+max_queue = 5000
+active_timeout = 120
+
+[[collector.exporters]]
+address = "192.0.2.10"
+gateway = "branch-fw"
+
+[[collector.exporters]]
+address = "2001:db8:7::/48"
+gateway = "dc-edge"
+sampling = 100
+
+[[collector.exporters]]
+address = "198.51.100.0/24"
+gateway = "branch-fw"
+sampling = "auto"
 """.replace("{KEY_A}", KEY_A)
 
 
@@ -181,6 +205,18 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
                 address="fd00:99::/64",
                 ports=((53, 53),),
                 protocols=(IpProto.TCP, IpProto.UDP),
+            ),
+        ),
+        collector=CollectorConfig(
+            listen=(("127.0.0.1", 2055), ("::", 4739)),  # the IPv6 host without its brackets
+            template_timeout_s=600.0,
+            stitch_gap_s=2.5,
+            max_queue=5000,
+            active_timeout_s=120.0,
+            exporters=(
+                ExporterConfig(address="192.0.2.10/32", gateway="branch-fw"),
+                ExporterConfig(address="2001:db8:7::/48", gateway="dc-edge", sampling=100),
+                ExporterConfig(address="198.51.100.0/24", gateway="branch-fw", sampling=None),
             ),
         ),
     )
@@ -299,6 +335,12 @@ CAP = "[[capture]]\n"
 CI, CP = CAP + 'interface = "wg0"\n', CAP + f'pcap = "{REPLAY}"\n'
 K1, WG, SV = "[[capture]] #1", "[wireguard]\n", "[service]\n"
 LONG_UTF8 = "wg-" + "\u00e4" * 7  # 10 characters but 17 bytes: over IFNAMSIZ - 1
+CO = '[collector]\nlisten = ["127.0.0.1:2055"]\n'
+EX = "[[collector.exporters]]\n"
+EXA = EX + 'address = "192.0.2.10"\n'  # an entry still without its gateway
+EXG = EXA + 'gateway = "branch-fw"\n'  # a whole entry
+E1, E2 = "[[collector.exporters]] #1", "[[collector.exporters]] #2"
+LISTEN_WHY = 'expected an array of "host:port"'
 
 # (id, text with MARK on the offending line, key as shown, value shown, part of why)
 INVALID: list[tuple[str, str, str, object, str]] = [
@@ -1015,6 +1057,391 @@ INVALID: list[tuple[str, str, str, object, str]] = [
         float("inf"),
         "seconds > 0",
     ),
+    ("collector-not-table", "collector = 1 #<\n", "collector", 1, "write [collector]"),
+    (
+        "collector-as-array",
+        '[[collector]] #<\nlisten = ["127.0.0.1:2055"]\n',
+        "collector",
+        None,
+        "write [collector]",
+    ),
+    (
+        "collector-typo",
+        CO + "stich_gap = 5 #<\n",
+        "[collector] stich_gap",
+        5,
+        "allowed: listen, template_timeout, stitch_gap, max_queue, active_timeout, exporters",
+    ),
+    (
+        "collector-without-listen",
+        "[collector] #<\nmax_queue = 100\n",
+        "[collector] listen",
+        None,
+        "required key is missing",
+    ),
+    (
+        "exporters-without-collector-table",
+        '[gateway]\nname = "gw"\n[[collector.exporters]] #<\n'
+        + 'address = "192.0.2.10"\ngateway = "fw"\n',
+        "[collector] listen",
+        None,
+        "required key is missing: [[collector.exporters]] send their records to these UDP",
+    ),
+    (
+        "exporters-without-listen",
+        "[collector] #<\nstitch_gap = 1\n" + EXG,
+        "[collector] listen",
+        None,
+        "[[collector.exporters]] send their records",
+    ),
+    (
+        "collector-listen-string",
+        '[collector]\nlisten = "127.0.0.1:2055" #<\n',
+        "[collector] listen",
+        "127.0.0.1:2055",
+        LISTEN_WHY,
+    ),
+    (
+        "collector-listen-empty",
+        "[collector]\nlisten = [] #<\n",
+        "[collector] listen",
+        None,
+        "array",
+    ),
+    (
+        "collector-listen-no-port",
+        '[collector]\nlisten = ["127.0.0.1"] #<\n',
+        "[collector] listen",
+        "127.0.0.1",
+        LISTEN_WHY,
+    ),
+    (
+        "collector-listen-big-port",
+        '[collector]\nlisten = ["127.0.0.1:65536"] #<\n',
+        "[collector] listen",
+        "127.0.0.1:65536",
+        LISTEN_WHY,
+    ),
+    (
+        "collector-listen-ipv6-without-brackets",
+        '[collector]\nlisten = ["::1:2055"] #<\n',
+        "[collector] listen",
+        "::1:2055",
+        '"[::]:4739"',
+    ),
+    (
+        "collector-listen-int",
+        "[collector]\nlisten = [2055] #<\n",
+        "[collector] listen",
+        2055,
+        LISTEN_WHY,
+    ),
+    (
+        "collector-listen-ipv4-in-brackets",
+        '[collector]\nlisten = ["[127.0.0.1]:2055"] #<\n',
+        "[collector] listen",
+        "[127.0.0.1]:2055",
+        "expected an IPv6 address in the brackets",
+    ),
+    (
+        "collector-listen-bad-ipv6",
+        '[collector]\nlisten = ["[1:2:3]:2055"] #<\n',
+        "[collector] listen",
+        "[1:2:3]:2055",
+        "IPv6 address",
+    ),
+    (
+        "collector-listen-twice",
+        '[collector]\nlisten = ["127.0.0.1:2055", "[::]:4739", "127.0.0.1:2055"] #<\n',
+        "[collector] listen",
+        "127.0.0.1:2055",
+        "listed twice",
+    ),
+    (
+        "collector-listen-same-address-spelled-twice",
+        '[collector]\nlisten = [ #<\n  "[::]:4739",\n  "[0:0::0]:4739",\n]\n',
+        "[collector] listen",
+        "[0:0::0]:4739",
+        'the same address as "[::]:4739"',
+    ),
+    (
+        "template-timeout-zero",
+        CO + "template_timeout = 0 #<\n",
+        "[collector] template_timeout",
+        0,
+        "seconds > 0",
+    ),
+    (
+        "template-timeout-string",
+        CO + 'template_timeout = "30m" #<\n',
+        "[collector] template_timeout",
+        "30m",
+        "seconds > 0",
+    ),
+    (
+        "template-timeout-inf",
+        CO + "template_timeout = inf #<\n",
+        "[collector] template_timeout",
+        float("inf"),
+        "seconds > 0",
+    ),
+    (
+        "stitch-gap-negative",
+        CO + "stitch_gap = -1 #<\n",
+        "[collector] stitch_gap",
+        -1,
+        "seconds 0-3600",
+    ),
+    (
+        "stitch-gap-over-an-hour",
+        CO + "stitch_gap = 3600.5 #<\n",
+        "[collector] stitch_gap",
+        3600.5,
+        "seconds 0-3600",
+    ),
+    (
+        "stitch-gap-nan",
+        CO + "stitch_gap = nan #<\n",
+        "[collector] stitch_gap",
+        float("nan"),
+        "seconds 0-3600",
+    ),
+    ("stitch-gap-bool", CO + "stitch_gap = false #<\n", "[collector] stitch_gap", False, "0-3600"),
+    ("stitch-gap-string", CO + 'stitch_gap = "5" #<\n', "[collector] stitch_gap", "5", "0-3600"),
+    (
+        "max-queue-zero",
+        CO + "max_queue = 0 #<\n",
+        "[collector] max_queue",
+        0,
+        "integer 1-10000000 (datagrams)",
+    ),
+    (
+        "max-queue-huge",
+        CO + "max_queue = 10_000_001 #<\n",
+        "[collector] max_queue",
+        10_000_001,
+        "integer 1-10000000",
+    ),
+    ("max-queue-float", CO + "max_queue = 2e4 #<\n", "[collector] max_queue", 20000.0, "integer"),
+    ("max-queue-bool", CO + "max_queue = true #<\n", "[collector] max_queue", True, "integer"),
+    (
+        "max-queue-string",
+        CO + 'max_queue = "20000" #<\n',
+        "[collector] max_queue",
+        "20000",
+        "integer",
+    ),
+    (
+        "active-timeout-zero",
+        CO + "active_timeout = 0 #<\n",
+        "[collector] active_timeout",
+        0,
+        "seconds > 0",
+    ),
+    (
+        "active-timeout-negative",
+        CO + "active_timeout = -60 #<\n",
+        "[collector] active_timeout",
+        -60,
+        "seconds > 0",
+    ),
+    (
+        "active-timeout-bool",
+        CO + "active_timeout = true #<\n",
+        "[collector] active_timeout",
+        True,
+        "seconds",
+    ),
+    (
+        "exporters-not-array",
+        CO + 'exporters = "192.0.2.10" #<\n',
+        "[collector] exporters",
+        "192.0.2.10",
+        "expected an array of tables: write [[collector.exporters]]",
+    ),
+    (
+        "exporters-as-one-table",
+        CO + '[collector.exporters] #<\naddress = "192.0.2.10"\ngateway = "fw"\n',
+        "[collector] exporters",
+        None,
+        "write [[collector.exporters]]",
+    ),
+    (
+        "exporters-as-one-table-without-listen",
+        '[collector.exporters] #<\naddress = "192.0.2.10"\ngateway = "fw"\n',
+        "[collector] exporters",
+        None,
+        "write [[collector.exporters]]",
+    ),
+    (
+        "exporter-typo",
+        CO + EXG + "sample = 10 #<\n",
+        f"{E1} sample",
+        10,
+        "unknown key; allowed: address, gateway, sampling",
+    ),
+    (
+        "exporter-id-is-unknown",  # exporters have no id: it is not taken as the entry's name
+        CO + EX + 'id = "fw" #<\n',
+        f"{E1} id",
+        "fw",
+        "unknown key",
+    ),
+    (
+        "exporter-missing-address",
+        CO + '[[collector.exporters]] #<\ngateway = "fw"\n',
+        f"{E1} address",
+        None,
+        "required key is missing",
+    ),
+    (
+        "exporter-missing-gateway",
+        CO + '[[collector.exporters]] #<\naddress = "192.0.2.10"\n',
+        f"{E1} gateway",
+        None,
+        "missing",
+    ),
+    (
+        "exporter-host-bits",
+        CO + EX + 'address = "192.0.2.10/24" #<\ngateway = "fw"\n',
+        f"{E1} address",
+        "192.0.2.10/24",
+        "host bits are set: write 192.0.2.0/24 for the network, or 192.0.2.10 for one host",
+    ),
+    (
+        "exporter-host-bits-ipv6",
+        CO + EX + 'address = "2001:db8::1/64" #<\ngateway = "fw"\n',
+        f"{E1} address",
+        "2001:db8::1/64",
+        "host bits are set: write 2001:db8::/64 for the network",
+    ),
+    (
+        "exporter-bad-address",
+        CO + EX + 'address = "192.0.2.300" #<\n',
+        f"{E1} address",
+        "192.0.2.300",
+        "expected an IPv4 or IPv6 address or network",
+    ),
+    (
+        "exporter-bad-prefix",
+        CO + EX + 'address = "10.0.0.0/33" #<\n',
+        f"{E1} address",
+        "10.0.0.0/33",
+        "address or network",
+    ),
+    (
+        "exporter-host-name",
+        CO + EX + 'address = "branch-fw.example" #<\n',
+        f"{E1} address",
+        "branch-fw.example",
+        "address or network",
+    ),
+    (
+        "exporter-address-int",
+        CO + EX + "address = 3221226010 #<\n",
+        f"{E1} address",
+        3221226010,
+        "address or network",
+    ),
+    (
+        "exporter-address-list",
+        CO + EX + 'address = ["192.0.2.10"] #<\n',
+        f"{E1} address",
+        None,
+        "address or network",
+    ),
+    (
+        "exporter-zone-index",
+        CO + EX + 'address = "fe80::1%eth0" #<\n',
+        f"{E1} address",
+        "fe80::1%eth0",
+        "no zone index",
+    ),
+    (
+        "exporter-same-network",
+        CO + EXG + EX + 'gateway = "other"\naddress = "192.0.2.10/32" #<\n',
+        f"{E2} address",
+        "192.0.2.10/32",
+        "duplicate exporter network 192.0.2.10/32; already at line 4",
+    ),
+    (
+        "exporter-same-ipv6-network",
+        CO
+        + EX
+        + 'address = "2001:db8::/32"\ngateway = "a"\n'
+        + EXG
+        + EX
+        + 'address = "2001:0DB8:0::/32" #<\ngateway = "b"\n',
+        "[[collector.exporters]] #3 address",
+        "2001:0DB8:0::/32",
+        "duplicate exporter network 2001:db8::/32; already at line 4",
+    ),
+    ("exporter-gateway-empty", CO + EXA + 'gateway = "" #<\n', f"{E1} gateway", "", "non-empty"),
+    ("exporter-gateway-blank", CO + EXA + 'gateway = " " #<\n', f"{E1} gateway", " ", "non-empty"),
+    ("exporter-gateway-int", CO + EXA + "gateway = 7 #<\n", f"{E1} gateway", 7, "non-empty string"),
+    (
+        "exporter-gateway-nul",
+        CO + EXA + 'gateway = "fw\\u0000" #<\n',
+        f"{E1} gateway",
+        "fw\x00",
+        "without NUL",
+    ),
+    (
+        "sampling-zero",
+        CO + EXG + "sampling = 0 #<\n",
+        f"{E1} sampling",
+        0,
+        'expected "auto" or an integer 1-2147483647 (1 in N packets)',
+    ),
+    ("sampling-negative", CO + EXG + "sampling = -10 #<\n", f"{E1} sampling", -10, "1-2147483647"),
+    (
+        "sampling-over-31-bits",
+        CO + EXG + "sampling = 2147483648 #<\n",
+        f"{E1} sampling",
+        2147483648,
+        "1-2147483647",
+    ),
+    ("sampling-bool", CO + EXG + "sampling = true #<\n", f"{E1} sampling", True, "an integer"),
+    ("sampling-float", CO + EXG + "sampling = 10.0 #<\n", f"{E1} sampling", 10.0, "an integer"),
+    ("sampling-ratio", CO + EXG + 'sampling = "1/100" #<\n', f"{E1} sampling", "1/100", '"auto"'),
+    ("sampling-case", CO + EXG + 'sampling = "Auto" #<\n', f"{E1} sampling", "Auto", '"auto"'),
+    (
+        "second-exporter",
+        CO + EXG + EX + 'address = "192.0.2.11"\ngateway = "b"\nsampling = 0 #<\n',
+        f"{E2} sampling",
+        0,
+        "1-2147483647",
+    ),
+    (
+        "second-exporter-typo",
+        CO + EXG + EX + 'adress = "192.0.2.11" #<\n',
+        f"{E2} adress",
+        "192.0.2.11",
+        "allowed: address, gateway, sampling",
+    ),
+    (
+        "exporter-after-captures-and-orgs",  # other arrays do not shift the entry count
+        CI + ORG + EXG + CAP + 'interface = "wg1"\n' + EX + 'address = "::1/129" #<\n' + CO,
+        f"{E2} address",
+        "::1/129",
+        "address or network",
+    ),
+    (
+        "collector-table-after-its-exporters",
+        EXG + EXG.replace("10", "11") + '[collector]\nlisten = ["127.0.0.1:2055"]\n'
+        "max_queue = 0 #<\n",
+        "[collector] max_queue",
+        0,
+        "integer 1-10000000",
+    ),
+    (
+        "exporters-inline-tables",
+        CO + 'exporters = [ #<\n  {address = "192.0.2.10", gateway = "a"},\n'
+        '  {address = "192.0.2.10/24", gateway = "b"},\n]\n',
+        f"{E2} address",
+        "192.0.2.10/24",
+        "host bits are set",
+    ),
 ]
 
 
@@ -1361,3 +1788,124 @@ def test_retention_interval_defaults_to_an_hour_and_loads(tmp_path: Path) -> Non
     assert load_config(None, environ={}).retention.interval_s == 3600.0
     path = write(tmp_path, "[retention]\ninterval = 90\n")
     assert load_config(path, environ={}).retention.interval_s == 90.0
+
+
+def test_no_collector_table_means_no_collector(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).collector is None
+    assert load_config(write(tmp_path, "[metrics]\n"), environ={}).collector is None
+
+
+def test_collector_defaults_and_an_empty_allow_list_load(tmp_path: Path) -> None:
+    # the README's defaults; without [[collector.exporters]] the collector loads (and accepts
+    # nothing: the service warns about it, the config does not refuse it)
+    collector = load_config(write(tmp_path, CO), environ={}).collector
+    assert collector == CollectorConfig(
+        listen=(("127.0.0.1", 2055),),
+        template_timeout_s=1800.0,
+        stitch_gap_s=5.0,
+        max_queue=20_000,
+        active_timeout_s=1800.0,
+        exporters=(),
+    )
+
+
+def test_collector_listen_keeps_hosts_without_brackets_and_allows_port_zero(
+    tmp_path: Path,
+) -> None:
+    addresses = [
+        "127.0.0.1:2055",
+        "[::1]:2055",  # the same port on another address
+        "[::]:4739",
+        "[fe80::1]:9995",
+        "localhost:6343",
+        "127.0.0.1:0",  # port 0 binds any free port: twice is two sockets, not a clash
+        "127.0.0.1:0",
+    ]
+    listed = ", ".join(f'"{address}"' for address in addresses)
+    collector = load_config(write(tmp_path, f"[collector]\nlisten = [{listed}]\n"), {}).collector
+    assert collector is not None
+    assert collector.listen == (
+        ("127.0.0.1", 2055),
+        ("::1", 2055),
+        ("::", 4739),
+        ("fe80::1", 9995),
+        ("localhost", 6343),
+        ("127.0.0.1", 0),
+        ("127.0.0.1", 0),
+    )
+
+
+def test_collector_bounds_are_inclusive_and_seconds_are_floats(tmp_path: Path) -> None:
+    low = CO + "template_timeout = 1\nstitch_gap = 0\nmax_queue = 1\nactive_timeout = 1\n"
+    collector = load_config(write(tmp_path, low), environ={}).collector
+    assert collector is not None
+    assert (collector.stitch_gap_s, collector.max_queue) == (0.0, 1)
+    seconds = (collector.template_timeout_s, collector.stitch_gap_s, collector.active_timeout_s)
+    assert seconds == (1.0, 0.0, 1.0)
+    assert all(type(value) is float for value in seconds)
+    high = CO + "stitch_gap = 3600\nmax_queue = 10_000_000\n"
+    collector = load_config(write(tmp_path, high), environ={}).collector
+    assert collector is not None
+    assert (collector.stitch_gap_s, collector.max_queue) == (3600.0, 10_000_000)
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("192.0.2.10", "192.0.2.10/32"),  # a bare address is one host
+        ("192.0.2.10/32", "192.0.2.10/32"),
+        ("192.0.2.0/28", "192.0.2.0/28"),
+        ("192.0.2.0/255.255.255.0", "192.0.2.0/24"),
+        ("2001:DB8:0:0::1", "2001:db8::1/128"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("0.0.0.0/0", "0.0.0.0/0"),
+    ],
+)
+def test_exporter_address_is_stored_as_its_network(
+    tmp_path: Path, written: str, stored: str
+) -> None:
+    text = CO + f'[[collector.exporters]]\naddress = "{written}"\ngateway = "fw"\n'
+    collector = load_config(write(tmp_path, text), environ={}).collector
+    assert collector is not None
+    assert collector.exporters == (ExporterConfig(address=stored, gateway="fw"),)
+
+
+@pytest.mark.parametrize(
+    ("line", "sampling"),
+    [
+        ("", None),  # absent: "auto", what the exporter reports
+        ('sampling = "auto"', None),
+        ("sampling = 1", 1),
+        ("sampling = 512", 512),
+        ("sampling = 2147483647", 2**31 - 1),
+    ],
+)
+def test_exporter_sampling_is_auto_or_one_in_n(
+    tmp_path: Path, line: str, sampling: int | None
+) -> None:
+    collector = load_config(write(tmp_path, f"{CO}{EXG}{line}\n"), environ={}).collector
+    assert collector is not None
+    assert collector.exporters[0].sampling == sampling
+
+
+def test_exporter_with_host_bits_names_the_network_and_the_host(tmp_path: Path) -> None:
+    text = CO + EXG + '\n[[collector.exporters]]\naddress = "198.51.100.7/24"\ngateway = "dc"\n'
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value) == (
+        f"config error: {path} line 8: [[collector.exporters]] #2 address = '198.51.100.7/24': "
+        "host bits are set: write 198.51.100.0/24 for the network, or 198.51.100.7 for one host"
+    )
+
+
+def test_example_collector_block_loads_once_uncommented(tmp_path: Path) -> None:
+    example = EXAMPLE.read_text(encoding="utf-8")
+    start = example.index("# [collector]\n")
+    block = example[start:].split("\n\n", 1)[0]  # up to the first blank line
+    live = re.sub(r"^# ?", "", block, flags=re.MULTILINE)
+    collector = load_config(write(tmp_path, live), environ={}).collector
+    assert collector == CollectorConfig(
+        listen=(("127.0.0.1", 2055), ("::1", 4739)),
+        exporters=(ExporterConfig(address="192.0.2.10/32", gateway="branch-fw"),),
+    )

@@ -1,18 +1,22 @@
 """The Grafana dashboards on a real Prometheus that scrapes a real `tunnelacct serve` replaying a
-capture: every PromQL expression parses and returns data, every template variable query finds
-series, and every metric a dashboard names is on the service's GET /metrics."""
+capture and collecting NetFlow: every PromQL expression parses and returns data, every template
+variable query finds series, and every metric a dashboard names is on the service's GET /metrics."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scapy.layers.netflow import NetflowHeader, NetflowHeaderV5, NetflowRecordV5
 
 from tests.helpers.dashboards import (
     expressions,
@@ -23,7 +27,7 @@ from tests.helpers.dashboards import (
 )
 from tests.helpers.needs import require
 from tests.helpers.prometheus import JOB, Prometheus, PromQLError, free_port, prometheus_binary
-from tests.helpers.serving import Serve, write_config
+from tests.helpers.serving import Serve, dump_toml, write_config
 from tests.helpers.waiting import WAIT_S
 
 ROOT = Path(__file__).parent.parent
@@ -32,17 +36,131 @@ SPEC = ROOT / "README.md"  # its "Metrics and dashboards" table
 DATA = Path(__file__).parent / "data"
 SCRAPES = 5  # successful scrapes before the checks: rate() over 1m needs two samples
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+EXPORTER = "127.0.0.1"  # the one address in serve's [[collector.exporters]]
+STRANGER = "127.0.0.2"  # a loopback address outside that allow-list
+EXPORTER_GATEWAY = "lab-netflow"
 
 pytestmark = pytest.mark.slow
 
 
+class NetflowExporter:
+    """A NetFlow v5 exporter on a thread, sending to serve's collector at 127.0.0.1:`port`.
+
+    Every SEND_EVERY_S it sends from EXPORTER one datagram of three records (TCP and UDP from the
+    lab's clients to its resources, source ports changing, and an ICMP record that serve skips),
+    with a contiguous flow sequence and the current time. Every TRUNCATED_EVERY-th datagram is cut
+    inside its header instead (a `truncated_header` drop), and every STRANGER_EVERY-th tick one
+    more datagram goes out from STRANGER (`not_allowed`).
+    """
+
+    SEND_EVERY_S = 0.2
+    TRUNCATED_EVERY = 20
+    STRANGER_EVERY = 10
+    TRUNCATED_BYTES = 12  # half of the 24-byte v5 header
+    SYN_PSH_ACK = 0x1A
+
+    def __init__(self, port: int) -> None:
+        self.target = (EXPORTER, port)
+        self.sent = 0
+        self.send_errors: list[str] = []
+        self._stop = threading.Event()
+        self._boot = time.monotonic() - 60.0  # sysUptime starts a minute after "boot"
+        self._sequence = 0  # records in the whole datagrams sent so far
+        self._thread = threading.Thread(target=self._run, name="netflow-exporter", daemon=True)
+
+    def records(self, tick: int, uptime_ms: int) -> list[NetflowRecordV5]:
+        """The records of `tick`: TCP and UDP from the lab's clients to its resources (source
+        ports changing with `tick`) and one ICMP record, each ending 50 ms before `uptime_ms`."""
+        src_port = 40000 + tick % 64
+        return [
+            self.record(uptime_ms, "100.64.0.2", 6, src_port, 8080, self.SYN_PSH_ACK),
+            self.record(uptime_ms, "100.64.0.3", 17, src_port, 5353),
+            self.record(uptime_ms, "100.64.0.3", 1),  # neither TCP nor UDP: skipped
+        ]
+
+    @staticmethod
+    def record(
+        uptime_ms: int,
+        src: str,
+        protocol: int,
+        src_port: int = 0,
+        dst_port: int = 0,
+        flags: int = 0,
+    ) -> NetflowRecordV5:
+        """A record of 10 packets, 4200 bytes from `src` to 10.99.0.5 over 100 ms."""
+        return NetflowRecordV5(
+            src=src,
+            dst="10.99.0.5",
+            dpkts=10,
+            dOctets=4200,
+            first=uptime_ms - 150,
+            last=uptime_ms - 50,
+            srcport=src_port,
+            dstport=dst_port,
+            tcpFlags=flags,
+            prot=protocol,
+        )
+
+    def datagram(self, tick: int) -> tuple[bytes, int]:
+        """The whole v5 datagram of `tick`, stamped now, and how many records it holds."""
+        now = time.time()
+        uptime_ms = int((time.monotonic() - self._boot) * 1000)
+        records = self.records(tick, uptime_ms)
+        packet = NetflowHeader(version=5) / NetflowHeaderV5(
+            count=len(records),
+            sysUptime=uptime_ms,
+            unixSecs=int(now),
+            unixNanoSeconds=int(now % 1 * 1e9),
+            flowSequence=self._sequence,
+        )
+        for record in records:
+            packet = packet / record
+        return bytes(packet), len(records)
+
+    def _run(self) -> None:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as exporter,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger,
+        ):
+            exporter.bind((EXPORTER, 0))
+            stranger.bind((STRANGER, 0))
+            tick = 0
+            while not self._stop.wait(self.SEND_EVERY_S):  # pacing, as a real exporter's
+                tick += 1
+                whole, count = self.datagram(tick)
+                sends = [(exporter, whole)]
+                if tick % self.TRUNCATED_EVERY == 0:  # dropped before its sequence is read
+                    sends = [(exporter, whole[: self.TRUNCATED_BYTES])]
+                else:
+                    self._sequence += count
+                if tick % self.STRANGER_EVERY == 0:
+                    sends.append((stranger, whole))
+                for sock, payload in sends:
+                    try:
+                        sock.sendto(payload, self.target)
+                        self.sent += 1
+                    except OSError as e:  # e.g. no buffer space: shown in Stack.logs()
+                        self.send_errors.append(repr(e))
+
+    def __enter__(self) -> NetflowExporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the NetFlow exporter thread did not stop"
+
+
 @dataclass(slots=True)
 class Stack:
-    """A running serve, the prometheus scraping it, and serve's own /metrics URL."""
+    """A running serve, the prometheus scraping it, serve's own /metrics URL, and the NetFlow
+    exporter sending to serve's collector."""
 
     serve: Serve
     prom: Prometheus
     metrics_url: str
+    exporter: NetflowExporter
 
     def metrics_text(self) -> str:
         """serve's own GET /metrics, fetched directly (not through prometheus)."""
@@ -55,7 +173,10 @@ class Stack:
             targets = json.dumps(self.prom.active_targets(), indent=1)
         except (OSError, PromQLError) as e:  # prometheus is gone: its log says why
             targets = repr(e)
+        errors = self.exporter.send_errors
         return (
+            f"--- netflow exporter: {self.exporter.sent} datagrams sent, {len(errors)} send "
+            f"errors {errors[-3:]} ---\n"
             f"--- prometheus log ---\n{self.prom.log()}\n"
             f"--- prometheus targets ---\n{targets}\n"
             f"--- serve log ---\n{self.serve.log()}"
@@ -88,6 +209,13 @@ def ensure_prometheus() -> str:
 READY = {
     f"{SCRAPES} successful scrapes": f'sum_over_time(up{{job="{JOB}"}}[1m]) >= {SCRAPES}',
     "captured traffic": "increase(tunnelacct_capture_packets_total[1m]) > 0",
+    "collected flow records": "increase(tunnelacct_collector_records_total[1m]) > 0",
+    "a collector drop": (
+        'increase(tunnelacct_collector_dropped_total{reason="truncated_header"}[1m]) > 0'
+    ),
+    "a datagram from outside the allow-list": (
+        "increase(tunnelacct_collector_not_allowed_datagrams_total[1m]) > 0"
+    ),
     # absent before the first purge, and the health dashboard shows it
     "a completed purge": "tunnelacct_retention_last_success_timestamp_seconds",
 }
@@ -95,22 +223,39 @@ READY = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """serve replaying wg-small.pcap in a loop at 0.2x (traffic all along, ~500 packets/s) and
-    purging every 3 s, scraped every second by our own prometheus, once it shows READY."""
+    """serve replaying wg-small.pcap in a loop at 0.2x (traffic all along, ~500 packets/s),
+    collecting the NetflowExporter's datagrams on a loopback port, and purging every 3 s, scraped
+    every second by our own prometheus, once it shows READY."""
     binary = ensure_prometheus()
     tmp = tmp_path_factory.mktemp("dashboards")
     port = free_port()
     config = write_config(
         DATA / "wg-small.toml",
         tmp / "serve.toml",
-        {"api": {"listen": f"127.0.0.1:{port}"}, "retention": {"interval": 3}},
+        {
+            "api": {"listen": f"127.0.0.1:{port}"},
+            "retention": {"interval": 3},
+            "collector": {"listen": [f"{EXPORTER}:0"]},  # port 0: serve binds a free one
+        },
         captures=[{"pcap": str(DATA / "wg-small.pcap"), "speed": 0.2, "loop": True}],
     )
+    # write_config merges tables only; this array of tables goes after them
+    exporters = [{"address": f"{EXPORTER}/32", "gateway": EXPORTER_GATEWAY}]
+    with config.open("a", encoding="utf-8") as f:
+        f.write(dump_toml({"collector.exporters": exporters}))
     target = f"127.0.0.1:{port}"
     with Serve(None, config, tmp / "serve.db", tmp) as serve:
         serve.start()
-        with Prometheus(tmp / "prometheus", [target], "1s", binary=binary) as prom:
-            stack = Stack(serve, prom, f"http://{target}/metrics")
+        status = serve.wait(
+            lambda s: bool((s["collector"] or {}).get("listening")), WAIT_S, "collector listening"
+        )
+        [listening] = status["collector"]["listening"]
+        collector_port = int(listening.rpartition(":")[2])
+        with (
+            NetflowExporter(collector_port) as exporter,
+            Prometheus(tmp / "prometheus", [target], "1s", binary=binary) as prom,
+        ):
+            stack = Stack(serve, prom, f"http://{target}/metrics", exporter)
 
             missing = list(READY)
 

@@ -143,6 +143,8 @@ def test_header_is_the_documented_column_order() -> None:
         "community_id",
         "gateway",
         "interface",
+        "estimated",
+        "incomplete",
     )
 
 

@@ -28,6 +28,7 @@ from tunnelacct.errors import FilterError, TunnelacctError
 from tunnelacct.query.filters import (
     Compare,
     Filter,
+    Flag,
     InNetwork,
     Match,
     PortIn,
@@ -61,6 +62,10 @@ Row = dict[str, Any]
         ("status:completed", Match("status", "completed")),
         ("close_reason:end_of_capture", Match("close_reason", "end_of_capture")),
         ("close_reason:rst", Match("close_reason", "rst")),
+        ("close_reason:exporter_forced", Match("close_reason", "exporter_forced")),
+        ("estimated:true", Flag("estimated", True)),
+        ("estimated:FALSE", Flag("estimated", False)),
+        ("-incomplete:true", Flag("incomplete", True, negated=True)),
         ("src:100.64.0.2", InNetwork("src", ipaddress.ip_network("100.64.0.2/32"))),
         ("src:100.64.0.0/10", InNetwork("src", ipaddress.ip_network("100.64.0.0/10"))),
         ("dst:10.99.0.5/24", InNetwork("dst", ipaddress.ip_network("10.99.0.0/24"))),
@@ -143,7 +148,7 @@ DATE_EXPECTED = "an RFC 3339 time with offset or a date YYYY-MM-DD"
 KEYS_EXPECTED = (
     "one of the keys protocol:, client:, user:, resource:, gateway:, src:, dst:, sport:, dport:, "
     "status:, close_reason:, started_after:, started_before:, bytes>, bytes<, duration>, "
-    "duration<"
+    "duration<, estimated:, incomplete:"
 )
 
 
@@ -160,8 +165,12 @@ KEYS_EXPECTED = (
         (
             "close_reason:timeout",
             "close_reason:timeout",
-            "one of fin, rst, idle, shutdown, end_of_capture, evicted",
+            "one of fin, rst, idle, shutdown, end_of_capture, evicted, exporter_forced",
         ),
+        ("estimated:yes", "estimated:yes", "true or false"),
+        ("incomplete:1", "incomplete:1", "true or false"),
+        ("estimated:", "estimated:", "true or false"),
+        ("incomplete>0", "incomplete>0", "incomplete:VALUE with true or false"),
         ("client:", "client:", "a client id"),
         ('user:""', 'user:""', "a user id"),
         ("src:10.0.0.256", "src:10.0.0.256", "an IPv4/IPv6 address or CIDR"),
@@ -499,11 +508,13 @@ def address_db(
 
 
 def address_rows() -> list[Row]:
-    """One session row per tricky address (as src and dst), half ongoing."""
+    """One session row per tricky address (as src and dst), half ongoing; a third from flow
+    records (payloads NULL, estimated), a quarter incomplete."""
     start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     rows = []
     for i, addr in enumerate(tricky_addresses()):
         ongoing = i % 2 == 0
+        from_flows = i % 3 == 0
         rows.append(
             {
                 "id": uuid.uuid4(),
@@ -527,14 +538,16 @@ def address_rows() -> list[Row]:
                 "bytes_rx": 0,
                 "packets_tx": 0,
                 "packets_rx": 0,
-                "payload_bytes_tx": 0,
-                "payload_bytes_rx": 0,
+                "payload_bytes_tx": None if from_flows else 0,
+                "payload_bytes_rx": None if from_flows else 0,
                 "status": "ongoing" if ongoing else "completed",
                 "close_reason": None if ongoing else "idle",
                 "midstream": False,
                 "community_id": "",
                 "gateway": "gw",
                 "interface": "wg0",
+                "estimated": from_flows,
+                "incomplete": i % 4 == 1,
             }
         )
     return rows
@@ -571,13 +584,21 @@ def test_cidr_terms_select_exactly_the_addresses_ipaddress_puts_in_the_network(
         ("close_reason:idle", lambda r: r["close_reason"] == "idle"),
         ("-close_reason:idle", lambda r: r["close_reason"] != "idle"),  # NULLs kept
         ("-client:x", lambda r: r["client_id"] != "x"),  # every client_id is NULL
+        ("estimated:true", lambda r: r["estimated"] == 1),
+        ("-estimated:true", lambda r: r["estimated"] == 0),
+        ("incomplete:false", lambda r: r["incomplete"] == 0),
+        ("-incomplete:false", lambda r: r["incomplete"] == 1),
+        (
+            "estimated:true incomplete:true status:completed",
+            lambda r: r["estimated"] == r["incomplete"] == 1 and r["status"] == "completed",
+        ),
         (
             "status:ongoing src:::/64",
             lambda r: r["status"] == "ongoing" and net("::/64")(r["src_addr"]),
         ),
     ],
 )
-def test_status_and_nullable_terms_select_what_the_oracle_selects(
+def test_status_flag_and_nullable_terms_select_what_the_oracle_selects(
     address_db: tuple[Engine, list[Row]], text: str, oracle: Predicate
 ) -> None:
     engine, rows = address_db

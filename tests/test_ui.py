@@ -10,6 +10,7 @@ import html
 import io
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,12 @@ import pytest
 from tests.helpers.replicate import replicate
 from tests.helpers.stores import ENGINES, copied_store, execute, imported_store
 from tests.helpers.stores import query as raw_query
+from tunnelacct.config.model import WriterConfig
+from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.retention.purge import purge
+from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store.engine import make_engine
+from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token
 from tunnelacct.web.ui.headers import CONTENT_SECURITY_POLICY
@@ -429,20 +434,92 @@ async def test_export_is_the_api_csv_of_the_same_filter_and_range(site: Site) ->
     assert {r["protocol"] for r in parsed} == {"tcp"}
 
 
+def shown_as(name: str, value: object) -> str:
+    """A field of the API's JSON as the detail page shows it: true and false as yes and no,
+    null as null (a payload's as not known: a session from flow records)."""
+    if value is None:
+        text = "not known (flow record)" if name.startswith("payload_bytes_") else "null"
+        return f'<span class="none">{text}</span>'
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def detail_cells(page: str) -> dict[str, str]:
+    """Field -> the cell of the detail page's table, unescaped."""
+    rows = re.findall(r"<tr><th scope=\"row\"><code>(\w+)</code></th><td>(.*?)</td></tr>", page)
+    return {name: html.unescape(cell) for name, cell in rows}
+
+
 async def test_detail_shows_every_field_as_the_api_does(site: Site) -> None:
     await site.sign_in()
     r = await site.api.get("/api/v1/orgs/acme/sessions", params={"limit": "1"})
     session = r.json()["sessions"][0]
     page = await site.ui.get(f"/orgs/acme/sessions/{session['session_id']}")
     assert page.status_code == 200
-    cells = dict(
-        re.findall(r"<tr><th scope=\"row\"><code>(\w+)</code></th><td>(.*?)</td></tr>", page.text)
-    )
+    cells = detail_cells(page.text)
     assert set(cells) == set(session)
     for name, value in session.items():
-        shown = html.unescape(cells[name])
-        assert shown == ('<span class="none">null</span>' if value is None else str(value)), name
+        assert cells[name] == shown_as(name, value), name
+    assert (cells["midstream"], cells["estimated"], cells["incomplete"]) == ("no", "no", "no")
     assert session["community_id"] and session["community_id"] in page.text
+    assert "flow record" not in page.text  # a captured session: payloads known, no notes
+
+
+async def test_detail_of_a_flow_session_says_payloads_not_known_and_shows_its_flags(
+    site: Site,
+) -> None:
+    """A session built from flow records (issue 20): NULL payloads, sampled, records lost."""
+    (started,) = raw_query(site.url, "SELECT MIN(started_at) FROM sessions WHERE org_id = 'acme'")
+    start = as_time(started[0]).timestamp()
+    session_id = uuid.UUID("0196a0c0-0000-7000-8000-00000000f10a")
+    event = SessionEvent(
+        kind=EventKind.CLOSED,
+        session_id=session_id,
+        proto=IpProto.UDP,
+        family=4,
+        src_addr="100.64.0.2",
+        src_port=51000,
+        dst_addr="10.99.0.53",
+        dst_port=53,
+        started_ts=start,
+        last_ts=start + 2,
+        ended_ts=start + 2,
+        bytes_tx=1000,
+        bytes_rx=4000,
+        packets_tx=10,
+        packets_rx=10,
+        payload_bytes_tx=None,
+        payload_bytes_rx=None,
+        close_reason=CloseReason.EXPORTER_FORCED,
+        midstream=False,
+        community_id="1:x",
+        attribution=Attribution("acme"),
+        interface="ipfix:10.0.0.9",
+        estimated=True,
+        incomplete=True,
+        gateway="exporter-1",
+    )
+    engine = make_engine(site.url)
+    try:
+        writer = SessionWriter(engine, WriterConfig(), gateway="gw-own")
+        await writer.submit([event])
+        await writer.close()
+    finally:
+        await engine.dispose()
+    await site.sign_in()
+    r = await site.api.get("/api/v1/orgs/acme/sessions", params={"q": "estimated:true"})
+    (session,) = r.json()["sessions"]
+    page = await site.ui.get(f"/orgs/acme/sessions/{session_id}")
+    assert page.status_code == 200
+    cells = detail_cells(page.text)
+    for name, value in session.items():
+        assert cells[name] == shown_as(name, value), name
+    assert cells["payload_bytes_tx"] == '<span class="none">not known (flow record)</span>'
+    assert (cells["estimated"], cells["incomplete"]) == ("yes", "yes")
+    assert (cells["gateway"], cells["close_reason"]) == ("exporter-1", "exporter_forced")
+    assert "<strong>Estimated</strong>" in page.text
+    assert "<strong>Incomplete</strong>" in page.text
 
 
 # --- pages around the log --------------------------------------------------------------------

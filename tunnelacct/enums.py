@@ -42,6 +42,8 @@ class CloseReason(StrEnum):
     # the flow table was full ([service] max_sessions): among the least recently active,
     # ended early; a later packet of its 5-tuple opens a new session
     EVICTED = "evicted"
+    # a flow exporter ended the flow itself (flowEndReason 4 forced end, 5 lack of resources)
+    EXPORTER_FORCED = "exporter_forced"
 
 
 class EventKind(StrEnum):

@@ -55,7 +55,7 @@ def replicate_sessions(
                CASE WHEN ended_at IS NULL THEN NULL ELSE {shifted("ended_at")} END,
                {shifted("last_seen_at")}, duration_s, bytes_tx, bytes_rx, packets_tx,
                packets_rx, payload_bytes_tx, payload_bytes_rx, status, close_reason, midstream,
-               community_id, gateway, interface, day_split
+               community_id, gateway, interface, day_split, estimated, incomplete
         FROM temp.seeds, n
     """
     try:

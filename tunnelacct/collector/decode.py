@@ -95,18 +95,26 @@ class DomainState:
 
 
 class SetContext:
-    """Header facts a data set needs to be decoded later (times, domain)."""
+    """Header facts a data set needs to be decoded later (times, domain), and the sampling
+    interval the config sets for its exporter (None: what the exporter says)."""
 
-    __slots__ = ("exporter", "key", "version", "unix_secs", "uptime_ms")
+    __slots__ = ("exporter", "key", "version", "unix_secs", "uptime_ms", "sampling")
 
     def __init__(
-        self, exporter: Exporter, key: TemplateKey, version: int, unix_secs: int, uptime_ms: int
+        self,
+        exporter: Exporter,
+        key: TemplateKey,
+        version: int,
+        unix_secs: int,
+        uptime_ms: int,
+        sampling: int | None = None,
     ) -> None:
         self.exporter = exporter
         self.key = key
         self.version = version
         self.unix_secs = unix_secs
         self.uptime_ms = uptime_ms
+        self.sampling = sampling
 
 
 class PendingSet:
@@ -139,8 +147,14 @@ class FlowDecoder:
 
     # -- public -----------------------------------------------------------------------------
 
-    def decode_datagram(self, payload: bytes, exporter: Exporter, now: float) -> list[FlowRecord]:
-        """Decode one UDP payload from `exporter` received at `now` (epoch s); never raises."""
+    def decode_datagram(
+        self, payload: bytes, exporter: Exporter, now: float, sampling: int | None = None
+    ) -> list[FlowRecord]:
+        """Decode one UDP payload from `exporter` received at `now` (epoch s); never raises.
+
+        `sampling` is the config's interval for this exporter ([[collector.exporters]]
+        sampling = N): it scales the counters whatever the exporter reports; None = "auto",
+        the interval of the exporter's options records (v9/IPFIX) or v5 header."""
         counters = self.counters.get(exporter)
         if counters is None:
             counters = self.counters[exporter] = {}
@@ -152,11 +166,11 @@ class FlowDecoder:
             return out
         version = VERSION_HEADER.unpack_from(payload, 0)[0]
         if version == 10:
-            self._decode_ipfix(payload, exporter, now, counters, out)
+            self._decode_ipfix(payload, exporter, now, counters, out, sampling)
         elif version == 9:
-            self._decode_v9(payload, exporter, now, counters, out)
+            self._decode_v9(payload, exporter, now, counters, out, sampling)
         elif version == 5:
-            self._decode_v5(payload, exporter, counters, out)
+            self._decode_v5(payload, exporter, counters, out, sampling)
         else:
             self._count(counters, DecodeReason.UNKNOWN_VERSION)
         return out
@@ -209,7 +223,12 @@ class FlowDecoder:
             pending.extend(kept)
 
     def _decode_v5(
-        self, payload: bytes, exporter: Exporter, counters: dict[str, int], out: list[FlowRecord]
+        self,
+        payload: bytes,
+        exporter: Exporter,
+        counters: dict[str, int],
+        out: list[FlowRecord],
+        sampling: int | None,
     ) -> None:
         if len(payload) < V5_HEADER.size:
             self._count(counters, DecodeReason.TRUNCATED_HEADER)
@@ -222,6 +241,8 @@ class FlowDecoder:
         sequence = header[5]
         domain_id = header[6] << 8 | header[7]
         sampling_interval = max(1, header[8] & V5_SAMPLING_INTERVAL_MASK)
+        if sampling is not None:
+            sampling_interval = sampling
         available = (len(payload) - V5_HEADER.size) // V5_RECORD.size
         if count > available:
             self._count(counters, DecodeReason.TRUNCATED_RECORDS)
@@ -280,6 +301,7 @@ class FlowDecoder:
         now: float,
         counters: dict[str, int],
         out: list[FlowRecord],
+        sampling: int | None,
     ) -> None:
         if len(payload) < V9_HEADER.size:
             self._count(counters, DecodeReason.TRUNCATED_HEADER)
@@ -307,7 +329,7 @@ class FlowDecoder:
                 self._count(counters, DecodeReason.SEQUENCE_BACKWARDS)
         state.last_uptime_ms = uptime_ms
         state.last_sequence = sequence
-        context = SetContext(exporter, key, 9, unix_secs, uptime_ms)
+        context = SetContext(exporter, key, 9, unix_secs, uptime_ms, sampling)
         self._walk_sets(payload, V9_HEADER.size, len(payload), context, state, now, counters, out)
 
     def _decode_ipfix(
@@ -317,6 +339,7 @@ class FlowDecoder:
         now: float,
         counters: dict[str, int],
         out: list[FlowRecord],
+        sampling: int | None,
     ) -> None:
         if len(payload) < IPFIX_HEADER.size:
             self._count(counters, DecodeReason.TRUNCATED_HEADER)
@@ -335,7 +358,7 @@ class FlowDecoder:
             # Both sequence conventions only ever grow: going backwards is a restart.
             self._restart(key, state, counters)
         state.last_sequence = sequence
-        context = SetContext(exporter, key, 10, export_secs, 0)
+        context = SetContext(exporter, key, 10, export_secs, 0, sampling)
         first_record = len(out)
         complete = self._walk_sets(
             payload, IPFIX_HEADER.size, message_length, context, state, now, counters, out
@@ -685,7 +708,7 @@ class FlowDecoder:
         family = template.address_family
         inet_ntop = socket.inet_ntop
         address_family = socket.AF_INET6 if family == 6 else socket.AF_INET
-        sampling = state.sampling_interval
+        sampling = state.sampling_interval if context.sampling is None else context.sampling
         estimated = sampling > 1
         start_kind = template.start_kind
         end_kind = template.end_kind

@@ -18,10 +18,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -29,7 +30,7 @@ from typing import NamedTuple
 import asyncio_dgram
 
 from tunnelacct.collector.decode import Exporter, FlowDecoder
-from tunnelacct.collector.records import FlowRecord
+from tunnelacct.collector.records import DecodeReason, FlowRecord
 from tunnelacct.errors import TunnelacctError
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,19 @@ class Datagram(NamedTuple):
     received_ts: float
 
 
-# What drain() hands on per batch: each decoded datagram's rule and records (none empty).
-RecordBatch = list[tuple[ExporterRule, list[FlowRecord]]]
+class DecodedDatagram(NamedTuple):
+    """One decoded datagram: its exporter's rule, its flow records, and how many records (IPFIX,
+    v5) or export packets (v9) its sequence number says were lost just before it."""
+
+    rule: ExporterRule
+    exporter: Exporter
+    records: list[FlowRecord]
+    lost: int
+    received_ts: float
+
+
+# What drain() hands on per batch: the datagrams that yielded records or revealed a loss.
+RecordBatch = list[DecodedDatagram]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,14 +362,16 @@ class CollectorListener:
     async def drain(
         self,
         decoder: FlowDecoder,
-        on_records: Callable[[RecordBatch], None],
+        on_records: Callable[[RecordBatch], Awaitable[None] | None],
         batch_max: int = BATCH_MAX,
     ) -> None:
         """Decode queued datagrams in batches of up to `batch_max` and pass their records on.
 
-        Each datagram is decoded at its receive time. `on_records` gets one list per batch
-        (only datagrams that yielded records); an exception from it ends drain(). After stop(),
-        drain() decodes every datagram already queued, then returns.
+        Each datagram is decoded at its receive time, with its rule's sampling override.
+        `on_records` gets one list per batch (only datagrams that yielded records or revealed
+        lost records) and is awaited when it returns an awaitable (the session engine waits
+        for the writer there); an exception from it ends drain(). After stop(), drain()
+        decodes every datagram already queued, then returns.
         """
         queue = self.queue
         while True:
@@ -369,15 +383,17 @@ class CollectorListener:
             taken = 0
             while True:
                 if item is not None:
-                    records = decoder.decode_datagram(item.payload, item.exporter, item.received_ts)
-                    if records:
-                        batch.append((item.rule, records))
+                    decoded = _decode(decoder, item)
+                    if decoded.records or decoded.lost:
+                        batch.append(decoded)
                 taken += 1
                 if taken >= batch_max or queue.empty():
                     break
                 item = queue.get_nowait()
             if batch:
-                on_records(batch)
+                handled = on_records(batch)
+                if inspect.isawaitable(handled):
+                    await handled
             # Let the receive loops run between batches even when the queue never empties.
             await asyncio.sleep(0)
 
@@ -408,12 +424,31 @@ class CollectorListener:
         )
 
 
+def _lost_so_far(decoder: FlowDecoder, exporter: Exporter) -> int:
+    counters = decoder.counters.get(exporter)
+    if counters is None:
+        return 0
+    lost_records = counters.get(DecodeReason.LOST_RECORDS, 0)
+    return lost_records + counters.get(DecodeReason.LOST_PACKETS, 0)
+
+
+def _decode(decoder: FlowDecoder, item: Datagram) -> DecodedDatagram:
+    """Decode one queued datagram, noting the loss its sequence number reveals."""
+    lost_before = _lost_so_far(decoder, item.exporter)
+    records = decoder.decode_datagram(
+        item.payload, item.exporter, item.received_ts, item.rule.sampling
+    )
+    lost = _lost_so_far(decoder, item.exporter) - lost_before
+    return DecodedDatagram(item.rule, item.exporter, records, lost, item.received_ts)
+
+
 __all__ = [
     "AllowList",
     "CollectorFigures",
     "CollectorListenError",
     "CollectorListener",
     "Datagram",
+    "DecodedDatagram",
     "DropReason",
     "Endpoint",
     "ExporterFigures",

@@ -415,6 +415,10 @@ class TemplateCache:
             return len(self._templates.get(key, {}))
         return sum(len(known) for known in self._templates.values())
 
+    def counts(self) -> dict[TemplateKey, int]:
+        """How many templates each exporter domain holds (for metrics)."""
+        return {key: len(known) for key, known in self._templates.items() if known}
+
     def is_expired(self, key: TemplateKey, template_id: int, now: float) -> bool:
         """True when a template is held but older than the timeout (lookup would drop it)."""
         template = self._templates.get(key, {}).get(template_id)

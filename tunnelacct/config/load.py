@@ -26,15 +26,20 @@ from tunnelacct.config.model import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
     DEFAULT_ORG,
+    MAX_COLLECTOR_QUEUE,
     MAX_RETENTION_DAYS,
+    MAX_SAMPLING,
+    MAX_STITCH_GAP_S,
     MIN_SERIES,
     SECTION_KEYS,
     SYNCHRONOUS_LEVELS,
     ApiConfig,
     CaptureConfig,
     ClientConfig,
+    CollectorConfig,
     Config,
     DatabaseConfig,
+    ExporterConfig,
     MetricsConfig,
     OrgConfig,
     ResourceConfig,
@@ -65,6 +70,13 @@ _CAPTURE, _WIREGUARD, _SERVICE = CaptureConfig(), WireguardConfig(), ServiceConf
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no whitespace, '/' or ':'
 _IFNAME_WHY = "expected an interface name of 1-15 bytes without spaces, '/' or ':' (not . or ..)"
 _WG_KEY_CHARS = 44  # base64 of a 32-byte Curve25519 key, with one "=" of padding
+_COLLECTOR = CollectorConfig(listen=())
+_AUTO = "auto"  # [[collector.exporters]] sampling that takes what the exporter reports (None)
+_MAX_QUEUE_WHY = f"expected an integer 1-{MAX_COLLECTOR_QUEUE} (datagrams)"
+_SAMPLING_WHY = f'expected "auto" or an integer 1-{MAX_SAMPLING} (1 in N packets)'
+_LISTEN_UDP_WHY = 'expected an array of "host:port" like ["127.0.0.1:2055", "[::]:4739"]'
+# sections written at the top level; a dotted name ("collector.exporters") is inside another
+_TOP_SECTIONS = tuple(sorted(name for name in SECTION_KEYS if "." not in name))
 
 
 def load_config(
@@ -109,15 +121,19 @@ def load_config(
     return config
 
 
-def listen_address(text: str) -> tuple[str, int] | None:
-    """(host, port) of a "host:port" listen address (IPv6 host in brackets); None if not one."""
+def listen_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int] | None:
+    """(host, port) of a "host:port" listen address (IPv6 host in brackets); None if not one.
+
+    Port 0 (bind any free port) is one only with `allow_port_zero`.
+    """
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", text)
     if m is None:
         return None
     bracketed = m.group(1) is not None  # "[::1]:8080"
     host = m.group(1) if bracketed else m.group(3)
     port = int(m.group(2) if bracketed else m.group(4))
-    return (host, port) if 1 <= port <= 65535 else None
+    lowest = 0 if allow_port_zero else 1
+    return (host, port) if lowest <= port <= 65535 else None
 
 
 def _read(path: str) -> str:
@@ -187,8 +203,8 @@ class Loader:
         """The validated Config of the whole document."""
         top = _Where("", 0, "")
         for name, value in doc.items():
-            if name not in SECTION_KEYS:
-                allowed = ", ".join(sorted(SECTION_KEYS))
+            if name not in _TOP_SECTIONS:
+                allowed = ", ".join(_TOP_SECTIONS)
                 self.fail(top, name, f"unknown section; allowed: {allowed}", _shown(value))
         where, t = self._section(doc, "database")
         url = self._text(where, t, "url", DEFAULT_DATABASE_URL)
@@ -293,6 +309,7 @@ class Loader:
             api=api,
             retention=retention,
             metrics=metrics,
+            collector=self._collector(doc),
         )
 
     def _root_path(self, where: _Where, t: Mapping[str, object]) -> str:
@@ -337,16 +354,25 @@ class Loader:
         return where, t
 
     def _entries(
-        self, doc: Mapping[str, object], name: str
+        self, holder: Mapping[str, object], name: str
     ) -> Iterator[tuple[_Where, dict[str, object]]]:
-        """Each [[name]] entry with a label naming it by id (or by position while the id is bad)."""
-        entries = doc.get(name, [])
+        """Each [[name]] entry with a label naming it by id (or by position while the id is bad).
+
+        `holder` is the table the array is a key of: the document, or the [collector] table
+        for [[collector.exporters]] (its key "exporters").
+        """
+        parent, _, key = name.rpartition(".")
+        entries = holder.get(key, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             why = f"expected an array of tables: write [[{name}]]"
-            self.fail(_Where("", 0, ""), name, why, _shown(entries))
+            self.fail(_Where(parent, 0, f"[{parent}]" if parent else ""), key, why, _shown(entries))
         for index, entry in enumerate(entries):
             ident = entry.get("id")
-            named = isinstance(ident, str) and _ID.fullmatch(ident) is not None
+            named = (
+                "id" in SECTION_KEYS[name]
+                and isinstance(ident, str)
+                and _ID.fullmatch(ident) is not None
+            )
             where = _Where(
                 name, index, f'[[{name}]] "{ident}"' if named else f"[[{name}]] #{index + 1}"
             )
@@ -521,6 +547,124 @@ class Loader:
                 loop=loop,
             )
 
+    def _collector(self, doc: Mapping[str, object]) -> CollectorConfig | None:
+        """[collector] with its [[collector.exporters]]; None when the file has neither."""
+        if "collector" not in doc:
+            return None
+        where, t = self._section(doc, "collector")
+        # the entries first: a problem of their own ([collector.exporters] written as a single
+        # table, say) is reported as such rather than as the missing listen it implies
+        exporters = tuple(self._exporters(t))
+        if "listen" not in t:
+            why = "required key is missing"
+            if exporters:
+                why += ": [[collector.exporters]] send their records to these UDP addresses"
+            self.fail(where, "listen", why)
+        listen = self._collector_listen(where, t["listen"])
+        template_timeout_s = self._seconds(
+            where, t, "template_timeout", _COLLECTOR.template_timeout_s
+        )
+        stitch_gap_s = self._stitch_gap(where, t)
+        queued = t.get("max_queue", _COLLECTOR.max_queue)
+        max_queue = self._integer(where, "max_queue", queued, MAX_COLLECTOR_QUEUE, _MAX_QUEUE_WHY)
+        active_timeout_s = self._seconds(where, t, "active_timeout", _COLLECTOR.active_timeout_s)
+        return CollectorConfig(
+            listen=listen,
+            template_timeout_s=template_timeout_s,
+            stitch_gap_s=stitch_gap_s,
+            max_queue=max_queue,
+            active_timeout_s=active_timeout_s,
+            exporters=exporters,
+        )
+
+    def _collector_listen(self, where: _Where, values: object) -> tuple[tuple[str, int], ...]:
+        """[collector] listen: a non-empty array of UDP "host:port" addresses (IPv6 host in
+        brackets, port 0 = any free port), none listed twice."""
+        if not isinstance(values, list) or not values:
+            self.fail(where, "listen", _LISTEN_UDP_WHY, _shown(values))
+        addresses: list[tuple[str, int]] = []
+        seen: dict[tuple[str, int], str] = {}  # (comparable host, port) -> as first written
+        for value in values:
+            address = (
+                listen_address(value, allow_port_zero=True) if isinstance(value, str) else None
+            )
+            if address is None:
+                self.fail(where, "listen", _LISTEN_UDP_WHY, _shown(value))
+            host = address[0]
+            port = address[1]
+            if value.startswith("[") and not _is_ipv6(host):
+                self.fail(where, "listen", "expected an IPv6 address in the brackets", value)
+            comparable = (_comparable_host(host), port)
+            # port 0 twice is two sockets on two free ports, not a clash
+            if port != 0 and comparable in seen:
+                first = seen[comparable]
+                twice = "listed twice" if first == value else f'the same address as "{first}"'
+                self.fail(where, "listen", twice, value)
+            seen[comparable] = value
+            addresses.append(address)
+        return tuple(addresses)
+
+    def _stitch_gap(self, where: _Where, t: Mapping[str, object]) -> float:
+        """[collector] stitch_gap: a finite number of seconds 0-3600."""
+        value = t.get("stitch_gap", _COLLECTOR.stitch_gap_s)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and 0 <= value <= MAX_STITCH_GAP_S)
+        ):
+            why = f"expected a number of seconds 0-{MAX_STITCH_GAP_S:g}"
+            self.fail(where, "stitch_gap", why, _shown(value))
+        return float(value)
+
+    def _exporters(self, collector: Mapping[str, object]) -> Iterator[ExporterConfig]:
+        """[[collector.exporters]]: the collector's allow-list, each network at most once."""
+        seen: dict[str, _Where] = {}  # normalised network -> its entry
+        for where, t in self._entries(collector, "collector.exporters"):
+            if "address" not in t:
+                self.fail(where, "address", "required key is missing")
+            network = self._exporter_network(where, t["address"])
+            first = seen.setdefault(network, where)
+            if first is not where:
+                line = self._lines.find(first.table, first.index, "address")
+                why = f"duplicate exporter network {network}; already at line {line}"
+                self.fail(where, "address", why, t["address"])
+            if "gateway" not in t:
+                self.fail(where, "gateway", "required key is missing")
+            yield ExporterConfig(
+                address=network,
+                gateway=self._text(where, t, "gateway", ""),
+                sampling=self._sampling(where, t),
+            )
+
+    def _exporter_network(self, where: _Where, value: object) -> str:
+        """An exporter's address or network, normalised ("192.0.2.10" -> "192.0.2.10/32").
+
+        Unlike a client's CIDR, host bits are an error: an allow-list silently widened from a
+        typo would accept exporters nobody meant to trust.
+        """
+        why = "expected an IPv4 or IPv6 address or network like 192.0.2.10 or 2001:db8::/64"
+        if not isinstance(value, str):
+            self.fail(where, "address", why, _shown(value))
+        if "%" in value:
+            why = "expected no zone index (%...): the allow-list matches addresses, not interfaces"
+            self.fail(where, "address", why, value)
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            self.fail(where, "address", why, value)
+        host = ipaddress.ip_interface(value).ip
+        if host != network.network_address:
+            why = f"host bits are set: write {network} for the network, or {host} for one host"
+            self.fail(where, "address", why, value)
+        return str(network)
+
+    def _sampling(self, where: _Where, t: Mapping[str, object]) -> int | None:
+        """An exporter's sampling: N of 1 in N packets, or "auto" (None: as the exporter says)."""
+        value = t.get("sampling", _AUTO)
+        if value == _AUTO:
+            return None
+        return self._integer(where, "sampling", value, MAX_SAMPLING, _SAMPLING_WHY)
+
     def _ports(self, where: _Where, value: object) -> tuple[tuple[int, int], ...] | None:
         """Resource ports: a string like "80,8000-8100", a bare integer, or absent (all ports)."""
         if value is None:
@@ -629,6 +773,12 @@ class Loader:
             self.fail(where, key, "expected true or false", _shown(value))
         return value
 
+    def _integer(self, where: _Where, key: str, value: object, highest: int, why: str) -> int:
+        """`value` of `key`: an integer 1-`highest` (a bool or a float is not accepted)."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+            self.fail(where, key, why, _shown(value))
+        return value
+
     def _count(self, where: _Where, t: Mapping[str, object], key: str, default: int) -> int:
         """An integer >= 1 (a bool or a float is not accepted)."""
         value = t.get(key, default)
@@ -645,6 +795,24 @@ def _is_ifname(value: object) -> TypeGuard[str]:
         and value not in (".", "..")
         and len(value.encode()) <= 15  # IFNAMSIZ counts bytes, not characters
     )
+
+
+def _is_ipv6(host: str) -> bool:
+    """True when `host` is the text of an IPv6 address ("::", "fe80::1")."""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _comparable_host(host: str) -> str:
+    """`host` as compared for duplicates: an IP address in its compressed form ("0::0" is
+    "::"), a name in lower case."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host.lower()
 
 
 def _is_wireguard_key(value: str) -> bool:

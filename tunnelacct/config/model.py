@@ -44,12 +44,26 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     ),
     "retention": ("interval",),
     "metrics": ("listen", "client_labels", "max_series"),
+    "collector": (
+        "listen",
+        "template_timeout",
+        "stitch_gap",
+        "max_queue",
+        "active_timeout",
+        "exporters",
+    ),
+    # the entries of [collector] exporters, written [[collector.exporters]]: a dotted name is
+    # an array of tables inside the section before the dot, never a top-level section
+    "collector.exporters": ("address", "gateway", "sampling"),
 }
 # retention_days is 1..MAX_RETENTION_DAYS (100 years) or "forever": the bound keeps a purge's
 # cutoff (now - days) a valid date and the value within PostgreSQL's INTEGER.
 MAX_RETENTION_DAYS = 36_500
-ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture"})
+ARRAY_SECTIONS = frozenset({"orgs", "clients", "resources", "capture", "collector.exporters"})
 MIN_SERIES = 100  # [metrics] max_series: room for the overflow series of every metric
+MAX_STITCH_GAP_S = 3600.0  # [collector] stitch_gap: at most an hour
+MAX_COLLECTOR_QUEUE = 10_000_000  # [collector] max_queue: a typo's extra zeros stay bounded
+MAX_SAMPLING = 2**31 - 1  # [[collector.exporters]] sampling: the largest 1-in-N interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +220,33 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    """[[collector.exporters]]: one allow-list entry: flow records sent from `address` (a
+    normalised network, "192.0.2.10/32") are accepted and their sessions stored as `gateway`."""
+
+    address: str
+    gateway: str
+    sampling: int | None = None  # 1 in N packets; None = "auto": what the exporter reports
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """[collector]: the flow-record collector of `serve` (NetFlow, IPFIX over UDP); absent = none.
+
+    Example: CollectorConfig(listen=(("127.0.0.1", 2055), ("::", 4739))).
+    """
+
+    # (host, port) pairs; IPv6 hosts without brackets; port 0 binds any free port
+    listen: tuple[tuple[str, int], ...]
+    template_timeout_s: float = 1800.0  # a template not refreshed for this long is forgotten
+    # records of one flow that end and start again at most this far apart are one session
+    stitch_gap_s: float = 5.0
+    max_queue: int = 20_000  # datagrams waiting between the sockets and the decoder
+    active_timeout_s: float = 1800.0  # longest an exporter holds a live flow before exporting it
+    exporters: tuple[ExporterConfig, ...] = ()  # the allow-list; empty = nothing is accepted
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -224,6 +265,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    collector: CollectorConfig | None = None  # None: no [collector] table
 
 
 _PORT_PART = re.compile(r"([0-9]{1,9})(?:\s*-\s*([0-9]{1,9}))?")

@@ -16,9 +16,11 @@ def segments(dotted: str) -> list[str]:
 class KeyLines:
     """Maps (table, index, key) to the 1-based line that key is written on, by scanning the text.
 
-    `table` is "" for the top level, `index` counts [[table]] entries from 0, and key None means
-    the entry's header. Multi-line strings are skipped; keys written as inline tables are not
-    found, and find() falls back to the header line, then to the line naming the table.
+    `table` is "" for the top level or a dotted name ("collector.exporters"), `index` counts
+    [[table]] entries from 0, and key None means the entry's header. Multi-line strings are
+    skipped; keys written as inline tables are not found, and find() falls back to the header
+    line, then for a dotted table to the line of its key in the parent table (the
+    `exporters = [...]` of an array of inline tables), then to the line naming the table.
     """
 
     __slots__ = ("_where",)
@@ -42,17 +44,16 @@ class KeyLines:
                     continue
                 head = names[0]
                 self._where.setdefault(("", 0, head), number)
-                if array and len(names) == 1:
-                    index = counts.get(head, 0)
-                    counts[head] = index + 1
-                    table = head
-                elif len(names) == 1:
-                    table = head
-                    index = 0
-                else:  # [database.extra]: report it as key "extra" of [database]
+                if len(names) > 1:
+                    # [database.extra] is key "extra" of [database]; [[collector.exporters]]
+                    # is key "exporters" of [collector] too
                     parent = max(counts.get(head, 0) - 1, 0)
                     self._where.setdefault((head, parent, names[1]), number)
-                    table = ".".join(names)
+                table = ".".join(names)
+                if array:  # [[orgs]], [[collector.exporters]]: entries counted per array
+                    index = counts.get(table, 0)
+                    counts[table] = index + 1
+                else:
                     index = 0
                 self._where.setdefault((table, index, None), number)
                 continue
@@ -66,7 +67,12 @@ class KeyLines:
 
     def find(self, table: str, index: int, key: str | None) -> int | None:
         """The line of `key` in entry `index` of `table`, else of its header, else None."""
-        for probe in ((table, index, key), (table, index, None), ("", 0, table or None)):
+        parent, _, last = table.rpartition(".")
+        probes: list[tuple[str, int, str | None]] = [(table, index, key), (table, index, None)]
+        if parent:
+            probes.append((parent, 0, last))
+        probes.append(("", 0, table or None))
+        for probe in probes:
             line = self._where.get(probe)
             if line is not None:
                 return line

@@ -4,14 +4,16 @@ Nothing here runs per packet: the collectors copy the counters that the pipeline
 writer keep anyway (the same ones the status file shows) and the flow tables' traffic tallies
 (tunnelacct.metrics.tally: folded about once a second). Labels are bounded: the interface (one per
 configured capture), fixed vocabularies (reason, protocol, direction), and config ids (org,
-resource, client) under a per-metric series cap; never an address, port, session or user.
+resource, client) under a per-metric series cap; never a packet's address, port, session or
+user. The flow-record collector's metrics (tunnelacct.metrics.flows) are labelled by exporter
+address: allow-listed devices, capped (that module says why).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import (
@@ -25,6 +27,7 @@ from prometheus_client.registry import Collector
 from tunnelacct import __version__
 from tunnelacct.capture.reasons import OK, REASONS, SKIPPED_REASONS
 from tunnelacct.ingest.status import CaptureStatus
+from tunnelacct.metrics.flows import FlowSourceCollector
 from tunnelacct.metrics.tally import (
     DIRECTIONS,
     DURATION_BUCKETS_S,
@@ -33,6 +36,10 @@ from tunnelacct.metrics.tally import (
     MetricLabels,
     TallySnapshot,
 )
+
+if TYPE_CHECKING:
+    # only for annotations: importing ingest.flows would load the session engine into the web app
+    from tunnelacct.ingest.flows import FlowSourceFigures
 
 DECODE_ERROR_REASONS = tuple(r for r in REASONS[OK + 1 :] if r not in SKIPPED_REASONS)
 
@@ -304,10 +311,16 @@ def service_registry(
     writer: Callable[[], WriterFigures | None],
     retention: Callable[[], RetentionFigures | None] = lambda: None,
     traffic: Callable[[], TrafficFigures] | None = None,
+    flows: Callable[[], FlowSourceFigures | None] | None = None,
 ) -> CollectorRegistry:
-    """A registry holding only the service's collectors (no process or platform metrics)."""
+    """A registry holding only the service's collectors (no process or platform metrics).
+
+    `flows` reads the flow-record collector's figures, None when serve has no [collector].
+    """
     registry = CollectorRegistry()
     registry.register(ServiceCollector(captures, writer, retention))
     if traffic is not None:
         registry.register(TrafficCollector(traffic))
+    if flows is not None:
+        registry.register(FlowSourceCollector(flows))
     return registry

@@ -85,6 +85,8 @@ _KINDS = {
     "src_addr": CellKind.ADDRESS,
     "dst_addr": CellKind.ADDRESS,
     "midstream": CellKind.FLAG,
+    "estimated": CellKind.FLAG,
+    "incomplete": CellKind.FLAG,
     **dict.fromkeys(_FREE_TEXT, CellKind.FREE_TEXT),
 }
 _STARTED_AT = CSV_COLUMNS.index("started_at")

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, literal_column, not_, true
+from sqlalchemy import ColumnElement, Table, and_, false, literal_column, not_, true
 
 from tunnelacct.enums import CloseReason, IpProto, SessionStatus
 from tunnelacct.errors import FilterError
@@ -75,7 +75,16 @@ class Compare:
     negated: bool = False
 
 
-Term = Match | InNetwork | PortIn | StartedAt | Compare
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """`estimated:true|false`, `incomplete:true|false`: a boolean column is `value`."""
+
+    key: str
+    value: bool
+    negated: bool = False
+
+
+Term = Match | InNetwork | PortIn | StartedAt | Compare | Flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,16 @@ def _text(key: str, _op: str, value: str, negated: bool) -> Term:
     if not value:
         raise _Bad(value)
     return Match(key, value, negated)
+
+
+_FLAG_VALUES = {"true": True, "false": False}
+
+
+def _flag(key: str, _op: str, value: str, negated: bool) -> Term:
+    flag = _FLAG_VALUES.get(value.lower())
+    if flag is None:
+        raise _Bad(value)
+    return Flag(key, flag, negated)
 
 
 def _network(key: str, _op: str, value: str, negated: bool) -> Term:
@@ -243,6 +262,12 @@ def _compare_clause(term: Compare, table: Table) -> ColumnElement[bool]:
     return value > term.value if term.op == ">" else value < term.value
 
 
+def _flag_clause(term: Flag, table: Table) -> ColumnElement[bool]:
+    # The columns are NOT NULL (migration 0013), so a negated term is the other value.
+    column = table.c[term.key]
+    return column.is_(true()) if term.value else column.is_(false())
+
+
 _MATCH_COLUMNS = {
     "protocol": "protocol",
     "client": "client_id",
@@ -294,6 +319,9 @@ KEYS: dict[str, _Key] = {
         _compare_clause,
     ),
     "duration": _Key("<>", "a number of seconds such as 30 or 0.5", _compare, _compare_clause),
+    # sessions from flow records (issue 20): counters scaled by sampling, records lost
+    "estimated": _Key(":", "true or false", _flag, _flag_clause),
+    "incomplete": _Key(":", "true or false", _flag, _flag_clause),
 }
 
 _KNOWN = _SEP.join(f"{k}{s.ops[0]}" if s.ops == ":" else f"{k}>, {k}<" for k, s in KEYS.items())

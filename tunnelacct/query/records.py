@@ -10,7 +10,9 @@ from tunnelacct.store.models import SessionRecord
 
 # The header, in order. Times are RFC 3339 UTC with microseconds; counters are integers; tx is
 # initiator -> responder, rx the reverse; empty cells are NULLs (e.g. ended_at of an ongoing
-# session); midstream is true/false.
+# session, the payloads of a session from flow records); midstream, estimated and incomplete
+# are true/false. Columns added later go at the end (estimated, incomplete: migration 0013), so
+# that scripts reading cells by position keep working.
 CSV_COLUMNS: tuple[str, ...] = (
     "session_id",
     "org_id",
@@ -42,6 +44,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "community_id",
     "gateway",
     "interface",
+    "estimated",
+    "incomplete",
 )
 
 # Model attribute behind each column (session_id is the id; started_at_unix is computed).

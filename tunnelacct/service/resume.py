@@ -1,5 +1,6 @@
-"""Resuming at start: the sessions this gateway left `ongoing` in the store (a restart, a
-crash) continue where their capture still runs, or are closed."""
+"""Resuming at start: the sessions this gateway (and its collector's exporters' gateways) left
+`ongoing` in the store (a restart, a crash) continue where their capture or exporter still
+feeds them, or are closed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
 from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.ingest.flows import FlowSource
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.service.sinks import WriterAndEventLog
 from tunnelacct.store.ongoing import ongoing_sessions
@@ -33,6 +35,8 @@ async def resume_sessions(
     config: Config,
     pipelines: Sequence[CapturePipeline],
     sink: WriterAndEventLog,
+    *,
+    flow_source: FlowSource | None = None,
 ) -> Resumed:
     """Continue this gateway's `ongoing` sessions on their live interface; close the rest.
 
@@ -41,6 +45,11 @@ async def resume_sessions(
     service was down past its idle timeout (its packets meanwhile went unseen, so neither
     `idle` nor a later end would be true). The others continue: later packets on their 5-tuple
     add to the same row. Runs before any packet reaches a flow table.
+
+    A session of flow records (interface `flow:<exporter>`, under its exporter's gateway)
+    continues in the collector's table of that exporter when the exporter is still allowed
+    with that gateway and its last record is within [collector] active_timeout: the exporter
+    may still hold the flow, and its next record stitches onto the same row.
     """
     live = {p.capture.interface: p for p in pipelines if p.live}
     timeouts = config.timeouts
@@ -48,8 +57,15 @@ async def resume_sessions(
     stale = []
     continued = 0
     stored = await ongoing_sessions(engine, config.gateway)
+    if config.collector is not None:
+        for exporter_gateway in {e.gateway for e in config.collector.exporters}:
+            if exporter_gateway != config.gateway:
+                stored += await ongoing_sessions(engine, exporter_gateway)
     sink.seed(stored)  # the usage rollup holds their share already
     for event in stored:
+        if flow_source is not None and flow_source.resume(event):
+            continued += 1
+            continue
         pipeline = live.get(event.interface)
         idle_s = timeouts.tcp_idle_s if event.proto is IpProto.TCP else timeouts.udp_idle_s
         if pipeline is None or now_ts - event.last_ts > idle_s:

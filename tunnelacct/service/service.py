@@ -1,16 +1,19 @@
 """`tunnelacct serve`: the composition root of the live service.
 
 Builds everything from Config and owns every long-running task in one TaskGroup: one
-CapturePipeline per [[capture]], the SessionWriter, the WireGuard peer refresh (`peers.py`),
-the purges (`purges.py`), the listeners (`listeners.py`) and the status file (`status.py`).
+CapturePipeline per [[capture]], the flow-record collector ([collector], `ingest/flows.py`:
+a task per UDP listen address and one decoding into its flow tables), the SessionWriter, the
+WireGuard peer refresh (`peers.py`), the purges (`purges.py`), the listeners (`listeners.py`)
+and the status file (`status.py`).
 Three phases:
 
 - start: take the gateway lock, read WireGuard peers, build the writer, the captures and the
   listeners (a capture that cannot work or an address in use is a clear error here), resume
   the sessions this gateway left `ongoing` (`resume.py`);
 - run: until SIGTERM/SIGINT set `stop`;
-- shut down: sources stop and are read to the end, every open session is checkpointed, the
-  writer drains, each step bounded by [service] shutdown_timeout; then the listeners stop.
+- shut down: sources stop and are read to the end (the captures, then the collector's queue),
+  every open session is checkpointed, the writer drains, each step bounded by [service]
+  shutdown_timeout; then the listeners stop.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import configured_org_ids, unlogged_orgs
 from tunnelacct.errors import TunnelacctError
+from tunnelacct.ingest.flows import FlowSource, FlowSourceFigures
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.ingest.status import CaptureStatus
 from tunnelacct.metrics.collectors import (
@@ -62,6 +66,7 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE_EVERY_S = 1.0
 FORCE_AFTER_S = 1.0  # a second stop signal this much later exits at once
+COLLECTOR_TASK = "collector"
 
 
 class Service:
@@ -81,6 +86,7 @@ class Service:
         self.closed_at_start = 0
         self.status_file = StatusFile(status_path)
         self.pipelines: list[CapturePipeline] = []
+        self.flow_source: FlowSource | None = None  # [collector]
         self.writer: SessionWriter | None = None
         self.event_log: SessionEventLog | None = None
         self.export_workers: ExportWorkers | None = None  # the API's CSV export processes
@@ -101,20 +107,35 @@ class Service:
         """Serve until `stop` is set, then shut down in order; raises what made it fail."""
         config = self.config
         engine = make_engine(config.database.url, synchronous=config.database.synchronous)
-        gateway_lock = GatewayLock(engine, config.gateway)
+        # this gateway's name, and those the collector's exporters write their sessions under
+        gateway_locks = [GatewayLock(engine, name) for name in served_gateways(config)]
         try:
             # before any session is touched: another serve of this gateway would be resumed
             # and closed under its feet (issue 16)
-            await gateway_lock.acquire(datetime.now(UTC))
+            for gateway_lock in gateway_locks:
+                await gateway_lock.acquire(datetime.now(UTC))
             writer, sink, servers = await self._start(engine)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(writer.run())
-                resumed = await resume_sessions(engine, config, self.pipelines, sink)
+                resumed = await resume_sessions(
+                    engine, config, self.pipelines, sink, flow_source=self.flow_source
+                )
                 self.resumed = resumed.continued
                 self.closed_at_start = resumed.closed
                 capture_tasks = [
                     tg.create_task(self._guard(pipeline, sink, stop)) for pipeline in self.pipelines
                 ]
+                if self.flow_source is not None:
+                    # the endpoints' receive loops, then the decoding into the flow tables
+                    capture_tasks += [
+                        tg.create_task(self.flow_source.listener.run(endpoint), name=COLLECTOR_TASK)
+                        for endpoint in self.flow_source.endpoints
+                    ]
+                    capture_tasks.append(
+                        tg.create_task(
+                            self._guard_flows(self.flow_source, sink, stop), name=COLLECTOR_TASK
+                        )
+                    )
                 background_tasks = [
                     tg.create_task(self._status_loop()),
                     tg.create_task(self.purges.every_interval(engine)),
@@ -132,9 +153,10 @@ class Service:
                 # only what came since (a month's report by user, p99: 116 -> 68 ms, README)
                 gc.freeze()
                 log.info(
-                    "serving gateway %r: %d capture(s), store %s",
+                    "serving gateway %r: %d capture(s)%s, store %s",
                     config.gateway,
                     len(self.pipelines),
+                    ", a flow collector" if self.flow_source is not None else "",
                     engine.url.render_as_string(hide_password=True),
                 )
                 await stop.wait()
@@ -150,13 +172,16 @@ class Service:
         finally:
             for pipeline in self.pipelines:
                 pipeline.stop()
+            if self.flow_source is not None:
+                self.flow_source.stop()
             self.state = "stopped"
             if self.event_log is not None:
                 self.event_log.close()
             self._write_status()
             if self.export_workers is not None:
                 await asyncio.to_thread(self.export_workers.close)
-            await gateway_lock.release()  # after the writer drained
+            for gateway_lock in reversed(gateway_locks):
+                await gateway_lock.release()  # after the writer drained
             await engine.dispose()
         if self._failure is not None:
             raise self._failure
@@ -194,11 +219,24 @@ class Service:
         ]
         for pipeline in self.pipelines:
             pipeline.start()  # raises CaptureError when a capture cannot ever work
+        if config.collector is not None:
+            flow_tally = TrafficTally(self._labels)
+            self._tallies.append(flow_tally)
+            self.flow_source = FlowSource(
+                config.collector,
+                config.timeouts,
+                attribute=self.identity.attribute,
+                is_client=self.identity.is_client,
+                max_sessions=config.service.max_sessions,
+                observer=flow_tally,
+            )
+            await self.flow_source.open()  # CollectorListenError: an address cannot be bound
         registry = service_registry(
             self._capture_statuses,
             self._writer_figures,
             self.purges.figures,
             self._traffic_figures,
+            self._flow_figures,
         )
         servers = [self._api_server(engine, registry), self._metrics_server(registry)]
         return writer, sink, [server for server in servers if server is not None]
@@ -221,12 +259,17 @@ class Service:
         log.info("stopping: reading the rest of each capture, then checkpointing open sessions")
         for pipeline in self.pipelines:
             pipeline.stop()
+        if self.flow_source is not None:
+            self.flow_source.stop()  # decodes what is queued, then checkpoints its sessions
         if capture_tasks:
             _done, late = await asyncio.wait(capture_tasks, timeout=budget_s)
             if late:
                 log.error("%d capture(s) did not finish within %.0f s", len(late), budget_s)
                 for pipeline in self.pipelines:
                     pipeline.abandon()
+                for task in late:
+                    if task.get_name() == COLLECTOR_TASK:
+                        task.cancel()  # waiting for a stalled store: its sessions stay ongoing
         remaining_s = max(1.0, deadline - time.monotonic())
         await writer.close(timeout_s=remaining_s)  # StoreError names what stays unwritten
         for pipeline in self.pipelines:
@@ -246,6 +289,18 @@ class Service:
             await pipeline.run(sink)
         except Exception as e:  # noqa: BLE001 - reported, then raised by run() after shutdown
             log.error("capture on %s failed: %s", pipeline.capture.name, e)
+            if self._failure is None:
+                self._failure = e
+            stop.set()
+
+    async def _guard_flows(
+        self, flow_source: FlowSource, sink: WriterAndEventLog, stop: asyncio.Event
+    ) -> None:
+        """Run the collector's decoding; its failure stops the whole service in order."""
+        try:
+            await flow_source.run(sink)
+        except Exception as e:  # noqa: BLE001 - reported, then raised by run() after shutdown
+            log.error("flow collector failed: %s", e)
             if self._failure is None:
                 self._failure = e
             stop.set()
@@ -327,7 +382,13 @@ class Service:
         for capture_tally in (self._declared, *self._tallies):
             tally.merge(capture_tally.snapshot())
         unattributed = sum(p.table.stats.unattributed_sessions for p in self.pipelines)
+        if self.flow_source is not None:
+            tables = self.flow_source.tables.values()
+            unattributed += sum(table.stats.unattributed_sessions for table in tables)
         return TrafficFigures(tally, self._labels, unattributed)
+
+    def _flow_figures(self) -> FlowSourceFigures | None:
+        return self.flow_source.figures() if self.flow_source is not None else None
 
     def _not_ready(self) -> list[str]:
         """Why the service is not ready: its state, and captures not capturing."""
@@ -351,6 +412,7 @@ class Service:
             pipelines=self.pipelines,
             writer=self.writer,
             database_url=self.config.database.url,
+            flow_source=self.flow_source,
         )
 
     def _write_status(self) -> None:
@@ -363,6 +425,17 @@ class Service:
             await asyncio.sleep(STATUS_FILE_EVERY_S)
             self._write_status()
             progress.log_when_due(self.writer.pending if self.writer else 0)
+
+
+def served_gateways(config: Config) -> list[str]:
+    """The gateway names this service writes sessions under: its own, then each collector
+    exporter's (one serve per name and store: see GatewayLock)."""
+    names = [config.gateway]
+    if config.collector is not None:
+        for exporter in config.collector.exporters:
+            if exporter.gateway not in names:
+                names.append(exporter.gateway)
+    return names
 
 
 def serve(config: Config, *, status_path: Path | None = None) -> None:

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tunnelacct.collector.listener import format_listen
+from tunnelacct.ingest.flows import FlowSource
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.store.engine import sqlite_free_bytes
 from tunnelacct.store.writer import SessionWriter
@@ -32,6 +34,7 @@ def status_document(
     pipelines: Sequence[CapturePipeline],
     writer: SessionWriter | None,
     database_url: str,
+    flow_source: FlowSource | None = None,
 ) -> dict[str, Any]:
     """What the service is doing, as JSON-ready values."""
     return {
@@ -44,6 +47,35 @@ def status_document(
         "closed_at_start": closed_at_start,
         "captures": [p.status.as_dict() for p in pipelines],
         "writer": None if writer is None else _writer_status(writer, database_url),
+        "collector": None if flow_source is None else _collector_status(flow_source),
+    }
+
+
+def _collector_status(flow_source: FlowSource) -> dict[str, Any]:
+    """The collector's endpoints (as bound) and its totals over every exporter."""
+    figures = flow_source.figures()
+    listener = figures.listener
+    decoded: dict[str, int] = {}
+    for counters in figures.decoder.values():
+        for reason, count in counters.items():
+            decoded[reason] = decoded.get(reason, 0) + count
+    exporters: dict[str, dict[str, Any]] = {}
+    for (address, _port), exporter in listener.exporters.items():
+        entry = exporters.setdefault(address, {"gateway": exporter.gateway, "datagrams": 0})
+        entry["datagrams"] += exporter.datagrams
+    for address, entry in exporters.items():
+        entry["records_accounted"] = figures.records_accounted.get(address, 0)
+        entry["open_sessions"] = figures.open_sessions.get(address, 0)
+    return {
+        "listening": [format_listen(*endpoint.sockname) for endpoint in flow_source.endpoints],
+        "exporters": exporters,
+        "datagrams": sum(exporter.datagrams for exporter in listener.exporters.values()),
+        "dropped": {str(reason): count for reason, count in listener.dropped.items()},
+        "queue_depth": listener.queue_depth,
+        "decoded": decoded,
+        "records_skipped": figures.records_skipped,
+        "open_sessions": sum(figures.open_sessions.values()),
+        "sessions_marked_incomplete": figures.sessions_marked_incomplete,
     }
 
 

@@ -32,6 +32,11 @@ class SessionEvent:
 
     Times are float epoch seconds (packet time). `ended_ts` and `close_reason` are set only on
     CLOSED events. tx = initiator (src) to responder (dst), rx = the reverse.
+
+    Sessions built from flow records (the collector, issue 20) have no payload figures
+    (`payload_bytes_*` None, stored NULL), are `estimated` when a sampling interval scaled
+    their counters, `incomplete` when their exporter lost records while they were open, and
+    carry their exporter's `gateway` (None: the service's own [gateway] name).
     """
 
     kind: EventKind
@@ -49,8 +54,8 @@ class SessionEvent:
     bytes_rx: int
     packets_tx: int
     packets_rx: int
-    payload_bytes_tx: int
-    payload_bytes_rx: int
+    payload_bytes_tx: int | None
+    payload_bytes_rx: int | None
     close_reason: CloseReason | None
     midstream: bool  # first packet seen was not the opening one (e.g. TCP without a SYN)
     community_id: str
@@ -58,3 +63,6 @@ class SessionEvent:
     interface: str
     # its counters at the end of each UTC day before its last packet's (sessions/days.py)
     day_marks: tuple[DayMark, ...] = ()
+    estimated: bool = False
+    incomplete: bool = False
+    gateway: str | None = None

@@ -95,6 +95,9 @@ class Flow:
         "idle_s",
         "observed",
         "day_marks",
+        "payload_known",
+        "estimated",
+        "incomplete",
     )
 
     def __init__(
@@ -133,6 +136,10 @@ class Flow:
         # per UTC day before the last one it had packets on: (day, bytes_a, bytes_b, packets_a,
         # packets_b) as they stood at the end of that day (sessions/days.py); None: one day
         self.day_marks: list[DayMark] | None = None
+        # False for sessions of flow records (no payload figures: stored NULL, not 0)
+        self.payload_known = True
+        self.estimated = False  # a sampling interval scaled the counters (flow records)
+        self.incomplete = False  # its exporter lost records while it was open
 
 
 class FlowObserver(Protocol):
@@ -185,6 +192,7 @@ class FlowTable:
         emit_opened: bool = False,
         observer: FlowObserver | None = None,
         max_sessions: int = 262_144,
+        gateway: str | None = None,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, not {max_sessions}")
@@ -206,6 +214,7 @@ class FlowTable:
         self._last_sweep = float("-inf")
         self._day: int | None = None  # the UTC day of packet time; None before any packet
         self.stats = FlowStats()
+        self.gateway = gateway  # the sessions' gateway column; None: the writer's gateway
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -320,30 +329,16 @@ class FlowTable:
 
         Later packets on its 5-tuple within the idle timeout add to the same session and row.
         """
-        src = addr_int(e.src_addr)
-        dst = addr_int(e.dst_addr)
-        if e.family == 6:
-            src_hi = src >> 64
-            src_lo = src & LO64
-            dst_hi = dst >> 64
-            dst_lo = dst & LO64
-        else:
-            src_hi = 0
-            src_lo = src
-            dst_hi = 0
-            dst_lo = dst
-        initiator_is_a = (src_hi, src_lo, e.src_port) <= (dst_hi, dst_lo, e.dst_port)
-        if initiator_is_a:
-            a_endpoint = (src_hi, src_lo, e.src_port)
-            b_endpoint = (dst_hi, dst_lo, e.dst_port)
-        else:
-            a_endpoint = (dst_hi, dst_lo, e.dst_port)
-            b_endpoint = (src_hi, src_lo, e.src_port)
-        a_hi, a_lo, a_port = a_endpoint
-        b_hi, b_lo, b_port = b_endpoint
-        meta = (e.family << 40) | (int(e.proto) << 32) | (a_port << 16) | b_port
+        key, initiator_is_a = keyed(
+            e.family,
+            int(e.proto),
+            addr_int(e.src_addr),
+            e.src_port,
+            addr_int(e.dst_addr),
+            e.dst_port,
+        )
         flow = Flow(
-            (meta, a_hi, a_lo, b_hi, b_lo),
+            key,
             e.session_id,
             initiator_is_a,
             e.started_ts,
@@ -353,6 +348,9 @@ class FlowTable:
         )
         flow.last_ts = e.last_ts
         flow.checkpoint_ts = e.last_ts
+        flow.payload_known = e.payload_bytes_tx is not None
+        flow.estimated = e.estimated
+        flow.incomplete = e.incomplete
         if e.day_marks:
             flow.day_marks = [
                 (day, bytes_tx, bytes_rx, packets_tx, packets_rx)
@@ -362,20 +360,22 @@ class FlowTable:
             ]
         # a resumed session marks its day when the next packet comes on a later one
         self._day = max(self._day if self._day is not None else -1, day_of(e.last_ts))
+        payload_tx = e.payload_bytes_tx or 0
+        payload_rx = e.payload_bytes_rx or 0
         if initiator_is_a:  # tx was sent by A
             flow.packets_a = e.packets_tx
             flow.bytes_a = e.bytes_tx
-            flow.payload_a = e.payload_bytes_tx
+            flow.payload_a = payload_tx
             flow.packets_b = e.packets_rx
             flow.bytes_b = e.bytes_rx
-            flow.payload_b = e.payload_bytes_rx
+            flow.payload_b = payload_rx
         else:
             flow.packets_a = e.packets_rx
             flow.bytes_a = e.bytes_rx
-            flow.payload_a = e.payload_bytes_rx
+            flow.payload_a = payload_rx
             flow.packets_b = e.packets_tx
             flow.bytes_b = e.bytes_tx
-            flow.payload_b = e.payload_bytes_tx
+            flow.payload_b = payload_tx
         t = self.timeouts
         flow.idle_s = t.tcp_idle_s if e.proto == IpProto.TCP else t.udp_idle_s
         self._flows[flow.key] = flow
@@ -755,6 +755,8 @@ class FlowTable:
 
     def _event(self, flow: Flow, kind: EventKind) -> SessionEvent:
         family, proto, a_addr, a_port, b_addr, b_port = unpack_key(flow.key)
+        payload_tx: int | None
+        payload_rx: int | None
         if flow.initiator_is_a:
             src, sport, dst, dport = a_addr, a_port, b_addr, b_port
             packets_tx, bytes_tx, payload_tx = flow.packets_a, flow.bytes_a, flow.payload_a
@@ -777,6 +779,9 @@ class FlowTable:
                 (bytes_tx, bytes_rx, packets_tx, packets_rx),
             )
         closed = kind is EventKind.CLOSED
+        if not flow.payload_known:
+            payload_tx = None
+            payload_rx = None
         return SessionEvent(
             kind=kind,
             session_id=flow.session_id,
@@ -801,7 +806,33 @@ class FlowTable:
             attribution=flow.attribution,
             interface=flow.interface,
             day_marks=day_marks,
+            estimated=flow.estimated,
+            incomplete=flow.incomplete,
+            gateway=self.gateway,
         )
+
+
+def keyed(
+    family: int, proto: int, src: int, src_port: int, dst: int, dst_port: int
+) -> tuple[FlowKey, bool]:
+    """The flow key of a conversation seen from `src` to `dst` (addresses as ints), and whether
+    `src` is its endpoint A (the lower address and port), as the batch path keys packets."""
+    if family == 6:
+        src_hi = src >> 64
+        src_lo = src & LO64
+        dst_hi = dst >> 64
+        dst_lo = dst & LO64
+    else:
+        src_hi = 0
+        src_lo = src
+        dst_hi = 0
+        dst_lo = dst
+    src_is_a = (src_hi, src_lo, src_port) <= (dst_hi, dst_lo, dst_port)
+    if src_is_a:
+        meta = (family << 40) | (proto << 32) | (src_port << 16) | dst_port
+        return (meta, src_hi, src_lo, dst_hi, dst_lo), True
+    meta = (family << 40) | (proto << 32) | (dst_port << 16) | src_port
+    return (meta, dst_hi, dst_lo, src_hi, src_lo), False
 
 
 def _packets_at(b: DecodedBatch, index: np.ndarray) -> DecodedBatch:

@@ -65,10 +65,13 @@ ROW_COLUMNS = (
     "gateway",
     "interface",
     "day_split",
+    "estimated",
+    "incomplete",
 )
 
 # Columns a newer snapshot of an existing session may change; attribution, addresses and
-# started_at are fixed when the session opens.
+# started_at are fixed when the session opens. A flow-record session may turn incomplete (or
+# estimated) with a later record; its payload stays NULL (None in every snapshot).
 UPDATED_COLUMNS = (
     "last_seen_at",
     "ended_at",
@@ -82,6 +85,8 @@ UPDATED_COLUMNS = (
     "status",
     "close_reason",
     "day_split",
+    "estimated",
+    "incomplete",
 )
 
 # Placeholder for the i-th (1-based) parameter, by DBAPI paramstyle: aiosqlite takes qmark,
@@ -273,7 +278,11 @@ def driver_values(dialect_name: str) -> DriverValues:
 
 
 def session_values(event: SessionEvent, gateway: str, driver: DriverValues) -> tuple[Any, ...]:
-    """The sessions row for one event as a ROW_COLUMNS tuple (status from its kind)."""
+    """The sessions row for one event as a ROW_COLUMNS tuple (status from its kind).
+
+    `gateway` is the writer's own ([gateway] name): the row's unless the event carries its
+    own (a flow exporter's, issue 20). Payloads of None (flow records) are stored as NULL.
+    """
     who = event.attribution
     at = driver.at
     last_ts = event.last_ts
@@ -313,9 +322,11 @@ def session_values(event: SessionEvent, gateway: str, driver: DriverValues) -> t
         _REASON_VALUES[event.close_reason],
         driver.flag(event.midstream),
         event.community_id,
-        gateway,
+        gateway if event.gateway is None else event.gateway,
         event.interface,
         day_split_text(event.day_marks) if event.day_marks else None,
+        driver.flag(event.estimated),
+        driver.flag(event.incomplete),
     )
 
 
@@ -339,5 +350,6 @@ def day_marks_of(day_split: str | None) -> tuple[DayMark, ...]:
 
 
 def event_row(event: SessionEvent, gateway: str) -> dict[str, Any]:
-    """The sessions row for one event by column name, in model types (UUID, aware UTC times)."""
+    """The sessions row for one event by column name, in model types (UUID, aware UTC times);
+    `gateway` as session_values() takes it."""
     return dict(zip(ROW_COLUMNS, session_values(event, gateway, MODEL_VALUES), strict=True))

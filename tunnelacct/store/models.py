@@ -29,6 +29,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
 from sqlalchemy.dialects.postgresql import INET
 from sqlalchemy.types import TypeEngine
@@ -216,8 +217,9 @@ class SessionRecord(TableBase, table=True):
     bytes_rx: int = Field(sa_type=BigInteger)
     packets_tx: int = Field(sa_type=BigInteger)
     packets_rx: int = Field(sa_type=BigInteger)
-    payload_bytes_tx: int = Field(sa_type=BigInteger)
-    payload_bytes_rx: int = Field(sa_type=BigInteger)
+    # L4 payload; NULL when not known: a session built from flow records (migration 0013)
+    payload_bytes_tx: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
+    payload_bytes_rx: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
     status: str = Field(sa_type=String(16))  # SessionStatus: "ongoing" or "completed"
     close_reason: str | None = Field(default=None, sa_type=String(32), nullable=True)
     midstream: bool = Field(sa_type=Boolean)
@@ -228,6 +230,14 @@ class SessionRecord(TableBase, table=True):
     # packet's, as JSON [["2026-11-30", bytes_tx, bytes_rx, packets_tx, packets_rx], ...]
     # (sessions/days.py); NULL for a session on one day. The usage rollup splits it by them.
     day_split: str | None = Field(default=None, sa_type=Text, nullable=True)
+    # Flow records (migration 0013): a sampling interval scaled the counters (estimated), the
+    # exporter lost records while the session was open (incomplete). False for captures.
+    estimated: bool = Field(
+        default=False, sa_type=Boolean, sa_column_kwargs={"server_default": sa_false()}
+    )
+    incomplete: bool = Field(
+        default=False, sa_type=Boolean, sa_column_kwargs={"server_default": sa_false()}
+    )
 
 
 class UsageDay(TableBase, table=True):

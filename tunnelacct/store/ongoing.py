@@ -27,6 +27,9 @@ _PROTOCOLS = {p.label: p for p in IpProto}
 
 
 def _stored_event(row: SessionRecord) -> SessionEvent:
+    """The CHECKPOINT event of an ongoing row as it was written: payloads None where NULL (a
+    flow record's), the flags, and the row's gateway (the caller decides what to do with a
+    gateway other than its own)."""
     return SessionEvent(
         kind=EventKind.CHECKPOINT,
         session_id=row.id,
@@ -58,4 +61,7 @@ def _stored_event(row: SessionRecord) -> SessionEvent:
         ),
         interface=row.interface,
         day_marks=day_marks_of(row.day_split),
+        estimated=row.estimated,
+        incomplete=row.incomplete,
+        gateway=row.gateway,
     )

@@ -87,7 +87,13 @@ class UsageChanges:
 
     def add_event(self, event: SessionEvent, before: SessionEvent | None, gateway: str) -> None:
         """Add the share of the row `event` writes, less that of the row written before for the
-        same session (`before`; None for its first write)."""
+        same session (`before`; None for its first write).
+
+        `gateway` is the writer's own: the group's unless the event carries its own (a flow
+        exporter's), as the row's gateway column (codec.session_values).
+        """
+        if event.gateway is not None:
+            gateway = event.gateway
         who = event.attribution
         org = who.org_id
         client = who.client_id or ""
