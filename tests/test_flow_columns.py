@@ -34,10 +34,12 @@ from tests.helpers.pg import add_partitions, fresh_database, read_rows
 from tests.helpers.stores import alembic_to
 from tests.helpers.stores import query as raw_query
 from tests.helpers.waiting import WAIT_S
+from tests.test_writer import T0
+from tests.test_writer import event as writer_event
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.query.records import CSV_COLUMNS
-from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.codec import ROW_COLUMNS, event_row
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.models import Org, SessionRecord, table_of
@@ -48,7 +50,6 @@ from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token
 
-T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
 OWN_GATEWAY = "gw-own"  # the writer's [gateway] name
 EXPORTER = "exporter-1"  # the flow exporter's gateway, carried by its sessions' events
 FLOW_ID = uuid.UUID("0196a0c0-0000-7000-8000-00000000f10a")
@@ -57,33 +58,9 @@ LOSSY_ID = uuid.UUID("0196a0c0-0000-7000-8000-000000001055")
 
 
 def captured(kind: EventKind, session_id: uuid.UUID = CAPTURED_ID, n: int = 1) -> SessionEvent:
-    """A session event of a capture: payload figures, no flags, the writer's gateway."""
-    closed = kind is EventKind.CLOSED
-    last_ts = T0 + n
-    return SessionEvent(
-        kind=kind,
-        session_id=session_id,
-        proto=IpProto.TCP,
-        family=4,
-        src_addr="100.64.0.2",
-        src_port=40000,
-        dst_addr="10.1.0.5",
-        dst_port=443,
-        started_ts=T0,
-        last_ts=last_ts,
-        ended_ts=last_ts if closed else None,
-        bytes_tx=100 * n,
-        bytes_rx=1000 * n,
-        packets_tx=n,
-        packets_rx=2 * n,
-        payload_bytes_tx=60 * n,
-        payload_bytes_rx=960 * n,
-        close_reason=CloseReason.FIN if closed else None,
-        midstream=False,
-        community_id="1:hO+sN4H+MG5MY/8hIrXPqc4ZQz0=",
-        attribution=Attribution("acme", "c1", "laptop", "alice", "r1", "web"),
-        interface="wg0",
-    )
+    """A session event of a capture: payload figures, no flags, the writer's gateway (the
+    writer tests' event, at T0 + n)."""
+    return writer_event(kind, session_id, n=n, last_ts=T0 + n)
 
 
 def from_flows(
