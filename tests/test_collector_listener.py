@@ -20,6 +20,7 @@ from scapy.layers.netflow import NetflowHeader, NetflowHeaderV5, NetflowRecordV5
 from tunnelacct.collector import FlowDecoder
 from tunnelacct.collector.listener import (
     OTHER_SOURCES,
+    RECEIVE_BUFFER_BYTES,
     AllowList,
     CollectorListener,
     CollectorListenError,
@@ -313,3 +314,18 @@ async def test_open_reports_an_address_in_use_and_closes_the_others() -> None:
             await listener.open()
     assert raised.value.listen == f"127.0.0.1:{port}"
     assert [endpoint.closed for endpoint in listener.endpoints] == [True]
+
+
+async def test_an_endpoint_asks_the_kernel_for_a_large_receive_buffer() -> None:
+    """A loop busy elsewhere must not cost datagrams: as root the kernel gives every endpoint
+    at least RECEIVE_BUFFER_BYTES (it reports twice what was set), read back from the socket.
+    (The suite runs as root, as its network namespaces need.)"""
+    listener = CollectorListener([("127.0.0.1", 0)], AllowList([]))
+    await listener.open()
+    try:
+        [endpoint] = listener.endpoints
+        reported = endpoint.stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert reported >= RECEIVE_BUFFER_BYTES
+        assert endpoint.receive_buffer_bytes == reported
+    finally:
+        listener.stop()

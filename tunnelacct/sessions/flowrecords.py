@@ -160,7 +160,8 @@ class RecordTable(FlowTable):
         self.records = 0  # records accounted
         self.records_skipped = 0  # records of other protocols, or without addresses
         self.sessions_marked_incomplete = 0
-        # when each open session's last record arrived (collector clock, epoch s)
+        # when each open session's last record arrived (collector clock, epoch s), oldest
+        # first: advance() reads it from the front
         self._arrived: dict[FlowKey, float] = {}
         # sessions whose flags changed since their last checkpoint without new counters
         self._flagged: dict[FlowKey, Flow] = {}
@@ -192,12 +193,17 @@ class RecordTable(FlowTable):
         """End the sessions whose records stopped, as of the collector's clock `now_ts`.
 
         A session the exporter ended waits CLOSING_HOLD_S after its last record's arrival;
-        an open one `active_timeout` + OPEN_HOLD_MARGIN_S. `force` is accepted for the
-        FlowTable interface: every call checks every session."""
+        an open one `open_hold_s`. Sessions are visited oldest arrival first, and only those
+        whose last record came more than CLOSING_HOLD_S ago: a second's work is about the
+        sessions that end, not every open one. `force` is accepted for the FlowTable
+        interface."""
         self._wall_now = max(self._wall_now, now_ts)
         now = self._wall_now
-        for key, flow in list(self._flows.items()):
-            arrived = self._arrived.get(key, now)
+        flows = self._flows
+        for key, arrived in list(self._arrived.items()):
+            if now - arrived <= CLOSING_HOLD_S:
+                break  # arrival order: every later one came even more recently
+            flow = flows[key]
             if flow.closed:
                 if now - arrived > CLOSING_HOLD_S:
                     self._finish(flow, flow.close_reason or CloseReason.FIN)
@@ -225,6 +231,7 @@ class RecordTable(FlowTable):
             e.dst_port,
         )
         # its hold counts from the restart: records may have waited in the exporter meanwhile
+        self._arrived.pop(key, None)
         self._arrived[key] = max(self._wall_now, self._clock())
 
     def checkpoint(self) -> list[SessionEvent]:
@@ -274,6 +281,7 @@ class RecordTable(FlowTable):
         self._close_by(flow, record, from_b, flags, proto)
         if record.estimated:
             flow.estimated = True
+        self._arrived.pop(key, None)  # to the end: the dict stays in arrival order
         self._arrived[key] = received_ts
         self.records += 1
 
