@@ -61,6 +61,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[SessionEvent] = []
 
+    async def room(self) -> None:
+        """Always room: the metrics do not depend on the writer."""
+
     async def submit(self, events: list[SessionEvent]) -> None:
         """Keep `events`."""
         self.events += events

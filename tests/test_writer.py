@@ -240,6 +240,23 @@ async def test_submit_waits_when_max_pending_is_reached_and_loses_nothing(
     assert row_count(store_url) == 11 + 20 * 25 == writer.rows_written
 
 
+async def test_room_waits_while_max_pending_sessions_are_pending(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    """A bulk source (the flow collector) asks for room before taking more input: room() waits
+    while the writer holds max_pending sessions, and returns once a flush has freed some."""
+    writer = writer_for(store_engine, max_pending=10, batch_size=4, flush_interval_s=60)
+    await writer.submit([event() for _ in range(10)])
+    waiting = asyncio.create_task(writer.room())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # no run() yet: nothing frees a place
+    async with running(writer):
+        await asyncio.wait_for(waiting, WAIT_S)
+        assert writer.pending < 10
+    assert row_count(store_url) == 10
+
+
 # SQLite only, the next three: they test SQLite's own locking (another connection's BEGIN
 # EXCLUSIVE on the file, "database is locked", the busy handler). PostgreSQL's counterparts,
 # lock and statement timeouts, deadlocks and lost connections, are the outage tests below.

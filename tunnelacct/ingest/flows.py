@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from tunnelacct.collector.decode import Exporter, FlowDecoder
 from tunnelacct.collector.listener import (
@@ -67,6 +68,12 @@ class FlowSourceFigures:
     records_accounted: dict[str, int]  # exporter address -> TCP/UDP records made sessions of
     records_skipped: int  # records of protocols other than TCP/UDP, or without addresses
     sessions_marked_incomplete: int
+
+
+class FlowSink(SessionSink, Protocol):
+    """Where the collector's events go (the writer): it also says when it has room."""
+
+    async def room(self) -> None: ...
 
 
 class FlowSource:
@@ -119,10 +126,15 @@ class FlowSource:
         """Close the endpoints: `run()` finishes the queue, suspends the tables and returns."""
         self.listener.stop()
 
-    async def run(self, sink: SessionSink) -> None:
-        """Decode into the tables until stopped; then suspend them into `sink`."""
+    async def run(self, sink: FlowSink) -> None:
+        """Decode into the tables until stopped; then suspend them into `sink`.
+
+        While the writer holds all it may (`[writer] max_pending`), decoding waits: datagrams
+        wait in the queue and the kernel's receive buffer, and past those they are dropped and
+        counted (queue_overflow, the socket's drops), never held in memory without bound."""
 
         async def on_records(batch: RecordBatch) -> None:
+            await sink.room()
             self.add(batch)
 
         ticker = asyncio.create_task(self._tick(sink))
@@ -205,7 +217,7 @@ class FlowSource:
             )
         return table
 
-    async def _tick(self, sink: SessionSink) -> None:
+    async def _tick(self, sink: FlowSink) -> None:
         """Once a second: end sessions whose records stopped, expire templates; checkpoint."""
         checkpoint_s = self.timeouts.checkpoint_s
         next_checkpoint = self._clock() + checkpoint_s
@@ -254,4 +266,4 @@ class FlowSource:
         )
 
 
-__all__ = ["FlowSource", "FlowSourceFigures", "TableKey"]
+__all__ = ["FlowSink", "FlowSource", "FlowSourceFigures", "TableKey"]

@@ -77,6 +77,10 @@ class WriterAndEventLog:
         """Sessions as the store holds them, which later events continue (SessionWriter.seed)."""
         self._writer.seed(stored)
 
+    async def room(self) -> None:
+        """Wait while the writer holds as many sessions as it may (SessionWriter.room)."""
+        await self._writer.room()
+
     async def submit(self, events: list[SessionEvent]) -> None:
         if self._events is not None:
             await self._events.write(events)

@@ -210,6 +210,15 @@ class SessionWriter:
             if len(pending) == 1 or len(pending) >= batch_size:
                 self._wake.set()
 
+    async def room(self) -> None:
+        """Wait while `max_pending` sessions are pending (a source that makes events in bulk
+        waits here before taking more input, so its input waits upstream, not in memory)."""
+        if self._closing:
+            raise StoreError("session writer is closed")
+        limit = self._config.max_pending
+        while len(self._pending) >= limit:
+            await self._wait_for_space(limit)
+
     async def _wait_for_space(self, limit: int) -> None:
         self._waiting += 1
         self._wake.set()  # a full map is a full batch: make sure run() flushes now
