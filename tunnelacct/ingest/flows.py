@@ -17,6 +17,7 @@ tables (ended sessions closed, the others checkpointed to be resumed) and return
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -137,12 +138,19 @@ class FlowSource:
             await sink.room()
             self.add(batch)
 
-        ticker = asyncio.create_task(self._tick(sink))
+        stopping = asyncio.Event()
+        ticker = asyncio.create_task(self._tick(sink, stopping))
         try:
             await self.listener.drain(self.decoder, on_records)
         finally:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            # never cancelled mid-submit: the sessions a tick ended are out of the tables, and
+            # a cancelled submit would lose them; the tick in progress finishes first
+            stopping.set()
+            try:
+                await ticker
+            except asyncio.CancelledError:
+                ticker.cancel()  # serve gave up waiting (a stalled store): so do we
+                raise
         await sink.submit(self.suspend())
 
     def resume(self, event: SessionEvent) -> bool:
@@ -217,12 +225,16 @@ class FlowSource:
             )
         return table
 
-    async def _tick(self, sink: FlowSink) -> None:
-        """Once a second: end sessions whose records stopped, expire templates; checkpoint."""
+    async def _tick(self, sink: FlowSink, stopping: asyncio.Event) -> None:
+        """Once a second until `stopping`: end sessions whose records stopped, expire
+        templates; every [timeouts] checkpoint, checkpoint the open sessions."""
         checkpoint_s = self.timeouts.checkpoint_s
         next_checkpoint = self._clock() + checkpoint_s
-        while True:
-            await asyncio.sleep(TICK_S)
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), TICK_S)
+            if stopping.is_set():
+                return  # suspend() takes it from here
             now = self._clock()
             events: list[SessionEvent] = []
             for table in list(self.tables.values()):
