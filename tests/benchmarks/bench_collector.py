@@ -22,8 +22,9 @@ records: softflowd's IPFIX replayed over loopback UDP, decode -> sessions -> SQL
 A run is clean when: no datagram was dropped (allow-list, queue, kernel socket), no record was
 lost or bad, every record was decoded and accounted, every session stored with its bytes and
 packets, serve kept pace (decoded everything within CATCH_UP_LIMIT_S of the sender's end) and
-so did its writer (the floor of its pending sessions not rising from the next-to-last 10 s of
-sending to the last 10 s by more than a batch), and serve stopped cleanly on SIGTERM.
+so did its writer (the floor of its pending sessions neither rising from the next-to-last 10 s
+of sending to the last 10 s by more than a batch nor pinned at [writer] max_pending), and serve
+stopped cleanly on SIGTERM.
 
 Modes:
 - default: the issue's check, `--rate 50000 --seconds 60`: PASS when the run is clean and RSS
@@ -567,9 +568,9 @@ def writer_pace(result: RunResult) -> tuple[str, bool, str]:
     """The writer's check: the floor of its pending sessions (the least pending within
     WRITER_WINDOW_S: the writer flushes every second, and every [timeouts] checkpoint hands it
     every open session at once) did not rise from the next-to-last window of sending to the
-    last by more than a batch: a writer slower than sessions end. A run too short for two
-    windows after the closing hold passes when the writer never reached max_pending (there
-    the collector waits for it)."""
+    last by more than a batch, and is not pinned within a batch of max_pending (there the
+    collector waits for it): either is a writer slower than sessions end. A run too short for
+    two windows after the closing hold passes when the writer never reached max_pending."""
     pending_max = max((s.writer_pending for s in result.samples), default=0)
     text = f"writer pending max {pending_max:,} of [writer] max_pending {WRITER_MAX_PENDING:,}"
     end = result.seconds
@@ -583,11 +584,14 @@ def writer_pace(result: RunResult) -> tuple[str, bool, str]:
     )
     last = min(s.writer_pending for s in result.samples if end - WRITER_WINDOW_S < s.t_s <= end)
     rising = last > earlier + WRITER_BATCH
+    pinned = last >= WRITER_MAX_PENDING - WRITER_BATCH
     text += (
         f"; floor {last:,} in the last {WRITER_WINDOW_S:.0f} s of sending vs {earlier:,} in the "
         f"{WRITER_WINDOW_S:.0f} s before (rise allowed: one batch, {WRITER_BATCH:,})"
     )
-    return "the writer kept pace", not rising, text
+    if pinned:
+        text += "; pinned at max_pending: decoding waits for the writer"
+    return "the writer kept pace", not rising and not pinned, text
 
 
 def judge(result: RunResult, sent_s: float) -> None:
