@@ -78,7 +78,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # reports, retention, metrics and the web API; service wires everything. A room imports only rooms
 # before it. BASE is imported by any room; cli and __main__ import anything, and nothing but
 # __main__ imports cli.
-BASE = ("tunnelacct", "tunnelacct.errors", "tunnelacct.enums", "tunnelacct.log")
+BASE = ("tunnelacct", "tunnelacct.errors", "tunnelacct.enums", "tunnelacct.log", "tunnelacct.heap")
 ROOMS = (
     "config",
     "capture",

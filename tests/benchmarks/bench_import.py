@@ -32,7 +32,7 @@ from tunnelacct.sessions.flowtable import FlowTable  # noqa: E402
 # Runs the real CLI and reports its own peak RSS and its decode child's: measuring from here
 # would count the memory this process had when it forked (the synthetic capture's arrays).
 # (ru_maxrss survives exec on Linux, so the runner reads VmHWM, which does not.)
-_RUNNER = """
+RUNNER = """
 import multiprocessing, sys, threading
 from tunnelacct.cli import main
 peaks = {}
@@ -63,7 +63,7 @@ def bench_import(pcap: Path, workdir: Path, packets: int) -> None:
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _RUNNER, "--log-level", "WARNING", "import", str(pcap)],
+        [sys.executable, "-c", RUNNER, "--log-level", "WARNING", "import", str(pcap)],
         env=env,
         capture_output=True,
         text=True,

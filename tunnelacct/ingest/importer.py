@@ -24,15 +24,20 @@ from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
+from tunnelacct.heap import fewer_collections
+from tunnelacct.ingest.pipeline import SessionSink
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowtable import FlowTable
 from tunnelacct.store.engine import make_engine
 from tunnelacct.store.inventory import sync_inventory
-from tunnelacct.store.reimport import Reimport
-from tunnelacct.store.writer import SessionWriter
+from tunnelacct.store.writerchild import WriterProcess, WriterSettings
 
 log = logging.getLogger(__name__)
+
+# the sessions still open at the end are closed and handed to the writer this many at a time,
+# so the events of all of them are never in memory at once
+CLOSE_PART_SESSIONS = 5000
 
 
 @dataclass(slots=True)
@@ -85,7 +90,7 @@ async def import_files(
     files: list[Path],
     worker: DecodeProcess,
     config: Config,
-    writer: SessionWriter,
+    writer: SessionSink,
     summary: ImportSummary,
     *,
     ids: SessionIds,
@@ -125,9 +130,11 @@ async def import_files(
     except asyncio.CancelledError:
         # interrupted (Ctrl-C): what was read so far is still written, open sessions as shutdown
         worker.close()
-        await writer.submit(table.close_all(CloseReason.SHUTDOWN))
+        for events in table.close_all_in_parts(CloseReason.SHUTDOWN, CLOSE_PART_SESSIONS):
+            await writer.submit(events)
         raise
-    await writer.submit(table.close_all(CloseReason.END_OF_CAPTURE))
+    for events in table.close_all_in_parts(CloseReason.END_OF_CAPTURE, CLOSE_PART_SESSIONS):
+        await writer.submit(events)
     st = table.stats
     summary.accounted_packets = st.packets - st.fragments_unattributed
     summary.accounted_bytes = st.bytes - st.fragment_bytes_unattributed
@@ -150,32 +157,23 @@ async def _run(
     config: Config,
     files: list[Path],
     worker: DecodeProcess,
+    writer: WriterProcess,
     summary: ImportSummary,
     progress: Callable[[int], None] | None,
 ) -> None:
     engine = make_engine(config.database.url, synchronous=config.database.synchronous)
     try:
         await sync_inventory(engine, config)
-        ids = SessionIds()
-        writer = SessionWriter(
-            engine,
-            config.writer,
-            gateway=config.gateway,
-            unlogged_orgs=unlogged_orgs(config),
-            reimport=Reimport(config.gateway, ids.issued),
-        )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(writer.run())
-            try:
-                await import_files(
-                    files, worker, config, writer, summary, ids=ids, progress=progress
-                )
-            finally:
-                await writer.close()
-        summary.rows_written = writer.rows_written
-        summary.replaced = writer.replaced_rows
     finally:
         await engine.dispose()
+    try:
+        await import_files(
+            files, worker, config, writer, summary, ids=writer.ids, progress=progress
+        )
+    finally:
+        await writer.close()
+    summary.rows_written = writer.rows_written
+    summary.replaced = writer.replaced_rows
 
 
 def import_captures(
@@ -192,13 +190,29 @@ def import_captures(
     summary = ImportSummary()
     files = order_files(paths, summary)
     worker = DecodeProcess(files)
+    # the writer child starts too (its imports take a while); it writes nothing before the
+    # first sessions, which come after the migration
+    writer = WriterProcess(
+        WriterSettings(
+            url=config.database.url,
+            synchronous=config.database.synchronous,
+            writer=config.writer,
+            gateway=config.gateway,
+            unlogged_orgs=unlogged_orgs(config),
+            reimport=True,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        ),
+        SessionIds(),
+    )
     try:
         # imported here, once the decoder runs: Alembic alone takes ~0.3 s to import
         from tunnelacct.store.migrate import migrate
 
         migrate(config.database.url)
-        asyncio.run(_run(config, files, worker, summary, progress))
+        with fewer_collections():
+            asyncio.run(_run(config, files, worker, writer, summary, progress))
     finally:
         worker.close()
+        writer.kill()  # only if it is still running: an error came before its close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -60,6 +60,7 @@ class Inventory:
         "_resource_levels",
         "_cache",
         "_cache_size",
+        "_shared",
     )
 
     def __init__(self, config: Config, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -86,6 +87,8 @@ class Inventory:
         }
         self._cache: dict[tuple[int, int, int, int, int], Attribution] = {}
         self._cache_size = max(cache_size, 1)
+        # bounded by the config: orgs x (clients + 1) x (resources + 1) at most
+        self._shared: dict[tuple[str, int, int], Attribution] = {}
 
     @classmethod
     def from_config(cls, config: Config, *, cache_size: int = DEFAULT_CACHE_SIZE) -> Inventory:
@@ -166,14 +169,21 @@ class Inventory:
             org = client.org
         else:
             org = self._default_org
-        result = Attribution(
-            org_id=org,
-            client_id=None if client is None else client.id,
-            client_name=None if client is None else client.name,
-            user_id=None if client is None else client.user,
-            resource_id=None if resource is None else resource.id,
-            resource_name=None if resource is None else resource.name,
-        )
+        # one Attribution per (org, client, resource) the config can produce, shared by all
+        # their sessions: a session-heavy gateway opens thousands a second (issue 21)
+        # (by identity: the config's objects live as long as this Inventory, and hashing a
+        # frozen dataclass hashes every field)
+        shared_key = (org, id(client), id(resource))
+        result = self._shared.get(shared_key)
+        if result is None:
+            result = self._shared[shared_key] = Attribution(
+                org_id=org,
+                client_id=None if client is None else client.id,
+                client_name=None if client is None else client.name,
+                user_id=None if client is None else client.user,
+                resource_id=None if resource is None else resource.id,
+                resource_name=None if resource is None else resource.name,
+            )
         if len(self._cache) >= self._cache_size:
             self._cache.clear()  # cheaper than LRU bookkeeping; refills from the live sessions
         self._cache[key] = result

@@ -106,6 +106,14 @@ class SessionIds:
         return id_tag(ident) in self.tags
 
 
+def tag_hex(tag: int) -> str:
+    """The hex digits that carry issuer tag `tag` in a session id's 32-digit hex form: digits
+    13 to 23 (0-based), rand_a and the variant bits with the tag's lower 30 bits."""
+    rand_a = tag >> 30
+    variant_and_tag = (_VARIANT_RFC >> 32) | (tag & ((1 << 30) - 1))
+    return f"{rand_a:03x}{variant_and_tag:08x}"
+
+
 def id_tag(ident: uuid.UUID) -> int:
     """The issuer tag of a version 7 session id (`SessionIds`); other ids give other values."""
     value = ident.int

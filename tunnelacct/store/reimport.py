@@ -21,17 +21,18 @@ so the rows that started near a batch's sessions are a few primary key ranges.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.sessions.flowkey import id_range
+from tunnelacct.sessions.flowkey import id_range, tag_hex
 from tunnelacct.store.shares import take_stored_postgresql, take_stored_sqlite
 from tunnelacct.store.usage import UsageChanges
 
@@ -43,7 +44,10 @@ _Key = tuple[str, str, int, str, int]
 
 _CANDIDATES_SQLITE = (
     "SELECT id, org_id, started_at, protocol, src_addr, src_port, dst_addr, dst_port "
-    "FROM sessions WHERE id >= ? AND id <= ? AND gateway = ?"
+    "FROM sessions WHERE id >= ? AND id <= ? AND gateway = ? "
+    # not this import's own rows (their issuer tag's digits, flowkey.tag_hex): in a long
+    # import they are most of each range, and only rows of other captures can be replaced
+    "AND substr(id, 14, 11) NOT IN (SELECT value FROM json_each(?))"
 )
 # started_at bounds too, so that PostgreSQL reads only the partitions of those days; host()
 # prints an address as inet_ntop does (tests/test_inet.py)
@@ -53,6 +57,15 @@ _CANDIDATES_POSTGRESQL = (
     "AND started_at >= $4 AND started_at <= $5"
 )
 _DELETE_POSTGRESQL = "DELETE FROM sessions WHERE id = $1 AND started_at = $2"
+
+
+class IssuedIds(Protocol):
+    """The import's issuer of session ids (flowkey.SessionIds), or what a writer in another
+    process knows of it (store/writerchild.py): its tags, and whether it issued an id."""
+
+    tags: set[int]
+
+    def issued(self, ident: uuid.UUID) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +143,10 @@ class Reimport:
     """Deletes, in the writer's transaction, the stored sessions that an import's new sessions
     replace (see the module docstring); `is_own` tells the ids this import issued."""
 
-    def __init__(self, gateway: str, is_own: Callable[[uuid.UUID], bool]) -> None:
+    def __init__(self, gateway: str, ids: IssuedIds) -> None:
         self.gateway = gateway
-        self.is_own = is_own
+        self.ids = ids
+        self.is_own: Callable[[uuid.UUID], bool] = ids.issued
 
     def replace_sqlite(
         self,
@@ -146,9 +160,12 @@ class Reimport:
         their share out of the rollup (`usage`); returns how many. Runs in the caller's write
         transaction."""
         candidates = []
+        own_tags = json.dumps([tag_hex(tag) for tag in self.ids.tags])
         for first_ts, last_ts in windows(fresh):
             low, high = id_range(_ms(first_ts), _ms(last_ts))
-            result = conn.exec_driver_sql(_CANDIDATES_SQLITE, (low.hex, high.hex, self.gateway))
+            result = conn.exec_driver_sql(
+                _CANDIDATES_SQLITE, (low.hex, high.hex, self.gateway, own_tags)
+            )
             for stored_id, org, started, proto, src, sport, dst, dport in result:
                 begins = datetime.fromisoformat(started).replace(tzinfo=UTC)
                 candidates.append(

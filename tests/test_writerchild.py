@@ -1,0 +1,203 @@
+"""The writer child of `tunnelacct import` (store/writerchild.py): events cross the pipe
+unchanged, the rows it writes are the events sent, and a dead child is an error, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.waiting import WAIT_S
+from tunnelacct.config.model import WriterConfig
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.errors import StoreError
+from tunnelacct.sessions.events import Attribution, SessionEvent
+from tunnelacct.sessions.flowkey import SessionIds
+from tunnelacct.store.migrate import migrate
+from tunnelacct.store.writerchild import WriterProcess, WriterSettings, pack, unpack
+
+T0 = 1_790_000_000.25
+
+
+def closed_event(ids: SessionIds, index: int, **changes: object) -> SessionEvent:
+    """A closed TCP session, its counters derived from `index`."""
+    event = SessionEvent(
+        kind=EventKind.CLOSED,
+        session_id=ids.new(T0 + index),
+        proto=IpProto.TCP,
+        family=4,
+        src_addr=f"100.64.{index // 250}.{index % 250 + 1}",
+        src_port=40000 + index % 20000,
+        dst_addr="10.99.0.5",
+        dst_port=443,
+        started_ts=T0 + index,
+        last_ts=T0 + index + 0.5,
+        ended_ts=T0 + index + 0.5,
+        bytes_tx=100 + index,
+        bytes_rx=1000 + index,
+        packets_tx=2 + index % 7,
+        packets_rx=3 + index % 5,
+        payload_bytes_tx=60 + index,
+        payload_bytes_rx=900 + index,
+        close_reason=CloseReason.FIN,
+        midstream=False,
+        community_id="1:hO+sN4H+MG5MY/8hIrXPqc4ZQz0=",
+        attribution=Attribution("acme", "c1", "laptop", "alice", "r1", "web"),
+        interface="wg0",
+    )
+    return dataclasses.replace(event, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"kind": EventKind.CHECKPOINT, "ended_ts": None, "close_reason": None},
+        {"kind": EventKind.OPENED, "ended_ts": None, "close_reason": None, "midstream": True},
+        {
+            "close_reason": CloseReason.EXPORTER_FORCED,
+            "proto": IpProto.UDP,
+            "family": 6,
+            "src_addr": "fd00:64::2",
+            "dst_addr": "fd00:99::5",
+        },
+        {
+            "payload_bytes_tx": None,
+            "payload_bytes_rx": None,
+            "estimated": True,
+            "incomplete": True,
+            "gateway": "branch-fw",
+            "interface": "flow:192.0.2.10/7",
+        },
+        {"day_marks": ((20_500, 10, 20, 1, 2), (20_501, 30, 40, 3, 4))},
+        {"attribution": Attribution("globex")},
+    ],
+)
+def test_an_event_crosses_the_pipe_unchanged(changes: dict[str, object]) -> None:
+    event = closed_event(SessionIds(), 3, **changes)
+    back = unpack(pack(event))
+    # field by field, with their types: an enum must come back an enum, the id a UUID
+    for field in dataclasses.fields(SessionEvent):
+        sent = getattr(event, field.name)
+        received = getattr(back, field.name)
+        assert received == sent, field.name
+        assert type(received) is type(sent), field.name
+
+
+def settings_for(db: Path, batch_size: int = 500) -> WriterSettings:
+    return WriterSettings(
+        url=f"sqlite:///{db}",
+        synchronous="normal",
+        writer=WriterConfig(batch_size=batch_size),
+        gateway="gw-test",
+        unlogged_orgs=frozenset(),
+        reimport=True,
+        log_level="WARNING",
+    )
+
+
+def test_the_child_writes_every_event_it_was_sent(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    migrate(f"sqlite:///{db}")
+    ids = SessionIds()
+    events = [closed_event(ids, index) for index in range(3000)]
+
+    async def run() -> WriterProcess:
+        writer = WriterProcess(settings_for(db), ids)
+        for first in range(0, len(events), 700):
+            await writer.submit(events[first : first + 700])
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(run())
+    assert writer.rows_written == len(events)
+    with sqlite3.connect(db) as conn:
+        stored = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                "SELECT id, src_addr, src_port, bytes_tx, bytes_rx, packets_tx, packets_rx, "
+                "payload_bytes_tx, status, close_reason, gateway FROM sessions"
+            )
+        }
+    expected = {
+        e.session_id.hex: (
+            e.src_addr,
+            e.src_port,
+            e.bytes_tx,
+            e.bytes_rx,
+            e.packets_tx,
+            e.packets_rx,
+            e.payload_bytes_tx,
+            "completed",
+            "fin",
+            "gw-test",
+        )
+        for e in events
+    }
+    assert stored == expected
+
+
+def test_a_killed_child_is_a_store_error_not_a_hang(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    migrate(f"sqlite:///{db}")
+    ids = SessionIds()
+
+    async def run() -> None:
+        writer = WriterProcess(settings_for(db), ids)
+        await writer.submit([closed_event(ids, 1)])
+        pid = writer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        # the pipe may still take a few messages; the error comes at the latest at close()
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(StoreError, match="writer process ended unexpectedly"):
+                for index in range(2, 10_000):
+                    await writer.submit([closed_event(ids, index)])
+                await writer.close()
+
+    asyncio.run(run())
+
+
+def test_ids_of_the_import_are_told_from_others_in_the_child(tmp_path: Path) -> None:
+    """The child replaces a stored session of an earlier capture, never one of this import:
+    it learns this import's issuer tags with its events. The second import holds two captures
+    of the same sessions, written in separate transactions: the second copy must not replace
+    the first, which the child only knows as its own by the tags."""
+    db = tmp_path / "store.db"
+    migrate(f"sqlite:///{db}")
+    earlier_ids = SessionIds()
+    earlier = [closed_event(earlier_ids, index) for index in range(50)]
+
+    async def write(ids: SessionIds, *parts: list[SessionEvent]) -> WriterProcess:
+        writer = WriterProcess(settings_for(db, batch_size=len(earlier)), ids)
+        for part in parts:
+            await writer.submit(part)
+        await writer.close()
+        return writer
+
+    asyncio.run(write(earlier_ids, earlier))
+    again_ids = SessionIds()
+
+    def captured_again(shift_s: float) -> list[SessionEvent]:
+        return [
+            dataclasses.replace(
+                e,
+                started_ts=e.started_ts + shift_s,
+                session_id=again_ids.new(e.started_ts + shift_s),
+            )
+            for e in earlier
+        ]
+
+    first_copy = captured_again(1e-6)
+    second_copy = captured_again(2e-6)
+    second = asyncio.run(write(again_ids, first_copy, second_copy))
+    assert second.replaced_rows == len(earlier)
+    with sqlite3.connect(db) as conn:
+        stored = {uuid.UUID(hex=row[0]) for row in conn.execute("SELECT id FROM sessions")}
+    assert stored == {e.session_id for e in first_copy + second_copy}

@@ -1,0 +1,307 @@
+"""The writer child: a SessionWriter in a spawned process of its own, for `tunnelacct import`.
+
+An import of many short sessions spends about as long writing them as making them: building
+each row, the usage rollup and binding the row for SQLite are Python, and in one process they
+share one GIL with the flow table (issue 21). Here the flow table keeps the importer's process
+and the writer gets its own, with its own engine: the two run on two cores.
+
+The parent (`WriterProcess`) packs each event into a tuple of plain values (pickling a
+dataclass with enums and a UUID costs several times more) and sends lists of them down a pipe;
+the child unpacks them and hands them to a SessionWriter, which batches, coalesces, retries and
+replaces the sessions of an earlier capture exactly as in one process. Back-pressure is the
+pipe: the child reads the next message only once the writer took the last one, so a slow store
+stops the parent when the pipe is full, with a bounded amount of events in between.
+
+Messages, parent to child: ("events", issuer tags or None, packed events), then ("end",).
+Child to parent, once: ("done", rows written, rows replaced) or ("failed", what).
+The child dies with its parent (PR_SET_PDEATHSIG) and leaves SIGINT to it: an interrupted
+import ends its events and then its writer in order, as in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tunnelacct.config.model import WriterConfig
+from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.errors import StoreError
+from tunnelacct.log import setup_logging
+from tunnelacct.sessions.events import SessionEvent
+from tunnelacct.sessions.flowkey import SessionIds, id_tag
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+POLL_S = 0.5  # how often a waiting parent checks that the child still runs
+CLOSE_GRACE_S = 5.0  # after its result: how long the child may take to exit
+
+_KINDS = {kind.value: kind for kind in EventKind}
+_REASONS: dict[str | None, CloseReason | None] = {reason.value: reason for reason in CloseReason}
+_REASONS[None] = None
+_PROTOS = {int(proto): proto for proto in IpProto}
+
+# A packed event: the SessionEvent fields in declaration order, with the enums as their values
+# and the id as its int. The Attribution stays an object: events of one batch share a few, and
+# pickle writes each shared object once.
+PackedEvent = tuple[Any, ...]
+
+
+def pack(event: SessionEvent) -> PackedEvent:
+    """`event` as a tuple of plain values, for the pipe."""
+    return (
+        event.kind.value,
+        event.session_id.int,
+        int(event.proto),
+        event.family,
+        event.src_addr,
+        event.src_port,
+        event.dst_addr,
+        event.dst_port,
+        event.started_ts,
+        event.last_ts,
+        event.ended_ts,
+        event.bytes_tx,
+        event.bytes_rx,
+        event.packets_tx,
+        event.packets_rx,
+        event.payload_bytes_tx,
+        event.payload_bytes_rx,
+        None if event.close_reason is None else event.close_reason.value,
+        event.midstream,
+        event.community_id,
+        event.attribution,
+        event.interface,
+        event.day_marks,
+        event.estimated,
+        event.incomplete,
+        event.gateway,
+    )
+
+
+def unpack(packed: PackedEvent) -> SessionEvent:
+    """The SessionEvent that `pack()` made `packed` of."""
+    return SessionEvent(
+        kind=_KINDS[packed[0]],
+        session_id=uuid.UUID(int=packed[1]),
+        proto=_PROTOS[packed[2]],
+        family=packed[3],
+        src_addr=packed[4],
+        src_port=packed[5],
+        dst_addr=packed[6],
+        dst_port=packed[7],
+        started_ts=packed[8],
+        last_ts=packed[9],
+        ended_ts=packed[10],
+        bytes_tx=packed[11],
+        bytes_rx=packed[12],
+        packets_tx=packed[13],
+        packets_rx=packed[14],
+        payload_bytes_tx=packed[15],
+        payload_bytes_rx=packed[16],
+        close_reason=_REASONS[packed[17]],
+        midstream=packed[18],
+        community_id=packed[19],
+        attribution=packed[20],
+        interface=packed[21],
+        day_marks=packed[22],
+        estimated=packed[23],
+        incomplete=packed[24],
+        gateway=packed[25],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSettings:
+    """What the child needs to make its engine and SessionWriter (pickled to it)."""
+
+    url: str
+    synchronous: str  # [database] synchronous
+    writer: WriterConfig
+    gateway: str
+    unlogged_orgs: frozenset[str]
+    reimport: bool  # replace the stored sessions of an earlier capture (store/reimport.py)
+    log_level: str
+
+
+class WriterProcess:
+    """A SessionWriter in the writer child; `submit()` events, then `await close()` once.
+
+    `rows_written` and `replaced_rows` are the writer's, known once close() returned.
+    """
+
+    def __init__(self, settings: WriterSettings, ids: SessionIds) -> None:
+        self.ids = ids  # its tags tell the child which stored rows are this import's own
+        self._tags_sent: frozenset[int] = frozenset()
+        ctx = mp.get_context("spawn")  # never fork a process that runs threads and an event loop
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_run_in_child,
+            args=(settings, child_conn, os.getpid()),
+            name="tunnelacct-writer",
+            daemon=True,
+        )
+        try:
+            self._proc.start()
+        finally:
+            child_conn.close()  # the child holds the other end: its exit ends the pipe
+        self._closed = False
+        self.rows_written = 0
+        self.replaced_rows = 0
+
+    async def submit(self, events: Sequence[SessionEvent]) -> None:
+        """Send `events` to the child; waits while the pipe is full (the store is slower).
+
+        Raises StoreError when the child failed, or after close().
+        """
+        if self._closed:
+            raise StoreError("session writer is closed")
+        if not events:
+            return
+        tags = frozenset(self.ids.tags)
+        new_tags = None if tags == self._tags_sent else tags
+        self._tags_sent = tags
+        message = ("events", new_tags, [pack(event) for event in events])
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            await asyncio.to_thread(self._conn.send_bytes, payload)
+        except OSError:  # the child closed its end: it failed, and said why
+            raise self._failure() from None
+
+    async def close(self) -> None:
+        """Tell the child the events ended, wait for it to write them all; idempotent.
+
+        Raises StoreError with the child's reason when it could not write them.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._conn.send_bytes(pickle.dumps(("end",)))
+        except OSError:
+            raise self._failure() from None
+        result = await asyncio.to_thread(self._result)
+        self._stop()
+        if result[0] != "done":
+            raise StoreError(result[1])
+        self.rows_written = result[1]
+        self.replaced_rows = result[2]
+
+    def _result(self) -> tuple[Any, ...]:
+        """The child's one message, waiting as long as it runs."""
+        while not self._conn.poll(POLL_S):
+            if not self._proc.is_alive() and not self._conn.poll(0):
+                return ("failed", self._ended_why())
+        try:
+            result: tuple[Any, ...] = self._conn.recv()
+        except (EOFError, OSError):
+            return ("failed", self._ended_why())
+        return result
+
+    def _failure(self) -> StoreError:
+        self._closed = True
+        result = self._result()
+        self._stop()
+        why = result[1] if result[0] == "failed" else "the writer process stopped reading"
+        return StoreError(why)
+
+    def _ended_why(self) -> str:
+        self._proc.join(timeout=CLOSE_GRACE_S)
+        return f"the writer process ended unexpectedly (exit code {self._proc.exitcode})"
+
+    def _stop(self) -> None:
+        self._conn.close()
+        self._proc.join(timeout=CLOSE_GRACE_S)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id."""
+        return self._proc.pid
+
+    def kill(self) -> None:
+        """End the child now, whatever it holds (the import failed before its writer)."""
+        self._closed = True
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(timeout=5)
+        self._conn.close()
+
+
+class _IssuedTags:
+    """The parent's issuer tags as the child knows them: what Reimport asks of SessionIds."""
+
+    def __init__(self) -> None:
+        self.tags: set[int] = set()
+
+    def issued(self, ident: uuid.UUID) -> bool:
+        return id_tag(ident) in self.tags
+
+
+def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    setup_logging(settings.log_level)
+    try:
+        result: tuple[Any, ...] = asyncio.run(_write_all(settings, conn))
+    except BaseException as e:  # told to the parent, which raises it as a StoreError
+        log.debug("writer process failed", exc_info=True)
+        while isinstance(e, BaseExceptionGroup):  # the TaskGroup's: its first error says why
+            e = e.exceptions[0]
+        result = ("failed", str(e) if isinstance(e, StoreError) else f"{type(e).__name__}: {e}")
+    with contextlib.suppress(OSError):  # the parent is gone
+        conn.send(result)
+    conn.close()
+
+
+async def _write_all(settings: WriterSettings, conn: Any) -> tuple[Any, ...]:
+    """Write what the parent sends until it says "end"; ("done", rows, replaced)."""
+    # imported here, in the child: the parent process never needs them for this
+    from tunnelacct.store.engine import make_engine
+    from tunnelacct.store.reimport import Reimport
+    from tunnelacct.store.writer import SessionWriter
+
+    engine = make_engine(settings.url, synchronous=settings.synchronous)
+    issued = _IssuedTags()
+    writer = SessionWriter(
+        engine,
+        settings.writer,
+        gateway=settings.gateway,
+        unlogged_orgs=settings.unlogged_orgs,
+        reimport=Reimport(settings.gateway, issued) if settings.reimport else None,
+    )
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(writer.run())
+            try:
+                while True:
+                    # waits in short polls, so no executor thread is left blocked in a read
+                    # when the writer fails and this loop is cancelled
+                    while not await asyncio.to_thread(conn.poll, POLL_S):
+                        pass
+                    message = conn.recv()
+                    if message[0] == "end":
+                        break
+                    _kind, tags, packed = message
+                    if tags is not None:
+                        issued.tags = set(tags)
+                    await writer.submit([unpack(event) for event in packed])
+            finally:
+                await writer.close()
+    finally:
+        await engine.dispose()
+    return ("done", writer.rows_written, writer.replaced_rows)
