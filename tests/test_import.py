@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -26,6 +27,9 @@ from tests.helpers.oracle import (
 )
 from tests.helpers.pcapwrite import write_pcap
 from tests.helpers.pg import read_rows
+from tunnelacct.config.load import load_config
+from tunnelacct.config.model import DatabaseConfig
+from tunnelacct.ingest.importer import import_captures
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
@@ -317,3 +321,21 @@ def test_captures_merged_into_one_import_count_their_late_packets(tmp_path: Path
         newest = max(newest, t)
     assert late > 0
     assert _summary_figure(summary, r"late: ([\d,]+) packets") == late
+
+
+@needs_tshark
+@pytest.mark.parametrize("writer_process_min_bytes", [0, 2**62], ids=["child", "in-process"])
+def test_both_writers_store_what_tshark_sees(tmp_path: Path, writer_process_min_bytes: int) -> None:
+    """An import writes through the writer child from WRITER_PROCESS_MIN_BYTES of captures,
+    in its own process below that: both store every session exactly, and tell the summary
+    what they wrote."""
+    db = tmp_path / "store.db"
+    config = dataclasses.replace(
+        load_config(CONFIG, {}), database=DatabaseConfig(f"sqlite:///{db}")
+    )
+    summary = import_captures(
+        config, [DATA / "wg-small.pcap"], writer_process_min_bytes=writer_process_min_bytes
+    )
+    rows = read_session_rows(db)
+    assert compare_sessions(tshark_sessions(DATA / "wg-small.pcap"), rows) == []
+    assert summary.rows_written == summary.sessions == len(rows) > 0

@@ -27,10 +27,13 @@ from tunnelacct.errors import CaptureFormatError
 from tunnelacct.heap import fewer_collections
 from tunnelacct.ingest.pipeline import SessionSink
 from tunnelacct.sessions.attribution import Inventory
+from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowtable import FlowTable
 from tunnelacct.store.engine import make_engine
 from tunnelacct.store.inventory import sync_inventory
+from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.writer import SessionWriter
 from tunnelacct.store.writerchild import WriterProcess, WriterSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 # the sessions still open at the end are closed and handed to the writer this many at a time,
 # so the events of all of them are never in memory at once
 CLOSE_PART_SESSIONS = 5000
+# Captures of at least this many bytes in all are written by the writer child (a process of
+# its own, store/writerchild.py); smaller ones in this process. The child costs about 0.4 s to
+# start and saves more than that from about 100,000 short sessions (issue 21; docs/performance-
+# sessions.md), which a headers-only capture holds in about 25 MB.
+WRITER_PROCESS_MIN_BYTES = 16 * 2**20
 
 
 @dataclass(slots=True)
@@ -153,11 +161,46 @@ async def import_files(
         summary.decode_errors["fragment_unattributed"] += st.fragments_unattributed
 
 
+class _WriterHere:
+    """The import's SessionWriter in this process, used as a WriterProcess is: for small
+    imports, where starting the writer child (a second interpreter importing SQLAlchemy)
+    would cost more than it saves."""
+
+    def __init__(self, settings: WriterSettings, ids: SessionIds) -> None:
+        self.ids = ids
+        self._engine = make_engine(settings.url, synchronous=settings.synchronous)
+        self._writer = SessionWriter(
+            self._engine,
+            settings.writer,
+            gateway=settings.gateway,
+            unlogged_orgs=settings.unlogged_orgs,
+            reimport=Reimport(settings.gateway, ids),
+        )
+        self._task = asyncio.create_task(self._writer.run())
+        self.rows_written = 0
+        self.replaced_rows = 0
+
+    async def submit(self, events: Sequence[SessionEvent]) -> None:
+        if self._task.done():  # run() failed: its error says why
+            self._task.result()
+        await self._writer.submit(events)
+
+    async def close(self) -> None:
+        try:
+            await self._writer.close()
+            await self._task
+        finally:
+            await self._engine.dispose()
+        self.rows_written = self._writer.rows_written
+        self.replaced_rows = self._writer.replaced_rows
+
+
 async def _run(
     config: Config,
     files: list[Path],
     worker: DecodeProcess,
-    writer: WriterProcess,
+    writer_process: WriterProcess | None,
+    settings: WriterSettings,
     summary: ImportSummary,
     progress: Callable[[int], None] | None,
 ) -> None:
@@ -166,6 +209,7 @@ async def _run(
         await sync_inventory(engine, config)
     finally:
         await engine.dispose()
+    writer = writer_process or _WriterHere(settings, SessionIds())
     try:
         await import_files(
             files, worker, config, writer, summary, ids=writer.ids, progress=progress
@@ -181,38 +225,39 @@ def import_captures(
     paths: Sequence[str | Path],
     *,
     progress: Callable[[int], None] | None = None,
+    writer_process_min_bytes: int = WRITER_PROCESS_MIN_BYTES,
 ) -> ImportSummary:
     """Migrate the store, import `paths` and wait until every row is written.
 
-    The decoder process starts first, so it reads while the store is being migrated.
+    The decoder process starts first, so it reads while the store is being migrated; so does
+    the writer child, for an import of `writer_process_min_bytes` of captures or more.
     """
     started = time.perf_counter()
     summary = ImportSummary()
     files = order_files(paths, summary)
     worker = DecodeProcess(files)
-    # the writer child starts too (its imports take a while); it writes nothing before the
-    # first sessions, which come after the migration
-    writer = WriterProcess(
-        WriterSettings(
-            url=config.database.url,
-            synchronous=config.database.synchronous,
-            writer=config.writer,
-            gateway=config.gateway,
-            unlogged_orgs=unlogged_orgs(config),
-            reimport=True,
-            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        ),
-        SessionIds(),
+    settings = WriterSettings(
+        url=config.database.url,
+        synchronous=config.database.synchronous,
+        writer=config.writer,
+        gateway=config.gateway,
+        unlogged_orgs=unlogged_orgs(config),
+        reimport=True,
+        log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
     )
+    writer_process = None
+    if sum(path.stat().st_size for path in files) >= writer_process_min_bytes:
+        writer_process = WriterProcess(settings, SessionIds())
     try:
         # imported here, once the decoder runs: Alembic alone takes ~0.3 s to import
         from tunnelacct.store.migrate import migrate
 
         migrate(config.database.url)
         with fewer_collections():
-            asyncio.run(_run(config, files, worker, writer, summary, progress))
+            asyncio.run(_run(config, files, worker, writer_process, settings, summary, progress))
     finally:
         worker.close()
-        writer.kill()  # only if it is still running: an error came before its close()
+        if writer_process is not None:
+            writer_process.kill()  # only if still running: an error came before its close()
     summary.seconds = time.perf_counter() - started
     return summary
