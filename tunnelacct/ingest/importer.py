@@ -25,7 +25,6 @@ from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
 from tunnelacct.heap import fewer_collections
-from tunnelacct.ingest.pipeline import SessionSink
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds
@@ -41,11 +40,11 @@ log = logging.getLogger(__name__)
 # the sessions still open at the end are closed and handed to the writer this many at a time,
 # so the events of all of them are never in memory at once
 CLOSE_PART_SESSIONS = 5000
-# Captures of at least this many bytes in all are written by the writer child (a process of
-# its own, store/writerchild.py); smaller ones in this process. The child costs about 0.4 s to
-# start and saves more than that from about 100,000 short sessions (issue 21; docs/performance-
-# sessions.md), which a headers-only capture holds in about 25 MB.
-WRITER_PROCESS_MIN_BYTES = 16 * 2**20
+# An import writes in this process until it has opened this many sessions, then moves its
+# writer to a process of its own (store/writerchild.py). The child costs about 0.4 s of CPU to
+# start, which a bulk capture of few sessions would only lose; a session-heavy one wins it
+# back many times over (issue 21; docs/performance-sessions.md).
+WRITER_PROCESS_AFTER_SESSIONS = 50_000
 
 
 @dataclass(slots=True)
@@ -98,7 +97,7 @@ async def import_files(
     files: list[Path],
     worker: DecodeProcess,
     config: Config,
-    writer: SessionSink,
+    writer: ImportWriter,
     summary: ImportSummary,
     *,
     ids: SessionIds,
@@ -125,6 +124,7 @@ async def import_files(
                     bucket[reason] += n
                 # in a thread, so the loop stays free to drive the writer's round trips meanwhile
                 await writer.submit(await asyncio.to_thread(table.process, msg.batch))
+                await writer.opened(table.stats.sessions_opened)
                 at = msg.bytes_read
             else:
                 summary.packets += msg.packets
@@ -162,12 +162,9 @@ async def import_files(
 
 
 class _WriterHere:
-    """The import's SessionWriter in this process, used as a WriterProcess is: for small
-    imports, where starting the writer child (a second interpreter importing SQLAlchemy)
-    would cost more than it saves."""
+    """The import's SessionWriter in this process, used as a WriterProcess is."""
 
     def __init__(self, settings: WriterSettings, ids: SessionIds) -> None:
-        self.ids = ids
         self._engine = make_engine(settings.url, synchronous=settings.synchronous)
         self._writer = SessionWriter(
             self._engine,
@@ -195,27 +192,92 @@ class _WriterHere:
         self.replaced_rows = self._writer.replaced_rows
 
 
+class ImportWriter:
+    """Where an import's session events go: a SessionWriter in this process until the import
+    has opened `process_after_sessions` sessions, then the writer child (WriterProcess).
+
+    An import hands over only closed sessions, one event each, so no session has events in
+    both writers; the first drains before the child writes. Usage: submit() events, call
+    opened() with the table's count of opened sessions now and then, close() once, kill() in
+    a finally.
+    """
+
+    def __init__(
+        self, settings: WriterSettings, ids: SessionIds, *, process_after_sessions: int
+    ) -> None:
+        self.ids = ids
+        self._settings = settings
+        self._process_after_sessions = process_after_sessions
+        self._here: _WriterHere | None = None
+        self._process: WriterProcess | None = None
+        if process_after_sessions <= 0:
+            self._process = WriterProcess(settings, ids)
+        self.rows_written = 0
+        self.replaced_rows = 0
+
+    async def submit(self, events: Sequence[SessionEvent]) -> None:
+        if self._process is not None:
+            await self._process.submit(events)
+            return
+        if self._here is None:
+            self._here = _WriterHere(self._settings, self.ids)
+        await self._here.submit(events)
+
+    async def opened(self, sessions: int) -> None:
+        """The import has opened `sessions` sessions so far: past the threshold, the writer
+        moves to its own process."""
+        if self._process is not None or sessions < self._process_after_sessions:
+            return
+        log.debug("import: %d sessions opened, writing from a process of its own", sessions)
+        self._process = WriterProcess(self._settings, self.ids)  # starts while the rest drains
+        await self._close_here()
+
+    async def _close_here(self) -> None:
+        if self._here is not None:
+            here = self._here
+            self._here = None
+            await here.close()
+            self.rows_written += here.rows_written
+            self.replaced_rows += here.replaced_rows
+
+    async def close(self) -> None:
+        """Write everything submitted; raises what kept either writer from it."""
+        await self._close_here()
+        if self._process is not None:
+            await self._process.close()
+            self.rows_written += self._process.rows_written
+            self.replaced_rows += self._process.replaced_rows
+
+    def kill(self) -> None:
+        """End the writer child if it still runs (the import failed before close())."""
+        if self._process is not None:
+            self._process.kill()
+
+
 async def _run(
     config: Config,
     files: list[Path],
     worker: DecodeProcess,
-    writer_process: WriterProcess | None,
     settings: WriterSettings,
     summary: ImportSummary,
     progress: Callable[[int], None] | None,
+    process_after_sessions: int,
 ) -> None:
     engine = make_engine(config.database.url, synchronous=config.database.synchronous)
     try:
         await sync_inventory(engine, config)
     finally:
         await engine.dispose()
-    writer = writer_process or _WriterHere(settings, SessionIds())
+    writer = ImportWriter(settings, SessionIds(), process_after_sessions=process_after_sessions)
     try:
-        await import_files(
-            files, worker, config, writer, summary, ids=writer.ids, progress=progress
-        )
+        try:
+            await import_files(
+                files, worker, config, writer, summary, ids=writer.ids, progress=progress
+            )
+        finally:
+            await writer.close()
     finally:
-        await writer.close()
+        writer.kill()
     summary.rows_written = writer.rows_written
     summary.replaced = writer.replaced_rows
 
@@ -225,12 +287,13 @@ def import_captures(
     paths: Sequence[str | Path],
     *,
     progress: Callable[[int], None] | None = None,
-    writer_process_min_bytes: int = WRITER_PROCESS_MIN_BYTES,
+    writer_process_after_sessions: int = WRITER_PROCESS_AFTER_SESSIONS,
 ) -> ImportSummary:
     """Migrate the store, import `paths` and wait until every row is written.
 
-    The decoder process starts first, so it reads while the store is being migrated; so does
-    the writer child, for an import of `writer_process_min_bytes` of captures or more.
+    The decoder process starts first, so it reads while the store is being migrated. The
+    writer moves to a process of its own once `writer_process_after_sessions` sessions have
+    opened (ImportWriter).
     """
     started = time.perf_counter()
     summary = ImportSummary()
@@ -245,19 +308,24 @@ def import_captures(
         reimport=True,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
     )
-    writer_process = None
-    if sum(path.stat().st_size for path in files) >= writer_process_min_bytes:
-        writer_process = WriterProcess(settings, SessionIds())
     try:
         # imported here, once the decoder runs: Alembic alone takes ~0.3 s to import
         from tunnelacct.store.migrate import migrate
 
         migrate(config.database.url)
         with fewer_collections():
-            asyncio.run(_run(config, files, worker, writer_process, settings, summary, progress))
+            asyncio.run(
+                _run(
+                    config,
+                    files,
+                    worker,
+                    settings,
+                    summary,
+                    progress,
+                    writer_process_after_sessions,
+                )
+            )
     finally:
         worker.close()
-        if writer_process is not None:
-            writer_process.kill()  # only if still running: an error came before its close()
     summary.seconds = time.perf_counter() - started
     return summary
