@@ -90,34 +90,15 @@ def pack(event: SessionEvent) -> PackedEvent:
 
 
 def unpack(packed: PackedEvent) -> SessionEvent:
-    """The SessionEvent that `pack()` made `packed` of."""
+    """The SessionEvent that `pack()` made `packed` of (positionally: 1.5 µs an event against
+    2.3 µs by keyword, in the child's share of a session-heavy import)."""
     return SessionEvent(
-        kind=_KINDS[packed[0]],
-        session_id=uuid.UUID(int=packed[1]),
-        proto=_PROTOS[packed[2]],
-        family=packed[3],
-        src_addr=packed[4],
-        src_port=packed[5],
-        dst_addr=packed[6],
-        dst_port=packed[7],
-        started_ts=packed[8],
-        last_ts=packed[9],
-        ended_ts=packed[10],
-        bytes_tx=packed[11],
-        bytes_rx=packed[12],
-        packets_tx=packed[13],
-        packets_rx=packed[14],
-        payload_bytes_tx=packed[15],
-        payload_bytes_rx=packed[16],
-        close_reason=_REASONS[packed[17]],
-        midstream=packed[18],
-        community_id=packed[19],
-        attribution=packed[20],
-        interface=packed[21],
-        day_marks=packed[22],
-        estimated=packed[23],
-        incomplete=packed[24],
-        gateway=packed[25],
+        _KINDS[packed[0]],
+        uuid.UUID(int=packed[1]),
+        _PROTOS[packed[2]],
+        *packed[3:17],  # family .. payload_bytes_rx
+        _REASONS[packed[17]],
+        *packed[18:],  # midstream .. gateway
     )
 
 
