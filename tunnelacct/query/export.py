@@ -2,42 +2,38 @@
 
 Format: RFC 4180 (comma-separated, text cells `"`-quoted, CRLF line ends), one header row
 with CSV_COLUMNS, then one row per session ordered by (started_at, id).
+
+The database writes each line (store/cells.py `CsvLine`) but for its duration_s, which Python
+formats (`_lines`), so Python's work per row is one string format and a join (issue 21).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import csv
 import ctypes
 import functools
-import io
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import AsyncGenerator, Callable, Sequence
+import sys
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, TextIO
 
-from sqlalchemy import (
-    ColumnElement,
-    Engine,
-    Select,
-    String,
-    literal_column,
-)
+from sqlalchemy import ColumnElement, Engine, Integer, Select, literal_column
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import configured_org_ids
 from tunnelacct.errors import UnknownOrgError
 from tunnelacct.query.filters import Filter
-from tunnelacct.query.pages import Key, bound_after, first_and_last, in_range
+from tunnelacct.query.pages import Key, bound_after, first_and_last, in_range, sessions_table
 from tunnelacct.query.records import CSV_COLUMNS
 from tunnelacct.store.backend import StoreBackend
-from tunnelacct.store.cells import CellKind
+from tunnelacct.store.cells import CellKind, CsvCell, CsvLine
 from tunnelacct.store.engine import backend_of, make_engine, make_sync_engine
 from tunnelacct.store.inventory import stored_org_ids
 from tunnelacct.store.migrate import check_schema
@@ -89,40 +85,49 @@ _KINDS = {
     "incomplete": CellKind.FLAG,
     **dict.fromkeys(_FREE_TEXT, CellKind.FREE_TEXT),
 }
-_STARTED_AT = CSV_COLUMNS.index("started_at")
 _DURATION = CSV_COLUMNS.index("duration_s")
 
 _HEADER = ",".join(CSV_COLUMNS) + "\r\n"  # no name needs quoting
 
-PAGE_SIZE = 5000  # rows per range quoted in this process (~10 MB of row objects)
-WORKER_RANGE_SIZE = 20_000  # rows per range quoted by an export worker (~7 MB of CSV back)
+PAGE_SIZE = 20_000  # rows per range read in this process (~7 MB of CSV)
+WORKER_RANGE_SIZE = 20_000  # rows per range read by an export worker (~7 MB of CSV back)
+FETCH_ROWS = 2000  # rows fetched at once by a worker, so that it holds text, not rows
 
 
-def _cells(backend: StoreBackend) -> list[ColumnElement[Any]]:
-    """The CSV_COLUMNS cells as SQL expressions of `backend`'s engine (duration_s left a float)."""
-    cells: list[ColumnElement[Any]] = []
+def _cells(backend: StoreBackend) -> list[CsvCell]:
+    """The CSV_COLUMNS cells in `backend`'s SQL; integer columns are numbers, written bare."""
+    table = sessions_table()
+    cells = []
     for name in CSV_COLUMNS:
+        column = _SOURCES.get(name, name)
         kind = _KINDS.get(name, CellKind.PLAIN)
-        sql = backend.cell_sql(_SOURCES.get(name, name), kind, FORMULA_PREFIXES)
-        cells.append(literal_column(sql, String).label(name))
+        sql = backend.cell_sql(column, kind, FORMULA_PREFIXES)
+        number = kind is CellKind.PLAIN and isinstance(table.c[column].type, Integer)
+        cells.append(CsvCell(column, kind, sql, number))
     return cells
 
 
-def _encode(rows: Sequence[Sequence[Any]]) -> str:
-    """The CSV text of cell `rows`: every text cell quoted, numbers not (a spreadsheet reads
-    them as numbers, and one splitting at ";" or "\t" still sees one cell per column).
+def _line_columns(backend: StoreBackend) -> list[ColumnElement[Any]]:
+    """What a range reads per session: its line's text before duration_s (with the comma),
+    duration_s (a float), and the rest of the line (from the comma, with the CRLF).
 
-    duration_s is formatted here, "%.6f" of the exact double: SQLite's printf rounds a
-    16-digit decimal (7278558.884838498 -> .884839) and PostgreSQL's float-to-numeric cast a
-    15-digit one, so neither gives Python's (and C's) digits. A Decimal of those digits is a
-    number to the csv module, so it is not quoted.
+    duration_s is formatted in Python (`_lines`), "%.6f" of the exact double: SQLite's printf
+    rounds a 16-digit decimal (7278558.884838498 -> .884839) and PostgreSQL's float-to-numeric
+    cast a 15-digit one, so neither gives Python's (and C's) digits.
     """
-    d = _DURATION
-    buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_NONNUMERIC).writerows(
-        (*r[:d], Decimal(f"{r[d]:.6f}"), *r[d + 1 :]) for r in rows
-    )
-    return buf.getvalue()
+    cells = _cells(backend)
+    duration = cells[_DURATION]
+    return [
+        CsvLine(cells[:_DURATION], trail=",").label("head"),
+        literal_column(duration.sql).label("duration_s"),
+        CsvLine(cells[_DURATION + 1 :], lead=",", trail="\r\n").label("tail"),
+    ]
+
+
+def _lines(rows: Iterable[Sequence[Any]]) -> str:
+    """The CSV text of `rows` read by `_line_columns`: the one piece of each line that Python
+    writes is duration_s, a number (not quoted)."""
+    return "".join([f"{head}{duration_s:.6f}{tail}" for head, duration_s, tail in rows])
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +141,7 @@ class _Range:
     last: Key
 
     def select(self, backend: StoreBackend) -> Select[Any]:
-        return in_range(_cells(backend), self.org_id, self.flt, self.lo, self.hi, self.last)
+        return in_range(_line_columns(backend), self.org_id, self.flt, self.lo, self.hi, self.last)
 
 
 @functools.cache
@@ -145,12 +150,23 @@ def _worker_engine(url: str) -> Engine:
     return make_sync_engine(url)
 
 
+def _read_range(engine: Engine, part: _Range) -> tuple[str, int]:
+    """The CSV rows of `part` read on the sync `engine`, and how many there are (blocking)."""
+    texts = []
+    count = 0
+    with engine.connect() as conn:
+        result = conn.execute(part.select(backend_of(engine)))
+        # the driver's own rows: plain tuples of text and a float cost less than Row objects,
+        # and no column needs a result processor
+        while rows := result.cursor.fetchmany(FETCH_ROWS):
+            texts.append(_lines(rows))
+            count += len(rows)
+    return "".join(texts), count
+
+
 def _encode_range(url: str, part: _Range) -> tuple[str, int]:
     """In a worker process: the CSV rows of `part` and how many there are."""
-    engine = _worker_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(part.select(backend_of(engine))).all()
-    return _encode(rows), len(rows)
+    return _read_range(_worker_engine(url), part)
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -165,32 +181,50 @@ def _worker_start(parent_pid: int) -> None:
 
 
 class ExportWorkers:
-    """Processes that read and quote export ranges in parallel, started on first use.
+    """Processes that read export ranges in parallel, started on first use (or at once).
 
-    The csv module and Python's row objects hold the GIL, so threads cannot spread an export
-    over cores; processes can (2 workers: 1.9x on 2 cores, README "Performance").
-    `close()` stops them; an ExportWorkers must be closed by whoever created it.
+    Python's row objects hold the GIL, and the sqlite3 module lets go of it for every row it
+    steps to, so threads reading at once mostly wait for each other (2 threads: 20% slower
+    than 1); processes spread an export over cores. `close()` stops them; an ExportWorkers
+    must be closed by whoever created it.
+
+    `fork_now`: fork the processes now, for a process that has no other thread yet (the CLI,
+    before its engine exists). A forked worker is ready at once, where a spawned one imports
+    tunnelacct again first (0.5 s of CPU each, as long as 60,000 rows take). With another
+    thread running they are spawned on first use, as always.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, fork_now: bool = False) -> None:
         if size < 1:
             raise ValueError(f"export workers: expected >= 1, not {size}")
         self.size = size
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
+        if fork_now and threading.active_count() == 1:
+            self._start("fork")
+
+    def _start(self, method: str) -> ProcessPoolExecutor:
+        # spawn by default: the service has threads (capture readers, aiosqlite), which a fork
+        # would copy the locks of but not the threads that release them
+        pool = ProcessPoolExecutor(
+            self.size,
+            mp_context=mp.get_context(method),
+            initializer=_worker_start,
+            initargs=(os.getpid(),),
+        )
+        if method == "fork":
+            # a forked worker flushes its copy of stdout's buffer when it exits
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pool.submit(os.getpid).result()  # forks every worker, before any thread starts
+        self._pool = pool
+        return pool
 
     def submit(self, url: str, part: _Range) -> asyncio.Future[tuple[str, int]]:
         if self._closed:
             raise RuntimeError("ExportWorkers used after close()")
-        if self._pool is None:
-            # spawn, not fork: the service has threads (capture readers, aiosqlite)
-            self._pool = ProcessPoolExecutor(
-                self.size,
-                mp_context=mp.get_context("spawn"),
-                initializer=_worker_start,
-                initargs=(os.getpid(),),
-            )
-        return asyncio.wrap_future(self._pool.submit(_encode_range, url, part))
+        pool = self._pool if self._pool is not None else self._start("spawn")
+        return asyncio.wrap_future(pool.submit(_encode_range, url, part))
 
     def close(self) -> None:
         self._closed = True
@@ -234,8 +268,8 @@ async def csv_pages(
     ranges of `page_size` sessions of the org (default PAGE_SIZE, or WORKER_RANGE_SIZE with
     workers) by an index-only walk; each range is its own short read, so memory stays constant
     however many rows there are and a long export never pins old database versions. Without
-    `workers`, a range is quoted in a thread while the next is read; with them, 2 ranges per
-    worker are in flight, yielded in order.
+    `workers`, ranges are read one at a time in a thread; with them, 2 ranges per worker are
+    in flight, yielded in order.
     """
     if page_size is None:
         page_size = PAGE_SIZE if workers is None else WORKER_RANGE_SIZE
@@ -245,14 +279,15 @@ async def csv_pages(
         return
     first, last = ends
     url = engine.url.render_as_string(hide_password=False)
-    backend = backend_of(engine)
+    # This process reads a range in a thread on a sync engine of its own: the async drivers
+    # step through rows in a thread of theirs, which then waits for the event loop's GIL
+    # at every row. One range at a time: two threads stepping at once wait for each other.
+    inline_engine = make_sync_engine(url)
 
     async def inline(part: _Range) -> tuple[str, int]:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(part.select(backend))).all()
-        return await asyncio.to_thread(_encode, rows), len(rows)
+        return await asyncio.to_thread(_read_range, inline_engine, part)
 
-    window = 2 * workers.size if workers is not None else 2
+    window = 2 * workers.size if workers is not None else 1
     pending: collections.deque[asyncio.Future[tuple[str, int]]] = collections.deque()
     lo: Key | None = first
     try:
@@ -269,6 +304,7 @@ async def csv_pages(
     finally:
         for future in pending:
             future.cancel()  # the consumer stopped or failed: leave no read behind
+        inline_engine.dispose()  # closes idle connections only: no wait, even when cut short
 
 
 async def export_org_csv(
@@ -309,9 +345,11 @@ def export_org(
     `workers` > 0 spreads the work over that many processes (0: this process only).
     """
 
+    # forked before the engine starts its threads
+    pool = ExportWorkers(workers, fork_now=True) if workers > 0 else None
+
     async def export() -> int:
         engine = make_engine(config.database.url)
-        pool = ExportWorkers(workers) if workers > 0 else None
         try:
             await check_schema(engine)
             known = configured_org_ids(config) | await stored_org_ids(engine)
@@ -321,8 +359,10 @@ def export_org(
                 engine, org_id, out, flt=flt, progress=progress, workers=pool
             )
         finally:
-            if pool is not None:
-                await asyncio.to_thread(pool.close)
             await engine.dispose()
 
-    return asyncio.run(export())
+    try:
+        return asyncio.run(export())
+    finally:
+        if pool is not None:
+            pool.close()
