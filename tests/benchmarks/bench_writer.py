@@ -70,6 +70,8 @@ from tunnelacct.store.codec import (  # noqa: E402
 from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
 from tunnelacct.store.migrate import migrate  # noqa: E402
 from tunnelacct.store.postgres.partitions import ensure_partitions
+from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
+from tunnelacct.store.sqlite.write import WRITER_CACHE_KIB  # noqa: E402
 from tunnelacct.store.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0
@@ -191,11 +193,14 @@ def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) ->
     """Seconds to upsert `events` with sqlite3 executemany alone, `batch_size` rows a commit."""
     driver = driver_values("sqlite")
     rows = [session_values(e, "gw-bench", driver) for e in events]
-    sql = upsert_sql(sqlite.dialect())
+    # sessions is a view over the tables of SQLite's layout; an import's rows without
+    # partitions go to sessions_default, as the writer's routed upsert does
+    sql = upsert_sql(sqlite.dialect(), DEFAULT_TABLE)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         for pragma in ("busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL"):
             conn.execute(f"PRAGMA {pragma}")  # as store.make_engine sets them
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")  # as the writer's flush
         started = time.perf_counter()
         for start in range(0, len(rows), batch_size):
             conn.execute("BEGIN")

@@ -36,6 +36,7 @@ from typing import Any
 from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
+from tunnelacct.heap import fewer_collections
 from tunnelacct.log import setup_logging
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds, id_tag
@@ -238,7 +239,8 @@ def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     setup_logging(settings.log_level)
     try:
-        result: tuple[Any, ...] = asyncio.run(_write_all(settings, conn))
+        with fewer_collections():  # up to [writer] max_pending events are held at once
+            result: tuple[Any, ...] = asyncio.run(_write_all(settings, conn))
     except BaseException as e:  # told to the parent, which raises it as a StoreError
         log.debug("writer process failed", exc_info=True)
         while isinstance(e, BaseExceptionGroup):  # the TaskGroup's: its first error says why
