@@ -141,7 +141,8 @@ def report_import(
     for wall, own, child, _ in runs:
         print(
             f"  {label}: {wall:.2f} s, {sessions / wall:,.0f} sessions/s, "
-            f"{packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB (+ largest child process, decoder or writer, {child:,.0f})"
+            f"{packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB "
+            f"(+ largest child process, decoder or writer, {child:,.0f})"
         )
     print(best[3].rstrip())
     rate = sessions / best[0]

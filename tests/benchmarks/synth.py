@@ -18,6 +18,20 @@ SNAPLEN = 96
 RATE_PPS = 50_000.0  # a busy gateway: 2M packets span 40 s, so sessions close as it runs
 
 
+def record_dtype(data_bytes: int) -> np.dtype:
+    """A pcap record (little-endian header: seconds, microseconds, captured and original
+    length) followed by `data_bytes` of packet, as a numpy structured dtype."""
+    return np.dtype(
+        [
+            ("sec", "<u4"),
+            ("usec", "<u4"),
+            ("cap", "<u4"),
+            ("len", "<u4"),
+            ("data", "u1", (data_bytes,)),
+        ]
+    )
+
+
 def synth_pcap(
     path: Path,
     packets: int,
@@ -77,16 +91,7 @@ def synth_pcap(
     hdr[:, 20:22], hdr[:, 22:24] = p1, p2
     hdr[:, 32] = 0x50
     hdr[:, 33] = flags
-    rec = np.zeros(
-        n,
-        dtype=[
-            ("sec", "<u4"),
-            ("usec", "<u4"),
-            ("cap", "<u4"),
-            ("len", "<u4"),
-            ("data", "u1", (40,)),
-        ],
-    )
+    rec = np.zeros(n, dtype=record_dtype(40))
     rec["sec"] = ts.astype(np.int64)
     rec["usec"] = ((ts % 1) * 1e6).astype(np.int64)
     rec["cap"] = 40

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import argparse
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.synth import record_dtype  # noqa: E402
 
 SNAPLEN = 96
 SESSIONS_PER_S = 50_000.0
@@ -124,16 +129,7 @@ def synth_sessions(
     dport = np.where(to_server, server_port[session_of], client_port[session_of])
     hdr = _headers(n, proto, total, src, dst, sport, dport, flags)
     captured = np.minimum(np.where(udp_packet, HEADER_BYTES, TCP_HEADER_BYTES), total)
-    rec = np.zeros(
-        n,
-        dtype=[
-            ("sec", "<u4"),
-            ("usec", "<u4"),
-            ("cap", "<u4"),
-            ("len", "<u4"),
-            ("data", "u1", (TCP_HEADER_BYTES,)),
-        ],
-    )
+    rec = np.zeros(n, dtype=record_dtype(TCP_HEADER_BYTES))
     ts_sorted = ts[order]
     rec["sec"] = ts_sorted.astype(np.int64)
     rec["usec"] = ((ts_sorted % 1) * 1e6).astype(np.int64)

@@ -97,9 +97,29 @@ def unpack(packed: PackedEvent) -> SessionEvent:
         _KINDS[packed[0]],
         uuid.UUID(int=packed[1]),
         _PROTOS[packed[2]],
-        *packed[3:17],  # family .. payload_bytes_rx
+        packed[3],  # family
+        packed[4],  # src_addr
+        packed[5],
+        packed[6],
+        packed[7],
+        packed[8],  # started_ts
+        packed[9],
+        packed[10],
+        packed[11],  # bytes_tx
+        packed[12],
+        packed[13],
+        packed[14],
+        packed[15],  # payload_bytes_tx
+        packed[16],
         _REASONS[packed[17]],
-        *packed[18:],  # midstream .. gateway
+        packed[18],  # midstream
+        packed[19],
+        packed[20],  # attribution
+        packed[21],
+        packed[22],  # day_marks
+        packed[23],
+        packed[24],
+        packed[25],  # gateway
     )
 
 
