@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import re
 import shutil
@@ -28,9 +26,6 @@ from tests.helpers.oracle import (
 )
 from tests.helpers.pcapwrite import write_pcap
 from tests.helpers.pg import read_rows
-from tunnelacct.config.load import load_config
-from tunnelacct.config.model import DatabaseConfig
-from tunnelacct.ingest.importer import import_captures
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
@@ -322,28 +317,3 @@ def test_captures_merged_into_one_import_count_their_late_packets(tmp_path: Path
         newest = max(newest, t)
     assert late > 0
     assert _summary_figure(summary, r"late: ([\d,]+) packets") == late
-
-
-@needs_tshark
-@pytest.mark.parametrize(
-    "process_after_sessions", [0, 10, 10**9], ids=["child", "moved-midway", "in-process"]
-)
-def test_every_writer_stores_what_tshark_sees(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, process_after_sessions: int
-) -> None:
-    """An import writes in its own process, and moves its writer to a child once it has opened
-    WRITER_PROCESS_AFTER_SESSIONS sessions: from the start, midway (wg-small.pcap holds 21)
-    or never, every session is stored exactly, and the summary counts what both wrote."""
-    db = tmp_path / "store.db"
-    config = dataclasses.replace(
-        load_config(CONFIG, {}), database=DatabaseConfig(f"sqlite:///{db}")
-    )
-    with caplog.at_level(logging.DEBUG, logger="tunnelacct.ingest.importer"):
-        summary = import_captures(
-            config, [DATA / "wg-small.pcap"], writer_process_after_sessions=process_after_sessions
-        )
-    rows = read_session_rows(db)
-    assert compare_sessions(tshark_sessions(DATA / "wg-small.pcap"), rows) == []
-    assert summary.rows_written == summary.sessions == len(rows) > 0
-    moved = any("process of its own" in record.getMessage() for record in caplog.records)
-    assert moved == (0 < process_after_sessions < len(rows))

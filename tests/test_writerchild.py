@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.config.model import WriterConfig
+from tunnelacct.config.model import Config, DatabaseConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
@@ -91,15 +91,12 @@ def test_an_event_crosses_the_pipe_unchanged(changes: dict[str, object]) -> None
 
 
 def settings_for(db: Path, batch_size: int = 500) -> WriterSettings:
-    return WriterSettings(
-        url=f"sqlite:///{db}",
-        synchronous="normal",
+    config = Config(
+        database=DatabaseConfig(f"sqlite:///{db}"),
         writer=WriterConfig(batch_size=batch_size),
         gateway="gw-test",
-        unlogged_orgs=frozenset(),
-        reimport=True,
-        log_level="WARNING",
     )
+    return WriterSettings(config=config, reimport=True, log_level="WARNING")
 
 
 def test_the_child_writes_every_event_it_was_sent(tmp_path: Path) -> None:
@@ -201,3 +198,18 @@ def test_ids_of_the_import_are_told_from_others_in_the_child(tmp_path: Path) -> 
     with sqlite3.connect(db) as conn:
         stored = {uuid.UUID(hex=row[0]) for row in conn.execute("SELECT id FROM sessions")}
     assert stored == {e.session_id for e in first_copy + second_copy}
+
+
+def test_a_store_the_child_cannot_migrate_is_a_store_error_naming_why(tmp_path: Path) -> None:
+    """The child migrates the store before it writes: a path that is a directory cannot be
+    a SQLite file, and the import is told so, with SQLite's reason."""
+    ids = SessionIds()
+
+    async def run() -> None:
+        writer = WriterProcess(settings_for(tmp_path), ids)  # a directory, not a file
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(StoreError, match="migration failed: .*unable to open"):
+                await writer.submit([closed_event(ids, 1)])
+                await writer.close()
+
+    asyncio.run(run())

@@ -47,15 +47,20 @@ class _Commands(click.Group):
     """The top group: a store error of any command names the configured database."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
         from tunnelacct.config.database_url import shown_database
         from tunnelacct.errors import StoreError
-        from tunnelacct.store.engine import store_why
 
         try:
             return super().invoke(ctx)
-        except (StoreError, SQLAlchemyError) as exc:
+        except Exception as exc:
+            # imported only now: a command that never touches the store itself (import: its
+            # writer child does) must not pay for SQLAlchemy's import (0.36 s)
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from tunnelacct.store.engine import store_why
+
+            if not isinstance(exc, StoreError | SQLAlchemyError):
+                raise
             url = ctx.meta.get(_DATABASE_KEY)
             why = str(exc) if isinstance(exc, StoreError) else store_why(exc)
             if url is None or shown_database(url) in why:

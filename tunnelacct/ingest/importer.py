@@ -3,7 +3,9 @@
 Files are ordered by their first packet time, so the parts of a rotated capture
 (`tcpdump -C/-G`) join up and a session spanning two files stays one session. Reading and
 decoding run in the decoder child (capture/filechild.py), which sends batches down a pipe; the
-flow table runs on the event loop and hands events to the writer.
+flow table runs on the event loop here and hands events to the writer child
+(store/writerchild.py), which owns everything about the store: migration, the inventory, the
+writes. This process never imports SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -21,18 +23,12 @@ from tunnelacct.capture.filechild import DecodeProcess, first_timestamp
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.capture.reasons import SKIPPED_REASONS
 from tunnelacct.config.model import Config
-from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureFormatError
 from tunnelacct.heap import fewer_collections
 from tunnelacct.sessions.attribution import Inventory
-from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowtable import FlowTable
-from tunnelacct.store.engine import make_engine
-from tunnelacct.store.inventory import sync_inventory
-from tunnelacct.store.reimport import Reimport
-from tunnelacct.store.writer import SessionWriter
 from tunnelacct.store.writerchild import WriterProcess, WriterSettings
 
 log = logging.getLogger(__name__)
@@ -40,11 +36,6 @@ log = logging.getLogger(__name__)
 # the sessions still open at the end are closed and handed to the writer this many at a time,
 # so the events of all of them are never in memory at once
 CLOSE_PART_SESSIONS = 5000
-# An import writes in this process until it has opened this many sessions, then moves its
-# writer to a process of its own (store/writerchild.py). The child costs about 0.4 s of CPU to
-# start, which a bulk capture of few sessions would only lose; a session-heavy one wins it
-# back many times over (issue 21; docs/performance-sessions.md).
-WRITER_PROCESS_AFTER_SESSIONS = 50_000
 
 
 @dataclass(slots=True)
@@ -97,7 +88,7 @@ async def import_files(
     files: list[Path],
     worker: DecodeProcess,
     config: Config,
-    writer: ImportWriter,
+    writer: WriterProcess,
     summary: ImportSummary,
     *,
     ids: SessionIds,
@@ -124,7 +115,6 @@ async def import_files(
                     bucket[reason] += n
                 # in a thread, so the loop stays free to drive the writer's round trips meanwhile
                 await writer.submit(await asyncio.to_thread(table.process, msg.batch))
-                await writer.opened(table.stats.sessions_opened)
                 at = msg.bytes_read
             else:
                 summary.packets += msg.packets
@@ -161,123 +151,20 @@ async def import_files(
         summary.decode_errors["fragment_unattributed"] += st.fragments_unattributed
 
 
-class _WriterHere:
-    """The import's SessionWriter in this process, used as a WriterProcess is."""
-
-    def __init__(self, settings: WriterSettings, ids: SessionIds) -> None:
-        self._engine = make_engine(settings.url, synchronous=settings.synchronous)
-        self._writer = SessionWriter(
-            self._engine,
-            settings.writer,
-            gateway=settings.gateway,
-            unlogged_orgs=settings.unlogged_orgs,
-            reimport=Reimport(settings.gateway, ids),
-        )
-        self._task = asyncio.create_task(self._writer.run())
-        self.rows_written = 0
-        self.replaced_rows = 0
-
-    async def submit(self, events: Sequence[SessionEvent]) -> None:
-        if self._task.done():  # run() failed: its error says why
-            self._task.result()
-        await self._writer.submit(events)
-
-    async def close(self) -> None:
-        try:
-            await self._writer.close()
-            await self._task
-        finally:
-            await self._engine.dispose()
-        self.rows_written = self._writer.rows_written
-        self.replaced_rows = self._writer.replaced_rows
-
-
-class ImportWriter:
-    """Where an import's session events go: a SessionWriter in this process until the import
-    has opened `process_after_sessions` sessions, then the writer child (WriterProcess).
-
-    An import hands over only closed sessions, one event each, so no session has events in
-    both writers; the first drains before the child writes. Usage: submit() events, call
-    opened() with the table's count of opened sessions now and then, close() once, kill() in
-    a finally.
-    """
-
-    def __init__(
-        self, settings: WriterSettings, ids: SessionIds, *, process_after_sessions: int
-    ) -> None:
-        self.ids = ids
-        self._settings = settings
-        self._process_after_sessions = process_after_sessions
-        self._here: _WriterHere | None = None
-        self._process: WriterProcess | None = None
-        if process_after_sessions <= 0:
-            self._process = WriterProcess(settings, ids)
-        self.rows_written = 0
-        self.replaced_rows = 0
-
-    async def submit(self, events: Sequence[SessionEvent]) -> None:
-        if self._process is not None:
-            await self._process.submit(events)
-            return
-        if self._here is None:
-            self._here = _WriterHere(self._settings, self.ids)
-        await self._here.submit(events)
-
-    async def opened(self, sessions: int) -> None:
-        """The import has opened `sessions` sessions so far: past the threshold, the writer
-        moves to its own process."""
-        if self._process is not None or sessions < self._process_after_sessions:
-            return
-        log.debug("import: %d sessions opened, writing from a process of its own", sessions)
-        self._process = WriterProcess(self._settings, self.ids)  # starts while the rest drains
-        await self._close_here()
-
-    async def _close_here(self) -> None:
-        if self._here is not None:
-            here = self._here
-            self._here = None
-            await here.close()
-            self.rows_written += here.rows_written
-            self.replaced_rows += here.replaced_rows
-
-    async def close(self) -> None:
-        """Write everything submitted; raises what kept either writer from it."""
-        await self._close_here()
-        if self._process is not None:
-            await self._process.close()
-            self.rows_written += self._process.rows_written
-            self.replaced_rows += self._process.replaced_rows
-
-    def kill(self) -> None:
-        """End the writer child if it still runs (the import failed before close())."""
-        if self._process is not None:
-            self._process.kill()
-
-
 async def _run(
-    config: Config,
     files: list[Path],
     worker: DecodeProcess,
-    settings: WriterSettings,
+    writer: WriterProcess,
+    config: Config,
     summary: ImportSummary,
     progress: Callable[[int], None] | None,
-    process_after_sessions: int,
 ) -> None:
-    engine = make_engine(config.database.url, synchronous=config.database.synchronous)
     try:
-        await sync_inventory(engine, config)
+        await import_files(
+            files, worker, config, writer, summary, ids=writer.ids, progress=progress
+        )
     finally:
-        await engine.dispose()
-    writer = ImportWriter(settings, SessionIds(), process_after_sessions=process_after_sessions)
-    try:
-        try:
-            await import_files(
-                files, worker, config, writer, summary, ids=writer.ids, progress=progress
-            )
-        finally:
-            await writer.close()
-    finally:
-        writer.kill()
+        await writer.close()
     summary.rows_written = writer.rows_written
     summary.replaced = writer.replaced_rows
 
@@ -287,45 +174,28 @@ def import_captures(
     paths: Sequence[str | Path],
     *,
     progress: Callable[[int], None] | None = None,
-    writer_process_after_sessions: int = WRITER_PROCESS_AFTER_SESSIONS,
 ) -> ImportSummary:
-    """Migrate the store, import `paths` and wait until every row is written.
+    """Import `paths` and wait until every row is written.
 
-    The decoder process starts first, so it reads while the store is being migrated. The
-    writer moves to a process of its own once `writer_process_after_sessions` sessions have
-    opened (ImportWriter).
+    The decoder child reads and decodes, this process sessionizes, and the writer child
+    (store/writerchild.py) migrates the store, writes the config's inventory and then the
+    sessions: the three start at once, and the store's set-up overlaps the first batches.
     """
     started = time.perf_counter()
     summary = ImportSummary()
     files = order_files(paths, summary)
     worker = DecodeProcess(files)
     settings = WriterSettings(
-        url=config.database.url,
-        synchronous=config.database.synchronous,
-        writer=config.writer,
-        gateway=config.gateway,
-        unlogged_orgs=unlogged_orgs(config),
+        config=config,
         reimport=True,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
     )
+    writer = WriterProcess(settings, SessionIds())
     try:
-        # imported here, once the decoder runs: Alembic alone takes ~0.3 s to import
-        from tunnelacct.store.migrate import migrate
-
-        migrate(config.database.url)
         with fewer_collections():
-            asyncio.run(
-                _run(
-                    config,
-                    files,
-                    worker,
-                    settings,
-                    summary,
-                    progress,
-                    writer_process_after_sessions,
-                )
-            )
+            asyncio.run(_run(files, worker, writer, config, summary, progress))
     finally:
         worker.close()
+        writer.kill()  # only if it still runs: the import failed before its close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,9 +1,11 @@
-"""The writer child: a SessionWriter in a spawned process of its own, for `tunnelacct import`.
+"""The writer child: the store side of `tunnelacct import`, in a spawned process of its own.
 
 An import of many short sessions spends about as long writing them as making them: building
 each row, the usage rollup and binding the row for SQLite are Python, and in one process they
 share one GIL with the flow table (issue 21). Here the flow table keeps the importer's process
-and the writer gets its own, with its own engine: the two run on two cores.
+and the store gets its own: the child migrates the store, writes the config's orgs, clients and
+resources, and runs a SessionWriter with its own engine, on the other core. The importer's
+process never imports SQLAlchemy or Alembic (0.5 s), so it starts on the capture at once.
 
 The parent (`WriterProcess`) packs each event into a tuple of plain values (pickling a
 dataclass with enums and a UUID costs several times more) and sends lists of them down a pipe;
@@ -33,7 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunnelacct.config.model import WriterConfig
+from tunnelacct.config.model import Config
+from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.heap import fewer_collections
@@ -125,13 +128,10 @@ def unpack(packed: PackedEvent) -> SessionEvent:
 
 @dataclass(frozen=True, slots=True)
 class WriterSettings:
-    """What the child needs to make its engine and SessionWriter (pickled to it)."""
+    """What the child needs (pickled to it): the import's config, whose [database], [writer],
+    [gateway], orgs, clients and resources it uses, and its log level."""
 
-    url: str
-    synchronous: str  # [database] synchronous
-    writer: WriterConfig
-    gateway: str
-    unlogged_orgs: frozenset[str]
+    config: Config
     reimport: bool  # replace the stored sessions of an earlier capture (store/reimport.py)
     log_level: str
 
@@ -168,6 +168,8 @@ class WriterProcess:
         """
         if self._closed:
             raise StoreError("session writer is closed")
+        if self._conn.poll(0):  # the child's one message, before the end: it failed
+            raise self._failure()
         if not events:
             return
         tags = frozenset(self.ids.tags)
@@ -259,6 +261,10 @@ def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     setup_logging(settings.log_level)
     try:
+        # imported here: the importer's own process never imports SQLAlchemy or Alembic
+        from tunnelacct.store.migrate import migrate
+
+        migrate(settings.config.database.url)
         with fewer_collections():  # up to [writer] max_pending events are held at once
             result: tuple[Any, ...] = asyncio.run(_write_all(settings, conn))
     except BaseException as e:  # told to the parent, which raises it as a StoreError
@@ -277,21 +283,23 @@ def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
 
 async def _write_all(settings: WriterSettings, conn: Any) -> tuple[Any, ...]:
     """Write what the parent sends until it says "end"; ("done", rows, replaced)."""
-    # imported here, in the child: the parent process never needs them for this
     from tunnelacct.store.engine import make_engine
+    from tunnelacct.store.inventory import sync_inventory
     from tunnelacct.store.reimport import Reimport
     from tunnelacct.store.writer import SessionWriter
 
-    engine = make_engine(settings.url, synchronous=settings.synchronous)
+    config = settings.config
+    engine = make_engine(config.database.url, synchronous=config.database.synchronous)
     issued = _IssuedTags()
     writer = SessionWriter(
         engine,
-        settings.writer,
-        gateway=settings.gateway,
-        unlogged_orgs=settings.unlogged_orgs,
-        reimport=Reimport(settings.gateway, issued) if settings.reimport else None,
+        config.writer,
+        gateway=config.gateway,
+        unlogged_orgs=unlogged_orgs(config),
+        reimport=Reimport(config.gateway, issued) if settings.reimport else None,
     )
     try:
+        await sync_inventory(engine, config)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(writer.run())
             try:
