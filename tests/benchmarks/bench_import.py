@@ -76,7 +76,7 @@ def bench_import(pcap: Path, workdir: Path, packets: int) -> None:
     print(
         f"RESULT import: {packets:,} packets, {wall:.2f} s wall including interpreter start "
         f"and migration, {packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB "
-        f"(+ decode process {child:,.0f} MiB)"
+        f"(+ largest child process, decoder or writer, {child:,.0f} MiB)"
     )
 
 
