@@ -6,6 +6,9 @@ With CPython's default thresholds (700, 10, 10) the collector walks the young ob
 short sessions spent a quarter of its time there (issue 21). Sessions and events hold no
 reference cycles, so they are freed by their reference counts; the collector only has to find
 the rare cycle, and running it 300x less often still does.
+
+Not for serve: a connection flood leaves closed sockets in reference cycles, and collecting
+them less often held their descriptors until serve ran out of them (issue 16's flood test).
 """
 
 from __future__ import annotations

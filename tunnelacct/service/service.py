@@ -35,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import configured_org_ids, unlogged_orgs
 from tunnelacct.errors import TunnelacctError
-from tunnelacct.heap import fewer_collections
 from tunnelacct.ingest.flows import FlowSource, FlowSourceFigures
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.ingest.status import CaptureStatus
@@ -472,6 +471,7 @@ def serve(config: Config, *, status_path: Path | None = None) -> None:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
 
-    # hundreds of thousands of open sessions and pending events: collect cycles less often
-    with fewer_collections():
-        asyncio.run(main())
+    # Not under heap.fewer_collections(): a connection flood leaves closed sockets in
+    # reference cycles, and collecting them less often held their descriptors until serve
+    # ran out (tests/hardening/test_connection_flood.py failed with EMFILE).
+    asyncio.run(main())
