@@ -52,7 +52,7 @@ from tunnelacct.store.models import (
     UsageDay,
     table_of,
 )
-from tunnelacct.store.purgework import PurgeWork, expired_conditions, renew_or_stop
+from tunnelacct.store.purgework import PurgeWork, WriteLock, expired_conditions, renew_or_stop
 from tunnelacct.store.usagemonths import take_day_from_months
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ async def purge(
     batch_size: int = BATCH_SIZE,
     holder: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    write_lock: asyncio.Lock | None = None,
+    write_lock: WriteLock | None = None,
     on_deleted: Callable[[str, int], None] | None = None,
 ) -> PurgeResult:
     """Purge every org with a retention (or only `org_id`) as of `now`; see the module doc.
@@ -128,8 +128,8 @@ async def purge(
         log.info("purge: another purge is running (%s); nothing to do", other)
         return PurgeResult(run_id, dry_run, locked_by=other)
     done: list[OrgPurge] = []
-    lock = write_lock or asyncio.Lock()
-    batch_lock = lock if backend.purge_batches_take_write_lock else asyncio.Lock()
+    lock: WriteLock = write_lock or asyncio.Lock()
+    batch_lock: WriteLock = lock if backend.purge_batches_take_write_lock else asyncio.Lock()
     try:
         retentions = await _retentions(engine, org_id)
         cutoffs = {org: now - timedelta(days=days) for org, days, _usage_days in retentions}
@@ -281,7 +281,7 @@ async def _count_expired_usage(engine: AsyncEngine, org_id: str, first_kept: dat
 
 
 async def _delete_expired_usage(
-    work: PurgeWork, org_id: str, first_kept: date | None, write_lock: asyncio.Lock
+    work: PurgeWork, org_id: str, first_kept: date | None, write_lock: WriteLock
 ) -> AsyncIterator[int]:
     """Delete `org_id`'s usage rows of the days before `first_kept`, a day per short
     transaction under `write_lock`, renewing the lease; yield each day's row count."""
@@ -317,7 +317,7 @@ async def _count_expired_access(engine: AsyncEngine, org_id: str, cutoff: dateti
 
 
 async def _delete_expired_access(
-    work: PurgeWork, org_id: str, cutoff: datetime, write_lock: asyncio.Lock
+    work: PurgeWork, org_id: str, cutoff: datetime, write_lock: WriteLock
 ) -> int:
     """Delete `org_id`'s access log rows from before `cutoff` in one transaction under
     `write_lock`, renewing the lease; return how many."""
@@ -336,7 +336,7 @@ async def _count_expired(engine: AsyncEngine, org_id: str, cutoff: datetime) -> 
 
 
 async def _delete_expired(
-    work: PurgeWork, org_id: str, cutoff: datetime, batch_size: int, write_lock: asyncio.Lock
+    work: PurgeWork, org_id: str, cutoff: datetime, batch_size: int, write_lock: WriteLock
 ) -> AsyncIterator[int]:
     """Delete `org_id`'s expired rows in batches (`StoreBackend.expired_batches`), one short
     transaction each under `write_lock`, renewing the lease; yield each batch's row count

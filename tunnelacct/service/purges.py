@@ -16,6 +16,7 @@ from tunnelacct.errors import ConfigError, StoreError
 from tunnelacct.metrics.collectors import RetentionFigures
 from tunnelacct.retention.purge import PURGE_RUNS_POLL_S, PurgeRunTally, purge
 from tunnelacct.store.inventory import sync_orgs
+from tunnelacct.store.purgework import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class ScheduledPurges:
     def __init__(
         self,
         config: Config,
-        write_lock: asyncio.Lock,
+        write_lock: WriteLock,
         *,
         purge_runs_poll_s: float = PURGE_RUNS_POLL_S,
     ) -> None:

@@ -61,7 +61,7 @@ async def resume_sessions(
         for exporter_gateway in {e.gateway for e in config.collector.exporters}:
             if exporter_gateway != config.gateway:
                 stored += await ongoing_sessions(engine, exporter_gateway)
-    sink.seed(stored)  # the usage rollup holds their share already
+    await sink.seed(stored)  # the usage rollup holds their share already
     for event in stored:
         if flow_source is not None and flow_source.resume(event):
             continued += 1

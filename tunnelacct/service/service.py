@@ -2,9 +2,9 @@
 
 Builds everything from Config and owns every long-running task in one TaskGroup: one
 CapturePipeline per [[capture]], the flow-record collector ([collector], `ingest/flows.py`:
-a task per UDP listen address and one decoding into its flow tables), the SessionWriter, the
-WireGuard peer refresh (`peers.py`), the purges (`purges.py`), the listeners (`listeners.py`)
-and the status file (`status.py`).
+a task per UDP listen address and one decoding into its flow tables), the SessionWriter (in a
+process of its own: `store/servewriter.py`), the WireGuard peer refresh (`peers.py`), the
+purges (`purges.py`), the listeners (`listeners.py`) and the status file (`status.py`).
 Three phases:
 
 - start: take the gateway lock, read WireGuard peers, build the writer, the captures and the
@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
-from tunnelacct.config.orgs import configured_org_ids, unlogged_orgs
+from tunnelacct.config.orgs import configured_org_ids
 from tunnelacct.errors import TunnelacctError
 from tunnelacct.ingest.flows import FlowSource, FlowSourceFigures
 from tunnelacct.ingest.pipeline import CapturePipeline
@@ -60,7 +60,8 @@ from tunnelacct.service.sinks import SessionEventLog, WriterAndEventLog
 from tunnelacct.service.status import CaptureProgressLog, StatusFile, status_document
 from tunnelacct.store.engine import keep_partitions_ahead, make_engine, sqlite_free_bytes
 from tunnelacct.store.gatewaylock import GatewayLock
-from tunnelacct.store.writer import WRITE_BUCKETS_S, SessionWriter
+from tunnelacct.store.servewriter import ServeWriter
+from tunnelacct.store.writer import WRITE_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,14 @@ class Service:
         self.status_file = StatusFile(status_path)
         self.pipelines: list[CapturePipeline] = []
         self.flow_source: FlowSource | None = None  # [collector]
-        self.writer: SessionWriter | None = None
+        # the writer child (started by run()); its flushes and the purge's batches take turns
+        # at its write lock
+        self.writer = ServeWriter(config, log_level=logging.getLevelName(log.getEffectiveLevel()))
         self.event_log: SessionEventLog | None = None
         self.export_workers: ExportWorkers | None = None  # the API's CSV export processes
-        self._write_lock = asyncio.Lock()  # the writer's flushes and the purge's batches take turns
-        self.purges = ScheduledPurges(config, self._write_lock, purge_runs_poll_s=purge_runs_poll_s)
+        self.purges = ScheduledPurges(
+            config, self.writer.write_lock(), purge_runs_poll_s=purge_runs_poll_s
+        )
         self.identity = PeerIdentity(config)
         self._failure: BaseException | None = None
         self._labels = MetricLabels(config.metrics.client_labels, config.metrics.max_series)
@@ -180,6 +184,7 @@ class Service:
             self._write_status()
             if self.export_workers is not None:
                 await asyncio.to_thread(self.export_workers.close)
+            await asyncio.to_thread(self.writer.kill)  # only if it still runs: a failed start
             for gateway_lock in reversed(gateway_locks):
                 await gateway_lock.release()  # after the writer drained
             await engine.dispose()
@@ -188,18 +193,13 @@ class Service:
 
     async def _start(
         self, engine: AsyncEngine
-    ) -> tuple[SessionWriter, WriterAndEventLog, list[Server]]:
-        """Read the peers, build the writer and the captures, start the captures and bind the
-        listeners: a capture that cannot ever work or an address in use fails the start."""
+    ) -> tuple[ServeWriter, WriterAndEventLog, list[Server]]:
+        """Start the writer child, read the peers, build the captures, start them and bind
+        the listeners: a capture that cannot ever work or an address in use fails the start."""
         config = self.config
+        writer = self.writer
+        writer.start()  # it builds its engine while the peers are read
         await self.identity.refresh(engine, initial=True)
-        writer = self.writer = SessionWriter(
-            engine,
-            config.writer,
-            gateway=config.gateway,
-            unlogged_orgs=unlogged_orgs(config),
-            write_lock=self._write_lock,
-        )
         if config.service.session_events is not None:
             self.event_log = SessionEventLog(config.service.session_events, config.gateway)
         sink = WriterAndEventLog(writer, self.event_log)
@@ -244,7 +244,7 @@ class Service:
     async def _shutdown(
         self,
         capture_tasks: list[asyncio.Task[None]],
-        writer: SessionWriter,
+        writer: ServeWriter,
         *,
         servers: list[Server],
         server_tasks: list[asyncio.Task[None]],
@@ -359,10 +359,8 @@ class Service:
     def _capture_statuses(self) -> list[CaptureStatus]:
         return [p.status for p in self.pipelines]
 
-    def _writer_figures(self) -> WriterFigures | None:
+    def _writer_figures(self) -> WriterFigures:
         w = self.writer
-        if w is None:
-            return None
         written_before = w.oldest_pending_since
         lag_s = max((p.checkpoint_lag_s(written_before) for p in self.pipelines), default=0.0)
         return WriterFigures(
@@ -424,7 +422,7 @@ class Service:
         while True:
             await asyncio.sleep(STATUS_FILE_EVERY_S)
             self._write_status()
-            progress.log_when_due(self.writer.pending if self.writer else 0)
+            progress.log_when_due(self.writer.pending)
 
 
 def served_gateways(config: Config) -> list[str]:

@@ -19,7 +19,7 @@ from tunnelacct.enums import EventKind
 from tunnelacct.query.records import CSV_COLUMNS, json_duration, json_value, unix_time
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.codec import event_row
-from tunnelacct.store.writer import SessionWriter
+from tunnelacct.store.servewriter import ServeWriter
 
 
 def event_line(event: SessionEvent, gateway: str) -> str:
@@ -69,13 +69,13 @@ class WriterAndEventLog:
     """Where serve's session events go: the writer, and the session event log when one is
     configured (written first: a line per open and close)."""
 
-    def __init__(self, writer: SessionWriter, events: SessionEventLog | None) -> None:
+    def __init__(self, writer: ServeWriter, events: SessionEventLog | None) -> None:
         self._writer = writer
         self._events = events
 
-    def seed(self, stored: list[SessionEvent]) -> None:
+    async def seed(self, stored: list[SessionEvent]) -> None:
         """Sessions as the store holds them, which later events continue (SessionWriter.seed)."""
-        self._writer.seed(stored)
+        await self._writer.seed(stored)
 
     async def room(self) -> None:
         """Wait while the writer holds as many sessions as it may (SessionWriter.room)."""

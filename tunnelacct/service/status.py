@@ -16,7 +16,7 @@ from tunnelacct.collector.listener import format_listen
 from tunnelacct.ingest.flows import FlowSource
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.store.engine import sqlite_free_bytes
-from tunnelacct.store.writer import SessionWriter
+from tunnelacct.store.servewriter import ServeWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def status_document(
     closed_at_start: int,
     status_write_failures: int,
     pipelines: Sequence[CapturePipeline],
-    writer: SessionWriter | None,
+    writer: ServeWriter | None,
     database_url: str,
     flow_source: FlowSource | None = None,
 ) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def _collector_status(flow_source: FlowSource) -> dict[str, Any]:
     }
 
 
-def _writer_status(writer: SessionWriter, database_url: str) -> dict[str, Any]:
+def _writer_status(writer: ServeWriter, database_url: str) -> dict[str, Any]:
     return {
         "pending": writer.pending,
         "rows_written": writer.rows_written,

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,6 +25,10 @@ from tunnelacct.enums import SessionStatus
 from tunnelacct.errors import StoreError
 from tunnelacct.store.models import SessionRecord, table_of
 from tunnelacct.store.purgelock import renew_lease
+
+# the writer's write lock as a purge takes it: an asyncio.Lock in one process, serve's writer
+# child's through its pipe (store/servewriter.py ChildWriteLock)
+WriteLock = AbstractAsyncContextManager[Any]
 
 # partitions looked at per transaction, at least one: the writer waits once per transaction
 DROP_BUDGET_S = 0.05
@@ -46,7 +51,7 @@ class PurgeWork:
     engine: AsyncEngine
     holder: str
     clock: Callable[[], datetime]
-    write_lock: asyncio.Lock
+    write_lock: WriteLock
     cutoffs: dict[str, datetime]
     on_deleted: Callable[[str, int], None] | None = None
     budget_s: float = DROP_BUDGET_S

@@ -254,12 +254,18 @@ class _IssuedTags:
         return id_tag(ident) in self.tags
 
 
-def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
+def become_child(parent_pid: int, log_level: str) -> None:
+    """What a writer child does first: die with its parent (PR_SET_PDEATHSIG), leave SIGINT
+    to it (a terminal's Ctrl-C reaches the whole group), and log as it does."""
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    setup_logging(settings.log_level)
+    setup_logging(log_level)
+
+
+def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
+    become_child(parent_pid, settings.log_level)
     try:
         # imported here: the importer's own process never imports SQLAlchemy or Alembic
         from tunnelacct.store.migrate import migrate
