@@ -18,6 +18,14 @@ DEPS=(
   ip:iproute2
   sqlite3:sqlite3
   prometheus:prometheus
+  # the docs' examples (tests/test_docs.py) run curl against serve, and `script` for a terminal
+  curl:curl
+  script:bsdutils
+  # examples/ (tests/test_examples.py): promtool checks prometheus.yml and unit-tests alerts.yml;
+  # systemd-analyze verifies the units and systemd-sysusers creates their user in a temp root
+  promtool:prometheus
+  systemd-analyze:systemd
+  systemd-sysusers:systemd
   # the flow-record collector's tests (issue 20): three softflowd exporters on a veth, nfcapd
   # and nfdump as the oracle, ethtool to turn the veth's offloads off, tcpreplay for replays
   softflowd:softflowd

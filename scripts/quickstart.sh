@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install tunnelacct and run its main job, the live service, on the embedded SQLite store. On a
 # machine without a WireGuard tunnel it replays a capture recorded through a real one, through
-# the same live pipeline, in a loop (examples/tunnelacct.toml). The web UI and the API listen
+# the same live pipeline, in a loop (scripts/quickstart.toml). The web UI and the API listen
 # on 127.0.0.1:8080; the first run creates the UI user "admin" and prints its generated
 # password once. Stop it with Ctrl-C: open sessions are checkpointed, then org "acme" is
 # exported as CSV.
@@ -14,7 +14,7 @@ bash scripts/setup.sh
 out=${QUICKSTART_OUT:-out}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-export TUNNELACCT_CONFIG=examples/tunnelacct.toml
+export TUNNELACCT_CONFIG=scripts/quickstart.toml
 export TUNNELACCT_DATABASE_URL="sqlite:///$out/tunnelacct.db"
 .venv/bin/tunnelacct db upgrade >/dev/null
 # The UI's user: made once with a generated password, printed now and never again. Only the

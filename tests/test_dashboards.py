@@ -32,7 +32,7 @@ from tests.helpers.waiting import WAIT_S
 
 ROOT = Path(__file__).parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
-SPEC = ROOT / "README.md"  # its "Metrics and dashboards" table
+SPEC = ROOT / "docs" / "metrics.md"  # its metric table
 DATA = Path(__file__).parent / "data"
 SCRAPES = 5  # successful scrapes before the checks: rate() over 1m needs two samples
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -287,7 +287,7 @@ def exported(metrics_text: str) -> tuple[set[str], set[str]]:
 
 
 def spec_histograms() -> set[str]:
-    """Histogram names in the README's metric table."""
+    """Histogram names in the metric table of docs/metrics.md."""
     return set(re.findall(r"^\| `(tunnelacct_\w+)` \| histogram", SPEC.read_text(), re.M))
 
 

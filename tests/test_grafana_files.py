@@ -1,8 +1,8 @@
 """Static checks of the Grafana dashboards, their provisioning and the Prometheus example.
 
 No Grafana and no network: the JSON and YAML are read as files, metric names are checked
-against the README's metric table, and (where promtool is installed) every expression is parsed
-as PromQL with the dashboard variables substituted the way Grafana would.
+against the metric table of docs/metrics.md, and (where promtool is installed) every
+expression is parsed as PromQL with the dashboard variables substituted the way Grafana would.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,7 +26,8 @@ DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
 DATASOURCES_YAML = ROOT / "grafana" / "provisioning" / "datasources" / "tunnelacct.yaml"
 PROVIDERS_YAML = ROOT / "grafana" / "provisioning" / "dashboards" / "tunnelacct.yaml"
 PROMETHEUS_YML = ROOT / "examples" / "prometheus.yml"
-METRICS_SPEC = ROOT / "README.md"  # its "Metrics and dashboards" table
+EXAMPLE_CONFIG = ROOT / "examples" / "tunnelacct.toml"
+METRICS_SPEC = ROOT / "docs" / "metrics.md"  # its metric table
 
 DATASOURCE = "${datasource}"
 # file -> (uid, {variable: allowed Grafana variable types}, {variable: metric its query reads})
@@ -108,7 +110,7 @@ def substituted(expr: str) -> str:
 
 
 def spec_metrics() -> dict[str, str]:
-    """Metric name -> type, from the table in the README's metric table."""
+    """Metric name -> type, from the metric table of docs/metrics.md."""
     rows = re.findall(
         r"^\| `(tunnelacct_[a-z_]+)` \| ([a-z]+)", METRICS_SPEC.read_text("utf-8"), re.MULTILINE
     )
@@ -263,11 +265,11 @@ def test_histogram_buckets_are_only_read_through_histogram_quantile_by_le(name: 
 @dashboard_names
 def test_every_metric_in_the_dashboard_is_in_the_metrics_spec(name: str) -> None:
     spec = spec_metrics()
-    assert len(spec) >= 20, "could not read the metric table of the README's metric table"
+    assert len(spec) >= 20, "could not read the metric table of docs/metrics.md"
     used = {m for _, t in targets(load_dashboard(name)) for m in METRIC_NAME.findall(t["expr"])}
     assert used, f"{name} uses no tunnelacct metric"
     unknown = sorted(m for m in used if base_metric(m, spec) not in spec)
-    assert not unknown, f"not in the README's metric table: {unknown}"
+    assert not unknown, f"not in the metric table of docs/metrics.md: {unknown}"
 
 
 def test_every_metric_of_the_spec_is_on_some_dashboard() -> None:
@@ -358,4 +360,6 @@ def test_prometheus_example_scrapes_tunnelacct_metrics() -> None:
     job = jobs["tunnelacct"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     scraped = [t for c in job["static_configs"] for t in c["targets"]]
-    assert scraped == ["127.0.0.1:8080"]
+    # the example deployment's own metrics listener, as its config says
+    example_config = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    assert scraped == [example_config["metrics"]["listen"]]
