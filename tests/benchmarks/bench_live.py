@@ -28,6 +28,7 @@ import re
 import signal
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,11 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.liveserve import (  # noqa: E402
     ROOT,
     BenchError,
+    PcapFacts,
     ServeProcess,
     VethPair,
     busy_pct,
@@ -52,6 +56,7 @@ from tests.benchmarks.liveserve import (  # noqa: E402
     synth_ethernet_pcap,
 )
 from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.synth_sessions import session_records  # noqa: E402
 
 LAB_CONFIG = ROOT / "tests" / "data" / "wg-small.toml"
 LATENCY_PORT = 8080
@@ -156,6 +161,8 @@ def inject_step(
         before = serve.capture()
         pace = ["--topspeed"] if rate is None else ["--pps", str(rate)]
         replay = ["tcpreplay", "-i", pair.sender_if, "-K", *pace, "--loop", "100000"]
+        if a.mix == "sessions":
+            replay.append("--unique-ip")  # each loop's sessions are new ones
         argv = pin_sender + pair.exec_argv(
             pair.sender, [*replay, "--limit", str(packets), str(pcap)]
         )
@@ -222,7 +229,8 @@ def print_step(s: Step) -> None:
         f"{s.kernel_packets:,}, kernel drops {s.kernel_drops:,}, queue drops {s.queue_drops:,}; "
         f"serve CPU {s.cpu_send_pct:.0f}% of a core while sending, {s.cpu_us_per_packet:.2f} "
         f"µs/packet sent incl. catch-up ({s.catch_up_s:.1f} s after the send); machine "
-        f"{s.machine_pct:.0f}% busy; {s.sessions:,} sessions, {s.rows:,} rows "
+        f"{s.machine_pct:.0f}% busy; {s.sessions:,} sessions "
+        f"({s.sessions / max(s.send_s, 1e-3):,.0f}/s of the send), {s.rows:,} rows "
         f"({s.completed:,} completed), writer pending max {s.max_pending:,}; {check}",
         flush=True,
     )
@@ -230,20 +238,63 @@ def print_step(s: Step) -> None:
         print(f"  note: {note}")
 
 
+def session_heavy_pcap(path: Path, dst_mac: bytes, sessions: int) -> PcapFacts:
+    """Issue 21's mix (tests/benchmarks/synth_sessions.py: 60% DNS-like UDP pairs, 40% short
+    HTTP) as whole Ethernet frames: each record's IPv4 and UDP/TCP headers behind an Ethernet
+    header, zero payload up to its IP total length, the IPv4 checksum right (transport
+    checksums 0, as synth_ethernet_pcap's)."""
+    records = session_records(sessions)
+    ip_header = records["data"][:, :20].copy()
+    words = ip_header.view(">u2").astype(np.uint32).sum(axis=1)
+    words = (words & 0xFFFF) + (words >> 16)
+    words = (words & 0xFFFF) + (words >> 16)
+    checksum = (~words & 0xFFFF).astype(">u2")
+    ethernet = np.frombuffer(dst_mac + bytes.fromhex("020000000001") + b"\x08\x00", np.uint8)
+    frame_bytes = 0
+    with path.open("wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for first in range(0, len(records), 20_000):
+            chunk = records[first : first + 20_000]
+            frame_len = 14 + chunk["len"].astype(np.int64)
+            width = 16 + int(frame_len.max())
+            rows = np.zeros((len(chunk), width), dtype=np.uint8)
+            rows[:, 0:4] = chunk["sec"].astype("<u4").view(np.uint8).reshape(-1, 4)
+            rows[:, 4:8] = chunk["usec"].astype("<u4").view(np.uint8).reshape(-1, 4)
+            rows[:, 8:12] = frame_len.astype("<u4").view(np.uint8).reshape(-1, 4)
+            rows[:, 12:16] = frame_len.astype("<u4").view(np.uint8).reshape(-1, 4)
+            rows[:, 16:30] = ethernet
+            header_bytes = np.minimum(chunk["cap"], chunk["len"]).astype(np.int64)
+            headers = chunk["data"].copy()
+            headers[:, 10:12] = checksum[first : first + 20_000].view(np.uint8).reshape(-1, 2)
+            kept = np.arange(headers.shape[1])[None, :] < header_bytes[:, None]
+            rows[:, 30 : 30 + headers.shape[1]] = np.where(kept, headers, 0)
+            in_frame = np.arange(width)[None, :] < (16 + frame_len)[:, None]
+            out.write(rows[in_frame].tobytes())
+            frame_bytes += int(frame_len.sum())
+    return PcapFacts(packets=len(records), frame_bytes=frame_bytes, flows=sessions)
+
+
 def bench_inject(pair: VethPair, workdir: Path, a: argparse.Namespace) -> list[Step]:
     pcap = workdir / "flows.pcap"
     t0 = time.perf_counter()
-    facts = synth_ethernet_pcap(
-        pcap,
-        pair.receiver_mac,
-        bulk_flows=a.bulk_flows,
-        short_flows=a.short_flows,
-        mss=a.mss,
-        bulk_segments=a.bulk_segments,
-    )
+    if a.mix == "sessions":
+        facts = session_heavy_pcap(pcap, pair.receiver_mac, a.mix_sessions)
+        what = (
+            f"{facts.flows:,} sessions of issue 21's mix (60% DNS-like UDP pairs, 40% short "
+            "HTTP; tcpreplay --unique-ip: new addresses, so new sessions, every loop)"
+        )
+    else:
+        facts = synth_ethernet_pcap(
+            pcap,
+            pair.receiver_mac,
+            bulk_flows=a.bulk_flows,
+            short_flows=a.short_flows,
+            mss=a.mss,
+            bulk_segments=a.bulk_segments,
+        )
+        what = f"{facts.flows:,} TCP sessions ({a.bulk_flows:,} bulk, {a.short_flows:,} short)"
     print(
-        f"pcap: {facts.packets:,} Ethernet frames, {facts.flows:,} TCP sessions "
-        f"({a.bulk_flows:,} bulk, {a.short_flows:,} short), mean frame "
+        f"pcap: {facts.packets:,} Ethernet frames, {what}, mean frame "
         f"{facts.frame_bytes / facts.packets:.0f} bytes, written in "
         f"{time.perf_counter() - t0:.1f} s; "
         f"each step sends {a.packets:,} packets (--loop), serve with default settings"
@@ -464,6 +515,15 @@ def main() -> int:
         help="a bulk session sends 10 to this many full segments",
     )
     ap.add_argument("--mss", type=int, default=1448, help="TCP payload of a full segment")
+    ap.add_argument(
+        "--mix",
+        choices=["tcp", "sessions"],
+        default="tcp",
+        help="tcp: --bulk-flows and --short-flows; sessions: issue 21's session-heavy mix",
+    )
+    ap.add_argument(
+        "--mix-sessions", type=int, default=100_000, help="sessions in the --mix sessions pcap"
+    )
     ap.add_argument("--latency-count", type=int, default=50, help="connections per latency run")
     ap.add_argument("--iperf-seconds", type=int, default=10)
     ap.add_argument(

@@ -83,6 +83,21 @@ def synth_sessions(
     path: Path, sessions: int, seed: int = 1, sessions_per_s: float = SESSIONS_PER_S
 ) -> tuple[int, int]:
     """Write the capture; returns (packets, sessions) written."""
+    rec = session_records(sessions, seed, sessions_per_s)
+    with path.open("wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, 101))
+        # records are variable length (cap bytes of data): write them field by field
+        for chunk_start in range(0, len(rec), 200_000):
+            chunk = rec[chunk_start : chunk_start + 200_000]
+            out.write(_pack_records(chunk))
+    return len(rec), sessions
+
+
+def session_records(
+    sessions: int, seed: int = 1, sessions_per_s: float = SESSIONS_PER_S
+) -> np.ndarray:
+    """The capture's packets in time order, as pcap records (record_dtype(40)): `cap` bytes of
+    each header are what a headers-only capture keeps, `len` its IP total length."""
     rng = np.random.default_rng(seed)
     is_udp = rng.random(sessions) < UDP_SHARE
     start = 1_700_000_000.0 + np.sort(rng.random(sessions)) * (sessions / sessions_per_s)
@@ -136,13 +151,7 @@ def synth_sessions(
     rec["cap"] = captured[order]
     rec["len"] = total[order]
     rec["data"] = hdr[order]
-    with path.open("wb") as out:
-        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, 101))
-        # records are variable length (cap bytes of data): write them field by field
-        for chunk_start in range(0, n, 200_000):
-            chunk = rec[chunk_start : chunk_start + 200_000]
-            out.write(_pack_records(chunk))
-    return n, sessions
+    return rec
 
 
 def _pack_records(records: np.ndarray) -> bytes:
