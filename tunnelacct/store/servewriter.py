@@ -54,7 +54,6 @@ FIGURES_EVERY_S = 0.02  # the child reports its counters this often when they ch
 END_GRACE_S = 10.0  # past the close timeout: how long serve waits for the child's answer
 EXIT_GRACE_S = 5.0  # after its answer: how long the child may take to exit
 DISPOSE_TIMEOUT_S = 2.0  # after its answer: how long the child lets its engine close
-SEND_CHECK_S = 0.5  # how often a send blocked on a full pipe checks that the child still runs
 
 
 @dataclass(slots=True)
@@ -531,24 +530,32 @@ class _Child:
         return unread
 
     async def _read_data(self) -> None:
+        """Hand each data message to the writer, waiting for the pipe on the event loop (no
+        thread: one blocked in a read would hold up the child's exit)."""
         writer = self._writer
         data = self._data
-        while True:
-            while not data.poll(0):
-                # waits in short polls, so no executor thread stays blocked in a read
-                if await asyncio.to_thread(data.poll, SEND_CHECK_S):
-                    break
-            try:
-                message = pickle.loads(data.recv_bytes())
-            except EOFError:
-                await asyncio.Event().wait()  # serve closed its end: "end" or death follows
-            events = [unpack(packed) for packed in message[1]]
-            if message[0] == "seed":
-                writer.seed(events)
-            else:
-                await writer.submit(events)
-            self._data_read += 1
-            self._data_reached.set()
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(data.fileno(), readable.set)
+        try:
+            while True:
+                while not data.poll(0):
+                    readable.clear()
+                    await readable.wait()
+                try:
+                    message = pickle.loads(data.recv_bytes())
+                except EOFError:
+                    loop.remove_reader(data.fileno())
+                    await asyncio.Event().wait()  # serve closed its end: "end" or death follows
+                events = [unpack(packed) for packed in message[1]]
+                if message[0] == "seed":
+                    writer.seed(events)
+                else:
+                    await writer.submit(events)
+                self._data_read += 1
+                self._data_reached.set()
+        finally:
+            loop.remove_reader(data.fileno())
 
     async def _report_figures(self) -> None:
         reported = None
