@@ -799,7 +799,7 @@ def test_events_carry_no_payload_figures_the_tables_gateway_and_the_exporters_in
     table.add_records(udp_records(None), RECEIVED_TS)
     events = table.checkpoint() + table.close_all(CloseReason.SHUTDOWN)
     assert {event.kind for event in events} == {EventKind.CHECKPOINT, EventKind.CLOSED}
-    assert len(events) == 4
+    assert len(events) == 3  # the FIN-closed session is written by its closing event only
     for event in events:
         assert event.payload_bytes_tx is None
         assert event.payload_bytes_rx is None
@@ -916,6 +916,29 @@ def test_a_checkpoint_after_lost_records_reports_the_flag_once_without_new_count
     assert flagged.incomplete
     assert counters(flagged) == counters(before_loss)
     assert table.checkpoint() == []
+
+
+def test_a_checkpoint_leaves_out_sessions_their_exporter_ended_and_their_close_writes_them() -> (
+    None
+):
+    """A session the exporter ended waits CLOSING_HOLD_S, less than a checkpoint interval, for
+    its other direction: a checkpoint leaves it out and its CLOSED event is its one write (issue
+    21); an open session beside it is checkpointed."""
+    table = new_table()
+    forward, reverse = fins_from_both_sides()
+    table.add_records([forward, reverse], RECEIVED_TS)
+    table.add_records(udp_records(None), RECEIVED_TS)
+    checkpointed = only(table.checkpoint())
+    assert checkpointed.proto is IpProto.UDP
+    ended = only(table.advance(RECEIVED_TS + table.closed_hold_s()))
+    assert (ended.kind, ended.close_reason, ended.proto) == (
+        EventKind.CLOSED,
+        CloseReason.FIN,
+        IpProto.TCP,
+    )
+    assert counters(ended) == Counters(
+        forward.octets, forward.packets, reverse.octets, reverse.packets
+    )
 
 
 # -- what is accounted -------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from tunnelacct.collector.listener import DecodedDatagram, ExporterRule
 from tunnelacct.collector.records import FlowRecord
 from tunnelacct.config.model import CollectorConfig, ExporterConfig, Timeouts
 from tunnelacct.enums import IpProto
-from tunnelacct.ingest.flows import TICK_S, FlowSource
+from tunnelacct.ingest.flows import FlowSource
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.sessions.flowrecords import CLOSING_HOLD_S, END_IDLE
+from tunnelacct.sessions.flowrecords import CLOSING_HOLD_S, COLLECTOR_TICK_S, END_IDLE
 
 EXPORTER = ("127.0.0.1", 40000)
 GATEWAY = "branch-fw"
@@ -92,7 +92,7 @@ async def test_stopping_while_a_tick_waits_for_the_writer_loses_no_session() -> 
     source.add([DecodedDatagram(rule, EXPORTER, records, 0, clock.now)])
     sink = StalledSink()
     running = asyncio.create_task(source.run(sink))
-    clock.now += CLOSING_HOLD_S + TICK_S  # the next tick ends every session
+    clock.now += CLOSING_HOLD_S + COLLECTOR_TICK_S  # the next tick ends every session
     await asyncio.wait_for(sink.blocked.wait(), WAIT_S)
     source.stop()  # while that tick waits for the full writer
     for _ in range(20):

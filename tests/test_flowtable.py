@@ -1004,6 +1004,43 @@ def test_suspend_ends_fin_and_rst_closed_sessions_and_checkpoints_the_open_ones(
     assert len(run.table) == 1
 
 
+def test_a_checkpoint_leaves_out_a_session_lingering_after_fin_and_its_close_writes_it(
+    tmp_path: Path,
+) -> None:
+    # Issue 21: a closed session ends within its linger, before the next checkpoint is due,
+    # so its closing event is its only write; an open session is checkpointed.
+    by_fin = Tcp(CLIENT4, SERVER4, 40300, 443)
+    fin = [*by_fin.handshake(), *by_fin.request(100), *by_fin.close()]
+    still = Tcp(CLIENT4, SERVER4, 40301, 443)
+    open_ = [*still.handshake(), *still.request(50)]
+    run = run_capture(tmp_path, timed(T0, [*fin, *open_]), end=False)
+    assert run.closed == [] and len(run.table) == 2
+    checkpointed = only(run.table.checkpoint())
+    assert checkpointed.src_port == 40301
+    assert counters(checkpointed) == direction_totals(open_, CLIENT4)
+    past_linger = float(T0) + 1 + run.table.closed_hold_s()
+    closed = only(run.table.advance(past_linger))
+    assert (closed.src_port, closed.kind, closed.close_reason) == (
+        40300,
+        EventKind.CLOSED,
+        CloseReason.FIN,
+    )
+    assert counters(closed) == direction_totals(fin, CLIENT4)
+
+
+def test_a_linger_longer_than_the_checkpoint_interval_keeps_closed_sessions_checkpointed(
+    tmp_path: Path,
+) -> None:
+    # A closed session that would wait past the next checkpoint is checkpointed as before.
+    long_linger = Timeouts(udp_idle_s=30.0, tcp_idle_s=120.0, tcp_linger_s=60.0, checkpoint_s=30.0)
+    by_fin = Tcp(CLIENT4, SERVER4, 40302, 443)
+    fin = [*by_fin.handshake(), *by_fin.request(100), *by_fin.close()]
+    run = run_capture(tmp_path, timed(T0, fin), timeouts=long_linger, end=False)
+    checkpointed = only(run.table.checkpoint())
+    assert checkpointed.kind is EventKind.CHECKPOINT
+    assert counters(checkpointed) == direction_totals(fin, CLIENT4)
+
+
 def test_packets_older_than_one_before_them_by_over_a_second_are_counted_late(
     tmp_path: Path,
 ) -> None:

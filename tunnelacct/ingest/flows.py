@@ -42,6 +42,7 @@ from tunnelacct.ingest.pipeline import SessionSink
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.sessions.flowrecords import (
+    COLLECTOR_TICK_S,
     OPEN_HOLD_MARGIN_S,
     RecordTable,
     exporter_interface,
@@ -51,7 +52,6 @@ from tunnelacct.sessions.flowtable import AttributeFn, FlowObserver, IsClientFn
 
 log = logging.getLogger(__name__)
 
-TICK_S = 1.0
 
 TableKey = tuple[str, int]  # (exporter address, observation domain / source id)
 
@@ -232,7 +232,7 @@ class FlowSource:
         next_checkpoint = self._clock() + checkpoint_s
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), TICK_S)
+                await asyncio.wait_for(stopping.wait(), COLLECTOR_TICK_S)
             if stopping.is_set():
                 return  # suspend() takes it from here
             now = self._clock()

@@ -33,7 +33,8 @@ DIRECTIONS = ("tx", "rx")
 DURATION_BUCKETS_S = (0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 21600, 86400, 604800)
 SIZE_BUCKETS_BYTES = (100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10)
 PROTOCOLS = tuple(p.label for p in IpProto)
-_PROTO_LABEL = {p: p.label for p in IpProto}
+# keyed by protocol number: IpProto(number) costs an Enum call per session opened (issue 21)
+_PROTO_LABEL = {int(p): p.label for p in IpProto}
 CLOSE_REASONS = tuple(r.value for r in CloseReason)
 # Open flows are folded in at most this often (wall clock): under the 1 s sweep interval, so a
 # live capture, which sweeps about once a second, folds at every sweep.
@@ -259,7 +260,7 @@ class TrafficTally:
         """A session opened (or resumed after a restart: active, not newly opened, and its
         traffic before the restart was tallied back then)."""
         attribution = flow.attribution
-        proto = _PROTO_LABEL[IpProto((flow.key[0] >> 32) & 0xFF)]
+        proto = _PROTO_LABEL[(flow.key[0] >> 32) & 0xFF]
         resource = attribution.resource_id or UNMATCHED
         raw: Labels = (
             (attribution.org_id, resource, proto, attribution.client_id or UNMATCHED)

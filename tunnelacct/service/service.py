@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.config.model import Config
 from tunnelacct.config.orgs import configured_org_ids
 from tunnelacct.errors import TunnelacctError
+from tunnelacct.heap import SERVE_THRESHOLDS, fewer_collections
 from tunnelacct.ingest.flows import FlowSource, FlowSourceFigures
 from tunnelacct.ingest.pipeline import CapturePipeline
 from tunnelacct.ingest.status import CaptureStatus
@@ -469,7 +470,7 @@ def serve(config: Config, *, status_path: Path | None = None) -> None:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
 
-    # Not under heap.fewer_collections(): a connection flood leaves closed sockets in
-    # reference cycles, and collecting them less often held their descriptors until serve
-    # ran out (tests/hardening/test_connection_flood.py failed with EMFILE).
-    asyncio.run(main())
+    # young collections less often, the older generations' as by default (heap.py: not
+    # BULK_THRESHOLDS, which held a connection flood's closed sockets until serve ran out)
+    with fewer_collections(SERVE_THRESHOLDS):
+        asyncio.run(main())

@@ -78,6 +78,8 @@ CLOSING_HOLD_S = 10.0
 # Added to active_timeout before an open session with no new record is taken as ended: an
 # exporter expires on its own schedule (softflowd checks every `expint`, 60 s by default).
 OPEN_HOLD_MARGIN_S = 60.0
+# How often the collector ends the sessions whose records stopped (ingest/flows.py).
+COLLECTOR_TICK_S = 1.0
 FLOW_INTERFACE_PREFIX = "flow:"
 
 # flowEndReason (IE 136, RFC 5102): 1 idle timeout, 2 active timeout, 3 end of flow detected,
@@ -235,15 +237,26 @@ class RecordTable(FlowTable):
         self._arrived[key] = max(self._wall_now, self._clock())
 
     def checkpoint(self) -> list[SessionEvent]:
-        """Snapshots of the open sessions whose counters or flags changed since the last."""
+        """Snapshots of the open sessions whose counters or flags changed since the last
+        (those the exporter ended are written by their closing event, FlowTable.checkpoint)."""
         events = super().checkpoint()
         if self._flagged:
+            skip_closed = self.closed_hold_s() <= self.timeouts.checkpoint_s
             checkpointed = {event.session_id for event in events}
             for key, flow in self._flagged.items():
-                if self._flows.get(key) is flow and flow.session_id not in checkpointed:
+                if (
+                    self._flows.get(key) is flow
+                    and flow.session_id not in checkpointed
+                    and not (skip_closed and flow.closed)
+                ):
                     events.append(self._event(flow, EventKind.CHECKPOINT))
             self._flagged.clear()
         return events
+
+    def closed_hold_s(self) -> float:
+        """The longest a session its exporter ended stays in the table after its last record
+        arrived: CLOSING_HOLD_S, plus the collector's tick that ends it."""
+        return CLOSING_HOLD_S + COLLECTOR_TICK_S
 
     # -- per record ----------------------------------------------------------------------------
 

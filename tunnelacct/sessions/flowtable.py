@@ -382,13 +382,25 @@ class FlowTable:
             self.observer.opened(flow, resumed=True)
 
     def checkpoint(self) -> list[SessionEvent]:
-        """Snapshots of the open sessions that changed since their last checkpoint."""
+        """Snapshots of the open sessions that changed since their last checkpoint.
+
+        A session already closed (FIN or RST, lingering for late packets) is left out when it
+        ends before the next checkpoint is due (`closed_hold_s()` within [timeouts]
+        checkpoint): its closing event writes it within one checkpoint interval of its last
+        packet, as a checkpoint would, and a session-heavy gateway does not write each of its
+        short sessions twice (issue 21)."""
+        skip_closed = self.closed_hold_s() <= self.timeouts.checkpoint_s
         out = []
         for flow in self._flows.values():
-            if flow.last_ts != flow.checkpoint_ts:
+            if flow.last_ts != flow.checkpoint_ts and not (skip_closed and flow.closed):
                 flow.checkpoint_ts = flow.last_ts
                 out.append(self._event(flow, EventKind.CHECKPOINT))
         return out
+
+    def closed_hold_s(self) -> float:
+        """The longest a closed session stays in the table after its last packet: its linger,
+        plus a sweep interval until the sweep that ends it."""
+        return self._linger_s + SWEEP_INTERVAL_S
 
     def suspend(self) -> list[SessionEvent]:
         """The service stops: end what has ended, checkpoint the rest to be resumed (issue 15).
