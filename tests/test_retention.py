@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.pg import fresh_database, read_rows
 from tests.helpers.retention import NOW, session
-from tests.helpers.stores import execute
+from tests.helpers.stores import REFUSED, execute, refuse_writes
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
 from tunnelacct.errors import StoreError
-from tunnelacct.retention.purge import PurgeRunTally, purge
+from tunnelacct.retention.purge import STOPPING, PurgeRunTally, purge
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import migrate
@@ -340,6 +340,48 @@ async def test_the_purge_run_tally_counts_each_part_once_whoever_ran_it_and_neve
     await tally.refresh(engine)
     assert tally.deleted_by_org["monthly"] == gone["monthly"] + 4
     assert tally.last_success_by_org["monthly"] == finished
+
+
+async def test_the_purge_run_tally_counts_each_failed_part_once_but_not_a_stop_of_serve(
+    engine: AsyncEngine, db: str
+) -> None:
+    """The source of tunnelacct_retention_purge_failures_total (issue 22): a store that refuses
+    the purge's delete fails its org's part, each such part counts once for that org, and a
+    part cut short by serve stopping is no failure. The oracle is purge_runs read as SQL."""
+    tally = PurgeRunTally(org.id for org in ORGS)
+    await tally.refresh(engine)
+    assert tally.failures_by_org == {"weekly": 0, "monthly": 0, "keeper": 0, "quiet": 0}
+    await store_reads(engine, [access_record("weekly", NOW - timedelta(days=8))])  # expired
+    refuse_writes(db, "access_log", "DELETE")
+    for _ in range(2):
+        with pytest.raises(StoreError, match=f"purge of org 'weekly' failed: .*{REFUSED}"):
+            await purge(engine, now=NOW)
+    await store(engine, spread(("monthly",)))  # rows for a purge to be stopped in
+    cancelled = asyncio.create_task(
+        purge(
+            engine,
+            org_id="monthly",
+            now=NOW,
+            batch_size=5,
+            on_deleted=lambda _org, _n: cancelled.cancel(),
+        )
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await tally.refresh(engine)
+    await tally.refresh(engine)  # nothing new: nothing counted again
+    parts = read_rows(db, "SELECT org_id, outcome, error FROM purge_runs WHERE NOT dry_run")
+    failed = [org for org, outcome, error in parts if outcome == "failed" and error != STOPPING]
+    assert failed == ["weekly", "weekly"]
+    assert ("monthly", "failed", STOPPING) in parts  # the stop: recorded, not counted
+    assert tally.failures_by_org == {
+        "weekly": 2,
+        "monthly": 0,
+        "keeper": 0,
+        "quiet": 0,
+        "unattributed": 0,  # purged ok, twice: no failure, but a figure all the same
+    }
+    assert "weekly" not in tally.last_success_by_org
 
 
 async def test_the_purge_run_tally_reports_an_unreachable_store_as_a_store_error() -> None:

@@ -32,7 +32,7 @@ from tests.helpers.retention import (
     shifted_store,
 )
 from tests.helpers.serving import Serve
-from tests.helpers.stores import ENGINES, empty_store, execute, query
+from tests.helpers.stores import ENGINES, allow_writes, empty_store, execute, query, refuse_writes
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.load import load_config
 from tunnelacct.retention.purge import STOPPING
@@ -298,6 +298,100 @@ async def test_serve_shows_the_purges_of_other_processes_once_each_and_never_les
         s.get(("tunnelacct_retention_deleted_sessions_total", (("org", "weekly"),))) for s in seen
     ]
     assert weekly == sorted(weekly)  # never less
+
+
+async def test_serve_counts_every_failed_purge_of_an_org_as_purge_runs_records_it(
+    tmp_path: Path, store_url: str
+) -> None:
+    """tunnelacct_retention_purge_failures_total (issue 22) on a running serve: a store that
+    refuses the purge's delete of weekly's expired access log rows fails `tunnelacct purge` in
+    its own process and serve's own purge alike. Each failure reaches the counter of weekly,
+    exactly as many as purge_runs records; the next purge that works adds none and is weekly's
+    last success."""
+    port = free_port()
+    config = tmp_path / "t.toml"
+    config.write_text(
+        f'[database]\nurl = "{store_url}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        "[retention]\ninterval = 3600\n"  # serve's own purge: only when the test asks
+        '[[orgs]]\nid = "weekly"\nname = "W"\nretention_days = 7\n'
+        '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
+    )
+    engine = make_engine(store_url)
+    read = AccessRecord(
+        at=datetime.now(UTC) - timedelta(days=10),  # older than weekly's cutoff
+        org_id="weekly",
+        actor="token:0123456789abcdef",
+        role="auditor",
+        via="api",
+        what="sessions",
+        filter_text="",
+        rows=1,
+        status=200,
+    )
+    async with AsyncSession(engine) as s:
+        s.add(read)
+        await s.commit()
+    refuse_writes(store_url, "access_log", "DELETE")
+
+    def failed_parts() -> int:
+        """The oracle: weekly's parts that purge_runs says failed."""
+        sql = "SELECT count(*) FROM purge_runs WHERE org_id = 'weekly' AND outcome = 'failed'"
+        ((n,),) = query(store_url, sql)
+        return int(str(n))
+
+    async def samples() -> Samples:
+        try:
+            return await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+        except OSError:  # not listening yet
+            return {}
+
+    def failures(seen: Samples, org: str) -> float | None:
+        return seen.get(("tunnelacct_retention_purge_failures_total", (("org", org),)))
+
+    async def wait_for_failures(value: int) -> Samples:
+        deadline = time.monotonic() + WAIT_S
+        while failures(seen := await samples(), "weekly") != value:
+            assert time.monotonic() < deadline, f"weekly failures: {failures(seen, 'weekly')}"
+            await asyncio.sleep(0.05)
+        return seen
+
+    def purge_cli() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tunnelacct", "purge", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+        )
+
+    service = Service(load_config(config, environ={}), purge_runs_poll_s=0.1)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(service.run(stop))
+    try:
+        seen = await wait_for_failures(0)
+        assert failures(seen, "keeper") == failures(seen, "unattributed") == 0
+        refused = await asyncio.to_thread(purge_cli)  # cron's or the timer's purge
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "purge of org 'weekly' failed" in refused.stderr
+        await wait_for_failures(1)
+        assert failed_parts() == 1
+        await service.purge_once(engine)  # serve's own: logged, and serve goes on
+        await wait_for_failures(2)
+        assert failed_parts() == 2
+        allow_writes(store_url, "access_log", "DELETE")  # the store takes the delete again
+        ok = await asyncio.to_thread(purge_cli)
+        assert ok.returncode == 0, ok.stderr
+        last_success = ("tunnelacct_retention_last_success_timestamp_seconds", (("org", "weekly"),))
+        deadline = time.monotonic() + WAIT_S
+        while last_success not in (seen := await samples()):
+            assert time.monotonic() < deadline, "no success of weekly on /metrics"
+            await asyncio.sleep(0.05)
+        assert failures(seen, "weekly") == failed_parts() == 2
+        assert query(store_url, "SELECT count(*) FROM access_log") == [(0,)]
+    finally:
+        stop.set()
+        await serving
+        await engine.dispose()
 
 
 def test_a_purge_while_serve_writes_at_full_speed_fails_no_write_and_leaves_no_expired_row(

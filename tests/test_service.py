@@ -1,7 +1,10 @@
-"""`tunnelacct serve` as a process: replay, query-only, restart, missing interface, privileges."""
+"""`tunnelacct serve` as a process: replay, query-only, restart, missing interface, privileges;
+and in this process (`Service`), what its metrics say of a store that went away or held the
+captures back past the shutdown (issue 22)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,24 +13,32 @@ import sqlite3
 import subprocess
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Packet
 from scapy.utils import rdpcap
+from sqlalchemy.exc import OperationalError
 
 from tests.helpers.accuracy import run_cli
 from tests.helpers.oracle import rows_by_session
 from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
-from tests.helpers.pg import fresh_database
+from tests.helpers.pg import connections_refused, fresh_database, read_rows
+from tests.helpers.prometheus import free_port
 from tests.helpers.serving import Serve, write_config
 from tests.helpers.sqlite import replicate_sessions
 from tests.helpers.stores import session_rows
 from tests.helpers.waiting import WAIT_S
+from tunnelacct.config.load import load_config
+from tunnelacct.errors import StoreError
+from tunnelacct.ingest.pipeline import READ_TIMEOUT_S
+from tunnelacct.service.service import Service
+from tunnelacct.store.migrate import migrate
 
 DATA = Path(__file__).parent / "data"
 PCAP = DATA / "wg-small.pcap"
@@ -211,23 +222,38 @@ def namespace(name: str) -> Iterator[str]:
 
 @needs_root
 def test_a_missing_interface_is_logged_and_captured_once_it_appears(tmp_path: Path) -> None:
-    config = write_config(BASE, tmp_path / "serve.toml", captures=[{"interface": "tad0"}])
-    with (
-        namespace(f"tasvc{os.getpid()}") as ns,
-        serving(tmp_path, config, tmp_path / "d.db", netns=ns) as serve,
-    ):
-        serve.wait(
-            lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
-            WAIT_S,
-            "waiting for the interface",
-        )
-        assert "capture on tad0: no such interface; retrying every 5 s" in serve.log()
+    """Also tunnelacct_ready (issue 22): 0 while the capture waits, 1 once it captures."""
+    metrics = {"metrics": {"listen": "127.0.0.1:9109"}}  # in the namespace: free
+    config = write_config(BASE, tmp_path / "serve.toml", metrics, captures=[{"interface": "tad0"}])
+    with namespace(f"tasvc{os.getpid()}") as ns:
+
+        def ready_metric() -> float | None:
+            scraped = subprocess.run(
+                ["ip", "netns", "exec", ns, "curl", "-sf", "http://127.0.0.1:9109/metrics"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=WAIT_S,
+            )
+            return sample(scraped.stdout, "tunnelacct_ready")
+
         link = ["ip", "-n", ns, "link"]
-        subprocess.run([*link, "add", "tad0", "type", "veth", "peer", "name", "tad1"], check=True)
-        subprocess.run([*link, "set", "tad0", "up"], check=True)
-        serve.wait(lambda s: s["captures"][0]["state"] == "capturing", WAIT_S, "capturing")
-        assert "capture on tad0: interface is back" in serve.log()
-        assert serve.stop() == 0, serve.log()
+        subprocess.run([*link, "set", "lo", "up"], check=True)  # for the metrics listener
+        with serving(tmp_path, config, tmp_path / "d.db", netns=ns) as serve:
+            serve.wait(
+                lambda s: s["state"] == "running" and s["captures"][0]["state"] == "waiting",
+                WAIT_S,
+                "waiting for the interface",
+            )
+            assert "capture on tad0: no such interface; retrying every 5 s" in serve.log()
+            assert ready_metric() == 0
+            add_veth = [*link, "add", "tad0", "type", "veth", "peer", "name", "tad1"]
+            subprocess.run(add_veth, check=True)
+            subprocess.run([*link, "set", "tad0", "up"], check=True)
+            serve.wait(lambda s: s["captures"][0]["state"] == "capturing", WAIT_S, "capturing")
+            assert "capture on tad0: interface is back" in serve.log()
+            assert ready_metric() == 1
+            assert serve.stop() == 0, serve.log()
 
 
 def drop_cap_net_raw() -> None:
@@ -471,3 +497,135 @@ def test_export_workers_end_with_serve_even_on_kill_9(tmp_path: Path) -> None:
     for pid in survivors:  # the processes this test started, ended by PID
         os.kill(pid, signal.SIGKILL)
     assert not survivors, "export workers outlived serve"
+
+
+def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of sample `name` with `labels` in a Prometheus text exposition, or None."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == (labels or {}):
+                return float(found.value)
+    return None
+
+
+async def test_tunnelacct_ready_follows_the_store_going_away_and_back_as_readyz_does(
+    tmp_path: Path,
+) -> None:
+    """tunnelacct_ready (issue 22) is 1 while the store answers and 0 once it refuses every
+    connection (a database that no longer allows them, its connections ended), then 1 again:
+    by serve's own probes, read on scrape, with no GET /readyz in between. /readyz, the oracle,
+    says the same each time, and a connection of the test's own is refused meanwhile."""
+    api = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
+    with fresh_database() as url:
+        migrate(url)
+        config = write_config(
+            BASE,
+            tmp_path / "serve.toml",
+            {
+                "database": {"url": url},
+                "api": {"listen": api},
+                "metrics": {"listen": metrics},
+            },
+        )
+        service = Service(load_config(config, environ={}), store_probe_every_s=0.2)
+        stop = asyncio.Event()
+        running = asyncio.create_task(service.run(stop))
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+
+                async def ready_metric() -> float | None:
+                    try:
+                        scraped = await http.get(f"http://{metrics}/metrics")
+                    except httpx.TransportError:  # not listening yet
+                        return None
+                    return sample(scraped.text, "tunnelacct_ready")
+
+                async def wait_ready_metric(value: float) -> None:
+                    deadline = time.monotonic() + WAIT_S
+                    while (now := await ready_metric()) != value:
+                        assert time.monotonic() < deadline, f"tunnelacct_ready {now}, not {value}"
+                        await asyncio.sleep(0.05)
+
+                await wait_ready_metric(1)
+                readyz = await http.get(f"http://{api}/readyz")
+                assert (readyz.status_code, readyz.json()) == (200, {"ready": True, "reasons": []})
+                with connections_refused(url):
+                    with pytest.raises(OperationalError):
+                        read_rows(url, "SELECT 1")
+                    await wait_ready_metric(0)
+                    readyz = await http.get(f"http://{api}/readyz")
+                    assert readyz.status_code == 503, readyz.text
+                    [reason] = readyz.json()["reasons"]
+                    assert reason.startswith("store unreachable: "), reason
+                    assert await ready_metric() == 0
+                await wait_ready_metric(1)
+                readyz = await http.get(f"http://{api}/readyz")
+                assert (readyz.status_code, readyz.json()) == (200, {"ready": True, "reasons": []})
+        finally:
+            stop.set()
+            await running
+
+
+async def test_packets_dropped_from_the_capture_queue_at_a_stalled_shutdown_are_on_the_metrics(
+    tmp_path: Path,
+) -> None:
+    """tunnelacct_capture_queue_drops_total (issue 22): a replay at full speed into a SQLite
+    store that another connection holds locked fills the writer, then the capture's queue;
+    serve stopped then runs out of [service] shutdown_timeout and drops what is queued. The
+    counter of the capture says as many packets as the status file's queue_drops, more than 0
+    (it starts at 0)."""
+    db = tmp_path / "stalled.db"
+    url = f"sqlite:///{db}"
+    migrate(url)
+    config = write_config(
+        BASE,
+        tmp_path / "serve.toml",
+        {
+            "database": {"url": url},
+            "service": {"queue_packets": 1, "shutdown_timeout": 1},
+            "writer": {"max_pending": 1, "write_timeout": 1},
+        },
+        captures=[{"pcap": str(PCAP), "loop": True}],
+    )
+    status_path = tmp_path / "status.json"
+    service = Service(load_config(config, environ={}), status_path=status_path)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    interface = {"interface": str(PCAP)}
+
+    def queue_drops_metric() -> float | None:
+        assert service.registry is not None
+        return service.registry.get_sample_value("tunnelacct_capture_queue_drops_total", interface)
+
+    async def wait_for(what: str, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not condition():
+            assert time.monotonic() < deadline, f"waited {WAIT_S} s for {what}"
+            await asyncio.sleep(0.05)
+
+    async def wait_capture_held_back() -> None:
+        """Until the reader waits for room in the queue: its packet count stays put for longer
+        than one read of the replay takes (READ_TIMEOUT_S)."""
+        capture = service.pipelines[0].status
+        deadline = time.monotonic() + WAIT_S
+        read_before = -1
+        while capture.packets != read_before:
+            assert time.monotonic() < deadline, f"the capture went on: {capture.packets}"
+            read_before = capture.packets
+            await asyncio.sleep(2 * READ_TIMEOUT_S)
+
+    locker = sqlite3.connect(db, timeout=WAIT_S, isolation_level=None)
+    try:
+        await wait_for("rows written", lambda: service.writer.rows_written > 0)
+        assert queue_drops_metric() == 0
+        locker.execute("BEGIN EXCLUSIVE")  # the store stalls: no write gets through
+        await wait_capture_held_back()
+    finally:
+        stop.set()
+        [ended] = await asyncio.gather(running, return_exceptions=True)
+        locker.close()
+    assert isinstance(ended, StoreError), ended  # it names the sessions left unwritten
+    [capture] = json.loads(status_path.read_text())["captures"]
+    assert capture["queue_drops"] > 0, capture
+    assert queue_drops_metric() == capture["queue_drops"]

@@ -82,6 +82,32 @@ def fresh_database() -> Iterator[str]:
         engine.dispose()
 
 
+@contextmanager
+def connections_refused(url: str) -> Iterator[None]:
+    """The PostgreSQL database at `url` refuses connections, those open ended, until the block
+    ends: a store that went away (ALLOW_CONNECTIONS false, pg_terminate_backend) and comes
+    back."""
+    name = make_url(url).database
+    engine = _admin_engine()
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+        try:
+            yield
+        finally:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        engine.dispose()
+
+
 def add_partitions(url: str, times: Iterable[datetime]) -> None:
     """Create the sessions partitions of the UTC days of `times` on a PostgreSQL store (nothing
     on SQLite), as the writer does for what it writes: for tests that insert rows directly.

@@ -152,6 +152,16 @@ def refuse_writes(url: str, table: str, verb: str) -> None:
     )
 
 
+def allow_writes(url: str, table: str, verb: str) -> None:
+    """Undo refuse_writes(url, table, verb): the store takes those writes again."""
+    trigger = f"refuse_{verb.lower()}_{table}"
+    if not url.startswith("postgresql"):
+        execute(url, f"DROP TRIGGER {trigger}")
+        return
+    execute(url, f"DROP TRIGGER {trigger} ON {table}")
+    execute(url, f"DROP FUNCTION {trigger}()")
+
+
 def alembic_to(url: str, revision: str, *, down: bool = False) -> None:
     """Alembic upgrade (or downgrade) of the store at `url` to `revision`."""
     engine = create_engine(sync_url(url), poolclass=pool.NullPool)

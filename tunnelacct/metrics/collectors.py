@@ -1,12 +1,13 @@
 """Prometheus metrics of a running service, read from its in-memory counters on each scrape.
 
 Nothing here runs per packet: the collectors copy the counters that the pipelines and the
-writer keep anyway (the same ones the status file shows) and the flow tables' traffic tallies
-(tunnelacct.metrics.tally: folded about once a second). Labels are bounded: the interface (one per
-configured capture), fixed vocabularies (reason, protocol, direction), and config ids (org,
-resource, client) under a per-metric series cap; never a packet's address, port, session or
-user. The flow-record collector's metrics (tunnelacct.metrics.flows) are labelled by exporter
-address: allow-listed devices, capped (that module says why).
+writer keep anyway (the same ones the status file shows), the flow tables' traffic tallies
+(tunnelacct.metrics.tally: folded about once a second), and serve's readiness by its store's
+latest probe (tunnelacct.store.probe: a scrape never asks the store). Labels are bounded: the
+interface (one per configured capture), fixed vocabularies (reason, protocol, direction), and
+config ids (org, resource, client) under a per-metric series cap; never a packet's address,
+port, session or user. The flow-record collector's metrics (tunnelacct.metrics.flows) are
+labelled by exporter address: allow-listed devices, capped (that module says why).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class RetentionFigures:
     """What the store's purges did, as the service last read them from `purge_runs`."""
 
     deleted_by_org: Mapping[str, int]
+    failures_by_org: Mapping[str, int]  # parts that failed, not cut short by a stop of serve
     last_success_by_org: Mapping[str, float]  # epoch seconds of each org's last purge that ended ok
 
 
@@ -84,10 +86,12 @@ class ServiceCollector(Collector):
         captures: Callable[[], Sequence[CaptureStatus]],
         writer: Callable[[], WriterFigures | None],
         retention: Callable[[], RetentionFigures | None] = lambda: None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._captures = captures
         self._writer = writer
         self._retention = retention
+        self._ready = ready
 
     def collect(self) -> Iterator[Metric]:
         """One sample per capture (and per decode error reason), plus the writer's."""
@@ -96,12 +100,25 @@ class ServiceCollector(Collector):
         )
         build.add_metric([__version__], 1)
         yield build
+        if self._ready is not None:
+            yield GaugeMetricFamily(
+                "tunnelacct_ready",
+                "1 when GET /readyz would answer 200: serve running, every capture capturing "
+                "or finished, the store answering its latest probe; else 0",
+                value=1 if self._ready() else 0,
+            )
         packets = CounterMetricFamily(
             "tunnelacct_capture_packets", "Packets read from the capture", labels=["interface"]
         )
         kernel = CounterMetricFamily(
             "tunnelacct_capture_kernel_drops",
             "Packets the kernel dropped because the capture ring was full",
+            labels=["interface"],
+        )
+        queue = CounterMetricFamily(
+            "tunnelacct_capture_queue_drops",
+            "Packets read but dropped from the capture's queue to the sessionizer: a shutdown "
+            "ran out of [service] shutdown_timeout while the store held the sessions back",
             labels=["interface"],
         )
         errors = CounterMetricFamily(
@@ -117,10 +134,11 @@ class ServiceCollector(Collector):
         for status in self._captures():
             packets.add_metric([status.name], status.packets)
             kernel.add_metric([status.name], status.kernel_drops)
+            queue.add_metric([status.name], status.queue_drops)
             active.add_metric([status.name], status.open_sessions)
             for reason in DECODE_ERROR_REASONS:  # every known reason, so graphs show 0
                 errors.add_metric([status.name, reason], status.decode_errors.get(reason, 0))
-        yield from (packets, kernel, errors, active)
+        yield from (packets, kernel, queue, errors, active)
         figures = self._writer()
         if figures is not None:
             yield GaugeMetricFamily(
@@ -172,6 +190,15 @@ class ServiceCollector(Collector):
             for org, n in sorted(purges.deleted_by_org.items()):
                 deleted.add_metric([org], n)
             yield deleted
+            failures = CounterMetricFamily(
+                "tunnelacct_retention_purge_failures",
+                "Retention purges of the org that failed, any process or host (purge_runs parts "
+                "that ended failed, but for those cut short by serve stopping)",
+                labels=["org"],
+            )
+            for org, n in sorted(purges.failures_by_org.items()):
+                failures.add_metric([org], n)
+            yield failures
             last = GaugeMetricFamily(
                 "tunnelacct_retention_last_success_timestamp_seconds",
                 "When the store's last retention purge of the org ended ok, any process or host "
@@ -312,13 +339,15 @@ def service_registry(
     retention: Callable[[], RetentionFigures | None] = lambda: None,
     traffic: Callable[[], TrafficFigures] | None = None,
     flows: Callable[[], FlowSourceFigures | None] | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> CollectorRegistry:
     """A registry holding only the service's collectors (no process or platform metrics).
 
-    `flows` reads the flow-record collector's figures, None when serve has no [collector].
+    `flows` reads the flow-record collector's figures, None when serve has no [collector];
+    `ready` says whether serve is ready (no `tunnelacct_ready` without it).
     """
     registry = CollectorRegistry()
-    registry.register(ServiceCollector(captures, writer, retention))
+    registry.register(ServiceCollector(captures, writer, retention, ready))
     if traffic is not None:
         registry.register(TrafficCollector(traffic))
     if flows is not None:

@@ -388,12 +388,14 @@ async def _finish(
 
 
 class PurgeRunTally:
-    """Sessions deleted per org, and each org's last successful purge, summed from `purge_runs`:
-    every run by any process or host, each org's part counted once, when it has ended (issue 15,
-    item 9). The first `refresh()` counts every run the table holds.
+    """Sessions deleted per org, each org's failed purges and its last successful one, summed
+    from `purge_runs`: every run by any process or host, each org's part counted once, when it
+    has ended (issue 15, item 9). The first `refresh()` counts every run the table holds.
 
     What a part deleted counts whatever its outcome (a failed part's committed batches are gone
-    too); dry runs count nothing; only parts that ended "ok" are a success. The figures never
+    too); dry runs count nothing; only parts that ended "ok" are a success. A part that ended
+    "failed" is a failure, unless serve's stop cut it short (error STOPPING: the next run goes
+    on where it stopped, and a restart is no purge failing; issue 22). The figures never
     decrease, even when rows of `purge_runs` are deleted.
 
     A part is new when its id is above every id read before, or when it started after every
@@ -403,7 +405,9 @@ class PurgeRunTally:
     """
 
     def __init__(self, orgs: Iterable[str] = ()) -> None:
-        self.deleted_by_org: dict[str, int] = dict.fromkeys(orgs, 0)
+        known = list(orgs)
+        self.deleted_by_org: dict[str, int] = dict.fromkeys(known, 0)
+        self.failures_by_org: dict[str, int] = dict.fromkeys(known, 0)
         self.last_success_by_org: dict[str, datetime] = {}
         self._max_id = 0
         self._newest_start: datetime | None = None
@@ -431,6 +435,7 @@ class PurgeRunTally:
                 t.c.dry_run,
                 t.c.deleted,
                 t.c.outcome,
+                t.c.error,
             )
             stmt = select(*columns).where(wanted)
             try:
@@ -450,11 +455,21 @@ class PurgeRunTally:
                 if row.outcome == "running":
                     running[row.id] = row.run_id
                 elif not row.dry_run:
-                    self._count(row.org_id, int(row.deleted), row.outcome, row.ended_at)
+                    self._count(row.org_id, int(row.deleted), row.outcome, row.error, row.ended_at)
             self._running = running  # parts deleted while running are forgotten
 
-    def _count(self, org_id: str, deleted: int, outcome: str, ended_at: datetime | None) -> None:
+    def _count(
+        self,
+        org_id: str,
+        deleted: int,
+        outcome: str,
+        error: str | None,
+        ended_at: datetime | None,
+    ) -> None:
         self.deleted_by_org[org_id] = self.deleted_by_org.get(org_id, 0) + deleted
+        failures = self.failures_by_org.setdefault(org_id, 0)
+        if outcome == "failed" and error != STOPPING:
+            self.failures_by_org[org_id] = failures + 1
         last = self.last_success_by_org.get(org_id)
         if outcome == "ok" and ended_at is not None and (last is None or ended_at > last):
             self.last_success_by_org[org_id] = ended_at

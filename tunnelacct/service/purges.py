@@ -95,5 +95,7 @@ class ScheduledPurges:
             log.exception("purge failed; trying again in %s s", interval_s)
 
     def figures(self) -> RetentionFigures:
-        last = {org: at.timestamp() for org, at in self.purged.last_success_by_org.items()}
-        return RetentionFigures(dict(self.purged.deleted_by_org), last)
+        """What purge_runs said at the last read, for the metrics (no store read)."""
+        purged = self.purged
+        last = {org: at.timestamp() for org, at in purged.last_success_by_org.items()}
+        return RetentionFigures(dict(purged.deleted_by_org), dict(purged.failures_by_org), last)

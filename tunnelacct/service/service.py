@@ -4,7 +4,8 @@ Builds everything from Config and owns every long-running task in one TaskGroup:
 CapturePipeline per [[capture]], the flow-record collector ([collector], `ingest/flows.py`:
 a task per UDP listen address and one decoding into its flow tables), the SessionWriter (in a
 process of its own: `store/servewriter.py`), the WireGuard peer refresh (`peers.py`), the
-purges (`purges.py`), the listeners (`listeners.py`) and the status file (`status.py`).
+purges (`purges.py`), the store's readiness probe (`store/probe.py`), the listeners
+(`listeners.py`) and the status file (`status.py`).
 Three phases:
 
 - start: take the gateway lock, read WireGuard peers, build the writer, the captures and the
@@ -61,6 +62,7 @@ from tunnelacct.service.sinks import SessionEventLog, WriterAndEventLog
 from tunnelacct.service.status import CaptureProgressLog, StatusFile, status_document
 from tunnelacct.store.engine import keep_partitions_ahead, make_engine, sqlite_free_bytes
 from tunnelacct.store.gatewaylock import GatewayLock
+from tunnelacct.store.probe import PROBE_EVERY_S, StoreProbe, readiness_reasons
 from tunnelacct.store.servewriter import ServeWriter
 from tunnelacct.store.writer import WRITE_BUCKETS_S
 
@@ -80,6 +82,7 @@ class Service:
         *,
         status_path: Path | None = None,
         purge_runs_poll_s: float = PURGE_RUNS_POLL_S,
+        store_probe_every_s: float = PROBE_EVERY_S,
     ) -> None:
         self.config = config
         self.state = "starting"
@@ -94,10 +97,14 @@ class Service:
         self.writer = ServeWriter(config, log_level=logging.getLevelName(log.getEffectiveLevel()))
         self.event_log: SessionEventLog | None = None
         self.export_workers: ExportWorkers | None = None  # the API's CSV export processes
+        self.registry: CollectorRegistry | None = None  # what GET /metrics serves, once started
         self.purges = ScheduledPurges(
             config, self.writer.write_lock(), purge_runs_poll_s=purge_runs_poll_s
         )
         self.identity = PeerIdentity(config)
+        # the store's latest answer to a readiness probe: GET /readyz and tunnelacct_ready
+        self.store_probe = StoreProbe()
+        self._store_probe_every_s = store_probe_every_s
         self._failure: BaseException | None = None
         self._labels = MetricLabels(config.metrics.client_labels, config.metrics.max_series)
         self._declared = TrafficTally(self._labels)  # configured resources at 0 from the start
@@ -146,6 +153,9 @@ class Service:
                     tg.create_task(self.purges.every_interval(engine)),
                     tg.create_task(self.purges.poll_purge_runs(engine)),
                     tg.create_task(keep_partitions_ahead(engine)),
+                    tg.create_task(
+                        self.store_probe.every_interval(engine, self._store_probe_every_s)
+                    ),
                 ]
                 server_tasks = [
                     tg.create_task(server.serve(sockets=[sock])) for server, sock in servers
@@ -201,6 +211,7 @@ class Service:
         writer = self.writer
         writer.start()  # it builds its engine while the peers are read
         await self.identity.refresh(engine, initial=True)
+        await self.store_probe.probe(engine)  # the first scrape has its answer
         if config.service.session_events is not None:
             self.event_log = SessionEventLog(config.service.session_events, config.gateway)
         sink = WriterAndEventLog(writer, self.event_log)
@@ -238,7 +249,9 @@ class Service:
             self.purges.figures,
             self._traffic_figures,
             self._flow_figures,
+            ready=self._ready,
         )
+        self.registry = registry
         servers = [self._api_server(engine, registry), self._metrics_server(registry)]
         return writer, sink, [server for server in servers if server is not None]
 
@@ -321,6 +334,7 @@ class Service:
         ctx = ApiContext(
             engine,
             not_ready=self._not_ready,
+            store_probe=self.store_probe,
             metrics=registry,
             export_workers=self.export_workers,
             # the default org too: the config writes its row (and retention) when undeclared
@@ -390,12 +404,17 @@ class Service:
         return self.flow_source.figures() if self.flow_source is not None else None
 
     def _not_ready(self) -> list[str]:
-        """Why the service is not ready: its state, and captures not capturing."""
+        """Why the service itself is not ready: its state, and captures not capturing (GET
+        /readyz adds the store's answer)."""
         reasons = [] if self.state == "running" else [f"service is {self.state}"]
         for p in self.pipelines:
             if p.status.state not in ("capturing", "finished"):
                 reasons.append(f"capture on {p.capture.name} is {p.status.state}")
         return reasons
+
+    def _ready(self) -> bool:
+        """What GET /readyz would say now, by the store's latest answer (tunnelacct_ready)."""
+        return not readiness_reasons(self._not_ready(), self.store_probe)
 
     # -- status --------------------------------------------------------------------------------
 

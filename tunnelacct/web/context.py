@@ -17,6 +17,7 @@ from tunnelacct.config.model import DEFAULT_ORG
 from tunnelacct.metrics.collectors import service_registry
 from tunnelacct.query.export import ExportWorkers
 from tunnelacct.store.models import Org
+from tunnelacct.store.probe import StoreProbe
 from tunnelacct.web.auth import Principal, Role, authenticate
 from tunnelacct.web.guards import STALLED_SEND_S
 from tunnelacct.web.limits import QueryLimits
@@ -31,11 +32,13 @@ def _build_info_only() -> CollectorRegistry:
 
 @dataclass
 class ApiContext:
-    """What the app needs: the store, and (from serve) why captures are not ready and the
-    service's metrics."""
+    """What the app needs: the store, and (from serve) why captures are not ready, the
+    store's latest answer to a readiness probe and the service's metrics."""
 
     engine: AsyncEngine
     not_ready: Callable[[], list[str]] = field(default=lambda: [])
+    # GET /readyz probes the store through it; serve's tunnelacct_ready reads its last answer
+    store_probe: StoreProbe = field(default_factory=StoreProbe)
     metrics: CollectorRegistry = field(default_factory=_build_info_only)
     export_workers: ExportWorkers | None = None  # None: CSV is quoted in this process
     # Ids of the orgs the config file defines: the file owns their retention, the API does not.

@@ -9,8 +9,8 @@ GET /metrics                               Prometheus text
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
+from tunnelacct.store.probe import readiness_reasons
 from tunnelacct.web.context import ApiContext
 from tunnelacct.web.errors import error_doc
 
@@ -25,12 +25,9 @@ def probe_routes(ctx: ApiContext) -> APIRouter:
 
     @router.get("/readyz", responses={503: error_doc("not ready: `reasons` says why")})
     async def readyz() -> JSONResponse:
-        reasons = list(ctx.not_ready())
-        try:
-            async with ctx.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as e:  # noqa: BLE001 - any failure means "not ready", with its reason
-            reasons.append(f"store unreachable: {e}")
+        # a probe of the store now, kept for serve's tunnelacct_ready: one judgement of both
+        await ctx.store_probe.probe(ctx.engine)
+        reasons = readiness_reasons(ctx.not_ready(), ctx.store_probe)
         status = 200 if not reasons else 503
         return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=status)
 
