@@ -181,33 +181,42 @@ class ServiceCollector(Collector):
         purges = self._retention()
         if purges is not None:
             # from purge_runs: the purges of every process and host on the store (issue 15)
-            deleted = CounterMetricFamily(
-                "tunnelacct_retention_deleted_sessions",
-                "Sessions deleted by the store's retention purges, any process or host "
-                "(purge_runs, as read by this service)",
-                labels=["org"],
+            yield _per_org(
+                CounterMetricFamily(
+                    "tunnelacct_retention_deleted_sessions",
+                    "Sessions deleted by the store's retention purges, any process or host "
+                    "(purge_runs, as read by this service)",
+                    labels=["org"],
+                ),
+                purges.deleted_by_org,
             )
-            for org, n in sorted(purges.deleted_by_org.items()):
-                deleted.add_metric([org], n)
-            yield deleted
-            failures = CounterMetricFamily(
-                "tunnelacct_retention_purge_failures",
-                "Retention purges of the org that failed, any process or host (purge_runs parts "
-                "that ended failed, but for those cut short by serve stopping)",
-                labels=["org"],
+            yield _per_org(
+                CounterMetricFamily(
+                    "tunnelacct_retention_purge_failures",
+                    "Retention purges of the org that failed, any process or host (purge_runs "
+                    "parts that ended failed, but for those cut short by serve stopping)",
+                    labels=["org"],
+                ),
+                purges.failures_by_org,
             )
-            for org, n in sorted(purges.failures_by_org.items()):
-                failures.add_metric([org], n)
-            yield failures
-            last = GaugeMetricFamily(
-                "tunnelacct_retention_last_success_timestamp_seconds",
-                "When the store's last retention purge of the org ended ok, any process or host "
-                "(epoch seconds)",
-                labels=["org"],
+            yield _per_org(
+                GaugeMetricFamily(
+                    "tunnelacct_retention_last_success_timestamp_seconds",
+                    "When the store's last retention purge of the org ended ok, any process or "
+                    "host (epoch seconds)",
+                    labels=["org"],
+                ),
+                purges.last_success_by_org,
             )
-            for org, ts in sorted(purges.last_success_by_org.items()):
-                last.add_metric([org], ts)
-            yield last
+
+
+def _per_org(
+    family: CounterMetricFamily | GaugeMetricFamily, by_org: Mapping[str, float]
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """`family` with one sample per org of `by_org`, in org order."""
+    for org, value in sorted(by_org.items()):
+        family.add_metric([org], value)
+    return family
 
 
 class TrafficCollector(Collector):
