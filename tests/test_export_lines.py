@@ -54,6 +54,14 @@ AWKWARD = [
     "",
     "x",
     '="a",b',
+    # around the guard's first comparison on SQLite (store/sqlite/cells.py): text starting
+    # from "A" up to before the fullwidth "+" passes unguarded, the rest takes the full guard
+    "A",
+    "?x",
+    "9lives",
+    "\uff0a1",
+    "\uff0c1",
+    "\U0001f680x",
 ]
 # SQLite text can hold a NUL (PostgreSQL's cannot): printf() would end the text there.
 WITH_NUL = ["a\x00b", "\x00", '"\x00=', "=\x00"]

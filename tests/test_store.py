@@ -33,12 +33,13 @@ from tunnelacct.errors import StoreError
 from tunnelacct.retention.purge import purge
 from tunnelacct.store.engine import async_url, keep_partitions_ahead, make_engine, sync_url
 from tunnelacct.store.inventory import sync_inventory
-from tunnelacct.store.migrate import check_schema, include_name, migrate
+from tunnelacct.store.migrate import alembic_config, heads, include_name, migrate
 from tunnelacct.store.models import Client as ClientRow
 from tunnelacct.store.models import Org as OrgRow
 from tunnelacct.store.models import Resource as ResourceRow
 from tunnelacct.store.models import SessionRecord, TableBase
 from tunnelacct.store.postgres.partitions import ensure_partitions
+from tunnelacct.store.schema import HEAD_REVISION, check_schema
 from tunnelacct.store.sqlite.layout import is_layout_name, parse_partition
 
 
@@ -334,6 +335,34 @@ async def test_check_schema_accepts_a_migrated_database(
 ) -> None:
     await check_schema(store_engine)  # raises StoreError otherwise
     assert read_rows(store_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+
+
+def test_the_pinned_head_revision_is_the_migrations_head() -> None:
+    # check_schema answers without Alembic when the database stores HEAD_REVISION: a
+    # migration added without moving the pin would let a store one revision behind pass
+    assert HEAD_REVISION == heads(alembic_config()) == HEAD
+
+
+async def test_check_schema_names_the_upgrade_for_a_store_one_revision_behind(
+    database_url: str,
+) -> None:
+    previous = f"{int(HEAD) - 1:04d}"
+    alembic_to(database_url, previous)
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(StoreError, match=f"at revision {previous}, .* needs {HEAD}: run"):
+            await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_check_schema_refuses_a_revision_it_does_not_know(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    async with store_engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StoreError, match="revision 9999 is unknown .* newer version"):
+        await check_schema(store_engine)
 
 
 # SQLite only: the pragmas make_engine sets on each SQLite connection.

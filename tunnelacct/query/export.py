@@ -36,7 +36,7 @@ from tunnelacct.store.backend import StoreBackend
 from tunnelacct.store.cells import CellKind, CsvCell, CsvLine
 from tunnelacct.store.engine import backend_of, make_engine, make_sync_engine
 from tunnelacct.store.inventory import stored_org_ids
-from tunnelacct.store.migrate import check_schema
+from tunnelacct.store.schema import check_schema
 
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection, OWASP), some
 # after leading blanks or a line break, some for the fullwidth forms too; a leading single
@@ -95,15 +95,18 @@ FETCH_ROWS = 2000  # rows fetched at once by a worker, so that it holds text, no
 
 
 def _cells(backend: StoreBackend) -> list[CsvCell]:
-    """The CSV_COLUMNS cells in `backend`'s SQL; integer columns are numbers, written bare."""
+    """The CSV_COLUMNS cells in `backend`'s SQL; integer columns are numbers, written bare.
+    Whether a column can be NULL comes from the table: a cell that never is needs no
+    coalesce(), and SQLite cuts some of those by printf()'s format (store/sqlite/cells.py)."""
     table = sessions_table()
     cells = []
     for name in CSV_COLUMNS:
         column = _SOURCES.get(name, name)
         kind = _KINDS.get(name, CellKind.PLAIN)
         sql = backend.cell_sql(column, kind, FORMULA_PREFIXES)
-        number = kind is CellKind.PLAIN and isinstance(table.c[column].type, Integer)
-        cells.append(CsvCell(column, kind, sql, number))
+        stored = table.c[column]
+        number = kind is CellKind.PLAIN and isinstance(stored.type, Integer)
+        cells.append(CsvCell(column, kind, sql, number, bool(stored.nullable)))
     return cells
 
 

@@ -55,6 +55,7 @@ class CsvCell:
     kind: CellKind
     sql: str
     number: bool
+    nullable: bool
 
 
 class CsvLine(ColumnElement[str]):
@@ -80,14 +81,14 @@ class CsvLine(ColumnElement[str]):
         self.trail = trail
 
 
-def _string_literal(text: str) -> str:
+def string_literal(text: str) -> str:
     """`text` as an SQL string literal (standard SQL: a single quote doubled)."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def _concatenated(line: CsvLine) -> str:
+def concatenated_sql(line: CsvLine) -> str:
     """The line by `||`: standard SQL, and the text of any cell as it is (a NUL included)."""
-    parts = [_string_literal(line.lead)] if line.lead else []
+    parts = [string_literal(line.lead)] if line.lead else []
     for index, cell in enumerate(line.cells):
         if index:
             parts.append("','")
@@ -96,47 +97,15 @@ def _concatenated(line: CsvLine) -> str:
         else:
             parts.append(f"""'"' || REPLACE(COALESCE({cell.sql}, ''), '"', '""') || '"'""")
     if line.trail:
-        parts.append(_string_literal(line.trail))
+        parts.append(string_literal(line.trail))
     return "(" + " || ".join(parts) + ")"
 
 
-def _as_sql(sql: str, compiler: SQLCompiler, **kw: Any) -> str:
+def as_sql(sql: str, compiler: SQLCompiler, **kw: Any) -> str:
     """`sql` as the compiler writes literal SQL (a "%" doubled where the driver wants it)."""
     return compiler.process(literal_column(sql), **kw)
 
 
 @compiles(CsvLine)
 def _csv_line_concatenated(element: CsvLine, compiler: SQLCompiler, **kw: Any) -> str:
-    return _as_sql(_concatenated(element), compiler, **kw)
-
-
-@compiles(CsvLine, "sqlite")
-def _csv_line_printf(element: CsvLine, compiler: SQLCompiler, **kw: Any) -> str:
-    """printf()'s %w doubles the double quotes of a text; a number goes in by %s.
-
-    printf() ends a text at its first NUL, which SQLite text (unlike PostgreSQL's) can hold: a
-    row whose free text holds one is concatenated instead. The store's own text (ids, times,
-    addresses, enums) never holds one.
-    """
-    formats = []
-    values = []
-    for cell in element.cells:
-        if cell.number:
-            formats.append("%s")
-            values.append(f"""coalesce({cell.sql}, '""')""")
-        else:
-            formats.append('"%w"')
-            values.append(f"coalesce({cell.sql}, '')")
-    template = (
-        element.lead.replace("%", "%%") + ",".join(formats) + element.trail.replace("%", "%%")
-    )
-    printed = f"printf({_string_literal(template)}, {', '.join(values)})"
-    free_text = [cell.column for cell in element.cells if cell.kind is CellKind.FREE_TEXT]
-    if not free_text:
-        return _as_sql(printed, compiler, **kw)
-    # one instr() over the row's free text costs less than one per cell
-    joined = " || ".join(f"coalesce({column}, '')" for column in free_text)
-    sql = (
-        f"(CASE WHEN instr({joined}, char(0)) > 0 THEN {_concatenated(element)} ELSE {printed} END)"
-    )
-    return _as_sql(sql, compiler, **kw)
+    return as_sql(concatenated_sql(element), compiler, **kw)

@@ -1,4 +1,4 @@
-"""Schema migrations with Alembic: `migrate()` to head, `check_schema()` before reading.
+"""Schema migrations with Alembic: `migrate()` to head, and the schema check before reading.
 
 The migrations (Alembic `env.py`, `versions/`) ship inside the package, in
 `tunnelacct/store/migrations/`, so every install can create and upgrade a database: a
@@ -94,8 +94,11 @@ def heads(cfg: AlembicConfig) -> str:
     return ",".join(ScriptDirectory.from_config(cfg).get_heads())
 
 
-async def check_schema(engine: AsyncEngine, *, script_location: Path | None = None) -> None:
-    """Raise StoreError unless the database is migrated to this version's head revision."""
+async def check_schema_by_alembic(
+    engine: AsyncEngine, *, script_location: Path | None = None
+) -> None:
+    """Raise StoreError unless the database is migrated to this version's head revision, as
+    Alembic reads it (store/schema.py answers the common case without Alembic)."""
 
     def current(conn: Connection) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
