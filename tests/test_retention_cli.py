@@ -44,6 +44,21 @@ from tunnelacct.store.postgres.partitions import ensure_partitions
 DATA = Path(__file__).parent / "data"
 
 
+def auditor_read(org_id: str, at: datetime) -> AccessRecord:
+    """An access-log row: an auditor's token read `org_id`'s sessions through the API at `at`."""
+    return AccessRecord(
+        at=at,
+        org_id=org_id,
+        actor="token:0123456789abcdef",
+        role="auditor",
+        via="api",
+        what="sessions",
+        filter_text="",
+        rows=1,
+        status=200,
+    )
+
+
 def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
     tmp_path: Path, store_url: str
 ) -> None:
@@ -60,20 +75,7 @@ def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
         rows = [session("weekly", days, now) for days in (1, 10, 20)]
         rows += [session("keeper", 400, now)]
         # reads of weekly's sessions 1, 10 and 20 days ago: the last two older than its cutoff
-        reads = [
-            AccessRecord(
-                at=now - timedelta(days=days),
-                org_id="weekly",
-                actor="token:0123456789abcdef",
-                role="auditor",
-                via="api",
-                what="sessions",
-                filter_text="",
-                rows=1,
-                status=200,
-            )
-            for days in (1, 10, 20)
-        ]
+        reads = [auditor_read("weekly", now - timedelta(days=days)) for days in (1, 10, 20)]
         await ensure_partitions(engine, {r.started_at.date() for r in rows})  # PostgreSQL
         async with AsyncSession(engine) as s:
             s.add_all([*rows, *reads])
@@ -317,17 +319,7 @@ async def test_serve_counts_every_failed_purge_of_an_org_as_purge_runs_records_i
         '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
     )
     engine = make_engine(store_url)
-    read = AccessRecord(
-        at=datetime.now(UTC) - timedelta(days=10),  # older than weekly's cutoff
-        org_id="weekly",
-        actor="token:0123456789abcdef",
-        role="auditor",
-        via="api",
-        what="sessions",
-        filter_text="",
-        rows=1,
-        status=200,
-    )
+    read = auditor_read("weekly", datetime.now(UTC) - timedelta(days=10))  # past the cutoff
     async with AsyncSession(engine) as s:
         s.add(read)
         await s.commit()
