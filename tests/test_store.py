@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -348,6 +350,40 @@ def test_the_pinned_head_revision_is_the_migrations_head() -> None:
     # check_schema answers without Alembic when the database stores HEAD_REVISION: a
     # migration added without moving the pin would let a store one revision behind pass
     assert HEAD_REVISION == heads(alembic_config()) == HEAD
+
+
+def upgrade_in_a_new_process(url: str) -> bool:
+    """upgrade_to_head(url) in a fresh interpreter; whether it imported Alembic to do it."""
+    script = (
+        "import sys\n"
+        "from tunnelacct.store.schema import upgrade_to_head\n"
+        f"upgrade_to_head({url!r})\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    return {"True": True, "False": False}[done.stdout.strip()]
+
+
+def test_upgrade_to_head_migrates_a_store_behind_and_only_asks_one_at_the_head(
+    database_url: str,
+) -> None:
+    previous = f"{int(HEAD) - 1:04d}"
+    alembic_to(database_url, previous)
+    assert upgrade_in_a_new_process(database_url) is True  # Alembic ran the last migration
+    assert read_rows(database_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+    assert _drift(database_url, TableBase.metadata) == []
+    assert upgrade_in_a_new_process(database_url) is False  # one SELECT, no Alembic
+    assert read_rows(database_url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+
+
+def test_upgrade_to_head_creates_a_new_sqlite_store(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "store.db"
+    url = f"sqlite:///{path}"
+    assert upgrade_in_a_new_process(url) is True
+    assert read_rows(url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+    assert table_names(url) == TABLES
 
 
 async def test_check_schema_names_the_upgrade_for_a_store_one_revision_behind(

@@ -324,10 +324,10 @@ def usage_rebuild(
 def serve_cmd(config_path: Path | None, status_file: Path | None) -> None:
     """Capture every [[capture]] and record sessions live until SIGTERM/SIGINT."""
     from tunnelacct.service.service import serve
-    from tunnelacct.store.migrate import migrate
+    from tunnelacct.store.schema import upgrade_to_head
 
     config = _config(config_path)
-    migrate(config.database.url)
+    upgrade_to_head(config.database.url)
     serve(config, status_path=status_file)
 
 
@@ -395,10 +395,10 @@ def _with_engine(config: Config, work: Any) -> Any:
     import asyncio
 
     from tunnelacct.store.engine import make_engine, require_database
-    from tunnelacct.store.migrate import migrate
+    from tunnelacct.store.schema import upgrade_to_head
 
     require_database(config.database.url)
-    migrate(config.database.url)
+    upgrade_to_head(config.database.url)
 
     async def run() -> Any:
         engine = make_engine(config.database.url)

@@ -268,9 +268,9 @@ def _run_in_child(settings: WriterSettings, conn: Any, parent_pid: int) -> None:
     become_child(parent_pid, settings.log_level)
     try:
         # imported here: the importer's own process never imports SQLAlchemy or Alembic
-        from tunnelacct.store.migrate import migrate
+        from tunnelacct.store.schema import upgrade_to_head
 
-        migrate(settings.config.database.url)
+        upgrade_to_head(settings.config.database.url)
         with fewer_collections():  # up to [writer] max_pending events are held at once
             result: tuple[Any, ...] = asyncio.run(_write_all(settings, conn))
     except BaseException as e:  # told to the parent, which raises it as a StoreError
