@@ -62,8 +62,9 @@ class CsvLine(ColumnElement[str]):
     """`cells` as one text of CSV: `lead`, the cells separated by commas, then `trail`.
 
     Compiled per dialect: SQLite's printf() writes the whole text at once (a `||` per cell
-    costs SQLite more than the cell itself: a row of 32 cells took 3x as long), other engines
-    concatenate. Never NULL.
+    costs SQLite more than the cell itself: a row of 32 cells took 3x as long; registered by
+    store/sqlite/cells.py, which the SQLite backend imports), other engines concatenate. Never
+    NULL.
     """
 
     __visit_name__ = "tunnelacct_csv_line"
