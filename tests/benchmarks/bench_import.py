@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -23,60 +21,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.measured import run_measured, tunnelacct_command  # noqa: E402
 from tests.benchmarks.synth import synth_pcap  # noqa: E402
 from tunnelacct.capture.decode import DecodedBatch  # noqa: E402
 from tunnelacct.config.model import Timeouts  # noqa: E402
 from tunnelacct.sessions.events import Attribution  # noqa: E402
 from tunnelacct.sessions.flowtable import FlowTable  # noqa: E402
 
-# Runs the real CLI and reports its own peak RSS and its decode child's: measuring from here
-# would count the memory this process had when it forked (the synthetic capture's arrays).
-# (ru_maxrss survives exec on Linux, so the runner reads VmHWM, which does not.)
-RUNNER = """
-import multiprocessing, sys, threading
-from tunnelacct.cli import main
-peaks = {}
-def hwm(pid):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return 0.0
-    return 0.0
-def watch():
-    while True:
-        for child in multiprocessing.active_children():
-            if child.pid:
-                peaks[child.pid] = max(peaks.get(child.pid, 0.0), hwm(child.pid))
-        threading.Event().wait(0.05)
-threading.Thread(target=watch, daemon=True).start()
-try:
-    main(sys.argv[1:])
-finally:
-    print(f"PEAK {hwm('self'):.0f} {max(peaks.values(), default=0.0):.0f}", file=sys.stderr)
-"""
-
 
 def bench_import(pcap: Path, workdir: Path, packets: int) -> None:
     db = workdir / "bench.db"
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, "--log-level", "WARNING", "import", str(pcap)],
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=True,
-    )
-    wall = time.perf_counter() - t0
-    own, child = (float(x) for x in done.stderr.split("PEAK ")[1].split())
-    print(done.stdout.rstrip())
+    run = run_measured(tunnelacct_command("--log-level", "WARNING", "import", str(pcap)), env)
+    if run.returncode != 0:
+        raise SystemExit(f"import failed:\n{run.stdout}\n{run.stderr}")
+    print(run.stdout.rstrip())
     print(
-        f"RESULT import: {packets:,} packets, {wall:.2f} s wall including interpreter start "
-        f"and migration, {packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB "
-        f"(+ largest child process, decoder or writer, {child:,.0f} MiB)"
+        f"RESULT import: {packets:,} packets, {run.seconds:.2f} s wall including interpreter "
+        f"start and migration, {packets / run.seconds:,.0f} packets/s; peak RSS "
+        f"{run.peak_mib:,.0f} MiB (+ largest child process, decoder or writer, "
+        f"{run.largest_child_mib:,.0f} MiB)"
     )
 
 

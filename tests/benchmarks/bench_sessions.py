@@ -21,13 +21,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.bench_import import RUNNER  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.measured import run_measured, tunnelacct_command  # noqa: E402
 from tests.benchmarks.synth_sessions import synth_sessions  # noqa: E402
 
 CONFIG = """
@@ -111,21 +110,12 @@ print(len(table), (after - before) * 1024)
 
 
 def peak_and_wall(command: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
-    """Run the CLI under RUNNER: (wall seconds, own peak MiB, decoder peak MiB, stdout)."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, "--log-level", "WARNING", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{command} failed:\n{done.stdout}\n{done.stderr}")
-    own_mib, child_mib = (float(x) for x in done.stderr.split("PEAK ")[1].split())
-    return wall, own_mib, child_mib, done.stdout
+    """Run the CLI, measured from outside: (wall seconds, own peak MiB, largest child's peak
+    MiB, stdout)."""
+    run = run_measured(tunnelacct_command("--log-level", "WARNING", *command), env)
+    if run.returncode != 0:
+        raise SystemExit(f"{command} failed:\n{run.stdout}\n{run.stderr}")
+    return run.seconds, run.peak_mib, run.largest_child_mib, run.stdout
 
 
 def import_once(url: str, config: Path, pcap: Path) -> tuple[float, float, float, str]:

@@ -1,0 +1,84 @@
+"""Run a command and measure it from outside: its wall time, and the peak resident memory of
+its own process and of its largest child process.
+
+The peaks are each process's VmHWM (its high-water mark), read from /proc every `poll_s`
+while it runs: nothing runs inside the measured process. (A watcher thread there, as the
+import benchmarks had, takes that process's GIL every time it wakes; and ru_maxrss of a child
+would count this process's memory from before its exec.) A child that lives less than
+`poll_s` may be missed; the import's decoder and writer children live as long as it does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    seconds: float
+    peak_mib: float  # VmHWM of the command's own process
+    largest_child_mib: float  # the highest VmHWM among its child processes
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def peak_mib(pid: int) -> float | None:
+    """VmHWM of process `pid` in MiB; None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes that `pid`'s threads started (none once it is gone)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except OSError:
+        return found
+    return found
+
+
+def run_measured(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.02) -> Measured:
+    """Run `argv` to its end (stdin empty); its output is kept in files, not pipes, so a
+    command that writes a lot never waits for this process to read it."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        own = 0.0
+        children: dict[int, float] = {}
+        while proc.poll() is None:
+            own = max(own, peak_mib(proc.pid) or 0.0)
+            for child in child_pids(proc.pid):
+                children[child] = max(children.get(child, 0.0), peak_mib(child) or 0.0)
+            time.sleep(poll_s)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            seconds=seconds,
+            peak_mib=own,
+            largest_child_mib=max(children.values(), default=0.0),
+            returncode=proc.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+
+
+def tunnelacct_command(*args: str) -> list[str]:
+    """The `tunnelacct` command line as an admin runs it, with this interpreter."""
+    return [sys.executable, "-m", "tunnelacct", *args]
