@@ -19,7 +19,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.pg import fresh_database, read_rows
-from tests.helpers.retention import NOW, session
+from tests.helpers.retention import NOW, access_record, session
 from tests.helpers.stores import REFUSED, execute, refuse_writes
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig
@@ -122,21 +122,6 @@ async def test_dry_run_deletes_nothing_and_counts_what_a_real_run_deletes(
     real = await purge(engine, now=NOW)
     assert [(p.org_id, p.deleted) for p in dry.orgs] == [(p.org_id, p.deleted) for p in real.orgs]
     assert real.deleted == len(before) - len(remaining(db)) > 0
-
-
-def access_record(org: str, at: datetime) -> AccessRecord:
-    """A read of `org`'s sessions at `at`, as the access log stores it."""
-    return AccessRecord(
-        at=at,
-        org_id=org,
-        actor="token:0123456789abcdef",
-        role="admin",
-        via="api",
-        what="sessions",
-        filter_text=f"read at {at.isoformat()}",
-        rows=1,
-        status=200,
-    )
 
 
 async def store_reads(engine: AsyncEngine, reads: list[AccessRecord]) -> None:

@@ -23,6 +23,7 @@ from tests.helpers.accuracy import run_cli
 from tests.helpers.prometheus import free_port
 from tests.helpers.retention import (
     PURGED_ORGS,
+    access_record,
     counts,
     expired_rows,
     purge_beside_replay,
@@ -38,25 +39,9 @@ from tunnelacct.config.load import load_config
 from tunnelacct.retention.purge import STOPPING
 from tunnelacct.service.service import Service
 from tunnelacct.store.engine import make_engine
-from tunnelacct.store.models import AccessRecord
 from tunnelacct.store.postgres.partitions import ensure_partitions
 
 DATA = Path(__file__).parent / "data"
-
-
-def auditor_read(org_id: str, at: datetime) -> AccessRecord:
-    """An access-log row: an auditor's token read `org_id`'s sessions through the API at `at`."""
-    return AccessRecord(
-        at=at,
-        org_id=org_id,
-        actor="token:0123456789abcdef",
-        role="auditor",
-        via="api",
-        what="sessions",
-        filter_text="",
-        rows=1,
-        status=200,
-    )
 
 
 def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
@@ -75,7 +60,10 @@ def test_cli_purge_prints_per_org_counts_and_cutoffs_and_is_exit_0_when_locked(
         rows = [session("weekly", days, now) for days in (1, 10, 20)]
         rows += [session("keeper", 400, now)]
         # reads of weekly's sessions 1, 10 and 20 days ago: the last two older than its cutoff
-        reads = [auditor_read("weekly", now - timedelta(days=days)) for days in (1, 10, 20)]
+        reads = [
+            access_record("weekly", now - timedelta(days=days), role="auditor")
+            for days in (1, 10, 20)
+        ]
         await ensure_partitions(engine, {r.started_at.date() for r in rows})  # PostgreSQL
         async with AsyncSession(engine) as s:
             s.add_all([*rows, *reads])
@@ -319,7 +307,7 @@ async def test_serve_counts_every_failed_purge_of_an_org_as_purge_runs_records_i
         '[[orgs]]\nid = "keeper"\nname = "K"\nretention_days = "forever"\n'
     )
     engine = make_engine(store_url)
-    read = auditor_read("weekly", datetime.now(UTC) - timedelta(days=10))  # past the cutoff
+    read = access_record("weekly", datetime.now(UTC) - timedelta(days=10), role="auditor")
     async with AsyncSession(engine) as s:
         s.add(read)
         await s.commit()

@@ -1,5 +1,5 @@
-"""Sessions for the retention tests, stored counts, a purge lock held by someone else, and
-stores of the recorded capture shifted back in time, on SQLite or PostgreSQL
+"""Sessions and access-log reads for the retention tests, stored counts, a purge lock held by
+someone else, and stores of the recorded capture shifted back in time, on SQLite or PostgreSQL
 (tests/test_retention.py, tests/test_retention_cli.py, tests/benchmarks/bench_purge_serve.py)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.helpers.replicate import replicate
 from tests.helpers.serving import dump_toml
 from tests.helpers.stores import query
 from tunnelacct.store.engine import make_engine, sync_url
-from tunnelacct.store.models import SessionRecord
+from tunnelacct.store.models import AccessRecord, SessionRecord
 from tunnelacct.store.postgres.lock import ADVISORY_LOCK_KEY
 from tunnelacct.store.purgelock import acquire_lease, release_lease
 
@@ -184,3 +184,19 @@ def purged_orgs(url: str) -> list[str]:
     after deleting its rows), in id order."""
     sql = "SELECT DISTINCT org_id FROM purge_runs WHERE outcome = 'ok' ORDER BY 1"
     return [str(org) for (org,) in read_rows(url, sql)]
+
+
+def access_record(org: str, at: datetime, *, role: str = "admin") -> AccessRecord:
+    """A read of `org`'s sessions through the API at `at` by a token of `role`, as the access
+    log stores it."""
+    return AccessRecord(
+        at=at,
+        org_id=org,
+        actor="token:0123456789abcdef",
+        role=role,
+        via="api",
+        what="sessions",
+        filter_text=f"read at {at.isoformat()}",
+        rows=1,
+        status=200,
+    )
