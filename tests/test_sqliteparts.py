@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import logging
 import sqlite3
 import uuid
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, pool
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.accuracy import run_cli
@@ -25,9 +28,12 @@ from tests.helpers.stores import alembic_to
 from tests.helpers.waiting import WAIT_S
 from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.query.export import _Range, _read_range, export_org_csv
+from tunnelacct.query.filters import parse_filter
+from tunnelacct.query.pages import in_range
 from tunnelacct.retention.purge import purge
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store.engine import keep_partitions_ahead, sync_url
+from tunnelacct.store.engine import backend_of, keep_partitions_ahead, sync_url
 from tunnelacct.store.inventory import sync_inventory
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import SessionRecord
@@ -336,6 +342,105 @@ async def test_the_view_reads_deletes_and_inserts_like_a_table(
         s.add(extra)
         await s.commit()
     assert extra.id.hex in ids(db, DEFAULT_TABLE) and extra.id.hex in ids(db)
+
+
+async def store_through_view(engine: AsyncEngine, rows: list[SessionRecord]) -> None:
+    """Insert `rows` through the view: they land in sessions_default whatever their day."""
+    async with AsyncSession(engine, expire_on_commit=False) as s:
+        s.add_all(rows)
+        await s.commit()
+
+
+def stored_order(db: Path, org: str) -> list[str]:
+    """The ids of `org`'s sessions in key order, read from the view by the sqlite3 module."""
+    read = "SELECT id FROM sessions WHERE org_id = ? ORDER BY started_at, id"
+    return [str(uuid.UUID(str(h))) for (h,) in raw_query(db, read, org)]
+
+
+async def late_and_partitioned(store: AsyncEngine, db_path: Path) -> list[SessionRecord]:
+    """quarterly's sessions in its 3-day tables, and late ones in sessions_default on the same
+    days (some starting at the same instant as a partitioned one: the id breaks the tie), beside
+    weekly's; returns quarterly's."""
+    rows = spread(("quarterly", "weekly"))
+    await store_into_partitions(store, db_path, rows)
+    late = [
+        session("quarterly", k / 3, started_at=rows[k].started_at, dst_port=400 + k % 3)
+        for k in range(0, 120, 7)
+    ]
+    await store_through_view(store, late)
+    quarterly = [r for r in rows + late if r.org_id == "quarterly"]
+    in_default = ids(db_path, DEFAULT_TABLE) & {r.id.hex for r in quarterly}
+    holding = [p for p in parts(db_path) if p.org_id == "quarterly" and ids(db_path, p.name)]
+    assert len(in_default) == len(late) and len(holding) >= 10  # rows in every kind of table
+    return quarterly
+
+
+async def test_the_export_merges_sessions_default_and_the_partitions_in_key_order(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    quarterly = await late_and_partitioned(store, db_path)
+    expected = stored_order(db_path, "quarterly")
+    assert len(expected) == len(quarterly)
+    for flt in (None, parse_filter("dport:401")):
+        out = io.StringIO(newline="")
+        count = await export_org_csv(store, "quarterly", out, page_size=7, flt=flt)
+        exported = [row["session_id"] for row in csv.DictReader(io.StringIO(out.getvalue()))]
+        wanted = {str(r.id) for r in quarterly if flt is None or r.dst_port == 401}
+        assert exported == [sid for sid in expected if sid in wanted]
+        assert count == len(wanted) > 0
+
+
+async def test_an_export_range_is_merged_from_its_tables_in_index_order_not_sorted(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    """SQLite sorts the view's rows again in a temporary B-tree when a read computes its
+    columns, as the CSV lines are; a range read from the tables themselves is merged."""
+    await late_and_partitioned(store, db_path)
+    sync = create_engine(sync_url(f"sqlite:///{db_path}"), poolclass=pool.NullPool)
+    reads: list[tuple[str, object]] = []
+
+    def seen(conn: object, cursor: object, sql: str, params: object, *rest: object) -> None:
+        if "UNION ALL" in sql:
+            reads.append((sql, params))
+
+    sqlalchemy_event.listen(sync, "before_cursor_execute", seen)
+    try:
+        first = (NOW - timedelta(days=40), uuid.UUID(int=0))
+        last = (NOW, uuid.UUID(int=2**128 - 1))
+        text, count = _read_range(sync, _Range("quarterly", None, first, None, last))
+    finally:
+        sync.dispose()
+    assert count > 0 and len(reads) == 1
+    sql, params = reads[0]
+    plan = "\n".join(
+        str(row[-1]) for row in raw_query(db_path, f"EXPLAIN QUERY PLAN {sql}", *params)
+    )
+    assert "MERGE (UNION ALL)" in plan and "TEMP B-TREE" not in plan, plan
+
+
+async def test_a_range_reads_the_tables_as_they_were_when_it_listed_them(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    """A partition made beside a range read, with sessions_default's rows of its days moved
+    into it, changes nothing the read sees: the tables are listed in its transaction."""
+    rows = [session("quarterly", 20 + k / 10) for k in range(30)]  # no partition of theirs yet
+    await store_through_view(store, rows)
+    sync = create_engine(sync_url(f"sqlite:///{db_path}"), poolclass=pool.NullPool)
+    try:
+        with sync.connect() as conn:
+            first = (min(r.started_at for r in rows), uuid.UUID(int=0))
+            last = (max(r.started_at for r in rows), uuid.UUID(int=2**128 - 1))
+            tables = backend_of(sync).range_tables(conn, "quarterly", first[0], last[0])
+            assert [t.name for t in tables or []] == [DEFAULT_TABLE]
+            days = {("quarterly", r.started_at.date()) for r in rows}
+            assert cover(db_path, days)  # another connection makes the partitions, moves rows
+            assert ids(db_path, DEFAULT_TABLE) == set()
+            read = in_range([], "quarterly", None, first, None, last, tables)
+            seen = [row.id for row in conn.execute(read)]
+    finally:
+        sync.dispose()
+    assert [str(sid) for sid in seen] == stored_order(db_path, "quarterly")
+    assert len(seen) == len(rows)
 
 
 def test_db_partition_moves_old_rows_and_downgrade_restores_one_table(tmp_path: Path) -> None:

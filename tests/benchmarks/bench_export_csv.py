@@ -2,7 +2,9 @@
 `sqlite3 -csv` of the same rows, in one run, on a SQLite store of one org's sessions.
 
 The store holds tests/data/wg-small.pcap imported by the CLI, acme's sessions copied until it
-has about `--rows` (tests/helpers/replicate.py: the same rows on every run, new random ids).
+has about `--rows` (tests/helpers/replicate.py: the same rows on every run, new random ids),
+all in sessions_default, or with `--partitioned` moved into per-day partitions by `tunnelacct
+db partition`, as a store that serve has run on keeps them (store/sqlite/layout.py).
 Each command is timed `--runs` times and its best run kept:
 
 - `sqlite3 -csv` of the stored columns behind the CSV's (session_id is the id, started_at_unix
@@ -17,7 +19,7 @@ Prints rows/s and the ratio to `sqlite3 -csv`, and checks that the CLI and the A
 same bytes. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_export_csv.py [--rows 300000] [--runs 2]
-        [--api-workers 1 2]
+        [--api-workers 1 2] [--partitioned]
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument(
         "--api-workers", type=int, nargs="+", default=[1, 2], help="[api] export_workers"
     )
+    parser.add_argument(
+        "--partitioned", action="store_true", help="move the rows into per-day partitions"
+    )
     args = parser.parse_args()
     sqlite_cli = shutil.which("sqlite3")
     if sqlite_cli is None:
@@ -159,7 +164,13 @@ def main() -> None:
         tenth_filter = f"started_before:{tenth_at.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         env = {**os.environ, "TUNNELACCT_DATABASE_URL": url}
         db_path = url.removeprefix("sqlite:///")
-        print(f"store: {rows:,} sessions of {ORG}")
+        layout = "all in sessions_default"
+        if args.partitioned:
+            run_cli("db", "partition", "--config", str(BASE), env=env)
+            partitions = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE ?"
+            ((tables,),) = query(url, partitions, "sessions_p%")
+            layout = f"in {tables} partitions"
+        print(f"store: {rows:,} sessions of {ORG}, {layout}")
 
         columns = ", ".join(STORED.get(name, name) for name in CSV_COLUMNS)
         floor_sql = f"SELECT {columns} FROM sessions WHERE org_id = '{ORG}' ORDER BY started_at, id"

@@ -23,7 +23,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from sqlalchemy import ColumnElement, Engine, Integer, Select, literal_column
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Engine,
+    Integer,
+    Select,
+    Table,
+    literal_column,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.config.model import Config
@@ -128,9 +136,12 @@ def _line_columns(backend: StoreBackend) -> list[ColumnElement[Any]]:
 
 
 def _lines(rows: Iterable[Sequence[Any]]) -> str:
-    """The CSV text of `rows` read by `_line_columns`: the one piece of each line that Python
-    writes is duration_s, a number (not quoted)."""
-    return "".join([f"{head}{duration_s:.6f}{tail}" for head, duration_s, tail in rows])
+    """The CSV text of `rows` read by `_line_columns` (and the key after them, which orders
+    the read): the one piece of each line that Python writes is duration_s, a number (not
+    quoted)."""
+    return "".join(
+        [f"{head}{duration_s:.6f}{tail}" for head, duration_s, tail, _started, _id in rows]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +154,17 @@ class _Range:
     hi: Key | None
     last: Key
 
-    def select(self, backend: StoreBackend) -> Select[Any]:
-        return in_range(_line_columns(backend), self.org_id, self.flt, self.lo, self.hi, self.last)
+    @property
+    def upper(self) -> Key:
+        """The highest key the range can hold (hi itself is not in it)."""
+        return self.hi if self.hi is not None else self.last
+
+    def select(
+        self, backend: StoreBackend, tables: list[Table] | None
+    ) -> Select[Any] | CompoundSelect[Any]:
+        """The read of the range's lines, from the sessions table or from `tables` united."""
+        columns = _line_columns(backend)
+        return in_range(columns, self.org_id, self.flt, self.lo, self.hi, self.last, tables)
 
 
 @functools.cache
@@ -157,8 +177,10 @@ def _read_range(engine: Engine, part: _Range) -> tuple[str, int]:
     """The CSV rows of `part` read on the sync `engine`, and how many there are (blocking)."""
     texts = []
     count = 0
+    backend = backend_of(engine)
     with engine.connect() as conn:
-        result = conn.execute(part.select(backend_of(engine)))
+        tables = backend.range_tables(conn, part.org_id, part.lo[0], part.upper[0])
+        result = conn.execute(part.select(backend, tables))
         # the driver's own rows: plain tuples of text and a float cost less than Row objects,
         # and no column needs a result processor
         while rows := result.cursor.fetchmany(FETCH_ROWS):

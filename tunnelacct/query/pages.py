@@ -9,10 +9,11 @@ or a range is an index walk however deep it starts.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, select, tuple_
+from sqlalchemy import ColumnElement, CompoundSelect, Select, Table, func, select, tuple_, union_all
 
 from tunnelacct.query.filters import Filter, filter_clause
 from tunnelacct.store.models import SessionRecord, table_of
@@ -100,11 +101,20 @@ def in_range(
     lo: Key,
     hi: Key | None,
     last: Key,
-) -> Select[Any]:
-    """`columns` of the matching sessions with lo <= key < hi (lo <= key <= last when hi is
-    None), in key order."""
-    table = sessions_table()
-    key = session_key(table)
-    upper = key < hi if hi is not None else key <= last
-    where = [*of_org(org_id, flt, table), key >= lo, upper]
-    return select(*columns).where(*where).order_by(*key_order(table))
+    tables: Sequence[Table] | None = None,
+) -> Select[Any] | CompoundSelect[Any]:
+    """`columns`, then the key (started_at, id), of the matching sessions with lo <= key < hi
+    (lo <= key <= last when hi is None), in key order: from the sessions table, or from each of
+    `tables` (holding the sessions columns) united. `columns` name no table: each read gives
+    them its own."""
+    sources = [sessions_table()] if tables is None else list(tables)
+    reads = []
+    for table in sources:
+        key = session_key(table)
+        upper = key < hi if hi is not None else key <= last
+        where = [*of_org(org_id, flt, table), key >= lo, upper]
+        reads.append(select(*columns, *key_order(table)).where(*where))
+    if len(reads) == 1:
+        return reads[0].order_by(*key_order(sources[0]))
+    # each table's rows come in its index's order, and SQLite merges them (MERGE (UNION ALL))
+    return union_all(*reads).order_by(*(column.name for column in key_order(sources[0])))

@@ -4,9 +4,10 @@
 once; nothing outside `store/` asks which engine it is talking to. A backend writes a batch of
 session rows, creates the partitions of the coming days, takes the purge lock, drops expired
 partitions and deletes expired rows in batches, renders CSV cells in SQL, bounds a reading
-statement in time, and moves rows that no partition holds. The implementations are
-`sqlite/backend.py` and `postgres/backend.py`; address matching, which a filter builds before
-it knows its engine, is compiled per dialect instead (`store/addresses.py`).
+statement in time, names the tables a range of sessions is read from, and moves rows that no
+partition holds. The implementations are `sqlite/backend.py` and `postgres/backend.py`;
+address matching, which a filter builds before it knows its engine, is compiled per dialect
+instead (`store/addresses.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
@@ -67,6 +68,14 @@ class StoreBackend(Protocol):
     ) -> Sequence[Executable]:
         """The statements that each delete a batch of at most `batch_size` expired rows of
         `org_id`, to run until one deletes fewer; tables in `emptied` have none left."""
+
+    def range_tables(
+        self, conn: Connection, org_id: str, first: datetime, last: datetime
+    ) -> list[Table] | None:
+        """The tables to read the sessions of `org_id` started from `first` to `last` from,
+        each on its own and united in key order by the reader, or None to read the sessions
+        table; on the sync `conn`, whose transaction (begun here if need be) the read of
+        those tables must stay in."""
 
     def cell_sql(self, column: str, kind: CellKind, formula_prefixes: Sequence[str]) -> str:
         """SQL rendering `column` of sessions as its CSV cell text (NULL stays NULL); a

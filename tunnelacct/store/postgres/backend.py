@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.store.postgres import cells, purge
@@ -32,6 +32,13 @@ class PostgresBackend:
 
     def purge_lock(self, engine: AsyncEngine, holder: str) -> AdvisoryLock:
         return AdvisoryLock(engine, holder)
+
+    def range_tables(
+        self, conn: Connection, org_id: str, first: datetime, last: datetime
+    ) -> list[Table] | None:
+        """None: the sessions table, whose partitions PostgreSQL itself reads in index order
+        and merges (Merge Append)."""
+        return None
 
     # the engine's own modules do these
     drop_expired = staticmethod(purge.drop_expired)

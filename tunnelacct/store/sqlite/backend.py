@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.store.reimport import Reimport
 from tunnelacct.store.sqlite import cells, purge
-from tunnelacct.store.sqlite.layout import begin_write, cover_days, move_default_rows, org_periods
+from tunnelacct.store.sqlite.layout import (
+    begin_read,
+    begin_write,
+    cover_days,
+    move_default_rows,
+    org_periods,
+    org_tables,
+    table_named,
+)
 from tunnelacct.store.sqlite.lock import LeaseLock
 from tunnelacct.store.sqlite.write import RoutedWrite
 
@@ -40,6 +48,16 @@ class SqliteBackend:
 
     def purge_lock(self, engine: AsyncEngine, holder: str) -> LeaseLock:
         return LeaseLock(engine, holder)
+
+    def range_tables(
+        self, conn: Connection, org_id: str, first: datetime, last: datetime
+    ) -> list[Table] | None:
+        """sessions_default and the org's partitions that hold the span, listed in a read
+        transaction begun here: SQLite sorts the rows of the sessions view again (a temporary
+        B-tree) when a read computes anything from its columns, as the CSV export does, where
+        it merges a compound SELECT of the tables in their indexes' order (layout.py)."""
+        begin_read(conn)
+        return [table_named(name) for name in org_tables(conn, org_id, first, last)]
 
     # the engine's own modules do these
     drop_expired = staticmethod(purge.drop_expired)

@@ -26,9 +26,10 @@ inside the caller's transaction (`AsyncConnection.run_sync` from the service).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import CheckConstraint, Connection, Engine, Index, MetaData, Table, select
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -120,6 +121,42 @@ def partitions(conn: Connection) -> list[Partition]:
         "ESCAPE '\\'"
     ).scalars()
     return sorted(p for name in names if (p := parse_partition(str(name))) is not None)
+
+
+@functools.lru_cache(maxsize=4096)
+def table_named(name: str) -> Table:
+    """The sessions columns as the table `name` of this layout (sessions_default or a
+    partition), for reading that table alone."""
+    model = table_of(SessionRecord)
+    return Table(name, MetaData(), *(c._copy() for c in model.columns))
+
+
+def begin_read(conn: Connection) -> None:
+    """Open the connection's transaction for reading, unless one is open: what it reads next
+    is one version of the store, its tables included (a partition made or dropped meanwhile
+    is not seen, nor the rows moved into one)."""
+    if not conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+        conn.exec_driver_sql("BEGIN")
+
+
+def org_tables(conn: Connection, org_id: str, first: datetime, last: datetime) -> list[str]:
+    """sessions_default and the partitions of `org_id` that hold its sessions started from
+    `first` to `last` (both included), in the caller's transaction."""
+    pattern = f"sessions\\_p%\\_{org_id.encode().hex()}"
+    names = conn.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
+        (pattern,),
+    ).scalars()
+    lowest = first.astimezone(UTC).replace(tzinfo=None)
+    highest = last.astimezone(UTC).replace(tzinfo=None)
+    holding = [DEFAULT_TABLE]
+    for name in names:
+        part = parse_partition(str(name))
+        if part is None or part.org_id != org_id:
+            continue
+        if part.begins <= highest and part.end > lowest:
+            holding.append(part.name)
+    return holding
 
 
 def _partition_table(name: str) -> Table:
