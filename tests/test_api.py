@@ -205,12 +205,12 @@ async def test_csv_download_is_the_export_streamed_as_an_attachment(
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"] == 'attachment; filename="tunnelacct-acme-sessions.csv"'
     engine = make_engine(imported)
-    out = io.StringIO(newline="")
+    out = io.BytesIO()
     try:
         await export_org_csv(engine, "acme", out)  # the CLI's export, for the same org
     finally:
         await engine.dispose()
-    assert r.text == out.getvalue()
+    assert r.content == out.getvalue()
     assert len(list(csv.DictReader(io.StringIO(r.text)))) == len(
         raw_query(imported, "select 1 from sessions where org_id = 'acme'")
     )

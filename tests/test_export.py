@@ -102,9 +102,9 @@ async def store(engine: AsyncEngine, records: Iterable[SessionRecord]) -> None:
 
 
 async def export(engine: AsyncEngine, org_id: str = "acme", **kwargs: Any) -> tuple[str, int]:
-    out = io.StringIO(newline="")
+    out = io.BytesIO()
     count = await export_org_csv(engine, org_id, out, **kwargs)
-    return out.getvalue(), count
+    return out.getvalue().decode(), count
 
 
 def parse(text: str) -> list[dict[str, str]]:
@@ -378,10 +378,10 @@ def test_blocking_export_org_reads_the_configured_store(db_url: str) -> None:
             await engine.dispose()
 
     asyncio.run(seed())
-    out = io.StringIO(newline="")
+    out = io.BytesIO()
     config = Config(database=DatabaseConfig(db_url), orgs=(OrgConfig("acme", "Acme"),))
     assert export_org(config, "acme", out) == 3
-    assert len(parse(out.getvalue())) == 3
+    assert len(parse(out.getvalue().decode())) == 3
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -389,7 +389,7 @@ def test_blocking_export_org_refuses_an_unmigrated_store(kind: str, tmp_path: Pa
     with empty_store(kind, tmp_path) as url:
         config = Config(database=DatabaseConfig(url))
         with pytest.raises(StoreError, match="not migrated"):
-            export_org(config, "acme", io.StringIO())
+            export_org(config, "acme", io.BytesIO())
 
 
 # Doubles next to a rounding boundary of "%.6f": a tie (0.0078125 = 1/128, to even), and

@@ -168,14 +168,14 @@ async def export_both_ways(url: str, records: list[SessionRecord]) -> tuple[str,
         async with AsyncSession(engine) as db:
             db.add_all(records)
             await db.commit()
-        inline = io.StringIO(newline="")
+        inline = io.BytesIO()
         await export_org_csv(engine, "acme", inline, page_size=4)
-        spread = io.StringIO(newline="")
+        spread = io.BytesIO()
         await export_org_csv(engine, "acme", spread, page_size=4, workers=workers)
     finally:
         await asyncio.to_thread(workers.close)
         await engine.dispose()
-    return inline.getvalue(), spread.getvalue()
+    return inline.getvalue().decode(), spread.getvalue().decode()
 
 
 async def test_database_written_lines_equal_the_csv_modules_bytes(db_url: str) -> None:

@@ -231,11 +231,11 @@ async def test_addresses_read_back_as_the_text_the_writer_wrote(
         e.session_id: want[e.session_id] for e in events if e.kind is EventKind.CHECKPOINT
     }
     # the CSV export (byte-identical across engines: the same text on both)
-    out = io.StringIO()
+    out = io.BytesIO()
     assert await export_org_csv(store_engine, "acme", out) == len(events)
     cells = {
         uuid.UUID(r["session_id"]): (r["src_addr"], r["dst_addr"])
-        for r in csv.DictReader(io.StringIO(out.getvalue()))
+        for r in csv.DictReader(io.StringIO(out.getvalue().decode()))
     }
     assert cells == want
     # the REST API's JSON

@@ -382,9 +382,10 @@ async def test_the_export_merges_sessions_default_and_the_partitions_in_key_orde
     expected = stored_order(db_path, "quarterly")
     assert len(expected) == len(quarterly)
     for flt in (None, parse_filter("dport:401")):
-        out = io.StringIO(newline="")
+        out = io.BytesIO()
         count = await export_org_csv(store, "quarterly", out, page_size=7, flt=flt)
-        exported = [row["session_id"] for row in csv.DictReader(io.StringIO(out.getvalue()))]
+        lines = io.StringIO(out.getvalue().decode())
+        exported = [row["session_id"] for row in csv.DictReader(lines)]
         wanted = {str(r.id) for r in quarterly if flt is None or r.dst_port == 401}
         assert exported == [sid for sid in expected if sid in wanted]
         assert count == len(wanted) > 0

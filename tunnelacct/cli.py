@@ -170,7 +170,7 @@ def export_cmd(
     """Export an organisation's sessions as CSV (RFC 4180, times in RFC 3339 UTC)."""
     from tunnelacct.query.export import export_org
     from tunnelacct.query.filters import parse_filter
-    from tunnelacct.query.outfile import replacing
+    from tunnelacct.query.outfile import replacing_bytes
     from tunnelacct.store.engine import require_database
 
     flt = parse_filter(q) if q else None  # a bad filter fails before any file is created
@@ -184,11 +184,13 @@ def export_cmd(
 
     report = progress if show else None
     if output is None:
-        rows = export_org(config, org, sys.stdout, flt=flt, progress=report, workers=workers)
+        sys.stdout.flush()  # the CSV goes to its binary buffer as bytes
+        out = sys.stdout.buffer
+        rows = export_org(config, org, out, flt=flt, progress=report, workers=workers)
     else:
         # the previous file stays whole until the new one is: an export that fails (an
         # unknown org, a store that is not migrated or not reachable) leaves it as it was
-        with replacing(output) as f:
+        with replacing_bytes(output) as f:
             rows = export_org(config, org, f, flt=flt, progress=report, workers=workers)
     if show:
         click.echo("", err=True)

@@ -33,10 +33,10 @@ async def export_once(url: str, workers: int) -> tuple[int, float, str]:
     engine = make_engine(url)
     pool = ExportWorkers(workers) if workers else None
     try:
-        out = io.StringIO(newline="")
+        out = io.BytesIO()
         start = time.perf_counter()
         rows = await export_org_csv(engine, "acme", out, workers=pool)
-        return rows, time.perf_counter() - start, out.getvalue()
+        return rows, time.perf_counter() - start, out.getvalue().decode()
     finally:
         if pool is not None:
             await asyncio.to_thread(pool.close)

@@ -5,6 +5,8 @@ with CSV_COLUMNS, then one row per session ordered by (started_at, id).
 
 The database writes each line (store/cells.py `CsvLine`) but for its duration_s, which Python
 formats (`_lines`), so Python's work per row is one string format and a join (issue 21).
+A range leaves the process that read it as UTF-8 bytes, which the CLI writes and the API
+sends as they are: text would be decoded from the worker's pipe and encoded again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import (
     ColumnElement,
@@ -95,7 +97,7 @@ _KINDS = {
 }
 _DURATION = CSV_COLUMNS.index("duration_s")
 
-_HEADER = ",".join(CSV_COLUMNS) + "\r\n"  # no name needs quoting
+_HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode()  # no name needs quoting
 
 PAGE_SIZE = 20_000  # rows per range read in this process (~7 MB of CSV)
 WORKER_RANGE_SIZE = 20_000  # rows per range read by an export worker (~7 MB of CSV back)
@@ -173,9 +175,10 @@ def _worker_engine(url: str) -> Engine:
     return make_sync_engine(url)
 
 
-def _read_range(engine: Engine, part: _Range) -> tuple[str, int]:
-    """The CSV rows of `part` read on the sync `engine`, and how many there are (blocking)."""
-    texts = []
+def _read_range(engine: Engine, part: _Range) -> tuple[bytes, int]:
+    """The CSV rows of `part` (UTF-8) read on the sync `engine`, and how many there are
+    (blocking)."""
+    chunks = []
     count = 0
     backend = backend_of(engine)
     with engine.connect() as conn:
@@ -184,12 +187,12 @@ def _read_range(engine: Engine, part: _Range) -> tuple[str, int]:
         # the driver's own rows: plain tuples of text and a float cost less than Row objects,
         # and no column needs a result processor
         while rows := result.cursor.fetchmany(FETCH_ROWS):
-            texts.append(_lines(rows))
+            chunks.append(_lines(rows).encode())
             count += len(rows)
-    return "".join(texts), count
+    return b"".join(chunks), count
 
 
-def _encode_range(url: str, part: _Range) -> tuple[str, int]:
+def _encode_range(url: str, part: _Range) -> tuple[bytes, int]:
     """In a worker process: the CSV rows of `part` and how many there are."""
     return _read_range(_worker_engine(url), part)
 
@@ -245,7 +248,7 @@ class ExportWorkers:
         self._pool = pool
         return pool
 
-    def submit(self, url: str, part: _Range) -> asyncio.Future[tuple[str, int]]:
+    def submit(self, url: str, part: _Range) -> asyncio.Future[tuple[bytes, int]]:
         if self._closed:
             raise RuntimeError("ExportWorkers used after close()")
         pool = self._pool if self._pool is not None else self._start("spawn")
@@ -286,7 +289,7 @@ async def csv_pages(
     flt: Filter | None = None,
     page_size: int | None = None,
     workers: ExportWorkers | None = None,
-) -> AsyncGenerator[tuple[str, int]]:
+) -> AsyncGenerator[tuple[bytes, int]]:
     """Yield the CSV of `org_id`'s sessions as (text, rows) chunks: the header, then a range each.
 
     The matching sessions as of the start, from the first to the last key, are cut into
@@ -309,11 +312,11 @@ async def csv_pages(
     # at every row. One range at a time: two threads stepping at once wait for each other.
     inline_engine = make_sync_engine(url)
 
-    async def inline(part: _Range) -> tuple[str, int]:
+    async def inline(part: _Range) -> tuple[bytes, int]:
         return await asyncio.to_thread(_read_range, inline_engine, part)
 
     window = 2 * workers.size if workers is not None else 1
-    pending: collections.deque[asyncio.Future[tuple[str, int]]] = collections.deque()
+    pending: collections.deque[asyncio.Future[tuple[bytes, int]]] = collections.deque()
     lo: Key | None = first
     try:
         while lo is not None or pending:
@@ -335,21 +338,22 @@ async def csv_pages(
 async def export_org_csv(
     engine: AsyncEngine,
     org_id: str,
-    out: TextIO,
+    out: BinaryIO,
     *,
     page_size: int | None = None,
     flt: Filter | None = None,
     progress: Callable[[int], None] | None = None,
     workers: ExportWorkers | None = None,
 ) -> int:
-    """Write the header and every session of `org_id` (matching `flt`) as CSV; return the rows.
+    """Write the header and every session of `org_id` (matching `flt`) as CSV (UTF-8) to the
+    binary `out`; return the rows.
 
     `progress(rows_so_far)` is called after each range.
     """
     count = 0
     pages = csv_pages(engine, org_id, flt=flt, page_size=page_size, workers=workers)
-    async for text, rows in pages:
-        out.write(text)
+    async for chunk, rows in pages:
+        out.write(chunk)
         count += rows
         if rows and progress is not None:
             progress(count)
@@ -359,7 +363,7 @@ async def export_org_csv(
 def export_org(
     config: Config,
     org_id: str,
-    out: TextIO,
+    out: BinaryIO,
     *,
     flt: Filter | None = None,
     progress: Callable[[int], None] | None = None,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 
 def _umask() -> int:
@@ -18,17 +19,16 @@ def _umask() -> int:
 
 
 @contextmanager
-def replacing(target: Path) -> Iterator[TextIO]:
-    """A text file (UTF-8, no newline translation) that becomes `target` when the block ends
-    without an exception: written beside it, synced, then renamed over it, so a reader sees the
-    previous file or the new one, never a part. On an exception the temporary file is removed
-    and the previous file is left as it was. The new file has the usual mode (0666 less the
-    umask), not mkstemp's 0600.
+def replacing_bytes(target: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `target` when the block ends without an exception: written
+    beside it, synced, then renamed over it, so a reader sees the previous file or the new one,
+    never a part. On an exception the temporary file is removed and the previous file is left
+    as it was. The new file has the usual mode (0666 less the umask), not mkstemp's 0600.
     """
     directory = target.parent
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+        with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
@@ -37,3 +37,14 @@ def replacing(target: Path) -> Iterator[TextIO]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[TextIO]:
+    """`replacing_bytes()` as a text file (UTF-8, no newline translation)."""
+    with replacing_bytes(target) as raw:
+        out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            yield out
+        finally:
+            out.detach()  # flushes; the binary file stays open for replacing_bytes to close

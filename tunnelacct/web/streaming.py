@@ -80,7 +80,7 @@ def export_stream(
         try:
             async with contextlib.aclosing(pages):
                 async for chunk, rows in pages:
-                    yield chunk.encode()
+                    yield chunk  # UTF-8 already
                     progress.rows += rows  # sent: the client took the chunk
         except Exception:
             progress.failed = True
