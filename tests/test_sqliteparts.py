@@ -391,6 +391,32 @@ async def test_the_export_merges_sessions_default_and_the_partitions_in_key_orde
         assert count == len(wanted) > 0
 
 
+async def test_a_range_over_more_tables_than_a_compound_select_holds_reads_the_view(
+    store: AsyncEngine, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite caps a compound SELECT at 500 terms: a range over more tables (VIEW_CHUNK, 3
+    here) reads the view, which unites views of VIEW_CHUNK tables, in the same order."""
+    monkeypatch.setattr(sqliteparts, "VIEW_CHUNK", 3)
+    quarterly = await late_and_partitioned(store, db_path)
+    sync = create_engine(sync_url(f"sqlite:///{db_path}"), poolclass=pool.NullPool)
+    one_day = quarterly[0].started_at
+    try:
+        with sync.connect() as conn:
+            wide = backend_of(sync).range_tables(conn, "quarterly", NOW - timedelta(days=70), NOW)
+        with sync.connect() as conn:
+            narrow = backend_of(sync).range_tables(conn, "quarterly", one_day, one_day)
+    finally:
+        sync.dispose()
+    assert wide is None
+    assert narrow is not None and [t.name for t in narrow][0] == DEFAULT_TABLE and len(narrow) == 2
+    expected = stored_order(db_path, "quarterly")
+    for page_size in (7, 1000):  # ranges of one or two tables with the default, and wide ones
+        out = io.BytesIO()
+        assert await export_org_csv(store, "quarterly", out, page_size=page_size) == len(expected)
+        lines = io.StringIO(out.getvalue().decode())
+        assert [row["session_id"] for row in csv.DictReader(lines)] == expected
+
+
 async def test_an_export_range_is_merged_from_its_tables_in_index_order_not_sorted(
     store: AsyncEngine, db_path: Path
 ) -> None:

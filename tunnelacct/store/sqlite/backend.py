@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tunnelacct.store.reimport import Reimport
-from tunnelacct.store.sqlite import cells, purge
+from tunnelacct.store.sqlite import cells, layout, purge
 from tunnelacct.store.sqlite.layout import (
     begin_read,
     begin_write,
@@ -55,9 +55,13 @@ class SqliteBackend:
         """sessions_default and the org's partitions that hold the span, listed in a read
         transaction begun here: SQLite sorts the rows of the sessions view again (a temporary
         B-tree) when a read computes anything from its columns, as the CSV export does, where
-        it merges a compound SELECT of the tables in their indexes' order (layout.py)."""
+        it merges a compound SELECT of the tables in their indexes' order (layout.py). None
+        (the view) for a span of more tables than one compound SELECT may hold."""
         begin_read(conn)
-        return [table_named(name) for name in org_tables(conn, org_id, first, last)]
+        names = org_tables(conn, org_id, first, last)
+        if len(names) > layout.VIEW_CHUNK:  # past SQLite's cap on a compound SELECT's terms
+            return None  # the view, which unites views of VIEW_CHUNK tables each
+        return [table_named(name) for name in names]
 
     # the engine's own modules do these
     drop_expired = staticmethod(purge.drop_expired)
