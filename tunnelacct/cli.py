@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections import Counter
@@ -195,6 +196,18 @@ def export_cmd(
     if show:
         click.echo("", err=True)
     click.echo(f"exported {rows:,} sessions of org {org!r}", err=True)
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process with success at once, its output flushed: what a command wrote is
+    synced and closed, its engine disposed and its worker processes ended, so the
+    interpreter's teardown (freeing every module, 0.09 s after an export's imports) is only
+    time the user waits for (issue 21)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @cli.group("usage", invoke_without_command=True)
