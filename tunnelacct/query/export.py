@@ -290,7 +290,8 @@ async def csv_pages(
     page_size: int | None = None,
     workers: ExportWorkers | None = None,
 ) -> AsyncGenerator[tuple[bytes, int]]:
-    """Yield the CSV of `org_id`'s sessions as (text, rows) chunks: the header, then a range each.
+    """Yield the CSV of `org_id`'s sessions as (UTF-8 bytes, rows) chunks: the header, then
+    a range each.
 
     The matching sessions as of the start, from the first to the last key, are cut into
     ranges of `page_size` sessions of the org (default PAGE_SIZE, or WORKER_RANGE_SIZE with
