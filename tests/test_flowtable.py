@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 import tempfile
 import uuid
 from collections import Counter
@@ -30,6 +31,7 @@ from tunnelacct.capture.decode import decode
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.model import Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
+from tunnelacct.sessions import flowtable
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sessions.flowkey import community_id
 from tunnelacct.sessions.flowtable import FlowTable
@@ -622,6 +624,38 @@ def test_ipv6_tcp_and_udp_sessions_with_counts_each_way(tmp_path: Path) -> None:
     assert counters(closed[IpProto.TCP]) == direction_totals(tcp, CLIENT6)
     assert counters(closed[IpProto.UDP]) == direction_totals(dns, CLIENT6)
     assert closed[IpProto.TCP].close_reason is CloseReason.FIN
+
+
+def test_addresses_are_written_right_after_the_tables_address_texts_are_cleared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table keeps the text of the addresses it wrote (flowtable.ADDRESS_TEXTS_KEPT per
+    family) and clears it when full: with room for 2, sessions of IPv4 and IPv6 addresses
+    whose ints are equal (10.0.0.7 and ::a00:7) and of more addresses than it keeps, in
+    turns, each carry the addresses scapy wrote into their first packet."""
+    monkeypatch.setattr(flowtable, "ADDRESS_TEXTS_KEPT", 2)
+    servers = ["10.0.0.7", "::a00:7", "10.0.0.8", "fd00:99::5", "10.0.0.9", "::a00:9"]
+    pkts: list[Packet] = []
+    for turn in range(3):
+        for number, server in enumerate(servers):
+            client = "fd00:64::2" if ":" in server else "100.64.0.2"
+            pkts.append(udp(client, server, 1000 + turn * 10 + number, 53, 20))
+    closed = run_capture(tmp_path, timed(T0, pkts)).closed
+    assert len(closed) == len(pkts)
+    written = Counter((inet_text(p, "src"), inet_text(p, "dst")) for p in pkts)
+    assert Counter((event.src_addr, event.dst_addr) for event in closed) == written
+
+
+def inet_text(packet: Packet, field: str) -> str:
+    """The address `field` of `packet`'s IP header as the store writes it: inet_ntop's text
+    (which writes ::a00:7 as ::10.0.0.7)."""
+    if IPv6 in packet:
+        return socket.inet_ntop(
+            socket.AF_INET6, socket.inet_pton(socket.AF_INET6, packet[IPv6].getfieldval(field))
+        )
+    return socket.inet_ntop(
+        socket.AF_INET, socket.inet_pton(socket.AF_INET, packet[IP].getfieldval(field))
+    )
 
 
 # corelight/community-id-spec baseline/baseline_deflt.json (seed 0)

@@ -27,7 +27,10 @@ def unpack_key(key: FlowKey) -> tuple[int, int, int, int, int, int]:
     proto = (meta >> 32) & 0xFF
     a_port = (meta >> 16) & 0xFFFF
     b_port = meta & 0xFFFF
-    return (family, proto, addr_of(family, a_hi, a_lo), a_port, addr_of(family, b_hi, b_lo), b_port)
+    # addr_of() written out: called at least twice per session (issue 21)
+    if family == 6:
+        return (family, proto, (a_hi << 64) | a_lo, a_port, (b_hi << 64) | b_lo, b_port)
+    return (family, proto, a_lo, a_port, b_lo, b_port)
 
 
 LO64 = (1 << 64) - 1
