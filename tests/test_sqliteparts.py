@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.helpers.accuracy import run_cli
@@ -30,7 +31,7 @@ from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterCon
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.query.export import _Range, _read_range, export_org_csv
 from tunnelacct.query.filters import parse_filter
-from tunnelacct.query.pages import in_range
+from tunnelacct.query.pages import in_range, page, page_before
 from tunnelacct.retention.purge import purge
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.store.engine import backend_of, keep_partitions_ahead, sync_url
@@ -443,6 +444,38 @@ async def test_an_export_range_is_merged_from_its_tables_in_index_order_not_sort
         str(row[-1]) for row in raw_query(db_path, f"EXPLAIN QUERY PLAN {sql}", *params)
     )
     assert "MERGE (UNION ALL)" in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.parametrize(("term", "index"), [("client", "client_id"), ("resource", "resource_id")])
+async def test_a_page_of_a_client_or_resource_reads_its_index_in_the_pages_order(
+    store: AsyncEngine, db_path: Path, term: str, index: str
+) -> None:
+    """A page (the API's and the web UI's, first and next, oldest or newest first) of a
+    client's or a resource's sessions reads, in every table, the index of (org_id, that
+    column, started_at, id), which holds its rows in the page's order: no sort, and no walk
+    through every session of the org in the range (migration 0014). As SQLite's EXPLAIN QUERY
+    PLAN of the statement says."""
+    quarterly = await late_and_partitioned(store, db_path)
+    flt = parse_filter(f"{term}:x started_after:{(NOW - timedelta(days=40)).date()}")
+    key = (quarterly[3].started_at, quarterly[3].id)
+    statements = {
+        "first page": page("quarterly", flt, None, 100),
+        "next page": page("quarterly", flt, key, 100),
+        "newest first": page_before("quarterly", flt, key, 100),
+    }
+    tables_read = {DEFAULT_TABLE, *(p.name for p in parts(db_path) if p.org_id == "quarterly")}
+    for name, statement in statements.items():
+        sql = str(
+            statement.compile(dialect=sqlite_dialect(), compile_kwargs={"literal_binds": True})
+        )
+        plan = [str(row[-1]) for row in raw_query(db_path, f"EXPLAIN QUERY PLAN {sql}")]
+        searches = [line for line in plan if line.startswith("SEARCH")]
+        searched = {line.split()[1] for line in searches}
+        assert tables_read <= searched, (name, plan)
+        for line in searches:
+            if line.split()[1] in tables_read:
+                assert f"_org_id_{index}_started_at_id (" in line, (name, line)
+        assert not any("TEMP B-TREE" in line for line in plan), (name, plan)
 
 
 async def test_a_range_reads_the_tables_as_they_were_when_it_listed_them(

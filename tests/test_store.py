@@ -191,8 +191,8 @@ def test_sessions_table_has_the_paging_retention_and_resume_indexes(store_url: s
             ["org_id", "started_at", "id"],
             ["org_id", "ended_at"],
             ["gateway"],  # partial: WHERE status = 'ongoing'
-            ["org_id", "client_id", "started_at"],
-            ["org_id", "resource_id", "started_at"],
+            ["org_id", "client_id", "started_at", "id"],  # in a page's order (0014)
+            ["org_id", "resource_id", "started_at", "id"],
             ["org_id", "started_at", "id"],  # partial: WHERE status = 'ongoing'
         ]
     )

@@ -7,12 +7,19 @@ through a flow table and closes what is left. The instructions of a run minus th
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         .venv/bin/python tests/benchmarks/flowtable_work.py CAPTURE [--decode-only]
+
+With `--runs N` it times the flow table's pass N times instead (a new table each, the capture
+decoded once) and prints the seconds of each; with another revision's package first on
+`PYTHONPATH`, the same for that revision.
+
+    PYTHONPATH=OTHER_CHECKOUT .venv/bin/python tests/benchmarks/flowtable_work.py CAPTURE --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("capture", type=Path)
     parser.add_argument("--decode-only", action="store_true")
+    parser.add_argument("--runs", type=int, default=0, help="time the pass this many times")
     args = parser.parse_args()
     config = module("tunnelacct.config.model", "tunnelacct.config")
     decode = module("tunnelacct.capture.decode", "tunnelacct.decode")
@@ -42,15 +50,19 @@ def main() -> None:
     batches = [decode.decode(raw) for raw in pcapfile.open_capture(args.capture).batches()]
     if args.decode_only:
         return
-    table = flowtable.FlowTable(
-        config.Timeouts(),
-        attribute=lambda *key: attribution,
-        is_client=lambda family, address: address >> 24 == 100,
-        emit_opened=True,
-    )
-    for batch in batches:
-        table.process(batch)
-    table.close_all(enums.CloseReason.END_OF_CAPTURE)
+    for run in range(1, max(args.runs, 1) + 1):
+        started = time.perf_counter()
+        table = flowtable.FlowTable(
+            config.Timeouts(),
+            attribute=lambda *key: attribution,
+            is_client=lambda family, address: address >> 24 == 100,
+            emit_opened=True,
+        )
+        for batch in batches:
+            table.process(batch)
+        table.close_all(enums.CloseReason.END_OF_CAPTURE)
+        if args.runs:
+            print(f"run {run}: {time.perf_counter() - started:.2f} s ({flowtable.__file__})")
 
 
 if __name__ == "__main__":

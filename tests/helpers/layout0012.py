@@ -1,8 +1,8 @@
 """SQLite stores laid out as migration 0012 left them, before the flow-record columns of 0013:
 partition tables as tunnelacct.store.sqlite.layout made them then (from the model of the
 time: payloads NOT NULL, no `estimated` or `incomplete`), the sessions view over them, and
-rows generated in SQL. For the test of migration 0013 (tests/test_flow_columns.py) and its
-benchmark (tests/benchmarks/bench_flow_columns.py).
+rows generated in SQL. For the tests of migrations 0013 (tests/test_flow_columns.py) and 0014
+(tests/test_sqliteparts.py), and the benchmark of 0013 (tests/benchmarks/bench_flow_columns.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from tunnelacct.store.sqlite.layout import DEFAULT_TABLE, partition_name, partit
 
 FLAG_COLUMNS = ("estimated", "incomplete")  # added by 0013
 PAYLOAD_COLUMNS = ("payload_bytes_tx", "payload_bytes_rx")  # NOT NULL before 0013
+# the client's and the resource's index, which 0014 gave the id
+WITH_ID_SINCE_0014 = (["client_id", "started_at", "id"], ["resource_id", "started_at", "id"])
 COLUMNS_0012 = [c.name for c in table_of(SessionRecord).columns if c.name not in FLAG_COLUMNS]
 
 
@@ -40,6 +42,8 @@ def partition_table_0012(name: str) -> Table:
     )
     for index in model.indexes:
         cols = [table.c[c.name] for c in index.columns]
+        if [c.name for c in cols[1:]] in WITH_ID_SINCE_0014:
+            cols = cols[:-1]
         suffix = "_".join(c.name for c in cols)
         if index.dialect_options["sqlite"]["where"] is not None:
             suffix = f"{suffix}_ongoing"

@@ -7,8 +7,9 @@ A filter is space-separated terms, all ANDed; a value holding spaces is double-q
 `parse_filter` is pure (no SQL) and raises `FilterError(token, expected)` for the first bad
 term. `filter_clause` turns a `Filter` into one parameterised SQLAlchemy expression on the
 sessions table, so the database does all the filtering and the (org_id, started_at, id),
-(org_id, client_id, started_at) and (org_id, resource_id, started_at) indexes apply to the
-`started_*`, `client:` and `resource:` terms of an org-scoped query.
+(org_id, client_id, started_at, id) and (org_id, resource_id, started_at, id) indexes apply to
+the `started_*`, `client:` and `resource:` terms of an org-scoped query: the latter two hold a
+client's or a resource's sessions in a page's order (migration 0014).
 """
 
 from __future__ import annotations

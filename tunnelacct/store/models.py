@@ -182,8 +182,10 @@ class SessionRecord(TableBase, table=True):
             sqlite_where=text("status = 'ongoing'"),
             postgresql_where=text("status = 'ongoing'"),
         ),
-        Index(None, "org_id", "client_id", "started_at"),
-        Index(None, "org_id", "resource_id", "started_at"),
+        # A page of a client's or a resource's sessions, in the page's order (migration 0014),
+        # and its capped count.
+        Index(None, "org_id", "client_id", "started_at", "id"),
+        Index(None, "org_id", "resource_id", "started_at", "id"),
         # An org's ongoing sessions, newest first (the web UI's live log and its count): only
         # those are indexed, like the one above (migration 0012).
         Index(

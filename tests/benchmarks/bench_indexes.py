@@ -1,0 +1,135 @@
+"""Benchmark: what each index of the sessions tables costs SQLite's writes (issue 21).
+
+Imports the session-heavy capture of bench_sessions.py (synth_sessions.py, seeded) into a new
+store with the `tunnelacct import` command, reads its rows back in the order they were written,
+then writes them again with the writer's own upsert, `--batch-size` rows a transaction, into a
+new file per variant of the table's indexes (its CREATE statements as the store has them, some
+left out or changed), with the writer's pragmas. Variants alternate, `--runs` times; it prints
+each run's microseconds per row. Asserts nothing about time.
+
+    .venv/bin/python tests/benchmarks/bench_indexes.py [--sessions 300000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sqlalchemy.dialects import sqlite  # noqa: E402
+
+from tests.benchmarks.bench_sessions import CONFIG, import_once  # noqa: E402
+from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.synth_sessions import synth_sessions  # noqa: E402
+from tunnelacct.store.codec import upsert_sql  # noqa: E402
+from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
+from tunnelacct.store.sqlite.write import WRITER_CACHE_KIB, WRITER_WAL_AUTOCHECKPOINT_PAGES  # noqa: E402
+
+Indexes = list[str]  # CREATE INDEX statements
+
+
+def without(*fragments: str) -> Callable[[Indexes], Indexes]:
+    """The indexes but those whose statement holds one of `fragments`."""
+    return lambda indexes: [sql for sql in indexes if not any(f in sql for f in fragments)]
+
+
+def without_id_in_client_and_resource(indexes: Indexes) -> Indexes:
+    """The client's and the resource's index as they were before migration 0014."""
+    return [
+        sql.replace("started_at, id)", "started_at)") if by_client_or_resource(sql) else sql
+        for sql in indexes
+    ]
+
+
+def by_client_or_resource(index: str) -> bool:
+    return "_client_id_started_at" in index or "_resource_id_started_at" in index
+
+
+VARIANTS: dict[str, Callable[[Indexes], Indexes]] = {
+    "as the store has them": lambda indexes: indexes,
+    "client and resource without the id (before 0014)": without_id_in_client_and_resource,
+    "without (org_id, ended_at)": without("_org_id_ended_at "),
+    "without the client's and the resource's": without("_client_id_", "_resource_id_"),
+    "primary key only": without("CREATE INDEX"),
+}
+
+
+def stored(path: Path) -> tuple[str, Indexes, list[tuple[object, ...]]]:
+    """sessions_default's CREATE TABLE, its CREATE INDEX statements and its rows in rowid order."""
+    with closing(sqlite3.connect(path)) as db:
+        schema = db.execute(
+            "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL",
+            (DEFAULT_TABLE,),
+        ).fetchall()
+        rows = db.execute(f"SELECT * FROM {DEFAULT_TABLE} ORDER BY rowid").fetchall()
+    table = next(str(sql) for kind, sql in schema if kind == "table")
+    indexes = [str(sql) for kind, sql in schema if kind == "index"]
+    return table, indexes, rows
+
+
+def write_all(
+    path: Path, table: str, indexes: Indexes, rows: Sequence[tuple[object, ...]], batch: int
+) -> float:
+    """Seconds to upsert `rows` into a new table of `indexes` at `path`, `batch` a commit."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    sql = upsert_sql(sqlite.dialect(), DEFAULT_TABLE)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            f"cache_size=-{WRITER_CACHE_KIB}",
+            f"wal_autocheckpoint={WRITER_WAL_AUTOCHECKPOINT_PAGES}",
+        ):
+            db.execute(f"PRAGMA {pragma}")  # as the writer's connection has them
+        db.execute(table)
+        for index in indexes:
+            db.execute(index)
+        started = time.perf_counter()
+        for first in range(0, len(rows), batch):
+            db.execute("BEGIN")
+            db.executemany(sql, rows[first : first + batch])
+            db.execute("COMMIT")
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=300_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        config = work / "bench.toml"
+        config.write_text(CONFIG)
+        capture = work / "sessions.pcap"
+        synth_sessions(capture, args.sessions)
+        store = work / "store.db"
+        import_once(f"sqlite:///{store}", config, capture)
+        table, indexes, rows = stored(store)
+        print(f"{len(rows):,} rows of an import of {args.sessions:,} sessions; indexes:")
+        for index in indexes:
+            print(f"  {index}")
+        for run in range(1, args.runs + 1):
+            for label, variant in VARIANTS.items():
+                seconds = write_all(
+                    work / "variant.db", table, variant(indexes), rows, args.batch_size
+                )
+                print(
+                    f"run {run}: {label:52s} {seconds:6.2f} s, "
+                    f"{seconds / len(rows) * 1e6:5.1f} µs a row",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
