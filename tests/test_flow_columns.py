@@ -29,6 +29,7 @@ from tests.helpers.layout0012 import (
     PAYLOAD_COLUMNS,
     create_partitions_0012,
     fill_0012,
+    partition_made_now,
 )
 from tests.helpers.pg import add_partitions, fresh_database, read_rows
 from tests.helpers.stores import alembic_to
@@ -45,7 +46,7 @@ from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.models import Org, SessionRecord, table_of
 from tunnelacct.store.ongoing import ongoing_sessions
 from tunnelacct.store.postgres.partitions import ensure_partitions
-from tunnelacct.store.sqlite.layout import cover_days, partition_name
+from tunnelacct.store.sqlite.layout import partition_name
 from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app
 from tunnelacct.web.auth import Role, create_token
@@ -377,14 +378,8 @@ async def test_0013_on_sqlite_keeps_rows_edits_no_table_and_downgrades(tmp_path:
         assert [columns[c] for c in FLAG_COLUMNS] == [("BOOLEAN", 1, "0")] * 2, table
         assert list(columns)[: len(COLUMNS_0012)] == COLUMNS_0012
     # a partition made now, from the model, is shaped as the upgraded ones
-    engine = create_engine(url, poolclass=pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            made, _moved = cover_days(conn, {("acme", date(2026, 11, 24))}, {"acme": 1})
-    finally:
-        engine.dispose()
-    assert made == [partition_name("acme", date(2026, 11, 24))]
-    assert table_info(path, made[0]) == table_info(path, partitions[0])
+    made = partition_made_now(url, "acme", date(2026, 11, 24))
+    assert table_info(path, made) == table_info(path, partitions[0])
     # the writer stores NULL payloads into an upgraded partition and into the new one
     for day, session_id in ((DAYS[1], FLOW_ID), (date(2026, 11, 24), LOSSY_ID)):
         await write_flow_at(url, day, session_id)
@@ -418,7 +413,7 @@ async def test_0013_on_sqlite_keeps_rows_edits_no_table_and_downgrades(tmp_path:
     written = [row for row in after if row[0] in {FLOW_ID.hex, LOSSY_ID.hex, by_hand}]
     payloads = [COLUMNS_0012.index(c) for c in PAYLOAD_COLUMNS]
     assert [[row[i] for i in payloads] for row in written] == [[0, 0]] * 3  # NULL -> 0
-    for table in [*tables, made[0]]:
+    for table in [*tables, made]:
         columns = table_info(path, table)
         assert list(columns) == COLUMNS_0012, table
         assert [columns[c][1] for c in PAYLOAD_COLUMNS] == [1, 1], table

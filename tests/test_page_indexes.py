@@ -10,12 +10,10 @@ from contextlib import closing
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, pool
-
+from tests.helpers.layout0012 import partition_made_now
 from tests.helpers.pg import add_partitions, fresh_database, read_rows
 from tests.helpers.stores import alembic_to
 from tests.test_flow_columns import sqlite_store_at_0012
-from tunnelacct.store.sqlite.layout import cover_days, partition_name
 
 OLD = {"client_id": ["org_id", "client_id", "started_at"]}
 OLD["resource_id"] = ["org_id", "resource_id", "started_at"]
@@ -55,14 +53,8 @@ def test_0014_on_sqlite_gives_every_table_the_indexes_with_the_id_and_downgrades
     assert sqlite_rows(path, everything) == before
     assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]
     # a partition made now, from the model, has the same indexes as the upgraded tables
-    engine = create_engine(url, poolclass=pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            made, _moved = cover_days(conn, {("acme", date(2026, 11, 24))}, {"acme": 1})
-    finally:
-        engine.dispose()
-    assert made == [partition_name("acme", date(2026, 11, 24))]
-    new_shape = sqlite_indexes(path, made[0])
+    made = partition_made_now(url, "acme", date(2026, 11, 24))
+    new_shape = sqlite_indexes(path, made)
     for table in tables:
         assert sqlite_indexes(path, table) == new_shape, table
         for by in OLD:

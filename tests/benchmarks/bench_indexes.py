@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy.dialects import sqlite  # noqa: E402
 
-from tests.benchmarks.bench_sessions import CONFIG, import_once  # noqa: E402
+from tests.benchmarks.bench_sessions import import_once, session_heavy  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
-from tests.benchmarks.synth_sessions import synth_sessions  # noqa: E402
 from tunnelacct.store.codec import upsert_sql  # noqa: E402
 from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
 from tunnelacct.store.sqlite.write import WRITER_CACHE_KIB, WRITER_WAL_AUTOCHECKPOINT_PAGES  # noqa: E402
@@ -109,10 +108,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        config = work / "bench.toml"
-        config.write_text(CONFIG)
-        capture = work / "sessions.pcap"
-        synth_sessions(capture, args.sessions)
+        config, capture, _packets, _sessions = session_heavy(work, args.sessions)
         store = work / "store.db"
         import_once(f"sqlite:///{store}", config, capture)
         table, indexes, rows = stored(store)

@@ -150,6 +150,16 @@ def stored_sessions_sqlite(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM sessions").fetchone()[0])
 
 
+def session_heavy(work: Path, sessions: int) -> tuple[Path, Path, int, int]:
+    """The benchmark's config and its capture of `sessions` sessions, written into `work`:
+    (config, capture, packets, sessions)."""
+    config = work / "bench.toml"
+    config.write_text(CONFIG)
+    pcap = work / "sessions.pcap"
+    packets, made = synth_sessions(pcap, sessions)
+    return config, pcap, packets, made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -163,10 +173,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        config = work / "bench.toml"
-        config.write_text(CONFIG)
-        pcap = work / "sessions.pcap"
-        packets, sessions = synth_sessions(pcap, args.sessions)
+        config, pcap, packets, sessions = session_heavy(work, args.sessions)
         print(
             f"capture: {packets:,} packets, {sessions:,} sessions, headers only, "
             f"{pcap.stat().st_size / 2**20:.0f} MiB"

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import CheckConstraint, Column, Connection, Index, MetaData, Table, text
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    Index,
+    MetaData,
+    Table,
+    create_engine,
+    pool,
+    text,
+)
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tunnelacct.enums import SessionStatus
 from tunnelacct.store.models import SessionRecord, table_of
-from tunnelacct.store.sqlite.layout import DEFAULT_TABLE, partition_name, partitions
+from tunnelacct.store.sqlite.layout import DEFAULT_TABLE, cover_days, partition_name, partitions
 
 FLAG_COLUMNS = ("estimated", "incomplete")  # added by 0013
 PAYLOAD_COLUMNS = ("payload_bytes_tx", "payload_bytes_rx")  # NOT NULL before 0013
@@ -109,3 +119,16 @@ def fill_0012(conn: Connection, table: str, org_id: str, day: date, first: int, 
     insert = text(f"INSERT INTO {table} ({', '.join(COLUMNS_0012)}) {_GENERATED}")
     params = {"first": first, "last": first + count - 1, "org": org_id, "day": day.isoformat()}
     conn.execute(insert, params)
+
+
+def partition_made_now(url: str, org_id: str, day: date) -> str:
+    """Make the one-day partition of `org_id` for `day` as the current layout does (from the
+    model), from a connection of its own, as serve would; returns its name."""
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            made, _moved = cover_days(conn, {(org_id, day)}, {org_id: 1})
+    finally:
+        engine.dispose()
+    assert made == [partition_name(org_id, day)]
+    return made[0]
