@@ -15,11 +15,6 @@ from collections.abc import Callable
 FlowKey = tuple[int, int, int, int, int]
 
 
-def addr_of(family: int, hi: int, lo: int) -> int:
-    """The address as one unsigned int from its two 64-bit halves (IPv4: `lo`)."""
-    return (hi << 64) | lo if family == 6 else lo
-
-
 def unpack_key(key: FlowKey) -> tuple[int, int, int, int, int, int]:
     """(family, proto, A address, A port, B address, B port) of a flow key."""
     meta, a_hi, a_lo, b_hi, b_lo = key
@@ -27,7 +22,8 @@ def unpack_key(key: FlowKey) -> tuple[int, int, int, int, int, int]:
     proto = (meta >> 32) & 0xFF
     a_port = (meta >> 16) & 0xFFFF
     b_port = meta & 0xFFFF
-    # addr_of() written out: called at least twice per session (issue 21)
+    # an address as one int from its two 64-bit halves (IPv4: the lower); no call per address,
+    # as this runs at least twice per session (issue 21)
     if family == 6:
         return (family, proto, (a_hi << 64) | a_lo, a_port, (b_hi << 64) | b_lo, b_port)
     return (family, proto, a_lo, a_port, b_lo, b_port)
