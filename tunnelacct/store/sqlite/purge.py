@@ -150,7 +150,7 @@ async def _empty(conn: AsyncConnection, part: Partition, cutoff: datetime) -> in
     if started_later > KEEP_MAX:
         return None  # the day the cutoff falls in, or later
     tally_sql = f"SELECT count(*), total(org_id IS NOT ?), total({expired} IS 1) FROM {name}"
-    tally = (await conn.exec_driver_sql(tally_sql, (org, *expired_args))).one()
+    tally = list((await conn.exec_driver_sql(tally_sql, (org, *expired_args))).one())
     rows = int(tally[0])
     strangers = int(tally[1])
     gone = int(tally[2])
