@@ -19,6 +19,22 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($py --version)"
   "$py" -m venv .venv
 fi
+# Installed already from this pyproject.toml, with these extras (or with the test ones, which
+# include the rest): nothing to do. Reinstalling the editable package rewrites its files under
+# .venv while other processes, such as the test suite's other worker, may be importing it.
+stamp=".venv/.setup-stamp" # "<sha256 of pyproject.toml> <extras>"
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+installed_digest=""
+installed_extras=""
+if [ -f "$stamp" ]; then
+  read -r installed_digest installed_extras < "$stamp" || true
+fi
+if [ -x .venv/bin/tunnelacct ] && [ "$installed_digest" = "$digest" ] &&
+   { [ -z "$extras" ] || [ "$installed_extras" = "$extras" ]; }; then
+  echo "setup: tunnelacct $(.venv/bin/tunnelacct --version | awk '{print $NF}') is up to date in .venv"
+  exit 0
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+echo "$digest ${extras:-[]}" > "$stamp"
 echo "setup: tunnelacct $(.venv/bin/tunnelacct --version | awk '{print $NF}') installed in .venv"
