@@ -317,37 +317,6 @@ async def test_a_dry_run_drops_nothing(store: AsyncEngine, db_path: Path) -> Non
     assert partition_tables(db_path) < before
 
 
-async def test_a_purge_batch_reads_the_start_index_oldest_first(
-    store: AsyncEngine, db_path: Path
-) -> None:
-    """Each batch delete of a purge, in sessions_default and in every partition of the org,
-    finds the expired rows through (org_id, started_at, id) bounded by the cutoff, in that
-    index's order (no sort): no index holds the end since migration 0015, and a session that
-    ended before the cutoff started before it. As SQLite's EXPLAIN QUERY PLAN says."""
-    await store_into_partitions(store, db_path, spread(("monthly",)))
-    cutoff = NOW - timedelta(days=DAYS["monthly"])
-    batches = await sqlitepurge.expired_batches(store, "monthly", cutoff, 7, set())
-    tables_read = {
-        DEFAULT_TABLE,
-        *(p.name for p in parts(db_path) if p.begins < cutoff.replace(tzinfo=None)),
-    }
-    assert len(batches) == len(tables_read) > 2
-    searched = set()
-    for batch in batches:
-        sql = str(batch.compile(dialect=sqlite_dialect(), compile_kwargs={"literal_binds": True}))
-        plan = [str(row[-1]) for row in raw_query(db_path, f"EXPLAIN QUERY PLAN {sql}")]
-        by_start = [
-            line
-            for line in plan
-            if line.startswith("SEARCH")
-            and line.endswith("_org_id_started_at_id (org_id=? AND started_at<?)")
-        ]
-        assert len(by_start) == 1, plan
-        searched.add(by_start[0].split()[1])
-        assert not any("TEMP B-TREE" in line or line.startswith("SCAN") for line in plan), plan
-    assert searched == tables_read
-
-
 async def test_the_view_reads_deletes_and_inserts_like_a_table(
     store: AsyncEngine, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,7 +32,6 @@ log = logging.getLogger("tunnelacct.retention.purge")  # one logger for the whol
 # a partition whose expired rows are emptied at once keeps at most this many rows (copied)
 KEEP_MAX = 2000
 KEEP_TABLE = "tunnelacct_purge_keep"  # a temporary table
-ONGOING = SessionStatus.ONGOING.value
 
 
 async def expired_batches(
@@ -51,12 +50,11 @@ async def expired_batches(
 
 def _batch_delete(name: str, org_id: str, cutoff: datetime, batch_size: int) -> Executable:
     """One batch of expired rows deleted from table `name` (sessions_default or a partition),
-    by rowid: the table's own key, so no primary-key index lookup per row (+10%). The rows
-    come oldest first through the (org_id, started_at, id) index, in its order (no sort)."""
+    by rowid: the table's own key, so no primary-key index lookup per row (+10%)."""
     t = shaped_like_sessions(name)
     rowid = literal_column("rowid", Integer)
     batch = select(rowid).select_from(t).where(*expired_conditions(org_id, cutoff, t))
-    batch = batch.order_by(t.c.org_id, t.c.started_at).limit(batch_size)
+    batch = batch.order_by(t.c.ended_at).limit(batch_size)
     return delete(t).where(rowid.in_(batch.scalar_subquery()))
 
 
@@ -120,63 +118,58 @@ async def drop_expired(work: PurgeWork) -> None:
 
 async def _empty(conn: AsyncConnection, part: Partition, cutoff: datetime) -> int | None:
     """Empty SQLite partition `part` of its expired rows (completed, of its org, ended before
-    `cutoff`: `expired_conditions()`) at once, if they are most of it and at most KEEP_MAX
-    rows are not; returns how many expired, or None when the partition is left to batched
-    deletes.
+    `cutoff`) at once, if they are most of it and at most KEEP_MAX rows are not; returns how
+    many expired, or None when the partition is left to batched deletes.
 
     `DELETE FROM` a table without WHERE (nor triggers) is SQLite's truncate optimization: it
     frees the table's and indexes' pages as DROP TABLE does, with no schema change. The rows
-    to keep (an ongoing session, or a stray one that never closed; sessions that ended after
-    the cutoff) are copied out first and back after: copying a few rows costs a fraction of
-    deleting the rest one by one.
-
-    The sessions that start after the cutoff are counted first, by the (org_id, started_at,
-    id) index: that rules out the day the cutoff falls in, and later ones, at once; then the
-    ongoing ones, by their partial index, which rules out a partition with more of them than
-    KEEP_MAX. What is left is counted in one read of the partition's rows (no index holds the
-    end: ~100-200 ms for 650,000 rows on the 2-core test machine), once per partition, since
-    an emptied one is dropped.
+    to keep (an ongoing session that started that day and is still open, or a stray one that
+    never closed; sessions that ended after the cutoff) are copied out first and back after:
+    copying a few rows costs a fraction of deleting the rest one by one. The counts are index
+    lookups; the first rules out the day that the cutoff falls in at once.
     """
     quote = conn.dialect.identifier_preparer.quote
-    name = quote(part.name)
-    held = f"temp.{quote(KEEP_TABLE)}"
+    name, held = quote(part.name), f"temp.{quote(KEEP_TABLE)}"
     cols = ", ".join(quote(c.name) for c in table_of(SessionRecord).columns)
     at = naive_utc(cutoff).isoformat(" ", "microseconds")  # as UtcDateTime stores it
     org = part.org_id
-    # expired_conditions() in SQL; `IS NOT 1` also holds where it is NULL (no end yet)
-    expired = "(org_id = ? AND started_at < ? AND status = ? AND ended_at < ?)"
-    expired_args = (org, at, SessionStatus.COMPLETED.value, at)
+    ongoing = SessionStatus.ONGOING.value
 
-    later_sql = f"SELECT count(*) FROM {name} WHERE org_id = ? AND started_at >= ?"
-    started_later = int((await conn.exec_driver_sql(later_sql, (org, at))).scalar_one())
-    if started_later > KEEP_MAX:
+    async def count(where: str, *args: object) -> int:
+        sql = f"SELECT count(*) FROM {name}" + (f" WHERE {where}" if where else "")
+        return int((await conn.exec_driver_sql(sql, args)).scalar_one())
+
+    # Each by an index: (org_id, ended_at), or with `+` kept off it, the partial index of
+    # ongoing sessions (the planner took the former and read every row's status: 30-60 ms).
+    null_end = "org_id = ? AND ended_at IS NULL"
+    late = "org_id = ? AND ended_at >= ?"
+    if await count(null_end, org) + await count(late, org, at) > KEEP_MAX:
         return None  # the day the cutoff falls in, or later
-    # the partial index of ongoing sessions: its condition as a literal, for the planner
-    ongoing_sql = f"SELECT count(*) FROM {name} WHERE status = '{ONGOING}' AND org_id = ?"
-    ongoing = int((await conn.exec_driver_sql(ongoing_sql, (org,))).scalar_one())
-    if ongoing > KEEP_MAX:
-        return None  # more sessions still open than a copy keeps
-    tally_sql = f"SELECT count(*), total(org_id IS NOT ?), total({expired} IS 1) FROM {name}"
-    tally = list((await conn.exec_driver_sql(tally_sql, (org, *expired_args))).one())
-    rows = int(tally[0])
-    strangers = int(tally[1])
-    gone = int(tally[2])
-    keep = rows - gone
-    if strangers:
+    if await count("org_id < ? OR org_id > ?", org, org):
         return None  # another org's row: not made by the writer
+    # expired: of this org, ended before the cutoff, less those not completed (ongoing)
+    gone = await count("org_id = ? AND ended_at < ?", org, at)
+    gone -= await count("status = ? AND +org_id = ? AND +ended_at < ?", ongoing, org, at)
+    keep = await count("") - gone
     if not gone or keep > KEEP_MAX or keep > gone:
         return None
     if keep:
         shape = f"AS SELECT * FROM {name} WHERE 0"
         await conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {quote(KEEP_TABLE)} {shape}")
         await conn.exec_driver_sql(f"DELETE FROM {held}")
-        put = f"INSERT INTO {held} ({cols}) SELECT {cols} FROM {name} WHERE {expired} IS NOT 1"
-        copied = (await conn.exec_driver_sql(put, expired_args)).rowcount
+        copied = 0
+        for where, args in (
+            ("status = ?", (ongoing,)),
+            (f"{null_end} AND +status != ?", (org, ongoing)),
+            (f"{late} AND +status != ?", (org, at, ongoing)),
+        ):
+            put = f"INSERT INTO {held} ({cols}) SELECT {cols} FROM {name} WHERE {where}"
+            copied += (await conn.exec_driver_sql(put, args)).rowcount
         if copied != keep:  # undoes this transaction; the batched deletes do it all
             raise StoreError(f"partition {part.name}: {copied} rows to keep, expected {keep}")
     emptied = (await conn.exec_driver_sql(f"DELETE FROM {name}")).rowcount
-    if emptied != rows:
-        raise StoreError(f"partition {part.name}: emptied {emptied} rows, expected {rows}")
+    if emptied != gone + keep:
+        raise StoreError(f"partition {part.name}: emptied {emptied} rows, expected {gone + keep}")
     if keep:
         await conn.exec_driver_sql(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {held}")
         await conn.exec_driver_sql(f"DELETE FROM {held}")
