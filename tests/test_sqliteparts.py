@@ -13,6 +13,7 @@ import io
 import logging
 import sqlite3
 import uuid
+from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -315,6 +316,89 @@ async def test_a_dry_run_drops_nothing(store: AsyncEngine, db_path: Path) -> Non
     real = await purge(store, now=NOW)
     assert [p.deleted for p in dry.orgs] == [p.deleted for p in real.orgs]
     assert partition_tables(db_path) < before
+
+
+async def test_a_purge_batch_reads_the_start_index_oldest_first(
+    store: AsyncEngine, db_path: Path
+) -> None:
+    """Each batch delete of a purge, in sessions_default and in every partition of the org,
+    finds the expired rows through (org_id, started_at, id) bounded by the cutoff, in that
+    index's order (no sort): no index holds the end since migration 0015, and a session that
+    ended before the cutoff started before it. As SQLite's EXPLAIN QUERY PLAN says."""
+    await store_into_partitions(store, db_path, spread(("monthly",)))
+    cutoff = NOW - timedelta(days=DAYS["monthly"])
+    batches = await sqlitepurge.expired_batches(store, "monthly", cutoff, 7, set())
+    tables_read = {
+        DEFAULT_TABLE,
+        *(p.name for p in parts(db_path) if p.begins < cutoff.replace(tzinfo=None)),
+    }
+    assert len(batches) == len(tables_read) > 2
+    searched = set()
+    for batch in batches:
+        sql = str(batch.compile(dialect=sqlite_dialect(), compile_kwargs={"literal_binds": True}))
+        plan = [str(row[-1]) for row in raw_query(db_path, f"EXPLAIN QUERY PLAN {sql}")]
+        by_start = [
+            line
+            for line in plan
+            if line.startswith("SEARCH")
+            and line.endswith("_org_id_started_at_id (org_id=? AND started_at<?)")
+        ]
+        assert len(by_start) == 1, plan
+        searched.add(by_start[0].split()[1])
+        assert not any("TEMP B-TREE" in line or line.startswith("SCAN") for line in plan), plan
+    assert searched == tables_read
+
+
+async def test_an_emptied_partition_keeps_the_sessions_that_ended_after_the_cutoff(
+    store: AsyncEngine, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partition of days before the cutoff is emptied at once, and what it keeps comes back:
+    its ongoing sessions and a session that started there and ended after the cutoff, while
+    one that ran past the partition's last day but ended before the cutoff goes. Every read
+    of an emptied partition, under the write lock, is by an index (EXPLAIN QUERY PLAN): the
+    counts read indexes alone, and the rows they keep are read by their partial indexes."""
+    caplog.set_level(logging.INFO, logger="tunnelacct.retention.purge")
+    days = DAYS["monthly"]
+    outlived = session("monthly", days - 1, started_at=NOW - timedelta(days=days + 10))
+    expired_later = session("monthly", days + 1, started_at=NOW - timedelta(days=days + 8))
+    rows = [*spread(("monthly",)), outlived, expired_later]
+    await store_into_partitions(store, db_path, rows)
+    placed = {r.id.hex: home(db_path, r.org_id, r.started_at) for r in rows}
+    outlived_home = placed[outlived.id.hex]
+    assert outlived_home != placed[expired_later.id.hex]
+    assert len(ids(db_path, outlived_home)) > 1  # emptying it keeps one row of several
+    left = {r.id.hex for r in rows if r.ended_at is None or NOW - r.ended_at <= timedelta(days)}
+    assert outlived.id.hex in left and expired_later.id.hex not in left
+    before_purge = db_path.with_name("before_purge.db")  # the plans are of the tables it drops
+    with closing(sqlite3.connect(db_path)) as db, closing(sqlite3.connect(before_purge)) as copy:
+        db.backup(copy)
+
+    statements: list[tuple[str, tuple[object, ...]]] = []
+
+    def seen(conn: object, cursor: object, sql: str, params: object, *rest: object) -> None:
+        if sql.startswith(("SELECT count(*) FROM", "INSERT INTO temp.")):
+            statements.append((sql, tuple(params) if isinstance(params, (tuple, list)) else ()))
+
+    sqlalchemy_event.listen(store.sync_engine, "before_cursor_execute", seen)
+    try:
+        await purge(store, now=NOW, batch_size=7)
+    finally:
+        sqlalchemy_event.remove(store.sync_engine, "before_cursor_execute", seen)
+    assert ids(db_path) == left
+    assert f"emptied partition {outlived_home}" in caplog.text
+    assert ids(db_path, outlived_home) == {outlived.id.hex}
+    copies = [sql for sql, _params in statements if sql.startswith("INSERT INTO temp.")]
+    assert any(outlived_home in sql for sql in copies)
+    keep_table = f"temp.{sqlitepurge.KEEP_TABLE}"
+    with closing(sqlite3.connect(before_purge)) as copy:
+        copy.execute(f"CREATE TABLE {keep_table} AS SELECT * FROM {DEFAULT_TABLE} WHERE 0")
+        for sql, params in statements:
+            plan = [str(row[-1]) for row in copy.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            reads = [line for line in plan if line.startswith(("SCAN", "SEARCH"))]
+            assert reads, plan
+            for line in reads:  # an index alone, or the rows of a partial index
+                partial = line.split(" (")[0].endswith(("_ongoing", "_outliving"))
+                assert "USING COVERING INDEX" in line or partial, (sql, plan)
 
 
 async def test_the_view_reads_deletes_and_inserts_like_a_table(

@@ -51,10 +51,18 @@ def by_client_or_resource(index: str) -> bool:
     return "_client_id_started_at" in index or "_resource_id_started_at" in index
 
 
+def with_end_index(indexes: Indexes) -> Indexes:
+    """The indexes and (org_id, ended_at), as the tables had it before migration 0015."""
+    return [
+        *indexes,
+        f"CREATE INDEX ix_sessions_org_id_ended_at ON {DEFAULT_TABLE} (org_id, ended_at)",
+    ]
+
+
 VARIANTS: dict[str, Callable[[Indexes], Indexes]] = {
     "as the store has them": lambda indexes: indexes,
-    "client and resource without the id (before 0014)": without_id_in_client_and_resource,
-    "without (org_id, ended_at)": without("_org_id_ended_at "),
+    "with (org_id, ended_at) (before 0015)": with_end_index,
+    "client and resource without the id": without_id_in_client_and_resource,
     "without the client's and the resource's": without("_client_id_", "_resource_id_"),
     "primary key only": without("CREATE INDEX"),
 }

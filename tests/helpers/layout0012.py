@@ -1,8 +1,9 @@
 """SQLite stores laid out as migration 0012 left them, before the flow-record columns of 0013:
 partition tables as tunnelacct.store.sqlite.layout made them then (from the model of the
 time: payloads NOT NULL, no `estimated` or `incomplete`), the sessions view over them, and
-rows generated in SQL. For the tests of migrations 0013 (tests/test_flow_columns.py) and 0014
-(tests/test_sqliteparts.py), and the benchmark of 0013 (tests/benchmarks/bench_flow_columns.py).
+rows generated in SQL. For the tests of migrations 0013 (tests/test_flow_columns.py), 0014
+(tests/test_page_indexes.py) and 0015 (tests/test_end_index.py), and the benchmark of 0013
+(tests/benchmarks/bench_flow_columns.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ FLAG_COLUMNS = ("estimated", "incomplete")  # added by 0013
 PAYLOAD_COLUMNS = ("payload_bytes_tx", "payload_bytes_rx")  # NOT NULL before 0013
 # the client's and the resource's index, which 0014 gave the id
 WITH_ID_SINCE_0014 = (["client_id", "started_at", "id"], ["resource_id", "started_at", "id"])
+END_INDEX_UNTIL_0015 = ("org_id", "ended_at")  # dropped by 0015, no longer in the model
 COLUMNS_0012 = [c.name for c in table_of(SessionRecord).columns if c.name not in FLAG_COLUMNS]
 
 
@@ -58,6 +60,8 @@ def partition_table_0012(name: str) -> Table:
         if index.dialect_options["sqlite"]["where"] is not None:
             suffix = f"{suffix}_ongoing"
         Index(f"ix_{name}_{suffix}", *cols, unique=index.unique, **index.dialect_kwargs)
+    end_suffix = "_".join(END_INDEX_UNTIL_0015)
+    Index(f"ix_{name}_{end_suffix}", *(table.c[c] for c in END_INDEX_UNTIL_0015))
     return table
 
 

@@ -9,7 +9,7 @@ the store engine drop or empty whole partitions of expired days (`StoreBackend.d
 on PostgreSQL each day partition whose rows have all expired, on SQLite each org's span of days
 mostly expired), counting their rows per org first, so every figure (`OrgPurge.deleted`,
 `purge_runs`, `on_deleted`) is what batched deletes of the same rows would give. Then it
-deletes the rest in batches of `batch_size` rows by the (org_id, ended_at) index
+deletes the rest in batches of `batch_size` rows by the (org_id, started_at, id) index
 (`StoreBackend.expired_batches`, one table or partition after the other), each its own short
 transaction, yielding to the event loop between batches, so the writer is never blocked for
 long. Every org's part of a run is recorded in `purge_runs`.

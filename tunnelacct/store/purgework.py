@@ -113,10 +113,17 @@ def expired_conditions(
     org_id: str, cutoff: datetime, sessions: TableClause | None = None
 ) -> list[ColumnElement[bool]]:
     """The rows of `org_id` in `sessions` (default the sessions table) that have expired by
-    `cutoff`: completed, ended before it."""
+    `cutoff`: completed, ended before it.
+
+    They are found by the (org_id, started_at, id) index: a session starts before it ends (the
+    flow table's end is its latest packet, migration 0015), so one that ended before the cutoff
+    started before it too, and the start bounds the index's range. (org_id, ended_at), which
+    served only purges, cost every write 15-20% on SQLite and went in 0015.
+    """
     t = table_of(SessionRecord) if sessions is None else sessions
     return [
         t.c.org_id == org_id,
+        t.c.started_at < cutoff,
         t.c.status == SessionStatus.COMPLETED.value,
         t.c.ended_at < cutoff,
     ]

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tunnelacct.config.database_url import sqlite_file
 from tunnelacct.store.engine import sync_url
 
-HEAD_REVISION = "0014"  # the newest file in store/migrations/versions
+HEAD_REVISION = "0015"  # the newest file in store/migrations/versions
 _REVISIONS = "SELECT version_num FROM alembic_version"
 
 

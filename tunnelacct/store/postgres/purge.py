@@ -101,12 +101,18 @@ async def _drop_if_expired(
         name,
         column("org_id", String()),
         column("status", String()),
+        column("started_at", UtcDateTime()),
         column("ended_at", UtcDateTime()),
     )
     cutoff = case(
         *((part.c.org_id == org, literal(at, UtcDateTime())) for org, at in cutoffs.items())
     )  # NULL for an org this run does not purge
-    expired = (part.c.status == SessionStatus.COMPLETED.value) & (part.c.ended_at < cutoff)
+    # expired_conditions() (store/purgework.py) with each org's cutoff
+    expired = (
+        (part.c.started_at < cutoff)
+        & (part.c.status == SessionStatus.COMPLETED.value)
+        & (part.c.ended_at < cutoff)
+    )
     keep = select(literal(1)).select_from(part).where(expired.is_not(True)).limit(1)
     per_org = select(part.c.org_id, func.count()).select_from(part).group_by(part.c.org_id)
     quoted = conn.dialect.identifier_preparer.quote(name)
@@ -139,12 +145,13 @@ async def expired_batches(
 def _partition_delete(
     engine: AsyncEngine, name: str, org_id: str, cutoff: datetime, batch_size: int
 ) -> TextClause:
-    """One batch of expired rows deleted from partition `name` (a name from the catalog)."""
+    """One batch of expired rows deleted from partition `name` (a name from the catalog):
+    `expired_conditions()` (store/purgework.py), found by the (org_id, started_at, id) index."""
     quoted = engine.dialect.identifier_preparer.quote(name)
     return text(
         f"DELETE FROM {quoted} WHERE ctid = ANY(ARRAY("
-        f"SELECT ctid FROM {quoted} WHERE org_id = :org AND status = :status"
-        " AND ended_at < :cutoff LIMIT :n))"
+        f"SELECT ctid FROM {quoted} WHERE org_id = :org AND started_at < :cutoff"
+        " AND status = :status AND ended_at < :cutoff LIMIT :n))"
     ).bindparams(
         bindparam("org", org_id),
         bindparam("status", SessionStatus.COMPLETED.value),

@@ -23,6 +23,7 @@ from tunnelacct.store.sqlite.layout import (
     DEFAULT_TABLE,
     Partition,
     begin_write,
+    outliving_condition,
     partitions,
     rebuild_view,
 )
@@ -32,6 +33,7 @@ log = logging.getLogger("tunnelacct.retention.purge")  # one logger for the whol
 # a partition whose expired rows are emptied at once keeps at most this many rows (copied)
 KEEP_MAX = 2000
 KEEP_TABLE = "tunnelacct_purge_keep"  # a temporary table
+ONGOING = SessionStatus.ONGOING.value
 
 
 async def expired_batches(
@@ -50,11 +52,12 @@ async def expired_batches(
 
 def _batch_delete(name: str, org_id: str, cutoff: datetime, batch_size: int) -> Executable:
     """One batch of expired rows deleted from table `name` (sessions_default or a partition),
-    by rowid: the table's own key, so no primary-key index lookup per row (+10%)."""
+    by rowid: the table's own key, so no primary-key index lookup per row (+10%). The rows
+    come oldest first through the (org_id, started_at, id) index, in its order (no sort)."""
     t = shaped_like_sessions(name)
     rowid = literal_column("rowid", Integer)
     batch = select(rowid).select_from(t).where(*expired_conditions(org_id, cutoff, t))
-    batch = batch.order_by(t.c.ended_at).limit(batch_size)
+    batch = batch.order_by(t.c.org_id, t.c.started_at).limit(batch_size)
     return delete(t).where(rowid.in_(batch.scalar_subquery()))
 
 
@@ -118,39 +121,49 @@ async def drop_expired(work: PurgeWork) -> None:
 
 async def _empty(conn: AsyncConnection, part: Partition, cutoff: datetime) -> int | None:
     """Empty SQLite partition `part` of its expired rows (completed, of its org, ended before
-    `cutoff`) at once, if they are most of it and at most KEEP_MAX rows are not; returns how
-    many expired, or None when the partition is left to batched deletes.
+    `cutoff`: `expired_conditions()`) at once, if every day of it is before the cutoff, the
+    expired rows are most of it and at most KEEP_MAX rows are not; returns how many expired,
+    or None when the partition is left to batched deletes.
 
     `DELETE FROM` a table without WHERE (nor triggers) is SQLite's truncate optimization: it
     frees the table's and indexes' pages as DROP TABLE does, with no schema change. The rows
-    to keep (an ongoing session that started that day and is still open, or a stray one that
-    never closed; sessions that ended after the cutoff) are copied out first and back after:
-    copying a few rows costs a fraction of deleting the rest one by one. The counts are index
-    lookups; the first rules out the day that the cutoff falls in at once.
+    to keep (ongoing sessions, or stray ones that never closed; sessions that ended after the
+    cutoff) are copied out first and back after: copying a few rows costs a fraction of
+    deleting the rest one by one.
+
+    Every count is an index lookup, so the write lock this runs under is held briefly: the
+    partition's other orgs by (org_id, started_at, id); its ongoing sessions by their partial
+    index (a partition's status is ongoing or completed, its CHECK says, and a completed
+    session has an end); those that ended after the cutoff by the partial index of the
+    sessions that outlived the partition (`outliving_condition()`), which holds all of them
+    since the cutoff is past the partition's end; the partition's rows by its smallest index.
     """
+    if part.end > naive_utc(cutoff):
+        return None  # the day the cutoff falls in, or later: batched deletes
     quote = conn.dialect.identifier_preparer.quote
-    name, held = quote(part.name), f"temp.{quote(KEEP_TABLE)}"
+    name = quote(part.name)
+    held = f"temp.{quote(KEEP_TABLE)}"
     cols = ", ".join(quote(c.name) for c in table_of(SessionRecord).columns)
     at = naive_utc(cutoff).isoformat(" ", "microseconds")  # as UtcDateTime stores it
     org = part.org_id
-    ongoing = SessionStatus.ONGOING.value
+    # the conditions of the partial indexes, word for word as they are, for the planner
+    ongoing_rows = f"status = '{ONGOING}' AND org_id = ?"
+    late_rows = (
+        f"{outliving_condition(part)} AND org_id = ? AND ended_at >= ? AND +status != '{ONGOING}'"
+    )
 
     async def count(where: str, *args: object) -> int:
         sql = f"SELECT count(*) FROM {name}" + (f" WHERE {where}" if where else "")
         return int((await conn.exec_driver_sql(sql, args)).scalar_one())
 
-    # Each by an index: (org_id, ended_at), or with `+` kept off it, the partial index of
-    # ongoing sessions (the planner took the former and read every row's status: 30-60 ms).
-    null_end = "org_id = ? AND ended_at IS NULL"
-    late = "org_id = ? AND ended_at >= ?"
-    if await count(null_end, org) + await count(late, org, at) > KEEP_MAX:
-        return None  # the day the cutoff falls in, or later
     if await count("org_id < ? OR org_id > ?", org, org):
         return None  # another org's row: not made by the writer
-    # expired: of this org, ended before the cutoff, less those not completed (ongoing)
-    gone = await count("org_id = ? AND ended_at < ?", org, at)
-    gone -= await count("status = ? AND +org_id = ? AND +ended_at < ?", ongoing, org, at)
-    keep = await count("") - gone
+    ongoing = await count(ongoing_rows, org)
+    if ongoing > KEEP_MAX:
+        return None  # more sessions still open than a copy keeps
+    keep = ongoing + await count(late_rows, org, at)
+    rows = await count("")
+    gone = rows - keep
     if not gone or keep > KEEP_MAX or keep > gone:
         return None
     if keep:
@@ -158,18 +171,14 @@ async def _empty(conn: AsyncConnection, part: Partition, cutoff: datetime) -> in
         await conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {quote(KEEP_TABLE)} {shape}")
         await conn.exec_driver_sql(f"DELETE FROM {held}")
         copied = 0
-        for where, args in (
-            ("status = ?", (ongoing,)),
-            (f"{null_end} AND +status != ?", (org, ongoing)),
-            (f"{late} AND +status != ?", (org, at, ongoing)),
-        ):
+        for where, args in ((ongoing_rows, (org,)), (late_rows, (org, at))):
             put = f"INSERT INTO {held} ({cols}) SELECT {cols} FROM {name} WHERE {where}"
             copied += (await conn.exec_driver_sql(put, args)).rowcount
         if copied != keep:  # undoes this transaction; the batched deletes do it all
             raise StoreError(f"partition {part.name}: {copied} rows to keep, expected {keep}")
     emptied = (await conn.exec_driver_sql(f"DELETE FROM {name}")).rowcount
-    if emptied != gone + keep:
-        raise StoreError(f"partition {part.name}: emptied {emptied} rows, expected {gone + keep}")
+    if emptied != rows:
+        raise StoreError(f"partition {part.name}: emptied {emptied} rows, expected {rows}")
     if keep:
         await conn.exec_driver_sql(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {held}")
         await conn.exec_driver_sql(f"DELETE FROM {held}")
