@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -28,6 +29,7 @@ from sqlalchemy.dialects import sqlite  # noqa: E402
 from tests.benchmarks.bench_sessions import import_once, session_heavy  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.store.codec import upsert_sql  # noqa: E402
+from tunnelacct.store.models import SessionRecord, table_of  # noqa: E402
 from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
 from tunnelacct.store.sqlite.write import WRITER_CACHE_KIB, WRITER_WAL_AUTOCHECKPOINT_PAGES  # noqa: E402
 
@@ -58,6 +60,20 @@ def with_end_index(indexes: Indexes) -> Indexes:
         f"CREATE INDEX ix_sessions_org_id_ended_at ON {DEFAULT_TABLE} (org_id, ended_at)",
     ]
 
+
+def with_outliving_index(indexes: Indexes, rows: Sequence[tuple[object, ...]]) -> Indexes:
+    """The indexes and a partition's partial index of the sessions that ended after its last
+    day (migration 0015), for a partition of the rows' first day."""
+    first_day = date.fromisoformat(min(str(row[STARTED_AT]) for row in rows)[:10])
+    day_end = datetime.combine(first_day + timedelta(days=1), datetime.min.time())
+    condition = f"ended_at >= '{day_end.isoformat(' ', 'microseconds')}'"
+    return [
+        *indexes,
+        f"CREATE INDEX ix_outliving ON {DEFAULT_TABLE} (org_id, ended_at) WHERE {condition}",
+    ]
+
+
+STARTED_AT = [c.name for c in table_of(SessionRecord).columns].index("started_at")
 
 VARIANTS: dict[str, Callable[[Indexes], Indexes]] = {
     "as the store has them": lambda indexes: indexes,
@@ -123,13 +139,17 @@ def main() -> None:
         print(f"{len(rows):,} rows of an import of {args.sessions:,} sessions; indexes:")
         for index in indexes:
             print(f"  {index}")
+        variants = dict(VARIANTS)
+        variants["as a partition has them (0015: sessions outliving its day)"] = lambda indexes: (
+            with_outliving_index(indexes, rows)
+        )
         for run in range(1, args.runs + 1):
-            for label, variant in VARIANTS.items():
+            for label, variant in variants.items():
                 seconds = write_all(
                     work / "variant.db", table, variant(indexes), rows, args.batch_size
                 )
                 print(
-                    f"run {run}: {label:52s} {seconds:6.2f} s, "
+                    f"run {run}: {label:60s} {seconds:6.2f} s, "
                     f"{seconds / len(rows) * 1e6:5.1f} µs a row",
                     flush=True,
                 )
