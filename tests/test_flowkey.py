@@ -1,11 +1,25 @@
-"""Session ids (flowkey.SessionIds): unique whatever the packets, time-ordered, tagged."""
+"""Session ids (flowkey.SessionIds): unique whatever the packets, time-ordered, tagged; and
+the IPv4 address texts and UUIDs the flow table makes without the standard library's checks."""
 
 from __future__ import annotations
 
+import copy
+import ipaddress
+import pickle
 import uuid
 from collections.abc import Iterator
 
-from tunnelacct.sessions.flowkey import SessionIds, id_range, id_tag, start_ms
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tunnelacct.sessions.flowkey import (
+    SessionIds,
+    addr_text,
+    id_range,
+    id_tag,
+    start_ms,
+    uuid_of_int,
+)
 
 TS = 1_764_000_000.123456
 
@@ -50,3 +64,29 @@ def test_an_id_range_holds_exactly_the_ids_of_its_milliseconds() -> None:
     assert low <= ids.new(TS + 0.002) <= high
     assert not low <= ids.new(TS - 0.001) <= high
     assert not low <= ids.new(TS + 0.003) <= high
+
+
+@given(st.integers(0, 2**128 - 1))
+def test_a_uuid_made_from_an_int_is_the_standard_library_s(value: int) -> None:
+    made = uuid_of_int(value)
+    standard = uuid.UUID(int=value)
+    assert type(made) is uuid.UUID
+    assert made == standard and hash(made) == hash(standard)
+    assert (made.int, made.hex, str(made), made.bytes) == (
+        standard.int,
+        standard.hex,
+        str(standard),
+        standard.bytes,
+    )
+    assert (made.version, made.variant, made.is_safe) == (
+        standard.version,
+        standard.variant,
+        standard.is_safe,
+    )
+    assert pickle.loads(pickle.dumps(made)) == standard
+    assert copy.copy(made) == standard
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_an_ipv4_address_text_is_ipaddress_s(value: int) -> None:
+    assert addr_text(4, value) == str(ipaddress.IPv4Address(value))

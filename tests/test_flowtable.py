@@ -710,6 +710,56 @@ def test_community_id_with_seed_1_matches_the_spec_vector(
     assert community_id(fam, proto, ip_int(dst), dport, ip_int(src), sport, seed=1) == want
 
 
+def spec_community_id(src: str, sport: int, dst: str, dport: int, proto: int, seed: int) -> str:
+    """Community ID v1 as corelight/community-id-spec writes it out: the addresses' network
+    bytes, endpoints ordered by (address bytes, port), then seed, addresses, protocol, a
+    padding byte and the ports, SHA-1, base64."""
+    import base64
+    import hashlib
+
+    first = (ipaddress.ip_address(src).packed, sport)
+    second = (ipaddress.ip_address(dst).packed, dport)
+    if second < first:
+        first, second = second, first
+    data = (
+        seed.to_bytes(2, "big")
+        + first[0]
+        + second[0]
+        + bytes([proto, 0])
+        + first[1].to_bytes(2, "big")
+        + second[1].to_bytes(2, "big")
+    )
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+addresses_v4 = st.integers(0, 2**32 - 1).map(lambda v: str(ipaddress.IPv4Address(v)))
+addresses_v6 = st.integers(0, 2**128 - 1).map(lambda v: str(ipaddress.IPv6Address(v)))
+
+
+@given(
+    pair=st.one_of(st.tuples(addresses_v4, addresses_v4), st.tuples(addresses_v6, addresses_v6)),
+    same_address=st.booleans(),
+    sport=st.integers(0, 65535),
+    dport=st.integers(0, 65535),
+    proto=st.sampled_from([6, 17]),
+    seed=st.integers(0, 65535),
+)
+def test_community_id_matches_the_spec_for_any_tuple(
+    pair: tuple[str, str],
+    same_address: bool,
+    sport: int,
+    dport: int,
+    proto: int,
+    seed: int,
+) -> None:
+    src = pair[0]
+    dst = pair[0] if same_address else pair[1]  # one address both ways: the ports decide
+    family = 6 if ":" in src else 4
+    want = spec_community_id(src, sport, dst, dport, proto, seed)
+    assert community_id(family, proto, ip_int(src), sport, ip_int(dst), dport, seed) == want
+    assert community_id(family, proto, ip_int(dst), dport, ip_int(src), sport, seed) == want
+
+
 # -- batch boundaries never change results -----------------------------------------------------
 
 

@@ -42,7 +42,7 @@ from tunnelacct.errors import StoreError
 from tunnelacct.heap import fewer_collections
 from tunnelacct.log import setup_logging
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.sessions.flowkey import SessionIds, id_tag
+from tunnelacct.sessions.flowkey import SessionIds, id_tag, uuid_of_int
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def unpack(packed: PackedEvent) -> SessionEvent:
     2.3 µs by keyword, in the child's share of a session-heavy import)."""
     return SessionEvent(
         _KINDS[packed[0]],
-        uuid.UUID(int=packed[1]),
+        uuid_of_int(packed[1]),
         _PROTOS[packed[2]],
         packed[3],  # family
         packed[4],  # src_addr
