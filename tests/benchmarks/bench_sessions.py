@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
-from tests.benchmarks.measured import run_measured, tunnelacct_command  # noqa: E402
+from tests.benchmarks.measured import Measured, run_measured, tunnelacct_command  # noqa: E402
 from tests.benchmarks.synth_sessions import synth_sessions  # noqa: E402
 
 CONFIG = """
@@ -109,36 +109,35 @@ print(len(table), (after - before) * 1024)
 """
 
 
-def peak_and_wall(command: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
-    """Run the CLI, measured from outside: (wall seconds, own peak MiB, largest child's peak
-    MiB, stdout)."""
+def measured_import(command: list[str], env: dict[str, str]) -> Measured:
+    """Run the CLI, measured from outside (wall time, peak memory, CPU of each process)."""
     run = run_measured(tunnelacct_command("--log-level", "WARNING", *command), env)
     if run.returncode != 0:
         raise SystemExit(f"{command} failed:\n{run.stdout}\n{run.stderr}")
-    return run.seconds, run.peak_mib, run.largest_child_mib, run.stdout
+    return run
 
 
-def import_once(url: str, config: Path, pcap: Path) -> tuple[float, float, float, str]:
+def import_once(url: str, config: Path, pcap: Path) -> Measured:
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": url}
-    return peak_and_wall(["import", "--config", str(config), str(pcap)], env)
+    return measured_import(["import", "--config", str(config), str(pcap)], env)
 
 
-def report_import(
-    label: str, runs: list[tuple[float, float, float, str]], sessions: int, packets: int
-) -> float:
+def report_import(label: str, runs: list[Measured], sessions: int, packets: int) -> float:
     """Print each run and the best; returns the best sessions/s."""
-    best = min(runs, key=lambda run: run[0])
-    for wall, own, child, _ in runs:
+    best = min(runs, key=lambda run: run.seconds)
+    for run in runs:
+        children_cpu = ", ".join(f"{seconds:.2f}" for seconds in run.children_cpu_s)
         print(
-            f"  {label}: {wall:.2f} s, {sessions / wall:,.0f} sessions/s, "
-            f"{packets / wall:,.0f} packets/s; peak RSS {own:,.0f} MiB "
-            f"(+ largest child process, decoder or writer, {child:,.0f})"
+            f"  {label}: {run.seconds:.2f} s, {sessions / run.seconds:,.0f} sessions/s, "
+            f"{packets / run.seconds:,.0f} packets/s; peak RSS {run.peak_mib:,.0f} MiB "
+            f"(+ largest child process, decoder or writer, {run.largest_child_mib:,.0f}); "
+            f"CPU {run.own_cpu_s:.2f} s (+ child processes, busiest first: {children_cpu})"
         )
-    print(best[3].rstrip())
-    rate = sessions / best[0]
+    print(best.stdout.rstrip())
+    rate = sessions / best.seconds
     print(
-        f"RESULT {label}: best of {len(runs)}: {rate:,.0f} sessions/s ({best[0]:.2f} s), "
-        f"peak RSS {best[1]:,.0f} MiB"
+        f"RESULT {label}: best of {len(runs)}: {rate:,.0f} sessions/s ({best.seconds:.2f} s), "
+        f"peak RSS {best.peak_mib:,.0f} MiB"
     )
     return rate
 
@@ -167,7 +166,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--nfstream-python", type=Path, help="a Python that imports nfstream")
-    parser.add_argument("--open", type=int, default=200_000, help="open sessions, memory test")
+    parser.add_argument(
+        "--open", type=int, default=200_000, help="open sessions, memory test (0: none)"
+    )
     parser.add_argument("--no-postgresql", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}")
@@ -213,6 +214,8 @@ def main() -> None:
                 f"RESULT NFStream: best {seconds:.2f} s, {nf_rate:,.0f} sessions/s; "
                 f"tunnelacct into SQLite is {sqlite_rate / nf_rate:.2f}x NFStream"
             )
+    if args.open <= 0:  # no memory figure asked for
+        return
     done = subprocess.run(
         [sys.executable, "-c", OPEN_RUNNER, str(args.open)],
         capture_output=True,

@@ -9,7 +9,9 @@ beside the wall time.
 
 SQLite (default): the store is a temporary file, and last comes the "sqlite floor": the same
 upsert and rows through the stdlib sqlite3 module alone (no asyncio, no SQLAlchemy, rows
-prebuilt) into another fresh file, the ceiling for any writer on this schema and machine.
+prebuilt) into another fresh file, the ceiling for any writer on this schema and machine;
+with `--floor-page-sizes`, into a fresh store rebuilt with each of those page sizes in turn,
+`--floor-rounds` times.
 
 PostgreSQL (`--url postgresql://user@host/db`, any database the user may connect to): the
 benchmark creates its own database `tunnelacct_bench_<random>` on that server, migrates it and
@@ -23,6 +25,7 @@ events), released together, and prints each one's rows/s and the sustained total
 the time from the first start to the last drain. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_writer.py [--events 200000] [--batch-size 5000]
+        [--floor-page-sizes 4096 16384 --floor-rounds 3]
     .venv/bin/python tests/benchmarks/bench_writer.py --url postgresql://postgres@127.0.0.1/postgres
     .venv/bin/python tests/benchmarks/bench_writer.py --url postgresql://... --gateways 3
 """
@@ -35,6 +38,7 @@ import gc
 import multiprocessing
 import os
 import random
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -209,6 +213,28 @@ def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) ->
         return time.perf_counter() - started
     finally:
         conn.close()
+
+
+def copy_with_page_size(template: Path, path: Path, page_size: int | None) -> None:
+    """`path` becomes a copy of the migrated, empty store `template`, rebuilt with
+    `page_size`-byte pages (None: the page size migrate() gave it). The page size of a WAL
+    database is fixed, so the copy leaves WAL for a VACUUM and comes back."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(template, path)
+    if page_size is None:
+        return
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute(f"PRAGMA page_size = {int(page_size)}")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA journal_mode = WAL")
+        (got,) = conn.execute("PRAGMA page_size").fetchone()
+    finally:
+        conn.close()
+    if got != page_size:
+        raise SystemExit(f"SQLite refused page size {page_size} (has {got})")
 
 
 def report(name: str, wall: float, loop_cpu: float, gc_clock: GcClock, rows: int) -> None:
@@ -398,16 +424,23 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
         count, completed, _ = count_rows(url)
         print(f"check: {count:,} rows, {completed:,} completed")
     if a.url is None:
+        floors = []
         with tempfile.TemporaryDirectory() as tmp:
-            floor_db = Path(tmp) / "floor.db"
-            migrate(f"sqlite:///{floor_db}")
-            floors = [
-                (
-                    "sqlite floor",
-                    "stdlib sqlite3 alone, same upsert and rows",
-                    sqlite_floor(floor_db, events, config.batch_size),
-                ),
-            ]
+            template = Path(tmp) / "template.db"
+            migrate(f"sqlite:///{template}")
+            for round_number in range(1, a.floor_rounds + 1):
+                for page_size in a.floor_page_sizes or [None]:
+                    floor_db = Path(tmp) / "floor.db"
+                    copy_with_page_size(template, floor_db, page_size)
+                    pages = "" if page_size is None else f", {page_size}-byte pages"
+                    floors.append(
+                        (
+                            "sqlite floor",
+                            f"stdlib sqlite3 alone, same upsert and rows{pages}, "
+                            f"round {round_number}",
+                            sqlite_floor(floor_db, events, config.batch_size),
+                        )
+                    )
     else:
         floors = []
         for name, note, floor in (
@@ -498,6 +531,13 @@ def main() -> None:
         default="normal",
         help="SQLite: [database] synchronous of the writer's store",
     )
+    ap.add_argument(
+        "--floor-page-sizes",
+        type=int,
+        nargs="+",
+        help="SQLite: the floor on a store rebuilt with each of these page sizes, in turn",
+    )
+    ap.add_argument("--floor-rounds", type=int, default=1, help="SQLite: rounds of the floor")
     a = ap.parse_args()
     if a.url is not None and not a.url.startswith("postgresql"):
         ap.error("--url must be a postgresql:// URL (SQLite is the default)")

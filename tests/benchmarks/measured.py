@@ -1,15 +1,17 @@
-"""Run a command and measure it from outside: its wall time, and the peak resident memory of
-its own process and of its largest child process.
+"""Run a command and measure it from outside: its wall time, the peak resident memory of its
+own process and of its largest child process, and the CPU time of each.
 
 The peaks are each process's VmHWM (its high-water mark), read from /proc every `poll_s`
 while it runs: nothing runs inside the measured process. (A watcher thread there, as the
 import benchmarks had, takes that process's GIL every time it wakes; and ru_maxrss of a child
 would count this process's memory from before its exec.) A child that lives less than
 `poll_s` may be missed; the import's decoder and writer children live as long as it does.
+CPU times are each process's utime + stime as last read, up to `poll_s` before it ended.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,12 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 
 @dataclass(frozen=True, slots=True)
 class Measured:
     seconds: float
     peak_mib: float  # VmHWM of the command's own process
     largest_child_mib: float  # the highest VmHWM among its child processes
+    own_cpu_s: float  # CPU seconds (user + system) of the command's own process
+    children_cpu_s: tuple[float, ...]  # of each child process, the busiest first
     returncode: int
     stdout: str
     stderr: str
@@ -38,6 +44,16 @@ def peak_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (proc(5) stat); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def child_pids(pid: int) -> list[int]:
@@ -60,11 +76,15 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.
             list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
         )
         own = 0.0
+        own_cpu = 0.0
         children: dict[int, float] = {}
+        children_cpu: dict[int, float] = {}
         while proc.poll() is None:
             own = max(own, peak_mib(proc.pid) or 0.0)
+            own_cpu = max(own_cpu, cpu_s(proc.pid) or 0.0)
             for child in child_pids(proc.pid):
                 children[child] = max(children.get(child, 0.0), peak_mib(child) or 0.0)
+                children_cpu[child] = max(children_cpu.get(child, 0.0), cpu_s(child) or 0.0)
             time.sleep(poll_s)
         seconds = time.perf_counter() - started
         out.seek(0)
@@ -73,6 +93,8 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.
             seconds=seconds,
             peak_mib=own,
             largest_child_mib=max(children.values(), default=0.0),
+            own_cpu_s=own_cpu,
+            children_cpu_s=tuple(sorted(children_cpu.values(), reverse=True)),
             returncode=proc.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
