@@ -4,7 +4,8 @@
 The store holds tests/data/wg-small.pcap imported by the CLI, acme's sessions copied until it
 has about `--rows` (tests/helpers/replicate.py: the same rows on every run, new random ids),
 all in sessions_default, or with `--partitioned` moved into per-day partitions by `tunnelacct
-db partition`, as a store that serve has run on keeps them (store/sqlite/layout.py).
+db partition`, as a store that serve has run on keeps them (store/sqlite/layout.py); with `--page-size`,
+rebuilt with pages of that size (a new store has 16 KiB pages, one made before 12-07 4 KiB).
 Each command is timed `--runs` times and its best run kept:
 
 - `sqlite3 -csv` of the stored columns behind the CSV's (session_id is the id, started_at_unix
@@ -19,7 +20,7 @@ Prints rows/s and the ratio to `sqlite3 -csv`, and checks that the CLI and the A
 same bytes. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_export_csv.py [--rows 300000] [--runs 2]
-        [--api-workers 1 2] [--partitioned]
+        [--api-workers 1 2] [--partitioned] [--page-size 4096]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.pagesize import rebuild_with_page_size  # noqa: E402
 from tests.helpers.accuracy import run_cli  # noqa: E402
 from tests.helpers.replicate import replicate  # noqa: E402
 from tests.helpers.serving import Serve, write_config  # noqa: E402
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument(
         "--partitioned", action="store_true", help="move the rows into per-day partitions"
     )
+    parser.add_argument(
+        "--page-size", type=int, help="rebuild the store with this page size before the runs"
+    )
     args = parser.parse_args()
     sqlite_cli = shutil.which("sqlite3")
     if sqlite_cli is None:
@@ -170,7 +175,10 @@ def main() -> None:
             partitions = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE ?"
             ((tables,),) = query(url, partitions, "sessions_p%")
             layout = f"in {tables} partitions"
-        print(f"store: {rows:,} sessions of {ORG}, {layout}")
+        if args.page_size is not None:
+            rebuild_with_page_size(Path(db_path), args.page_size)
+        ((page_size,),) = query(url, "PRAGMA page_size")
+        print(f"store: {rows:,} sessions of {ORG}, {layout}, {page_size}-byte pages")
 
         columns = ", ".join(STORED.get(name, name) for name in CSV_COLUMNS)
         floor_sql = f"SELECT {columns} FROM sessions WHERE org_id = '{ORG}' ORDER BY started_at, id"

@@ -59,6 +59,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.pagesize import rebuild_with_page_size  # noqa: E402
 from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.sessions.events import Attribution, SessionEvent  # noqa: E402
@@ -217,24 +218,12 @@ def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) ->
 
 def copy_with_page_size(template: Path, path: Path, page_size: int | None) -> None:
     """`path` becomes a copy of the migrated, empty store `template`, rebuilt with
-    `page_size`-byte pages (None: the page size migrate() gave it). The page size of a WAL
-    database is fixed, so the copy leaves WAL for a VACUUM and comes back."""
+    `page_size`-byte pages (None: the page size migrate() gave it)."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(template, path)
-    if page_size is None:
-        return
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = DELETE")
-        conn.execute(f"PRAGMA page_size = {int(page_size)}")
-        conn.execute("VACUUM")
-        conn.execute("PRAGMA journal_mode = WAL")
-        (got,) = conn.execute("PRAGMA page_size").fetchone()
-    finally:
-        conn.close()
-    if got != page_size:
-        raise SystemExit(f"SQLite refused page size {page_size} (has {got})")
+    if page_size is not None:
+        rebuild_with_page_size(path, page_size)
 
 
 def report(name: str, wall: float, loop_cpu: float, gc_clock: GcClock, rows: int) -> None:
