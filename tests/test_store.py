@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -416,51 +415,6 @@ async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(
             for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
         ]
     assert values == ["wal", 1, 5000, 1]  # synchronous: 1 = NORMAL
-
-
-def header_page_size(path: Path) -> int:
-    """The page size a SQLite file's header holds (the file format: 2 bytes big-endian at
-    offset 16, where 1 stands for 65536)."""
-    with path.open("rb") as f:
-        f.seek(16)
-        size = int.from_bytes(f.read(2), "big")
-    return 65_536 if size == 1 else size
-
-
-def test_a_new_store_is_made_with_16_kib_pages(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    migrate(f"sqlite:///{path}")
-    assert header_page_size(path) == 16_384
-    assert read_rows(f"sqlite:///{path}", "PRAGMA journal_mode") == [("wal",)]
-
-
-async def test_a_new_store_first_opened_by_the_engine_gets_16_kib_pages(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "store.db"
-    engine = make_engine(f"sqlite:///{path}")
-    try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("CREATE TABLE t (x)")
-    finally:
-        await engine.dispose()
-    assert header_page_size(path) == 16_384
-
-
-def test_a_store_made_with_other_pages_keeps_them_through_migrations_and_writes(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "store.db"
-    made = sqlite3.connect(path)
-    made.execute("PRAGMA page_size = 4096")
-    made.execute("PRAGMA journal_mode = WAL")
-    made.execute("CREATE TABLE before_us (x)")
-    made.close()
-    url = f"sqlite:///{path}"
-    migrate(url)
-    assert header_page_size(path) == 4096
-    assert read_rows(url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
-    assert read_rows(url, "SELECT count(*) FROM before_us") == [(0,)]
 
 
 async def test_sqlite_purged_rows_leave_no_readable_content_in_their_pages(

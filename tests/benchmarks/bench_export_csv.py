@@ -5,8 +5,7 @@ The store holds tests/data/wg-small.pcap imported by the CLI, acme's sessions co
 has about `--rows` (tests/helpers/replicate.py: the same rows on every run, new random ids),
 all in sessions_default, or with `--partitioned` moved into per-day partitions by `tunnelacct
 db partition`, as a store that serve has run on keeps them (store/sqlite/layout.py); with
-`--page-size`, rebuilt with pages of that size (a new store has 16 KiB pages, one made
-before 2026-12-07 4 KiB).
+`--page-size`, rebuilt with pages of that size (a new store has SQLite's default, 4 KiB).
 Each command is timed `--runs` times and its best run kept:
 
 - `sqlite3 -csv` of the stored columns behind the CSV's (session_id is the id, started_at_unix

@@ -11,7 +11,8 @@ SQLite (default): the store is a temporary file, and last comes the "sqlite floo
 upsert and rows through the stdlib sqlite3 module alone (no asyncio, no SQLAlchemy, rows
 prebuilt) into another fresh file, the ceiling for any writer on this schema and machine;
 with `--floor-page-sizes`, into a fresh store rebuilt with each of those page sizes in turn,
-`--floor-rounds` times.
+with `--floor-batch-sizes` for each of those rows a commit, `--floor-rounds` times. Each floor
+also prints the bytes written to disk per row (the WAL and, at the checkpoints, the file).
 
 PostgreSQL (`--url postgresql://user@host/db`, any database the user may connect to): the
 benchmark creates its own database `tunnelacct_bench_<random>` on that server, migrates it and
@@ -25,7 +26,7 @@ events), released together, and prints each one's rows/s and the sustained total
 the time from the first start to the last drain. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_writer.py [--events 200000] [--batch-size 5000]
-        [--floor-page-sizes 4096 16384 --floor-rounds 3]
+        [--floor-page-sizes 4096 16384 --floor-batch-sizes 20 200 5000 --floor-rounds 3]
     .venv/bin/python tests/benchmarks/bench_writer.py --url postgresql://postgres@127.0.0.1/postgres
     .venv/bin/python tests/benchmarks/bench_writer.py --url postgresql://... --gateways 3
 """
@@ -47,7 +48,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,10 @@ from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
 from tunnelacct.store.migrate import migrate  # noqa: E402
 from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
-from tunnelacct.store.sqlite.write import WRITER_CACHE_KIB  # noqa: E402
+from tunnelacct.store.sqlite.write import (  # noqa: E402
+    WRITER_CACHE_KIB,
+    WRITER_WAL_AUTOCHECKPOINT_PAGES,
+)
 from tunnelacct.store.writer import SessionWriter  # noqa: E402
 
 T0 = 1_700_000_000.0
@@ -194,8 +198,26 @@ async def write_pass(
         await engine.dispose()
 
 
-def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) -> float:
-    """Seconds to upsert `events` with sqlite3 executemany alone, `batch_size` rows a commit."""
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """A floor run: its seconds, and the bytes this process wrote to disk per row (the WAL,
+    and the database file at the checkpoints, the last one included)."""
+
+    seconds: float
+    bytes_per_row: float
+
+
+def written_bytes() -> int:
+    """Bytes this process has caused to be written to disk so far (proc(5) io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc/self/io")
+
+
+def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) -> Floor:
+    """Upsert `events` with sqlite3 executemany alone, `batch_size` rows a commit, then
+    checkpoint the WAL into the file; the seconds of the upserts and the bytes written."""
     driver = driver_values("sqlite")
     rows = [session_values(e, "gw-bench", driver) for e in events]
     # sessions is a view over the tables of SQLite's layout; an import's rows without
@@ -206,12 +228,18 @@ def sqlite_floor(path: Path, events: Sequence[SessionEvent], batch_size: int) ->
         for pragma in ("busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL"):
             conn.execute(f"PRAGMA {pragma}")  # as store.make_engine sets them
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")  # as the writer's flush
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_WAL_AUTOCHECKPOINT_PAGES}")  # too
+        os.sync()
+        written_before = written_bytes()
         started = time.perf_counter()
         for start in range(0, len(rows), batch_size):
             conn.execute("BEGIN")
             conn.executemany(sql, rows[start : start + batch_size])
             conn.execute("COMMIT")
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        os.sync()
+        return Floor(seconds, (written_bytes() - written_before) / len(rows))
     finally:
         conn.close()
 
@@ -418,18 +446,22 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
             template = Path(tmp) / "template.db"
             migrate(f"sqlite:///{template}")
             for round_number in range(1, a.floor_rounds + 1):
-                for page_size in a.floor_page_sizes or [None]:
-                    floor_db = Path(tmp) / "floor.db"
-                    copy_with_page_size(template, floor_db, page_size)
-                    pages = "" if page_size is None else f", {page_size}-byte pages"
-                    floors.append(
-                        (
-                            "sqlite floor",
-                            f"stdlib sqlite3 alone, same upsert and rows{pages}, "
-                            f"round {round_number}",
-                            sqlite_floor(floor_db, events, config.batch_size),
+                for batch_size in a.floor_batch_sizes or [config.batch_size]:
+                    for page_size in a.floor_page_sizes or [None]:
+                        floor_db = Path(tmp) / "floor.db"
+                        copy_with_page_size(template, floor_db, page_size)
+                        pages = "" if page_size is None else f", {page_size}-byte pages"
+                        floor = sqlite_floor(floor_db, events, batch_size)
+                        floors.append(
+                            (
+                                "sqlite floor",
+                                f"stdlib sqlite3 alone, same upsert and rows{pages}, "
+                                f"{batch_size} rows a commit, "
+                                f"{floor.bytes_per_row:,.0f} bytes written a row, "
+                                f"round {round_number}",
+                                floor.seconds,
+                            )
                         )
-                    )
     else:
         floors = []
         for name, note, floor in (
@@ -525,6 +557,12 @@ def main() -> None:
         type=int,
         nargs="+",
         help="SQLite: the floor on a store rebuilt with each of these page sizes, in turn",
+    )
+    ap.add_argument(
+        "--floor-batch-sizes",
+        type=int,
+        nargs="+",
+        help="SQLite: the floor with each of these rows a commit, in turn (default --batch-size)",
     )
     ap.add_argument("--floor-rounds", type=int, default=1, help="SQLite: rounds of the floor")
     a = ap.parse_args()

@@ -106,13 +106,6 @@ def make_sync_engine(url: str, *, busy_timeout_ms: int = 5000) -> Engine:
 # A new SQLite store is readable by its owner only: it holds who reached what, and when.
 # SQLite gives its -wal and -shm files the database file's mode.
 SQLITE_FILE_MODE = 0o600
-# The page size of a new SQLite store (SQLite's default 4096). A session row and its five
-# index entries fit in fewer, fuller pages: the stdlib sqlite3 module alone upserted the same
-# 200,000 rows 25-35% faster into 16 KiB pages (tests/benchmarks/bench_writer.py's floor,
-# docs/performance-sessions.md "16 KiB pages"). It takes effect only on a file with no pages
-# yet, so it comes before journal_mode=WAL, which writes the first; a store made before keeps
-# its own (changing it means a VACUUM of the whole file, outside WAL mode).
-SQLITE_PAGE_SIZE = 16_384
 
 
 def ensure_sqlite_file(url: URL) -> None:
@@ -207,7 +200,6 @@ def make_engine(
             # (an fsync of the WAL per commit; docs/hardening.md "Durability").
             for pragma in (
                 f"busy_timeout={int(busy_timeout_ms)}",  # first: the others may wait for locks
-                f"page_size={SQLITE_PAGE_SIZE}",  # a new file only: before WAL writes page 1
                 "journal_mode=WAL",
                 f"synchronous={sqlite_synchronous}",
                 "foreign_keys=ON",

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tunnelacct.errors import StoreError
-from tunnelacct.store.engine import SQLITE_PAGE_SIZE, ensure_sqlite_file, store_why, sync_url
+from tunnelacct.store.engine import ensure_sqlite_file, store_why, sync_url
 from tunnelacct.store.postgres.partitions import partition_day
 from tunnelacct.store.sqlite.layout import is_layout_name
 
@@ -71,10 +71,8 @@ def migrate(url: str, *, script_location: Path | None = None) -> None:
     try:
         if parsed.get_backend_name() == "sqlite":
             # WAL is persistent: switch now, so the service's first connection need not wait
-            # for exclusive access to do it. A new file first gets its page size, which the
-            # switch would fix at SQLite's default.
+            # for exclusive access to do it.
             with engine.connect() as conn:
-                conn.exec_driver_sql(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         with engine.begin() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
