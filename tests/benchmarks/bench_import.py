@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import sys
 import tempfile
 import tracemalloc
@@ -29,13 +30,20 @@ from tunnelacct.sessions.events import Attribution  # noqa: E402
 from tunnelacct.sessions.flowtable import FlowTable  # noqa: E402
 
 
-def bench_import(pcap: Path, workdir: Path, packets: int) -> None:
+def bench_import(pcap: Path, workdir: Path, packets: int | None) -> None:
+    """Time the whole import command of `pcap` (its packet count read from the command's
+    summary when `packets` is None: a capture given with --pcap)."""
     db = workdir / "bench.db"
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
     run = run_measured(tunnelacct_command("--log-level", "WARNING", "import", str(pcap)), env)
     if run.returncode != 0:
         raise SystemExit(f"import failed:\n{run.stdout}\n{run.stderr}")
     print(run.stdout.rstrip())
+    if packets is None:
+        summary = re.search(r"imported \d+ file\(s\): ([\d,]+) packets", run.stdout)
+        if summary is None:
+            raise SystemExit(f"no packet count in the import's summary:\n{run.stdout}")
+        packets = int(summary.group(1).replace(",", ""))
     print(
         f"RESULT import: {packets:,} packets, {run.seconds:.2f} s wall including interpreter "
         f"start and migration, {packets / run.seconds:,.0f} packets/s; peak RSS "
@@ -107,7 +115,7 @@ def main() -> None:
                 f"capture: {packets:,} packets, {a.flows:,} TCP sessions, headers only, "
                 f"{pcap.stat().st_size / 2**20:.0f} MiB"
             )
-        bench_import(pcap, work, packets or 0)
+        bench_import(pcap, work, packets)
     bench_flow_memory(a.concurrent)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from tunnelacct.capture.decode import DecodedBatch
 from tunnelacct.errors import CaptureError, CaptureFormatError
 
-QUEUE_BATCHES = 4  # decoded batches waiting in the child to be sent (each from ~4 MB of capture)
+QUEUE_BATCHES = 4  # decoded batches waiting in the child to be sent (each of 1 MiB of capture)
 POLL_S = 0.5  # how often a waiting parent checks that the child still runs
 CLOSE_GRACE_S = 0.5  # close(): how long a child that was asked to stop may take to end
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

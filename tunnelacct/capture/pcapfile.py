@@ -21,7 +21,12 @@ from tunnelacct.errors import CaptureFormatError
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 << 20
+# The bytes of one read, so the records of one batch: about 19,000 headers-only packets. Each
+# batch becomes Python lists and tuples while the flow table keys it, and the pymalloc arenas
+# they take stay with the process: a session-heavy import peaked at 327-334 MiB with 4 MiB
+# reads and at 283-286 MiB with 1 MiB ones, for about 2% more of the flow table's
+# instructions (docs/performance-sessions.md, "Smaller reads").
+CHUNK_BYTES = 1 << 20
 MAX_RECORD_BYTES = 1 << 18  # larger records mean a corrupt file, not a packet
 
 PCAP_MAGICS = {
