@@ -1,11 +1,13 @@
-"""Session ids (flowkey.SessionIds): unique whatever the packets, time-ordered, tagged; and
-the IPv4 address texts and UUIDs the flow table makes without the standard library's checks."""
+"""Session ids (flowkey.SessionIds): unique whatever the packets, time-ordered, tagged; flow
+keys as they read back; and the IPv4 address texts and UUIDs the flow table makes without the
+standard library's checks."""
 
 from __future__ import annotations
 
 import copy
 import ipaddress
 import pickle
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -13,11 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tunnelacct.sessions.flowkey import (
+    KEY_BYTES,
     SessionIds,
     addr_text,
     id_range,
     id_tag,
+    key_proto,
+    key_words,
+    pack_key,
     start_ms,
+    unpack_key,
     uuid_of_int,
 )
 
@@ -90,3 +97,29 @@ def test_a_uuid_made_from_an_int_is_the_standard_library_s(value: int) -> None:
 @given(st.integers(0, 2**32 - 1))
 def test_an_ipv4_address_text_is_ipaddress_s(value: int) -> None:
     assert addr_text(4, value) == str(ipaddress.IPv4Address(value))
+
+
+@given(
+    st.sampled_from([4, 6]),
+    st.integers(0, 255),
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 65535),
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 65535),
+)
+def test_a_flow_key_reads_back_the_conversation_it_was_packed_from(
+    family: int, proto: int, a_addr: int, a_port: int, b_addr: int, b_port: int
+) -> None:
+    if family == 4:
+        a_addr >>= 96
+        b_addr >>= 96
+    meta = (family << 40) | (proto << 32) | (a_port << 16) | b_port
+    key = pack_key(meta, a_addr >> 64, a_addr & (2**64 - 1), b_addr >> 64, b_addr & (2**64 - 1))
+    assert isinstance(key, bytes)
+    assert len(key) == KEY_BYTES == 40
+    assert unpack_key(key) == (family, proto, a_addr, a_port, b_addr, b_port)
+    assert key_proto(key) == proto
+    assert key_words(key)[0] == meta
+    # the bytes are the five words as numpy holds them in a row of a key matrix
+    words = [meta, a_addr >> 64, a_addr & (2**64 - 1), b_addr >> 64, b_addr & (2**64 - 1)]
+    assert key == b"".join(word.to_bytes(8, sys.byteorder) for word in words)

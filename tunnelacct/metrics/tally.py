@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from tunnelacct.config.model import MIN_SERIES
 from tunnelacct.enums import CloseReason, IpProto
+from tunnelacct.sessions.flowkey import key_proto
 
 if TYPE_CHECKING:  # for annotations only: reading tallies (metrics, the API) needs no numpy
     from tunnelacct.sessions.flowtable import Flow
@@ -260,7 +261,7 @@ class TrafficTally:
         """A session opened (or resumed after a restart: active, not newly opened, and its
         traffic before the restart was tallied back then)."""
         attribution = flow.attribution
-        proto = _PROTO_LABEL[(flow.key[0] >> 32) & 0xFF]
+        proto = _PROTO_LABEL[key_proto(flow.key)]
         resource = attribution.resource_id or UNMATCHED
         raw: Labels = (
             (attribution.org_id, resource, proto, attribution.client_id or UNMATCHED)

@@ -62,7 +62,7 @@ from tunnelacct.config.model import Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.sessions.days import day_of
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.sessions.flowkey import FlowKey, SessionIds, addr_int
+from tunnelacct.sessions.flowkey import FlowKey, SessionIds, addr_int, key_proto
 from tunnelacct.sessions.flowtable import (
     AttributeFn,
     Flow,
@@ -301,7 +301,7 @@ class RecordTable(FlowTable):
     def _starts_new_session(self, flow: Flow, record: FlowRecord, flags: int) -> bool:
         """Whether `record` belongs to a new session rather than to `flow` of its 5-tuple."""
         gap_s = record.start_ts - flow.last_ts
-        if (flow.key[0] >> 32) & 0xFF == IpProto.TCP:
+        if key_proto(flow.key) == IpProto.TCP:
             if flow.closed:  # FIN, RST or the exporter ended it: a SYN is a new connection
                 syn_after = bool(flags & TCP_SYN) and record.start_ts >= flow.close_ts
                 return syn_after or gap_s > self.stitch_gap_s

@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -38,12 +38,15 @@ from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.sessions.days import DAY_S, DayMark, day_of, trimmed
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sessions.flowkey import (
+    KEY_BYTES,
     LO64,
     FlowKey,
     SessionIds,
     addr_int,
     addr_text,
     community_id,
+    key_words,
+    pack_key,
     unpack_key,
 )
 
@@ -62,6 +65,7 @@ _M1, _M2, _M3 = (
     np.uint64(0x94D049BB133111EB),
 )
 _SYN_MASK = TCP_SYN | TCP_ACK
+_KEY_DTYPE = np.dtype((np.void, KEY_BYTES))  # a row of a key matrix as one bytes key
 _PROTOS = {int(p): p for p in IpProto}
 _CLOSED = EventKind.CLOSED
 # addresses whose text a table keeps per family (about 130 bytes each): a gateway's sessions
@@ -525,9 +529,12 @@ class FlowTable:
         special_positions = special_at.tolist()
         special_starts_flow = starts_flow[special_at].tolist()
         flow_starts = special_at[starts_flow[special_at]]
-        keys = iter(
-            list(zip(*(column[flow_starts].tolist() for column in sorted_keys), strict=True))
+        # each flow's five key words side by side, so that each row's 40 bytes are its key
+        key_matrix = np.stack(
+            [column[flow_starts].astype(np.uint64, copy=False) for column in sorted_keys], axis=1
         )
+        # (numpy's stubs allow tuples, for structured voids; an unstructured void row is bytes)
+        keys = iter(cast(list[FlowKey], key_matrix.view(_KEY_DTYPE).ravel().tolist()))
         special_ts = sorted_ts[special_at].tolist()
         special_from_b = sorted_from_b[special_at].tolist()
         special_ip_bytes = sorted_ip_bytes[special_at].tolist()
@@ -548,7 +555,7 @@ class FlowTable:
         packet = self._packet
         interface = batch.interface
         flow: Flow | None = None
-        key: FlowKey = (0, 0, 0, 0, 0)
+        key: FlowKey = bytes(KEY_BYTES)
         for j in range(len(special_positions)):
             if special_starts_flow[j]:
                 key = next(keys)
@@ -565,9 +572,10 @@ class FlowTable:
             )
             if special_frag[j] == FRAG_FIRST and fragment_columns is not None:
                 position = special_positions[j]
+                key_meta = key_words(key)[0]
                 fragment_key = (
-                    key[0] >> 40,
-                    (key[0] >> 32) & 0xFF,
+                    key_meta >> 40,
+                    (key_meta >> 32) & 0xFF,
                     *(int(column[position]) for column in fragment_columns),
                 )
                 if len(self._frags) >= self.max_sessions:  # the oldest first fragments go
@@ -910,9 +918,9 @@ def keyed(
     src_is_a = (src_hi, src_lo, src_port) <= (dst_hi, dst_lo, dst_port)
     if src_is_a:
         meta = (family << 40) | (proto << 32) | (src_port << 16) | dst_port
-        return (meta, src_hi, src_lo, dst_hi, dst_lo), True
+        return pack_key(meta, src_hi, src_lo, dst_hi, dst_lo), True
     meta = (family << 40) | (proto << 32) | (dst_port << 16) | src_port
-    return (meta, dst_hi, dst_lo, src_hi, src_lo), False
+    return pack_key(meta, dst_hi, dst_lo, src_hi, src_lo), False
 
 
 def _packets_at(b: DecodedBatch, index: np.ndarray) -> DecodedBatch:
