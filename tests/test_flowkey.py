@@ -31,13 +31,18 @@ from tunnelacct.sessions.flowkey import (
 TS = 1_764_000_000.123456
 
 
+def new_id(ids: SessionIds, started_ts: float) -> uuid.UUID:
+    """A new id of `ids`, as the standard library reads its 128 bits."""
+    return uuid.UUID(int=ids.new(started_ts))
+
+
 def _entropy(values: list[bytes]) -> Iterator[bytes]:
     yield from values
 
 
 def test_ids_of_one_start_differ_and_read_back_as_version_7_with_the_start() -> None:
     ids = SessionIds()
-    made = [ids.new(TS) for _ in range(1000)]
+    made = [new_id(ids, TS) for _ in range(1000)]
     assert len(set(made)) == len(made)
     for ident in made:
         assert ident.version == 7 and ident.variant == uuid.RFC_4122
@@ -50,8 +55,8 @@ def test_a_wrapped_counter_draws_a_tag_not_used_before() -> None:
     source = _entropy([first, same, other])
     ids = SessionIds(entropy=lambda n: next(source))
     ids._counter = (1 << 32) - 1  # the last id of the first tag
-    last_of_first = ids.new(TS)
-    first_of_next = ids.new(TS)  # the entropy repeats the tag once: it is drawn again
+    last_of_first = new_id(ids, TS)
+    first_of_next = new_id(ids, TS)  # the entropy repeats the tag once: it is drawn again
     assert last_of_first != first_of_next
     assert id_tag(last_of_first) != id_tag(first_of_next)
     assert ids.tags == {id_tag(last_of_first), id_tag(first_of_next)}
@@ -60,17 +65,17 @@ def test_a_wrapped_counter_draws_a_tag_not_used_before() -> None:
 
 def test_another_issuer_s_ids_are_not_issued_here() -> None:
     mine, theirs = SessionIds(), SessionIds()
-    assert not mine.issued(theirs.new(TS))
+    assert not mine.issued(new_id(theirs, TS))
     assert not mine.issued(uuid.uuid4())
 
 
 def test_an_id_range_holds_exactly_the_ids_of_its_milliseconds() -> None:
     ids = SessionIds()
-    low, high = id_range(start_ms(ids.new(TS)), start_ms(ids.new(TS + 0.002)))
-    assert low <= ids.new(TS) <= high
-    assert low <= ids.new(TS + 0.002) <= high
-    assert not low <= ids.new(TS - 0.001) <= high
-    assert not low <= ids.new(TS + 0.003) <= high
+    low, high = id_range(start_ms(new_id(ids, TS)), start_ms(new_id(ids, TS + 0.002)))
+    assert low <= new_id(ids, TS) <= high
+    assert low <= new_id(ids, TS + 0.002) <= high
+    assert not low <= new_id(ids, TS - 0.001) <= high
+    assert not low <= new_id(ids, TS + 0.003) <= high
 
 
 @given(st.integers(0, 2**128 - 1))

@@ -29,7 +29,7 @@ def closed_event(ids: SessionIds, index: int, **changes: object) -> SessionEvent
     """A closed TCP session, its counters derived from `index`."""
     event = SessionEvent(
         kind=EventKind.CLOSED,
-        session_id=ids.new(T0 + index),
+        session_id=uuid.UUID(int=ids.new(T0 + index)),
         proto=IpProto.TCP,
         family=4,
         src_addr=f"100.64.{index // 250}.{index % 250 + 1}",
@@ -186,7 +186,7 @@ def test_ids_of_the_import_are_told_from_others_in_the_child(tmp_path: Path) -> 
             dataclasses.replace(
                 e,
                 started_ts=e.started_ts + shift_s,
-                session_id=again_ids.new(e.started_ts + shift_s),
+                session_id=uuid.UUID(int=again_ids.new(e.started_ts + shift_s)),
             )
             for e in earlier
         ]

@@ -146,14 +146,16 @@ class SessionIds:
         self._high = (rand_a << 64) | _VERSION_7 | _VARIANT_RFC | rand_b_high
         self._counter = 0
 
-    def new(self, started_ts: float) -> uuid.UUID:
-        """A new id for a session that started at `started_ts` (epoch seconds)."""
+    def new(self, started_ts: float) -> int:
+        """The 128 bits of a new id for a session that started at `started_ts` (epoch seconds),
+        as an int: what the flow table holds of an open session's id (`uuid_of_int()` makes
+        its UUID)."""
         if self._counter > _COUNTER_MASK:
             self._new_tag()
         count = self._counter
         self._counter = count + 1
         ms = round(started_ts * 1_000_000) // 1000  # as started_at (microseconds) shows it
-        return uuid_of_int(((ms & _MS_MASK) << 80) | self._high | count)
+        return ((ms & _MS_MASK) << 80) | self._high | count
 
     def issued(self, ident: uuid.UUID) -> bool:
         """Whether `ident` carries one of this issuer's tags (so it may have issued it)."""

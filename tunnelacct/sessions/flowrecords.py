@@ -242,11 +242,11 @@ class RecordTable(FlowTable):
         events = super().checkpoint()
         if self._flagged:
             skip_closed = self.closed_hold_s() <= self.timeouts.checkpoint_s
-            checkpointed = {event.session_id for event in events}
+            checkpointed = {event.session_id.int for event in events}
             for key, flow in self._flagged.items():
                 if (
                     self._flows.get(key) is flow
-                    and flow.session_id not in checkpointed
+                    and flow.session_int not in checkpointed
                     and not (skip_closed and flow.closed)
                 ):
                     events.append(self._event(flow, EventKind.CHECKPOINT))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from tunnelacct.sessions.flowkey import (
     key_words,
     pack_key,
     unpack_key,
+    uuid_of_int,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Flow:
 
     __slots__ = (
         "key",
-        "session_id",
+        "session_int",
         "initiator_is_a",
         "started_ts",
         "last_ts",
@@ -110,7 +110,7 @@ class Flow:
     def __init__(
         self,
         key: FlowKey,
-        session_id: uuid.UUID,
+        session_int: int,
         initiator_is_a: bool,
         ts: float,
         midstream: bool,
@@ -118,7 +118,9 @@ class Flow:
         interface: str,
     ) -> None:
         self.key = key
-        self.session_id = session_id
+        # the session id's 128 bits; its UUID is made for each event (a UUID object held by
+        # every open session was 56 bytes more of it: issue 21)
+        self.session_int = session_int
         self.initiator_is_a = initiator_is_a
         self.started_ts = ts
         self.last_ts = ts
@@ -349,7 +351,7 @@ class FlowTable:
         )
         flow = Flow(
             key,
-            e.session_id,
+            e.session_id.int,
             initiator_is_a,
             e.started_ts,
             e.midstream,
@@ -671,8 +673,8 @@ class FlowTable:
         attribution = self._attribute(family, initiator, responder, responder_port, _PROTOS[proto])
         if len(self._flows) >= self.max_sessions:
             self._make_room(ts)
-        session_id = self.ids.new(ts)
-        flow = Flow(key, session_id, initiator_is_a, ts, midstream, attribution, interface)
+        session_int = self.ids.new(ts)
+        flow = Flow(key, session_int, initiator_is_a, ts, midstream, attribution, interface)
         flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
         self._flows[key] = flow
         self.stats.sessions_opened += 1
@@ -848,7 +850,7 @@ class FlowTable:
         # positionally, in SessionEvent's field order
         return SessionEvent(
             kind,
-            flow.session_id,
+            uuid_of_int(flow.session_int),
             _PROTOS[proto],
             family,
             src_text,  # src_addr
