@@ -48,7 +48,8 @@ def bench_import(pcap: Path, workdir: Path, packets: int | None) -> None:
         f"RESULT import: {packets:,} packets, {run.seconds:.2f} s wall including interpreter "
         f"start and migration, {packets / run.seconds:,.0f} packets/s; peak RSS "
         f"{run.peak_mib:,.0f} MiB (+ largest child process, decoder or writer, "
-        f"{run.largest_child_mib:,.0f} MiB)"
+        f"{run.largest_child_mib:,.0f} MiB); CPU {run.own_cpu_s:.2f} s (+ child processes, "
+        f"busiest first: {', '.join(f'{seconds:.2f}' for seconds in run.children_cpu_s)})"
     )
 
 
