@@ -90,9 +90,10 @@ _SAFETY_UNKNOWN = uuid.SafeUUID.unknown
 def uuid_of_int(value: int) -> uuid.UUID:
     """`uuid.UUID(int=value)` for a `value` of at most 128 bits, made without UUID.__init__,
     which first works out which of its five arguments it was given and checks the value's
-    range: 0.7 µs against 1.4, once per session opened and again per event the writer child
-    takes in (issue 21). It sets the two slots UUID.__init__ sets, as UUID.__setstate__
-    (unpickling) does; tests/test_flowkey.py compares the two ways for any value."""
+    range: 0.7 µs against 1.4, once per event the flow table builds (an open session holds
+    its id as an int) and again per event the writer child takes in (issue 21). It sets the
+    two slots UUID.__init__ sets, as UUID.__setstate__ (unpickling) does; tests/test_flowkey.py
+    compares the two ways for any value."""
     ident = _new_object(uuid.UUID)
     _set_slot(ident, "int", value)
     _set_slot(ident, "is_safe", _SAFETY_UNKNOWN)
