@@ -534,6 +534,30 @@ def test_advance_fires_the_idle_timeout_without_a_further_packet(tmp_path: Path)
     assert len(run.table) == 0
 
 
+def test_the_end_of_capture_closes_every_session_once_in_parts_in_close_alls_order(
+    tmp_path: Path,
+) -> None:
+    """close_all_in_parts() hands out at most `size` sessions a part, each once and in the
+    order close_all() ends them in one part; a session reset before the end keeps its reason."""
+    reset = Tcp(CLIENT4, SERVER4, 40010, 443)
+    pkts = [*reset.handshake(), reset.seg(False, "R")]
+    pkts += [udp(CLIENT4, SERVER4, 6000 + n, 53, 30 + n) for n in range(10)]
+    capture = timed(T0, pkts)
+    run = run_capture(tmp_path, capture, end=False)
+    parts = list(run.table.close_all_in_parts(CloseReason.END_OF_CAPTURE, 4))
+    assert parts[0] == []  # nothing was idle or past its linger yet
+    assert [len(part) for part in parts[1:]] == [4, 4, 3]
+    closed = [event for part in parts for event in part]
+    in_one_part = run_capture(tmp_path, capture).closed
+    assert [e.src_port for e in closed] == [e.src_port for e in in_one_part]
+    by_port = {e.src_port: e for e in closed}
+    assert by_port[40010].close_reason is CloseReason.RST
+    for n, packet in enumerate(pkts[-10:]):
+        assert by_port[6000 + n].close_reason is CloseReason.END_OF_CAPTURE
+        assert counters(by_port[6000 + n]) == direction_totals([packet], CLIENT4)
+    assert len(run.table) == 0
+
+
 def test_advance_fires_the_tcp_idle_timeout_without_a_further_packet(tmp_path: Path) -> None:
     c = Tcp(CLIENT4, SERVER4, 40009, 443)
     pkts = timed(T0, [*c.handshake(), *c.request(5)])

@@ -443,13 +443,19 @@ class FlowTable:
     def close_all_in_parts(self, reason: CloseReason, size: int) -> Iterator[list[SessionEvent]]:
         """close_all() as lists of events of at most about `size` sessions each, made as they
         are taken: an import ending with 200,000 open sessions need not hold an event of
-        every one of them at once (issue 21)."""
+        every one of them at once, nor a session once its event is made (issue 21)."""
         yield self.advance(self._now, force=True)
-        flows = list(self._flows.values())
-        for first in range(0, len(flows), size):
-            for flow in flows[first : first + size]:
+        # last first, so that each part comes off the end of the list and leaves it: holding
+        # every closed session until the last part, the session-heavy import peaked at 255-266
+        # MiB instead of 232-242
+        flows = list(reversed(self._flows.values()))
+        while flows:
+            part = flows[-size:]
+            del flows[-size:]
+            for flow in reversed(part):
                 flow_reason = flow.close_reason if flow.closed and flow.close_reason else reason
                 self._finish(flow, flow_reason)
+            del part
             yield self._drain()
 
     # -- per batch -----------------------------------------------------------------------------
