@@ -20,7 +20,14 @@ from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds
 from tunnelacct.store.migrate import migrate
-from tunnelacct.store.writerchild import WriterProcess, WriterSettings, pack, unpack
+from tunnelacct.store.writerchild import (
+    PENDING_BATCHES,
+    WriterProcess,
+    WriterSettings,
+    child_writer_config,
+    pack,
+    unpack,
+)
 
 T0 = 1_790_000_000.25
 
@@ -99,7 +106,20 @@ def settings_for(db: Path, batch_size: int = 500) -> WriterSettings:
     return WriterSettings(config=config, reimport=True, log_level="WARNING")
 
 
+def test_the_child_holds_a_few_batches_pending_or_fewer_when_max_pending_says_so() -> None:
+    """The parent waits at the pipe: the child's writer needs only a few batches pending, not
+    [writer] max_pending's 100,000 events (about 80 MiB); a lower max_pending still holds."""
+    configured = WriterConfig(batch_size=5000, max_pending=100_000)
+    assert child_writer_config(configured) == dataclasses.replace(
+        configured, max_pending=PENDING_BATCHES * 5000
+    )
+    few = WriterConfig(batch_size=5000, max_pending=300)
+    assert child_writer_config(few) == few
+
+
 def test_the_child_writes_every_event_it_was_sent(tmp_path: Path) -> None:
+    """With batches of 500, the child holds 2,000 events at most: the parent's submit() waits
+    at the pipe, and every event still arrives."""
     db = tmp_path / "store.db"
     migrate(f"sqlite:///{db}")
     ids = SessionIds()
