@@ -634,6 +634,29 @@ def test_later_fragments_refresh_the_idle_timer_whatever_the_batches(tmp_path: P
         assert ev.close_reason is CloseReason.END_OF_CAPTURE, sizes
 
 
+def test_later_fragments_after_their_session_ended_are_unattributed_whatever_the_batches(
+    tmp_path: Path,
+) -> None:
+    """A datagram's first fragment, then a packet past the idle timeout that ends its session
+    and opens the next one on the 5-tuple, then the datagram's later fragments: they belong to
+    no open session, in one batch as in many."""
+    frags = _udp_fragments(CLIENT4, SERVER4, 0x8181)
+    after_idle = T0 + Decimal(str(TIMEOUTS.udp_idle_s)) + 1
+    next_one = udp(CLIENT4, SERVER4, 7000, 53, 10)
+    pkts = [(T0, frags[0]), (after_idle, next_one)]
+    pkts += [(after_idle + Decimal("0.001"), f) for f in frags[1:]]
+    (raw,) = read_raw(write(tmp_path / "h.pcap", pkts))
+    for sizes in ([len(raw)], [1], [2], [1] * len(raw)):
+        run = feed(split_raw(raw, sizes))
+        first, second = sorted(run.closed, key=lambda e: e.started_ts)
+        assert first.close_reason is CloseReason.IDLE, sizes
+        assert counters(first) == direction_totals([frags[0]], CLIENT4), sizes
+        assert counters(second) == direction_totals([next_one], CLIENT4), sizes
+        stats = run.table.stats
+        assert stats.fragments_unattributed == len(frags) - 1, sizes
+        assert stats.fragment_bytes_unattributed == sum(seen(f).ip_bytes for f in frags[1:])
+
+
 # -- IPv6 and community id ---------------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from tunnelacct.capture.decode import TCP_FIN, TCP_RST, TCP_SYN
 from tunnelacct.collector.records import FlowRecord
@@ -69,6 +70,7 @@ from tunnelacct.sessions.flowtable import (
     FlowObserver,
     FlowTable,
     IsClientFn,
+    RecordFlow,
     keyed,
 )
 
@@ -131,6 +133,8 @@ class RecordTable(FlowTable):
         events = table.advance(time.time())    # ended sessions; checkpoint() for the others
     """
 
+    flow_class = RecordFlow
+
     def __init__(
         self,
         timeouts: Timeouts,
@@ -187,7 +191,7 @@ class RecordTable(FlowTable):
         """Flag every open session incomplete: its exporter lost records meanwhile."""
         for key, flow in self._flows.items():
             if not flow.incomplete:
-                flow.incomplete = True
+                _of_records(flow).incomplete = True
                 self.sessions_marked_incomplete += 1
                 self._flagged[key] = flow
 
@@ -293,7 +297,7 @@ class RecordTable(FlowTable):
         self._count(flow, record, from_b)
         self._close_by(flow, record, from_b, flags, proto)
         if record.estimated:
-            flow.estimated = True
+            _of_records(flow).estimated = True
         self._arrived.pop(key, None)  # to the end: the dict stays in arrival order
         self._arrived[key] = received_ts
         self.records += 1
@@ -319,7 +323,7 @@ class RecordTable(FlowTable):
         # tcp_flags 0: a record's flags are those of all its packets, so a SYN there does not
         # say who sent the first one; `_open` then takes the sender, or the client side
         flow = self._open(key, record.start_ts, from_b, 0, self.interface)
-        flow.payload_known = False
+        _of_records(flow).payload_known = False
         if record.protocol == IpProto.TCP:
             flow.midstream = not flags & TCP_SYN
         flow.last_ts = record.end_ts if record.end_ts > record.start_ts else record.start_ts
@@ -330,11 +334,7 @@ class RecordTable(FlowTable):
         if day_of(record.end_ts) > last_day and (flow.packets_a or flow.packets_b):
             # the record ends on a later UTC day: its counts go to that day, and the session
             # marks what it had moved by the end of its last one (sessions/days.py)
-            mark = (last_day, flow.bytes_a, flow.bytes_b, flow.packets_a, flow.packets_b)
-            if flow.day_marks is None:
-                flow.day_marks = [mark]
-            elif flow.day_marks[-1][0] != last_day:
-                flow.day_marks.append(mark)
+            self._mark_day(flow, last_day)
         reverse_octets = record.reverse_octets or 0
         reverse_packets = record.reverse_packets or 0
         if from_b:
@@ -394,6 +394,12 @@ class RecordTable(FlowTable):
             self._flagged.pop(flow.key, None)
             self._active_split.pop(flow.key, None)
         super()._finish(flow, reason)
+
+
+def _of_records(flow: Flow) -> RecordFlow:
+    """A session of a RecordTable as what it is (its `flow_class`, and what resume() makes of
+    a session of flow records)."""
+    return cast(RecordFlow, flow)
 
 
 def _opening_order(record: FlowRecord) -> tuple[float, int]:

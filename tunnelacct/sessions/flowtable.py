@@ -98,14 +98,15 @@ class Flow:
         "attribution",
         "interface",
         "community_id",
-        "finished",
         "idle_s",
         "observed",
-        "day_marks",
-        "payload_known",
-        "estimated",
-        "incomplete",
     )
+    # What only sessions of flow records set (RecordFlow's own slots), so that the many open
+    # sessions of a capture do not carry them: 8 bytes each, and 16 more with day marks held
+    # by the table, as pymalloc sizes objects in steps of 16 (issue 21)
+    payload_known = True  # False: no payload figures (stored NULL, not 0)
+    estimated = False  # a sampling interval scaled the counters
+    incomplete = False  # its exporter lost records while it was open
 
     def __init__(
         self,
@@ -139,16 +140,29 @@ class Flow:
         self.attribution = attribution
         self.interface = interface
         self.community_id: str | None = None
-        self.finished = False
         self.idle_s = 0.0  # the protocol's idle timeout, set by the table
         self.observed: object = None  # the FlowObserver's own state of this flow
-        # per UTC day before the last one it had packets on: (day, bytes_a, bytes_b, packets_a,
-        # packets_b) as they stood at the end of that day (sessions/days.py); None: one day
-        self.day_marks: list[DayMark] | None = None
-        # False for sessions of flow records (no payload figures: stored NULL, not 0)
+
+
+class RecordFlow(Flow):
+    """A session of flow records (sessions/flowrecords.py): a Flow with what only they set."""
+
+    __slots__ = ("payload_known", "estimated", "incomplete")
+
+    def __init__(
+        self,
+        key: FlowKey,
+        session_int: int,
+        initiator_is_a: bool,
+        ts: float,
+        midstream: bool,
+        attribution: Attribution,
+        interface: str,
+    ) -> None:
+        super().__init__(key, session_int, initiator_is_a, ts, midstream, attribution, interface)
         self.payload_known = True
-        self.estimated = False  # a sampling interval scaled the counters (flow records)
-        self.incomplete = False  # its exporter lost records while it was open
+        self.estimated = False
+        self.incomplete = False
 
 
 class FlowObserver(Protocol):
@@ -191,6 +205,8 @@ class FlowStats:
 class FlowTable:
     """In-memory sessions keyed by 5-tuple; turns decoded packets into session events."""
 
+    flow_class: type[Flow] = Flow  # what its sessions are
+
     def __init__(
         self,
         timeouts: Timeouts,
@@ -217,6 +233,10 @@ class FlowTable:
         self._emit_opened = emit_opened
         self._flows: dict[FlowKey, Flow] = {}
         self._frags: dict[tuple[int, ...], tuple[Flow, int, float]] = {}
+        # the open sessions that had packets on an earlier UTC day than their last: per UTC day
+        # before the last one, (day, bytes_a, bytes_b, packets_a, packets_b) as they stood at
+        # the end of that day (sessions/days.py); few sessions have any
+        self._day_marks: dict[Flow, list[DayMark]] = {}
         self._finished: list[Flow] = []
         self._opened: list[Flow] = []
         self._now = float("-inf")
@@ -275,12 +295,18 @@ class FlowTable:
             last_day = day_of(flow.last_ts)
             if last_day >= day:
                 continue  # a packet from the future (a clock stepped): it marks nothing
-            mark = (last_day, flow.bytes_a, flow.bytes_b, flow.packets_a, flow.packets_b)
-            if flow.day_marks is None:
-                flow.day_marks = [mark]
-            elif flow.day_marks[-1][0] != last_day:
-                flow.day_marks.append(mark)
+            self._mark_day(flow, last_day)
         self._day = day
+
+    def _mark_day(self, flow: Flow, last_day: int) -> None:
+        """`flow`, whose last packet was on UTC day `last_day`, goes on to a later one: it
+        marks its counters as they stood at the end of that day."""
+        mark = (last_day, flow.bytes_a, flow.bytes_b, flow.packets_a, flow.packets_b)
+        marks = self._day_marks.get(flow)
+        if marks is None:
+            self._day_marks[flow] = [mark]
+        elif marks[-1][0] != last_day:
+            marks.append(mark)
 
     def _account(self, b: DecodedBatch, newest: float) -> None:
         """Account the packets of `b`, all on one UTC day (or late from an earlier one), whose
@@ -349,7 +375,10 @@ class FlowTable:
             addr_int(e.dst_addr),
             e.dst_port,
         )
-        flow = Flow(
+        payload_known = e.payload_bytes_tx is not None
+        # a session of flow records comes back as one, whichever table resumes it
+        of_records = not payload_known or e.estimated or e.incomplete
+        flow = (RecordFlow if of_records else self.flow_class)(
             key,
             e.session_id.int,
             initiator_is_a,
@@ -360,11 +389,12 @@ class FlowTable:
         )
         flow.last_ts = e.last_ts
         flow.checkpoint_ts = e.last_ts
-        flow.payload_known = e.payload_bytes_tx is not None
-        flow.estimated = e.estimated
-        flow.incomplete = e.incomplete
+        if isinstance(flow, RecordFlow):
+            flow.payload_known = payload_known
+            flow.estimated = e.estimated
+            flow.incomplete = e.incomplete
         if e.day_marks:
-            flow.day_marks = [
+            self._day_marks[flow] = [
                 (day, bytes_tx, bytes_rx, packets_tx, packets_rx)
                 if initiator_is_a
                 else (day, bytes_rx, bytes_tx, packets_rx, packets_tx)
@@ -680,7 +710,9 @@ class FlowTable:
         if len(self._flows) >= self.max_sessions:
             self._make_room(ts)
         session_int = self.ids.new(ts)
-        flow = Flow(key, session_int, initiator_is_a, ts, midstream, attribution, interface)
+        flow = self.flow_class(
+            key, session_int, initiator_is_a, ts, midstream, attribution, interface
+        )
         flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
         self._flows[key] = flow
         self.stats.sessions_opened += 1
@@ -722,7 +754,7 @@ class FlowTable:
             ts,
         ) in zip(*columns, strict=True):
             entry = self._frags.get((family, proto, frag_id, src_hi, src_lo, dst_hi, dst_lo))
-            if entry is None or entry[0].finished:
+            if entry is None or self._flows.get(entry[0].key) is not entry[0]:  # it has ended
                 self.stats.fragments_unattributed += 1
                 self.stats.fragment_bytes_unattributed += ip_bytes
                 continue
@@ -784,15 +816,16 @@ class FlowTable:
     def _drain(self) -> list[SessionEvent]:
         out = []
         if self._opened:
-            out = [self._event(f, EventKind.OPENED) for f in self._opened if not f.finished]
+            out = [self._event(f, EventKind.OPENED) for f in self._opened]
             for f in self._opened:
                 f.checkpoint_ts = f.last_ts
             self._opened = []
         if self._finished:
             for f in self._finished:
-                f.finished = True
                 self.stats.closed[str(f.close_reason)] += 1
                 out.append(self._event(f, EventKind.CLOSED))
+                if self._day_marks:
+                    self._day_marks.pop(f, None)
             if self.observer is not None:
                 self.observer.closed(self._finished)
             self._finished = []
@@ -839,13 +872,14 @@ class FlowTable:
         if flow.community_id is None:
             flow.community_id = community_id(family, proto, src, sport, dst, dport)
         day_marks: tuple[DayMark, ...] = ()
-        if flow.day_marks is not None:
+        marks = self._day_marks.get(flow) if self._day_marks else None
+        if marks is not None:
             day_marks = trimmed(
                 tuple(
                     (day, bytes_a, bytes_b, packets_a, packets_b)
                     if initiator_is_a
                     else (day, bytes_b, bytes_a, packets_b, packets_a)
-                    for day, bytes_a, bytes_b, packets_a, packets_b in flow.day_marks
+                    for day, bytes_a, bytes_b, packets_a, packets_b in marks
                 ),
                 (bytes_tx, bytes_rx, packets_tx, packets_rx),
             )
