@@ -77,12 +77,15 @@ def attribute(
 
 
 def new_table(
-    interface: str | None = None, clock: Callable[[], float] = lambda: RECEIVED_TS
+    interface: str | None = None,
+    clock: Callable[[], float] = lambda: RECEIVED_TS,
+    max_sessions: int = 262_144,
 ) -> RecordTable:
     """A table of the test exporter (domain 0 unless `interface` says otherwise), whose clock
     (the collector's, read when a session resumes) says `clock()`."""
     return RecordTable(
         TIMEOUTS,
+        max_sessions=max_sessions,
         stitch_gap_s=STITCH_GAP_S,
         active_timeout_s=ACTIVE_TIMEOUT_S,
         interface=interface or exporter_interface(EXPORTER_ADDRESS, 0),
@@ -644,6 +647,25 @@ def test_records_that_say_the_flow_ended_close_the_session_after_the_closing_hol
     first = records[0]
     assert counters(session) == expected_counters(records, first.src_addr, first.src_port)
     assert len(table) == 0
+
+
+def test_a_full_table_ends_a_session_past_its_linger_before_it_evicts_an_open_one() -> None:
+    """Two sessions fill the table: one its records ended by FIN both ways, one open. A third
+    conversation's record, past the first one's linger in record time, ends that one with its
+    reason instead of evicting the open one."""
+    table = new_table(max_sessions=2)
+    table.add_records(fins_from_both_sides(), RECEIVED_TS)
+    dns = udp_records(None)
+    table.add_records(dns, RECEIVED_TS)
+    after_linger = T0 + 4 + TIMEOUTS.tcp_linger_s + 1
+    third = STREAM.forward(start_ts=after_linger, end_ts=after_linger + 1, octets=90, packets=1)
+    table.add_records([third], RECEIVED_TS + 1)
+    assert table.stats.table_full == 1
+    (web,) = closed(table.advance(RECEIVED_TS + 1))
+    assert web.close_reason is CloseReason.FIN
+    assert (web.src_port, web.dst_port) == (WEB.initiator_port, WEB.responder_port)
+    assert table.stats.closed[str(CloseReason.EVICTED)] == 0
+    assert len(table) == 2
 
 
 OPEN_RECORDS = {

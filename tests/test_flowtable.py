@@ -568,6 +568,57 @@ def test_advance_fires_the_tcp_idle_timeout_without_a_further_packet(tmp_path: P
     assert ev.close_reason is CloseReason.IDLE
 
 
+def test_each_session_ends_at_its_own_time_across_sweeps_that_end_others(tmp_path: Path) -> None:
+    """A sweep that ends one session leaves the others to end at their own times: a UDP session
+    idle 30 s after its last packet, a TCP one past its linger after FIN both ways, in any
+    order of their ends."""
+    early = [udp(CLIENT4, SERVER4, 5001, 53, 40), udp(SERVER4, CLIENT4, 53, 5001, 90)]
+    later = [udp(CLIENT4, SERVER4, 5002, 53, 41), udp(SERVER4, CLIENT4, 53, 5002, 91)]
+    c = Tcp(CLIENT4, SERVER4, 40011, 443)
+    tcp = [*c.handshake(), *c.request(20), *c.close()]
+    pkts = timed(T0, early) + timed(T0 + 20, later) + timed(T0 + 28, tcp)
+    run = run_capture(tmp_path, pkts, end=False)
+    assert run.closed == []
+    idle_s = Decimal(str(TIMEOUTS.udp_idle_s))
+    linger_s = Decimal(str(TIMEOUTS.tcp_linger_s))
+    early_end = pkts[1][0] + idle_s
+    tcp_end = pkts[-1][0] + linger_s
+    later_end = pkts[3][0] + idle_s
+    assert early_end < tcp_end < later_end
+    ends = [(early_end, early, CloseReason.IDLE), (tcp_end, tcp, CloseReason.FIN)]
+    ends.append((later_end, later, CloseReason.IDLE))
+    for end, packets, reason in ends:
+        assert run.table.advance(float(end) - 0.6) == [], reason
+        ev = only(run.table.advance(float(end) + 0.6))
+        assert ev.close_reason is reason
+        assert counters(ev) == direction_totals(packets, CLIENT4)
+    assert len(run.table) == 0
+
+
+def test_sessions_whose_lingers_end_in_one_second_each_end_after_their_own(
+    tmp_path: Path,
+) -> None:
+    """Two connections closed by FIN 0.2 s apart: a sweep between their linger ends ends the
+    first only, a later one the second."""
+    first = Tcp(CLIENT4, SERVER4, 40012, 443)
+    second = Tcp(CLIENT4, SERVER4, 40013, 443)
+    first_packets = [*first.handshake(), *first.close()]
+    second_packets = [*second.handshake(), *second.close()]
+    pkts = timed(T0 + 10, first_packets) + timed(T0 + Decimal("10.2"), second_packets)
+    run = run_capture(tmp_path, pkts, end=False)
+    linger_s = Decimal(str(TIMEOUTS.tcp_linger_s))
+    first_end = pkts[len(first_packets) - 1][0] + linger_s
+    second_end = pkts[-1][0] + linger_s
+    assert int(first_end) == int(second_end)  # in one second
+    between = float(first_end + second_end) / 2
+    ev = only(run.table.advance(between))
+    assert (ev.src_port, ev.close_reason) == (40012, CloseReason.FIN)
+    assert counters(ev) == direction_totals(first_packets, CLIENT4)
+    ev = only(run.table.advance(float(second_end) + 1.1))
+    assert (ev.src_port, ev.close_reason) == (40013, CloseReason.FIN)
+    assert counters(ev) == direction_totals(second_packets, CLIENT4)
+
+
 # -- fragments ---------------------------------------------------------------------------------
 
 

@@ -219,6 +219,21 @@ class RecordTable(FlowTable):
             self.observer.swept(self._flows.values())
         return self._drain()
 
+    def _lingers(self, flow: Flow) -> None:
+        """Its sessions end by their records' arrival (advance()), not after a linger in
+        packet time: nothing to keep."""
+
+    def _end_expired(self, now: float) -> None:
+        """A full table first ends the sessions past their linger or their idle timeout as of
+        record time `now`, as a capture's does (every session, as advance() is this table's)."""
+        linger_s = self._linger_s
+        for flow in list(self._flows.values()):
+            if flow.closed:
+                if now > flow.close_ts + linger_s:
+                    self._finish(flow, flow.close_reason or CloseReason.FIN)
+            elif now - flow.last_ts > flow.idle_s:
+                self._finish(flow, _IDLE)
+
     def open_hold_s(self, flow: Flow) -> float:
         """How long an open session waits for its next record, from its last one's arrival:
         as long as the exporter may hold a live flow (active_timeout), or a continuation
@@ -384,9 +399,7 @@ class RecordTable(FlowTable):
             elif end_reason == END_DETECTED:
                 reason = CloseReason.FIN if proto == IpProto.TCP else CloseReason.IDLE
         if reason is not None:
-            flow.closed = True
-            flow.close_ts = record.end_ts
-            flow.close_reason = reason
+            self._closes(flow, record.end_ts, reason)
 
     def _finish(self, flow: Flow, reason: CloseReason) -> None:
         if self._flows.get(flow.key) is flow:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -59,6 +60,9 @@ FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later one
 LATE_S = 1.0  # a packet this much older than one before it is counted late
 EVICT_SHARE = 64  # a full table evicts 1/64 of max_sessions at once: one scan per that many opens
 FULL_LOG_INTERVAL_S = 60.0  # a full table is logged at most once a minute
+# a scan for idle sessions starts this much before the earliest time one can go idle: the times
+# are compared as sums here and as differences in the scan, which may round apart
+IDLE_SLACK_S = 0.001
 _M1, _M2, _M3 = (
     np.uint64(0x9E3779B97F4A7C15),
     np.uint64(0xBF58476D1CE4E5B9),
@@ -239,6 +243,15 @@ class FlowTable:
         self._day_marks: dict[Flow, list[DayMark]] = {}
         self._finished: list[Flow] = []
         self._opened: list[Flow] = []
+        # No session in the table goes idle before this packet time: sweeps and a full table
+        # scan the open sessions for idle ones only from then on (a scan of 200,000 took 50
+        # ms, every second; issue 21). A session's next packet only moves its idle end later.
+        self._idle_floor = float("inf")
+        # the sessions closed by FIN or RST, by the second their linger ends in (its floor):
+        # sweeps end those past their linger without a scan, and hold 8 bytes a session (a
+        # heap's entries were 150). One that ended otherwise meanwhile (a new SYN, eviction) is
+        # dropped when its second comes.
+        self._lingering: dict[int, list[Flow]] = {}
         self._now = float("-inf")
         self._last_sweep = float("-inf")
         self._day: int | None = None  # the UTC day of packet time; None before any packet
@@ -344,13 +357,7 @@ class FlowTable:
         now = self._now
         if force or now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
-            t = self.timeouts
-            for flow in list(self._flows.values()):
-                if flow.closed:
-                    if now > flow.close_ts + t.tcp_linger_s:
-                        self._finish(flow, flow.close_reason or CloseReason.FIN)
-                elif now - flow.last_ts > flow.idle_s:
-                    self._finish(flow, CloseReason.IDLE)
+            self._end_expired(now)
             if self.observer is not None:
                 self.observer.swept(self._flows.values())
             stale = [
@@ -361,6 +368,67 @@ class FlowTable:
             for fragment_key in stale:
                 del self._frags[fragment_key]
         return self._drain()
+
+    def _end_expired(self, now: float) -> None:
+        """End the sessions lingering past tcp_linger after FIN or RST, or idle, as of packet
+        time `now`."""
+        flows = self._flows
+        if self._lingering:
+            self._end_lingering(now)
+        if now < self._idle_floor - IDLE_SLACK_S:
+            return
+        floor = float("inf")  # of the open sessions that stay
+        for flow in list(flows.values()):
+            if flow.closed:
+                continue  # it lingers: linger_ends has it
+            if now - flow.last_ts > flow.idle_s:
+                self._finish(flow, CloseReason.IDLE)
+            else:
+                idle_end = flow.last_ts + flow.idle_s
+                if idle_end < floor:
+                    floor = idle_end
+        self._idle_floor = floor
+
+    def _end_lingering(self, now: float) -> None:
+        """End the sessions closed by FIN or RST whose linger has passed as of `now`."""
+        lingering = self._lingering
+        flows = self._flows
+        linger_s = self._linger_s
+        for second in sorted(lingering):  # a few: the linger and a second or two
+            if second > now:
+                break  # every linger of it ends later
+            still = []
+            for flow in lingering.pop(second):
+                if flows.get(flow.key) is not flow:
+                    continue  # it ended otherwise
+                if now > flow.close_ts + linger_s:
+                    self._finish(flow, flow.close_reason or CloseReason.FIN)
+                else:
+                    still.append(flow)
+            if still:
+                lingering[second] = still
+
+    def _may_go_idle_at(self, packet_ts: float) -> None:
+        """An open session in the table may go idle from `packet_ts` on."""
+        if packet_ts < self._idle_floor:
+            self._idle_floor = packet_ts
+
+    def _closes(self, flow: Flow, ts: float, reason: CloseReason) -> None:
+        """`flow` ended by FIN or RST (or its exporter) at packet time `ts`: it lingers for
+        late packets until tcp_linger has passed."""
+        flow.closed = True
+        flow.close_ts = ts
+        flow.close_reason = reason
+        self._lingers(flow)
+
+    def _lingers(self, flow: Flow) -> None:
+        """`flow` was closed: it ends once packet time is past its linger."""
+        second = math.floor(flow.close_ts + self._linger_s)
+        in_second = self._lingering.get(second)
+        if in_second is None:
+            self._lingering[second] = [flow]
+        else:
+            in_second.append(flow)
 
     def resume(self, e: SessionEvent) -> None:
         """Continue an ongoing session from its last stored snapshot (after a restart).
@@ -421,6 +489,7 @@ class FlowTable:
         t = self.timeouts
         flow.idle_s = t.tcp_idle_s if e.proto == IpProto.TCP else t.udp_idle_s
         self._flows[flow.key] = flow
+        self._may_go_idle_at(flow.last_ts + flow.idle_s)
         if self.observer is not None:
             self.observer.opened(flow, resumed=True)
 
@@ -457,6 +526,7 @@ class FlowTable:
         for flow in list(self._flows.values()):
             if flow.closed:
                 self._finish(flow, flow.close_reason or CloseReason.FIN)
+        self._lingering.clear()  # each of them ended
         return out + self._drain() + self.checkpoint()
 
     def close_all(self, reason: CloseReason) -> list[SessionEvent]:
@@ -479,6 +549,7 @@ class FlowTable:
         # every closed session until the last part, the session-heavy import peaked at 255-266
         # MiB instead of 232-242
         flows = list(reversed(self._flows.values()))
+        self._lingering.clear()  # every session ends here
         while flows:
             part = flows[-size:]
             del flows[-size:]
@@ -683,9 +754,7 @@ class FlowTable:
             if tcp_flags & TCP_FIN:
                 flow.fin_senders |= 1 << from_b
             if not flow.closed and (tcp_flags & TCP_RST or flow.fin_senders == 3):
-                flow.closed = True
-                flow.close_ts = ts
-                flow.close_reason = CloseReason.RST if tcp_flags & TCP_RST else CloseReason.FIN
+                self._closes(flow, ts, CloseReason.RST if tcp_flags & TCP_RST else CloseReason.FIN)
         return flow
 
     def _open(self, key: FlowKey, ts: float, from_b: int, tcp_flags: int, interface: str) -> Flow:
@@ -715,6 +784,7 @@ class FlowTable:
         )
         flow.idle_s = self.timeouts.tcp_idle_s if proto == 6 else self.timeouts.udp_idle_s
         self._flows[key] = flow
+        self._may_go_idle_at(ts + flow.idle_s)
         self.stats.sessions_opened += 1
         if not attribution.attributed:
             self.stats.unattributed_sessions += 1
@@ -782,13 +852,7 @@ class FlowTable:
         it keeps a flood of new flows at a constant cost per flow.
         """
         self.stats.table_full += 1
-        linger_s = self.timeouts.tcp_linger_s
-        for flow in list(self._flows.values()):
-            if flow.closed:
-                if ts > flow.close_ts + linger_s:
-                    self._finish(flow, flow.close_reason or CloseReason.FIN)
-            elif ts - flow.last_ts > flow.idle_s:
-                self._finish(flow, CloseReason.IDLE)
+        self._end_expired(ts)
         wanted = self.max_sessions - self._evict_count()
         excess = len(self._flows) - wanted
         if excess <= 0:
