@@ -130,7 +130,8 @@ def report_import(label: str, runs: list[Measured], sessions: int, packets: int)
         print(
             f"  {label}: {run.seconds:.2f} s, {sessions / run.seconds:,.0f} sessions/s, "
             f"{packets / run.seconds:,.0f} packets/s; peak RSS {run.peak_mib:,.0f} MiB "
-            f"(+ largest child process, decoder or writer, {run.largest_child_mib:,.0f}); "
+            f"(+ largest child process, decoder or writer, {run.largest_child_mib:,.0f}; "
+            f"all processes together at most {run.together_mib:,.0f}); "
             f"CPU {run.own_cpu_s:.2f} s (+ child processes, busiest first: {children_cpu})"
         )
     print(best.stdout.rstrip())

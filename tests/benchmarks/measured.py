@@ -2,7 +2,9 @@
 own process and of its largest child process, and the CPU time of each.
 
 The peaks are each process's VmHWM (its high-water mark), read from /proc every `poll_s`
-while it runs: nothing runs inside the measured process. (A watcher thread there, as the
+while it runs: nothing runs inside the measured process. `together_mib` is the highest sum
+of the processes' VmRSS seen at one poll (each counts the shared library pages it maps, 17-23
+MiB for the import's). (A watcher thread there, as the
 import benchmarks had, takes that process's GIL every time it wakes; and ru_maxrss of a child
 would count this process's memory from before its exec.) A child that lives less than
 `poll_s` may be missed; the import's decoder and writer children live as long as it does.
@@ -30,6 +32,7 @@ class Measured:
     largest_child_mib: float  # the highest VmHWM among its child processes
     own_cpu_s: float  # CPU seconds (user + system) of the command's own process
     children_cpu_s: tuple[float, ...]  # of each child process, the busiest first
+    together_mib: float  # the highest VmRSS of the command and its children summed at a poll
     returncode: int
     stdout: str
     stderr: str
@@ -37,9 +40,14 @@ class Measured:
 
 def peak_mib(pid: int) -> float | None:
     """VmHWM of process `pid` in MiB; None once it is gone."""
+    return status_mib(pid, "VmHWM:")
+
+
+def status_mib(pid: int, field: str) -> float | None:
+    """The memory figure `field` (as "VmRSS:") of process `pid` in MiB; None once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -79,12 +87,16 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.
         own_cpu = 0.0
         children: dict[int, float] = {}
         children_cpu: dict[int, float] = {}
+        together = 0.0
         while proc.poll() is None:
             own = max(own, peak_mib(proc.pid) or 0.0)
             own_cpu = max(own_cpu, cpu_s(proc.pid) or 0.0)
+            resident = status_mib(proc.pid, "VmRSS:") or 0.0
             for child in child_pids(proc.pid):
                 children[child] = max(children.get(child, 0.0), peak_mib(child) or 0.0)
                 children_cpu[child] = max(children_cpu.get(child, 0.0), cpu_s(child) or 0.0)
+                resident += status_mib(child, "VmRSS:") or 0.0
+            together = max(together, resident)
             time.sleep(poll_s)
         seconds = time.perf_counter() - started
         out.seek(0)
@@ -95,6 +107,7 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.
             largest_child_mib=max(children.values(), default=0.0),
             own_cpu_s=own_cpu,
             children_cpu_s=tuple(sorted(children_cpu.values(), reverse=True)),
+            together_mib=together,
             returncode=proc.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
