@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -153,17 +153,9 @@ class RecordFlow(Flow):
 
     __slots__ = ("payload_known", "estimated", "incomplete")
 
-    def __init__(
-        self,
-        key: FlowKey,
-        session_int: int,
-        initiator_is_a: bool,
-        ts: float,
-        midstream: bool,
-        attribution: Attribution,
-        interface: str,
-    ) -> None:
-        super().__init__(key, session_int, initiator_is_a, ts, midstream, attribution, interface)
+    def __init__(self, *flow_args: Any) -> None:
+        """As a Flow is made (a table makes it from its `flow_class`, typed as Flow's)."""
+        super().__init__(*flow_args)
         self.payload_known = True
         self.estimated = False
         self.incomplete = False
