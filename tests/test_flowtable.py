@@ -61,8 +61,8 @@ def attribute(family: int, src: int, dst: int, dport: int, proto: IpProto) -> At
     return Attribution(org_id="acme", client_id=client, resource_id=f"{proto.label}/{dport}")
 
 
-def new_table(timeouts: Timeouts = TIMEOUTS, *, early_closes: bool = False) -> FlowTable:
-    return FlowTable(timeouts, attribute=attribute, is_client=is_client, early_closes=early_closes)
+def new_table(timeouts: Timeouts = TIMEOUTS) -> FlowTable:
+    return FlowTable(timeouts, attribute=attribute, is_client=is_client)
 
 
 # -- packets -----------------------------------------------------------------------------------
@@ -239,42 +239,14 @@ def split_raw(raw: RawBatch, sizes: Sequence[int]) -> list[RawBatch]:
     return out
 
 
-def feed(
-    batches: Sequence[RawBatch],
-    timeouts: Timeouts = TIMEOUTS,
-    end: bool = True,
-    *,
-    early_closes: bool = False,
-) -> Run:
-    """Each batch through a new table (and its end, when `end`): its closed events, or with
-    `early_closes` each session's row as the writer stores it from them (stored_closes())."""
-    table = new_table(timeouts, early_closes=early_closes)
+def feed(batches: Sequence[RawBatch], timeouts: Timeouts = TIMEOUTS, end: bool = True) -> Run:
+    table = new_table(timeouts)
     events: list[SessionEvent] = []
     for raw in batches:
         events += table.process(decode(raw))
     if end:
         events += table.close_all(CloseReason.END_OF_CAPTURE)
-    if early_closes:
-        return Run(stored_closes(events), table)
     return Run([e for e in events if e.kind is EventKind.CLOSED], table)
-
-
-def stored_closes(events: Sequence[SessionEvent]) -> list[SessionEvent]:
-    """The closed row of each session as the writer stores `events` of a table with early
-    closes: its closed event, replaced by each amended one after it (as a closed event), in
-    the order of the closed events. Asserts what such a table promises: one closed event per
-    session, amended ones only after it, and nothing ongoing after either."""
-    stored: dict[uuid.UUID, SessionEvent] = {}
-    for e in events:
-        if e.kind is EventKind.CLOSED:
-            assert e.session_id not in stored, f"a second closed event: {e}"
-            stored[e.session_id] = e
-        elif e.kind is EventKind.AMENDED:
-            assert e.session_id in stored, f"amended before its close: {e}"
-            stored[e.session_id] = dataclasses.replace(e, kind=EventKind.CLOSED)
-        else:
-            assert e.session_id not in stored, f"{e.kind} after its close: {e}"
-    return list(stored.values())
 
 
 def write(path: Path, pkts: Sequence[Timed], snaplen: int = DEFAULT_SNAPLEN) -> Path:
@@ -1065,22 +1037,6 @@ def test_batch_boundaries_never_change_closed_sessions(steps: list[Step], sizes:
         assert stats_view(run.table) == stats_view(whole.table), split
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios(), st.lists(st.integers(1, 12), max_size=40))
-def test_early_closes_store_what_closes_at_the_linger_end_store_whatever_the_batches(
-    steps: list[Step], sizes: list[int]
-) -> None:
-    # Issue 21: the import writes a closed session once it has been quiet, and again (amended)
-    # when late packets come within its linger. The store ends with the rows a table that
-    # writes each close at the end of its linger writes, whatever the batches.
-    raw = _scenario_raw(build(steps))
-    at_linger_end = feed([raw])
-    for split in ([], sizes, [1] * len(raw)):
-        run = feed(split_raw(raw, split), early_closes=True)
-        assert closed_view(run) == closed_view(at_linger_end), split
-        assert stats_view(run.table) == stats_view(at_linger_end.table), split
-
-
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(noise=True))
 def test_session_totals_equal_the_ip_lengths_of_all_tcp_and_udp_packets(
@@ -1265,171 +1221,6 @@ def test_a_linger_longer_than_the_checkpoint_interval_keeps_closed_sessions_chec
     checkpointed = only(run.table.checkpoint())
     assert checkpointed.kind is EventKind.CHECKPOINT
     assert counters(checkpointed) == direction_totals(fin, CLIENT4)
-
-
-QUIET_S = flowtable.EARLY_CLOSE_QUIET_S
-
-
-def other(at: Decimal) -> Timed:
-    """A packet of another conversation at `at`: packet time moves on, a sweep runs."""
-    return (at, udp(CLIENT4_B, SERVER4, 5301, 53, 40))
-
-
-def early_run(
-    tmp_path: Path, *batches: Sequence[Timed], max_sessions: int = 262_144
-) -> tuple[FlowTable, list[SessionEvent]]:
-    """`batches` of packets, each a batch of its own, through a table with early closes (not
-    ended): the table and its events."""
-    table = FlowTable(
-        TIMEOUTS,
-        attribute=attribute,
-        is_client=is_client,
-        early_closes=True,
-        max_sessions=max_sessions,
-    )
-    (raw,) = read_raw(write(tmp_path / "cap.pcap", [p for batch in batches for p in batch]))
-    events: list[SessionEvent] = []
-    for part in split_raw(raw, [len(batch) for batch in batches]):
-        events += table.process(decode(part))
-    return table, events
-
-
-def test_early_closes_write_a_closed_session_once_quiet_and_nothing_when_its_linger_ends(
-    tmp_path: Path,
-) -> None:
-    # Issue 21: the import's table writes a FIN-closed session once it has had no packet for
-    # EARLY_CLOSE_QUIET_S, while it still lingers, and adds nothing when the linger ends.
-    c = Tcp(CLIENT4, SERVER4, 40400, 443)
-    pkts = [*c.handshake(), *c.request(300), *c.response(1200), *c.close()]
-    table, events = early_run(tmp_path, timed(T0, pkts))
-    last = float(T0) + (len(pkts) - 1) * 0.001
-    assert events == []
-    assert table.advance(last + QUIET_S / 2, force=True) == []  # not yet quiet
-    closed = only(table.advance(last + QUIET_S, force=True))
-    assert (closed.kind, closed.close_reason) == (EventKind.CLOSED, CloseReason.FIN)
-    assert counters(closed) == direction_totals(pkts, CLIENT4)
-    assert closed.ended_ts == pytest.approx(last, abs=1e-6)
-    assert len(table) == 1  # it still lingers for late packets
-    assert table.checkpoint() == []  # written as closed: never as ongoing again
-    assert table.advance(last + TIMEOUTS.tcp_linger_s + 1, force=True) == []
-    assert len(table) == 0
-    assert table.stats.closed == Counter({"fin": 1})
-
-
-def test_a_late_packet_after_an_early_close_is_written_as_amended_with_every_packet(
-    tmp_path: Path,
-) -> None:
-    # A retransmitted last ACK 3 s after the FIN exchange: past the quiet time, inside the
-    # linger. The close was written without it; the amendment holds every packet.
-    c = Tcp(CLIENT4, SERVER4, 40401, 443)
-    exchange = [*c.handshake(), *c.request(100), *c.close()]
-    late_ack = c.seg(True, "A")
-    last = T0 + Decimal("0.001") * (len(exchange) - 1)
-    table, events = early_run(
-        tmp_path, timed(T0, exchange), [other(last + 2)], [(last + 3, late_ack)]
-    )
-    closed = only(events)  # written at the sweep of the other packet, before the late one
-    assert closed.kind is EventKind.CLOSED
-    assert counters(closed) == direction_totals(exchange, CLIENT4)
-    amended = only(table.advance(float(last) + TIMEOUTS.tcp_linger_s + 1, force=True))
-    assert (amended.kind, amended.close_reason) == (EventKind.AMENDED, CloseReason.FIN)
-    assert amended.session_id == closed.session_id
-    assert counters(amended) == direction_totals([*exchange, late_ack], CLIENT4)
-    assert amended.ended_ts == pytest.approx(float(last + 3), abs=1e-6)
-    assert len(table) == 1  # the other conversation
-
-
-def test_a_packet_before_the_quiet_time_delays_the_early_close_and_counts_in_it(
-    tmp_path: Path,
-) -> None:
-    c = Tcp(CLIENT4, SERVER4, 40402, 443)
-    exchange = [*c.handshake(), *c.request(100), *c.close()]
-    late_ack = c.seg(True, "A")
-    last = T0 + Decimal("0.001") * (len(exchange) - 1)
-    late_at = last + Decimal(str(QUIET_S / 2))
-    table, events = early_run(tmp_path, timed(T0, exchange), [(late_at, late_ack)])
-    assert events == []
-    assert table.advance(float(last) + QUIET_S, force=True) == []  # quiet only since late_at
-    closed = only(table.advance(float(late_at) + QUIET_S, force=True))
-    assert counters(closed) == direction_totals([*exchange, late_ack], CLIENT4)
-    assert table.advance(float(last) + TIMEOUTS.tcp_linger_s + 1, force=True) == []
-
-
-def test_a_checkpoint_writes_the_late_packets_of_an_early_closed_session_as_amended(
-    tmp_path: Path,
-) -> None:
-    c = Tcp(CLIENT4, SERVER4, 40403, 443)
-    exchange = [*c.handshake(), *c.request(100), *c.close()]
-    late_ack = c.seg(True, "A")
-    last = T0 + Decimal("0.001") * (len(exchange) - 1)
-    table, events = early_run(
-        tmp_path, timed(T0, exchange), [other(last + 1)], [(last + 2, late_ack)]
-    )
-    assert only(events).kind is EventKind.CLOSED
-    amended = only([e for e in table.checkpoint() if e.src_port == 40403])
-    assert amended.kind is EventKind.AMENDED
-    assert counters(amended) == direction_totals([*exchange, late_ack], CLIENT4)
-    assert table.checkpoint() == []
-    assert table.advance(float(last) + TIMEOUTS.tcp_linger_s + 1, force=True) == []
-    assert len(table) == 1  # the other conversation
-
-
-def test_late_fragments_after_an_early_close_count_in_the_amended_row(tmp_path: Path) -> None:
-    # A segment of 2,400 bytes fragmented on the way: its first fragment comes with the FIN
-    # exchange, the other two after the close was written. They carry no ports: they count
-    # through their first fragment, into the amendment.
-    c = Tcp(CLIENT4, SERVER4, 40404, 443)
-    exchange = [*c.handshake(), *c.request(100), *c.close()]
-    first, *later = fragment(c.seg(False, "PA", b"r" * 2400), fragsize=1000)
-    assert len(later) == 2
-    last = T0 + Decimal("0.001") * len(exchange)  # the first fragment's time
-    table, events = early_run(
-        tmp_path,
-        timed(T0, [*exchange, first]),
-        [other(last + Decimal("1.5"))],
-        timed(last + 2, later),
-    )
-    assert counters(only(events)) == direction_totals([*exchange, first], CLIENT4)
-    amended = only(table.advance(float(last) + TIMEOUTS.tcp_linger_s + 1, force=True))
-    assert amended.kind is EventKind.AMENDED
-    assert counters(amended) == direction_totals([*exchange, first, *later], CLIENT4)
-    assert table.stats.fragments_unattributed == 0
-
-
-def test_a_new_syn_after_an_early_close_opens_a_new_session_and_the_old_stays_as_written(
-    tmp_path: Path,
-) -> None:
-    c = Tcp(CLIENT4, SERVER4, 40405, 443)
-    exchange = [*c.handshake(), *c.request(100), *c.close()]
-    again = Tcp(CLIENT4, SERVER4, 40405, 443, cseq=900_000)
-    reuse = [*again.handshake(), *again.request(50)]
-    last = T0 + Decimal("0.001") * (len(exchange) - 1)
-    table, events = early_run(
-        tmp_path, timed(T0, exchange), [other(last + 1)], timed(last + 2, reuse)
-    )
-    closed = only(events)  # the new session's SYN ends the old one: no second event of it
-    assert counters(closed) == direction_totals(exchange, CLIENT4)
-    assert len(table) == 2  # the new session and the other one
-    ended = table.close_all(CloseReason.END_OF_CAPTURE)
-    reopened = only([e for e in ended if e.src_port == 40405])
-    assert reopened.session_id != closed.session_id
-    assert counters(reopened) == direction_totals(reuse, CLIENT4)
-    assert table.stats.closed == Counter({"fin": 1, "end_of_capture": 2})
-
-
-def test_a_full_table_ends_an_early_closed_session_as_closed_by_fin_not_evicted(
-    tmp_path: Path,
-) -> None:
-    # Its row says fin: the table's counts of closes by reason say so too.
-    c = Tcp(CLIENT4, SERVER4, 40406, 443)
-    exchange = [*c.handshake(), *c.request(100), *c.close()]
-    dns = udp(CLIENT4, SERVER4, 5300, 53, 40)
-    last = T0 + Decimal("0.001") * (len(exchange) - 1)
-    table, events = early_run(tmp_path, timed(T0, exchange), [(last + 2, dns)], max_sessions=1)
-    assert only(events).kind is EventKind.CLOSED  # the early close, and nothing when evicted
-    assert table.stats.closed == Counter({"fin": 1})
-    assert table.stats.table_full == 1
-    assert len(table) == 1  # the DNS session
 
 
 def test_packets_older_than_one_before_them_by_over_a_second_are_counted_late(

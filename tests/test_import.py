@@ -24,9 +24,8 @@ from tests.helpers.oracle import (
     read_session_rows,
     tshark_sessions,
 )
-from tests.helpers.pcapwrite import LINKTYPE_RAW, write_pcap
+from tests.helpers.pcapwrite import write_pcap
 from tests.helpers.pg import read_rows
-from tests.helpers.stores import assert_months_sum_their_days, session_totals, usage_totals
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "wg-small.toml"
@@ -173,66 +172,6 @@ def test_a_reimport_keeps_the_counters_of_the_last_capture(
         problems = compare_sessions(oracle, _store_rows(database_url))
         assert problems == [], f"after importing {pcap.name}:\n" + "\n".join(problems)
     assert _summary_figure(summary, r"replaced ([\d,]+)") == len(full_oracle)
-
-
-def _alice_segment(port: int, from_client: bool, flags: str, data: bytes = b"") -> bytes:
-    """A TCP segment between alice (100.64.0.2, `port`) and the resource's port 443."""
-    client = ("100.64.0.2", port)
-    server = ("10.99.0.5", 443)
-    sender, receiver = (client, server) if from_client else (server, client)
-    layers = IP(src=sender[0], dst=receiver[0]) / TCP(
-        sport=sender[1], dport=receiver[1], flags=flags
-    )
-    return bytes(layers / data)
-
-
-def _late_packets_capture(path: Path) -> Path:
-    """TCP connections of alice's that close by FIN at once, every other one with its last ACK
-    sent again 3 s later (past the import's quiet time before it writes a close, inside the
-    linger), among 3 MiB of UDP: the import reads it in several batches, and writes the
-    closes before the late ACKs come."""
-    start = Decimal(1_795_430_400)  # 2026-11-23T10:40:00Z
-    records: list[tuple[Decimal, bytes]] = []
-    for i in range(20):
-        port = 41000 + i
-        exchange = [
-            _alice_segment(port, True, "S"),
-            _alice_segment(port, False, "SA"),
-            _alice_segment(port, True, "A"),
-            _alice_segment(port, True, "PA", b"q" * 200),
-            _alice_segment(port, False, "PA", b"r" * 1200),
-            _alice_segment(port, True, "FA"),
-            _alice_segment(port, False, "FA"),
-            _alice_segment(port, True, "A"),
-        ]
-        opened_at = start + Decimal(i) / 1000
-        records += [(opened_at + Decimal(k) / 100_000, data) for k, data in enumerate(exchange)]
-        if i % 2 == 0:
-            records.append((start + 3 + Decimal(i) / 1000, exchange[-1]))
-    fill = IP(src="100.64.0.2", dst="10.99.0.5") / UDP(sport=5000, dport=9000) / (b"f" * 1400)
-    filler_at = start + Decimal("0.1")
-    records += [(filler_at + Decimal(k) / 1000, bytes(fill)) for k in range(2400)]
-    return write_pcap(path, sorted(records), LINKTYPE_RAW)
-
-
-@needs_tshark
-def test_late_packets_after_a_close_written_early_are_stored_as_tshark_counts_them(
-    tmp_path: Path, database_url: str
-) -> None:
-    # Issue 21: the import writes a session closed by FIN once it has been quiet for a second,
-    # and its late packets within the linger again, as an amendment. Each row holds what
-    # tshark counts, the rollup each session once, and importing the capture again replaces
-    # each row once.
-    pcap = _late_packets_capture(tmp_path / "late.pcap")
-    oracle = tshark_sessions(pcap)
-    assert len(oracle) == 21
-    for imported in range(2):
-        summary = _import(database_url, pcap)
-        problems = compare_sessions(oracle, _store_rows(database_url))
-        assert problems == [], "\n".join(problems)
-        assert _summary_figure(summary, r"replaced ([\d,]+)") == imported * len(oracle)
-        assert usage_totals(database_url) == session_totals(database_url)
-        assert_months_sum_their_days(database_url)
 
 
 def test_session_ids_begin_with_the_start_in_unix_milliseconds(tmp_path: Path) -> None:

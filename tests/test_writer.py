@@ -70,7 +70,7 @@ def event(
     last_ts: float = T0,
 ) -> SessionEvent:
     """A TCP session event whose counters are derived from `n` (tx bytes = 100 * n, ...)."""
-    closed = kind is EventKind.CLOSED or kind is EventKind.AMENDED
+    closed = kind is EventKind.CLOSED
     return SessionEvent(
         kind=kind,
         session_id=session_id or uuid.uuid4(),
@@ -434,74 +434,6 @@ async def test_event_replacing_one_in_flight_is_written_by_the_next_flush(
             await wait_until(lambda: writer.pending == 0)
         assert writer.flushes == 2
         assert raw_query(db_path, "SELECT bytes_tx FROM sessions") == [(200,)]
-    finally:
-        event_api.remove(engine.sync_engine, "before_cursor_execute", executing)
-        locker.close()
-
-
-async def test_an_amended_close_rewrites_the_closed_row_and_each_session_counts_once(
-    store_engine: AsyncEngine, store_url: str
-) -> None:
-    # Issue 21: an import writes a closed session early, and its late packets again as an
-    # amended close: the row takes the amended counters, the rollup each session once (the
-    # session rows are its oracle), whether the closed row was written first or the amendment
-    # replaced it while pending.
-    written_first = [uuid.uuid4() for _ in range(3)]
-    amended_pending = uuid.uuid4()
-    writer = writer_for(store_engine, flush_interval_s=0.01)
-    async with running(writer):
-        await writer.submit([event(EventKind.CLOSED, sid, n=2) for sid in written_first])
-        await wait_until(lambda: writer.pending == 0)
-        assert session_totals(store_url) == usage_totals(store_url)
-        amended = [event(EventKind.AMENDED, sid, n=3, last_ts=T0 + 4) for sid in written_first]
-        await writer.submit(amended)
-        await writer.submit(
-            [
-                event(EventKind.CLOSED, amended_pending, n=1),
-                event(EventKind.AMENDED, amended_pending, n=5, last_ts=T0 + 2),
-                event(EventKind.CHECKPOINT, amended_pending, n=6, last_ts=T0 + 3),  # stale
-            ]
-        )
-    assert writer.stale_events == 1
-    rows = read_rows(store_url, "SELECT id, status, bytes_tx, packets_rx, duration_s FROM sessions")
-    assert sorted(rows) == sorted(
-        [(sid.hex, "completed", 300, 6, pytest.approx(4.0)) for sid in written_first]
-        + [(amended_pending.hex, "completed", 500, 10, pytest.approx(2.0))]
-    )
-    every_n = 3 * 3 + 5
-    expected = (100 * every_n, 1000 * every_n, every_n, 2 * every_n, 4, 4)
-    assert session_totals(store_url) == {"acme": expected}
-    assert usage_totals(store_url) == {"acme": expected}
-    assert_months_sum_their_days(store_url)
-
-
-async def test_an_amended_close_replacing_its_closed_row_in_flight_counts_once(
-    engine: AsyncEngine, db_path: Path
-) -> None:
-    # The closed row is being written when the amendment comes: the closed row commits, and
-    # the next flush writes the amendment in its place, taking the closed row's share back.
-    sid = uuid.uuid4()
-    url = f"sqlite:///{db_path}"
-    locker = sqlite3.connect(db_path, isolation_level=None)
-    statements: list[str] = []
-
-    def executing(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
-    event_api.listen(engine.sync_engine, "before_cursor_execute", executing)
-    try:
-        writer = writer_for(engine, flush_interval_s=0.01)
-        async with running(writer):
-            locker.execute("BEGIN EXCLUSIVE")
-            await writer.submit([event(EventKind.CLOSED, sid, n=1)])
-            await wait_until(lambda: statements)  # the flush has taken the closed event
-            await writer.submit([event(EventKind.AMENDED, sid, n=2, last_ts=T0 + 3)])
-            locker.execute("COMMIT")
-            await wait_until(lambda: writer.pending == 0)
-        assert writer.flushes == 2
-        assert raw_query(db_path, "SELECT bytes_tx, status FROM sessions") == [(200, "completed")]
-        assert session_totals(url) == {"acme": (200, 2000, 2, 4, 1, 1)}
-        assert usage_totals(url) == session_totals(url)
     finally:
         event_api.remove(engine.sync_engine, "before_cursor_execute", executing)
         locker.close()

@@ -52,6 +52,3 @@ class EventKind(StrEnum):
     OPENED = "opened"
     CHECKPOINT = "checkpoint"
     CLOSED = "closed"
-    # a closed session's row again, with the late packets (a last ACK, a retransmit) that came
-    # within its linger after its close was written early (FlowTable's `early_closes`)
-    AMENDED = "amended"

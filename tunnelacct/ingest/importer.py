@@ -104,8 +104,6 @@ async def import_files(
         attribute=inventory.attribute,
         is_client=inventory.is_client_address,
         ids=ids,
-        # closed sessions are written while the capture is still read, not all after it
-        early_closes=True,
         max_sessions=config.service.max_sessions,
     )
     done_bytes = [0] * len(files)

@@ -72,15 +72,6 @@ _SYN_MASK = TCP_SYN | TCP_ACK
 _KEY_DTYPE = np.dtype((np.void, KEY_BYTES))  # a row of a key matrix as one bytes key
 _PROTOS = {int(p): p for p in IpProto}
 _CLOSED = EventKind.CLOSED
-_AMENDED = EventKind.AMENDED
-# Flow.closed: 0 while a session is open; once FIN or RST closed it, how its close stands
-LINGERING = 1  # it lingers for late packets, its close not yet written
-CLOSE_WRITTEN = 2  # its close was written early (`early_closes`), and nothing came since
-CLOSE_AMENDED = 3  # its close was written early, and late packets came since
-# With `early_closes`, a closed session's close is written once it has had no packet for this
-# much packet time, instead of when its linger ends: the final ACK of a FIN exchange comes
-# within a round trip, and an import's writer writes the row while the capture is still read
-EARLY_CLOSE_QUIET_S = 1.0
 # addresses whose text a table keeps per family (about 130 bytes each): a gateway's sessions
 # come from and go to a limited set of clients and resources
 ADDRESS_TEXTS_KEPT = 16_384
@@ -146,7 +137,7 @@ class Flow:
         self.payload_a = 0  # their L4 payload bytes
         self.payload_b = 0
         self.fin_senders = 0  # bit 0: A sent a FIN, bit 1: B did
-        self.closed = 0  # 0 while open, then LINGERING, CLOSE_WRITTEN or CLOSE_AMENDED
+        self.closed = False
         self.close_ts = 0.0
         self.close_reason: CloseReason | None = None
         self.midstream = midstream
@@ -220,7 +211,6 @@ class FlowTable:
         is_client: IsClientFn,
         ids: SessionIds | None = None,
         emit_opened: bool = False,
-        early_closes: bool = False,
         observer: FlowObserver | None = None,
         max_sessions: int = 262_144,
         gateway: str | None = None,
@@ -237,10 +227,6 @@ class FlowTable:
         # one issuer per table: ids never repeat, whatever the packets (issue 15)
         self.ids = ids if ids is not None else SessionIds()
         self._emit_opened = emit_opened
-        # Write a session closed by FIN or RST once it has been quiet for EARLY_CLOSE_QUIET_S,
-        # and again (AMENDED) only if late packets come within its linger: the import's (issue
-        # 21). Serve's closes come once the linger has ended, one closed event per session.
-        self._early_closes = early_closes
         self._flows: dict[FlowKey, Flow] = {}
         self._frags: dict[tuple[int, ...], tuple[Flow, int, float]] = {}
         # the open sessions that had packets on an earlier UTC day than their last: per UTC day
@@ -259,9 +245,6 @@ class FlowTable:
         # heap's entries were 150). One that ended otherwise meanwhile (a new SYN, eviction) is
         # dropped when its second comes.
         self._lingering: dict[int, list[Flow]] = {}
-        # with early_closes, the closed sessions by the second they are quiet from
-        self._quieting: dict[int, list[Flow]] = {}
-        self._closes_to_write: list[Flow] = []  # quiet ones, their close written at _drain()
         self._now = float("-inf")
         self._last_sweep = float("-inf")
         self._day: int | None = None  # the UTC day of packet time; None before any packet
@@ -385,8 +368,6 @@ class FlowTable:
         flows = self._flows
         if self._lingering:
             self._end_lingering(now)
-        if self._quieting:
-            self._write_quiet_closes(now)
         if now < self._idle_floor - IDLE_SLACK_S:
             return
         floor = float("inf")  # of the open sessions that stay
@@ -420,36 +401,6 @@ class FlowTable:
             if still:
                 lingering[second] = still
 
-    def _write_quiet_closes(self, now: float) -> None:
-        """With early_closes: the sessions closed by FIN or RST that have had no packet for
-        EARLY_CLOSE_QUIET_S as of `now` have their close written (at _drain())."""
-        quieting = self._quieting
-        flows = self._flows
-        for second in sorted(quieting):
-            if second > now:
-                break
-            for flow in quieting.pop(second):
-                if flows.get(flow.key) is not flow or flow.closed != LINGERING:
-                    continue  # it ended meanwhile (its close is written with its end)
-                quiet_from = flow.last_ts + EARLY_CLOSE_QUIET_S
-                if now >= quiet_from:
-                    # written from here on (a full table keeps its close reason); its event
-                    # is made at _drain(), with the packets that come until then
-                    flow.closed = CLOSE_WRITTEN
-                    self._closes_to_write.append(flow)
-                else:  # a late packet came: again once it has been quiet
-                    self._quiet_from(flow, quiet_from)
-
-    def _quiet_from(self, flow: Flow, packet_ts: float) -> None:
-        """With early_closes: `flow` has its close written once packet time reaches
-        `packet_ts` with no packet of it since."""
-        second = math.floor(packet_ts)
-        in_second = self._quieting.get(second)
-        if in_second is None:
-            self._quieting[second] = [flow]
-        else:
-            in_second.append(flow)
-
     def _may_go_idle_at(self, packet_ts: float) -> None:
         """An open session in the table may go idle from `packet_ts` on."""
         if packet_ts < self._idle_floor:
@@ -458,7 +409,7 @@ class FlowTable:
     def _closes(self, flow: Flow, ts: float, reason: CloseReason) -> None:
         """`flow` ended by FIN or RST (or its exporter) at packet time `ts`: it lingers for
         late packets until tcp_linger has passed."""
-        flow.closed = LINGERING
+        flow.closed = True
         flow.close_ts = ts
         flow.close_reason = reason
         self._lingers(flow)
@@ -471,8 +422,6 @@ class FlowTable:
             self._lingering[second] = [flow]
         else:
             in_second.append(flow)
-        if self._early_closes:
-            self._quiet_from(flow, flow.last_ts + EARLY_CLOSE_QUIET_S)
 
     def resume(self, e: SessionEvent) -> None:
         """Continue an ongoing session from its last stored snapshot (after a restart).
@@ -544,18 +493,11 @@ class FlowTable:
         ends before the next checkpoint is due (`closed_hold_s()` within [timeouts]
         checkpoint): its closing event writes it within one checkpoint interval of its last
         packet, as a checkpoint would, and a session-heavy gateway does not write each of its
-        short sessions twice (issue 21). One whose close was written early (`early_closes`) is
-        never written as ongoing again: the late packets since are written as amended."""
+        short sessions twice (issue 21)."""
         skip_closed = self.closed_hold_s() <= self.timeouts.checkpoint_s
         out = []
         for flow in self._flows.values():
-            closed = flow.closed
-            if closed >= CLOSE_WRITTEN:
-                if closed == CLOSE_AMENDED:
-                    flow.closed = CLOSE_WRITTEN
-                    flow.checkpoint_ts = flow.last_ts
-                    out.append(self._event(flow, _AMENDED))
-            elif flow.last_ts != flow.checkpoint_ts and not (skip_closed and closed):
+            if flow.last_ts != flow.checkpoint_ts and not (skip_closed and flow.closed):
                 flow.checkpoint_ts = flow.last_ts
                 out.append(self._event(flow, EventKind.CHECKPOINT))
         return out
@@ -578,7 +520,6 @@ class FlowTable:
             if flow.closed:
                 self._finish(flow, flow.close_reason or CloseReason.FIN)
         self._lingering.clear()  # each of them ended
-        self._quieting.clear()
         return out + self._drain() + self.checkpoint()
 
     def close_all(self, reason: CloseReason) -> list[SessionEvent]:
@@ -601,7 +542,6 @@ class FlowTable:
         # before the next part's events are made: a list of every session, held to the last
         # part, took the session-heavy import's peak to 255-266 MiB instead of 232-242
         self._lingering.clear()  # every session ends here
-        self._quieting.clear()
         flows = self._flows
         while flows:
             for flow in list(itertools.islice(flows.values(), size)):
@@ -785,8 +725,6 @@ class FlowTable:
                 if ts > flow.close_ts + self._linger_s or (tcp_flags & _SYN_MASK) == TCP_SYN:
                     self._finish(flow, flow.close_reason or CloseReason.FIN)
                     flow = None
-                elif flow.closed == CLOSE_WRITTEN:
-                    flow.closed = CLOSE_AMENDED  # a late packet: its row is written again
             elif ts - flow.last_ts > flow.idle_s:
                 self._finish(flow, CloseReason.IDLE)
                 flow = None
@@ -881,8 +819,6 @@ class FlowTable:
                 self.stats.fragment_bytes_unattributed += ip_bytes
                 continue
             flow, from_b, _first_ts = entry
-            if flow.closed == CLOSE_WRITTEN:
-                flow.closed = CLOSE_AMENDED
             if from_b:
                 flow.packets_b += 1
                 flow.bytes_b += ip_bytes
@@ -912,10 +848,7 @@ class FlowTable:
         if excess <= 0:
             return
         for flow in _least_recently_active(list(self._flows.values()), excess):
-            if flow.closed >= CLOSE_WRITTEN and flow.close_reason is not None:
-                self._finish(flow, flow.close_reason)  # written as closed by FIN or RST
-            else:
-                self._finish(flow, CloseReason.EVICTED)
+            self._finish(flow, CloseReason.EVICTED)
         now = time.monotonic()
         if now - self._full_logged_at >= FULL_LOG_INTERVAL_S:
             self._full_logged_at = now
@@ -941,20 +874,10 @@ class FlowTable:
             for f in self._opened:
                 f.checkpoint_ts = f.last_ts
             self._opened = []
-        if self._closes_to_write:
-            for f in self._closes_to_write:
-                f.closed = CLOSE_WRITTEN  # not amended by what came since the sweep: it is here
-                f.checkpoint_ts = f.last_ts
-                out.append(self._event(f, _CLOSED))
-            self._closes_to_write = []
         if self._finished:
             for f in self._finished:
                 self.stats.closed[str(f.close_reason)] += 1
-                closed = f.closed
-                if closed == CLOSE_AMENDED:
-                    out.append(self._event(f, _AMENDED))
-                elif closed != CLOSE_WRITTEN:  # written early and unchanged: nothing to add
-                    out.append(self._event(f, _CLOSED))
+                out.append(self._event(f, EventKind.CLOSED))
                 if self._day_marks:
                     self._day_marks.pop(f, None)
             if self.observer is not None:
@@ -1014,7 +937,7 @@ class FlowTable:
                 ),
                 (bytes_tx, bytes_rx, packets_tx, packets_rx),
             )
-        closed = kind is _CLOSED or kind is _AMENDED
+        closed = kind is _CLOSED
         if not flow.payload_known:
             payload_tx = None
             payload_rx = None

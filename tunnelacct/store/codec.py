@@ -98,7 +98,6 @@ _PLACEHOLDERS: dict[str, Callable[[int], str]] = {
 
 # Plain values of the enums, looked up per row (Enum.value and IpProto.label are slow properties).
 _CLOSED = EventKind.CLOSED
-_AMENDED = EventKind.AMENDED
 _COMPLETED = SessionStatus.COMPLETED.value
 _ONGOING = SessionStatus.ONGOING.value
 _PROTOCOL_LABELS = {p: p.label for p in IpProto}
@@ -319,7 +318,7 @@ def session_values(event: SessionEvent, gateway: str, driver: DriverValues) -> t
         event.packets_rx,
         event.payload_bytes_tx,
         event.payload_bytes_rx,
-        _COMPLETED if event.kind is _CLOSED or event.kind is _AMENDED else _ONGOING,
+        _COMPLETED if event.kind is _CLOSED else _ONGOING,
         _REASON_VALUES[event.close_reason],
         driver.flag(event.midstream),
         event.community_id,

@@ -37,7 +37,6 @@ USAGE_COLUMNS = KEY_COLUMNS + FIGURE_COLUMNS
 MONTH_KEY_COLUMNS = ("org_id", "month", *KEY_COLUMNS[2:])
 MONTH_COLUMNS = MONTH_KEY_COLUMNS + FIGURE_COLUMNS
 _CLOSED = EventKind.CLOSED
-_AMENDED = EventKind.AMENDED
 _PROTOCOL_LABELS = {proto: proto.label for proto in IpProto}
 
 
@@ -102,7 +101,7 @@ class UsageChanges:
         resource = who.resource_id or ""
         protocol = _PROTOCOL_LABELS[event.proto]
         last_day = int(event.last_ts // DAY_S)
-        completed = 1 if event.kind is _CLOSED or event.kind is _AMENDED else 0
+        completed = 1 if event.kind is _CLOSED else 0
         if not event.day_marks and int(event.started_ts // DAY_S) == last_day:
             # most writes: a session all on one day so far (so was its write before, if any);
             # inlined, as it is most of the upkeep's cost

@@ -83,7 +83,6 @@ RETRYABLE_SQLSTATES = frozenset(
 )
 
 _CLOSED = EventKind.CLOSED
-_AMENDED = EventKind.AMENDED  # a closed session's row again (written closed before, or not)
 
 
 class SessionWriter:
@@ -201,7 +200,7 @@ class SessionWriter:
             while (current := pending.get(key)) is None and len(pending) >= limit:
                 await self._wait_for_space(limit)
             if current is not None:
-                if _ends(current) and not _ends(event):
+                if current.kind is _CLOSED and event.kind is not _CLOSED:
                     self.stale_events += 1  # the closed snapshot is final
                 else:
                     pending[key] = event
@@ -374,9 +373,7 @@ class SessionWriter:
         last_written = self._last_written
         unsure = self._unsure
         for key, event, row in zip(keys, events, rows, strict=True):
-            # an amended row's share replaces whatever the store holds of it: its closed row,
-            # or nothing when that was never written (replaced here while pending)
-            if key in unsure or event.kind is _AMENDED:
+            if key in unsure:
                 usage.add_rechecked(event, row, gateway)
             else:
                 usage.add_event(event, last_written.get(key), gateway)
@@ -404,12 +401,12 @@ class SessionWriter:
         self.last_flush_at = datetime.now(UTC)
         if self._reimport is not None:
             for event in events:
-                if _ends(event):
+                if event.kind is _CLOSED:
                     self._written_open.discard(event.session_id.int)
                 else:
                     self._written_open.add(event.session_id.int)
         for key, event in zip(keys, events, strict=True):
-            if _ends(event):
+            if event.kind is _CLOSED:
                 last_written.pop(key, None)
             else:
                 last_written[key] = event
@@ -451,12 +448,6 @@ class SessionWriter:
             self.flushes,
             self.write_seconds_total,
         )
-
-
-def _ends(event: SessionEvent) -> bool:
-    """Whether `event` writes its session's row as completed, its last write but for an
-    amendment."""
-    return event.kind is _CLOSED or event.kind is _AMENDED
 
 
 def transient_store_error(exc: BaseException) -> bool:
