@@ -1,8 +1,9 @@
 """Sessionizer: DecodedBatch -> session events, one session per 5-tuple and both directions.
 
 Per batch, packets are grouped by flow with one vectorised sort. Only "special" packets run
-Python code: the first packet of a flow in the batch, TCP packets carrying SYN/FIN/RST, first
-fragments, and packets after an idle gap. The plain packets between two special ones are added
+Python code: the first packet of a flow in the batch, TCP packets carrying a bare SYN, a FIN or
+a RST, first fragments, packets after an idle gap, and the packets of a session closed by FIN
+or RST from the first one past its linger. The plain packets between two special ones are added
 in one step from prefix sums, so bulk traffic costs a few array operations per batch.
 
 Rules (issue 2): the initiator is the TCP SYN sender, else the first packet's sender, preferring
@@ -598,7 +599,13 @@ class FlowTable:
         timeouts = self.timeouts
         sorted_tcp = ((sorted_keys[0] >> 32) & 0xFF) == 6
         special = starts_flow.copy()
-        special |= sorted_tcp & ((sorted_flags & (TCP_SYN | TCP_FIN | TCP_RST)) != 0)
+        # A bare SYN may open a session on a closed 5-tuple, a FIN or RST may close one: they
+        # run Python code. A SYN-ACK after its flow's first packet in the batch is counted as
+        # any packet is, in its run (a session opens at its flow's first packet; issue 21).
+        may_open_or_close = ((sorted_flags & (TCP_FIN | TCP_RST)) != 0) | (
+            (sorted_flags & _SYN_MASK) == TCP_SYN
+        )
+        special |= sorted_tcp & may_open_or_close
         special |= sorted_frag == FRAG_FIRST
         idle_s = np.where(sorted_tcp[1:], timeouts.tcp_idle_s, timeouts.udp_idle_s)
         gap_s = sorted_ts[1:] - sorted_ts[:-1]
@@ -653,6 +660,7 @@ class FlowTable:
         flows = self._flows
         packet = self._packet
         interface = batch.interface
+        linger_s = self._linger_s
         flow: Flow | None = None
         key: FlowKey = bytes(KEY_BYTES)
         for j in range(len(special_positions)):
@@ -684,7 +692,10 @@ class FlowTable:
             run_length = run_lengths[j]
             if not run_length:
                 continue
-            if flow.closed:  # lingering after FIN/RST: each packet may end it
+            if flow.closed and run_last_ts[j] > flow.close_ts + linger_s:
+                # lingering after FIN/RST, and a packet of the run comes after the linger: it
+                # ends the session, and opens another. (A run holds no SYN, FIN or RST, and its
+                # times never go back, so a run within the linger is counted whole below.)
                 first = special_positions[j] + 1
                 for position in range(first, first + run_length):
                     flow = packet(
