@@ -1326,6 +1326,51 @@ def test_a_full_table_evicts_the_least_recently_active_sessions(tmp_path: Path) 
     assert all(ev.last_ts < session.last_ts for ev in evicted)
 
 
+class EveryLastPacketRead(FlowTable):
+    """A table that reads every session's last packet time to choose what a full table
+    evicts, as if starts could move: the oracle of the read in opening order."""
+
+    starts_stay = False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, 15), st.integers(0, 4000)), min_size=1, max_size=80),
+    st.sampled_from([1, 2, 3]),
+    st.sampled_from([4, 8]),
+)
+def test_a_full_table_evicts_what_reading_every_last_packet_would_evict(
+    packets: list[tuple[int, int]], chunk: int, max_sessions: int
+) -> None:
+    # Issue 21: a full table reads its sessions in the order they opened only until none
+    # opened later can be among the least recently active. Packets out of time order (a
+    # merged capture) open sessions that start before ones opened earlier: the read must
+    # still end the very sessions, with the same counters, that reading all of them ends.
+    timed_packets = [
+        (T0 + Decimal(at_ms) / 1000, udp(CLIENT4, SERVER4, 10_000 + port, 53, 10 + port))
+        for port, at_ms in packets
+    ]
+    raw = _scenario_raw(timed_packets)
+    original_chunk = flowtable.LRU_CHUNK
+    flowtable.LRU_CHUNK = chunk
+    try:
+        runs = []
+        for table_class in (FlowTable, EveryLastPacketRead):
+            table = table_class(
+                TIMEOUTS, attribute=attribute, is_client=is_client, max_sessions=max_sessions
+            )
+            events: list[SessionEvent] = []
+            for part in split_raw(raw, [1] * len(raw)):
+                events += table.process(decode(part))
+            events += table.close_all(CloseReason.END_OF_CAPTURE)
+            runs.append(Run([e for e in events if e.kind is EventKind.CLOSED], table))
+    finally:
+        flowtable.LRU_CHUNK = original_chunk
+    read_in_order, read_all = runs
+    assert closed_view(read_in_order) == closed_view(read_all)
+    assert stats_view(read_in_order.table) == stats_view(read_all.table)
+
+
 def test_a_full_table_ends_idle_sessions_as_idle_before_evicting_any(tmp_path: Path) -> None:
     early = [udp(CLIENT4, SERVER4, 20_000 + i, 53, 20) for i in range(100)]
     late = [udp(CLIENT4, SERVER4, 30_000 + i, 53, 20) for i in range(100)]

@@ -134,6 +134,7 @@ class RecordTable(FlowTable):
     """
 
     flow_class = RecordFlow
+    starts_stay = False  # an earlier record may move a session's start (_least_recently_active)
 
     def __init__(
         self,
