@@ -62,6 +62,12 @@ LAB_CONFIG = ROOT / "tests" / "data" / "wg-small.toml"
 LATENCY_PORT = 8080
 LATENCY_LINGER_S = 0.5
 STATUS_EVERY_S = 1.0  # serve rewrites its status file this often
+# How long a step waits, once serve has read what the kernel kept, for its writer to have
+# nothing pending before it stops serve. Stopped with the writer still at [writer] max_pending
+# (session-heavy mix, 150k packets/s, 2026-12-07 11:17-11:58 UTC: 4 runs of 6), the stop had
+# the queue, the checkpoints of ~250,000 open sessions and 100,000 pending rows to write, and
+# ran past [service] shutdown_timeout; the benchmark measures the capture, not that bound.
+WRITER_DRAIN_WAIT_S = 180.0
 
 # In the capture namespace: accept, read the request, answer 4 KiB and close first (HTTP/1.0).
 SERVER = """
@@ -113,6 +119,7 @@ class Step:
     cpu_us_per_packet: float = 0.0
     machine_pct: float = 0.0
     catch_up_s: float = 0.0
+    drain_s: float = 0.0  # after catching up, until the writer had nothing pending
     max_pending: int = 0
     background_pct: float = 0.0
     sessions: int = 0
@@ -146,7 +153,8 @@ def cpu_split(pin: bool) -> tuple[list[str], str | None]:
 def inject_step(
     pair: VethPair, pcap: Path, workdir: Path, rate: int | None, index: int, a: argparse.Namespace
 ) -> Step:
-    """One rate: fresh serve and DB, tcpreplay `packets` packets, wait, SIGTERM, count rows."""
+    """One rate: fresh serve and DB, tcpreplay `packets` packets, wait for serve to catch up
+    and its writer to drain, SIGTERM, count rows."""
     label = "topspeed" if rate is None else f"{rate:,} pps"
     step = Step(label)
     packets = a.packets
@@ -204,6 +212,7 @@ def inject_step(
         step.cpu_send_pct = 100 * (cpu1 - cpu0) / max(step.send_s, 1e-3)
         step.cpu_us_per_packet = 1e6 * (cpu2 - cpu0) / max(step.sent, 1)
         step.machine_pct = 100 * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
+        step.drain_s = wait_writer_drained(serve, step)
         final = serve.stop()
     c = final["captures"][0]
     step.seen = c["packets"] - before["packets"]
@@ -219,6 +228,25 @@ def inject_step(
     return step
 
 
+def wait_writer_drained(serve: ServeProcess, step: Step) -> float:
+    """Seconds until two status files in a row say serve's writer has nothing pending (at most
+    WRITER_DRAIN_WAIT_S; a note says when it never drained)."""
+    started_at = time.monotonic()
+    empty_since: float | None = None
+    while time.monotonic() - started_at < WRITER_DRAIN_WAIT_S:
+        pending = (serve.status().get("writer") or {}).get("pending", 0)
+        now = time.monotonic()
+        if pending:
+            empty_since = None
+        elif empty_since is None:
+            empty_since = now
+        elif now - empty_since > STATUS_EVERY_S:
+            return empty_since - started_at
+        time.sleep(0.2)
+    step.notes.append(f"the writer still had rows pending {WRITER_DRAIN_WAIT_S:g} s later")
+    return WRITER_DRAIN_WAIT_S
+
+
 def print_step(s: Step) -> None:
     check = (
         "rows = sent" if s.row_packets == s.sent else f"rows {s.row_packets - s.sent:+,} vs sent"
@@ -228,7 +256,8 @@ def print_step(s: Step) -> None:
         f"achieved; serve read {s.seen:,} ({s.seen / max(s.sent, 1):.2%}), kernel saw "
         f"{s.kernel_packets:,}, kernel drops {s.kernel_drops:,}, queue drops {s.queue_drops:,}; "
         f"serve CPU {s.cpu_send_pct:.0f}% of a core while sending, {s.cpu_us_per_packet:.2f} "
-        f"µs/packet sent incl. catch-up ({s.catch_up_s:.1f} s after the send); machine "
+        f"µs/packet sent incl. catch-up ({s.catch_up_s:.1f} s after the send; the writer "
+        f"drained {s.drain_s:.1f} s later); machine "
         f"{s.machine_pct:.0f}% busy; {s.sessions:,} sessions "
         f"({s.sessions / max(s.send_s, 1e-3):,.0f}/s of the send), {s.rows:,} rows "
         f"({s.completed:,} completed), writer pending max {s.max_pending:,}; {check}",
