@@ -10,7 +10,8 @@ from pathlib import Path
 from tests.helpers.oracle import tshark_sessions
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
-from tunnelacct.ingest.pipeline import CapturePipeline
+from tunnelacct.errors import StoreError
+from tunnelacct.ingest.pipeline import READ_TIMEOUT_S, CapturePipeline
 from tunnelacct.sessions.events import Attribution, SessionEvent
 
 PCAP = Path(__file__).parent / "data" / "wg-small.pcap"
@@ -56,3 +57,53 @@ async def test_a_loop_at_recorded_times_accounts_every_pass_even_days_ahead() ->
     await task
     assert "bad_timestamp" not in pipeline.status.decode_errors
     assert max(e.started_ts for e in sink.closed) > time.time() + DAY_S
+
+
+class FailingSink:
+    """A sink whose store fails: its first submit waits until `fail` is set, then raises, as
+    serve's writer does once a shutdown ran out of time."""
+
+    def __init__(self) -> None:
+        self.fail = asyncio.Event()
+
+    async def submit(self, events: list[SessionEvent]) -> None:
+        await self.fail.wait()
+        raise StoreError("session writer is closed")
+
+
+async def test_a_sessionizer_stopped_by_its_store_counts_what_it_left_queued_as_dropped() -> None:
+    """The sessionizer held back fills the queue (queued_packets); its store then fails. The
+    packets still queued, and those the reader goes on reading, are dropped and counted in
+    queue_drops: every packet read is in the flow table's count, skipped, undecodable or
+    dropped, and none stays queued."""
+    pipeline = CapturePipeline(
+        CaptureConfig(pcap=str(PCAP), loop=True),
+        Timeouts(),
+        attribute=lambda *args: Attribution("acme"),
+        is_client=lambda family, addr: False,
+        queue_packets=3 * 1294,  # a few passes of the file
+    )
+    status = pipeline.status
+    sink = FailingSink()
+    pipeline.start()
+    task = asyncio.create_task(pipeline.run(sink))
+    deadline = time.monotonic() + 120
+    read_before = -1
+    while status.packets != read_before:  # until the reader waits for room
+        assert time.monotonic() < deadline, status
+        read_before = status.packets
+        await asyncio.sleep(2 * READ_TIMEOUT_S)
+    assert status.queued_packets > 1294, status  # more than the batch the reader holds
+    sink.fail.set()
+    ended = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(ended[0], StoreError), ended
+    pipeline.stop()
+    assert pipeline.join(120)
+    taken_by_the_sessionizer = (
+        pipeline.table.stats.packets
+        + sum(status.skipped.values())
+        + sum(status.decode_errors.values())
+    )
+    assert status.queued_packets == 0, status
+    assert status.queue_drops > status.packets - read_before, status
+    assert status.packets == taken_by_the_sessionizer + status.queue_drops, status

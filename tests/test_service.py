@@ -629,3 +629,93 @@ async def test_packets_dropped_from_the_capture_queue_at_a_stalled_shutdown_are_
     [capture] = json.loads(status_path.read_text())["captures"]
     assert capture["queue_drops"] > 0, capture
     assert queue_drops_metric() == capture["queue_drops"]
+    # every packet read was sessionized or counted as dropped: none is left queued
+    table = service.pipelines[0].table
+    taken_by_the_sessionizer = (
+        table.stats.packets
+        + sum(capture["skipped"].values())
+        + sum(capture["decode_errors"].values())
+    )
+    assert capture["queued_packets"] == 0, capture
+    assert capture["packets"] == taken_by_the_sessionizer + capture["queue_drops"]
+
+
+async def test_the_packets_waiting_for_the_sessionizer_are_on_the_status_file_and_metrics(
+    tmp_path: Path,
+) -> None:
+    """queued_packets, and tunnelacct_capture_queued_packets (issue 21): a replay at full speed
+    into a SQLite store that another connection holds locked fills the writer, which holds the
+    sessionizer back, and the reader fills the queue behind it. What the figure says is then
+    what the reader handed on that the flow table has not counted (the packets read, less
+    those not TCP or UDP), more than 0, on the status file and the metric alike. Unlocked
+    and stopped, serve sessionizes all of it: the figure ends at 0 and the rows hold every
+    packet read."""
+    db = tmp_path / "held.db"
+    url = f"sqlite:///{db}"
+    migrate(url)
+    config = write_config(
+        BASE,
+        tmp_path / "serve.toml",
+        {
+            "database": {"url": url},
+            "service": {"queue_packets": 500},
+            # held back at once, yet the shutdown's checkpoints are not written one by one
+            "writer": {"max_pending": 100, "write_timeout": 1},
+        },
+        captures=[{"pcap": str(PCAP), "loop": True}],
+    )
+    status_path = tmp_path / "status.json"
+    service = Service(load_config(config, environ={}), status_path=status_path)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    interface = {"interface": str(PCAP)}
+
+    def queued_metric() -> float | None:
+        assert service.registry is not None
+        return service.registry.get_sample_value("tunnelacct_capture_queued_packets", interface)
+
+    def on_status_file() -> int:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            [capture] = json.loads(status_path.read_text())["captures"]
+            return int(capture["queued_packets"])
+        return -1
+
+    async def wait_for(what: str, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not condition():
+            assert time.monotonic() < deadline, f"waited {WAIT_S} s for {what}"
+            await asyncio.sleep(0.05)
+
+    locker = sqlite3.connect(db, timeout=WAIT_S, isolation_level=None)
+    try:
+        await wait_for("rows written", lambda: service.writer.rows_written > 0)
+        locker.execute("BEGIN EXCLUSIVE")  # the store stalls: no write gets through
+        capture = service.pipelines[0].status
+        table = service.pipelines[0].table
+        # held back: the reader waits for room, so nothing it read moves any more
+        read_before = -1
+        deadline = time.monotonic() + WAIT_S
+        while capture.packets != read_before:
+            assert time.monotonic() < deadline, f"the capture went on: {capture.packets}"
+            read_before = capture.packets
+            await asyncio.sleep(2 * READ_TIMEOUT_S)
+        taken_by_the_sessionizer = (
+            table.stats.packets
+            + sum(capture.skipped.values())
+            + sum(capture.decode_errors.values())
+        )
+        not_sessionized = capture.packets - taken_by_the_sessionizer
+        assert capture.queued_packets == not_sessionized > 0, capture
+        assert queued_metric() == not_sessionized
+        await wait_for("the status file", lambda: on_status_file() == not_sessionized)
+    finally:
+        locker.close()  # the store is writable again
+        stop.set()
+        [ended] = await asyncio.gather(running, return_exceptions=True)
+    assert ended is None, ended
+    [final] = json.loads(status_path.read_text())["captures"]
+    assert final["queued_packets"] == final["queue_drops"] == 0, final
+    assert queued_metric() == 0
+    stored_packets = sum(row["packets_tx"] + row["packets_rx"] for row in all_rows(db))
+    read_packets = final["packets"] - sum(final["skipped"].values())
+    assert stored_packets == read_packets - sum(final["decode_errors"].values())

@@ -67,6 +67,7 @@ STATUS_EVERY_S = 1.0  # serve rewrites its status file this often
 # (session-heavy mix, 150k packets/s, 2026-12-07 11:17-11:58 UTC: 4 runs of 6), the stop had
 # the queue, the checkpoints of ~250,000 open sessions and 100,000 pending rows to write, and
 # ran past [service] shutdown_timeout; the benchmark measures the capture, not that bound.
+CATCH_UP_WAIT_S = 180.0  # after the send: at most this long for serve to read and sessionize
 WRITER_DRAIN_WAIT_S = 180.0
 
 # In the capture namespace: accept, read the request, answer 4 KiB and close first (HTTP/1.0).
@@ -121,6 +122,7 @@ class Step:
     catch_up_s: float = 0.0
     drain_s: float = 0.0  # after catching up, until the writer had nothing pending
     max_pending: int = 0
+    max_queued: int = 0  # the most packets seen waiting for serve's flow table
     background_pct: float = 0.0
     sessions: int = 0
     rows: int = 0
@@ -177,9 +179,12 @@ def inject_step(
         cpu0, busy0 = serve.cpu_s(), machine_busy()
         with started(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as tr:
             while tr.poll() is None:
+                status = serve.status()
                 step.max_pending = max(
-                    step.max_pending, (serve.status().get("writer") or {}).get("pending", 0)
+                    step.max_pending, (status.get("writer") or {}).get("pending", 0)
                 )
+                captures = status.get("captures") or [{}]
+                step.max_queued = max(step.max_queued, captures[0].get("queued_packets", 0))
                 time.sleep(0.2)
             out = tr.stdout.read() if tr.stdout else ""
         t1 = time.monotonic()
@@ -195,16 +200,20 @@ def inject_step(
         failed = re.search(r"Failed packets:\s+(\d+)", out)
         if failed and int(failed.group(1)):
             step.notes.append(f"tcpreplay failed to send {failed.group(1)} packets")
-        # Caught up: the kernel's count covers every packet sent and serve read all it kept.
-        deadline = time.monotonic() + 60
+        # Caught up: the kernel's count covers every packet sent, serve read all it kept and
+        # its flow table has all it read (queued_packets: not on the status file before it)
+        deadline = time.monotonic() + CATCH_UP_WAIT_S
         while time.monotonic() < deadline:
             c = serve.capture()
             if (
                 c["kernel_packets"] - before["kernel_packets"] >= step.sent
                 and c["packets"] + c["kernel_drops"] >= c["kernel_packets"]
+                and c.get("queued_packets", 0) == 0
             ):
                 break
             time.sleep(0.1)
+        else:
+            step.notes.append(f"serve had not caught up {CATCH_UP_WAIT_S:g} s after the send")
         t2 = time.monotonic()
         cpu2 = serve.cpu_s()
         step.catch_up_s = max(0.0, t2 - t1 - STATUS_EVERY_S)  # status is up to 1 s old
@@ -260,7 +269,8 @@ def print_step(s: Step) -> None:
         f"drained {s.drain_s:.1f} s later); machine "
         f"{s.machine_pct:.0f}% busy; {s.sessions:,} sessions "
         f"({s.sessions / max(s.send_s, 1e-3):,.0f}/s of the send), {s.rows:,} rows "
-        f"({s.completed:,} completed), writer pending max {s.max_pending:,}; {check}",
+        f"({s.completed:,} completed), writer pending max {s.max_pending:,}, packets queued "
+        f"for the flow table max {s.max_queued:,}; {check}",
         flush=True,
     )
     for note in s.notes:

@@ -9,9 +9,10 @@ the wall clock and, every `checkpoint` seconds, emits checkpoints of the session
 A full hand-off is a decision: the reader waits, so the kernel ring (`ring_mib`) absorbs the
 burst; what overflows the ring the kernel drops and counts (`kernel_drops`, read even while
 waiting). It fills when the sessionizer falls behind: a burst above its rate, or the writer
-pushing back because the store has stalled longer than `max_pending` allows. Only at shutdown
-does a full hand-off drop a batch (counted as `queue_drops`): when the store stays stalled
-past `shutdown_timeout`.
+pushing back because the store has stalled longer than `max_pending` allows; how full it is,
+is `queued_packets` on the status file and /metrics. Only at shutdown does a full hand-off
+drop a batch (counted as `queue_drops`): when the store stays stalled past `shutdown_timeout`,
+or the sessionizer stopped on an error (what it left queued).
 """
 
 from __future__ import annotations
@@ -83,56 +84,98 @@ class _End:
 
 
 class _Handoff:
-    """Reader thread -> event loop, bounded in packets."""
+    """Reader thread -> event loop, bounded in decoded packets.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_packets: int) -> None:
+    The batches wait in a deque both threads reach under one lock; the loop is woken through
+    an asyncio.Event. `status.queued_packets` is what it holds plus the batch the reader waits
+    to put, in packets read (as `packets` and `queue_drops` count them): how far the
+    sessionizer is behind the reader, on the status file and /metrics. What it drops it counts
+    in `status.queue_drops`, so every packet read is sessionized, queued or counted as dropped.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_packets: int, status: CaptureStatus
+    ) -> None:
         self._loop = loop
-        self._queue: asyncio.Queue[DecodedBatch | _End] = asyncio.Queue()
+        self._items: collections.deque[DecodedBatch | _End] = collections.deque()
+        self._arrived = asyncio.Event()  # set (on the loop) after an item was appended
         self._max = max_packets
-        self._queued = 0
+        self._queued = 0  # decoded packets in _items: what the bound counts
+        self._status = status
         self._room = threading.Condition()
+        self._closed = False  # the sessionizer has stopped: what is put is dropped
 
     def put(
         self, batch: DecodedBatch, *, abandon: threading.Event, waiting: Callable[[], None]
     ) -> bool:
-        """Queue `batch` (thread side), waiting for room; False when `abandon` is set.
+        """Queue `batch` (thread side), waiting for room; False when `abandon` is set or the
+        sessionizer has stopped (the batch is dropped, and counted).
 
         `waiting()` is called every 0.2 s of waiting (to keep reading the kernel's counters).
         """
         n = len(batch)
+        read = batch.packets_in
         with self._room:
-            # one batch larger than the bound still goes when the queue is empty
-            while self._queued and self._queued + n > self._max:
-                if abandon.is_set():
-                    return False
+            self._status.queued_packets += read
+            while not self._closed and self._full(n) and not abandon.is_set():
                 if not self._room.wait(0.2):
                     waiting()
+            if self._closed or self._full(n):  # stopped, or given up waiting for room
+                self._status.queued_packets -= read
+                self._status.queue_drops += read
+                return False
             self._queued += n
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
+            self._items.append(batch)
+        self._loop.call_soon_threadsafe(self._arrived.set)
         return True
 
+    def _full(self, adding: int) -> bool:
+        """No room for `adding` more packets (one batch larger than the bound still goes when
+        the queue is empty)."""
+        return self._queued > 0 and self._queued + adding > self._max
+
     def end(self, end: _End) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, end)
+        with self._room:
+            self._items.append(end)
+        self._loop.call_soon_threadsafe(self._arrived.set)
 
     async def get_all(self, timeout_s: float, limit: int = 64) -> list[DecodedBatch | _End]:
         """What is queued (waiting up to `timeout_s` for something), oldest first; [] if none."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                items = [await self._queue.get()]
-        except TimeoutError:
-            return []
-        while len(items) < limit and not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        return items
+        if not self._items:
+            self._arrived.clear()
+            if not self._items:  # an append after this is followed by a set()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await self._arrived.wait()
+                except TimeoutError:
+                    return []
+        with self._room:
+            count = min(limit, len(self._items))
+            return [self._items.popleft() for _ in range(count)]
 
     def done(self, batch: DecodedBatch) -> None:
         """The loop has sessionized `batch`: its packets no longer count against the bound."""
         with self._room:
             self._queued -= len(batch)
+            self._status.queued_packets -= batch.packets_in
             self._room.notify_all()
 
     def empty(self) -> bool:
-        return self._queue.empty()
+        return not self._items
+
+    def close(self) -> None:
+        """The sessionizer has stopped (at the reader's end, or early: an error, a shutdown out
+        of time). What is still queued, and whatever the reader puts from now on, is dropped
+        and counted."""
+        with self._room:
+            self._closed = True
+            while self._items:
+                item = self._items.popleft()
+                if isinstance(item, DecodedBatch):
+                    self._queued -= len(item)
+                    self._status.queued_packets -= item.packets_in
+                    self._status.queue_drops += item.packets_in
+            self._room.notify_all()
 
 
 class CapturePipeline:
@@ -189,7 +232,7 @@ class CapturePipeline:
             if not e.transient:
                 raise
             self._waiting(e)
-        self._handoff = _Handoff(asyncio.get_running_loop(), self._queue_packets)
+        self._handoff = _Handoff(asyncio.get_running_loop(), self._queue_packets, self.status)
         self._checkpoints.append(self._monotonic())
         self._thread = threading.Thread(
             target=self._read, name=f"capture {self.capture.name}", daemon=True
@@ -312,8 +355,7 @@ class CapturePipeline:
                     )
                     status.packets += batch.packets_in
                     read_stats = functools.partial(self._read_stats, source, kernel_base)
-                    if not handoff.put(batch, abandon=self._abandon, waiting=read_stats):
-                        status.queue_drops += batch.packets_in
+                    handoff.put(batch, abandon=self._abandon, waiting=read_stats)
                 if self._monotonic() >= next_stats:
                     next_stats = self._monotonic() + STATS_EVERY_S
                     self._read_stats(source, kernel_base)
@@ -333,10 +375,20 @@ class CapturePipeline:
     async def run(self, sink: SessionSink) -> None:
         """Sessionize until the reader ends; then checkpoint (stopped) or close all (file ended).
 
-        Raises what stopped the reader, after the open sessions were checkpointed.
+        Raises what stopped the reader, after the open sessions were checkpointed. Whatever
+        ends it, the packets left queued are counted as `queue_drops` (none when the reader
+        ended: they were all sessionized).
         """
-        handoff, table, status = self._handoff, self.table, self.status
+        handoff = self._handoff
         assert handoff is not None, "start() first"
+        try:
+            await self._sessionize(handoff, sink)
+        finally:
+            handoff.close()
+
+    async def _sessionize(self, handoff: _Handoff, sink: SessionSink) -> None:
+        table = self.table
+        status = self.status
         checkpoint_s = self._timeouts.checkpoint_s
         next_tick = self._monotonic() + TICK_S
         next_checkpoint = self._monotonic() + checkpoint_s

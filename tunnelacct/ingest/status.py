@@ -18,6 +18,9 @@ class CaptureStatus:
     kernel_packets: int = 0  # live: packets the kernel passed to the ring, incl. drops
     kernel_drops: int = 0  # live: packets the ring had no room for
     queue_drops: int = 0  # packets dropped because shutdown ran out of time
+    # packets read and not yet taken by the sessionizer: it is behind (a burst, or the
+    # writer holding it back). [service] queue_packets bounds their TCP/UDP ones.
+    queued_packets: int = 0
     decode_errors: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)  # valid packets that are not TCP/UDP
     open_sessions: int = 0

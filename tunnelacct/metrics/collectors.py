@@ -131,14 +131,21 @@ class ServiceCollector(Collector):
             "Sessions the capture is tracking now",
             labels=["interface"],
         )
+        queued = GaugeMetricFamily(
+            "tunnelacct_capture_queued_packets",
+            "Packets read and waiting for the sessionizer (it is behind the reader: a burst, or "
+            "the writer holding it back); at most [service] queue_packets, or one larger batch",
+            labels=["interface"],
+        )
         for status in self._captures():
             packets.add_metric([status.name], status.packets)
             kernel.add_metric([status.name], status.kernel_drops)
             queue.add_metric([status.name], status.queue_drops)
             active.add_metric([status.name], status.open_sessions)
+            queued.add_metric([status.name], status.queued_packets)
             for reason in DECODE_ERROR_REASONS:  # every known reason, so graphs show 0
                 errors.add_metric([status.name, reason], status.decode_errors.get(reason, 0))
-        yield from (packets, kernel, queue, errors, active)
+        yield from (packets, kernel, queue, errors, active, queued)
         figures = self._writer()
         if figures is not None:
             yield GaugeMetricFamily(

@@ -143,11 +143,13 @@ class CaptureProgressLog:
             packets_before, kernel_drops_before, queue_drops_before = self._seen[s.name]
             self._seen[s.name] = (s.packets, s.kernel_drops, s.queue_drops)
             log.info(
-                "capture on %s %s: %d packets (+%d), %d open sessions, %d opened",
+                "capture on %s %s: %d packets (+%d), %d queued for the sessionizer, "
+                "%d open sessions, %d opened",
                 s.name,
                 s.state,
                 s.packets,
                 s.packets - packets_before,
+                s.queued_packets,
                 s.open_sessions,
                 s.sessions_opened,
             )
