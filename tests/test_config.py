@@ -90,6 +90,7 @@ udp_idle = 30
 tcp_idle = 7200.5
 tcp_linger = 2
 checkpoint = 15
+first_write = 7.5
 
 [writer]
 batch_size = 100
@@ -168,7 +169,13 @@ def test_full_file_loads_every_key(tmp_path: Path) -> None:
     assert load_config(path, environ={}) == Config(
         path=str(path),
         database=DatabaseConfig("postgresql://acct@db.internal/tunnelacct", "full"),
-        timeouts=Timeouts(udp_idle_s=30.0, tcp_idle_s=7200.5, tcp_linger_s=2.0, checkpoint_s=15.0),
+        timeouts=Timeouts(
+            udp_idle_s=30.0,
+            tcp_idle_s=7200.5,
+            tcp_linger_s=2.0,
+            checkpoint_s=15.0,
+            first_write_s=7.5,
+        ),
         writer=WriterConfig(
             batch_size=100, flush_interval_s=0.25, max_pending=1000, write_timeout_s=12.5
         ),
@@ -383,6 +390,8 @@ INVALID: list[tuple[str, str, str, object, str]] = [
     ("tcp-idle-negative", TO + "tcp_idle = -1.5 #<\n", "[timeouts] tcp_idle", -1.5, "> 0"),
     ("linger-string", TO + 'tcp_linger = "5" #<\n', "[timeouts] tcp_linger", "5", "seconds"),
     ("checkpoint-bool", TO + "checkpoint = true #<\n", "[timeouts] checkpoint", True, "seconds"),
+    ("first-write-negative", TO + "first_write = -1 #<\n", "[timeouts] first_write", -1, ">= 0"),
+    ("first-write-string", TO + 'first_write = "10" #<\n', "[timeouts] first_write", "10", ">= 0"),
     ("udp-idle-nan", TO + "udp_idle = nan #<\n", "[timeouts] udp_idle", float("nan"), "> 0"),
     ("tcp-idle-inf", TO + "tcp_idle = inf #<\n", "[timeouts] tcp_idle", float("inf"), "> 0"),
     ("batch-zero", WR + "batch_size = 0 #<\n", "[writer] batch_size", 0, "integer >= 1"),

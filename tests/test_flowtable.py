@@ -1384,3 +1384,55 @@ def test_a_full_table_ends_idle_sessions_as_idle_before_evicting_any(tmp_path: P
     assert sorted(ev.src_port for ev in closed) == [20_000 + i for i in range(100)]
     assert {ev.close_reason for ev in closed} == {CloseReason.IDLE}
     assert table.stats.table_full >= 1
+
+
+def test_first_write_announces_only_the_sessions_still_open_that_long(tmp_path: Path) -> None:
+    """[timeouts] first_write (issue 21): a session that has ended before it is due makes
+    its closed event and no opened one; one still open first_write seconds after its start
+    makes one opened event once packet time gets there, with its counters as they stand."""
+    timeouts = dataclasses.replace(TIMEOUTS, first_write_s=10.0)
+    long_lived, short = Tcp(CLIENT4, SERVER4, 40100, 443), Tcp(CLIENT4, SERVER4, 40101, 443)
+    first = [*long_lived.handshake(), *short.handshake(), *short.request(10), *short.close()]
+    middle = [*long_lived.request(20)]
+    last = [*long_lived.request(5)]
+    pkts = timed(T0, first) + timed(T0 + 7, middle) + timed(T0 + 12, last)
+    raws = split_raw(read_raw(write(tmp_path / "cap.pcap", pkts))[0], [len(first), len(middle)])
+    table = FlowTable(timeouts, attribute=attribute, is_client=is_client, emit_opened=True)
+    assert table.process(decode(raws[0])) == []  # neither is due at T0
+    # T0 + 7: the short one's linger (5 s after its last packet) is over; the long one is
+    # not due yet (T0 + 10)
+    ended = only(table.process(decode(raws[1])))
+    assert (ended.kind, ended.src_port) == (EventKind.CLOSED, 40101)
+    assert counters(ended) == direction_totals(packets_of_port(first, 40101), CLIENT4)
+    opened = only(table.process(decode(raws[2])))  # T0 + 12
+    assert (opened.kind, opened.src_port) == (EventKind.OPENED, 40100)
+    long_packets = packets_of_port(first, 40100) + middle + last
+    assert counters(opened) == direction_totals(long_packets, CLIENT4)
+    # announced once: a later packet and the next sweeps make no other opened event
+    assert table.advance(float(T0) + 25) == []
+
+
+def test_first_write_leaves_out_a_session_a_checkpoint_wrote_first(tmp_path: Path) -> None:
+    """A session that a checkpoint wrote before its first write was due is in the store
+    already: no opened event follows (the checkpoint's counters, then the closed event)."""
+    timeouts = dataclasses.replace(TIMEOUTS, first_write_s=10.0)
+    long_lived = Tcp(CLIENT4, SERVER4, 40100, 443)
+    first = [*long_lived.handshake()]
+    later = [*long_lived.request(20)]
+    pkts = timed(T0, first) + timed(T0 + 15, later)
+    raws = split_raw(read_raw(write(tmp_path / "cap.pcap", pkts))[0], [len(first)])
+    table = FlowTable(timeouts, attribute=attribute, is_client=is_client, emit_opened=True)
+    assert table.process(decode(raws[0])) == []
+    written = only(table.checkpoint())
+    assert (written.kind, counters(written)) == (
+        EventKind.CHECKPOINT,
+        direction_totals(first, CLIENT4),
+    )
+    assert table.process(decode(raws[1])) == []  # T0 + 15: due, but written already
+    (closed,) = table.close_all(CloseReason.SHUTDOWN)
+    assert counters(closed) == direction_totals(first + later, CLIENT4)
+
+
+def packets_of_port(pkts: Sequence[Packet], sport: int) -> list[Packet]:
+    """The packets of `pkts` with `sport` on either side."""
+    return [p for p in pkts if sport in (p[TCP].sport, p[TCP].dport)]

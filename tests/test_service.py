@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,29 @@ def serving(tmp: Path, config: Path, db: Path | str, **kwargs: Any) -> Iterator[
         yield serve.start(wait_for="")
 
 
-def replay_config(tmp: Path, **capture: Any) -> Path:
-    return write_config(BASE, tmp / "serve.toml", captures=[{"pcap": str(PCAP), **capture}])
+def replay_config(
+    tmp: Path, overrides: dict[str, dict[str, Any]] | None = None, **capture: Any
+) -> Path:
+    return write_config(
+        BASE, tmp / "serve.toml", overrides or {}, captures=[{"pcap": str(PCAP), **capture}]
+    )
 
 
-def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
+# [timeouts] first_write: 0 writes each session when it opens; a day, only when it ends
+@pytest.mark.parametrize("first_write_s", [0, 86_400])
+def test_replay_at_full_speed_gives_the_rows_of_import(
+    tmp_path: Path, first_write_s: float
+) -> None:
     db, imported = tmp_path / "live.db", tmp_path / "import.db"
-    with serving(tmp_path, replay_config(tmp_path), db) as serve:
+    events_log = tmp_path / "events.jsonl"
+    config = replay_config(
+        tmp_path,
+        {
+            "timeouts": {"first_write": first_write_s},
+            "service": {"session_events": str(events_log)},
+        },
+    )
+    with serving(tmp_path, config, db) as serve:
         final = serve.wait(
             lambda s: (
                 s["captures"][0]["state"] == "finished"
@@ -87,7 +104,12 @@ def test_replay_at_full_speed_gives_the_rows_of_import(tmp_path: Path) -> None:
     )
     live_rows, import_rows = rows_by_session(all_rows(db)), rows_by_session(all_rows(imported))
     assert live_rows == import_rows
-    assert len(live_rows) == final["captures"][0]["sessions_opened"] > 10
+    sessions = final["captures"][0]["sessions_opened"]
+    assert len(live_rows) == sessions > 10
+    # each session's events: opened when it opens, or none when it ends first (no session
+    # of the file lasts a day); closed once
+    events = Counter(json.loads(line)["event"] for line in events_log.read_text().splitlines())
+    assert (events["opened"], events["closed"]) == (0 if first_write_s else sessions, sessions)
 
 
 def test_serve_writes_the_rows_of_import_into_postgresql(tmp_path: Path) -> None:

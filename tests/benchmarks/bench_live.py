@@ -160,7 +160,9 @@ def inject_step(
     label = "topspeed" if rate is None else f"{rate:,} pps"
     step = Step(label)
     packets = a.packets
-    config = serve_config(workdir / f"inject-{index}.toml", pair.receiver_if)
+    config = serve_config(
+        workdir / f"inject-{index}.toml", pair.receiver_if, first_write_s=a.first_write
+    )
     pin_sender, serve_cpus = cpu_split(a.pin)
     with ServeProcess(pair.receiver, config, workdir, f"inject-{index}", cpus=serve_cpus) as serve:
         serve.wait_running()
@@ -337,6 +339,7 @@ def bench_inject(pair: VethPair, workdir: Path, a: argparse.Namespace) -> list[S
         f"{facts.frame_bytes / facts.packets:.0f} bytes, written in "
         f"{time.perf_counter() - t0:.1f} s; "
         f"each step sends {a.packets:,} packets (--loop), serve with default settings"
+        + ("" if a.first_write is None else f" but [timeouts] first_write = {a.first_write:g}")
         + ("; tcpreplay pinned to CPU 0, serve to the others" if cpu_split(a.pin)[1] else ""),
         flush=True,
     )
@@ -567,6 +570,12 @@ def main() -> int:
     ap.add_argument("--iperf-seconds", type=int, default=10)
     ap.add_argument(
         "--pin", action="store_true", help="tcpreplay on CPU 0 and serve on the others (taskset)"
+    )
+    ap.add_argument(
+        "--first-write",
+        type=float,
+        default=None,
+        help="serve's [timeouts] first_write in the inject steps (default: serve's own)",
     )
     ap.add_argument("--skip-inject", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")

@@ -182,14 +182,20 @@ def serve_config(
     base: str = "",
     tcp_linger_s: float | None = None,
     flush_interval_s: float | None = None,
+    first_write_s: float | None = None,
 ) -> Path:
     """Write a config for `serve`: `base` TOML text plus one [[capture]] and the benchmark knobs.
 
     `base` must not have [timeouts] or [writer] tables when their knobs are given.
     """
     parts = [base.rstrip() + "\n"] if base else ['[gateway]\nname = "bench"\n']
+    timeouts = []
     if tcp_linger_s is not None:
-        parts.append(f"[timeouts]\ntcp_linger = {tcp_linger_s}\n")
+        timeouts.append(f"tcp_linger = {tcp_linger_s}\n")
+    if first_write_s is not None:
+        timeouts.append(f"first_write = {first_write_s}\n")
+    if timeouts:
+        parts.append("[timeouts]\n" + "".join(timeouts))
     if flush_interval_s is not None:
         parts.append(f"[writer]\nflush_interval = {flush_interval_s}\n")
     parts.append(f'[[capture]]\ninterface = "{interface}"\n')

@@ -222,6 +222,7 @@ class Loader:
             tcp_idle_s=self._seconds(where, t, "tcp_idle", _TIMEOUTS.tcp_idle_s),
             tcp_linger_s=self._seconds(where, t, "tcp_linger", _TIMEOUTS.tcp_linger_s),
             checkpoint_s=self._seconds(where, t, "checkpoint", _TIMEOUTS.checkpoint_s),
+            first_write_s=self._seconds_or_zero(where, t, "first_write", _TIMEOUTS.first_write_s),
         )
         where, t = self._section(doc, "writer")
         writer = WriterConfig(
@@ -730,6 +731,18 @@ class Loader:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(where, key, why, _shown(value))
         if not math.isfinite(value) or value <= 0:
+            self.fail(where, key, why, value)
+        return float(value)
+
+    def _seconds_or_zero(
+        self, where: _Where, t: Mapping[str, object], key: str, default: float
+    ) -> float:
+        """A finite number of seconds >= 0 (int or float; a bool is not a number)."""
+        value = t.get(key, default)
+        why = "expected a number of seconds >= 0"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(where, key, why, _shown(value))
+        if not math.isfinite(value) or value < 0:
             self.fail(where, key, why, value)
         return float(value)
 

@@ -18,7 +18,7 @@ DATABASE_URL_ENV = "TUNNELACCT_DATABASE_URL"  # overrides [database] url when se
 # Every section and its keys, in documentation order; ARRAY_SECTIONS are written [[name]].
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "database": ("url", "synchronous"),
-    "timeouts": ("udp_idle", "tcp_idle", "tcp_linger", "checkpoint"),
+    "timeouts": ("udp_idle", "tcp_idle", "tcp_linger", "checkpoint", "first_write"),
     "writer": ("batch_size", "flush_interval", "max_pending", "write_timeout"),
     "gateway": ("name",),
     "attribution": ("default_org",),
@@ -87,6 +87,9 @@ class Timeouts:
     tcp_idle_s: float = 3600.0
     tcp_linger_s: float = 5.0  # after FIN both ways or RST: late ACKs/retransmits still count
     checkpoint_s: float = 30.0
+    # a session still open this long after its start is first written (its opened event); one
+    # that ends sooner is written once, when it ends. 0: as soon as it opens.
+    first_write_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

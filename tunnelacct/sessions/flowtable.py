@@ -14,6 +14,7 @@ both sides or RST, after a linger that still counts late ACKs and retransmits; a
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -244,7 +245,9 @@ class FlowTable:
         # the end of that day (sessions/days.py); few sessions have any
         self._day_marks: dict[Flow, list[DayMark]] = {}
         self._finished: list[Flow] = []
-        self._opened: list[Flow] = []
+        # sessions opened whose opened event is not made yet, in the order they opened
+        self._opened: collections.deque[Flow] = collections.deque()
+        self._first_write_s = timeouts.first_write_s
         # No session in the table goes idle before this packet time: sweeps and a full table
         # scan the open sessions for idle ones only from then on (the sweeps' scans of every
         # open session took 0.41 s of a session-heavy import's 7.9; issue 21). A session's
@@ -940,10 +943,10 @@ class FlowTable:
     def _drain(self) -> list[SessionEvent]:
         out = []
         if self._opened:
-            out = [self._event(f, EventKind.OPENED) for f in self._opened]
-            for f in self._opened:
+            due = self._opened_due()
+            out = [self._event(f, EventKind.OPENED) for f in due]
+            for f in due:
                 f.checkpoint_ts = f.last_ts
-            self._opened = []
         if self._finished:
             for f in self._finished:
                 self.stats.closed[str(f.close_reason)] += 1
@@ -954,6 +957,26 @@ class FlowTable:
                 self.observer.closed(self._finished)
             self._finished = []
         return out
+
+    def _opened_due(self) -> list[Flow]:
+        """The sessions whose opened event is due: every one opened since the last drain; with
+        [timeouts] first_write, those that have been open that long in packet time and are
+        neither ended nor written by a checkpoint since. One that ended sooner is written
+        once, closed: serve wrote most short sessions twice, and the update of the opened
+        row cost its writer more than the row itself (issue 21)."""
+        opened = self._opened
+        if self._first_write_s <= 0:
+            due = list(opened)
+            opened.clear()
+            return due
+        due_before = self._now - self._first_write_s
+        flows = self._flows
+        due = []
+        while opened and opened[0].started_ts <= due_before:
+            flow = opened.popleft()
+            if flow.checkpoint_ts < 0 and flows.get(flow.key) is flow:
+                due.append(flow)
+        return due
 
     def _event(self, flow: Flow, kind: EventKind) -> SessionEvent:
         """The event of `kind` for `flow` as it stands.
