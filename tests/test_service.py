@@ -589,6 +589,61 @@ async def test_tunnelacct_ready_follows_the_store_going_away_and_back_as_readyz_
             await running
 
 
+def looping_replay(
+    tmp_path: Path,
+    db: Path,
+    status_path: Path,
+    *,
+    service: dict[str, Any],
+    writer: dict[str, Any],
+) -> Service:
+    """A Service (not started) replaying PCAP in a loop at full speed into the SQLite `db`,
+    with these [service] and [writer] settings."""
+    url = f"sqlite:///{db}"
+    migrate(url)
+    config = write_config(
+        BASE,
+        tmp_path / "serve.toml",
+        {"database": {"url": url}, "service": service, "writer": writer},
+        captures=[{"pcap": str(PCAP), "loop": True}],
+    )
+    return Service(load_config(config, environ={}), status_path=status_path)
+
+
+def capture_metric(service: Service, name: str) -> float | None:
+    """The sample `name` of the replayed capture on the service's metrics."""
+    assert service.registry is not None
+    return service.registry.get_sample_value(name, {"interface": str(PCAP)})
+
+
+def taken_by_the_sessionizer(service: Service) -> int:
+    """The packets read that the capture's sessionizer took: counted by its flow table, or
+    skipped or undecodable."""
+    pipeline = service.pipelines[0]
+    status = pipeline.status
+    skipped = sum(status.skipped.values()) + sum(status.decode_errors.values())
+    return pipeline.table.stats.packets + skipped
+
+
+async def wait_for(what: str, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {WAIT_S} s for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_capture_held_back(service: Service) -> None:
+    """Until the reader waits for room in the queue: its packet count stays put for longer
+    than one read of the replay takes (READ_TIMEOUT_S)."""
+    capture = service.pipelines[0].status
+    deadline = time.monotonic() + WAIT_S
+    read_before = -1
+    while capture.packets != read_before:
+        assert time.monotonic() < deadline, f"the capture went on: {capture.packets}"
+        read_before = capture.packets
+        await asyncio.sleep(2 * READ_TIMEOUT_S)
+
+
 async def test_packets_dropped_from_the_capture_queue_at_a_stalled_shutdown_are_on_the_metrics(
     tmp_path: Path,
 ) -> None:
@@ -598,51 +653,26 @@ async def test_packets_dropped_from_the_capture_queue_at_a_stalled_shutdown_are_
     counter of the capture says as many packets as the status file's queue_drops, more than 0
     (it starts at 0)."""
     db = tmp_path / "stalled.db"
-    url = f"sqlite:///{db}"
-    migrate(url)
-    config = write_config(
-        BASE,
-        tmp_path / "serve.toml",
-        {
-            "database": {"url": url},
-            "service": {"queue_packets": 1, "shutdown_timeout": 1},
-            "writer": {"max_pending": 1, "write_timeout": 1},
-        },
-        captures=[{"pcap": str(PCAP), "loop": True}],
-    )
     status_path = tmp_path / "status.json"
-    service = Service(load_config(config, environ={}), status_path=status_path)
+    service = looping_replay(
+        tmp_path,
+        db,
+        status_path,
+        service={"queue_packets": 1, "shutdown_timeout": 1},
+        writer={"max_pending": 1, "write_timeout": 1},
+    )
     stop = asyncio.Event()
     running = asyncio.create_task(service.run(stop))
-    interface = {"interface": str(PCAP)}
 
     def queue_drops_metric() -> float | None:
-        assert service.registry is not None
-        return service.registry.get_sample_value("tunnelacct_capture_queue_drops_total", interface)
-
-    async def wait_for(what: str, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not condition():
-            assert time.monotonic() < deadline, f"waited {WAIT_S} s for {what}"
-            await asyncio.sleep(0.05)
-
-    async def wait_capture_held_back() -> None:
-        """Until the reader waits for room in the queue: its packet count stays put for longer
-        than one read of the replay takes (READ_TIMEOUT_S)."""
-        capture = service.pipelines[0].status
-        deadline = time.monotonic() + WAIT_S
-        read_before = -1
-        while capture.packets != read_before:
-            assert time.monotonic() < deadline, f"the capture went on: {capture.packets}"
-            read_before = capture.packets
-            await asyncio.sleep(2 * READ_TIMEOUT_S)
+        return capture_metric(service, "tunnelacct_capture_queue_drops_total")
 
     locker = sqlite3.connect(db, timeout=WAIT_S, isolation_level=None)
     try:
         await wait_for("rows written", lambda: service.writer.rows_written > 0)
         assert queue_drops_metric() == 0
         locker.execute("BEGIN EXCLUSIVE")  # the store stalls: no write gets through
-        await wait_capture_held_back()
+        await wait_capture_held_back(service)
     finally:
         stop.set()
         [ended] = await asyncio.gather(running, return_exceptions=True)
@@ -652,14 +682,8 @@ async def test_packets_dropped_from_the_capture_queue_at_a_stalled_shutdown_are_
     assert capture["queue_drops"] > 0, capture
     assert queue_drops_metric() == capture["queue_drops"]
     # every packet read was sessionized or counted as dropped: none is left queued
-    table = service.pipelines[0].table
-    taken_by_the_sessionizer = (
-        table.stats.packets
-        + sum(capture["skipped"].values())
-        + sum(capture["decode_errors"].values())
-    )
     assert capture["queued_packets"] == 0, capture
-    assert capture["packets"] == taken_by_the_sessionizer + capture["queue_drops"]
+    assert capture["packets"] == taken_by_the_sessionizer(service) + capture["queue_drops"]
 
 
 async def test_the_packets_waiting_for_the_sessionizer_are_on_the_status_file_and_metrics(
@@ -673,28 +697,20 @@ async def test_the_packets_waiting_for_the_sessionizer_are_on_the_status_file_an
     and stopped, serve sessionizes all of it: the figure ends at 0 and the rows hold every
     packet read."""
     db = tmp_path / "held.db"
-    url = f"sqlite:///{db}"
-    migrate(url)
-    config = write_config(
-        BASE,
-        tmp_path / "serve.toml",
-        {
-            "database": {"url": url},
-            "service": {"queue_packets": 500},
-            # held back at once, yet the shutdown's checkpoints are not written one by one
-            "writer": {"max_pending": 100, "write_timeout": 1},
-        },
-        captures=[{"pcap": str(PCAP), "loop": True}],
-    )
     status_path = tmp_path / "status.json"
-    service = Service(load_config(config, environ={}), status_path=status_path)
+    service = looping_replay(
+        tmp_path,
+        db,
+        status_path,
+        service={"queue_packets": 500},
+        # held back at once, yet the shutdown's checkpoints are not written one by one
+        writer={"max_pending": 100, "write_timeout": 1},
+    )
     stop = asyncio.Event()
     running = asyncio.create_task(service.run(stop))
-    interface = {"interface": str(PCAP)}
 
     def queued_metric() -> float | None:
-        assert service.registry is not None
-        return service.registry.get_sample_value("tunnelacct_capture_queued_packets", interface)
+        return capture_metric(service, "tunnelacct_capture_queued_packets")
 
     def on_status_file() -> int:
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
@@ -702,31 +718,13 @@ async def test_the_packets_waiting_for_the_sessionizer_are_on_the_status_file_an
             return int(capture["queued_packets"])
         return -1
 
-    async def wait_for(what: str, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not condition():
-            assert time.monotonic() < deadline, f"waited {WAIT_S} s for {what}"
-            await asyncio.sleep(0.05)
-
     locker = sqlite3.connect(db, timeout=WAIT_S, isolation_level=None)
     try:
         await wait_for("rows written", lambda: service.writer.rows_written > 0)
         locker.execute("BEGIN EXCLUSIVE")  # the store stalls: no write gets through
+        await wait_capture_held_back(service)
         capture = service.pipelines[0].status
-        table = service.pipelines[0].table
-        # held back: the reader waits for room, so nothing it read moves any more
-        read_before = -1
-        deadline = time.monotonic() + WAIT_S
-        while capture.packets != read_before:
-            assert time.monotonic() < deadline, f"the capture went on: {capture.packets}"
-            read_before = capture.packets
-            await asyncio.sleep(2 * READ_TIMEOUT_S)
-        taken_by_the_sessionizer = (
-            table.stats.packets
-            + sum(capture.skipped.values())
-            + sum(capture.decode_errors.values())
-        )
-        not_sessionized = capture.packets - taken_by_the_sessionizer
+        not_sessionized = capture.packets - taken_by_the_sessionizer(service)
         assert capture.queued_packets == not_sessionized > 0, capture
         assert queued_metric() == not_sessionized
         await wait_for("the status file", lambda: on_status_file() == not_sessionized)
