@@ -17,7 +17,8 @@ class CaptureStatus:
     packets: int = 0  # packets read from the source (decoded or not)
     kernel_packets: int = 0  # live: packets the kernel passed to the ring, incl. drops
     kernel_drops: int = 0  # live: packets the ring had no room for
-    queue_drops: int = 0  # packets dropped because shutdown ran out of time
+    # packets read and dropped: shutdown ran out of time, or the sessionizer stopped on an error
+    queue_drops: int = 0
     # packets read and not yet taken by the sessionizer: it is behind (a burst, or the
     # writer holding it back). [service] queue_packets bounds their TCP/UDP ones.
     queued_packets: int = 0

@@ -134,7 +134,8 @@ class ServiceCollector(Collector):
         queued = GaugeMetricFamily(
             "tunnelacct_capture_queued_packets",
             "Packets read and waiting for the sessionizer (it is behind the reader: a burst, or "
-            "the writer holding it back); at most [service] queue_packets, or one larger batch",
+            "the writer holding it back): what is queued, up to [service] queue_packets or one "
+            "larger batch, and the batch the reader holds until there is room",
             labels=["interface"],
         )
         for status in self._captures():
