@@ -167,6 +167,48 @@ def test_a_store_stuck_at_close_is_an_error_naming_the_unwritten_sessions(
     assert stored_rows(db) == {}
 
 
+def test_pending_counts_the_events_on_their_way_to_a_full_child(tmp_path: Path) -> None:
+    """The store is locked and the child's writer holds its max_pending: the events sent
+    after those wait in the pipe or in the child. Every session submitted is in `pending`
+    (the child's sessions plus `in_flight`), not only the child's; once the store is free,
+    all are written and both figures fall to 0."""
+    db = tmp_path / "store.db"
+    migrate(f"sqlite:///{db}")
+    ids = SessionIds()
+    events = [closed_event(ids, index) for index in range(600)]
+    max_pending = 50
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+
+    async def run() -> None:
+        writer = writer_for(db, max_pending=max_pending, batch_size=max_pending)
+        writer.start()
+        running = asyncio.create_task(writer.run())
+        sending = [
+            asyncio.create_task(writer.submit(events[first : first + 200]))
+            for first in range(0, len(events), 200)
+        ]
+        try:
+            await until(lambda: writer.counters.pending == max_pending, "a full child writer")
+            await until(lambda: writer.pending == len(events), "every session in pending")
+            assert writer.rows_written == 0
+            assert writer.in_flight == len(events) - max_pending
+        finally:
+            blocker.execute("ROLLBACK")
+        await asyncio.gather(*sending)
+        await until(lambda: writer.rows_written == len(events), "every session written")
+        await until(lambda: writer.pending == 0, "nothing pending")
+        assert writer.in_flight == 0
+        await writer.close()
+        await running
+
+    try:
+        asyncio.run(run())
+    finally:
+        blocker.close()
+    assert stored_rows(db) == as_rows(events)
+
+
 def test_a_killed_child_is_a_store_error_not_a_hang(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     migrate(f"sqlite:///{db}")

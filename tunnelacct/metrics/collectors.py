@@ -151,7 +151,8 @@ class ServiceCollector(Collector):
         if figures is not None:
             yield GaugeMetricFamily(
                 "tunnelacct_writer_queue_depth",
-                "Session events waiting to be written",
+                "Session events waiting to be written, those on their way to the writer "
+                "process included",
                 value=figures.pending,
             )
             yield CounterMetricFamily(

@@ -82,6 +82,7 @@ def _collector_status(flow_source: FlowSource) -> dict[str, Any]:
 def _writer_status(writer: ServeWriter, database_url: str) -> dict[str, Any]:
     return {
         "pending": writer.pending,
+        "in_flight": writer.in_flight,
         "rows_written": writer.rows_written,
         "flushes": writer.flushes,
         "failed_flushes": writer.failed_flushes,

@@ -73,6 +73,7 @@ class WriterCounters:
     dropped_events: int = 0
     stale_events: int = 0
     unlogged_events: int = 0
+    events_taken: int = 0  # of the "events" messages, the events its writer took
 
 
 class ServeWriter:
@@ -95,6 +96,7 @@ class ServeWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._send_lock = asyncio.Lock()  # one data message at a time, in order
         self._data_sent = 0  # data messages sent (the child reads up to this many at "end")
+        self._events_sent = 0  # events submitted: being packed, sent, or in the child
         self._changed = asyncio.Event()  # new figures, a failure or the end arrived
         self._ended: asyncio.Future[WriterCounters] | None = None  # "closed" or "failed"
         self._failure: str | None = None  # why the child failed or ended
@@ -200,6 +202,7 @@ class ServeWriter:
 
         Raises StoreError when the child failed, or after close() began."""
         if events:
+            self._events_sent += len(events)  # in flight from here: packing takes a while
             await self._send(("events", [pack(event) for event in events]))
 
     async def room(self) -> None:
@@ -319,7 +322,17 @@ class ServeWriter:
 
     @property
     def pending(self) -> int:
-        return self.counters.pending
+        """Sessions the child's writer holds, and events on their way to it (`in_flight`):
+        everything submitted and not yet written."""
+        return self.counters.pending + self.in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Events submitted that the child's writer has not taken yet: being packed, in the
+        pipe, or waiting in the child for room. Serve closes its open sessions at a replay's end or
+        at shutdown in one go: for a moment the child holds none of them, and all are here.
+        At most FIGURES_EVERY_S old (it errs high: the child's figure lags)."""
+        return max(0, self._events_sent - self.counters.events_taken)
 
     @property
     def oldest_pending_since(self) -> float | None:
@@ -461,6 +474,7 @@ class _Child:
             dropped_events=w.dropped_events,
             stale_events=w.stale_events,
             unlogged_events=w.unlogged_events,
+            events_taken=w.events_taken,
         )
 
     async def main(self) -> None:

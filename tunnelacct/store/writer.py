@@ -96,8 +96,10 @@ class SessionWriter:
     `write_seconds_counts` (every flush, per WRITE_BUCKETS_S bucket, +Inf last), `last_flush_at`,
     `dropped_events` (events lost because close() ran out of time), `replaced_rows` (rows of an
     earlier capture that an import's sessions replaced: `reimport`),
-    `stale_events` (late non-closing events for an already closed pending session), `pending`
-    and `unlogged_events` (events of `unlogged_orgs`, the orgs with logging = false: dropped).
+    `stale_events` (late non-closing events for an already closed pending session), `pending`,
+    `unlogged_events` (events of `unlogged_orgs`, the orgs with logging = false: dropped) and
+    `events_taken` (every event submit() has taken so far, into pending or counted: serve's
+    writer child tells serve, which knows what it sent, how many are still on their way).
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class SessionWriter:
         self._given_up: asyncio.Task[None] | None = None  # a write that outlived write_timeout
         self._waiting = 0  # submit() calls blocked on back-pressure
         self._closing = False
+        self.events_taken = 0
         self.rows_written = 0
         self.flushes = 0
         self.failed_flushes = 0
@@ -190,7 +193,8 @@ class SessionWriter:
         pending = self._pending
         since = self._since
         unlogged = self._unlogged
-        for event in events:
+        counted = 0  # of `events`, those added to events_taken (other calls add theirs too)
+        for index, event in enumerate(events):
             if unlogged and event.attribution.org_id in unlogged:
                 self.unlogged_events += 1
                 continue
@@ -198,6 +202,8 @@ class SessionWriter:
             # Only a new session needs room. Look again after waiting: another producer may
             # have queued the same session meanwhile.
             while (current := pending.get(key)) is None and len(pending) >= limit:
+                self.events_taken += index - counted  # those before this one, while it waits
+                counted = index
                 await self._wait_for_space(limit)
             if current is not None:
                 if current.kind is _CLOSED and event.kind is not _CLOSED:
@@ -209,6 +215,7 @@ class SessionWriter:
             since[key] = self._clock()
             if len(pending) == 1 or len(pending) >= batch_size:
                 self._wake.set()
+        self.events_taken += len(events) - counted
 
     async def room(self) -> None:
         """Wait while `max_pending` sessions are pending (a source that makes events in bulk
