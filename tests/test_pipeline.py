@@ -7,10 +7,13 @@ import math
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.oracle import tshark_sessions
 from tunnelacct.config.model import CaptureConfig, Timeouts
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
+from tunnelacct.ingest import pipeline as pipeline_module
 from tunnelacct.ingest.pipeline import READ_TIMEOUT_S, CapturePipeline
 from tunnelacct.sessions.events import Attribution, SessionEvent
 
@@ -107,3 +110,45 @@ async def test_a_sessionizer_stopped_by_its_store_counts_what_it_left_queued_as_
     assert status.queued_packets == 0, status
     assert status.queue_drops > status.packets - read_before, status
     assert status.packets == taken_by_the_sessionizer + status.queue_drops, status
+
+
+class PartsSink:
+    """Records the closing events of each submit."""
+
+    def __init__(self) -> None:
+        self.parts: list[list[SessionEvent]] = []
+
+    async def submit(self, events: list[SessionEvent]) -> None:
+        self.parts.append([e for e in events if e.kind is EventKind.CLOSED])
+
+
+async def test_a_replays_end_hands_its_open_sessions_over_in_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle timeouts and linger of a day: every session of the file is still in the table at
+    its end, and is closed then (end_of_capture, or the FIN or RST it saw), once, in parts of
+    at most CLOSE_PART_SESSIONS: the writer can start on the first while the table closes the
+    rest."""
+    part_sessions = 3
+    monkeypatch.setattr(pipeline_module, "CLOSE_PART_SESSIONS", part_sessions)
+    day = float(DAY_S)
+    pipeline = CapturePipeline(
+        CaptureConfig(pcap=str(PCAP)),
+        Timeouts(tcp_idle_s=day, udp_idle_s=day, tcp_linger_s=day),
+        attribute=lambda *args: Attribution("acme"),
+        is_client=lambda family, addr: False,
+        queue_packets=50_000,
+    )
+    recorded = tshark_sessions(PCAP)
+    sink = PartsSink()
+    pipeline.start()
+    await asyncio.wait_for(pipeline.run(sink), timeout=120)
+    pipeline.stop()
+    assert pipeline.join(120)
+    closed = [event for part in sink.parts for event in part]
+    assert len(closed) == len(recorded)
+    assert len({event.session_id for event in closed}) == len(recorded)
+    assert "end_of_capture" in {str(event.close_reason) for event in closed}
+    closing_parts = [part for part in sink.parts if part]
+    assert len(closing_parts) >= math.ceil(len(recorded) / part_sessions)
+    assert max(len(part) for part in closing_parts) <= part_sessions

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from liveserve import TUNNELACCT, BenchError, stop_pid  # noqa: E402
+from liveserve import BenchError, serve_argv, stop_pid  # noqa: E402
 from machine import machine  # noqa: E402
 from synth_sessions import synth_sessions  # noqa: E402
 
@@ -97,16 +97,7 @@ def replay(
     parts.append(f'[[capture]]\npcap = "{capture}"\nspeed = 0\n')
     config.write_text("\n".join(parts), encoding="utf-8")
     env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{db}"}
-    argv = [
-        str(TUNNELACCT),
-        "--log-level",
-        "INFO",
-        "serve",
-        "--config",
-        str(config),
-        "--status-file",
-        str(status_path),
-    ]
+    argv = serve_argv(config, status_path)
     figures: dict[str, float | str] = {}
     with log_path.open("w") as log:
         started = time.monotonic()
@@ -215,6 +206,14 @@ def sessionized(status_path: Path) -> bool:
     )
 
 
+def session_capture(workdir: Path, sessions: int) -> Path:
+    """The session-heavy capture of `sessions` sessions (synth_sessions.py) in `workdir`."""
+    capture = workdir / "sessions.pcap"
+    packets, written = synth_sessions(capture, sessions)
+    print(f"capture: {written:,} sessions, {packets:,} packets")
+    return capture
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sessions", type=int, default=300_000)
@@ -226,9 +225,7 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory(prefix="tunnelacct-replay-", dir="/var/tmp") as tmp:
         workdir = Path(tmp)
-        capture = workdir / "sessions.pcap"
-        packets, sessions = synth_sessions(capture, args.sessions)
-        print(f"capture: {sessions:,} sessions, {packets:,} packets")
+        capture = session_capture(workdir, args.sessions)
         print(f"[timeouts] first_write: {args.first_write}")
         for run in range(args.runs):
             figures = replay(

@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve_replay import child_pids, holds_open, own_cpu_s  # noqa: E402
+from bench_serve_replay import child_pids, holds_open, own_cpu_s, session_capture  # noqa: E402
 from liveserve import TUNNELACCT, BenchError  # noqa: E402
 from machine import machine  # noqa: E402
-from synth_sessions import synth_sessions  # noqa: E402
 
 STEP_S = 0.5
 IMPORT_WAIT_S = 1800.0  # sanity bound on one import
@@ -78,9 +77,7 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory(prefix="tunnelacct-timeline-", dir="/var/tmp") as tmp:
         workdir = Path(tmp)
-        capture = workdir / "sessions.pcap"
-        packets, sessions = synth_sessions(capture, args.sessions)
-        print(f"capture: {sessions:,} sessions, {packets:,} packets")
+        capture = session_capture(workdir, args.sessions)
         started = time.monotonic()
         steps = timeline(capture, workdir / "store.db", workdir / "import.log")
         print(f"wall: {time.monotonic() - started:.2f} s")

@@ -203,6 +203,20 @@ def serve_config(
     return path
 
 
+def serve_argv(config: Path, status_path: Path) -> list[str]:
+    """`tunnelacct serve` with `config`, writing its status to `status_path`, logging INFO."""
+    return [
+        str(TUNNELACCT),
+        "--log-level",
+        "INFO",
+        "serve",
+        "--config",
+        str(config),
+        "--status-file",
+        str(status_path),
+    ]
+
+
 class ServeProcess:
     """`tunnelacct serve` inside a namespace, with its own SQLite file and status file."""
 
@@ -226,16 +240,7 @@ class ServeProcess:
 
     def __enter__(self) -> ServeProcess:
         env = {**os.environ, "TUNNELACCT_DATABASE_URL": f"sqlite:///{self.db}"}
-        argv = [
-            str(TUNNELACCT),
-            "--log-level",
-            "INFO",
-            "serve",
-            "--config",
-            str(self._config),
-            "--status-file",
-            str(self.status_path),
-        ]
+        argv = serve_argv(self._config, self.status_path)
         self._log = self.log_path.open("w")
         kwargs: dict[str, Any] = {"stdout": self._log, "stderr": subprocess.STDOUT, "env": env}
         if self._popen is not None:  # the lab's popen: it also ends the PID at teardown

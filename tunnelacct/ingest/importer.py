@@ -28,14 +28,10 @@ from tunnelacct.errors import CaptureFormatError
 from tunnelacct.heap import fewer_collections
 from tunnelacct.sessions.attribution import Inventory
 from tunnelacct.sessions.flowkey import SessionIds
-from tunnelacct.sessions.flowtable import FlowTable
+from tunnelacct.sessions.flowtable import CLOSE_PART_SESSIONS, FlowTable
 from tunnelacct.store.writerchild import WriterProcess, WriterSettings
 
 log = logging.getLogger(__name__)
-
-# the sessions still open at the end are closed and handed to the writer this many at a time,
-# so the events of all of them are never in memory at once
-CLOSE_PART_SESSIONS = 5000
 
 
 @dataclass(slots=True)

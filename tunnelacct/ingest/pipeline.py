@@ -44,7 +44,13 @@ from tunnelacct.enums import CloseReason
 from tunnelacct.errors import CaptureError
 from tunnelacct.ingest.status import CaptureStatus
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.sessions.flowtable import AttributeFn, FlowObserver, FlowTable, IsClientFn
+from tunnelacct.sessions.flowtable import (
+    CLOSE_PART_SESSIONS,
+    AttributeFn,
+    FlowObserver,
+    FlowTable,
+    IsClientFn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,10 +417,9 @@ class CapturePipeline:
             item = items[-1] if items else None
             if isinstance(item, _End):  # the reader's last word
                 if item.finished:
-                    events = await asyncio.to_thread(table.close_all, CloseReason.END_OF_CAPTURE)
+                    await self._close_all(sink)
                 else:
-                    events = await asyncio.to_thread(table.suspend)
-                await sink.submit(events)
+                    await sink.submit(await asyncio.to_thread(table.suspend))
                 self._publish()
                 if item.error is not None:
                     status.error = str(item.error)
@@ -444,6 +449,15 @@ class CapturePipeline:
                         await sink.submit(events)
                     self._checkpoints.append(taken)
                 self._publish()
+
+    async def _close_all(self, sink: SessionSink) -> None:
+        """Close every open session (the replay ended), handing them to `sink` in parts: the
+        writer starts on the first part while the table closes the next. At once, 248,746
+        sessions took serve 5 s to close and hand over, its writer idle (issue 21)."""
+        parts = self.table.close_all_in_parts(CloseReason.END_OF_CAPTURE, CLOSE_PART_SESSIONS)
+        while (events := await asyncio.to_thread(next, parts, None)) is not None:
+            if events:
+                await sink.submit(events)
 
     def checkpoint_lag_s(self, written_before: float | None) -> float:
         """How many seconds of open sessions' counters a crash now would lose, at most.

@@ -62,6 +62,10 @@ FRAGMENT_TIMEOUT_S = 60.0  # how long a first fragment vouches for the later one
 LATE_S = 1.0  # a packet this much older than one before it is counted late
 EVICT_SHARE = 64  # a full table evicts 1/64 of max_sessions at once: one scan per that many opens
 FULL_LOG_INTERVAL_S = 60.0  # a full table is logged at most once a minute
+# the sessions still open when a capture ends are closed and handed to the writer this many at
+# a time (close_all_in_parts), so the events of all of them are never in memory at once, and
+# the writer starts on the first while the last are closed
+CLOSE_PART_SESSIONS = 5000
 # a scan for idle sessions starts this much before the earliest time one can go idle: the times
 # are compared as sums here and as differences in the scan, which may round apart
 IDLE_SLACK_S = 0.001

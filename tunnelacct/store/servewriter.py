@@ -329,9 +329,9 @@ class ServeWriter:
     @property
     def in_flight(self) -> int:
         """Events submitted that the child's writer has not taken yet: being packed, in the
-        pipe, or waiting in the child for room. Serve closes its open sessions at a replay's end or
-        at shutdown in one go: for a moment the child holds none of them, and all are here.
-        At most FIGURES_EVERY_S old (it errs high: the child's figure lags)."""
+        pipe, or waiting in the child for room. At shutdown serve hands over every open
+        session at once: for a while the child holds none of them, and all are here. At most
+        FIGURES_EVERY_S old (it errs high: the child's figure lags)."""
         return max(0, self._events_sent - self.counters.events_taken)
 
     @property
@@ -548,28 +548,36 @@ class _Child:
         thread: one blocked in a read would hold up the child's exit)."""
         writer = self._writer
         data = self._data
+        while True:
+            if not data.poll(0):
+                await self._readable()
+            try:
+                message = pickle.loads(data.recv_bytes())
+            except EOFError:
+                await asyncio.Event().wait()  # serve closed its end: "end" or death follows
+            events = [unpack(packed) for packed in message[1]]
+            if message[0] == "seed":
+                writer.seed(events)
+            else:
+                await writer.submit(events)
+            self._data_read += 1
+            self._data_reached.set()
+
+    async def _readable(self) -> None:
+        """Wait until the data pipe can be read (or serve closed it).
+
+        The loop watches the pipe only while this waits. Watched all along, a pipe holding
+        the next message while the writer was full woke the loop at once, again and again
+        (epoll is level-triggered): the loop thread spun, taking the GIL from SQLite's
+        thread, which needs it back for every row. At a replay's end, sent in parts, they
+        passed it 320,000-350,000 times, and the child spent twice the CPU a row (issue 21)."""
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
-        loop.add_reader(data.fileno(), readable.set)
+        loop.add_reader(self._data.fileno(), readable.set)
         try:
-            while True:
-                while not data.poll(0):
-                    readable.clear()
-                    await readable.wait()
-                try:
-                    message = pickle.loads(data.recv_bytes())
-                except EOFError:
-                    loop.remove_reader(data.fileno())
-                    await asyncio.Event().wait()  # serve closed its end: "end" or death follows
-                events = [unpack(packed) for packed in message[1]]
-                if message[0] == "seed":
-                    writer.seed(events)
-                else:
-                    await writer.submit(events)
-                self._data_read += 1
-                self._data_reached.set()
+            await readable.wait()
         finally:
-            loop.remove_reader(data.fileno())
+            loop.remove_reader(self._data.fileno())
 
     async def _report_figures(self) -> None:
         reported = None
