@@ -41,11 +41,11 @@ from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.query.records import CSV_COLUMNS
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.store.codec import ROW_COLUMNS, event_row
 from tunnelacct.store.engine import make_engine, sync_url
 from tunnelacct.store.models import Org, SessionRecord, table_of
 from tunnelacct.store.ongoing import ongoing_sessions
 from tunnelacct.store.postgres.partitions import ensure_partitions
+from tunnelacct.store.rows import ROW_COLUMNS, event_row
 from tunnelacct.store.sqlite.layout import partition_name
 from tunnelacct.store.writer import SessionWriter
 from tunnelacct.web.app import ApiContext, create_app

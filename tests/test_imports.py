@@ -177,6 +177,22 @@ def test_the_web_app_loads_no_capture_path_numpy_or_writer() -> None:
     assert done.stdout.split() == []
 
 
+def test_the_importers_own_process_loads_no_sqlalchemy() -> None:
+    # `tunnelacct import` starts on the capture at once: the store's modules (SQLAlchemy,
+    # SQLModel, Alembic: 0.5 s) load in its writer child only, although this process builds
+    # the rows of the sessions complete in one write (store/complete.py)
+    probe = (
+        "import sys, tunnelacct.ingest.importer\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded = set(done.stdout.split())
+    assert "tunnelacct" in loaded
+    assert loaded & {"sqlalchemy", "sqlmodel", "alembic", "aiosqlite", "asyncpg"} == set()
+
+
 # Only store/ knows the engines apart (issue 17): what differs is behind store/backend.py.
 ENGINE_MODULES = ("tunnelacct.store.sqlite", "tunnelacct.store.postgres", "sqlalchemy.dialects")
 

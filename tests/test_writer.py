@@ -41,18 +41,15 @@ from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store.codec import (
-    ROW_COLUMNS,
-    event_row,
-    sqlite_time_text,
-    upsert_sql,
-)
-from tunnelacct.store.engine import async_url, make_engine
+from tunnelacct.store.codec import upsert_sql
+from tunnelacct.store.complete import CompleteSessions
+from tunnelacct.store.engine import async_url, backend_of, make_engine
 from tunnelacct.store.migrate import migrate
 from tunnelacct.store.models import SessionRecord, UtcDateTime, table_of
 from tunnelacct.store.postgres.errors import sqlstate
 from tunnelacct.store.postgres.partitions import ensure_partitions
 from tunnelacct.store.postgres.write import PG_FLIGHTS
+from tunnelacct.store.rows import ROW_COLUMNS, driver_values, event_row, sqlite_time_text
 from tunnelacct.store.writer import SessionWriter, transient_store_error
 
 T0 = 1_795_430_445.123456  # 2026-11-23T10:40:45.123456Z
@@ -701,6 +698,23 @@ def test_sqlite_time_text_matches_sqlalchemy_for_random_and_rounding_edge_times(
     assert sqlite_time_text()(T0) == "2026-11-23 10:40:45.123456"
 
 
+async def test_a_sqlite_writer_registers_the_none_adapter_and_none_is_still_stored_as_null(
+    tmp_path: Path,
+) -> None:
+    registry_key = (type(None), sqlite3.PrepareProtocol)
+    sqlite3.adapters.pop(registry_key, None)  # as in a new process
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        writer_for(engine)  # its SQLite batch write registers the adapter
+        assert registry_key in sqlite3.adapters
+        # the stdlib module, as SQLite's own oracle: the adapter still binds NULL
+        with sqlite3.connect(":memory:") as db:
+            stored = db.execute("SELECT typeof(?), ? IS NULL", (None, None)).fetchone()
+        assert stored == ("null", 1)
+    finally:
+        await engine.dispose()
+
+
 def test_postgresql_upsert_binds_every_column_as_a_numbered_parameter() -> None:
     sql = upsert_sql(PGDialect_asyncpg())  # type: ignore[no-untyped-call]
     placeholders = ", ".join(f"${i}" for i in range(1, len(ROW_COLUMNS) + 1))
@@ -1082,3 +1096,134 @@ async def test_postgresql_writer_creates_each_days_partition_and_again_after_a_d
             assert {str(i) for (i,) in stored} == {first[0].session_id.hex, late.session_id.hex}
         finally:
             await engine.dispose()
+
+
+# Sessions complete in one write (store/complete.py): rows built by their producer, written
+# beside the events with the same rollup, back-pressure and retries.
+
+
+def complete_sessions(engine: AsyncEngine, events: list[SessionEvent]) -> CompleteSessions:
+    """`events` (CLOSED, each of a new session) as an import's process sends them."""
+    complete = CompleteSessions()
+    driver = driver_values(backend_of(engine).name)
+    for closed in events:
+        complete.add(closed, "gw-test", driver)
+    return complete
+
+
+def closed_events() -> list[SessionEvent]:
+    """Closed sessions of two orgs: varied columns, and one that ran across midnight."""
+    midnight = (int(T0) // 86_400 + 1) * 86_400
+    across_midnight = replace(
+        event(EventKind.CLOSED, n=7, last_ts=midnight + 30.25),
+        started_ts=midnight - 20.5,
+        day_marks=((int(T0) // 86_400, 300, 3000, 3, 6),),
+    )
+    varied = [e for e in varied_events() if e.kind is EventKind.CLOSED]
+    plain = [event(EventKind.CLOSED, n=n, last_ts=T0 + n) for n in range(1, 40)]
+    globex = [
+        replace(e, session_id=uuid.uuid4(), attribution=Attribution("globex", "c9"))
+        for e in plain[::3]
+    ]
+    return [*varied, across_midnight, *plain, *globex]
+
+
+def usage_rows(url: str) -> list[tuple[object, ...]]:
+    return read_rows(url, "SELECT * FROM usage_days ORDER BY 1, 2, 3, 4, 5, 6, 7")
+
+
+async def test_complete_rows_store_and_roll_up_what_their_events_would(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    sessions = closed_events()
+    days = {datetime.fromtimestamp(e.started_ts, UTC).date() for e in sessions}
+    await ensure_partitions(store_engine, days)
+    writer = writer_for(store_engine)
+    async with running(writer):
+        await writer.submit(sessions)
+    by_events = select_all_with_types(store_url)
+    usage_by_events = usage_rows(store_url)
+    async with store_engine.begin() as conn:
+        for table in ("sessions", "usage_days", "usage_months"):
+            await conn.exec_driver_sql(f"DELETE FROM {table}")
+    assert row_count(store_url) == 0
+    writer = writer_for(store_engine)
+    async with running(writer):
+        await writer.submit_complete(complete_sessions(store_engine, sessions))
+    assert writer.rows_written == len(sessions)
+    assert select_all_with_types(store_url) == by_events
+    assert usage_rows(store_url) == usage_by_events
+    # the session rows, each once, are the rollup's oracle
+    assert usage_totals(store_url) == session_totals(store_url)
+    assert_months_sum_their_days(store_url)
+
+
+async def test_complete_rows_wait_for_room_beside_events_and_count_as_pending(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    writer = writer_for(store_engine, max_pending=10, batch_size=4, flush_interval_s=60)
+    await writer.submit([event() for _ in range(6)])
+    await writer.submit_complete(complete_sessions(store_engine, closed_events()[:5]))
+    assert writer.pending == 11  # room was left when it came, and it is taken whole
+    complete_waits = asyncio.create_task(
+        writer.submit_complete(complete_sessions(store_engine, closed_events()[5:8]))
+    )
+    events_wait = asyncio.create_task(writer.submit([event()]))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not complete_waits.done() and not events_wait.done()  # no run(): no room
+    assert writer.pending == 11
+    async with running(writer):
+        await asyncio.wait_for(asyncio.gather(complete_waits, events_wait), WAIT_S)
+    assert writer.pending == 0
+    assert row_count(store_url) == writer.rows_written == 6 + 5 + 3 + 1
+
+
+async def test_complete_rows_are_drained_by_close_and_refused_after_it(
+    store_engine: AsyncEngine, store_url: str
+) -> None:
+    writer = writer_for(store_engine, flush_interval_s=3600)  # only close() flushes
+    await writer.submit_complete(complete_sessions(store_engine, closed_events()))
+    assert writer.oldest_pending_since is not None
+    await writer.close(timeout_s=WAIT_S)
+    assert row_count(store_url) == len(closed_events())
+    assert writer.pending == 0 and writer.oldest_pending_since is None
+    with pytest.raises(StoreError, match="closed"):
+        await writer.submit_complete(complete_sessions(store_engine, closed_events()[:1]))
+
+
+async def test_a_lost_commit_of_complete_rows_counts_each_session_once_in_the_rollup(
+    pg_url: str,
+) -> None:
+    # As for events above: the server committed the write and the writer never heard it, so
+    # it retries, and the retry's rollup adds each session's whole share less that of the row
+    # the store holds of it by then.
+    server = make_url(pg_url)
+    sessions = [event(EventKind.CLOSED, n=i) for i in range(1, 201)]
+    async with CommitCutter(server.host or "127.0.0.1", server.port or 5432) as cutter:
+        through_cutter = server.set(host="127.0.0.1", port=cutter.port)
+        engine = create_async_engine(
+            async_url(through_cutter.render_as_string(hide_password=False)),
+            connect_args={"ssl": False},  # the relay reads the protocol: no TLS
+        )
+        try:
+            writer = writer_for(engine, flush_interval_s=0.01)
+            async with running(writer):
+                await writer.submit([event(EventKind.OPENED)])  # the pool's connection
+                await wait_until(lambda: writer.pending == 0)
+                cutter.arm()
+                await writer.submit_complete(complete_sessions(engine, sessions))
+                await asyncio.wait_for(cutter.cut.wait(), WAIT_S)
+                await wait_until(lambda: writer.pending == 0)
+            assert writer.failed_flushes == 1
+        finally:
+            await engine.dispose()
+    assert row_count(pg_url) == len(sessions) + 1
+    every_n = sum(range(1, len(sessions) + 1))
+    closed_totals = (100 * every_n, 1000 * every_n, every_n, 2 * every_n)
+    assert usage_totals(pg_url) == session_totals(pg_url)
+    assert session_totals(pg_url) == {
+        "acme": (closed_totals[0] + 100, closed_totals[1] + 1000, every_n + 1, every_n * 2 + 2)
+        + (len(sessions) + 1, len(sessions))
+    }
+    assert_months_sum_their_days(pg_url)

@@ -9,12 +9,14 @@ import os
 import signal
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.stores import assert_months_sum_their_days, session_totals, usage_totals
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.config.model import Config, DatabaseConfig, WriterConfig
+from tunnelacct.config.model import Config, DatabaseConfig, OrgConfig, WriterConfig
 from tunnelacct.enums import CloseReason, EventKind, IpProto
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import Attribution, SessionEvent
@@ -158,6 +160,65 @@ def test_the_child_writes_every_event_it_was_sent(tmp_path: Path) -> None:
         for e in events
     }
     assert stored == expected
+
+
+def test_a_session_sent_before_its_close_closes_as_an_event_and_counts_once(
+    tmp_path: Path,
+) -> None:
+    """The parent sends a session as a row built on its side only when nothing of it was sent
+    before: one written open and then closed is closed by the child's writer, which knows what
+    the rollup holds of it; one of an org that logs nothing is dropped by the child. The
+    session rows are the rollup's oracle."""
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    migrate(url)
+    ids = SessionIds()
+    opened_first = [closed_event(ids, index) for index in range(100)]
+    openings = [
+        dataclasses.replace(
+            e, kind=EventKind.OPENED, ended_ts=None, close_reason=None, bytes_tx=1, packets_tx=1
+        )
+        for e in opened_first
+    ]
+    closed_only = [closed_event(ids, index) for index in range(100, 200)]
+    unlogged = [
+        closed_event(ids, index, attribution=Attribution("quiet")) for index in range(200, 210)
+    ]
+    settings = settings_for(db)
+    config = dataclasses.replace(
+        settings.config,
+        orgs=(OrgConfig("acme", "Acme"), OrgConfig("quiet", "Quiet", logging=False)),
+        writer=WriterConfig(batch_size=500, flush_interval_s=0.01),
+    )
+
+    def ongoing_rows() -> int:
+        with sqlite3.connect(db) as conn:
+            found = conn.execute("SELECT count(*) FROM sessions WHERE status = 'ongoing'")
+            return int(found.fetchone()[0])
+
+    async def run() -> WriterProcess:
+        writer = WriterProcess(dataclasses.replace(settings, config=config), ids)
+        await writer.submit(openings)
+        await wait_for_rows(ongoing_rows, len(openings))
+        await writer.submit([*opened_first, *closed_only, *unlogged])
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(run())
+    assert writer.rows_written == len(openings) + len(opened_first) + len(closed_only)
+    with sqlite3.connect(db) as conn:
+        stored = dict(conn.execute("SELECT id, status || ' ' || bytes_tx FROM sessions"))
+    expected = {e.session_id.hex: f"completed {e.bytes_tx}" for e in opened_first + closed_only}
+    assert stored == expected
+    assert usage_totals(url) == session_totals(url)
+    assert_months_sum_their_days(url)
+
+
+async def wait_for_rows(count_rows: Callable[[], int], wanted: int) -> None:
+    """Wait until `count_rows()` says `wanted`; TimeoutError after WAIT_S."""
+    async with asyncio.timeout(WAIT_S):
+        while count_rows() != wanted:
+            await asyncio.sleep(0.01)
 
 
 def test_a_killed_child_is_a_store_error_not_a_hang(tmp_path: Path) -> None:

@@ -65,10 +65,7 @@ from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
 from tunnelacct.sessions.events import Attribution, SessionEvent  # noqa: E402
 from tunnelacct.store.codec import (  # noqa: E402
-    ROW_COLUMNS,
     STAGING_TABLE,
-    driver_values,
-    session_values,
     staged_upsert_sql,
     staging_table_sql,
     upsert_sql,
@@ -76,6 +73,7 @@ from tunnelacct.store.codec import (  # noqa: E402
 from tunnelacct.store.engine import make_engine, sync_url  # noqa: E402
 from tunnelacct.store.migrate import migrate  # noqa: E402
 from tunnelacct.store.postgres.partitions import ensure_partitions
+from tunnelacct.store.rows import ROW_COLUMNS, driver_values, session_values  # noqa: E402
 from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
 from tunnelacct.store.sqlite.write import (  # noqa: E402
     WRITER_CACHE_KIB,

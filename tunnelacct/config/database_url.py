@@ -23,6 +23,12 @@ def database_url_problem(url: str) -> str | None:
     return None
 
 
+def engine_name(url: str) -> str | None:
+    """ "sqlite" or "postgresql", the engine of database URL `url`; None for any other URL."""
+    match = _URL.fullmatch(url)
+    return None if match is None else match[1]
+
+
 def redact_url(url: str) -> str:
     """`url` with its password replaced by ***, for error messages."""
     return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)

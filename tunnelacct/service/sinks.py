@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from tunnelacct.enums import EventKind
 from tunnelacct.query.records import CSV_COLUMNS, json_duration, json_value, unix_time
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.store.codec import event_row
+from tunnelacct.store.rows import event_row
 from tunnelacct.store.servewriter import ServeWriter
 
 

@@ -20,11 +20,10 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.store.cells import CellKind
 from tunnelacct.store.purgelock import PurgeLock
 from tunnelacct.store.purgework import PurgeWork
-from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.reimport import FreshSession, Reimport
 from tunnelacct.store.usage import UsageChanges
 
 
@@ -34,7 +33,7 @@ class BatchWrite(Protocol):
     flights: int  # batches written at once, on as many connections
 
     async def write(
-        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent], usage: UsageChanges
+        self, rows: list[tuple[object, ...]], fresh: list[FreshSession], usage: UsageChanges
     ) -> int:
         """Write `rows` and add `usage` to the rollup in one transaction, after deleting the
         stored rows that `fresh` sessions of an import replace (whose share `usage` loses);

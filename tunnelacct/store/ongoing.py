@@ -7,8 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tunnelacct.enums import EventKind, IpProto, SessionStatus
 from tunnelacct.sessions.events import Attribution, SessionEvent
-from tunnelacct.store.codec import day_marks_of
 from tunnelacct.store.models import SessionRecord, table_of
+from tunnelacct.store.rows import day_marks_of
 
 
 async def ongoing_sessions(engine: AsyncEngine, gateway: str) -> list[SessionEvent]:

@@ -22,6 +22,7 @@ so the rows that started near a batch's sessions are a few primary key ranges.
 from __future__ import annotations
 
 import json
+import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from sqlalchemy import Connection
 
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import id_range, tag_hex
+from tunnelacct.store.rows import ROW_COLUMNS
 from tunnelacct.store.shares import take_stored_postgresql, take_stored_sqlite
 from tunnelacct.store.usage import UsageChanges
 
@@ -81,20 +83,32 @@ class StoredSession:
     key: _Key
 
 
-def _key(event: SessionEvent) -> _Key:
-    return (
-        event.proto.label,
-        event.src_addr,
-        event.src_port,
-        event.dst_addr,
-        event.dst_port,
-    )
+# A session an import writes for the first time, as stored rows are matched to it: its start
+# (epoch seconds) and its key.
+FreshSession = tuple[float, _Key]
+_PROTOCOL = ROW_COLUMNS.index("protocol")
+_SRC_ADDR = ROW_COLUMNS.index("src_addr")
+_SRC_PORT = ROW_COLUMNS.index("src_port")
+_DST_ADDR = ROW_COLUMNS.index("dst_addr")
+_DST_PORT = ROW_COLUMNS.index("dst_port")
 
 
-def windows(fresh: Sequence[SessionEvent]) -> list[tuple[float, float]]:
+def fresh_of_event(event: SessionEvent) -> FreshSession:
+    """The FreshSession of the session `event` writes."""
+    key = (event.proto.label, event.src_addr, event.src_port, event.dst_addr, event.dst_port)
+    return (event.started_ts, key)
+
+
+def fresh_of_row(started_ts: float, row: Sequence[Any]) -> FreshSession:
+    """The FreshSession of session row `row` (ROW_COLUMNS), which started at `started_ts`."""
+    key = (row[_PROTOCOL], row[_SRC_ADDR], row[_SRC_PORT], row[_DST_ADDR], row[_DST_PORT])
+    return (started_ts, key)
+
+
+def windows(fresh: Sequence[FreshSession]) -> list[tuple[float, float]]:
     """The spans of start times (epoch seconds) to look in for `fresh` sessions: their starts,
     widened by MATCH_TOLERANCE_S, one span per run of starts less than WINDOW_GAP_S apart."""
-    starts = sorted(e.started_ts for e in fresh)
+    starts = sorted(started_ts for started_ts, _key in fresh)
     spans: list[tuple[float, float]] = []
     first = last = starts[0]
     for ts in starts[1:]:
@@ -111,7 +125,7 @@ def _ms(ts: float) -> int:
 
 
 def pair(
-    fresh: Sequence[SessionEvent],
+    fresh: Sequence[FreshSession],
     candidates: Sequence[StoredSession],
     is_own: Callable[[uuid.UUID], bool],
 ) -> list[StoredSession]:
@@ -126,11 +140,11 @@ def pair(
         return []
     taken: set[uuid.UUID] = set()
     replaced = []
-    for event in sorted(fresh, key=lambda e: e.started_ts):
+    for started_ts, key in sorted(fresh, key=operator.itemgetter(0)):
         best: StoredSession | None = None
         best_gap_s = MATCH_TOLERANCE_S
-        for candidate in by_key.get(_key(event), ()):
-            gap_s = abs(candidate.started_ts - event.started_ts)
+        for candidate in by_key.get(key, ()):
+            gap_s = abs(candidate.started_ts - started_ts)
             if gap_s <= best_gap_s and candidate.ident not in taken:
                 best, best_gap_s = candidate, gap_s
         if best is not None:
@@ -151,7 +165,7 @@ class Reimport:
     def replace_sqlite(
         self,
         conn: Connection,
-        fresh: Sequence[SessionEvent],
+        fresh: Sequence[FreshSession],
         table_of_row: Callable[[str, str], str],
         usage: UsageChanges,
     ) -> int:
@@ -189,7 +203,7 @@ class Reimport:
         return len(replaced)
 
     async def replace_postgresql(
-        self, driver: Any, fresh: Sequence[SessionEvent], usage: UsageChanges
+        self, driver: Any, fresh: Sequence[FreshSession], usage: UsageChanges
     ) -> int:
         """PostgreSQL: delete the rows `fresh` replace, on asyncpg connection `driver` inside
         the caller's transaction, and take their share out of the rollup (`usage`); returns

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tunnelacct.enums import SessionStatus
-from tunnelacct.store.codec import day_marks_of
+from tunnelacct.store.rows import day_marks_of
 from tunnelacct.store.usage import StoredShare, UsageChanges
 
 SHARE_COLUMNS = (

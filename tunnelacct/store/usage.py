@@ -14,12 +14,14 @@ those of their rows as the store holds them then (`recheck`, store/shares.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from sqlalchemy import Dialect
+from typing import TYPE_CHECKING
 
 from tunnelacct.enums import EventKind, IpProto
 from tunnelacct.sessions.days import DAY_S, DayMark, day_date, day_of, traffic_by_day
 from tunnelacct.sessions.events import SessionEvent
+
+if TYPE_CHECKING:  # the importer's process builds usage changes without SQLAlchemy
+    from sqlalchemy import Dialect
 
 # (org_id, day as ISO date, client_id, user_id, resource_id, protocol, gateway); '' for none
 UsageKey = tuple[str, str, str, str, str, str, str]
@@ -148,6 +150,12 @@ class UsageChanges:
                 self._add(key, -bytes_tx, -bytes_rx, -packets_tx, -packets_rx, 0, 0)
         if completed:
             self._add((org, iso_day(last_day), *group), 0, 0, 0, 0, 0, 1)
+
+    def add_changes(self, other: UsageChanges) -> None:
+        """Add the changes `other` holds (those of sessions complete in one write, summed where
+        they ended: store/complete.py)."""
+        for key, figures in other.by_key.items():
+            self._add(key, *figures)
 
     def add_rechecked(self, event: SessionEvent, row: tuple[object, ...], gateway: str) -> None:
         """Add the whole share of the row `event` writes (`row`), to be less that of the row the

@@ -3,9 +3,13 @@
 The writer is the only code that writes session records. Producers `submit()` events into a
 bounded pending map keyed by session id (a newer event for a pending session replaces the older
 one in place), and `run()` flushes it in batches: one transaction per batch, one upsert of all of
-the batch's rows. Rows come from `codec.py`; each engine writes a batch its own way
+the batch's rows. Rows come from `rows.py`; each engine writes a batch its own way
 (`StoreBackend.batch_write`: `sqlite/write.py`, `postgres/write.py`), this module decides what
 is written when, and what a failure means.
+
+Sessions complete in one write may come as rows built by their producer instead
+(`submit_complete`, store/complete.py): they wait beside the events, count against the same
+`max_pending`, and are written oldest first like them, with the same retries.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from tunnelacct.config.model import WriterConfig
 from tunnelacct.enums import EventKind
 from tunnelacct.errors import StoreError
 from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.store.codec import driver_values, session_values
+from tunnelacct.store.complete import CompleteSessions
 from tunnelacct.store.engine import backend_of
 from tunnelacct.store.postgres.errors import sqlstate
-from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.reimport import FreshSession, Reimport, fresh_of_event, fresh_of_row
+from tunnelacct.store.rows import driver_values, session_values
 from tunnelacct.store.usage import UsageChanges
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,17 @@ RETRYABLE_SQLSTATES = frozenset(
 )
 
 _CLOSED = EventKind.CLOSED
+
+
+class _QueuedComplete:
+    """Sessions complete in one write, waiting for theirs (SessionWriter.submit_complete)."""
+
+    __slots__ = ("complete", "since", "unsure")
+
+    def __init__(self, complete: CompleteSessions, since: float) -> None:
+        self.complete = complete
+        self.since = since  # clock time it was submitted
+        self.unsure = False  # a write of it failed, and may have committed all the same
 
 
 class SessionWriter:
@@ -145,6 +161,9 @@ class SessionWriter:
         # Two maps rather than (event, time) tuples: fewer allocations, fewer GC passes.
         self._pending: dict[int, SessionEvent] = {}
         self._since: dict[int, float] = {}
+        # sessions complete in one write, oldest first, and how many rows they hold
+        self._complete: collections.deque[_QueuedComplete] = collections.deque()
+        self._complete_rows = 0
         self._wake = asyncio.Event()  # run(): something to do (batch full, new work, closing)
         self._space = asyncio.Condition()  # submit(): a flush freed room
         self._abandon = asyncio.Event()  # close() timed out: stop retrying
@@ -168,12 +187,16 @@ class SessionWriter:
     @property
     def pending(self) -> int:
         """Sessions waiting to be written (including those of a flush in progress)."""
-        return len(self._pending)
+        return len(self._pending) + self._complete_rows
 
     @property
     def oldest_pending_since(self) -> float | None:
         """Clock time at which the oldest unwritten event arrived; None when all are written."""
-        return next(iter(self._since.values()), None)
+        oldest_event = next(iter(self._since.values()), None)
+        if not self._complete:
+            return oldest_event
+        oldest_complete = self._complete[0].since
+        return oldest_complete if oldest_event is None else min(oldest_event, oldest_complete)
 
     def seed(self, stored: Sequence[SessionEvent]) -> None:
         """Sessions resumed from their stored rows (after a restart): the rollup already holds
@@ -201,7 +224,9 @@ class SessionWriter:
             key = event.session_id.int
             # Only a new session needs room. Look again after waiting: another producer may
             # have queued the same session meanwhile.
-            while (current := pending.get(key)) is None and len(pending) >= limit:
+            while (current := pending.get(key)) is None and (
+                len(pending) + self._complete_rows >= limit
+            ):
                 self.events_taken += index - counted  # those before this one, while it waits
                 counted = index
                 await self._wait_for_space(limit)
@@ -217,13 +242,32 @@ class SessionWriter:
                 self._wake.set()
         self.events_taken += len(events) - counted
 
+    async def submit_complete(self, complete: CompleteSessions) -> None:
+        """Queue the rows of sessions complete in one write (store/complete.py); waits while
+        `max_pending` sessions are pending, then takes them all.
+
+        Each session must be new to this writer, and stay its only write: no event of it was
+        submitted, and none will be. Raises StoreError after `close()` has begun.
+        """
+        if self._closing:
+            raise StoreError("session writer is closed")
+        if not complete.rows:
+            return
+        limit = self._config.max_pending
+        while self.pending >= limit:
+            await self._wait_for_space(limit)
+        self._complete.append(_QueuedComplete(complete, self._clock()))
+        self._complete_rows += len(complete.rows)
+        self.events_taken += len(complete.rows)
+        self._wake.set()  # the first wait starts the flush interval; a full batch flushes
+
     async def room(self) -> None:
         """Wait while `max_pending` sessions are pending (a source that makes events in bulk
         waits here before taking more input, so its input waits upstream, not in memory)."""
         if self._closing:
             raise StoreError("session writer is closed")
         limit = self._config.max_pending
-        while len(self._pending) >= limit:
+        while self.pending >= limit:
             await self._wait_for_space(limit)
 
     async def _wait_for_space(self, limit: int) -> None:
@@ -231,26 +275,24 @@ class SessionWriter:
         self._wake.set()  # a full map is a full batch: make sure run() flushes now
         try:
             async with self._space:
-                await self._space.wait_for(
-                    lambda: len(self._pending) < limit or self._abandon.is_set()
-                )
+                await self._space.wait_for(lambda: self.pending < limit or self._abandon.is_set())
         finally:
             self._waiting -= 1
         if self._abandon.is_set():
             raise StoreError("session writer gave up: the store stayed unavailable")
 
     def _due(self) -> bool:
-        if not self._pending:
+        oldest = self.oldest_pending_since
+        if oldest is None:
             return False
-        if self._closing or self._waiting or len(self._pending) >= self._config.batch_size:
+        if self._closing or self._waiting or self.pending >= self._config.batch_size:
             return True
-        oldest = next(iter(self._since.values()))
         return self._clock() - oldest >= self._config.flush_interval_s
 
     def _next_deadline_s(self) -> float | None:
-        if not self._pending:
+        oldest = self.oldest_pending_since
+        if oldest is None:
             return None
-        oldest = next(iter(self._since.values()))
         return max(0.0, oldest + self._config.flush_interval_s - self._clock())
 
     async def run(self) -> None:
@@ -266,7 +308,7 @@ class SessionWriter:
         streak_started = 0.0
         while not self._abandon.is_set():
             self._wake.clear()
-            if self._closing and not self._pending and not self._waiting:
+            if self._closing and not self.pending and not self._waiting:
                 return
             if not self._due():
                 try:
@@ -286,7 +328,7 @@ class SessionWriter:
                     streak_started = self._clock()
                     log.warning(
                         "store not writable, keeping %d sessions pending and retrying: %s",
-                        len(self._pending),
+                        self.pending,
                         exc,
                     )
                 backoff_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
@@ -307,7 +349,8 @@ class SessionWriter:
     async def _flush(self) -> None:
         """Write the oldest pending sessions: `batch_size` of them in one transaction, or as many
         such batches at once as the engine writes (`BatchWrite.flights`; PostgreSQL's 2), each
-        in its own transaction.
+        in its own transaction. Sessions complete in one write go in a batch of their own, of
+        whole submissions up to `batch_size` rows or one submission, when they waited longest.
 
         The write is bounded by `[writer] write_timeout`: past it, it is cancelled and
         WriteTimeout raised (retried like any outage). A cancelled write may still be stuck
@@ -318,9 +361,15 @@ class SessionWriter:
         if self._given_up is not None:
             await self._wait_given_up(timeout_s)
         size = self._config.batch_size
-        keys = list(itertools.islice(self._pending, size * self._flights))
-        batches = [keys[start : start + size] for start in range(0, len(keys), size)]
-        write = asyncio.create_task(self._write_batches(batches))
+        if self._complete_first():
+            queued = self._take_complete()
+            sessions = sum(len(q.complete.rows) for q in queued)
+            write = asyncio.create_task(self._write_complete(queued))
+        else:
+            keys = list(itertools.islice(self._pending, size * self._flights))
+            batches = [keys[start : start + size] for start in range(0, len(keys), size)]
+            sessions = len(keys)
+            write = asyncio.create_task(self._write_batches(batches))
         try:
             done, _ = await asyncio.wait({write}, timeout=timeout_s)
         except asyncio.CancelledError:  # close() ran out of time
@@ -333,9 +382,28 @@ class SessionWriter:
         self._given_up = write
         self.timed_out_flushes += 1
         raise WriteTimeout(
-            f"a write of {len(keys)} sessions did not finish within {timeout_s:g} s "
+            f"a write of {sessions} sessions did not finish within {timeout_s:g} s "
             "([writer] write_timeout)"
         )
+
+    def _complete_first(self) -> bool:
+        """Whether the next flush writes sessions complete in one write: some wait, and they
+        waited longest."""
+        if not self._complete:
+            return False
+        oldest_event = next(iter(self._since.values()), None)
+        return oldest_event is None or self._complete[0].since <= oldest_event
+
+    def _take_complete(self) -> list[_QueuedComplete]:
+        """The oldest submissions of complete sessions, up to `batch_size` rows or one."""
+        taken = [self._complete[0]]
+        rows = len(taken[0].complete.rows)
+        for queued in itertools.islice(self._complete, 1, None):
+            rows += len(queued.complete.rows)
+            if rows > self._config.batch_size:
+                break
+            taken.append(queued)
+        return taken
 
     async def _wait_given_up(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for the write a flush gave up on to end; raise WriteTimeout
@@ -384,28 +452,15 @@ class SessionWriter:
                 usage.add_rechecked(event, row, gateway)
             else:
                 usage.add_event(event, last_written.get(key), gateway)
-        fresh: list[SessionEvent] = []
+        fresh: list[FreshSession] = []
         if self._reimport is not None:
             written = self._written_open
-            fresh = [e for e in events if e.session_id.int not in written]
-        started = time.perf_counter()
+            fresh = [fresh_of_event(e) for e in events if e.session_id.int not in written]
         try:
-            replaced = await self._batch_write.write(rows, fresh, usage)
+            await self._timed_write(rows, fresh, usage)
         except BaseException:
             unsure.update(keys)  # it may have committed all the same
             raise
-        finally:
-            took = time.perf_counter() - started
-            if took >= SLOW_FLUSH_S:
-                log.warning("a flush of %d sessions took %.2f s", len(rows), took)
-            self.write_seconds_total += took  # failed attempts too
-            self.write_seconds_max = max(self.write_seconds_max, took)
-            self.recent_write_seconds.append(took)
-            self.write_seconds_counts[bisect.bisect_left(WRITE_BUCKETS_S, took)] += 1
-        self.flushes += 1
-        self.rows_written += len(rows)
-        self.replaced_rows += replaced
-        self.last_flush_at = datetime.now(UTC)
         if self._reimport is not None:
             for event in events:
                 if event.kind is _CLOSED:
@@ -427,6 +482,56 @@ class SessionWriter:
         async with self._space:
             self._space.notify_all()
 
+    async def _write_complete(self, queued: list[_QueuedComplete]) -> None:
+        """Write the sessions complete in one write of `queued`, the oldest submissions, in one
+        transaction with their share of the rollup; a submission whose write failed before
+        adds its whole share less that of the rows the store holds of it then."""
+        rows = [row for q in queued for row in q.complete.rows]
+        usage = UsageChanges()
+        for q in queued:
+            usage.add_changes(q.complete.usage)
+            if q.unsure:
+                usage.recheck.extend(q.complete.rows)
+        fresh: list[FreshSession] = []
+        if self._reimport is not None:
+            fresh = [
+                fresh_of_row(started_ts, row)
+                for q in queued
+                for started_ts, row in zip(q.complete.starts, q.complete.rows, strict=True)
+            ]
+        async with self._write_lock:
+            try:
+                await self._timed_write(rows, fresh, usage)
+            except BaseException:
+                for q in queued:
+                    q.unsure = True  # it may have committed all the same
+                raise
+        for _ in queued:
+            self._complete.popleft()  # the oldest: only a flush takes them, one at a time
+        self._complete_rows -= len(rows)
+        async with self._space:
+            self._space.notify_all()
+
+    async def _timed_write(
+        self, rows: list[tuple[object, ...]], fresh: list[FreshSession], usage: UsageChanges
+    ) -> None:
+        """One batch's write (BatchWrite.write), timed and counted, failed attempts too."""
+        started = time.perf_counter()
+        try:
+            replaced = await self._batch_write.write(rows, fresh, usage)
+        finally:
+            took = time.perf_counter() - started
+            if took >= SLOW_FLUSH_S:
+                log.warning("a flush of %d sessions took %.2f s", len(rows), took)
+            self.write_seconds_total += took  # failed attempts too
+            self.write_seconds_max = max(self.write_seconds_max, took)
+            self.recent_write_seconds.append(took)
+            self.write_seconds_counts[bisect.bisect_left(WRITE_BUCKETS_S, took)] += 1
+        self.flushes += 1
+        self.rows_written += len(rows)
+        self.replaced_rows += replaced
+        self.last_flush_at = datetime.now(UTC)
+
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting events, write everything pending and end `run()`; idempotent.
 
@@ -443,10 +548,10 @@ class SessionWriter:
             self._abandon.set()  # run() stops retrying; blocked submit() calls raise
             async with self._space:
                 self._space.notify_all()
-        if self._pending:
-            self.dropped_events = len(self._pending)  # close() may run again: not +=
+        if self.pending:
+            self.dropped_events = self.pending  # close() may run again: not +=
             raise StoreError(
-                f"session writer could not write {len(self._pending)} pending sessions "
+                f"session writer could not write {self.pending} pending sessions "
                 f"within {timeout_s:g} s: the store stayed unavailable"
             )
         log.info(

@@ -7,14 +7,19 @@ and the store gets its own: the child migrates the store, writes the config's or
 resources, and runs a SessionWriter with its own engine, on the other core. The importer's
 process never imports SQLAlchemy or Alembic (0.5 s), so it starts on the capture at once.
 
-The parent (`WriterProcess`) packs each event into a tuple of plain values (pickling a
-dataclass with enums and a UUID costs several times more) and sends lists of them down a pipe;
-the child unpacks them and hands them to a SessionWriter, which batches, coalesces, retries and
-replaces the sessions of an earlier capture exactly as in one process. Back-pressure is the
-pipe: the child reads the next message only once the writer took the last one, so a slow store
-stops the parent when the pipe is full, with a bounded amount of events in between.
+The parent (`WriterProcess`) sends most sessions as rows: a CLOSED event of a session that no
+earlier event named is complete in one write, and the parent builds its row and its share of
+the usage rollup (store/complete.py), which leaves the child only their write (the flow table
+has time to spare while the writer writes). Any other event it packs into a tuple of plain
+values (pickling a dataclass with enums and a UUID costs several times more); the child unpacks
+them and hands them to a SessionWriter, which batches, coalesces, retries and replaces the
+sessions of an earlier capture exactly as in one process, the complete sessions with them.
+Back-pressure is the pipe: the child reads the next message only once the writer took the last
+one, so a slow store stops the parent when the pipe is full, with a bounded amount of sessions
+in between.
 
-Messages, parent to child: ("events", issuer tags or None, packed events), then ("end",).
+Messages, parent to child: ("events", issuer tags or None, packed events, CompleteSessions or
+None), then ("end",).
 Child to parent, once: ("done", rows written, rows replaced) or ("failed", what).
 The child dies with its parent (PR_SET_PDEATHSIG) and leaves SIGINT to it: an interrupted
 import ends its events and then its writer in order, as in one process.
@@ -35,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tunnelacct.config.database_url import engine_name
 from tunnelacct.config.model import Config, WriterConfig
 from tunnelacct.config.orgs import unlogged_orgs
 from tunnelacct.enums import CloseReason, EventKind, IpProto
@@ -43,6 +49,8 @@ from tunnelacct.heap import fewer_collections
 from tunnelacct.log import setup_logging
 from tunnelacct.sessions.events import SessionEvent
 from tunnelacct.sessions.flowkey import SessionIds, id_tag, uuid_of_int
+from tunnelacct.store.complete import CompleteSessions
+from tunnelacct.store.rows import DriverValues, driver_values
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ CLOSE_GRACE_S = 5.0  # after its result: how long the child may take to exit
 # and at 191 MiB with PostgreSQL (116 with 20,000), and wrote no faster (issue 21).
 PENDING_BATCHES = 4
 
+_CLOSED = EventKind.CLOSED
 _KINDS = {kind.value: kind for kind in EventKind}
 _REASONS: dict[str | None, CloseReason | None] = {reason.value: reason for reason in CloseReason}
 _REASONS[None] = None
@@ -151,6 +160,14 @@ class WriterProcess:
     def __init__(self, settings: WriterSettings, ids: SessionIds) -> None:
         self.ids = ids  # its tags tell the child which stored rows are this import's own
         self._tags_sent: frozenset[int] = frozenset()
+        config = settings.config
+        self._gateway = config.gateway
+        self._driver: DriverValues | None = None  # how rows hold values; None: events only
+        engine = engine_name(config.database.url)
+        if engine is not None:
+            self._driver = driver_values(engine)
+        self._unlogged = unlogged_orgs(config)  # their events go as events: the child drops them
+        self._sent_open: set[int] = set()  # ids of sessions sent as events, not yet closed
         ctx = mp.get_context("spawn")  # never fork a process that runs threads and an event loop
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
@@ -181,12 +198,33 @@ class WriterProcess:
         tags = frozenset(self.ids.tags)
         new_tags = None if tags == self._tags_sent else tags
         self._tags_sent = tags
-        message = ("events", new_tags, [pack(event) for event in events])
+        packed, complete = self._split(events)
+        message = ("events", new_tags, packed, complete if complete.rows else None)
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             await asyncio.to_thread(self._conn.send_bytes, payload)
         except OSError:  # the child closed its end: it failed, and said why
             raise self._failure() from None
+
+    def _split(self, events: Sequence[SessionEvent]) -> tuple[list[PackedEvent], CompleteSessions]:
+        """`events` as the child takes them: the sessions complete in one write as rows, the
+        other events packed."""
+        packed: list[PackedEvent] = []
+        complete = CompleteSessions()
+        driver = self._driver
+        sent_open = self._sent_open
+        for event in events:
+            if event.kind is not _CLOSED:
+                sent_open.add(event.session_id.int)
+                packed.append(pack(event))
+            elif sent_open and event.session_id.int in sent_open:
+                sent_open.discard(event.session_id.int)
+                packed.append(pack(event))  # the writer knows what it wrote of it before
+            elif driver is None or event.attribution.org_id in self._unlogged:
+                packed.append(pack(event))
+            else:
+                complete.add(event, self._gateway, driver)
+        return packed, complete
 
     async def close(self) -> None:
         """Tell the child the events ended, wait for it to write them all; idempotent.
@@ -329,10 +367,13 @@ async def _write_all(settings: WriterSettings, conn: Any) -> tuple[Any, ...]:
                     message = conn.recv()
                     if message[0] == "end":
                         break
-                    _kind, tags, packed = message
+                    _kind, tags, packed, complete = message
                     if tags is not None:
                         issued.tags = set(tags)
-                    await writer.submit([unpack(event) for event in packed])
+                    if packed:
+                        await writer.submit([unpack(event) for event in packed])
+                    if complete is not None:
+                        await writer.submit_complete(complete)
             finally:
                 await writer.close()
     finally:

@@ -19,11 +19,11 @@ from datetime import date
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tunnelacct.sessions.events import SessionEvent
-from tunnelacct.store.codec import ROW_COLUMNS, STAGING_TABLE, staged_upsert_sql, staging_table_sql
+from tunnelacct.store.codec import STAGING_TABLE, staged_upsert_sql, staging_table_sql
 from tunnelacct.store.postgres.errors import sqlstate
 from tunnelacct.store.postgres.partitions import ensure_partitions
-from tunnelacct.store.reimport import Reimport
+from tunnelacct.store.reimport import FreshSession, Reimport
+from tunnelacct.store.rows import ROW_COLUMNS
 from tunnelacct.store.shares import take_stored_postgresql
 from tunnelacct.store.usage import USAGE_COLUMNS, UsageChanges, usage_upsert_sql
 
@@ -56,7 +56,7 @@ class CopyWrite:
         self._days: set[date] = set()
 
     async def write(
-        self, rows: list[tuple[object, ...]], fresh: list[SessionEvent], usage: UsageChanges
+        self, rows: list[tuple[object, ...]], fresh: list[FreshSession], usage: UsageChanges
     ) -> int:
         """Make sure the partitions of the rows' days exist, then COPY and upsert, and add
         `usage` to the rollup; first, for an import, delete the rows that `fresh` sessions
@@ -87,7 +87,7 @@ class CopyWrite:
         self,
         conn: AsyncConnection,
         rows: list[tuple[object, ...]],
-        fresh: list[SessionEvent],
+        fresh: list[FreshSession],
         usage: UsageChanges,
     ) -> int:
         """COPY `rows` into the connection's staging table and upsert them, in one transaction,
