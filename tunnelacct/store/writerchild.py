@@ -7,13 +7,14 @@ and the store gets its own: the child migrates the store, writes the config's or
 resources, and runs a SessionWriter with its own engine, on the other core. The importer's
 process never imports SQLAlchemy or Alembic (0.5 s), so it starts on the capture at once.
 
-The parent (`WriterProcess`) sends most sessions as rows: a CLOSED event of a session that no
-earlier event named is complete in one write, and the parent builds its row and its share of
-the usage rollup (store/complete.py), which leaves the child only their write (the flow table
-has time to spare while the writer writes). Any other event it packs into a tuple of plain
-values (pickling a dataclass with enums and a UUID costs several times more); the child unpacks
-them and hands them to a SessionWriter, which batches, coalesces, retries and replaces the
-sessions of an earlier capture exactly as in one process, the complete sessions with them.
+On SQLite, the parent (`WriterProcess`) sends most sessions as rows: a CLOSED event of a
+session that no earlier event named is complete in one write, and the parent builds its row and
+its share of the usage rollup (store/complete.py), which leaves the child only their write (the
+flow table has time to spare while the writer writes). Any other event, and every event on
+PostgreSQL, it packs into a tuple of plain values (pickling a dataclass with enums and a UUID
+costs several times more); the child unpacks them and hands them to a SessionWriter, which
+batches, coalesces, retries and replaces the sessions of an earlier capture exactly as in one
+process, the complete sessions with them.
 Back-pressure is the pipe: the child reads the next message only once the writer took the last
 one, so a slow store stops the parent when the pipe is full, with a bounded amount of sessions
 in between.
@@ -162,10 +163,14 @@ class WriterProcess:
         self._tags_sent: frozenset[int] = frozenset()
         config = settings.config
         self._gateway = config.gateway
-        self._driver: DriverValues | None = None  # how rows hold values; None: events only
-        engine = engine_name(config.database.url)
-        if engine is not None:
-            self._driver = driver_values(engine)
+        # How rows hold values; None: events only. SQLite's rows are text and numbers, cheap to
+        # pickle; PostgreSQL's hold a UUID and datetimes, and sending them as rows cost this
+        # process 2.4-3.1 s more CPU in the session-heavy import, made it 15-22% slower, and
+        # saved its child nothing (docs/performance-sessions.md "Rows built where the sessions
+        # end").
+        self._driver: DriverValues | None = None
+        if engine_name(config.database.url) == "sqlite":
+            self._driver = driver_values("sqlite")
         self._unlogged = unlogged_orgs(config)  # their events go as events: the child drops them
         self._sent_open: set[int] = set()  # ids of sessions sent as events, not yet closed
         ctx = mp.get_context("spawn")  # never fork a process that runs threads and an event loop
