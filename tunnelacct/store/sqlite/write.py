@@ -62,10 +62,10 @@ def register_none_adapter() -> None:
     The sqlite3 module binds an int, float or str as it is, but looks for an adapter of any other
     value: for None it builds a key tuple, misses in its registry and looks up `__adapt__` and
     `__conform__` before binding NULL. A session row holds one None or more (day_split; an
-    unattributed session's five attribution columns): rows of the session-heavy import with
-    six Nones each, written again with the stdlib sqlite3 module alone, took 11.4-11.8 µs a row
-    with this adapter against 13.2-13.6 without (docs/performance-sessions.md, "Rows built where
-    the sessions end").
+    unattributed session's five attribution columns): the rows of a session-heavy import with
+    six Nones each, written again with the stdlib sqlite3 module alone, took 12.5-14.1 µs a row
+    with this adapter against 13.9-17.5 without (tests/benchmarks/bench_binding.py,
+    docs/performance-sessions.md "Rows built where the sessions end").
     """
     sqlite3.register_adapter(type(None), _NONE_ITSELF)
 
