@@ -823,14 +823,11 @@ async def test_backend_terminated_mid_flush_is_retried_and_loses_nothing(
         await engine.dispose()
 
 
-async def test_a_commit_whose_answer_is_lost_counts_each_session_once_in_the_rollup(
-    pg_url: str,
-) -> None:
-    # The connection is lost after the server committed a write and before the writer heard
-    # it: the writer must retry, and its retry must neither write a session twice nor add its
-    # usage twice (session rows are the rollup's oracle: each holds one share of it).
+@asynccontextmanager
+async def through_commit_cutter(pg_url: str) -> AsyncIterator[tuple[CommitCutter, AsyncEngine]]:
+    """An engine on `pg_url` whose connections pass a CommitCutter (tests/helpers/pgproxy.py),
+    and the cutter; the engine is disposed on the way out."""
     server = make_url(pg_url)
-    ids = [uuid.uuid4() for _ in range(200)]
     async with CommitCutter(server.host or "127.0.0.1", server.port or 5432) as cutter:
         through_cutter = server.set(host="127.0.0.1", port=cutter.port)
         engine = create_async_engine(
@@ -838,19 +835,30 @@ async def test_a_commit_whose_answer_is_lost_counts_each_session_once_in_the_rol
             connect_args={"ssl": False},  # the relay reads the protocol: no TLS
         )
         try:
-            writer = writer_for(engine, flush_interval_s=0.01)
-            async with running(writer):
-                # first writes: rows the cut write updates (its first 100) beside new ones
-                await writer.submit([event(EventKind.OPENED, sid) for sid in ids[:100]])
-                await wait_until(lambda: writer.pending == 0)
-                cutter.arm()
-                closes = [event(EventKind.CLOSED, sid, n=i) for i, sid in enumerate(ids, 1)]
-                await writer.submit(closes)
-                await asyncio.wait_for(cutter.cut.wait(), WAIT_S)
-                await wait_until(lambda: writer.pending == 0)
-            assert writer.failed_flushes == 1
+            yield cutter, engine
         finally:
             await engine.dispose()
+
+
+async def test_a_commit_whose_answer_is_lost_counts_each_session_once_in_the_rollup(
+    pg_url: str,
+) -> None:
+    # The connection is lost after the server committed a write and before the writer heard
+    # it: the writer must retry, and its retry must neither write a session twice nor add its
+    # usage twice (session rows are the rollup's oracle: each holds one share of it).
+    ids = [uuid.uuid4() for _ in range(200)]
+    async with through_commit_cutter(pg_url) as (cutter, engine):
+        writer = writer_for(engine, flush_interval_s=0.01)
+        async with running(writer):
+            # first writes: rows the cut write updates (its first 100) beside new ones
+            await writer.submit([event(EventKind.OPENED, sid) for sid in ids[:100]])
+            await wait_until(lambda: writer.pending == 0)
+            cutter.arm()
+            closes = [event(EventKind.CLOSED, sid, n=i) for i, sid in enumerate(ids, 1)]
+            await writer.submit(closes)
+            await asyncio.wait_for(cutter.cut.wait(), WAIT_S)
+            await wait_until(lambda: writer.pending == 0)
+        assert writer.failed_flushes == 1
     assert pg_sessions(pg_url) == {
         sid.hex: (100 * i, i, "completed") for i, sid in enumerate(ids, 1)
     }
@@ -1198,26 +1206,17 @@ async def test_a_lost_commit_of_complete_rows_counts_each_session_once_in_the_ro
     # As for events above: the server committed the write and the writer never heard it, so
     # it retries, and the retry's rollup adds each session's whole share less that of the row
     # the store holds of it by then.
-    server = make_url(pg_url)
     sessions = [event(EventKind.CLOSED, n=i) for i in range(1, 201)]
-    async with CommitCutter(server.host or "127.0.0.1", server.port or 5432) as cutter:
-        through_cutter = server.set(host="127.0.0.1", port=cutter.port)
-        engine = create_async_engine(
-            async_url(through_cutter.render_as_string(hide_password=False)),
-            connect_args={"ssl": False},  # the relay reads the protocol: no TLS
-        )
-        try:
-            writer = writer_for(engine, flush_interval_s=0.01)
-            async with running(writer):
-                await writer.submit([event(EventKind.OPENED)])  # the pool's connection
-                await wait_until(lambda: writer.pending == 0)
-                cutter.arm()
-                await writer.submit_complete(complete_sessions(engine, sessions))
-                await asyncio.wait_for(cutter.cut.wait(), WAIT_S)
-                await wait_until(lambda: writer.pending == 0)
-            assert writer.failed_flushes == 1
-        finally:
-            await engine.dispose()
+    async with through_commit_cutter(pg_url) as (cutter, engine):
+        writer = writer_for(engine, flush_interval_s=0.01)
+        async with running(writer):
+            await writer.submit([event(EventKind.OPENED)])  # the pool's connection
+            await wait_until(lambda: writer.pending == 0)
+            cutter.arm()
+            await writer.submit_complete(complete_sessions(engine, sessions))
+            await asyncio.wait_for(cutter.cut.wait(), WAIT_S)
+            await wait_until(lambda: writer.pending == 0)
+        assert writer.failed_flushes == 1
     assert row_count(pg_url) == len(sessions) + 1
     every_n = sum(range(1, len(sessions) + 1))
     closed_totals = (100 * every_n, 1000 * every_n, every_n, 2 * every_n)

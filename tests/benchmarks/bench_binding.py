@@ -39,17 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy.dialects import sqlite  # noqa: E402
 
-from tests.benchmarks.bench_indexes import stored  # noqa: E402
+from tests.benchmarks.bench_indexes import new_table, stored  # noqa: E402
 from tests.benchmarks.bench_sessions import import_once, session_heavy  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
 from tunnelacct.store.codec import upsert_sql  # noqa: E402
 from tunnelacct.store.rows import ROW_COLUMNS  # noqa: E402
 from tunnelacct.store.sqlite.layout import DEFAULT_TABLE  # noqa: E402
-from tunnelacct.store.sqlite.write import (  # noqa: E402
-    WRITER_CACHE_KIB,
-    WRITER_WAL_AUTOCHECKPOINT_PAGES,
-    register_none_adapter,
-)
+from tunnelacct.store.sqlite.write import register_none_adapter  # noqa: E402
 
 Row = tuple[object, ...]
 NONE_ADAPTER_KEY = (type(None), sqlite3.PrepareProtocol)
@@ -75,19 +71,7 @@ def write_all(
     path: Path, table: str, indexes: Sequence[str], sql: str, rows: Sequence[Row], batch: int
 ) -> tuple[float, float]:
     """(wall, CPU) seconds to upsert `rows` with `sql` into a new table at `path`."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            f"cache_size=-{WRITER_CACHE_KIB}",
-            f"wal_autocheckpoint={WRITER_WAL_AUTOCHECKPOINT_PAGES}",
-        ):
-            db.execute(f"PRAGMA {pragma}")  # as the writer's connection has them
-        db.execute(table)
-        for index in indexes:
-            db.execute(index)
+    with closing(new_table(path, table, indexes)) as db:
         wall_started = time.perf_counter()
         cpu_started = time.process_time()
         for first in range(0, len(rows), batch):

@@ -97,24 +97,31 @@ def stored(path: Path) -> tuple[str, Indexes, list[tuple[object, ...]]]:
     return table, indexes, rows
 
 
+def new_table(path: Path, table: str, indexes: Sequence[str]) -> sqlite3.Connection:
+    """A new file at `path` holding `table` (its CREATE statement) and `indexes`, and a
+    connection to it with the writer's pragmas, in autocommit mode."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        f"cache_size=-{WRITER_CACHE_KIB}",
+        f"wal_autocheckpoint={WRITER_WAL_AUTOCHECKPOINT_PAGES}",
+    ):
+        db.execute(f"PRAGMA {pragma}")  # as the writer's connection has them
+    db.execute(table)
+    for index in indexes:
+        db.execute(index)
+    return db
+
+
 def write_all(
     path: Path, table: str, indexes: Indexes, rows: Sequence[tuple[object, ...]], batch: int
 ) -> float:
     """Seconds to upsert `rows` into a new table of `indexes` at `path`, `batch` a commit."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
     sql = upsert_sql(sqlite.dialect(), DEFAULT_TABLE)
-    with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            f"cache_size=-{WRITER_CACHE_KIB}",
-            f"wal_autocheckpoint={WRITER_WAL_AUTOCHECKPOINT_PAGES}",
-        ):
-            db.execute(f"PRAGMA {pragma}")  # as the writer's connection has them
-        db.execute(table)
-        for index in indexes:
-            db.execute(index)
+    with closing(new_table(path, table, indexes)) as db:
         started = time.perf_counter()
         for first in range(0, len(rows), batch):
             db.execute("BEGIN")
