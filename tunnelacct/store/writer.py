@@ -91,7 +91,7 @@ _CLOSED = EventKind.CLOSED
 
 
 class _QueuedComplete:
-    """Sessions complete in one write, waiting for theirs (SessionWriter.submit_complete)."""
+    """Sessions complete in one write, waiting for their write (SessionWriter.submit_complete)."""
 
     __slots__ = ("complete", "since", "unsure")
 
