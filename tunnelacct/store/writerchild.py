@@ -165,7 +165,7 @@ class WriterProcess:
         self._gateway = config.gateway
         # How rows hold values; None: events only. SQLite's rows are text and numbers, cheap to
         # pickle; PostgreSQL's hold a UUID and datetimes, and sending them as rows cost this
-        # process 2.4-3.1 s more CPU in the session-heavy import, made it 15-22% slower, and
+        # process 2.4-3.2 s more CPU in the session-heavy import, made it 14-22% slower, and
         # saved its child nothing (docs/performance-sessions.md "Rows built where the sessions
         # end").
         self._driver: DriverValues | None = None
