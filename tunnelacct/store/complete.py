@@ -7,8 +7,8 @@ row is its event's, and its share of the usage rollup is its whole share. `tunne
 therefore builds these rows and their rollup in its own process, which has time to spare while
 its writer child writes, and sends them instead of the events (store/writerchild.py). The
 child's SessionWriter writes them as they come (`submit_complete`), rows and rollup in one
-transaction. In the child they cost about a third of an event's Python (issue 21,
-docs/performance-sessions.md "Rows built where the sessions end").
+transaction. The child's event loop thread then does about 40% of the work it did for
+events (issue 21, docs/performance-sessions.md "Rows built where the sessions end").
 
 No SQLAlchemy here: the importer's process never imports it.
 """

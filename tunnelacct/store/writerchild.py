@@ -217,6 +217,8 @@ class WriterProcess:
         packed: list[PackedEvent] = []
         complete = CompleteSessions()
         driver = self._driver
+        if driver is None:  # events only: nothing to tell apart
+            return [pack(event) for event in events], complete
         sent_open = self._sent_open
         for event in events:
             if event.kind is not _CLOSED:
@@ -225,7 +227,7 @@ class WriterProcess:
             elif sent_open and event.session_id.int in sent_open:
                 sent_open.discard(event.session_id.int)
                 packed.append(pack(event))  # the writer knows what it wrote of it before
-            elif driver is None or event.attribution.org_id in self._unlogged:
+            elif event.attribution.org_id in self._unlogged:
                 packed.append(pack(event))
             else:
                 complete.add(event, self._gateway, driver)
