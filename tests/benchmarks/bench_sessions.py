@@ -5,8 +5,10 @@ Generates its capture (tests/benchmarks/synth_sessions.py: seeded, headers only,
 UDP pairs, 40% short HTTP over TCP, 100.64.0.0/16 clients to 10.99.0.0/24), then times the
 whole `tunnelacct import` command (interpreter start and migration included) into a new SQLite
 file and into a new PostgreSQL database, with a config that attributes every session to one
-org. Prints sessions/s, packets/s and peak RSS of each; runs NFStream on the same file when a
-Python with nfstream is given (`--nfstream-python`), and reports the ratio. Finally opens
+org. Prints sessions/s, packets/s and peak RSS of each, and for PostgreSQL the CPU the local
+server spent on each import (it shares the machine's cores with the import); runs NFStream on
+the same file when a Python with nfstream is given (`--nfstream-python`), and reports the
+ratio. Finally opens
 `--open` sessions in a flow table in a fresh process and reports its RSS per open session.
 Asserts nothing about time.
 
@@ -143,6 +145,24 @@ def report_import(label: str, runs: list[Measured], sessions: int, packets: int)
     return rate
 
 
+def postgres_server_cpu_s() -> float:
+    """CPU seconds (user + system) of the local PostgreSQL server so far: of each running
+    `postgres` process, and of the backends that ended (the postmaster reaps them, so theirs
+    is in its children's times)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if name.startswith("postgres"):
+            fields = text.rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14-17 of proc(5), 11-14 after the name
+            ticks += sum(int(field) for field in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def stored_sessions_sqlite(db: Path) -> int:
     import sqlite3
 
@@ -193,10 +213,17 @@ def main() -> None:
             from tests.helpers.pg import fresh_database
 
             pg_runs = []
+            server_cpu = []
             for _ in range(args.runs):
                 with fresh_database() as url:
+                    server_before = postgres_server_cpu_s()
                     pg_runs.append(import_once(url, config, pcap))
+                    server_cpu.append(postgres_server_cpu_s() - server_before)
             report_import("import into PostgreSQL", pg_runs, sessions, packets)
+            print(
+                "  the PostgreSQL server's CPU during each import: "
+                + ", ".join(f"{seconds:.2f} s" for seconds in server_cpu)
+            )
         if args.nfstream_python:
             nf_runs = []
             for _ in range(args.runs):
