@@ -8,9 +8,8 @@ file and into a new PostgreSQL database, with a config that attributes every ses
 org. Prints sessions/s, packets/s and peak RSS of each, and for PostgreSQL the CPU the local
 server spent on each import (it shares the machine's cores with the import); runs NFStream on
 the same file when a Python with nfstream is given (`--nfstream-python`), and reports the
-ratio. Finally opens
-`--open` sessions in a flow table in a fresh process and reports its RSS per open session.
-Asserts nothing about time.
+ratio. Finally opens `--open` sessions in a flow table in a fresh process and reports its RSS
+per open session. Asserts nothing about time.
 
     .venv/bin/python tests/benchmarks/bench_sessions.py [--sessions 300000]
         [--nfstream-python /path/to/python] [--runs 3] [--open 200000] [--no-postgresql]
