@@ -27,7 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
-from tests.benchmarks.measured import Measured, run_measured, tunnelacct_command  # noqa: E402
+from tests.benchmarks.measured import (  # noqa: E402
+    Measured,
+    postgres_server_cpu_s,
+    run_measured,
+    tunnelacct_command,
+)
 from tests.benchmarks.synth_sessions import synth_sessions  # noqa: E402
 
 CONFIG = """
@@ -142,24 +147,6 @@ def report_import(label: str, runs: list[Measured], sessions: int, packets: int)
         f"peak RSS {best.peak_mib:,.0f} MiB"
     )
     return rate
-
-
-def postgres_server_cpu_s() -> float:
-    """CPU seconds (user + system) of the local PostgreSQL server so far: of each running
-    `postgres` process, and of the backends that ended (the postmaster reaps them, so theirs
-    is in its children's times)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # ended meanwhile
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if name.startswith("postgres"):
-            fields = text.rsplit(")", 1)[1].split()
-            # utime, stime, cutime, cstime: fields 14-17 of proc(5), 11-14 after the name
-            ticks += sum(int(field) for field in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stored_sessions_sqlite(db: Path) -> int:

@@ -60,6 +60,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.machine import machine  # noqa: E402
+from tests.benchmarks.measured import postgres_server_cpu_s  # noqa: E402
 from tests.benchmarks.pagesize import rebuild_with_page_size  # noqa: E402
 from tunnelacct.config.model import WriterConfig  # noqa: E402
 from tunnelacct.enums import CloseReason, EventKind, IpProto  # noqa: E402
@@ -262,26 +263,6 @@ def report(name: str, wall: float, loop_cpu: float, gc_clock: GcClock, rows: int
     )
 
 
-def server_cpu_s() -> float:
-    """CPU seconds (user + system) used so far by the `postgres` processes on this machine,
-    ended ones included: a backend ends with its connection, and the postmaster, having reaped
-    it, holds its time as children's time."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # ended meanwhile
-        comm_end = text.rindex(")")
-        if text[text.index("(") + 1 : comm_end] != "postgres":
-            continue
-        fields = text[comm_end + 2 :].split()
-        # utime, stime, cutime, cstime: fields 14-17 of proc(5) stat
-        total += sum(int(f) for f in fields[11:15])
-    return total / tick
-
-
 def load() -> str:
     """The load averages, to say how quiet the machine was."""
     one, five, _ = os.getloadavg()
@@ -425,13 +406,13 @@ def single(a: argparse.Namespace, config: WriterConfig) -> None:
     )
     with fresh_store(a.url) as url:
         for name, batch in (("insert", events), ("update", closes)):
-            server0, wal0 = server_cpu_s(), wal_bytes(url)
+            server0, wal0 = postgres_server_cpu_s(), wal_bytes(url)
             written = write_pass(url, batch, config, a.chunk, synchronous=a.synchronous)
             report(name, *asyncio.run(written))
             if a.url is not None:
                 wal = wal_bytes(url) - wal0
                 print(
-                    f"  server: postgres processes {server_cpu_s() - server0:.2f} s CPU, "
+                    f"  server: postgres processes {postgres_server_cpu_s() - server0:.2f} s CPU, "
                     f"{wal / 2**20:,.0f} MiB of WAL ({wal / len(batch):,.0f} bytes/row)"
                 )
             if a.url is not None and name == "insert":
@@ -504,9 +485,9 @@ def gateways(a: argparse.Namespace, config: WriterConfig) -> None:
             proc.start()
         try:
             go.wait(timeout=600)  # every process has built its events
-            server0 = server_cpu_s()
+            server0 = postgres_server_cpu_s()
             results = sorted(out.get(timeout=3600) for _ in procs)
-            server = server_cpu_s() - server0
+            server = postgres_server_cpu_s() - server0
         finally:
             for proc in procs:
                 proc.join(timeout=60)

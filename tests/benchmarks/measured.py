@@ -117,3 +117,22 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.
 def tunnelacct_command(*args: str) -> list[str]:
     """The `tunnelacct` command line as an admin runs it, with this interpreter."""
     return [sys.executable, "-m", "tunnelacct", *args]
+
+
+def postgres_server_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by the `postgres` processes on this machine,
+    ended ones included: a backend ends with its connection, and the postmaster, having reaped
+    it, holds its time as children's time."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        comm_end = text.rindex(")")
+        if text[text.index("(") + 1 : comm_end] != "postgres":
+            continue
+        fields = text[comm_end + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14-17 of proc(5) stat
+        total += sum(int(f) for f in fields[11:15])
+    return total / CLOCK_TICKS
