@@ -59,6 +59,7 @@ from tunnelacct.capture.decode import (
     FRAG_NONE,
     DecodedBatch,
     decode,
+    packets_at,
 )
 from tunnelacct.capture.pcapfile import CHUNK_BYTES, CaptureReader, open_capture
 from tunnelacct.capture.reasons import REASONS
@@ -183,6 +184,37 @@ def assert_same_arrays(a: DecodedBatch, b: DecodedBatch) -> None:
         else:
             assert x == y, name
     assert a.failures == b.failures
+
+
+# The fields of a DecodedBatch that are not one value per packet.
+NOT_PER_PACKET = ("interface", "packets_in", "failures", "failed_index", "failed_reason")
+
+
+def test_packets_at_takes_every_per_packet_column_at_the_positions_given() -> None:
+    """packets_at() (one UTC day of a batch, in the flow table) copies every column that holds
+    a value per packet, as DecodedBatch's fields name them, at the positions given and in
+    their order; the part's packets_in is its own, and the failures stay with the batch."""
+    rng = np.random.default_rng(3)
+    count = 50
+    columns: dict[str, np.ndarray] = {}
+    for column in dataclasses.fields(DecodedBatch):
+        if column.name in NOT_PER_PACKET:
+            continue
+        values = rng.integers(0, 2**31, count)
+        if column.name == "ts":
+            columns[column.name] = values.astype(np.float64) + 0.25
+        elif column.name.endswith(("_hi", "_lo")):
+            columns[column.name] = values.astype(np.uint64)
+        else:
+            columns[column.name] = values.astype(np.int64)
+    batch = DecodedBatch(**columns, interface="wg0", packets_in=count + 3, failures={"short": 3})
+    index = np.array([7, 3, 3, 49, 0])
+    part = packets_at(batch, index)
+    for name, values in columns.items():
+        np.testing.assert_array_equal(getattr(part, name), values[index], err_msg=name)
+    assert part.interface == "wg0"
+    assert part.packets_in == len(index)
+    assert part.failures == {}
 
 
 # -- link types --------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from tests.helpers.pg import read_rows
 from tests.helpers.serving import Serve
 from tests.helpers.stores import assert_months_sum_their_days, execute
 from tests.helpers.waiting import WAIT_S
-from tunnelacct.capture.decode import MAX_TS, DecodedBatch, decode
+from tunnelacct.capture.decode import MAX_TS, DecodedBatch, decode, packets_at
 from tunnelacct.capture.pcapfile import open_capture
 from tunnelacct.config.load import load_config
 from tunnelacct.config.model import Config
@@ -193,30 +193,6 @@ def test_importing_the_file_again_changes_no_total(
     assert_months_sum_their_days(database_url)
 
 
-def _part(batch: DecodedBatch, keep: np.ndarray) -> DecodedBatch:
-    """The packets of `batch` where `keep`."""
-    arrays = {
-        name: getattr(batch, name)[keep]
-        for name in (
-            "ts",
-            "family",
-            "proto",
-            "src_hi",
-            "src_lo",
-            "dst_hi",
-            "dst_lo",
-            "sport",
-            "dport",
-            "ip_bytes",
-            "payload_bytes",
-            "flags",
-            "frag",
-            "frag_id",
-        )
-    }
-    return dataclasses.replace(batch, **arrays, packets_in=int(keep.sum()))
-
-
 async def _one_life(
     engine: AsyncEngine, config: Config, batch: DecodedBatch, *, last: bool
 ) -> None:
@@ -255,10 +231,14 @@ async def test_a_restart_changes_no_total(
     engine = make_engine(store_url)
     try:
         await sync_inventory(engine, settings)
-        await _one_life(engine, settings, _part(batch, batch.ts < restart_ts), last=False)
+        await _one_life(
+            engine, settings, packets_at(batch, np.flatnonzero(batch.ts < restart_ts)), last=False
+        )
         ongoing = read_rows(store_url, "SELECT COUNT(*) FROM sessions WHERE status = 'ongoing'")
         assert ongoing[0][0] > 0, "sessions were left ongoing at the stop"
-        await _one_life(engine, settings, _part(batch, batch.ts >= restart_ts), last=True)
+        await _one_life(
+            engine, settings, packets_at(batch, np.flatnonzero(batch.ts >= restart_ts)), last=True
+        )
     finally:
         await engine.dispose()
     assert _rollup_by_day_and_user(store_url) == tshark_daily_usage(across_midnight, _user_of)

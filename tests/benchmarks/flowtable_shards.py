@@ -23,7 +23,6 @@ import multiprocessing as mp
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.bench_sessions import session_heavy  # noqa: E402
 from tests.benchmarks.machine import machine  # noqa: E402
-from tunnelacct.capture.decode import DecodedBatch, decode  # noqa: E402
+from tunnelacct.capture.decode import DecodedBatch, decode, packets_at  # noqa: E402
 from tunnelacct.capture.pcapfile import open_capture  # noqa: E402
 from tunnelacct.config.load import load_config  # noqa: E402
 from tunnelacct.heap import fewer_collections  # noqa: E402
@@ -42,23 +41,6 @@ from tunnelacct.sessions.flowtable import FlowTable  # noqa: E402
 
 SHARDS = 2
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-# the columns of a DecodedBatch that hold one value per packet
-PACKET_COLUMNS = (
-    "ts",
-    "family",
-    "proto",
-    "src_hi",
-    "src_lo",
-    "dst_hi",
-    "dst_lo",
-    "sport",
-    "dport",
-    "ip_bytes",
-    "payload_bytes",
-    "flags",
-    "frag",
-    "frag_id",
-)
 
 
 def shard_of(batch: DecodedBatch) -> np.ndarray:
@@ -70,12 +52,7 @@ def shard_of(batch: DecodedBatch) -> np.ndarray:
 def split(batch: DecodedBatch) -> list[DecodedBatch]:
     """`batch` as SHARDS batches, each with its part's packets in capture order."""
     parts = shard_of(batch)
-    out = []
-    for shard in range(SHARDS):
-        index = np.flatnonzero(parts == shard)
-        columns = {name: getattr(batch, name)[index] for name in PACKET_COLUMNS}
-        out.append(replace(batch, **columns, packets_in=len(index)))
-    return out
+    return [packets_at(batch, np.flatnonzero(parts == shard)) for shard in range(SHARDS)]
 
 
 def new_table(inventory: Inventory, config: Any, tables: int) -> FlowTable:

@@ -93,6 +93,30 @@ class DecodedBatch:
         return len(self.ts)
 
 
+def packets_at(batch: DecodedBatch, index: np.ndarray) -> DecodedBatch:
+    """The packets `index` (positions) of `batch`, in that order, as a batch of their own: one
+    UTC day of a batch, one flow table's share of it. Its counts of packets that failed to
+    decode stay with `batch`."""
+    return DecodedBatch(
+        ts=batch.ts[index],
+        family=batch.family[index],
+        proto=batch.proto[index],
+        src_hi=batch.src_hi[index],
+        src_lo=batch.src_lo[index],
+        dst_hi=batch.dst_hi[index],
+        dst_lo=batch.dst_lo[index],
+        sport=batch.sport[index],
+        dport=batch.dport[index],
+        ip_bytes=batch.ip_bytes[index],
+        payload_bytes=batch.payload_bytes[index],
+        flags=batch.flags[index],
+        frag=batch.frag[index],
+        frag_id=batch.frag_id[index],
+        interface=batch.interface,
+        packets_in=len(index),
+    )
+
+
 # Zero bytes after the buffer: a read at (a position clamped to the buffer) + up to PAD - 8
 # bytes stays inside, so the many field reads need no bounds checks of their own.
 PAD = BUF_PAD

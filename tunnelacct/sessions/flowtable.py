@@ -34,6 +34,7 @@ from tunnelacct.capture.decode import (
     TCP_RST,
     TCP_SYN,
     DecodedBatch,
+    packets_at,
 )
 from tunnelacct.config.model import Timeouts
 from tunnelacct.enums import CloseReason, EventKind, IpProto
@@ -314,7 +315,7 @@ class FlowTable:
         parts = []
         for day in np.unique(days).tolist():
             index = np.flatnonzero(days == day)
-            parts.append((int(day), _packets_at(b, index)))
+            parts.append((int(day), packets_at(b, index)))
         return parts
 
     def _cross_midnight(self, day: int) -> None:
@@ -1114,25 +1115,3 @@ def keyed(
         return pack_key(meta, src_hi, src_lo, dst_hi, dst_lo), True
     meta = (family << 40) | (proto << 32) | (dst_port << 16) | src_port
     return pack_key(meta, dst_hi, dst_lo, src_hi, src_lo), False
-
-
-def _packets_at(b: DecodedBatch, index: np.ndarray) -> DecodedBatch:
-    """The packets `index` of `b`, as a batch of their own (one day of a batch)."""
-    return DecodedBatch(
-        ts=b.ts[index],
-        family=b.family[index],
-        proto=b.proto[index],
-        src_hi=b.src_hi[index],
-        src_lo=b.src_lo[index],
-        dst_hi=b.dst_hi[index],
-        dst_lo=b.dst_lo[index],
-        sport=b.sport[index],
-        dport=b.dport[index],
-        ip_bytes=b.ip_bytes[index],
-        payload_bytes=b.payload_bytes[index],
-        flags=b.flags[index],
-        frag=b.frag[index],
-        frag_id=b.frag_id[index],
-        interface=b.interface,
-        packets_in=len(index),
-    )
